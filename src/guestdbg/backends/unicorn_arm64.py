@@ -1,0 +1,1014 @@
+"""An emulated AArch64 VM and vCPU on Unicorn, behind the KVM guest-debug interface.
+
+Theory of operation
+-------------------
+This module plays the part Linux KVM plays for QEMU: `Arm64Vm` is the VM file descriptor
+(capabilities, memory slots, in-kernel devices) and `Arm64Vcpu` the vCPU one (run, ONE_REG,
+KVM_SET_GUEST_DEBUG, KVM_SET_VCPU_EVENTS). Unicorn executes the guest; this module adds what
+Unicorn leaves out:
+
+1. Exception entry. Unicorn reports exceptions to UC_HOOK_INTR and does not enter the vector.
+   We set ESR/ELR/SPSR/FAR_EL1, PSTATE and PC ourselves, as the Arm ARM's
+   AArch64.TakeException does (and as QEMU's TCG does, so both boards print the same values).
+2. The Arm debug architecture. Two register sets exist: the guest's own (DBGB/WCRn_EL1,
+   MDSCR_EL1, reached by MRS/MSR, which we intercept, and by ONE_REG) and the debugger's
+   (kvm_guest_debug_arch, with no ONE_REG id). Exactly one set is live: the debugger's while
+   KVM_GUESTDBG_ENABLE|USE_HW is set, the guest's otherwise. Hits of the live set become either
+   a KVM_EXIT_DEBUG (debugger) or an exception entered into the guest (guest).
+3. Zero cost when not hit. An address breakpoint is a UC_HOOK_CODE bounded to its one address;
+   a watchpoint removes read or write permission from just the pages it covers, so accesses to
+   other pages run at full speed. Both are set up between emu_start calls only: hooks deleted
+   inside a long emu_start keep costing until it returns.
+4. Before-the-access watchpoints. A store to a write-protected page faults precisely in Unicorn
+   (PC on the store, base register not written back, memory unchanged), so a hit is reported
+   with the access not done. Accesses that miss are done by hand and the instruction goes on.
+   Instructions that make several accesses (pairs, 128-bit SIMD) are first run once with their
+   stores dropped, to learn every address they touch; then the state is rolled back or the
+   stores are applied, so no half-done pair is ever visible.
+5. MMIO. Devices the VMM registered are called inline (unicorn mmio_map). Any other access
+   outside RAM/ROM stops the vCPU with KVM_EXIT_MMIO before the access; the next run()
+   completes it with the data the VMM put in kvm_run.mmio.data, or enters a synchronous
+   external abort if the VMM asked for one with set_vcpu_events(ext_dabt_pending=True).
+   Writes to a KVM_MEM_READONLY slot (ROM) exit the same way and are then dropped.
+6. Firmware services the hypervisor provides: PSCI over HVC/SMC and Arm semihosting (HLT
+   #0xF000). A guest's power-off or exit is a KVM_EXIT_SYSTEM_EVENT carrying its exit status.
+
+Architectural choices where the Arm ARM leaves room are listed in guestdbg.arm.debugregs;
+the ones made here: a write to CONTEXTIDR_EL1 takes effect for breakpoints at the next
+instruction (no ISB needed), and WFI completes at once (no interrupt source is modelled).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from unicorn import (
+    UC_ARCH_ARM64, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT,
+    UC_MEM_WRITE_UNMAPPED, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE,
+    Uc, UcError,
+)
+from unicorn import arm64_const as uca
+
+from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.kvm import (
+    KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_ONE_REG,
+    KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW, KVM_GUESTDBG_USE_SW_BP, KvmRun,
+)
+
+PAGE_SIZE = 4096
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+# The control bits arm64 KVM accepts (KVM_GUESTDBG_VALID_MASK); KVM_CAP_SET_GUEST_DEBUG2 reports it.
+KVM_GUESTDBG_VALID_MASK = (
+    KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_USE_SW_BP | KVM_GUESTDBG_USE_HW
+)
+
+# QEMU's exception numbers, as Unicorn hands them to UC_HOOK_INTR.
+EXCP_UDEF, EXCP_SWI, EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT, EXCP_BKPT = 1, 2, 3, 4, 7
+
+# PSTATE
+PSTATE_EL_SHIFT = 2
+PSTATE_SP = 1  # SPSel: 1 = SP_ELx
+PSTATE_DAIF = 0xF << 6
+PSTATE_MODE_EL1H = 0b0101
+
+# PSCI (DEN0022) and SMCCC function ids and results.
+PSCI_0_2_FN_PSCI_VERSION = 0x84000000
+PSCI_0_2_FN_CPU_OFF = 0x84000002
+PSCI_0_2_FN_CPU_ON = 0x84000003
+PSCI_0_2_FN64_CPU_ON = 0xC4000003
+PSCI_0_2_FN_SYSTEM_OFF = 0x84000008
+PSCI_0_2_FN_SYSTEM_RESET = 0x84000009
+PSCI_1_0_FN_PSCI_FEATURES = 0x8400000A
+PSCI_VERSION_1_1 = 0x00010001
+PSCI_RET_NOT_SUPPORTED = -1
+PSCI_RET_INVALID_PARAMS = -2
+
+# Arm semihosting (IHI 0016) operations.
+SYS_WRITEC = 0x03
+SYS_WRITE0 = 0x04
+SYS_EXIT = 0x18
+SYS_EXIT_EXTENDED = 0x20
+ADP_Stopped_ApplicationExit = 0x20026  # noqa: N816 (semihosting spec name)
+SEMIHOSTING_HLT = 0xD4400000 | (0xF000 << 5)
+
+# System register keys (op0, op1, CRn, CRm, op2) the vCPU intercepts.
+ID_AA64DFR0_EL1 = kr.SYSREG_ENCODINGS["ID_AA64DFR0_EL1"]
+MDSCR_EL1 = kr.SYSREG_ENCODINGS["MDSCR_EL1"]
+CONTEXTIDR_EL1 = kr.SYSREG_ENCODINGS["CONTEXTIDR_EL1"]
+SPSR_EL1 = (3, 0, 4, 0, 0)
+TPIDR_EL1 = kr.SYSREG_ENCODINGS["TPIDR_EL1"]
+SCTLR_EL1 = kr.SYSREG_ENCODINGS["SCTLR_EL1"]
+DEBUG_REG_OP2 = {4: "bvr", 5: "bcr", 6: "wvr", 7: "wcr"}
+
+_X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
+_V_REGS = [getattr(uca, f"UC_ARM64_REG_V{n}") for n in range(32)]
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Per-VM debug hardware: breakpoint, watchpoint and context-aware breakpoint counts."""
+
+    brps: int = 6
+    wrps: int = 4
+    ctx_cmps: int = 2
+
+    def __post_init__(self):
+        if not 2 <= self.brps <= 16:
+            raise ValueError(f"brps must be 2..16, got {self.brps}")
+        if not 2 <= self.wrps <= 16:
+            raise ValueError(f"wrps must be 2..16, got {self.wrps}")
+        if not 1 <= self.ctx_cmps <= self.brps:
+            raise ValueError(f"ctx_cmps must be 1..brps ({self.brps}), got {self.ctx_cmps}")
+
+
+@dataclass
+class MemorySlot:
+    slot: int
+    guest_phys_addr: int
+    memory_size: int
+    flags: int
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & kvm.KVM_MEM_READONLY)
+
+    def contains(self, pa: int) -> bool:
+        return self.guest_phys_addr <= pa < self.guest_phys_addr + self.memory_size
+
+
+@dataclass
+class GuestDebugRegs:
+    """The guest's own debug registers (what MRS/MSR and ONE_REG see)."""
+
+    bcr: list[int] = field(default_factory=lambda: [0] * 16)
+    bvr: list[int] = field(default_factory=lambda: [0] * 16)
+    wcr: list[int] = field(default_factory=lambda: [0] * 16)
+    wvr: list[int] = field(default_factory=lambda: [0] * 16)
+    mdscr: int = 0
+
+
+class _StopEmulation(Exception):
+    """Raised inside a hook when the vCPU must leave emu_start at once (internal use)."""
+
+
+class Arm64Vm:
+    """The VM: capabilities, guest memory slots and the devices handled without an exit."""
+
+    def __init__(self, debug: DebugConfig | None = None, console: Callable[[bytes], None] | None = None):
+        self.debug_config = debug or DebugConfig()
+        self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM, uca.UC_CPU_ARM64_A57)
+        # No "until" address: guests may legitimately execute at 0 (ROM).
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
+        self.slots: dict[int, MemorySlot] = {}
+        self.mmio_devices: list[tuple[int, int, object]] = []
+        self.console = console or _stdout_console
+        self._vcpu: Arm64Vcpu | None = None
+
+    # KVM_CHECK_EXTENSION
+    def check_extension(self, cap: int) -> int:
+        answers = {
+            KVM_CAP_SET_GUEST_DEBUG: 1,
+            KVM_CAP_SET_GUEST_DEBUG2: KVM_GUESTDBG_VALID_MASK,
+            KVM_CAP_GUEST_DEBUG_HW_BPS: self.debug_config.brps,
+            KVM_CAP_GUEST_DEBUG_HW_WPS: self.debug_config.wrps,
+            KVM_CAP_ONE_REG: 1,
+        }
+        return answers.get(cap, 0)
+
+    # KVM_SET_USER_MEMORY_REGION: guest RAM/ROM. memory_size 0 deletes the slot, as in KVM.
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0) -> None:
+        if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE:
+            raise kvm.einval("memory region must be page aligned")
+        if flags & ~(kvm.KVM_MEM_READONLY | kvm.KVM_MEM_LOG_DIRTY_PAGES):
+            raise kvm.einval(f"unknown memory region flags {flags:#x}")
+        old = self.slots.pop(slot, None)
+        if old is not None:
+            self.uc.mem_unmap(old.guest_phys_addr, old.memory_size)
+        if memory_size == 0:
+            return
+        new = MemorySlot(slot, guest_phys_addr, memory_size, flags)
+        for other in self.slots.values():
+            if other.guest_phys_addr < guest_phys_addr + memory_size and guest_phys_addr < other.guest_phys_addr + other.memory_size:
+                raise KvmErrorExists(f"memory slot overlaps slot {other.slot}")
+        perms = UC_PROT_READ | UC_PROT_EXEC if new.readonly else UC_PROT_ALL
+        self.uc.mem_map(guest_phys_addr, memory_size, perms)
+        self.slots[slot] = new
+
+    def register_mmio_device(self, base: int, size: int, device) -> None:
+        """Claim [base, base+size) for `device` (read(offset, size) -> int, write(offset, size, value)).
+
+        Claimed accesses are handled inline, like an in-kernel device; unclaimed ones exit."""
+        self.uc.mmio_map(
+            base, size,
+            lambda _uc, off, sz, _ud: device.read(off, sz), None,
+            lambda _uc, off, sz, val, _ud: device.write(off, sz, val), None,
+        )
+        self.mmio_devices.append((base, size, device))
+
+    def slot_for(self, pa: int) -> MemorySlot | None:
+        for s in self.slots.values():
+            if s.contains(pa):
+                return s
+        return None
+
+    def read_phys(self, pa: int, size: int) -> bytes:
+        """Read guest RAM/ROM. Anything outside a memory slot is an error, never a partial read."""
+        self._check_phys_range(pa, size)
+        return bytes(self.uc.mem_read(pa, size))
+
+    def write_phys(self, pa: int, data: bytes) -> None:
+        """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
+        self._check_phys_range(pa, len(data))
+        self.uc.mem_write(pa, bytes(data))  # also drops stale translated code
+
+    def _check_phys_range(self, pa: int, size: int) -> None:
+        end = pa + size
+        while pa < end:
+            s = self.slot_for(pa)
+            if s is None:
+                raise kvm.KvmError(errno.EFAULT, f"guest physical address {pa:#x} is not RAM or ROM")
+            pa = s.guest_phys_addr + s.memory_size
+
+    def create_vcpu(self, vcpu_id: int = 0) -> Arm64Vcpu:
+        if self._vcpu is not None:
+            raise kvm.KvmError(errno.EEXIST, "this VM has one vCPU")
+        self._vcpu = Arm64Vcpu(self, vcpu_id)
+        return self._vcpu
+
+
+class KvmErrorExists(kvm.KvmError):
+    def __init__(self, message: str):
+        super().__init__(errno.EEXIST, message)
+
+
+def _stdout_console(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+class Arm64Vcpu:
+    """One AArch64 vCPU: run(), ONE_REG, KVM_SET_GUEST_DEBUG and KVM_SET_VCPU_EVENTS."""
+
+    def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
+        self.vm = vm
+        self.uc = vm.uc
+        self.vcpu_id = vcpu_id
+        cfg = vm.debug_config
+        self.brps, self.wrps, self.ctx_cmps = cfg.brps, cfg.wrps, cfg.ctx_cmps
+        self.id_aa64dfr0 = dr.id_aa64dfr0_el1(cfg.brps, cfg.wrps, cfg.ctx_cmps)
+        self.guest_debug_regs = GuestDebugRegs()
+        self.guestdbg_control = 0
+        self.guestdbg_arch = kr.kvm_guest_debug_arch()
+        # Set from another thread to make run() return KVM_EXIT_INTR (kvm_run.immediate_exit).
+        self.immediate_exit = False
+        self._in_emu = False
+        self._spsr_other = [0] * 4  # SPSR_abt/und/irq/fiq: AArch32 state, carried for migration only
+
+        # Decoded live debug state, rebuilt by _rearm().
+        self._bp_table: list[dr.Breakpoint | None] = []
+        self._wp_table: list[dr.Watchpoint | None] = []
+        self._bp_hooks: dict[int, int] = {}
+        self._context_bps: list[dr.Breakpoint] = []
+        self._context_hook: int | None = None
+        self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
+        self._rearm_pending = False
+
+        # Per-run scratch state, set by hooks.
+        self._exit: KvmRun | None = None
+        self._guest_exception: tuple[int, int | None, int] | None = None  # (esr, far, preferred return)
+        self._pending_mmio: kvm.MmioExit | None = None
+        self._pending_mmio_va = 0
+        self._ext_dabt_pending = False
+        self._suppress_pc: int | None = None  # the instruction being completed already passed its checks
+        self._multi_access_pc: int | None = None
+        self._probe: list[tuple[bool, int, int, int]] | None = None  # (is_write, va, size, value)
+        self._recheck_context = False
+
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_exception)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, None, 1, 0, uca.UC_ARM64_INS_MRS)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, None, 1, 0, uca.UC_ARM64_INS_MSR)
+        uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access)
+        self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
+
+    # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
+    def set_guest_debug(self, control: int, arch: kr.kvm_guest_debug_arch | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG. Unknown control bits are EINVAL; without ENABLE, debug is off."""
+        if control & ~KVM_GUESTDBG_VALID_MASK:
+            raise kvm.einval(f"unsupported guest debug control bits {control & ~KVM_GUESTDBG_VALID_MASK:#x}")
+        if control & KVM_GUESTDBG_ENABLE:
+            self.guestdbg_control = control
+            if control & KVM_GUESTDBG_USE_HW:
+                arch = arch or kr.kvm_guest_debug_arch()
+                kr.ctypes.memmove(kr.ctypes.addressof(self.guestdbg_arch), kr.ctypes.addressof(arch),
+                                  kr.ctypes.sizeof(arch))
+        else:
+            self.guestdbg_control = 0
+        self._rearm()
+
+    @property
+    def debugger_owns_hw(self) -> bool:
+        c = self.guestdbg_control
+        return bool(c & KVM_GUESTDBG_ENABLE and c & KVM_GUESTDBG_USE_HW)
+
+    # KVM_SET_VCPU_EVENTS (arm64): the only event modelled is an external data abort, which a
+    # VMM injects for an MMIO access it cannot handle.
+    def set_vcpu_events(self, *, ext_dabt_pending: bool = False) -> None:
+        self._ext_dabt_pending = ext_dabt_pending
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> KvmRun:
+        """KVM_RUN: execute until something needs the VMM, and say what."""
+        try:
+            if self._pending_mmio is not None:
+                done = self._finish_pending_mmio()
+                if done is not None:
+                    return done
+            while True:
+                if self.immediate_exit:
+                    self.immediate_exit = False
+                    return KvmRun(kvm.KVM_EXIT_INTR)
+                if self._rearm_pending:
+                    self._rearm()
+                result = self._check_context_breakpoints() or self._run_slice()
+                if result is not None:
+                    return result
+        except _FatalGuestState as e:
+            return self._internal_error(str(e))
+
+    def kick(self, timeout: float = 1.0) -> None:
+        """Make a running run() return KVM_EXIT_INTR soon (callable from any thread)."""
+        self.immediate_exit = True
+        deadline = time.monotonic() + timeout
+        # emu_stop() is lost if it lands just before emu_start begins: retry until it is seen.
+        while self.immediate_exit and time.monotonic() < deadline:
+            if self._in_emu:
+                self.uc.emu_stop()
+            time.sleep(0.001)
+
+    def _run_slice(self) -> KvmRun | None:
+        """One emu_start: free-running, or exactly one instruction when single-stepping."""
+        stepping = bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
+        self._exit = None
+        self._guest_exception = None
+        pc = self.pc
+        fault = self._emu(pc, 1 if stepping else 0)
+        if self._exit is not None:
+            return self._exit
+        if self._guest_exception is not None:
+            esr, far, ret = self._guest_exception
+            self._take_exception(esr, far=far, preferred_return=ret)
+            return self._softstep_exit() if stepping else None
+        if self._multi_access_pc is not None:
+            result = self._run_multi_access_instruction()
+            if result is not None or stepping:
+                return result or self._softstep_exit()
+            return None
+        if fault is not None:
+            return self._internal_error(f"emulation failed at PC={self.pc:#x}: {fault}")
+        if stepping:
+            return self._softstep_exit()
+        return None  # WFI, a context-ID change, a guest debug-register write or a kick: go round
+
+    def _emu(self, pc: int, count: int) -> UcError | None:
+        self._in_emu = True
+        try:
+            self.uc.emu_start(pc, 0, count=count)
+        except UcError as e:
+            return e
+        finally:
+            self._in_emu = False
+        return None
+
+    def _softstep_exit(self) -> KvmRun:
+        # ISV=1, EX=0: the stepped instruction was not a load/store-exclusive.
+        return self._debug_exit(dr.esr_softstep(lower_el=True))
+
+    def _debug_exit(self, esr: int, far: int = 0) -> KvmRun:
+        return KvmRun(kvm.KVM_EXIT_DEBUG, flags=kvm.KVM_DEBUG_ARCH_HSR_HIGH_VALID,
+                      debug=kvm.DebugExitArm64(hsr=esr & 0xFFFFFFFF, hsr_high=esr >> 32, far=far))
+
+    def _internal_error(self, message: str, *data: int) -> KvmRun:
+        return KvmRun(kvm.KVM_EXIT_INTERNAL_ERROR,
+                      internal=kvm.InternalErrorExit(kvm.KVM_INTERNAL_ERROR_EMULATION, message, list(data)))
+
+    def _stop(self, run: KvmRun) -> None:
+        self._exit = run
+        self.uc.emu_stop()
+
+    # ------------------------------------------------------------------ registers
+    @property
+    def pc(self) -> int:
+        return self.uc.reg_read(uca.UC_ARM64_REG_PC)
+
+    def _pstate(self) -> int:
+        return self.uc.reg_read(uca.UC_ARM64_REG_PSTATE)
+
+    def current_el(self) -> int:
+        return (self._pstate() >> PSTATE_EL_SHIFT) & 3
+
+    @staticmethod
+    def _uses_sp_el0(pstate: int) -> bool:
+        return ((pstate >> PSTATE_EL_SHIFT) & 3) == 0 or not pstate & PSTATE_SP
+
+    def _get_sp(self, el: int) -> int:
+        """SP_EL0 or SP_EL1, wherever Unicorn keeps it (live in SP, or banked)."""
+        uc, pstate = self.uc, self._pstate()
+        live = self._uses_sp_el0(pstate) == (el == 0)
+        if live:
+            return uc.reg_read(uca.UC_ARM64_REG_SP)
+        return uc.reg_read(uca.UC_ARM64_REG_SP_EL0 if el == 0 else uca.UC_ARM64_REG_SP_EL1)
+
+    def _set_sp(self, el: int, value: int) -> None:
+        uc, pstate = self.uc, self._pstate()
+        uc.reg_write(uca.UC_ARM64_REG_SP_EL0 if el == 0 else uca.UC_ARM64_REG_SP_EL1, value)
+        if self._uses_sp_el0(pstate) == (el == 0):
+            uc.reg_write(uca.UC_ARM64_REG_SP, value)
+
+    def _write_pstate(self, value: int) -> None:
+        """Write PSTATE keeping SP_EL0/SP_EL1 where the new mode expects them."""
+        sp0, sp1 = self._get_sp(0), self._get_sp(1)
+        self.uc.reg_write(uca.UC_ARM64_REG_PSTATE, value & 0xFFFFFFFF)
+        # Unicorn rebuilds its cached EL/translation flags only on a system-register write.
+        self.uc.cpr_write(*TPIDR_EL1, self.uc.cpr_read(*TPIDR_EL1))
+        self._set_sp(0, sp0)
+        self._set_sp(1, sp1)
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG. Unknown ids are ENOENT."""
+        return self._one_reg(reg_id).get()
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG. Unknown ids are ENOENT; values that do not fit, or writes to
+        read-only identification registers that change them, are EINVAL."""
+        reg = self._one_reg(reg_id)
+        size = kr.reg_size_bytes(reg_id)
+        if not 0 <= value < 1 << (8 * size):
+            raise kvm.einval(f"value {value:#x} does not fit register {reg_id:#x} ({size} bytes)")
+        if reg.set is None:
+            if value != reg.get():
+                raise kvm.einval(f"register {reg_id:#x} is read-only")
+            return
+        reg.set(value)
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: every register migration must carry (never the debugger's)."""
+        return list(self._one_regs)
+
+    def _one_reg(self, reg_id: int) -> _OneReg:
+        try:
+            return self._one_regs[reg_id]
+        except KeyError:
+            raise kvm.enoent(f"no register with ONE_REG id {reg_id:#x}") from None
+
+    @property
+    def _one_regs(self) -> dict[int, _OneReg]:
+        regs = getattr(self, "_one_regs_cache", None)
+        if regs is None:
+            regs = self._one_regs_cache = self._build_one_regs()
+        return regs
+
+    def _build_one_regs(self) -> dict[int, _OneReg]:
+        uc = self.uc
+        regs: dict[int, _OneReg] = {}
+
+        def plain(uc_reg):
+            return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v))
+
+        def cp(enc):
+            return _OneReg(lambda: uc.cpr_read(*enc), lambda v: uc.cpr_write(*enc, v))
+
+        for n in range(31):
+            regs[kr.KVM_REG_ARM_CORE_X(n)] = plain(_X_REGS[n])
+        regs[kr.KVM_REG_ARM_CORE_SP] = _OneReg(lambda: self._get_sp(0), lambda v: self._set_sp(0, v))
+        regs[kr.KVM_REG_ARM_CORE_PC] = plain(uca.UC_ARM64_REG_PC)
+        regs[kr.KVM_REG_ARM_CORE_PSTATE] = _OneReg(self._pstate, self._write_pstate)
+        regs[kr.KVM_REG_ARM_CORE_SP_EL1] = _OneReg(lambda: self._get_sp(1), lambda v: self._set_sp(1, v))
+        regs[kr.KVM_REG_ARM_CORE_ELR_EL1] = plain(uca.UC_ARM64_REG_ELR_EL1)
+        regs[kr.KVM_REG_ARM_CORE_SPSR(kr.KVM_SPSR_EL1)] = cp(SPSR_EL1)
+        for n in range(1, 5):
+            regs[kr.KVM_REG_ARM_CORE_SPSR(n)] = _OneReg(
+                lambda n=n: self._spsr_other[n - 1], lambda v, n=n: self._spsr_other.__setitem__(n - 1, v))
+        for n in range(32):
+            regs[kr.KVM_REG_ARM_CORE_V(n)] = plain(_V_REGS[n])
+        regs[kr.KVM_REG_ARM_CORE_FPSR] = plain(uca.UC_ARM64_REG_FPSR)
+        regs[kr.KVM_REG_ARM_CORE_FPCR] = plain(uca.UC_ARM64_REG_FPCR)
+
+        for name, enc in kr.SYSREG_ENCODINGS.items():
+            reg_id = kr.ARM64_SYS_REG(*enc)
+            if name == "ID_AA64DFR0_EL1":
+                regs[reg_id] = _OneReg(lambda: self.id_aa64dfr0, None)
+            elif name in ("MIDR_EL1", "MPIDR_EL1"):
+                regs[reg_id] = _OneReg(lambda enc=enc: uc.cpr_read(*enc), None)
+            elif name == "MDSCR_EL1":
+                regs[reg_id] = _OneReg(lambda: self.guest_debug_regs.mdscr,
+                                       lambda v: self._write_guest_debug_reg("mdscr", 0, v))
+            elif name == "CONTEXTIDR_EL1":
+                regs[reg_id] = _OneReg(lambda enc=enc: uc.cpr_read(*enc), self._set_contextidr)
+            else:
+                regs[reg_id] = cp(enc)
+        g = self.guest_debug_regs
+        for kind, count, enc_of in (("bvr", self.brps, kr.DBGBVRn_EL1), ("bcr", self.brps, kr.DBGBCRn_EL1),
+                                    ("wvr", self.wrps, kr.DBGWVRn_EL1), ("wcr", self.wrps, kr.DBGWCRn_EL1)):
+            for n in range(count):
+                regs[kr.ARM64_SYS_REG(*enc_of(n))] = _OneReg(
+                    lambda kind=kind, n=n: getattr(g, kind)[n],
+                    lambda v, kind=kind, n=n: self._write_guest_debug_reg(kind, n, v))
+        return regs
+
+    def _set_contextidr(self, value: int) -> None:
+        self.uc.cpr_write(*CONTEXTIDR_EL1, value)
+
+    def _contextidr(self) -> int:
+        return self.uc.cpr_read(*CONTEXTIDR_EL1) & 0xFFFFFFFF
+
+    def _write_guest_debug_reg(self, kind: str, n: int, value: int) -> None:
+        g = self.guest_debug_regs
+        if kind == "mdscr":
+            g.mdscr = value
+        else:
+            getattr(g, kind)[n] = value
+        if not self.debugger_owns_hw:
+            self._rearm_pending = True
+
+    # ------------------------------------------------------------------ debug state
+    def _live_debug_regs(self) -> tuple[str, list[int], list[int], list[int], list[int]] | None:
+        if self.debugger_owns_hw:
+            a = self.guestdbg_arch
+            return "debugger", list(a.dbg_bcr), list(a.dbg_bvr), list(a.dbg_wcr), list(a.dbg_wvr)
+        g = self.guest_debug_regs
+        if dr.MDSCR_EL1.MDE.extract(g.mdscr):
+            return "guest", g.bcr, g.bvr, g.wcr, g.wvr
+        return None
+
+    def _rearm(self) -> None:
+        """Rebuild hooks and page protections from whichever debug register set is live."""
+        self._rearm_pending = False
+        live = self._live_debug_regs()
+        self._owner = live[0] if live else None
+        if live:
+            _, bcr, bvr, wcr, wvr = live
+            self._bp_table = [dr.decode_breakpoint(i, bcr[i], bvr[i], brps=self.brps, ctx_cmps=self.ctx_cmps)
+                              for i in range(self.brps)]
+            self._wp_table = [dr.decode_watchpoint(i, wcr[i], wvr[i]) for i in range(self.wrps)]
+        else:
+            self._bp_table, self._wp_table = [], []
+        address_kinds = (dr.BT_UNLINKED_ADDRESS, dr.BT_LINKED_ADDRESS)
+        wanted = {bp.address for bp in self._bp_table if bp and bp.bt in address_kinds}
+        for addr in set(self._bp_hooks) - wanted:
+            self.uc.hook_del(self._bp_hooks.pop(addr))
+            self.uc.ctl_remove_cache(addr, addr + 4)
+        for addr in wanted - set(self._bp_hooks):
+            self._bp_hooks[addr] = self.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint_address, None, addr, addr)
+            # Code translated before the hook existed would never call it.
+            self.uc.ctl_remove_cache(addr, addr + 4)
+        self._context_bps = [bp for bp in self._bp_table if bp and bp.bt == dr.BT_UNLINKED_CONTEXT]
+        self._reprotect()
+
+    def _reprotect(self) -> None:
+        """Take read/write permission away from exactly the pages live watchpoints cover."""
+        want: dict[int, int] = {}
+        for wp in self._wp_table:
+            if wp is None:
+                continue
+            for va_page in wp.pages(PAGE_SIZE):
+                pa_page = self._translate_page(va_page)
+                if pa_page is None:
+                    continue
+                slot = self.vm.slot_for(pa_page)
+                if slot is None:
+                    continue
+                perms = want.get(pa_page, UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL)
+                if wp.loads:
+                    perms &= ~UC_PROT_READ
+                if wp.stores:
+                    perms &= ~UC_PROT_WRITE
+                want[pa_page] = perms
+        for page in set(self._protected) - set(want):
+            slot = self.vm.slot_for(page)
+            if slot is not None:
+                self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL)
+            del self._protected[page]
+        for page, perms in want.items():
+            if self._protected.get(page) != perms:
+                self.uc.mem_protect(page, PAGE_SIZE, perms)
+                self._protected[page] = perms
+
+    def _translate_page(self, va_page: int) -> int | None:
+        try:
+            return self.translate(va_page, "read") & PAGE_MASK
+        except Exception:  # unmapped for now: nothing to protect
+            return None
+
+    def translate(self, va: int, access: str = "read") -> int:
+        """Guest virtual to physical, through the guest's stage-1 tables when its MMU is on."""
+        sctlr = self.uc.cpr_read(*SCTLR_EL1)
+        if not sctlr & 1:
+            return va
+        from guestdbg.arm import mmu
+        t = mmu.translate(
+            va, sctlr_el1=sctlr, tcr_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TCR_EL1"]),
+            ttbr0_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TTBR0_EL1"]),
+            ttbr1_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TTBR1_EL1"]),
+            read_u64=lambda pa: int.from_bytes(self.vm.read_phys(pa, 8), "little"),
+            access=access, el=self.current_el())
+        return t.pa
+
+    def read_virt(self, va: int, size: int) -> bytes:
+        out = bytearray()
+        while size:
+            chunk = min(size, PAGE_SIZE - (va % PAGE_SIZE))
+            out += self.vm.read_phys(self.translate(va), chunk)
+            va, size = va + chunk, size - chunk
+        return bytes(out)
+
+    def _debug_events_enabled(self, el: int) -> bool:
+        """May a guest-owned breakpoint or watchpoint generate an exception right now?"""
+        if self._owner == "debugger":
+            return True  # routed to the hypervisor: the guest's masks do not apply
+        mdscr = self.guest_debug_regs.mdscr
+        if not dr.MDSCR_EL1.MDE.extract(mdscr):
+            return False
+        if el == 0:
+            return True
+        return bool(dr.MDSCR_EL1.KDE.extract(mdscr)) and not self._pstate() & dr.PSTATE_D
+
+    def _debug_event(self, esr_for_lower_el: Callable[[bool], int], *, far: int | None, at_pc: int) -> None:
+        """A live breakpoint or watchpoint fired before the instruction at `at_pc` completed."""
+        el = self.current_el()
+        if self._owner == "debugger":
+            self._stop(self._debug_exit(esr_for_lower_el(True), far or 0))
+        else:
+            self._guest_exception = (esr_for_lower_el(el == 0), far, at_pc)
+            self.uc.emu_stop()
+
+    # ------------------------------------------------------------------ breakpoints
+    def _on_breakpoint_address(self, uc, address, size, _user):
+        if address == self._suppress_pc:
+            return
+        el = self.current_el()
+        if not self._debug_events_enabled(el):
+            return
+        ctx = self._contextidr() if any(bp and bp.bt == dr.BT_LINKED_ADDRESS for bp in self._bp_table) else 0
+        for bp in self._bp_table:
+            if bp and bp.bt in (dr.BT_UNLINKED_ADDRESS, dr.BT_LINKED_ADDRESS) and \
+                    dr.breakpoint_matches(self._bp_table, bp, pc=address, el=el, contextidr=ctx):
+                self._debug_event(dr.esr_breakpoint, far=None, at_pc=address)
+                return
+
+    def _check_context_breakpoints(self) -> KvmRun | None:
+        """Unlinked context-ID breakpoints match every instruction while CONTEXTIDR_EL1 matches."""
+        if not self._context_bps:
+            self._set_context_hook(False)
+            return None
+        ctx, el, pc = self._contextidr(), self.current_el(), self.pc
+        live = [bp for bp in self._context_bps if bp.context_id == ctx]
+        if any(dr.breakpoint_matches(self._bp_table, bp, pc=pc, el=el, contextidr=ctx) for bp in live) \
+                and self._debug_events_enabled(el):
+            if self._owner == "debugger":
+                return self._debug_exit(dr.esr_breakpoint(True))
+            self._take_exception(dr.esr_breakpoint(el == 0), far=None, preferred_return=pc)
+            return None
+        # Matching context but the wrong EL for now: watch every instruction until that changes.
+        self._set_context_hook(bool(live))
+        return None
+
+    def _set_context_hook(self, on: bool) -> None:
+        if on and self._context_hook is None:
+            self._context_hook = self.uc.hook_add(UC_HOOK_CODE, self._on_context_step, None, 1, 0)
+            self.uc.ctl_flush_tb()
+        elif not on and self._context_hook is not None:
+            self.uc.hook_del(self._context_hook)
+            self._context_hook = None
+            self.uc.ctl_flush_tb()
+
+    def _on_context_step(self, uc, address, size, _user):
+        ctx, el = self._contextidr(), self.current_el()
+        if any(dr.breakpoint_matches(self._bp_table, bp, pc=address, el=el, contextidr=ctx)
+               for bp in self._context_bps):
+            uc.emu_stop()  # run() re-checks before this instruction and takes the event
+
+    # ------------------------------------------------------------------ watchpoints
+    def _watch_hit(self, is_write: bool, va: int, size: int) -> int | None:
+        """Lowest watched address an access touches, or None (honours LSC, PAC and links)."""
+        if not self._wp_table:
+            return None
+        el = self.current_el()
+        if not self._debug_events_enabled(el):
+            return None
+        ctx = self._contextidr()
+        for wp in self._wp_table:
+            if wp and dr.watchpoint_matches(self._bp_table, wp, addr=va, size=size, is_write=is_write,
+                                            el=el, contextidr=ctx):
+                return wp.first_hit(va, size)
+        return None
+
+    def _on_protected_access(self, uc, access, va, size, value, _user) -> bool:
+        is_write = access == UC_MEM_WRITE_PROT
+        if self._probe is not None:  # learning a multi-access instruction's accesses
+            self._probe.append((is_write, va, size, value))
+            return True  # reads go ahead; stores to a protected page are dropped by Unicorn
+        pc = self.pc
+        pa = self.translate(va, "write" if is_write else "read")
+        slot = self.vm.slot_for(pa)
+        if pc != self._suppress_pc:
+            if _is_multi_access(self._insn_at(pc)):
+                self._multi_access_pc = pc
+                return False
+            hit = self._watch_hit(is_write, va, size)
+            if hit is not None:
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc)
+                return False
+        if is_write and slot is not None and slot.readonly:
+            if pc == self._suppress_pc:
+                return True  # completing a ROM write the VMM has seen: drop it
+            self._mmio_exit(va, pa, size, True, value)
+            return False
+        if is_write:
+            uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        return True
+
+    def _run_multi_access_instruction(self) -> KvmRun | None:
+        """Run a pair/SIMD access on a watched page once with its stores held back, then either
+        roll back (a watchpoint hit: nothing happened) or apply the stores (no hit)."""
+        pc = self._multi_access_pc
+        self._multi_access_pc = None
+        saved = self.uc.context_save()
+        self._probe = []
+        self._suppress_pc = pc
+        try:
+            fault = self._emu(pc, 1)
+        finally:
+            accesses, self._probe, self._suppress_pc = self._probe, None, None
+        for is_write, va, size, _ in accesses:
+            hit = self._watch_hit(is_write, va, size)
+            if hit is not None:
+                self.uc.context_restore(saved)
+                self._exit = None
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc)
+                if self._exit is not None:
+                    return self._exit
+                esr, far, ret = self._guest_exception
+                self._take_exception(esr, far=far, preferred_return=ret)
+                return None
+        for is_write, va, size, value in accesses:
+            if is_write:
+                pa = self.translate(va, "write")
+                slot = self.vm.slot_for(pa)
+                if slot is not None and not slot.readonly:
+                    self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        if self._exit is not None:
+            return self._exit
+        if fault is not None:
+            return self._internal_error(f"emulation failed at PC={pc:#x}: {fault}")
+        return None
+
+    # ------------------------------------------------------------------ MMIO
+    def _on_unmapped_access(self, uc, access, va, size, value, _user) -> bool:
+        if access == UC_MEM_FETCH_UNMAPPED:
+            self._stop(self._internal_error(
+                f"instruction fetch from unmapped address {va:#x}", va))
+            return False
+        if self.pc == self._suppress_pc and self._pending_mmio is not None:
+            return False
+        try:
+            pa = self.translate(va, "write" if access == UC_MEM_WRITE_UNMAPPED else "read")
+        except Exception:
+            pa = va
+        self._mmio_exit(va, pa, size, access == UC_MEM_WRITE_UNMAPPED, value)
+        return False
+
+    def _mmio_exit(self, va: int, pa: int, size: int, is_write: bool, value: int) -> None:
+        data = bytearray(8)
+        if is_write:
+            data[:size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._pending_mmio = kvm.MmioExit(phys_addr=pa, len=size, is_write=is_write, data=data)
+        self._pending_mmio_va = va
+        self._stop(KvmRun(kvm.KVM_EXIT_MMIO, mmio=self._pending_mmio))
+
+    def _finish_pending_mmio(self) -> KvmRun | None:
+        """Complete (or abort, if the VMM asked) the access that caused the last MMIO exit."""
+        mmio, va = self._pending_mmio, self._pending_mmio_va
+        pc = self.pc
+        if self._ext_dabt_pending:
+            self._pending_mmio = None
+            self._ext_dabt_pending = False
+            el = self.current_el()
+            esr = dr.esr_data_abort(el == 0, mmio.is_write, dr.DFSC_EXTERNAL_ABORT) | ESR_ISS_EA
+            self._take_exception(esr, far=va, preferred_return=pc)
+            return None
+        slot = self.vm.slot_for(mmio.phys_addr)
+        self._suppress_pc = pc
+        mapped = None
+        if slot is None:  # map a stand-in device for one instruction
+            first = mmio.phys_addr & PAGE_MASK
+            last = (mmio.phys_addr + mmio.len - 1) & PAGE_MASK
+            mapped = (first, last + PAGE_SIZE - first)
+            value = int.from_bytes(mmio.data[:mmio.len], "little")
+
+            def read(_uc, offset, size, _ud):
+                shift = 8 * (first + offset - mmio.phys_addr)
+                return (value >> shift) & ((1 << (8 * size)) - 1) if shift >= 0 else 0
+
+            self.uc.mmio_map(first, mapped[1], read, None, lambda *a: None, None)
+        stepping = bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
+        try:
+            self._exit = None
+            self._guest_exception = None
+            fault = self._emu(pc, 1)
+        finally:
+            self._suppress_pc = None
+            self._pending_mmio = None
+            if mapped:
+                self.uc.mem_unmap(*mapped)
+        if self._exit is not None:
+            return self._exit
+        if fault is not None:
+            return self._internal_error(f"completing MMIO access at PC={pc:#x} failed: {fault}")
+        return self._softstep_exit() if stepping else None
+
+    # ------------------------------------------------------------------ system registers
+    def _on_sysreg(self, uc, reg, cp, _user) -> int:
+        key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+        is_read = reg != 0 and self._last_insn_is_mrs()
+        g = self.guest_debug_regs
+        if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
+            kind = DEBUG_REG_OP2[cp.op2]
+            if cp.crm >= (self.brps if kind[0] == "b" else self.wrps):
+                self._undefined_instruction()
+                return 1
+            if is_read:
+                uc.reg_write(reg, getattr(g, kind)[cp.crm])
+            else:
+                self._write_guest_debug_reg(kind, cp.crm, cp.val)
+                if self._rearm_pending:
+                    uc.emu_stop()
+            return 1
+        if key == MDSCR_EL1:
+            if is_read:
+                uc.reg_write(reg, g.mdscr)
+            else:
+                self._write_guest_debug_reg("mdscr", 0, cp.val)
+                if self._rearm_pending:
+                    uc.emu_stop()
+            return 1
+        if key == ID_AA64DFR0_EL1 and is_read:
+            uc.reg_write(reg, self.id_aa64dfr0)
+            return 1
+        if key == CONTEXTIDR_EL1 and not is_read and self._bp_table:
+            uc.emu_stop()  # let the write happen, then re-check context-ID breakpoints
+        return 0
+
+    def _last_insn_is_mrs(self) -> bool:
+        # MRS is 1101 0101 0011 ...; MSR (register) is 1101 0101 0001 ...
+        return bool(self._insn_at(self.pc) & (1 << 21))
+
+    def _undefined_instruction(self) -> None:
+        pc = self.pc
+        self._guest_exception = (dr.esr_unknown(), None, pc)
+        self.uc.emu_stop()
+
+    # ------------------------------------------------------------------ exceptions
+    def _insn_at(self, va: int) -> int:
+        return int.from_bytes(self.read_virt(va, 4), "little")
+
+    def _on_exception(self, uc, intno, _user):
+        pc = self.pc
+        if intno == EXCP_SWI:  # PC is already past the SVC
+            imm = (self._insn_at(pc - 4) >> 5) & 0xFFFF
+            self._take_exception(dr.esr_svc64(imm), far=None, preferred_return=pc)
+        elif intno == EXCP_BKPT:
+            imm = (self._insn_at(pc) >> 5) & 0xFFFF
+            if self.guestdbg_control & KVM_GUESTDBG_ENABLE and self.guestdbg_control & KVM_GUESTDBG_USE_SW_BP:
+                self._stop(self._debug_exit(dr.esr_brk64(imm)))
+            else:
+                self._take_exception(dr.esr_brk64(imm), far=None, preferred_return=pc)
+        elif intno == EXCP_UDEF:
+            self._on_undefined(pc)
+        elif intno == EXCP_PREFETCH_ABORT:
+            self._stop(self._internal_error(f"instruction abort at PC={pc:#x} (guest MMU fault)", pc))
+        elif intno == EXCP_DATA_ABORT:
+            self._stop(self._internal_error(f"data abort at PC={pc:#x} (guest MMU fault)", pc))
+        else:
+            self._stop(self._internal_error(f"unexpected exception {intno} at PC={pc:#x}", pc))
+
+    def _on_undefined(self, pc: int) -> None:
+        insn = self._insn_at(pc)
+        if insn == SEMIHOSTING_HLT:
+            self._semihosting(pc)
+        elif insn & 0xFFE0001F in (0xD4000002, 0xD4000003):  # HVC #imm, SMC #imm
+            self._psci(pc)
+        else:
+            self._take_exception(dr.esr_unknown(), far=None, preferred_return=pc)
+
+    def _take_exception(self, esr: int, *, far: int | None, preferred_return: int) -> None:
+        """AArch64.TakeException to EL1: syndrome, return state, mode, vector."""
+        uc = self.uc
+        pstate = self._pstate()
+        el = (pstate >> PSTATE_EL_SHIFT) & 3
+        offset = 0x400 if el == 0 else (0x200 if pstate & PSTATE_SP else 0x000)
+        vector = uc.reg_read(uca.UC_ARM64_REG_VBAR_EL1) + offset
+        if preferred_return == vector:
+            raise _FatalGuestState(
+                f"recursive exception at vector {vector:#x} ({dr.describe_esr(esr)}): "
+                "the guest has no handler there")
+        uc.reg_write(uca.UC_ARM64_REG_ESR_EL1, esr)
+        if far is not None:
+            uc.reg_write(uca.UC_ARM64_REG_FAR_EL1, far)
+        uc.reg_write(uca.UC_ARM64_REG_ELR_EL1, preferred_return)
+        uc.cpr_write(*SPSR_EL1, pstate)
+        self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
+        uc.reg_write(uca.UC_ARM64_REG_PC, vector)
+
+    def _semihosting(self, pc: int) -> None:
+        uc = self.uc
+        op = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
+        arg = uc.reg_read(uca.UC_ARM64_REG_X1)
+        result = 0
+        if op == SYS_WRITEC:
+            self.vm.console(self.read_virt(arg, 1))
+        elif op == SYS_WRITE0:
+            self.vm.console(self._read_c_string(arg))
+        elif op in (SYS_EXIT, SYS_EXIT_EXTENDED):
+            block = self.read_virt(arg, 16)
+            reason = int.from_bytes(block[:8], "little")
+            subcode = int.from_bytes(block[8:], "little")
+            status = subcode & 0xFFFFFFFF if reason == ADP_Stopped_ApplicationExit else 1
+            uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
+            self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT,
+                              system_event=kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN, [status])))
+            return
+        else:
+            result = (1 << 64) - 1  # -1: operation not supported
+        uc.reg_write(uca.UC_ARM64_REG_X0, result)
+        uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
+
+    def _read_c_string(self, va: int, limit: int = 1 << 20) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.read_virt(va, min(64, PAGE_SIZE - va % PAGE_SIZE))
+            nul = chunk.find(0)
+            if nul >= 0:
+                return bytes(out + chunk[:nul])
+            out += chunk
+            va += len(chunk)
+        return bytes(out)
+
+    def _psci(self, pc: int) -> None:
+        uc = self.uc
+        fn = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
+        uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)  # HVC/SMC return past the call
+        if fn in (PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET):
+            kind = kvm.KVM_SYSTEM_EVENT_SHUTDOWN if fn == PSCI_0_2_FN_SYSTEM_OFF else kvm.KVM_SYSTEM_EVENT_RESET
+            self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=kvm.SystemEventExit(kind, [0])))
+            return
+        known = {PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
+                 PSCI_1_0_FN_PSCI_FEATURES}
+        if fn == PSCI_0_2_FN_PSCI_VERSION:
+            result = PSCI_VERSION_1_1
+        elif fn == PSCI_1_0_FN_PSCI_FEATURES:
+            result = 0 if uc.reg_read(uca.UC_ARM64_REG_X1) & 0xFFFFFFFF in known else PSCI_RET_NOT_SUPPORTED
+        elif fn in (PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON):
+            result = PSCI_RET_INVALID_PARAMS  # one vCPU: there is no other CPU to turn on
+        else:
+            result = PSCI_RET_NOT_SUPPORTED
+        uc.reg_write(uca.UC_ARM64_REG_X0, result & ((1 << 64) - 1))
+
+
+# ESR ISS.EA: QEMU's TCG marks synchronous external aborts with it, so we do too.
+ESR_ISS_EA = 1 << 9
+
+
+class _FatalGuestState(Exception):
+    """The guest is in a state it cannot leave (e.g. an exception at its own vector)."""
+
+
+@dataclass
+class _OneReg:
+    get: Callable[[], int]
+    set: Callable[[int], None] | None
+
+
+def _is_multi_access(insn: int) -> bool:
+    """Does this A64 load/store make more than one memory access in Unicorn (pairs, 128-bit)?"""
+    if insn & 0x3A000000 == 0x28000000:  # load/store pair (all addressing forms)
+        return True
+    if insn & 0x3B000000 == 0x39000000 or insn & 0x3B200000 == 0x38000000 or insn & 0x3B200C00 == 0x38200800:
+        # load/store register (unsigned imm / unscaled, pre/post-index / register offset)
+        v, size, opc = (insn >> 26) & 1, insn >> 30, (insn >> 22) & 3
+        return bool(v and size == 0 and opc & 2)  # 128-bit Q register
+    if insn & 0xBF000000 == 0x0C000000 or insn & 0xBF000000 == 0x0D000000:
+        return True  # SIMD load/store multiple or single structures
+    return False

@@ -1,0 +1,260 @@
+"""The "virt" board: the machine a guest sees, and the VMM loop that serves the vCPU's exits.
+
+Memory map (as qemu-system-aarch64 -M virt, so one ELF runs on both):
+
+    0x0000_0000  ROM/flash, 128 MiB, read-only to the guest (a KVM_MEM_READONLY slot)
+    0x0800_0000  GIC distributor/CPU interface window: read-as-zero, writes ignored
+    0x0900_0000  PL011 UART: output goes to the console
+    0x4000_0000  RAM, `ram_size` bytes
+
+Any other address is unassigned: an access there is a synchronous external abort for the
+guest, as on QEMU's TCG.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from guestdbg import kvm
+from guestdbg.backends.unicorn_arm64 import Arm64Vcpu, Arm64Vm, DebugConfig, PSTATE_DAIF, PSTATE_MODE_EL1H
+
+ROM_BASE = 0x0000_0000
+ROM_SIZE = 128 << 20
+GIC_BASE = 0x0800_0000
+GIC_SIZE = 0x0002_0000
+UART_BASE = 0x0900_0000
+UART_SIZE = 0x1000
+RAM_BASE = 0x4000_0000
+DEFAULT_RAM_SIZE = 128 << 20
+MAX_RAM_SIZE = 8 << 30
+
+SLOT_ROM, SLOT_RAM = 0, 1
+
+
+class ImageError(ValueError):
+    """A guest image (ELF, raw or ROM) that cannot be loaded, with the reason."""
+
+
+class GuestFault(RuntimeError):
+    """The guest stopped in a way it cannot recover from (reported as one line)."""
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    ram_size: int = DEFAULT_RAM_SIZE
+    brps: int = 6
+    wrps: int = 4
+    ctx_cmps: int = 2
+
+    def __post_init__(self):
+        if self.ram_size % 4096 or not 4096 <= self.ram_size <= MAX_RAM_SIZE:
+            raise ValueError(f"RAM size must be a multiple of 4 KiB between 4 KiB and 8 GiB, got {self.ram_size}")
+        DebugConfig(self.brps, self.wrps, self.ctx_cmps)  # validates the counts
+
+    @property
+    def debug(self) -> DebugConfig:
+        return DebugConfig(self.brps, self.wrps, self.ctx_cmps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Pl011:
+    """PL011 UART, transmit side: DR sends a byte; FR says "TX FIFO empty, RX FIFO empty"."""
+
+    UARTDR, UARTFR = 0x000, 0x018
+    FR_RXFE, FR_TXFE = 1 << 4, 1 << 7
+    # UARTPeriphID0-3 and UARTPCellID0-3, as the TRM gives them.
+    ID_REGS = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
+               0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
+
+    def __init__(self, console: Callable[[bytes], None]):
+        self.console = console
+        self.regs: dict[int, int] = {}  # control registers the guest wrote (CR, IBRD, LCR_H, ...)
+
+    def read(self, offset: int, size: int) -> int:
+        if offset == self.UARTFR:
+            return self.FR_TXFE | self.FR_RXFE
+        if offset in self.ID_REGS:
+            return self.ID_REGS[offset]
+        if offset == self.UARTDR:
+            return 0
+        return self.regs.get(offset, 0)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == self.UARTDR:
+            self.console(bytes([value & 0xFF]))
+        else:
+            self.regs[offset] = value
+
+    def state(self) -> dict:
+        return {"regs": {str(k): v for k, v in self.regs.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.regs = {int(k): v for k, v in state["regs"].items()}
+
+
+class ReadAsZero:
+    """A window with a device QEMU's virt has and we do not model (the GIC): RAZ/WI."""
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+@dataclass
+class ExitStatus:
+    status: int
+    how: str  # "semihosting exit", "PSCI SYSTEM_OFF", "PSCI SYSTEM_RESET"
+
+
+@dataclass
+class Machine:
+    """A VM on the virt board with one vCPU, loaded and ready to run."""
+
+    config: MachineConfig = field(default_factory=MachineConfig)
+    console: Callable[[bytes], None] | None = None
+
+    def __post_init__(self):
+        self.console = self.console or _stdout_console
+        self.vm = Arm64Vm(self.config.debug, console=self._console)
+        self.vm.set_user_memory_region(SLOT_ROM, ROM_BASE, ROM_SIZE, kvm.KVM_MEM_READONLY)
+        self.vm.set_user_memory_region(SLOT_RAM, RAM_BASE, self.config.ram_size)
+        self.uart = Pl011(self._console)
+        self.vm.register_mmio_device(UART_BASE, UART_SIZE, self.uart)
+        self.vm.register_mmio_device(GIC_BASE, GIC_SIZE, ReadAsZero())
+        self.vcpu: Arm64Vcpu = self.vm.create_vcpu()
+        self.unassigned_accesses = 0
+
+    def _console(self, data: bytes) -> None:
+        self.console(data)
+
+    # ------------------------------------------------------------------ loading
+    def load_elf(self, path: str | Path) -> int:
+        """Load an AArch64 ELF at its segments' physical addresses; PC = its entry. Returns entry."""
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                elf = ELFFile(f)
+                if elf.get_machine_arch() != "AArch64" or elf.elfclass != 64 or not elf.little_endian:
+                    raise ImageError(f"{path}: not a little-endian AArch64 ELF64 image "
+                                     f"(machine {elf['e_machine']}, class {elf.elfclass})")
+                segments = [(seg["p_paddr"], seg.data(), seg["p_memsz"]) for seg in elf.iter_segments()
+                            if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
+                entry = elf["e_entry"]
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except (ELFError, ValueError) as e:
+            if isinstance(e, ImageError):
+                raise
+            raise ImageError(f"{path}: not a valid ELF file ({e})") from None
+        if not segments:
+            raise ImageError(f"{path}: ELF has no loadable segments")
+        for paddr, data, memsz in segments:
+            self._check_fits(path, paddr, memsz)
+        for paddr, data, memsz in segments:
+            self.vm.write_phys(paddr, data + bytes(memsz - len(data)))
+        self.reset_cpu(entry)
+        return entry
+
+    def load_raw(self, path: str | Path, load_addr: int) -> None:
+        data = _read_image(path)
+        self._check_fits(path, load_addr, len(data))
+        self.vm.write_phys(load_addr, data)
+        self.reset_cpu(load_addr)
+
+    def load_rom(self, path: str | Path) -> None:
+        data = _read_image(path)
+        if len(data) > ROM_SIZE:
+            raise ImageError(f"{path}: {len(data)} bytes do not fit the {ROM_SIZE >> 20} MiB ROM")
+        self.vm.write_phys(ROM_BASE, data)
+        self.reset_cpu(ROM_BASE)
+
+    def _check_fits(self, path, addr: int, size: int) -> None:
+        for base, length in ((ROM_BASE, ROM_SIZE), (RAM_BASE, self.config.ram_size)):
+            if base <= addr and addr + size <= base + length:
+                return
+        raise ImageError(
+            f"{path}: {size:#x} bytes at {addr:#x} are outside RAM "
+            f"({RAM_BASE:#x}-{RAM_BASE + self.config.ram_size - 1:#x}) and ROM ({ROM_BASE:#x}-{ROM_SIZE - 1:#x})")
+
+    def reset_cpu(self, entry: int) -> None:
+        """The state QEMU gives a bare-metal -kernel image: EL1h, interrupts masked, PC = entry."""
+        from guestdbg.arm import kvm_regs as kr
+        self.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PSTATE, PSTATE_DAIF | PSTATE_MODE_EL1H)
+        self.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, entry)
+
+    # ------------------------------------------------------------------ running
+    def handle_exit(self, run: kvm.KvmRun) -> ExitStatus | None:
+        """Serve one vCPU exit the VMM owns. Returns the guest's exit when it has ended;
+        raises GuestFault for exits no one can serve. DEBUG exits are the debugger's: they
+        are returned to the caller untouched by run_until()."""
+        if run.exit_reason == kvm.KVM_EXIT_MMIO:
+            # Only unassigned addresses and ROM writes get here: devices are claimed inline.
+            slot = self.vm.slot_for(run.mmio.phys_addr)
+            if slot is not None and slot.readonly and run.mmio.is_write:
+                return None  # ROM: the write is dropped when the vCPU completes it
+            self.unassigned_accesses += 1
+            self.vcpu.set_vcpu_events(ext_dabt_pending=True)
+            return None
+        if run.exit_reason == kvm.KVM_EXIT_SYSTEM_EVENT:
+            ev = run.system_event
+            status = ev.data[0] if ev.ndata else 0
+            if ev.type == kvm.KVM_SYSTEM_EVENT_SHUTDOWN:
+                how = "semihosting exit" if self.vcpu.pc and status else "power-off"
+                return ExitStatus(status, how)
+            if ev.type == kvm.KVM_SYSTEM_EVENT_RESET:
+                return ExitStatus(0, "PSCI SYSTEM_RESET")
+        if run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR:
+            raise GuestFault(run.internal.message)
+        return None
+
+    def run_until(self, stop: Callable[[kvm.KvmRun], bool] = lambda r: False) -> kvm.KvmRun | ExitStatus:
+        """Run the VMM loop until the guest ends (ExitStatus) or an exit `stop` accepts, or
+        any DEBUG or INTR exit (returned as they are)."""
+        while True:
+            run = self.vcpu.run()
+            if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+                return run
+            ended = self.handle_exit(run)
+            if ended is not None:
+                return ended
+
+    def run_to_exit(self) -> int:
+        """Run the guest to its end; return its exit status. Raises GuestFault."""
+        result = self.run_until()
+        if isinstance(result, ExitStatus):
+            return result.status
+        raise GuestFault(f"guest stopped unexpectedly: {result} at PC={self.vcpu.pc:#x}")
+
+    # ------------------------------------------------------------------ device state
+    def device_state(self) -> dict:
+        return {"pl011": self.uart.state()}
+
+    def restore_device_state(self, state: dict) -> None:
+        self.uart.restore(state["pl011"])
+
+
+def _read_image(path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise ImageError(f"{path}: image is empty")
+    return data
+
+
+def _stdout_console(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
