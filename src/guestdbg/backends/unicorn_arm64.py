@@ -108,6 +108,8 @@ CONTEXTIDR_EL1 = kr.SYSREG_ENCODINGS["CONTEXTIDR_EL1"]
 SPSR_EL1 = (3, 0, 4, 0, 0)
 TPIDR_EL1 = kr.SYSREG_ENCODINGS["TPIDR_EL1"]
 SCTLR_EL1 = kr.SYSREG_ENCODINGS["SCTLR_EL1"]
+SCR_EL3, SCR_EL3_NS, SCR_EL3_RW = (3, 6, 1, 1, 0), 1 << 0, 1 << 10
+HCR_EL2, HCR_EL2_RW = (3, 4, 1, 1, 0), 1 << 31
 DEBUG_REG_OP2 = {4: "bvr", 5: "bcr", 6: "wvr", 7: "wcr"}
 
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
@@ -301,6 +303,11 @@ class Arm64Vcpu:
         uc.hook_add(UC_HOOK_INSN, self._on_sysreg, None, 1, 0, uca.UC_ARM64_INS_MSR)
         uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access)
+        # Unicorn's Cortex-A57 implements EL2 and EL3 but resets them to AArch32, which makes
+        # every EL1 ERET an illegal return. Configure them as firmware would before entering a
+        # Non-secure AArch64 EL1 (QEMU's -kernel boot does the same).
+        uc.cpr_write(*SCR_EL3, SCR_EL3_RW | SCR_EL3_NS)
+        uc.cpr_write(*HCR_EL2, HCR_EL2_RW)
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
@@ -806,7 +813,7 @@ class Arm64Vcpu:
             self._pending_mmio = None
             self._ext_dabt_pending = False
             el = self.current_el()
-            esr = dr.esr_data_abort(el == 0, mmio.is_write, dr.DFSC_EXTERNAL_ABORT) | ESR_ISS_EA
+            esr = dr.esr_data_abort(el == 0, mmio.is_write, dr.DFSC_EXTERNAL_ABORT)
             self._take_exception(esr, far=va, preferred_return=pc)
             return None
         slot = self.vm.slot_for(mmio.phys_addr)
@@ -985,10 +992,6 @@ class Arm64Vcpu:
         else:
             result = PSCI_RET_NOT_SUPPORTED
         uc.reg_write(uca.UC_ARM64_REG_X0, result & ((1 << 64) - 1))
-
-
-# ESR ISS.EA: QEMU's TCG marks synchronous external aborts with it, so we do too.
-ESR_ISS_EA = 1 << 9
 
 
 class _FatalGuestState(Exception):

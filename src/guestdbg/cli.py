@@ -1,0 +1,143 @@
+"""The `guestdbg` command: run a guest, or print what the vCPU can do.
+
+Exit status: the guest's own for `run`; 1 when the guest faults; 2 for bad flags or images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+
+from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.board.virt import GuestFault, ImageError, Machine, MachineConfig
+
+EXIT_GUEST_FAULT = 1
+EXIT_USAGE = 2
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2, like every other bad-input path
+        self.exit(EXIT_USAGE, f"guestdbg: error: {message}\n")
+
+
+def parse_size(text: str) -> int:
+    """'128M', '1G', '65536', '0x10000' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 128M, 1G or 0x8000000)") from None
+
+
+def parse_addr(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"address {text!r} out of range")
+    return value
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ram", type=parse_size, default=128 << 20, metavar="SIZE", help="RAM size (default 128M)")
+    p.add_argument("--brps", type=int, default=6, metavar="N", help="breakpoint registers, 2..16 (default 6)")
+    p.add_argument("--wrps", type=int, default=4, metavar="N", help="watchpoint registers, 2..16 (default 4)")
+    p.add_argument("--ctx-cmps", type=int, default=2, metavar="N",
+                   help="context-aware breakpoints, 1..BRPs (default 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="guestdbg", description="Run and debug a virtual machine's guest.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+    run = sub.add_parser("run", help="run a guest to its end and exit with its status")
+    run.add_argument("image", nargs="?", help="AArch64 ELF, or a raw image with --load-addr "
+                                               "(default: the built-in demo guest)")
+    run.add_argument("--rom", metavar="FILE", help="ROM/flash image at 0x0; boots from it when no IMAGE is given")
+    run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
+    _add_config_flags(run)
+    caps = sub.add_parser("caps", help="print the vCPU's capabilities and the ID_AA64DFR0_EL1 a guest reads")
+    _add_config_flags(caps)
+    caps.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _config(args) -> MachineConfig:
+    return MachineConfig(ram_size=args.ram, brps=args.brps, wrps=args.wrps, ctx_cmps=args.ctx_cmps)
+
+
+def demo_image():
+    return resources.files("guestdbg").joinpath("data/demo.elf")
+
+
+def cmd_run(args) -> int:
+    machine = Machine(_config(args))
+    if args.rom:
+        machine.load_rom(args.rom)
+    if args.image:
+        try:
+            with open(args.image, "rb") as f:
+                is_elf = f.read(4) == b"\x7fELF"
+        except OSError as e:
+            raise ImageError(f"{args.image}: {e.strerror.lower()}") from None
+        if is_elf:
+            if args.load_addr is not None:
+                raise ImageError(f"{args.image}: --load-addr is for raw images; an ELF loads at its own addresses")
+            machine.load_elf(args.image)
+        elif args.load_addr is None:
+            raise ImageError(f"{args.image}: not an ELF file; give --load-addr to load it as a raw image")
+        else:
+            machine.load_raw(args.image, args.load_addr)
+    elif not args.rom:
+        with resources.as_file(demo_image()) as demo:
+            machine.load_elf(demo)
+    return machine.run_to_exit()
+
+
+def caps_report(config: MachineConfig) -> dict:
+    vm = Machine(config).vm
+    caps = [{"name": name, "number": number, "value": vm.check_extension(number)}
+            for number, name in sorted(kvm.CAPABILITY_NAMES.items(), key=lambda kv: kv[0])]
+    dfr0 = dr.id_aa64dfr0_el1(config.brps, config.wrps, config.ctx_cmps)
+    fields = {name: getattr(dr.ID_AA64DFR0, name).extract(dfr0)
+              for name in ("DebugVer", "TraceVer", "PMUVer", "BRPs", "WRPs", "CTX_CMPs")}
+    return {"capabilities": caps, "ID_AA64DFR0_EL1": {"value": dfr0, "fields": fields}}
+
+
+def cmd_caps(args) -> int:
+    report = caps_report(_config(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for cap in report["capabilities"]:
+        value = cap["value"]
+        shown = f"{value:#x}" if cap["number"] == kvm.KVM_CAP_SET_GUEST_DEBUG2 else str(value)
+        print(f"{cap['name']:<28} {cap['number']:>4}  {shown}")
+    d = report["ID_AA64DFR0_EL1"]
+    print(f"\nID_AA64DFR0_EL1 = {d['value']:#010x} (each count field holds count - 1)")
+    for name, raw in d["fields"].items():
+        meaning = f"  -> {raw + 1} {name.lower()}" if name in ("BRPs", "WRPs", "CTX_CMPs") else ""
+        print(f"  {name:<9} {raw:#x}{meaning}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "caps": cmd_caps}[args.command](args)
+    except (ImageError, ValueError) as e:
+        print(f"guestdbg: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except GuestFault as e:
+        print(f"guestdbg: guest fault: {e}", file=sys.stderr)
+        return EXIT_GUEST_FAULT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""VM snapshots: the register list's values, guest memory and device state, in one file.
+
+Migration goes through KVM_GET_REG_LIST/ONE_REG only, so the debugger's state (breakpoints,
+watchpoints, single-step) is never in a snapshot: a debugger re-applies its own after loading.
+
+File layout (all integers little-endian):
+
+    magic    8 bytes   b"GDBGSNAP"
+    version  u32       FORMAT_VERSION
+    length   u64       length of body
+    sha256   32 bytes  of body
+    body:
+      header_len u32, header (JSON: machine config, device state, register ids, memory layout)
+      registers  each value in its ONE_REG size, in header["registers"] order
+      memory     per memory slot: zlib stream of its non-zero 4 KiB pages, listed in the header
+
+Loading checks magic, version, length, checksum, machine config and every register id before
+it touches the VM, so a bad file changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.board.virt import Machine, MachineConfig
+
+MAGIC = b"GDBGSNAP"
+FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct("<8sIQ32s")
+PAGE = 4096
+_ZERO_PAGE = bytes(PAGE)
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be written or loaded, with the reason."""
+
+
+def dumps(machine: Machine) -> bytes:
+    vcpu = machine.vcpu
+    if vcpu._pending_mmio is not None:
+        raise SnapshotError("the vCPU is in the middle of an MMIO access; run it on first")
+    reg_ids = vcpu.get_reg_list()
+    regs = b"".join(vcpu.get_one_reg(r).to_bytes(kr.reg_size_bytes(r), "little") for r in reg_ids)
+    memory_meta, memory_blobs = [], []
+    for slot in sorted(machine.vm.slots.values(), key=lambda s: s.slot):
+        data = machine.vm.read_phys(slot.guest_phys_addr, slot.memory_size)
+        pages = [i for i in range(slot.memory_size // PAGE) if data[i * PAGE:(i + 1) * PAGE] != _ZERO_PAGE]
+        blob = zlib.compress(b"".join(data[i * PAGE:(i + 1) * PAGE] for i in pages), 1)
+        memory_meta.append({"slot": slot.slot, "guest_phys_addr": slot.guest_phys_addr,
+                            "memory_size": slot.memory_size, "flags": slot.flags,
+                            "pages": _ranges(pages), "length": len(blob)})
+        memory_blobs.append(blob)
+    header = json.dumps({
+        "config": machine.config.to_dict(),
+        "devices": machine.device_state(),
+        "registers": reg_ids,
+        "memory": memory_meta,
+    }, sort_keys=True).encode()
+    body = struct.pack("<I", len(header)) + header + regs + b"".join(memory_blobs)
+    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest()) + body
+
+
+def save(machine: Machine, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same directory, fsync, then rename."""
+    path = Path(path)
+    data = dumps(machine)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Parsed:
+    def __init__(self, config: MachineConfig, devices: dict, registers: list[tuple[int, int]],
+                 memory: list[tuple[dict, dict[int, bytes]]]):
+        self.config, self.devices, self.registers, self.memory = config, devices, registers, memory
+
+
+def _parse(data: bytes) -> _Parsed:
+    if len(data) < _PREAMBLE.size:
+        raise SnapshotError(f"truncated snapshot: {len(data)} bytes")
+    magic, version, length, digest = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise SnapshotError("not a guestdbg snapshot (bad magic)")
+    if version != FORMAT_VERSION:
+        raise SnapshotError(f"snapshot format version {version}, this guestdbg reads {FORMAT_VERSION}")
+    body = data[_PREAMBLE.size:]
+    if len(body) != length:
+        raise SnapshotError(f"truncated snapshot: body has {len(body)} of {length} bytes")
+    if hashlib.sha256(body).digest() != digest:
+        raise SnapshotError("snapshot checksum mismatch: the file is corrupt")
+    try:
+        (hlen,) = struct.unpack_from("<I", body)
+        header = json.loads(body[4:4 + hlen])
+        config = MachineConfig(**header["config"])
+        offset = 4 + hlen
+        registers = []
+        for reg_id in header["registers"]:
+            size = kr.reg_size_bytes(reg_id)
+            registers.append((reg_id, int.from_bytes(body[offset:offset + size], "little")))
+            offset += size
+        memory = []
+        for meta in header["memory"]:
+            raw = zlib.decompress(body[offset:offset + meta["length"]])
+            offset += meta["length"]
+            pages = [p for start, count in meta["pages"] for p in range(start, start + count)]
+            if len(raw) != len(pages) * PAGE:
+                raise SnapshotError("memory pages do not match their index")
+            memory.append((meta, {p: raw[i * PAGE:(i + 1) * PAGE] for i, p in enumerate(pages)}))
+        if offset != len(body):
+            raise SnapshotError("trailing data after the memory image")
+    except SnapshotError:
+        raise
+    except (KeyError, TypeError, ValueError, struct.error, zlib.error) as e:
+        raise SnapshotError(f"malformed snapshot: {e}") from None
+    return _Parsed(config, header["devices"], registers, memory)
+
+
+def restore_into(machine: Machine, data: bytes) -> None:
+    """Restore a snapshot into a machine of the same configuration, or change nothing."""
+    snap = _parse(data)
+    if snap.config != machine.config:
+        raise SnapshotError(f"snapshot is of a different machine: {snap.config} vs {machine.config}")
+    known = set(machine.vcpu.get_reg_list())
+    unknown = [r for r, _ in snap.registers if r not in known]
+    if unknown:
+        raise SnapshotError(f"snapshot has registers this vCPU lacks: {', '.join(hex(r) for r in unknown[:4])}")
+    for meta, _ in snap.memory:
+        slot = machine.vm.slots.get(meta["slot"])
+        if slot is None or (slot.guest_phys_addr, slot.memory_size) != (meta["guest_phys_addr"], meta["memory_size"]):
+            raise SnapshotError(f"snapshot memory slot {meta['slot']} does not match this machine")
+    # Everything checked: apply.
+    for meta, pages in snap.memory:
+        base, size = meta["guest_phys_addr"], meta["memory_size"]
+        image = bytearray(size)
+        for p, content in pages.items():
+            image[p * PAGE:(p + 1) * PAGE] = content
+        machine.vm.write_phys(base, bytes(image))
+    for reg_id, value in snap.registers:
+        machine.vcpu.set_one_reg(reg_id, value)
+    machine.restore_device_state(snap.devices)
+
+
+def load(path: str | os.PathLike, console=None) -> Machine:
+    """A new machine, built from the snapshot's own configuration and restored from it."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: no such file") from None
+    config = _parse(data).config
+    machine = Machine(config, console=console)
+    restore_into(machine, data)
+    return machine
+
+
+def _ranges(pages: list[int]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for p in pages:
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1][1] += 1
+        else:
+            out.append([p, 1])
+    return [tuple(r) for r in out]

@@ -1,0 +1,102 @@
+"""Helpers for driving guests on the emulated vCPU from tests."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.board.virt import ExitStatus, Machine, MachineConfig
+
+HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
+
+
+class Guest:
+    """A machine with one guest loaded and its console captured."""
+
+    def __init__(self, elf: Path, config: MachineConfig | None = None):
+        self.elf = Path(elf)
+        self.output = bytearray()
+        self.machine = Machine(config or MachineConfig(), console=self.output.extend)
+        self.machine.load_elf(self.elf)
+        self.vm, self.vcpu = self.machine.vm, self.machine.vcpu
+        self.sym = symbols(str(self.elf))
+
+    @property
+    def text(self) -> str:
+        return self.output.decode()
+
+    @property
+    def pc(self) -> int:
+        return self.vcpu.pc
+
+    def run(self) -> kvm.KvmRun | ExitStatus:
+        """Run until a debug exit, an INTR, or the guest's end (MMIO etc. served by the board)."""
+        return self.machine.run_until()
+
+    def run_to_exit(self) -> int:
+        return self.machine.run_to_exit()
+
+    def reg(self, name: str) -> int:
+        return self.vcpu.get_one_reg(reg_id(name))
+
+    def set_debug(self, control: int = HW_DEBUG, *, bps=(), wps=()) -> None:
+        """bps: [(bvr, bcr)], wps: [(wvr, wcr)] in slot order."""
+        arch = kr.kvm_guest_debug_arch()
+        for i, (bvr, bcr) in enumerate(bps):
+            arch.dbg_bvr[i], arch.dbg_bcr[i] = bvr, bcr
+        for i, (wvr, wcr) in enumerate(wps):
+            arch.dbg_wvr[i], arch.dbg_wcr[i] = wvr, wcr
+        self.vcpu.set_guest_debug(control, arch)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.vm.read_phys(addr, size)
+
+
+def reg_id(name: str) -> int:
+    name = name.upper()
+    if name == "PC":
+        return kr.KVM_REG_ARM_CORE_PC
+    if name == "SP":
+        return kr.KVM_REG_ARM_CORE_SP
+    if name == "SP_EL1":
+        return kr.KVM_REG_ARM_CORE_SP_EL1
+    if name == "PSTATE":
+        return kr.KVM_REG_ARM_CORE_PSTATE
+    if name == "ELR_EL1":
+        return kr.KVM_REG_ARM_CORE_ELR_EL1
+    if name == "SPSR_EL1":
+        return kr.KVM_REG_ARM_CORE_SPSR(kr.KVM_SPSR_EL1)
+    if name[0] == "X" and name[1:].isdigit():
+        return kr.KVM_REG_ARM_CORE_X(int(name[1:]))
+    if name[0] == "V" and name[1:].isdigit():
+        return kr.KVM_REG_ARM_CORE_V(int(name[1:]))
+    return kr.sysreg_id(name)
+
+
+@lru_cache(maxsize=None)
+def symbols(elf: str) -> dict[str, int]:
+    with open(elf, "rb") as f:
+        tab = ELFFile(f).get_section_by_name(".symtab")
+        return {s.name: s["st_value"] for s in tab.iter_symbols() if s.name}
+
+
+def breakpoint(addr: int, **kw) -> tuple[int, int]:
+    return addr, dr.encode_dbgbcr(**kw)
+
+
+def watchpoint(addr: int, size: int, *, lsc: int = 0b11) -> tuple[int, int]:
+    """A watchpoint on [addr, addr+size) inside one aligned doubleword (BAS)."""
+    base = addr & ~7
+    assert addr + size <= base + 8, "use a MASK watchpoint or several slots"
+    bas = ((1 << size) - 1) << (addr - base)
+    return base, dr.encode_dbgwcr(lsc=lsc, bas=bas)
+
+
+def ec(run) -> int:
+    assert isinstance(run, kvm.KvmRun) and run.exit_reason == kvm.KVM_EXIT_DEBUG, f"expected a debug exit, got {run}"
+    return run.debug.ec
