@@ -232,7 +232,20 @@ class Arm64Vm:
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
         self._check_phys_range(pa, len(data))
-        self.uc.mem_write(pa, bytes(data))  # also drops stale translated code
+        self.uc.mem_write(pa, bytes(data))
+        self._drop_translations(pa, len(data))
+
+    def _drop_translations(self, pa: int, size: int) -> None:
+        """Forget code translated from [pa, pa+size): Unicorn's mem_write does not (a debugger's
+        BRK patch or its restore would otherwise be ignored for code that already ran).
+        ctl_remove_cache takes a virtual address (Unicorn translates it through the guest's
+        MMU), so it is exact only while the MMU is off; otherwise flush everything."""
+        if size == 0:
+            return
+        if size <= 16 * PAGE_SIZE and not self.uc.cpr_read(*SCTLR_EL1) & 1:
+            self.uc.ctl_remove_cache(pa, pa + size)
+        else:
+            self.uc.ctl_flush_tb()
 
     def _check_phys_range(self, pa: int, size: int) -> None:
         end = pa + size
