@@ -52,7 +52,7 @@ def _current_el(g: Guest) -> int:
 def _step_over(g: Guest, rearm) -> kvm.KvmRun | ExitStatus:
     """Disarm, single-step exactly one instruction, re-arm (via `rearm()`), and continue."""
     pc = g.pc
-    g.set_debug(kvm.KVM_GUESTDBG_ENABLE | STEP)
+    g.set_debug(HW_DEBUG | STEP)  # keep the hardware, with no slot armed
     r = g.run()
     assert ec(r) == 0x32, f"single step from {pc:#x} did not give a software-step exit: {r}"
     assert g.pc != pc
@@ -129,6 +129,23 @@ def test_breakpoint_armed_after_code_was_translated(guest_dir):
     assert hits == [s["bp_c"]] * 2
     assert seen == [1, 2]
     assert end.status == 0 and g.text == BP_TARGETS_OUTPUT
+
+
+def test_single_step_interacts_with_armed_breakpoints(guest_dir):
+    g = _bp_targets(guest_dir)
+    bp_b = g.sym["bp_b"]
+    g.set_debug(bps=[breakpoint(bp_b)])
+    assert ec(g.run()) == EC_BREAKPOINT_LOWER and g.pc == bp_b
+    # Stepping without disarming: the breakpoint is checked first and fires again, no progress.
+    g.set_debug(HW_DEBUG | STEP, bps=[breakpoint(bp_b)])
+    r = g.run()
+    assert ec(r) == EC_BREAKPOINT_LOWER and g.pc == bp_b
+    # A step that lands on an armed breakpoint ends as a step; the next run hits the breakpoint.
+    g.set_debug(HW_DEBUG | STEP, bps=[breakpoint(bp_b + 4)])
+    r = g.run()
+    assert ec(r) == 0x32 and r.debug.hsr == 0xCB000022 and g.pc == bp_b + 4
+    r = g.run()
+    assert ec(r) == EC_BREAKPOINT_LOWER and g.pc == bp_b + 4
 
 
 def test_breakpoint_disarmed_after_hit_does_not_fire_again(guest_dir):
@@ -251,6 +268,19 @@ def test_unlinked_context_breakpoint_in_context_aware_slot(guest_dir):
     g.set_debug(0)
     end = g.run()
     assert isinstance(end, ExitStatus) and end.status == 0 and g.text == EL0_CONTEXT_OUTPUT
+
+
+def test_unlinked_context_breakpoint_el0_only(guest_dir):
+    # Context 0x22 is set at EL1 long before EL0 runs with it: the event waits for the first
+    # EL0 instruction with CONTEXTIDR_EL1 == 0x22, el0_entry in the second round.
+    g = _el0_context(guest_dir)
+    slot = g.vcpu.brps - 2
+    g.set_debug(bps=[(0, 0)] * slot + [(0x22, dr.encode_dbgbcr(bt=dr.BT_UNLINKED_CONTEXT, pmc=0b10))])
+    r = g.run()
+    assert ec(r) == EC_BREAKPOINT_LOWER
+    assert g.pc == g.sym["el0_entry"]
+    assert _current_el(g) == 0 and g.reg("CONTEXTIDR_EL1") == 0x22
+    assert _u64(g, "ctx_work_calls") == 3
 
 
 def test_unlinked_context_breakpoint_in_ordinary_slot_never_fires(guest_dir):

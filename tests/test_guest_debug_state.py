@@ -148,13 +148,32 @@ def test_debugger_breakpoint_wins_over_guest_breakpoint_at_same_address(guest_di
     assert g.vcpu.get_one_reg(dbg_id("bcr", 0)) == 0x1E7
     assert g.vcpu.get_one_reg(dbg_id("bvr", 0)) == s["target_fn"]
     assert g.vcpu.get_one_reg(MDSCR_ID) == 0xA000
-    # Step over and let the guest finish with the debugger still owning the hardware.
-    g.set_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP)
-    assert ec(g.run()) == 0x32
+    # Step over (keeping USE_HW, with no slots armed) and let the guest finish with the
+    # debugger still owning the hardware.
+    g.set_debug(HW_DEBUG | kvm.KVM_GUESTDBG_SINGLESTEP)
+    assert ec(g.run()) == 0x32 and g.pc == s["target_fn"] + 4
     g.set_debug(bps=[breakpoint(s["target_fn"])])
     end = g.run()
     assert isinstance(end, ExitStatus) and end.status == 0, end
     assert g.text == guest_output(0x10305106, 6, 4, 2, guest_hits=False)
+
+
+def test_step_without_use_hw_makes_guest_breakpoint_live(guest_dir):
+    # Stepping with ENABLE|SINGLESTEP but not USE_HW hands the hardware back to the guest for
+    # that step: its own breakpoint at target_fn fires first, and the step ends at its vector.
+    g = _guest(guest_dir)
+    s = g.sym
+    g.set_debug(bps=[breakpoint(s["target_fn"])])
+    assert ec(g.run()) == 0x30 and g.pc == s["target_fn"]
+    g.set_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP)
+    r = g.run()
+    assert ec(r) == 0x32
+    assert g.pc == g.reg("VBAR_EL1") + 0x200  # current EL with SP_ELx, synchronous
+    assert g.reg("ESR_EL1") == 0xC6000022
+    assert g.reg("ELR_EL1") == s["target_fn"]
+    g.set_debug(0)
+    assert g.run_to_exit() == 0
+    assert g.text == DEFAULT_OUTPUT
 
 
 def test_guest_debug_resumes_after_debugger_releases_hw(guest_dir):

@@ -125,10 +125,12 @@ class MmioExit:
 
 @dataclass
 class SystemEventExit:
-    """kvm_run.system_event: type is KVM_SYSTEM_EVENT_*, data[0] carries an exit status."""
+    """kvm_run.system_event: type is KVM_SYSTEM_EVENT_*, data[0] carries an exit status.
+    `source` says what the guest used (guestdbg's addition), e.g. "PSCI SYSTEM_OFF"."""
 
     type: int
     data: list[int] = field(default_factory=list)
+    source: str = ""
 
     @property
     def ndata(self) -> int:

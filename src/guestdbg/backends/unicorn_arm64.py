@@ -17,7 +17,9 @@ Unicorn leaves out:
    a KVM_EXIT_DEBUG (debugger) or an exception entered into the guest (guest).
 3. Zero cost when not hit. An address breakpoint is a UC_HOOK_CODE bounded to its one address;
    a watchpoint removes read or write permission from just the pages it covers, so accesses to
-   other pages run at full speed. Both are set up between emu_start calls only: hooks deleted
+   other pages run at full speed (a load watchpoint also puts a no-op UC_HOOK_MEM_READ on its
+   pages: Unicorn checks read permission only on its slow path, which a cached TLB entry
+   skips). Both are set up between emu_start calls only: hooks deleted
    inside a long emu_start keep costing until it returns.
 4. Before-the-access watchpoints. A store to a write-protected page faults precisely in Unicorn
    (PC on the store, base register not written back, memory unchanged), so a hit is reported
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from unicorn import (
-    UC_ARCH_ARM64, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_READ_PROT,
+    UC_ARCH_ARM64, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_PROT,
     UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE,
     Uc, UcError,
@@ -297,6 +299,7 @@ class Arm64Vcpu:
         self._context_bps: list[dr.Breakpoint] = []
         self._context_hook: int | None = None
         self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
+        self._read_hooks: dict[int, int] = {}  # VA page -> no-op UC_HOOK_MEM_READ forcing the checked path
         self._rearm_pending = False
 
         # Per-run scratch state, set by hooks.
@@ -405,6 +408,11 @@ class Arm64Vcpu:
     def _emu(self, pc: int, count: int) -> UcError | None:
         self._in_emu = True
         try:
+            if count:
+                # A block translated by a free run that faulted on its first instruction (a
+                # watched store or load) is reused by emu_start(count=n) without the count check,
+                # running the whole block: translate the instruction at PC afresh.
+                self.uc.ctl_remove_cache(pc, pc + 4)
             self.uc.emu_start(pc, 0, count=count)
         except UcError as e:
             return e
@@ -625,6 +633,19 @@ class Arm64Vcpu:
             if self._protected.get(page) != perms:
                 self.uc.mem_protect(page, PAGE_SIZE, perms)
                 self._protected[page] = perms
+        # Unicorn checks a page's read permission only on its slow path: once any access (an
+        # allowed read, a store, a fetch) has filled the TLB entry, loads there run unchecked. A
+        # bounded UC_HOOK_MEM_READ on the page keeps every load on the checked path.
+        read_pages = {va_page for wp in self._wp_table if wp is not None and wp.loads
+                      for va_page in wp.pages(PAGE_SIZE)}
+        for va_page in set(self._read_hooks) - read_pages:
+            self.uc.hook_del(self._read_hooks.pop(va_page))
+        added = read_pages - set(self._read_hooks)
+        for va_page in added:
+            self._read_hooks[va_page] = self.uc.hook_add(
+                UC_HOOK_MEM_READ, _ignore_access, None, va_page, va_page + PAGE_SIZE - 1)
+        if added:
+            self.uc.ctl_flush_tb()  # code translated before a hook exists would not call it
 
     def _translate_page(self, va_page: int) -> int | None:
         try:
@@ -918,11 +939,48 @@ class Arm64Vcpu:
         elif intno == EXCP_UDEF:
             self._on_undefined(pc)
         elif intno == EXCP_PREFETCH_ABORT:
-            self._stop(self._internal_error(f"instruction abort at PC={pc:#x} (guest MMU fault)", pc))
+            el = self.current_el()
+            fsc = self._fault_status(pc, "exec")
+            self._take_exception(dr.esr_instruction_abort(el == 0, fsc), far=pc, preferred_return=pc)
         elif intno == EXCP_DATA_ABORT:
-            self._stop(self._internal_error(f"data abort at PC={pc:#x} (guest MMU fault)", pc))
+            self._enter_data_abort(pc)
         else:
             self._stop(self._internal_error(f"unexpected exception {intno} at PC={pc:#x}", pc))
+
+    def _enter_data_abort(self, pc: int) -> None:
+        """A fault in Unicorn's own stage-1 walk. Unicorn does not say which address faulted,
+        so decode the load/store at PC to find it, and walk the tables to classify the fault."""
+        decoded = _decode_access(self._insn_at(pc), pc, self._read_gpr)
+        if decoded is None:
+            raise _FatalGuestState(f"data abort at PC={pc:#x} by an instruction guestdbg cannot decode")
+        va, size, is_write = decoded
+        access = "write" if is_write else "read"
+        far, fsc = va, None
+        for probe in (va, (va + size - 1) & PAGE_MASK if size > 1 else va):
+            fsc = self._fault_status(probe, access, default=None)
+            if fsc is not None:
+                far = max(probe, va)
+                break
+        el = self.current_el()
+        self._take_exception(dr.esr_data_abort(el == 0, is_write, fsc if fsc is not None else 0x07),
+                             far=far, preferred_return=pc)
+
+    def _fault_status(self, va: int, access: str, default: int | None = 0x04) -> int | None:
+        """The FSC a stage-1 walk gives for `va` (None/`default` when it translates fine)."""
+        from guestdbg.arm import mmu
+        try:
+            self.translate(va, access)
+        except mmu.TranslationFault as fault:
+            return fault.fsc()
+        return default
+
+    def _read_gpr(self, name: str) -> int:
+        if name in ("sp", "wsp"):
+            return self.uc.reg_read(uca.UC_ARM64_REG_SP)
+        if name in ("xzr", "wzr"):
+            return 0
+        value = self.uc.reg_read(_X_REGS[int(name[1:])])
+        return value & 0xFFFFFFFF if name[0] == "w" else value
 
     def _on_undefined(self, pc: int) -> None:
         insn = self._insn_at(pc)
@@ -951,6 +1009,10 @@ class Arm64Vcpu:
         uc.cpr_write(*SPSR_EL1, pstate)
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
         uc.reg_write(uca.UC_ARM64_REG_PC, vector)
+        if self._in_emu and self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP:
+            # Entering the vector completes the step. Unicorn's instruction count does not stop
+            # it there when the vector's code was translated during a free run.
+            uc.emu_stop()
 
     def _semihosting(self, pc: int) -> None:
         uc = self.uc
@@ -968,7 +1030,8 @@ class Arm64Vcpu:
             status = subcode & 0xFFFFFFFF if reason == ADP_Stopped_ApplicationExit else 1
             uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
             self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT,
-                              system_event=kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN, [status])))
+                              system_event=kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN, [status],
+                                                                   f"semihosting {'SYS_EXIT' if op == SYS_EXIT else 'SYS_EXIT_EXTENDED'}")))
             return
         else:
             result = (1 << 64) - 1  # -1: operation not supported
@@ -991,8 +1054,10 @@ class Arm64Vcpu:
         fn = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
         uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)  # HVC/SMC return past the call
         if fn in (PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET):
-            kind = kvm.KVM_SYSTEM_EVENT_SHUTDOWN if fn == PSCI_0_2_FN_SYSTEM_OFF else kvm.KVM_SYSTEM_EVENT_RESET
-            self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=kvm.SystemEventExit(kind, [0])))
+            off = fn == PSCI_0_2_FN_SYSTEM_OFF
+            event = kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN if off else kvm.KVM_SYSTEM_EVENT_RESET, [0],
+                                        "PSCI SYSTEM_OFF" if off else "PSCI SYSTEM_RESET")
+            self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=event))
             return
         known = {PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
                  PSCI_1_0_FN_PSCI_FEATURES}
@@ -1015,6 +1080,47 @@ class _FatalGuestState(Exception):
 class _OneReg:
     get: Callable[[], int]
     set: Callable[[int], None] | None
+
+
+_capstone = None
+
+
+def _decode_access(insn: int, pc: int, read_gpr: Callable[[str], int]) -> tuple[int, int, bool] | None:
+    """(virtual address, size, is_write) of the load/store `insn`, or None if it is not one."""
+    global _capstone
+    import capstone
+    from capstone import arm64 as cs64
+    if _capstone is None:
+        _capstone = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        _capstone.detail = True
+    decoded = list(_capstone.disasm(insn.to_bytes(4, "little"), pc))
+    if not decoded:
+        return None
+    i = decoded[0]
+    mems = [op for op in i.operands if op.type == cs64.ARM64_OP_MEM]
+    if not mems:
+        return None
+    mem = mems[0].mem
+    addr = read_gpr(i.reg_name(mem.base)) + mem.disp  # post-index forms carry disp 0 here
+    if mem.index:
+        index = read_gpr(i.reg_name(mem.index))
+        ext = mems[0].ext
+        if ext in (cs64.ARM64_EXT_UXTW,):
+            index &= 0xFFFFFFFF
+        elif ext in (cs64.ARM64_EXT_SXTW,):
+            index = (index & 0xFFFFFFFF) - ((index & 0x80000000) << 1)
+        addr += index << mems[0].shift.value
+    regs = [op for op in i.operands if op.type == cs64.ARM64_OP_REG]
+    reg_size = 16 if regs and i.reg_name(regs[0].reg)[0] == "q" else 8
+    size = reg_size * (2 if i.mnemonic.startswith(("ldp", "stp", "ldnp", "stnp")) else 1)
+    m = i.mnemonic
+    atomic_rmw = m.startswith("ld") and m[2:5] in ("add", "clr", "eor", "set", "sma", "smi", "uma", "umi")
+    is_write = m.startswith(("st", "swp", "cas")) or atomic_rmw
+    return addr & ((1 << 64) - 1), size, is_write
+
+
+def _ignore_access(_uc, _access, _va, _size, _value, _user) -> None:
+    """UC_HOOK_MEM_READ callback that only exists to keep loads on Unicorn's checked path."""
 
 
 def _is_multi_access(insn: int) -> bool:

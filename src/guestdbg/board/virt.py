@@ -110,7 +110,7 @@ class ReadAsZero:
 @dataclass
 class ExitStatus:
     status: int
-    how: str  # "semihosting exit", "PSCI SYSTEM_OFF", "PSCI SYSTEM_RESET"
+    how: str  # "semihosting SYS_EXIT", "PSCI SYSTEM_OFF", ...
 
 
 @dataclass
@@ -208,11 +208,8 @@ class Machine:
         if run.exit_reason == kvm.KVM_EXIT_SYSTEM_EVENT:
             ev = run.system_event
             status = ev.data[0] if ev.ndata else 0
-            if ev.type == kvm.KVM_SYSTEM_EVENT_SHUTDOWN:
-                how = "semihosting exit" if self.vcpu.pc and status else "power-off"
-                return ExitStatus(status, how)
-            if ev.type == kvm.KVM_SYSTEM_EVENT_RESET:
-                return ExitStatus(0, "PSCI SYSTEM_RESET")
+            if ev.type in (kvm.KVM_SYSTEM_EVENT_SHUTDOWN, kvm.KVM_SYSTEM_EVENT_RESET):
+                return ExitStatus(status, ev.source)
         if run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR:
             raise GuestFault(run.internal.message)
         return None
