@@ -112,6 +112,8 @@ TPIDR_EL1 = kr.SYSREG_ENCODINGS["TPIDR_EL1"]
 SCTLR_EL1 = kr.SYSREG_ENCODINGS["SCTLR_EL1"]
 SCR_EL3, SCR_EL3_NS, SCR_EL3_RW = (3, 6, 1, 1, 0), 1 << 0, 1 << 10
 HCR_EL2, HCR_EL2_RW = (3, 4, 1, 1, 0), 1 << 31
+TRANSLATION_REGS = {SCTLR_EL1, kr.SYSREG_ENCODINGS["TTBR0_EL1"], kr.SYSREG_ENCODINGS["TTBR1_EL1"],
+                    kr.SYSREG_ENCODINGS["TCR_EL1"]}
 DEBUG_REG_OP2 = {4: "bvr", 5: "bcr", 6: "wvr", 7: "wcr"}
 
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
@@ -159,6 +161,24 @@ class GuestDebugRegs:
     wcr: list[int] = field(default_factory=lambda: [0] * 16)
     wvr: list[int] = field(default_factory=lambda: [0] * 16)
     mdscr: int = 0
+
+
+@dataclass(frozen=True)
+class WatchTrap:
+    """A guestdbg extension beyond KVM: trap loads and/or stores to exactly [start, end) (guest
+    virtual), by write/read-protecting just the pages they touch. Always the debugger's: a hit
+    is a KVM_EXIT_DEBUG with EC 0x34 (watchpoint) and FAR, whoever owns the hardware slots.
+    `code` marks traps a debugger keeps on its software breakpoints (informational)."""
+
+    start: int
+    end: int
+    loads: bool = True
+    stores: bool = True
+    code: bool = False
+
+    def as_watchpoint(self, index: int) -> dr.Watchpoint:
+        return dr.Watchpoint(index=index, ranges=((self.start, self.end),), loads=self.loads,
+                             stores=self.stores, el0=True, el1=True, linked=False, lbn=0)
 
 
 class _StopEmulation(Exception):
@@ -299,6 +319,7 @@ class Arm64Vcpu:
         self._context_bps: list[dr.Breakpoint] = []
         self._context_hook: int | None = None
         self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
+        self._traps: list[dr.Watchpoint] = []  # the debugger's page traps (WatchTrap)
         self._read_hooks: dict[int, int] = {}  # VA page -> no-op UC_HOOK_MEM_READ forcing the checked path
         self._rearm_pending = False
 
@@ -310,7 +331,7 @@ class Arm64Vcpu:
         self._ext_dabt_pending = False
         self._suppress_pc: int | None = None  # the instruction being completed already passed its checks
         self._multi_access_pc: int | None = None
-        self._probe: list[tuple[bool, int, int, int]] | None = None  # (is_write, va, size, value)
+        self._probe: list[tuple[bool, int, int, int, int]] | None = None  # (is_write, va, pa, size, value)
         self._recheck_context = False
 
         uc = self.uc
@@ -340,6 +361,12 @@ class Arm64Vcpu:
         else:
             self.guestdbg_control = 0
         self._rearm()
+
+    def set_watch_traps(self, traps: list[WatchTrap]) -> None:
+        """Replace the debugger's page traps (see WatchTrap). Not a KVM ioctl: on KVM the same
+        effect comes from read-only memory slots."""
+        self._traps = [t.as_watchpoint(-1 - i) for i, t in enumerate(traps)]
+        self._reprotect()
 
     @property
     def debugger_owns_hw(self) -> bool:
@@ -608,7 +635,7 @@ class Arm64Vcpu:
     def _reprotect(self) -> None:
         """Take read/write permission away from exactly the pages live watchpoints cover."""
         want: dict[int, int] = {}
-        for wp in self._wp_table:
+        for wp in self._wp_table + self._traps:
             if wp is None:
                 continue
             for va_page in wp.pages(PAGE_SIZE):
@@ -636,8 +663,9 @@ class Arm64Vcpu:
         # Unicorn checks a page's read permission only on its slow path: once any access (an
         # allowed read, a store, a fetch) has filled the TLB entry, loads there run unchecked. A
         # bounded UC_HOOK_MEM_READ on the page keeps every load on the checked path.
-        read_pages = {va_page for wp in self._wp_table if wp is not None and wp.loads
-                      for va_page in wp.pages(PAGE_SIZE)}
+        # Unicorn checks hook bounds against the physical address: bound them by physical page.
+        read_pages = {pa_page for wp in self._wp_table + self._traps if wp is not None and wp.loads
+                      for pa_page in map(self._translate_page, wp.pages(PAGE_SIZE)) if pa_page is not None}
         for va_page in set(self._read_hooks) - read_pages:
             self.uc.hook_del(self._read_hooks.pop(va_page))
         added = read_pages - set(self._read_hooks)
@@ -686,10 +714,11 @@ class Arm64Vcpu:
             return True
         return bool(dr.MDSCR_EL1.KDE.extract(mdscr)) and not self._pstate() & dr.PSTATE_D
 
-    def _debug_event(self, esr_for_lower_el: Callable[[bool], int], *, far: int | None, at_pc: int) -> None:
+    def _debug_event(self, esr_for_lower_el: Callable[[bool], int], *, far: int | None, at_pc: int,
+                     owner: str | None = None) -> None:
         """A live breakpoint or watchpoint fired before the instruction at `at_pc` completed."""
         el = self.current_el()
-        if self._owner == "debugger":
+        if (owner or self._owner) == "debugger":
             self._stop(self._debug_exit(esr_for_lower_el(True), far or 0))
         else:
             self._guest_exception = (esr_for_lower_el(el == 0), far, at_pc)
@@ -742,8 +771,12 @@ class Arm64Vcpu:
             uc.emu_stop()  # run() re-checks before this instruction and takes the event
 
     # ------------------------------------------------------------------ watchpoints
-    def _watch_hit(self, is_write: bool, va: int, size: int) -> int | None:
-        """Lowest watched address an access touches, or None (honours LSC, PAC and links)."""
+    def _watch_hit(self, is_write: bool, va: int, size: int) -> str | None:
+        """Who an access hits: "debugger" (a page trap, or its hardware watchpoints), "guest"
+        (the guest's own watchpoints), or None. Honours LSC, PAC and links."""
+        for trap in self._traps:
+            if (trap.stores if is_write else trap.loads) and trap.overlaps(va, size):
+                return "debugger"
         if not self._wp_table:
             return None
         el = self.current_el()
@@ -753,24 +786,39 @@ class Arm64Vcpu:
         for wp in self._wp_table:
             if wp and dr.watchpoint_matches(self._bp_table, wp, addr=va, size=size, is_write=is_write,
                                             el=el, contextidr=ctx):
-                return wp.first_hit(va, size)
+                return self._owner
         return None
 
-    def _on_protected_access(self, uc, access, va, size, value, _user) -> bool:
+    def _va_of_access(self, addr: int) -> int:
+        """Unicorn's memory hooks get the physical address; watchpoints match virtual ones.
+        With the MMU on, find the access's virtual address from the load/store at PC."""
+        if not self.uc.cpr_read(*SCTLR_EL1) & 1:
+            return addr
+        decoded = _decode_access(self._insn_at(self.pc), self.pc, self._read_gpr)
+        if decoded is None:
+            return addr
+        va, size, _ = decoded
+        for va_page in {va & PAGE_MASK, (va + size - 1) & PAGE_MASK}:
+            if self._translate_page(va_page) == addr & PAGE_MASK:
+                return va_page | (addr & (PAGE_SIZE - 1))
+        return addr
+
+    def _on_protected_access(self, uc, access, pa, size, value, _user) -> bool:
         is_write = access == UC_MEM_WRITE_PROT
+        va = self._va_of_access(pa)
         if self._probe is not None:  # learning a multi-access instruction's accesses
-            self._probe.append((is_write, va, size, value))
+            self._probe.append((is_write, va, pa, size, value))
             return True  # reads go ahead; stores to a protected page are dropped by Unicorn
         pc = self.pc
-        pa = self.translate(va, "write" if is_write else "read")
         slot = self.vm.slot_for(pa)
         if pc != self._suppress_pc:
             if _is_multi_access(self._insn_at(pc)):
                 self._multi_access_pc = pc
                 return False
-            hit = self._watch_hit(is_write, va, size)
-            if hit is not None:
-                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc)
+            owner = self._watch_hit(is_write, va, size)
+            if owner is not None:
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                                  owner=owner)
                 return False
         if is_write and slot is not None and slot.readonly:
             if pc == self._suppress_pc:
@@ -778,8 +826,13 @@ class Arm64Vcpu:
             self._mmio_exit(va, pa, size, True, value)
             return False
         if is_write:
-            uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+            self._store(va, pa, size, value)
         return True
+
+    def _store(self, va: int, pa: int, size: int, value: int) -> None:
+        """Do a store Unicorn was not allowed to do, as the guest would have (code included)."""
+        self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.uc.ctl_remove_cache(va, va + size)  # the guest may be rewriting code
 
     def _run_multi_access_instruction(self) -> KvmRun | None:
         """Run a pair/SIMD access on a watched page once with its stores held back, then either
@@ -793,23 +846,23 @@ class Arm64Vcpu:
             fault = self._emu(pc, 1)
         finally:
             accesses, self._probe, self._suppress_pc = self._probe, None, None
-        for is_write, va, size, _ in accesses:
-            hit = self._watch_hit(is_write, va, size)
-            if hit is not None:
+        for is_write, va, _pa, size, _ in accesses:
+            owner = self._watch_hit(is_write, va, size)
+            if owner is not None:
                 self.uc.context_restore(saved)
                 self._exit = None
-                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc)
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                                  owner=owner)
                 if self._exit is not None:
                     return self._exit
                 esr, far, ret = self._guest_exception
                 self._take_exception(esr, far=far, preferred_return=ret)
                 return None
-        for is_write, va, size, value in accesses:
+        for is_write, va, pa, size, value in accesses:
             if is_write:
-                pa = self.translate(va, "write")
                 slot = self.vm.slot_for(pa)
                 if slot is not None and not slot.readonly:
-                    self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+                    self._store(va, pa, size, value)
         if self._exit is not None:
             return self._exit
         if fault is not None:
@@ -817,18 +870,14 @@ class Arm64Vcpu:
         return None
 
     # ------------------------------------------------------------------ MMIO
-    def _on_unmapped_access(self, uc, access, va, size, value, _user) -> bool:
+    def _on_unmapped_access(self, uc, access, pa, size, value, _user) -> bool:
         if access == UC_MEM_FETCH_UNMAPPED:
             self._stop(self._internal_error(
-                f"instruction fetch from unmapped address {va:#x}", va))
+                f"instruction fetch from unmapped address {pa:#x}", pa))
             return False
         if self.pc == self._suppress_pc and self._pending_mmio is not None:
             return False
-        try:
-            pa = self.translate(va, "write" if access == UC_MEM_WRITE_UNMAPPED else "read")
-        except Exception:
-            pa = va
-        self._mmio_exit(va, pa, size, access == UC_MEM_WRITE_UNMAPPED, value)
+        self._mmio_exit(self._va_of_access(pa), pa, size, access == UC_MEM_WRITE_UNMAPPED, value)
         return False
 
     def _mmio_exit(self, va: int, pa: int, size: int, is_write: bool, value: int) -> None:
@@ -910,6 +959,10 @@ class Arm64Vcpu:
             return 1
         if key == CONTEXTIDR_EL1 and not is_read and self._bp_table:
             uc.emu_stop()  # let the write happen, then re-check context-ID breakpoints
+        if key in TRANSLATION_REGS and not is_read and (self._protected or self._wp_table or self._traps):
+            # Watched virtual pages may now be other physical pages: re-protect after the write.
+            self._rearm_pending = True
+            uc.emu_stop()
         return 0
 
     def _last_insn_is_mrs(self) -> bool:

@@ -1,0 +1,471 @@
+"""The guest-debug manager: breakpoint and watchpoint policy over a KVM-shaped vCPU.
+
+This is the part of a VMM that QEMU's gdbstub and its KVM accelerator play: no sockets, no
+protocol, just policy. The GDB session and the Python API both drive it.
+
+Policy
+------
+1. Slot counts come from check_extension(KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS), never constants.
+2. `add_breakpoint` is a software breakpoint (BRK #0 patched over the instruction) unless the
+   code is in read-only memory (ROM/flash): then a hardware slot. `add_hw_breakpoint` always
+   uses a slot. Out of slots is an error; nothing else changes.
+3. Software breakpoints are keyed and reference-counted by guest physical address (two virtual
+   aliases of one page share one patch); virtual addresses go through the guest's page tables.
+4. Debugger reads see the original bytes under software breakpoints; debugger writes there
+   update the saved original and keep the breakpoint.
+5. Code the guest rewrites keeps its breakpoints: stores to a patched word are trapped, allowed
+   to complete, and the breakpoint is re-armed over the new instruction.
+6. Watchpoints use hardware slots while they last, splitting an arbitrary range exactly into
+   BAS pieces (inside one doubleword) and MASK pieces (aligned powers of two). A watch that
+   does not fit in the free slots traps accesses to just its pages instead (the vCPU's page-trap
+   extension): exact semantics, no fixed limit.
+7. Resuming from a breakpoint or watchpoint steps the one instruction with only that event
+   disarmed, so nothing is ever dropped, and a watched access then completes.
+8. Debug exits the manager did not cause (the guest's own BRK while USE_SW_BP is on) are
+   re-injected into the guest, as the hardware would have delivered them.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+
+from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.arm import exceptions as arm_exc
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.backends.unicorn_arm64 import WatchTrap
+from guestdbg.board.virt import ExitStatus, GuestFault, Machine
+
+BRK0 = (0xD4200000).to_bytes(4, "little")
+MAX_WATCH = 1 << 31  # MASK covers up to 2 GiB; larger ranges are refused
+
+
+class DebugError(Exception):
+    """A request the manager cannot honour; `errno` says why (the stub maps it to Exx)."""
+
+    def __init__(self, err: int, message: str):
+        super().__init__(message)
+        self.errno = err
+
+
+class WatchKind(Enum):
+    WRITE = "watch"    # Z2
+    READ = "rwatch"    # Z3
+    ACCESS = "awatch"  # Z4
+
+    @property
+    def lsc(self) -> int:
+        return {WatchKind.WRITE: 0b10, WatchKind.READ: 0b01, WatchKind.ACCESS: 0b11}[self]
+
+
+class StopKind(Enum):
+    STEP = "step"
+    SWBREAK = "swbreak"
+    HWBREAK = "hwbreak"
+    WATCH = "watch"
+    SIGNAL = "signal"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class StopEvent:
+    kind: StopKind
+    pc: int = 0
+    signal: int = signal.SIGTRAP
+    watch_kind: WatchKind | None = None
+    watch_addr: int | None = None
+    exit_status: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class _SwBreakpoint:
+    pa: int
+    original: bytes
+    vas: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Watch:
+    addr: int
+    length: int
+    kind: WatchKind
+    pieces: list[tuple[int, int]] = field(default_factory=list)  # (wvr, wcr) in hardware slots
+    slots: list[int] = field(default_factory=list)
+    trapped: bool = False  # page-trap fallback instead of slots
+
+    @property
+    def mechanism(self) -> str:
+        return "page-trap" if self.trapped else "hw:" + ",".join(map(str, self.slots))
+
+    def overlaps(self, addr: int, size: int) -> bool:
+        return addr < self.addr + self.length and self.addr < addr + size
+
+
+def plan_watch_pieces(addr: int, length: int) -> list[tuple[int, int, int]]:
+    """Cover exactly [addr, addr+length) with watchpoint pieces: (wvr, bas, mask).
+
+    A range inside one doubleword is one BAS piece; an aligned power of two of 8 bytes or more
+    is one MASK piece; anything else is a BAS head, aligned MASK/BAS blocks, and a BAS tail.
+    Nothing is widened or truncated."""
+    if length <= 0:
+        raise DebugError(errno.EINVAL, "watch length must be positive")
+    pieces: list[tuple[int, int, int]] = []
+    pos, end = addr, addr + length
+    while pos < end:
+        dw = pos & ~7
+        if pos != dw or end - pos < 8:
+            stop = min(end, dw + 8)
+            bas = ((1 << (stop - pos)) - 1) << (pos - dw)
+            pieces.append((dw, bas, 0))
+            pos = stop
+            continue
+        size = 8
+        while size < MAX_WATCH and pos % (size * 2) == 0 and pos + size * 2 <= end:
+            size *= 2
+        pieces.append((pos, 0xFF, 0 if size == 8 else size.bit_length() - 1))
+        pos += size
+    return pieces
+
+
+class GuestDebugManager:
+    """Breakpoints, watchpoints, stepping and resuming for one machine's vCPU."""
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self.vm = machine.vm
+        self.vcpu = machine.vcpu
+        self.hw_bp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS)
+        self.hw_wp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS)
+        self._sw: dict[int, _SwBreakpoint] = {}   # pa -> patch
+        self._sw_va: dict[int, int] = {}           # va -> pa
+        self._hw_bp: dict[int, int] = {}           # va -> slot
+        self.watches: list[Watch] = []
+        self._last_stop: StopEvent | None = None
+        self._last_watch: Watch | None = None
+        self._lock = threading.Lock()
+        self.single_stepping = False
+
+    # ------------------------------------------------------------------ breakpoints
+    def add_breakpoint(self, va: int) -> str:
+        """Z0: software unless the code is in read-only memory. Returns the mechanism used."""
+        pa = self._translate(va)
+        slot = self.vm.slot_for(pa)
+        if slot is None:
+            raise DebugError(errno.EFAULT, f"no memory at {va:#x}")
+        if slot.readonly:
+            self.add_hw_breakpoint(va)
+            return "hw"
+        if va in self._sw_va:
+            return "sw"
+        patch = self._sw.get(pa)
+        if patch is None:
+            patch = _SwBreakpoint(pa, self.vm.read_phys(pa, 4))
+            self.vm.write_phys(pa, BRK0)
+            self._sw[pa] = patch
+        patch.vas.add(va)
+        self._sw_va[va] = pa
+        self._apply()
+        return "sw"
+
+    def remove_breakpoint(self, va: int) -> None:
+        if va in self._hw_bp and va not in self._sw_va:
+            return self.remove_hw_breakpoint(va)
+        pa = self._sw_va.pop(va, None)
+        if pa is None:
+            raise DebugError(errno.ENOENT, f"no breakpoint at {va:#x}")
+        patch = self._sw[pa]
+        patch.vas.discard(va)
+        if not patch.vas:
+            self.vm.write_phys(pa, patch.original)
+            del self._sw[pa]
+        self._apply()
+
+    def add_hw_breakpoint(self, va: int) -> None:
+        if va in self._hw_bp:
+            return
+        used = set(self._hw_bp.values())
+        free = [s for s in range(self.hw_bp_slots) if s not in used]
+        if not free:
+            raise DebugError(errno.ENOSPC, f"all {self.hw_bp_slots} hardware breakpoints are in use")
+        self._hw_bp[va] = free[0]
+        self._apply()
+
+    def remove_hw_breakpoint(self, va: int) -> None:
+        if self._hw_bp.pop(va, None) is None:
+            raise DebugError(errno.ENOENT, f"no hardware breakpoint at {va:#x}")
+        self._apply()
+
+    # ------------------------------------------------------------------ watchpoints
+    def add_watchpoint(self, addr: int, length: int, kind: WatchKind) -> Watch:
+        if length > MAX_WATCH or addr + length > 1 << 64:
+            raise DebugError(errno.EINVAL, f"cannot watch {length} bytes at {addr:#x}")
+        for w in self.watches:
+            if (w.addr, w.length, w.kind) == (addr, length, kind):
+                return w
+        watch = Watch(addr, length, kind)
+        pieces = plan_watch_pieces(addr, length)
+        used = {s for w in self.watches for s in w.slots}
+        free = [s for s in range(self.hw_wp_slots) if s not in used]
+        if len(pieces) <= len(free):
+            for (wvr, bas, mask), slot in zip(pieces, free):
+                watch.pieces.append((wvr, dr.encode_dbgwcr(lsc=kind.lsc, bas=bas, mask=mask)))
+                watch.slots.append(slot)
+        else:
+            watch.trapped = True
+        self.watches.append(watch)
+        self._apply()
+        return watch
+
+    def remove_watchpoint(self, addr: int, length: int, kind: WatchKind) -> None:
+        for w in self.watches:
+            if (w.addr, w.length, w.kind) == (addr, length, kind):
+                self.watches.remove(w)
+                self._apply()
+                return
+        raise DebugError(errno.ENOENT, f"no {kind.value} of {length} bytes at {addr:#x}")
+
+    def remove_all(self) -> None:
+        """Forget every breakpoint and watchpoint and restore all patched bytes."""
+        for patch in self._sw.values():
+            self.vm.write_phys(patch.pa, patch.original)
+        self._sw.clear()
+        self._sw_va.clear()
+        self._hw_bp.clear()
+        self.watches.clear()
+        self.single_stepping = False
+        self._apply()
+
+    def slots_report(self) -> list[str]:
+        lines = [f"hardware breakpoints: {len(self._hw_bp)}/{self.hw_bp_slots} used; "
+                 f"hardware watchpoints: {sum(len(w.slots) for w in self.watches)}/{self.hw_wp_slots} used"]
+        for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1]):
+            lines.append(f"  hbreak  {va:#x}  slot {slot}")
+        for va, pa in sorted(self._sw_va.items()):
+            lines.append(f"  break   {va:#x}  software (BRK #0 at pa {pa:#x})")
+        for w in self.watches:
+            lines.append(f"  {w.kind.value:<7} {w.addr:#x}+{w.length}  {w.mechanism}")
+        return lines
+
+    # ------------------------------------------------------------------ memory and registers
+    def _translate(self, va: int, access: str = "read") -> int:
+        try:
+            return self.vcpu.translate(va, access)
+        except Exception as e:
+            raise DebugError(errno.EFAULT, f"cannot translate {va:#x}: {e}") from None
+
+    def read_memory(self, va: int, length: int) -> bytes:
+        """Guest virtual memory as the guest's program has it: originals under breakpoints."""
+        out = bytearray()
+        pos, end = va, va + length
+        while pos < end:
+            chunk = min(end - pos, 4096 - pos % 4096)
+            pa = self._translate(pos)
+            try:
+                out += self.vm.read_phys(pa, chunk)
+            except OSError as e:
+                raise DebugError(errno.EFAULT, str(e)) from None
+            for patch in self._sw.values():
+                lo, hi = max(pa, patch.pa), min(pa + chunk, patch.pa + 4)
+                if lo < hi:
+                    base = len(out) - chunk
+                    out[base + lo - pa:base + hi - pa] = patch.original[lo - patch.pa:hi - patch.pa]
+            pos += chunk
+        return bytes(out)
+
+    def write_memory(self, va: int, data: bytes) -> None:
+        """Write guest memory; all of it or none (every page is checked first). Bytes under a
+        software breakpoint go into its saved original, so the breakpoint stays."""
+        spans = []
+        pos, end, off = va, va + len(data), 0
+        while pos < end:
+            chunk = min(end - pos, 4096 - pos % 4096)
+            pa = self._translate(pos, "read")
+            slot = self.vm.slot_for(pa)
+            if slot is None or pa + chunk > slot.guest_phys_addr + slot.memory_size:
+                raise DebugError(errno.EFAULT, f"no RAM at {pos:#x}")
+            if slot.readonly:
+                raise DebugError(errno.EACCES, f"{pos:#x} is read-only memory")
+            spans.append((pa, data[off:off + chunk]))
+            pos, off = pos + chunk, off + chunk
+        for pa, chunk in spans:
+            buf = bytearray(chunk)
+            for patch in self._sw.values():
+                lo, hi = max(pa, patch.pa), min(pa + len(chunk), patch.pa + 4)
+                if lo < hi:
+                    orig = bytearray(patch.original)
+                    orig[lo - patch.pa:hi - patch.pa] = chunk[lo - pa:hi - pa]
+                    patch.original = bytes(orig)
+                    buf[lo - pa:hi - pa] = BRK0[lo - patch.pa:hi - patch.pa]
+            self.vm.write_phys(pa, bytes(buf))
+
+    # ------------------------------------------------------------------ debug state
+    def _apply(self, *, skip_bp_at: int | None = None, skip_watch: Watch | None = None, step: bool = False) -> None:
+        """Push the whole debug state to the vCPU (as QEMU does after every change)."""
+        arch = kr.kvm_guest_debug_arch()
+        for va, slot in self._hw_bp.items():
+            if va != skip_bp_at:
+                arch.dbg_bvr[slot], arch.dbg_bcr[slot] = va, dr.encode_dbgbcr()
+        traps = []
+        for w in self.watches:
+            if w is skip_watch:
+                continue
+            if w.trapped:
+                traps.append(WatchTrap(w.addr, w.addr + w.length,
+                                       loads=w.kind != WatchKind.WRITE, stores=w.kind != WatchKind.READ))
+            for (wvr, wcr), slot in zip(w.pieces, w.slots):
+                arch.dbg_wvr[slot], arch.dbg_wcr[slot] = wvr, wcr
+        # Stores over a patched breakpoint are trapped so the patch survives guest rewrites.
+        for pa, patch in self._sw.items():
+            for va in patch.vas:
+                traps.append(WatchTrap(va, va + 4, loads=False, stores=True, code=True))
+        control = 0
+        if self._sw or self._hw_bp or self.watches or step:
+            control = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_SW_BP
+            if self._hw_bp or any(w.slots for w in self.watches):
+                control |= kvm.KVM_GUESTDBG_USE_HW
+            if step:
+                control |= kvm.KVM_GUESTDBG_SINGLESTEP
+        self.vcpu.set_watch_traps(traps)
+        self.vcpu.set_guest_debug(control, arch)
+
+    # ------------------------------------------------------------------ running
+    def interrupt(self) -> None:
+        """Stop a running cont()/step() soon; callable from any thread."""
+        self.vcpu.kick()
+
+    def step(self) -> StopEvent:
+        """Execute exactly one guest instruction (stepping off any breakpoint at PC)."""
+        return self._resume(step=True)
+
+    def cont(self) -> StopEvent:
+        """Run until a breakpoint, watchpoint, signal or the guest's end."""
+        return self._resume(step=False)
+
+    def _resume(self, step: bool) -> StopEvent:
+        with self._lock:
+            pc = self.vcpu.pc
+            last = self._last_stop
+            need_step_over = (pc in self._sw_va or pc in self._hw_bp or
+                              (last is not None and last.kind is StopKind.WATCH and last.pc == pc))
+            if need_step_over:
+                event = self._step_over(pc)
+                if event is not None or step:
+                    return self._stopped(event or StopEvent(StopKind.STEP, self.vcpu.pc))
+            self._apply(step=step)
+            while True:
+                result = self.machine.run_until()
+                event = self._classify(result, stepping=step)
+                if event is not None:
+                    self._apply()
+                    return self._stopped(event)
+
+    def _stopped(self, event: StopEvent) -> StopEvent:
+        self._last_stop = event
+        return event
+
+    def _step_over(self, pc: int) -> StopEvent | None:
+        """One instruction with the breakpoint at PC (or the watch just hit) out of the way."""
+        pa = self._sw_va.get(pc)
+        patch = self._sw.get(pa) if pa is not None else None
+        if patch is not None:
+            self.vm.write_phys(patch.pa, patch.original)
+        skip_watch = self._last_watch if self._last_stop and self._last_stop.kind is StopKind.WATCH else None
+        try:
+            self._apply(skip_bp_at=pc, skip_watch=skip_watch, step=True)
+            while True:
+                result = self.machine.run_until()
+                event = self._classify(result, stepping=True)
+                if event is not None:
+                    return None if event.kind is StopKind.STEP else event
+        finally:
+            if patch is not None and patch.pa in self._sw:
+                self._repatch(patch)
+            self._apply()
+
+    def _repatch(self, patch: _SwBreakpoint) -> None:
+        current = self.vm.read_phys(patch.pa, 4)
+        if current != BRK0:
+            patch.original = current  # the guest (or the step) rewrote it: keep its new code
+            self.vm.write_phys(patch.pa, BRK0)
+
+    def _classify(self, result, stepping: bool) -> StopEvent | None:
+        """Turn one exit into a stop, or None for exits handled here (and run on)."""
+        pc = self.vcpu.pc
+        if isinstance(result, ExitStatus):
+            return StopEvent(StopKind.EXITED, pc, exit_status=result.status, detail=result.how)
+        if result.exit_reason == kvm.KVM_EXIT_INTR:
+            return StopEvent(StopKind.SIGNAL, pc, signal=signal.SIGINT)
+        if result.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR:
+            return self._fault_event(result, pc)
+        ec, far = result.debug.ec, result.debug.far
+        if ec == dr.ESR_ELx_EC_SOFTSTP_LOW:
+            return StopEvent(StopKind.STEP, pc)
+        if ec == dr.ESR_ELx_EC_BREAKPT_LOW:
+            return StopEvent(StopKind.HWBREAK, pc)
+        if ec == dr.ESR_ELx_EC_BRK64:
+            imm = result.debug.hsr & 0xFFFF
+            if imm == 0 and pc in self._sw_va:
+                return StopEvent(StopKind.SWBREAK, pc)
+            # Not ours: the guest's own BRK goes to the guest, as without a debugger.
+            arm_exc.inject_sync_exception(self.vcpu, dr.esr_brk64(imm), preferred_return=pc)
+            return StopEvent(StopKind.STEP, self.vcpu.pc) if stepping else None
+        if ec == dr.ESR_ELx_EC_WATCHPT_LOW:
+            is_write = bool(result.debug.hsr & (1 << 6))
+            watch = self._watch_for(far, is_write)
+            if watch is not None:
+                self._last_watch = watch
+                return StopEvent(StopKind.WATCH, pc, watch_kind=watch.kind,
+                                 watch_addr=max(watch.addr, min(far, watch.addr + watch.length - 1)))
+            if self._code_store(far):
+                return self._complete_code_store(pc, stepping)
+            return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected watchpoint exit at {far:#x}")
+        return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected debug exit EC {ec:#x}")
+
+    def _watch_for(self, far: int, is_write: bool) -> Watch | None:
+        candidates = [w for w in self.watches
+                      if (w.kind is WatchKind.ACCESS or (w.kind is WatchKind.WRITE) == is_write)]
+        for w in candidates:
+            if w.overlaps(far, 1):
+                return w
+        # FAR is an address of the access, which may start before the watched bytes.
+        near = [w for w in candidates if w.overlaps(far, 64)]
+        return min(near, key=lambda w: w.addr - far) if near else None
+
+    def _code_store(self, far: int) -> bool:
+        return any(va - 16 < far < va + 4 for va in self._sw_va)
+
+    def _complete_code_store(self, pc: int, stepping: bool) -> StopEvent | None:
+        """The guest is storing over a patched instruction: let it, then re-arm over the new code."""
+        patches = list(self._sw.values())
+        for patch in patches:
+            self.vm.write_phys(patch.pa, patch.original)
+        saved_sw, self._sw = self._sw, {}
+        try:
+            self._apply(skip_bp_at=pc, step=True)
+            result = self.machine.run_until()
+        finally:
+            self._sw = saved_sw
+            for patch in patches:
+                self._repatch(patch)
+            self._apply(step=stepping)
+        event = self._classify(result, stepping=True)
+        if event is not None and event.kind is not StopKind.STEP:
+            return event
+        return StopEvent(StopKind.STEP, self.vcpu.pc) if stepping else None
+
+    def _fault_event(self, result: kvm.KvmRun, pc: int) -> StopEvent:
+        message = result.internal.message
+        sig = signal.SIGSEGV
+        if "undefined" in message or "EC 0x00" in message:
+            sig = signal.SIGILL
+        return StopEvent(StopKind.SIGNAL, pc, signal=sig, detail=message)
+
+    def detach(self) -> None:
+        """Remove every trace of the debugger; the guest runs on as if never debugged."""
+        self.remove_all()
+        self._last_stop = None

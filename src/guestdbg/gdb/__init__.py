@@ -1,0 +1,1 @@
+"""The GDB remote-serial-protocol side of guestdbg: register catalogue, target XML, memory map."""

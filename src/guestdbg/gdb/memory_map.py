@@ -1,0 +1,53 @@
+"""The `qXfer:memory-map:read` document: which guest ranges are RAM, ROM or flash.
+
+With a memory map, gdb's default `breakpoint auto-hw on` turns a `break` in ROM or flash into a
+hardware breakpoint instead of failing to write a BRK there, and gdb refuses memory accesses
+outside the listed regions (`mem inaccessible-by-default`).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Iterable
+
+KINDS = ("ram", "rom", "flash")
+# QEMU's pflash on the virt board erases in 256 KiB sectors.
+FLASH_BLOCKSIZE = 0x40000
+
+_XML_HEADER = (
+    '<?xml version="1.0"?>\n'
+    '<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map V1.0//EN"'
+    ' "http://sourceware.org/gdb/gdb-memory-map.dtd">\n'
+)
+
+Region = tuple[int, int, str]
+
+
+def memory_map_xml(regions: Iterable[Region]) -> str:
+    """The `<memory-map>` document for (start, length, kind) regions, sorted by address.
+
+    Raises ValueError for an unknown kind, an empty or negative region, or overlapping regions.
+    """
+    ordered = sorted(regions)
+    root = ET.Element("memory-map")
+    end_of_previous = 0
+    for start, length, kind in ordered:
+        if kind not in KINDS:
+            raise ValueError(f"memory region kind must be one of {KINDS}, got {kind!r}")
+        if start < 0 or length <= 0:
+            raise ValueError(f"bad memory region start={start:#x} length={length:#x}")
+        if start < end_of_previous:
+            raise ValueError(f"memory region at {start:#x} overlaps the one before it")
+        end_of_previous = start + length
+        mem = ET.SubElement(root, "memory", type=kind, start=hex(start), length=hex(length))
+        if kind == "flash":
+            ET.SubElement(mem, "property", name="blocksize").text = hex(FLASH_BLOCKSIZE)
+    ET.indent(root)
+    return _XML_HEADER + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def regions_for(vm) -> list[Region]:
+    """Regions for a VM's memory slots (`vm.slots`: MemorySlot): read-only slots are "rom"."""
+    return sorted(
+        (s.guest_phys_addr, s.memory_size, "rom" if s.readonly else "ram") for s in vm.slots.values()
+    )
