@@ -236,6 +236,7 @@ def test_P_and_errors(vcpu):
     before = all_one_regs(vcpu)
     for regnum, value, exc in ((x5, b"efbeadde", ValueError), (x5, b"efbeadde0000000g", ValueError),
                                (x5, b"efbeadde000000000", ValueError), (66, b"00000000 ", ValueError),
+                               (66, b"00 00 00", ValueError),  # right length, bytes.fromhex would take it
                                (88, b"0000000000000000", KeyError), (-1, b"00", KeyError),
                                (ar.BY_NAME["mpidr_el1"].gdb_regnum, b"0100000000000000", ValueError)):
         with pytest.raises(exc):
@@ -276,6 +277,32 @@ def test_cpsr_is_low_32_bits_of_pstate(vcpu):
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_PSTATE) == PSTATE_DAIF | PSTATE_MODE_EL1H | (1 << 30)
     with pytest.raises(ValueError):
         ar.write_register(vcpu, ar.REG_CPSR, h(0, 64))
+
+
+class DictVcpu:
+    """A ONE_REG vCPU that keeps 64-bit PSTATE intact, as KVM does (Unicorn keeps 32 bits)."""
+
+    def __init__(self):
+        self.regs = {r.one_reg_id: 0 for r in ar.REGISTERS if r.one_reg_id is not None}
+
+    def get_one_reg(self, reg_id):
+        return self.regs[reg_id]
+
+    def set_one_reg(self, reg_id, value):
+        assert 0 <= value < 1 << (8 * kr.reg_size_bytes(reg_id))
+        self.regs[reg_id] = value
+
+
+def test_cpsr_write_keeps_pstate_upper_half():
+    v = DictVcpu()
+    v.regs[kr.KVM_REG_ARM_CORE_PSTATE] = (0xA5 << 32) | 0x3C5
+    assert ar.read_register(v, ar.REG_CPSR) == h(0x3C5, 32)
+    ar.write_register(v, ar.REG_CPSR, h(0x3C4, 32))
+    assert v.regs[kr.KVM_REG_ARM_CORE_PSTATE] == (0xA5 << 32) | 0x3C4
+    v.regs[kr.KVM_REG_ARM_CORE_SP_EL1] = 0x77
+    assert ar.read_register(v, ar.REG_SP) == h(0, 64)  # EL1t: SP_EL0
+    ar.write_register(v, ar.REG_CPSR, h(0x3C5, 32))
+    assert ar.read_register(v, ar.REG_SP) == h(0x77, 64)  # EL1h: SP_EL1
 
 
 def test_expedited(vcpu):
@@ -400,7 +427,7 @@ class MiniRsp:
 
 
 @needs_gdb
-def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp(vcpu):
+def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp():
     m = Machine(console=lambda b: None)
     vcpu = m.vcpu
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, RAM_BASE + 0x24)
@@ -412,13 +439,15 @@ def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp(vcpu):
     out = run_gdb("set architecture aarch64", f"target remote 127.0.0.1:{server.port}",
                   "info mem", "maint print remote-registers",
                   "p/x $x7", "p/x $sp", "p/x $pc", "p $v2.d.f[0]", "p/x $vbar_el1", "p/x $cpsr",
-                  "p/x $midr_el1", "disconnect")
+                  "p/x $midr_el1", "p $cpsr", "break *0x100", "disconnect")
     assert server.error is None, server.error
     assert any(p.startswith(b"qXfer:features:read:target.xml:") for p in server.packets), server.packets
     assert any(p.startswith(b"qXfer:memory-map:read::") for p in server.packets), server.packets
     # info mem: gdb parsed our memory map
     assert re.search(r"\d+\s+y\s+0x0+\s+0x0*8000000\s+ro\s+nocache", out), out
     assert re.search(r"\d+\s+y\s+0x0*40000000\s+0x0*48000000\s+rw\s+nocache", out), out
+    # ... and so turns a breakpoint in ROM into a hardware one
+    assert "automatically using hardware breakpoints for read-only addresses" in out, out
     # maint print remote-registers: gdb's regnum == remote regnum == catalogue, offsets in g
     rows = {}
     for line in out.splitlines():
@@ -436,3 +465,4 @@ def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp(vcpu):
     assert f"= {RAM_BASE + 0x800:#x}" in out
     assert f"= {vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_PSTATE):#x}" in out
     assert f"= {vcpu.get_one_reg(kr.sysreg_id('MIDR_EL1')):#x}" in out
+    assert "[ SP EL=1 F I A D" in out  # cpsr_flags decoded EL1h with DAIF masked

@@ -105,12 +105,17 @@ runs = st.lists(
     st.tuples(st.sampled_from(list(SPECIAL)) | st.integers(0, 255), st.integers(1, 300)),
     max_size=8,
 ).map(lambda rs: b"".join(bytes([b]) * n for b, n in rs))
-payloads = st.one_of(st.binary(max_size=600), runs, st.lists(st.binary(max_size=40) | runs, max_size=4).map(b"".join))
+payloads = st.one_of(
+    st.binary(max_size=600),
+    runs,
+    st.lists(st.binary(max_size=40) | runs, max_size=4).map(b"".join),
+)
 
 
 @st.composite
 def wire_items(draw):
-    kind = draw(st.sampled_from(["packet", "badsum", "interrupt", "ack", "nak", "noise", "restart"]))
+    kinds = ["packet", "badsum", "interrupt", "ack", "nak", "noise", "restart"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "packet":
         return rsp.frame(draw(payloads))
     if kind == "badsum":
@@ -127,12 +132,12 @@ def wire_items(draw):
     return draw(st.binary(max_size=20).filter(lambda b: not set(b) & set(b"$+-\x03")))
 
 
+TOKENS = [b"$", b"#", b"+", b"-", b"\x03", b"}", b"*", b"0", b"a", b"0*", b"~", b"x" * 50]
+token_soup = st.lists(st.sampled_from(TOKENS), max_size=80).map(b"".join)
 streams = st.one_of(
     st.lists(wire_items(), max_size=12).map(b"".join),
     st.binary(max_size=300),
-    st.lists(st.sampled_from([b"$", b"#", b"+", b"-", b"\x03", b"}", b"*", b"0", b"a", b"0*"]), max_size=80).map(
-        b"".join
-    ),
+    token_soup,
 )
 
 
@@ -221,7 +226,7 @@ def test_noise_outside_packets_is_ignored(garbage):
 
 
 def test_structured_stream_events():
-    stream = b"+" + ref_frame(b"qSupported") + b"\x03" + b"junk" + b"$abc#00" + ref_frame(b"c") + b"+"
+    stream = b"+" + ref_frame(b"qSupported") + b"\x03junk" + b"$abc#00" + ref_frame(b"c") + b"+"
     events, out = feed([stream])
     assert events == [Packet(b"qSupported"), Interrupt(), BadPacket(events[2].reason), Packet(b"c")]
     assert "checksum" in events[2].reason
@@ -409,10 +414,7 @@ def test_endless_packet_keeps_memory_bounded():
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(
     chunks=st.lists(
-        st.one_of(
-            st.binary(max_size=200),
-            st.lists(st.sampled_from([b"$", b"#", b"}", b"*", b"~", b"0", b"+", b"-", b"\x03", b"x" * 50]), max_size=60).map(b"".join),
-        ),
+        st.one_of(st.binary(max_size=200), token_soup),
         max_size=30,
     ),
     eof=st.booleans(),

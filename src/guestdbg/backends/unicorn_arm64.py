@@ -218,7 +218,8 @@ class Arm64Vm:
             raise kvm.einval(f"unknown memory region flags {flags:#x}")
         old = self.slots.pop(slot, None)
         if old is not None:
-            self.uc.mem_unmap(old.guest_phys_addr, old.memory_size)
+            for base, size in _chunks(old.guest_phys_addr, old.memory_size):
+                self.uc.mem_unmap(base, size)
         if memory_size == 0:
             return
         new = MemorySlot(slot, guest_phys_addr, memory_size, flags)
@@ -226,7 +227,10 @@ class Arm64Vm:
             if other.guest_phys_addr < guest_phys_addr + memory_size and guest_phys_addr < other.guest_phys_addr + other.memory_size:
                 raise KvmErrorExists(f"memory slot overlaps slot {other.slot}")
         perms = UC_PROT_READ | UC_PROT_EXEC if new.readonly else UC_PROT_ALL
-        self.uc.mem_map(guest_phys_addr, memory_size, perms)
+        # Many small Unicorn regions, not one: mem_protect on part of a region copies the whole
+        # region, which made arming a watchpoint on 128 MiB of RAM cost ~180 ms per page.
+        for base, size in _chunks(guest_phys_addr, memory_size):
+            self.uc.mem_map(base, size, perms)
         self.slots[slot] = new
 
     def register_mmio_device(self, base: int, size: int, device) -> None:
@@ -284,6 +288,37 @@ class Arm64Vm:
         return self._vcpu
 
 
+MAP_CHUNK = 1 << 20
+
+
+def _slot_perms(slot: MemorySlot) -> int:
+    return UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL
+
+
+def _runs(pages: dict[int, int]):
+    """(base, size, perms) for each run of contiguous pages with equal permissions."""
+    run = None
+    for page in sorted(pages):
+        perms = pages[page]
+        if run and run[0] + run[1] == page and run[2] == perms:
+            run[1] += PAGE_SIZE
+            continue
+        if run:
+            yield tuple(run)
+        run = [page, PAGE_SIZE, perms]
+    if run:
+        yield tuple(run)
+
+
+def _chunks(base: int, size: int):
+    """[base, base+size) as MAP_CHUNK-aligned pieces."""
+    end = base + size
+    while base < end:
+        step = min(end, (base // MAP_CHUNK + 1) * MAP_CHUNK) - base
+        yield base, step
+        base += step
+
+
 class KvmErrorExists(kvm.KvmError):
     def __init__(self, message: str):
         super().__init__(errno.EEXIST, message)
@@ -320,7 +355,7 @@ class Arm64Vcpu:
         self._context_hook: int | None = None
         self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
         self._traps: list[dr.Watchpoint] = []  # the debugger's page traps (WatchTrap)
-        self._read_hooks: dict[int, int] = {}  # VA page -> no-op UC_HOOK_MEM_READ forcing the checked path
+        self._read_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run -> no-op UC_HOOK_MEM_READ forcing the checked path
         self._rearm_pending = False
 
         # Per-run scratch state, set by hooks.
@@ -645,33 +680,29 @@ class Arm64Vcpu:
                 slot = self.vm.slot_for(pa_page)
                 if slot is None:
                     continue
-                perms = want.get(pa_page, UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL)
+                perms = want.get(pa_page, _slot_perms(slot))
                 if wp.loads:
                     perms &= ~UC_PROT_READ
                 if wp.stores:
                     perms &= ~UC_PROT_WRITE
                 want[pa_page] = perms
-        for page in set(self._protected) - set(want):
-            slot = self.vm.slot_for(page)
-            if slot is not None:
-                self.uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL)
-            del self._protected[page]
-        for page, perms in want.items():
-            if self._protected.get(page) != perms:
-                self.uc.mem_protect(page, PAGE_SIZE, perms)
-                self._protected[page] = perms
+        changes = {page: _slot_perms(self.vm.slot_for(page)) for page in set(self._protected) - set(want)
+                   if self.vm.slot_for(page) is not None}
+        changes.update({page: perms for page, perms in want.items() if self._protected.get(page) != perms})
+        for base, size, perms in _runs(changes):
+            self.uc.mem_protect(base, size, perms)
+        self._protected = want
         # Unicorn checks a page's read permission only on its slow path: once any access (an
         # allowed read, a store, a fetch) has filled the TLB entry, loads there run unchecked. A
-        # bounded UC_HOOK_MEM_READ on the page keeps every load on the checked path.
-        # Unicorn checks hook bounds against the physical address: bound them by physical page.
-        read_pages = {pa_page for wp in self._wp_table + self._traps if wp is not None and wp.loads
-                      for pa_page in map(self._translate_page, wp.pages(PAGE_SIZE)) if pa_page is not None}
-        for va_page in set(self._read_hooks) - read_pages:
-            self.uc.hook_del(self._read_hooks.pop(va_page))
-        added = read_pages - set(self._read_hooks)
-        for va_page in added:
-            self._read_hooks[va_page] = self.uc.hook_add(
-                UC_HOOK_MEM_READ, _ignore_access, None, va_page, va_page + PAGE_SIZE - 1)
+        # bounded UC_HOOK_MEM_READ on the page keeps every load on the checked path. Unicorn
+        # checks hook bounds against the physical address, so bound them by physical pages.
+        read_runs = {(base, size) for base, size, perms in _runs(want) if not perms & UC_PROT_READ}
+        for run in set(self._read_hooks) - read_runs:
+            self.uc.hook_del(self._read_hooks.pop(run))
+        added = read_runs - set(self._read_hooks)
+        for base, size in added:
+            self._read_hooks[(base, size)] = self.uc.hook_add(
+                UC_HOOK_MEM_READ, _ignore_access, None, base, base + size - 1)
         if added:
             self.uc.ctl_flush_tb()  # code translated before a hook exists would not call it
 

