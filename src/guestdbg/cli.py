@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: the built-in demo guest)")
     run.add_argument("--rom", metavar="FILE", help="ROM/flash image at 0x0; boots from it when no IMAGE is given")
     run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
+    run.add_argument("--gdb", metavar="ENDPOINT",
+                     help="serve the GDB remote protocol on :PORT (127.0.0.1), tcp:HOST:PORT or unix:PATH")
+    run.add_argument("--wait", action="store_true",
+                     help="with --gdb: hold the vCPU at its entry until a debugger attaches and resumes it")
+    run.add_argument("--gdb-allow-remote", action="store_true",
+                     help="with --gdb: allow listening on a non-loopback address (prints a warning)")
     _add_config_flags(run)
     caps = sub.add_parser("caps", help="print the vCPU's capabilities and the ID_AA64DFR0_EL1 a guest reads")
     _add_config_flags(caps)
@@ -97,6 +103,16 @@ def cmd_run(args) -> int:
     elif not args.rom:
         with resources.as_file(demo_image()) as demo:
             machine.load_elf(demo)
+    if args.gdb:
+        from guestdbg.gdb.server import GdbServer, parse_endpoint
+        server = GdbServer(machine, parse_endpoint(args.gdb, allow_remote=args.gdb_allow_remote), wait=args.wait)
+        try:
+            server.listen()
+        except OSError as e:
+            raise ImageError(f"cannot listen on {args.gdb}: {e.strerror or e}") from None
+        return server.serve()
+    if args.wait:
+        raise ImageError("--wait needs --gdb")
     return machine.run_to_exit()
 
 

@@ -426,7 +426,7 @@ class RspConnection:
             payload = decode_payload(body, self.packet_size)
         except ValueError as e:
             return self._reject(str(e))
-        if True:
+        if not self.no_ack:
             self._out += b"+"
         return Packet(payload)
 

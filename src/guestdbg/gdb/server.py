@@ -1,0 +1,374 @@
+"""The one place with sockets and threads: the GDB server around a machine.
+
+Two threads. The main thread owns the listening socket and the client connection and runs a
+selector loop: bytes in go to the sans-IO protocol core (`rsp.RspConnection`), packets to the
+session (`session.GdbSession`), bytes out back to the socket. The vCPU thread runs the guest:
+it takes resume requests from a queue and posts stop events back, waking the selector through
+a socketpair. Ctrl-C, a lost client and a new client all stop a running guest with
+`manager.interrupt()` (KVM_RUN's immediate_exit + a kick).
+
+Session lifetime: a lost connection leaves the VM stopped, breakpoints and all, for the next
+client; a detach removes all debugger state and lets the guest run free; a second client while
+one is attached is refused with a message. The guest ending ends the server with its status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import queue
+import selectors
+import socket
+import stat
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from guestdbg.board.virt import ExitStatus, GuestFault, Machine
+from guestdbg.debug.manager import GuestDebugManager, StopEvent, StopKind
+from guestdbg.gdb import rsp
+from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume
+
+MAX_OUTPUT_BUFFER = 1 << 20  # a client that stops reading is dropped past this
+MAX_QUEUED_PACKETS = 64
+
+
+class EndpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: str  # "tcp" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+
+
+def parse_endpoint(spec: str, *, allow_remote: bool = False) -> Endpoint:
+    """`:PORT` (127.0.0.1), `tcp:HOST:PORT` or `unix:PATH`. A non-loopback HOST needs allow_remote."""
+    if spec.startswith("unix:"):
+        path = spec[len("unix:"):]
+        if not path:
+            raise EndpointError("unix: needs a path")
+        return Endpoint("unix", path=path)
+    rest = spec[len("tcp:"):] if spec.startswith("tcp:") else spec
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        raise EndpointError(f"bad --gdb endpoint {spec!r} (use :PORT, tcp:HOST:PORT or unix:PATH)")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise EndpointError(f"bad port in {spec!r}") from None
+    if not 0 <= port <= 65535:
+        raise EndpointError(f"port {port} out of range")
+    if not _is_loopback(host) and not allow_remote:
+        raise EndpointError(f"refusing to listen on non-loopback address {host!r}: a debug stub can "
+                            "rewrite the guest; pass --gdb-allow-remote if you really mean it")
+    return Endpoint("tcp", host=host, port=port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class GdbServer:
+    def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False, log=None):
+        self.machine = machine
+        self.endpoint = endpoint
+        self.wait = wait
+        self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
+        self.manager = GuestDebugManager(machine)
+        self._requests: queue.Queue = queue.Queue()
+        self._events: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._client: socket.socket | None = None
+        self._conn: rsp.RspConnection | None = None
+        self._session: GdbSession | None = None
+        self._outbuf = bytearray()
+        self._pending: list[bytes] = []
+        self._vcpu_busy = False          # a resume or free run is in progress on the vCPU thread
+        self._free_running = False       # running without a debugger
+        self._exit_status: int | None = None
+        self._vcpu_thread = threading.Thread(target=self._vcpu_loop, name="guestdbg-vcpu", daemon=True)
+        self.address = None
+
+    # ------------------------------------------------------------------ setup
+    def listen(self) -> None:
+        ep = self.endpoint
+        if ep.kind == "unix":
+            path = Path(ep.path)
+            if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
+                raise EndpointError(f"{path} exists and is not a socket; refusing to replace it")
+            path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)  # created 0600: only this user may attach
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            self.address = str(path)
+        else:
+            family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ep.host, ep.port))
+            self.address = sock.getsockname()[:2]
+            if not _is_loopback(ep.host):
+                self.log(f"WARNING: GDB stub listening on non-loopback {ep.host}:{self.address[1]}; "
+                         "anyone who can reach it can read and rewrite the guest")
+        sock.listen(4)
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+
+    def serve(self) -> int:
+        """Run until the guest ends (its exit status) or a client kills it."""
+        if self._listener is None:
+            self.listen()
+        self.log(f"waiting for a GDB connection on {self.endpoint if self.endpoint.kind == 'unix' else f'tcp:{self.address[0]}:{self.address[1]}'}")
+        self._vcpu_thread.start()
+        if not self.wait:
+            self._start_free_run()
+        try:
+            while self._exit_status is None:
+                for key, mask in self._sel.select(timeout=0.5):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._wake_r.recv(4096)
+                        self._drain_events()
+                    elif key.data == "client":
+                        if mask & selectors.EVENT_READ:
+                            self._client_readable()
+                        if mask & selectors.EVENT_WRITE and self._client is not None:
+                            self._flush()
+        finally:
+            self._shutdown()
+        return self._exit_status
+
+    # ------------------------------------------------------------------ vCPU thread
+    def _vcpu_loop(self) -> None:
+        while True:
+            what = self._requests.get()
+            if what is None:
+                return
+            try:
+                if what == "free":
+                    result = self.machine.run_until()
+                    self._post(("free", result))
+                else:
+                    event = self.manager.step() if what == "step" else self.manager.cont()
+                    self._post(("stop", event))
+            except GuestFault as e:
+                self._post(("fault", str(e)))
+            except Exception as e:  # keep the server alive and say what happened
+                self._post(("fault", f"internal error: {type(e).__name__}: {e}"))
+
+    def _post(self, item) -> None:
+        self._events.put(item)
+        try:
+            self._wake_w.send(b"!")
+        except OSError:
+            pass
+
+    def _start_free_run(self) -> None:
+        self._vcpu_busy = self._free_running = True
+        self._requests.put("free")
+
+    def _stop_vcpu(self) -> None:
+        """Stop whatever the vCPU thread runs and wait for it to report."""
+        while self._vcpu_busy:
+            self.manager.interrupt()
+            try:
+                item = self._events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            self._handle_event(item, deliver=False)
+
+    # ------------------------------------------------------------------ events from the vCPU
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle_event(item, deliver=True)
+
+    def _handle_event(self, item, *, deliver: bool) -> None:
+        kind, payload = item
+        self._vcpu_busy = False
+        self._free_running = False
+        if kind == "free":
+            if isinstance(payload, ExitStatus):
+                self.log(f"guest exited with status {payload.status} ({payload.how})")
+                self._exit_status = payload.status
+            return  # interrupted by a new client, or a stray debug exit: stay stopped
+        if kind == "fault":
+            self.log(f"guest fault: {payload}")
+            event = StopEvent(StopKind.SIGNAL, self.machine.vcpu.pc, signal=11, detail=payload)
+        else:
+            event = payload
+        if self._session is not None and deliver:
+            reply = self._session.stopped(event)
+            try:
+                self._conn.send_stop_reply(reply)
+            except rsp.LocalProtocolError:
+                self._conn.send_packet(reply)
+            self._flush()
+            self._process_pending()
+        elif self._session is not None:
+            self._session.last_stop = event
+        if event.kind is StopKind.EXITED:
+            self._exit_status = event.exit_status
+            self.log(f"guest exited with status {event.exit_status}")
+
+    # ------------------------------------------------------------------ client
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        if self._client is not None:
+            message = "guestdbg: another debugger is already attached; disconnect it first\n"
+            try:
+                sock.sendall(rsp.frame(b"O" + message.encode().hex().encode()) + rsp.frame(b"E10"))
+            except OSError:
+                pass
+            sock.close()
+            self.log("refused a second debugger connection")
+            return
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._client = sock
+        self._conn = rsp.RspConnection(packet_size=0x4000)
+        self._session = GdbSession(self.manager)
+        self._outbuf.clear()
+        self._pending.clear()
+        self._sel.register(sock, selectors.EVENT_READ, "client")
+        self._stop_vcpu()  # a debugger attaching to a running guest stops it
+        self.log("debugger attached")
+
+    def _client_readable(self) -> None:
+        try:
+            data = self._client.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self._conn.receive_data(data)
+        while self._client is not None:
+            event = self._conn.next_event()
+            if event is rsp.NEED_DATA:
+                break
+            if isinstance(event, rsp.Closed):
+                self._client_lost()
+                return
+            if isinstance(event, rsp.Interrupt):
+                if self._vcpu_busy:
+                    self.manager.interrupt()
+                continue
+            if isinstance(event, rsp.Packet):
+                if self._vcpu_busy:
+                    if len(self._pending) < MAX_QUEUED_PACKETS:
+                        self._pending.append(event.payload)
+                    continue
+                self._handle_packet(event.payload)
+        self._flush()
+
+    def _process_pending(self) -> None:
+        while self._pending and not self._vcpu_busy and self._client is not None:
+            self._handle_packet(self._pending.pop(0))
+        self._flush()
+
+    def _handle_packet(self, payload: bytes) -> None:
+        action = self._session.handle(payload)
+        conn = self._conn
+        if isinstance(action, Reply):
+            for reply in (action.payload, *action.then):
+                conn.send_packet(reply)
+            if payload == b"QStartNoAckMode" and action.payload == b"OK":
+                conn.start_no_ack()
+        elif isinstance(action, Resume):
+            conn.resumed()
+            self._vcpu_busy = True
+            self._requests.put("step" if action.step else "cont")
+        elif isinstance(action, Detach):
+            conn.send_packet(b"OK")
+            self._flush()
+            self.manager.detach()
+            self.log("debugger detached; the guest runs on")
+            self._drop_client()
+            self._start_free_run()
+        elif isinstance(action, Kill):
+            if action.reply:
+                conn.send_packet(b"OK")
+            self._flush()
+            self.log("killed by the debugger")
+            self._exit_status = 0
+            self._drop_client()
+
+    def _flush(self) -> None:
+        if self._client is None:
+            return
+        self._outbuf += self._conn.data_to_send()
+        while self._outbuf:
+            try:
+                sent = self._client.send(self._outbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._client_lost()
+                return
+            del self._outbuf[:sent]
+        if len(self._outbuf) > MAX_OUTPUT_BUFFER:
+            self.log("debugger stopped reading; dropping it")
+            self._client_lost()
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbuf else 0)
+        self._sel.modify(self._client, want, "client")
+
+    def _client_lost(self) -> None:
+        """The connection went away: stop the guest and keep every breakpoint for the next client."""
+        self.log("debugger connection lost; the guest stays stopped")
+        self._drop_client()
+        self._stop_vcpu()
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            try:
+                self._sel.unregister(self._client)
+            except (KeyError, ValueError):
+                pass
+            self._client.close()
+        self._client = self._conn = self._session = None
+        self._pending.clear()
+        self._outbuf.clear()
+
+    def _shutdown(self) -> None:
+        self._drop_client()
+        if self._vcpu_busy:
+            self._stop_vcpu()
+        self._requests.put(None)
+        if self._listener is not None:
+            self._sel.unregister(self._listener)
+            self._listener.close()
+            if self.endpoint.kind == "unix":
+                Path(self.endpoint.path).unlink(missing_ok=True)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
