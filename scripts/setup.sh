@@ -25,7 +25,7 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt_install python3 python3-venv python3-pip
 fi
 if ((with_test_tools)); then
-    apt_install make binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu gdb-multiarch qemu-system-arm
+    apt_install make binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu gdb-multiarch qemu-system-arm lldb
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

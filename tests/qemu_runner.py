@@ -48,7 +48,7 @@ def build_guests(out_dir, cross: str | None = None, jobs: int = 2) -> Path:
     if missing:
         raise ToolchainMissing(
             "cannot build the aarch64 guests: not found on PATH: " + ", ".join(missing)
-            + f" (install gcc-aarch64-linux-gnu / binutils-aarch64-linux-gnu, or set CROSS=)"
+            + " (install gcc-aarch64-linux-gnu / binutils-aarch64-linux-gnu, or set CROSS=)"
         )
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -555,5 +555,5 @@ def test_describe_esr():
     assert d.describe_esr(0xCB000062) == "EC 0x32 software step (lower EL), ISV=1, EX=1"
     assert d.describe_esr(0xCA000022) == "EC 0x32 software step (lower EL), ISV=0"
     assert d.describe_esr(0x92000050) == "EC 0x24 data abort (lower EL), WnR=1, DFSC=0x10"
-    assert d.describe_esr(0x02000000) == "EC 0x00 unknown reason"
+    assert d.describe_esr(0x02000000) == "EC 0x00 unknown reason (undefined instruction)"
     assert "unrecognised" in d.describe_esr(0x3F << 26)

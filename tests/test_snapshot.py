@@ -13,7 +13,7 @@ import pytest
 
 from guestdbg import kvm, snapshot
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import ExitStatus, Machine, MachineConfig, RAM_BASE
+from guestdbg.board.virt import Machine, MachineConfig, RAM_BASE
 from guestdbg.snapshot import SnapshotError
 from support import HW_DEBUG, Guest, breakpoint
 

@@ -202,11 +202,13 @@ def test_fetch_from_unmapped_memory_is_an_internal_error_naming_the_address():
     assert "0x70000000" in run.internal.message and "fetch" in run.internal.message
 
 
-def test_recursive_exception_is_reported_not_looped():
+def test_unhandled_exception_is_reported_not_looped():
     m = machine_with_code(a64(0x00000000))  # UDF with VBAR_EL1 = 0: vector 0x200 in empty ROM is UDF too
     run = m.vcpu.run()
     assert run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
-    assert "recursive exception" in run.internal.message
+    msg = run.internal.message
+    assert "unhandled EC 0x00 unknown reason (undefined instruction) at PC=0x40000000" in msg
+    assert "no exception handler at VBAR_EL1+0x200 = 0x200" in msg
 
 
 def test_kick_interrupts_a_running_guest():

@@ -547,7 +547,7 @@ def esr_unknown() -> int:
 
 
 _EC_NAMES = {
-    ESR_ELx_EC_UNKNOWN: "unknown reason",
+    ESR_ELx_EC_UNKNOWN: "unknown reason (undefined instruction)",
     ESR_ELx_EC_SVC64: "SVC64",
     ESR_ELx_EC_HVC64: "HVC64",
     ESR_ELx_EC_SMC64: "SMC64",

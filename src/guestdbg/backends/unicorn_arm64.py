@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import errno
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -179,10 +178,6 @@ class WatchTrap:
     def as_watchpoint(self, index: int) -> dr.Watchpoint:
         return dr.Watchpoint(index=index, ranges=((self.start, self.end),), loads=self.loads,
                              stores=self.stores, el0=True, el1=True, linked=False, lbn=0)
-
-
-class _StopEmulation(Exception):
-    """Raised inside a hook when the vCPU must leave emu_start at once (internal use)."""
 
 
 class Arm64Vm:
@@ -431,7 +426,7 @@ class Arm64Vcpu:
                 if result is not None:
                     return result
         except _FatalGuestState as e:
-            return self._internal_error(str(e))
+            return self._internal_error(str(e), self.pc, e.esr)
 
     def kick(self, timeout: float = 1.0) -> None:
         """Make a running run() return KVM_EXIT_INTR soon (callable from any thread)."""
@@ -1083,9 +1078,18 @@ class Arm64Vcpu:
         offset = 0x400 if el == 0 else (0x200 if pstate & PSTATE_SP else 0x000)
         vector = uc.reg_read(uca.UC_ARM64_REG_VBAR_EL1) + offset
         if preferred_return == vector:
+            # The vector itself faulted: the exception entered just before (still in ESR/ELR/
+            # FAR_EL1) is the one the guest could not handle. Name it.
+            first_esr = uc.reg_read(uca.UC_ARM64_REG_ESR_EL1)
+            first_pc = uc.reg_read(uca.UC_ARM64_REG_ELR_EL1)
+            ec = dr.esr_ec(first_esr)
+            is_abort = ec in (dr.ESR_ELx_EC_DABT_LOW, dr.ESR_ELx_EC_DABT_CUR, dr.ESR_ELx_EC_IABT_LOW,
+                              dr.ESR_ELx_EC_IABT_CUR, dr.ESR_ELx_EC_WATCHPT_LOW, dr.ESR_ELx_EC_WATCHPT_CUR)
+            where = f", address {uc.reg_read(uca.UC_ARM64_REG_FAR_EL1):#x}" if is_abort else ""
             raise _FatalGuestState(
-                f"recursive exception at vector {vector:#x} ({dr.describe_esr(esr)}): "
-                "the guest has no handler there")
+                f"unhandled {dr.describe_esr(first_esr)} at PC={first_pc:#x}{where} "
+                f"(ESR {first_esr:#010x}; no exception handler at VBAR_EL1+{offset:#x} = {vector:#x})",
+                first_esr)
         uc.reg_write(uca.UC_ARM64_REG_ESR_EL1, esr)
         if far is not None:
             uc.reg_write(uca.UC_ARM64_REG_FAR_EL1, far)
@@ -1158,6 +1162,10 @@ class Arm64Vcpu:
 
 class _FatalGuestState(Exception):
     """The guest is in a state it cannot leave (e.g. an exception at its own vector)."""
+
+    def __init__(self, message: str, esr: int = 0):
+        super().__init__(message)
+        self.esr = esr
 
 
 @dataclass

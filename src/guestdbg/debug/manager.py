@@ -38,7 +38,7 @@ from guestdbg.arm import debugregs as dr
 from guestdbg.arm import exceptions as arm_exc
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.backends.unicorn_arm64 import WatchTrap
-from guestdbg.board.virt import ExitStatus, GuestFault, Machine
+from guestdbg.board.virt import ExitStatus, Machine
 
 BRK0 = (0xD4200000).to_bytes(4, "little")
 MAX_WATCH = 1 << 31  # MASK covers up to 2 GiB; larger ranges are refused
