@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up guestdbg on a Debian machine: a venv in .venv with the package and its Python
 # dependencies, and (with --test) the Debian tools the test suite drives: the aarch64 cross
-# toolchain that builds the test guests, gdb-multiarch and qemu-system-aarch64.
+# toolchain that builds the test guests, gdb-multiarch, lldb and qemu-system-aarch64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -164,3 +164,23 @@ def test_uart_and_semihosting_share_the_console_in_order(guest_dir):
     g = Guest(guest_dir / "hello.elf")
     assert g.run_to_exit() == 7
     assert g.text == "hello: uart\nS\nhello: semihosting write0\nhello: exiting with 7\n"
+
+
+def test_branch_to_self_hang_is_reported(tmp_path):
+    img = tmp_path / "hang.bin"
+    img.write_bytes((0xD503201F).to_bytes(4, "little") + (0x14000000).to_bytes(4, "little"))  # nop; b .
+    r = guestdbg("run", img, "--load-addr", "0x40000000", timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "guestdbg: guest fault: guest hung: branch-to-self at PC=0x40000004 with no interrupt to leave it"]
+
+
+def test_runaway_loop_stopped_by_timeout(tmp_path):
+    img = tmp_path / "spin.bin"
+    # add x0, x0, #1; b .-4 : never ends, never a branch-to-self
+    img.write_bytes((0x91000400).to_bytes(4, "little") + (0x17FFFFFF).to_bytes(4, "little"))
+    r = guestdbg("run", img, "--load-addr", "0x40000000", "--timeout", "1.5", timeout=30)
+    assert r.returncode == 1
+    line, = r.stderr.strip().splitlines()
+    assert line.startswith("guestdbg: guest fault: guest still running after 1.5 s (PC=0x4000000")
+    assert line.endswith("stopped by --timeout")

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: the built-in demo guest)")
     run.add_argument("--rom", metavar="FILE", help="ROM/flash image at 0x0; boots from it when no IMAGE is given")
     run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="end a guest still running after this long (exit status 1)")
     run.add_argument("--gdb", metavar="ENDPOINT",
                      help="serve the GDB remote protocol on :PORT (127.0.0.1), tcp:HOST:PORT or unix:PATH")
     run.add_argument("--wait", action="store_true",
@@ -113,7 +115,7 @@ def cmd_run(args) -> int:
         return server.serve()
     if args.wait:
         raise ImageError("--wait needs --gdb")
-    return machine.run_to_exit()
+    return machine.run_to_exit(timeout=args.timeout)
 
 
 def caps_report(config: MachineConfig) -> dict:

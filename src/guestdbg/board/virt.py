@@ -14,6 +14,8 @@ guest, as on QEMU's TCG.
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,7 @@ DEFAULT_RAM_SIZE = 128 << 20
 MAX_RAM_SIZE = 8 << 30
 
 SLOT_ROM, SLOT_RAM = 0, 1
+B_SELF = (0x14000000).to_bytes(4, "little")  # A64 `b .`
 
 
 class ImageError(ValueError):
@@ -225,12 +228,33 @@ class Machine:
             if ended is not None:
                 return ended
 
-    def run_to_exit(self) -> int:
-        """Run the guest to its end; return its exit status. Raises GuestFault."""
-        result = self.run_until()
-        if isinstance(result, ExitStatus):
-            return result.status
-        raise GuestFault(f"guest stopped unexpectedly: {result} at PC={self.vcpu.pc:#x}")
+    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0) -> int:
+        """Run the guest to its end; return its exit status. Raises GuestFault, also for a guest
+        that hangs: spinning on a branch-to-self (nothing can wake it: no interrupt source is
+        modelled), checked every `hang_check` seconds, or still running after `timeout` s."""
+        start = time.monotonic()
+        ticker = _Ticker(self.vcpu, hang_check or timeout) if (hang_check or timeout) else None
+        try:
+            while True:
+                result = self.run_until()
+                if isinstance(result, ExitStatus):
+                    return result.status
+                pc = self.vcpu.pc
+                if result.exit_reason != kvm.KVM_EXIT_INTR:
+                    raise GuestFault(f"guest stopped unexpectedly: {result} at PC={pc:#x}")
+                if hang_check and self._spins_forever(pc):
+                    raise GuestFault(f"guest hung: branch-to-self at PC={pc:#x} with no interrupt to leave it")
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise GuestFault(f"guest still running after {timeout:g} s (PC={pc:#x}); stopped by --timeout")
+        finally:
+            if ticker:
+                ticker.stop()
+
+    def _spins_forever(self, pc: int) -> bool:
+        try:
+            return self.vcpu.read_virt(pc, 4) == B_SELF
+        except Exception:
+            return False
 
     # ------------------------------------------------------------------ device state
     def device_state(self) -> dict:
@@ -238,6 +262,23 @@ class Machine:
 
     def restore_device_state(self, state: dict) -> None:
         self.uart.restore(state["pl011"])
+
+
+class _Ticker:
+    """Kicks the vCPU every `period` seconds so the VMM loop can look at what the guest does."""
+
+    def __init__(self, vcpu, period: float):
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(vcpu, period), daemon=True)
+        self._thread.start()
+
+    def _run(self, vcpu, period: float) -> None:
+        while not self._done.wait(period):
+            vcpu.kick(timeout=period)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _read_image(path) -> bytes:

@@ -44,6 +44,12 @@ BRK0 = (0xD4200000).to_bytes(4, "little")
 MAX_WATCH = 1 << 31  # MASK covers up to 2 GiB; larger ranges are refused
 
 
+def _fault_exit(run: kvm.KvmRun) -> bool:
+    """run_until() stop predicate: hand guest faults (INTERNAL_ERROR) to _classify, which reports
+    them as SIGSEGV/SIGILL stops, instead of letting the board raise GuestFault."""
+    return run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
+
+
 class DebugError(Exception):
     """A request the manager cannot honour; `errno` says why (the stub maps it to Exx)."""
 
@@ -304,7 +310,7 @@ class GuestDebugManager:
             self.vm.write_phys(pa, bytes(buf))
 
     # ------------------------------------------------------------------ debug state
-    def _apply(self, *, skip_bp_at: int | None = None, skip_watch: Watch | None = None, step: bool = False) -> None:
+    def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False) -> None:
         """Push the whole debug state to the vCPU (as QEMU does after every change)."""
         arch = kr.kvm_guest_debug_arch()
         for va, slot in self._hw_bp.items():
@@ -312,7 +318,7 @@ class GuestDebugManager:
                 arch.dbg_bvr[slot], arch.dbg_bcr[slot] = va, dr.encode_dbgbcr()
         traps = []
         for w in self.watches:
-            if w is skip_watch:
+            if skip_watch is not None and (w is skip_watch or skip_watch is True):
                 continue
             if w.trapped:
                 traps.append(WatchTrap(w.addr, w.addr + w.length,
@@ -358,7 +364,7 @@ class GuestDebugManager:
                     return self._stopped(event or StopEvent(StopKind.STEP, self.vcpu.pc))
             self._apply(step=step)
             while True:
-                result = self.machine.run_until()
+                result = self.machine.run_until(_fault_exit)
                 event = self._classify(result, stepping=step)
                 if event is not None:
                     self._apply()
@@ -374,11 +380,14 @@ class GuestDebugManager:
         patch = self._sw.get(pa) if pa is not None else None
         if patch is not None:
             self.vm.write_phys(patch.pa, patch.original)
-        skip_watch = self._last_watch if self._last_stop and self._last_stop.kind is StopKind.WATCH else None
+        # After a watch hit, step the access with every watch out of the way: one access can
+        # hit several watches (an unaligned store over two ranges), and skipping only the one
+        # reported would re-stop on the same instruction forever.
+        skip_watch = True if self._last_stop and self._last_stop.kind is StopKind.WATCH else None
         try:
             self._apply(skip_bp_at=pc, skip_watch=skip_watch, step=True)
             while True:
-                result = self.machine.run_until()
+                result = self.machine.run_until(_fault_exit)
                 event = self._classify(result, stepping=True)
                 if event is not None:
                     return None if event.kind is StopKind.STEP else event
@@ -447,7 +456,7 @@ class GuestDebugManager:
         saved_sw, self._sw = self._sw, {}
         try:
             self._apply(skip_bp_at=pc, step=True)
-            result = self.machine.run_until()
+            result = self.machine.run_until(_fault_exit)
         finally:
             self._sw = saved_sw
             for patch in patches:

@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Benchmark the GDB remote stub through the wire, side by side with QEMU's gdbstub (and udbserver).
+
+Run from the repository root:
+
+    .venv/bin/python bench/bench_rsp.py [--repeat K] [--seconds S] [--json out.json]
+
+A raw RSP client (sockets and a minimal framer; guestdbg.gdb.rsp only decodes the replies)
+drives `python -m guestdbg.cli run loop.elf --gdb :0 --wait`, `qemu-system-aarch64 -M virt
+-cpu cortex-a57 -semihosting -kernel loop.elf -gdb tcp:127.0.0.1:PORT -S`, and, when a Python
+with the `udbserver` package is given (--udbserver-python), a small Unicorn host around it.
+All of them run the same ELF. The stubs are measured in one run with their rounds interleaved
+(the order rotates each round), because this kind of machine is shared and noisy: compare the
+ratios, not the absolute numbers. See bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from guestdbg.gdb import rsp
+
+REPO = Path(__file__).resolve().parent.parent
+NEVER_ENDS = 1 << 62  # loop_iterations for the long-lived servers: the loop outlives the test
+MEM_BASE = 0x4010_0000  # the image: code and data, no long runs of equal bytes at the start
+MEM_WINDOW = 64 << 10  # reads cycle through this much memory from MEM_BASE
+# Code in loop.elf that the whole run never executes: homes for never-hit breakpoints.
+UNUSED_FUNCTIONS = (
+    "exc_common", "uart_put_hexn", "uart_put_hex", "uart_put_hex_nz", "uart_put_dec",
+    "uart_put_sdec", "sys_writec", "sys_write0", "sys_exit_extended", "psci_call",
+    "psci_system_off", "default_exception_report", "memset", "memcpy", "memmove", "memcmp",
+)
+HW_BPS = 6  # guestdbg's default --brps
+SW_BPS = 6
+
+UDB_HOST = r'''
+import sys
+from elftools.elf.elffile import ELFFile
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_HOOK_INTR, Uc
+from udbserver import udbserver
+
+elf, port = sys.argv[1], int(sys.argv[2])
+uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+uc.mem_map(0x40000000, 128 << 20)   # virt RAM
+uc.mem_map(0x09000000, 0x1000)      # PL011 as plain RAM: FR reads 0, so TX is never full
+with open(elf, "rb") as f:
+    e = ELFFile(f)
+    for seg in e.iter_segments():
+        if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]:
+            uc.mem_write(seg["p_paddr"], seg.data())
+    entry = e["e_entry"]
+uc.hook_add(UC_HOOK_INTR, lambda uc, intno, data: uc.emu_stop())  # semihosting HLT: the end
+udbserver(uc, port, entry)  # arms a hook: the server starts when emulation reaches entry
+print("ready", flush=True)
+uc.emu_start(entry, 0)
+'''
+
+
+# ---------------------------------------------------------------------------------- guest
+def build_guests(out: Path) -> Path:
+    subprocess.run(["make", "-s", "-C", str(REPO / "guests"), f"O={out}", "-j2"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+def elf_symbols(elf: Path) -> dict[str, int]:
+    with elf.open("rb") as f:
+        return {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name}
+
+
+def loop_insns(n: int) -> int:
+    return 5 + 4 * n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------- the client
+class RspError(RuntimeError):
+    pass
+
+
+class RspClient:
+    """A minimal, synchronous RSP client: one request, one reply.
+
+    In ack mode, the `+` for a reply is sent together with the next request (one write per
+    request, as QEMU and guestdbg do not wait for acks); QStartNoAckMode is used when offered.
+    """
+
+    def __init__(self, port: int, *, timeout: float = 20.0, connect_for: float = 15.0):
+        deadline = time.monotonic() + connect_for
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.ack = True
+        self._ack_due = b""
+        self.features = b""
+
+    def handshake(self) -> bool:
+        """qSupported, then QStartNoAckMode if offered. Returns whether no-ack mode is on."""
+        self.features = self.request(b"qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+")
+        if b"QStartNoAckMode+" in self.features.split(b";"):
+            if self.request(b"QStartNoAckMode") == b"OK":
+                self.ack = False
+                self._ack_due = b""
+        return not self.ack
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(self._ack_due + b"$%s#%02x" % (payload, sum(payload) & 0xFF))
+        self._ack_due = b""
+
+    def recv(self) -> bytes:
+        buf = self.buf
+        while True:
+            start = buf.find(b"$")
+            if start >= 0:
+                end = buf.find(b"#", start)
+                if end >= 0 and len(buf) >= end + 3:
+                    body = bytes(buf[start + 1:end])
+                    if int(buf[end + 1:end + 3], 16) != sum(body) & 0xFF:
+                        raise RspError(f"bad checksum on {body[:40]!r}")
+                    del buf[:end + 3]
+                    if self.ack:
+                        self._ack_due = b"+"
+                    return rsp.decode_payload(body)
+            elif buf:
+                buf.clear()  # acks and noise before a packet
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise RspError("connection closed")
+            buf += data
+
+    def request(self, payload: bytes) -> bytes:
+        self.send(payload)
+        return self.recv()
+
+    def resume(self, payload: bytes) -> bytes:
+        """`c`/`s`: the stop reply, skipping console output packets."""
+        self.send(payload)
+        while True:
+            reply = self.recv()
+            if reply[:1] == b"O" and reply != b"OK":
+                continue
+            return reply
+
+    def ok(self, payload: bytes) -> None:
+        reply = self.request(payload)
+        if reply != b"OK":
+            raise RspError(f"{payload!r} -> {reply!r}")
+
+    def close(self) -> None:
+        try:
+            if self._ack_due:
+                self.sock.sendall(self._ack_due)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def write_u64(c: RspClient, addr: int, value: int) -> None:
+    c.ok(b"M%x,8:%s" % (addr, value.to_bytes(8, "little").hex().encode()))
+
+
+def expect_stop(reply: bytes, what: str) -> None:
+    if reply[:1] not in (b"T", b"S"):
+        raise RspError(f"{what}: expected a stop reply, got {reply[:60]!r}")
+
+
+# ---------------------------------------------------------------------------------- targets
+class Target:
+    """One stub process with the loop guest loaded and stopped at its entry."""
+
+    name = "?"
+
+    def __init__(self, elf: Path):
+        self.elf = elf
+        self.proc: subprocess.Popen | None = None
+        self.client: RspClient | None = None
+
+    def start(self) -> RspClient:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+
+
+class GuestdbgTarget(Target):
+    name = "guestdbg"
+
+    def start(self) -> RspClient:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "guestdbg.cli", "run", str(self.elf), "--gdb", ":0", "--wait"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for line in self.proc.stderr:  # "guestdbg: waiting for a GDB connection on tcp:127.0.0.1:PORT"
+            text = line.decode(errors="replace")
+            if "waiting for a GDB connection on tcp:" in text:
+                port = int(text.rsplit(":", 1)[1])
+                break
+        else:
+            raise RuntimeError(f"guestdbg did not start (exit {self.proc.wait()})")
+        # Keep draining stderr so the server never blocks on a full pipe.
+        import threading
+        threading.Thread(target=lambda p=self.proc: [None for _ in p.stderr], daemon=True).start()
+        self.client = RspClient(port)
+        return self.client
+
+
+class QemuTarget(Target):
+    name = "qemu"
+    binary = "qemu-system-aarch64"
+
+    def start(self) -> RspClient:
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [self.binary, "-M", "virt", "-cpu", "cortex-a57", "-nographic", "-monitor", "none",
+             "-serial", "null", "-semihosting", "-kernel", str(self.elf),
+             "-gdb", f"tcp:127.0.0.1:{port}", "-S"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = RspClient(port)
+        return self.client
+
+
+class UdbTarget(Target):
+    name = "udbserver"
+    python = ""
+
+    def start(self) -> RspClient:
+        port = free_port()
+        host = Path(tempfile.gettempdir()) / "guestdbg_bench_udb_host.py"
+        host.write_text(UDB_HOST)
+        self.proc = subprocess.Popen([self.python, str(host), str(self.elf), str(port)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("udbserver host did not start")
+        self.client = RspClient(port)
+        return self.client
+
+
+# ---------------------------------------------------------------------------------- protocol rows
+class Session:
+    """A long-lived stub: the guest is parked inside its endless loop for the protocol rows."""
+
+    def __init__(self, target: Target, sym: dict[str, int]):
+        self.target = target
+        self.sym = sym
+        c = self.c = target.start()
+        self.no_ack = c.handshake()
+        c.request(b"?")
+        write_u64(c, sym["loop_iterations"], NEVER_ENDS)
+        bp = sym["loop_body"]
+        c.ok(b"Z0,%x,4" % bp)
+        expect_stop(c.resume(b"c"), "run to loop_body")
+        c.ok(b"z0,%x,4" % bp)
+        self.mem_chunk = self._probe_mem_chunk()
+
+    def _probe_mem_chunk(self) -> int:
+        """The largest `m` length the stub answers in full (tries 16 KiB down)."""
+        size = 0x4000
+        while size >= 64:
+            reply = self.c.request(b"m%x,%x" % (MEM_BASE, size))
+            if reply[:1] != b"E" and reply:
+                return min(size, len(reply) // 2)
+            size //= 2
+        raise RspError("m does not work")
+
+    def close(self) -> None:
+        self.target.stop()
+
+    # -- one metric each: returns (operations, seconds) --
+    def timed(self, op, seconds: float) -> float:
+        n = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            op()
+            n += 1
+            if n & 7 == 0 and time.perf_counter() >= deadline:
+                break
+        return n / (time.perf_counter() - t0)
+
+    def empty(self, seconds: float) -> float:
+        c = self.c
+
+        def op():
+            c.send(b"qC")
+            c.recv()
+        return self.timed(op, seconds)
+
+    def regs_g(self, seconds: float) -> float:
+        c = self.c
+
+        def op():
+            c.send(b"g")
+            c.recv()
+        return self.timed(op, seconds)
+
+    def step(self, seconds: float) -> float:
+        c = self.c
+
+        def op():
+            reply = c.resume(b"s")
+            if reply[:1] not in (b"T", b"S"):
+                raise RspError(f"s -> {reply[:60]!r}")
+        return self.timed(op, seconds)
+
+    def bp_round_trip(self, seconds: float) -> float:
+        """Z0 at loop_body, then (z0, s, Z0, c) as a real client steps off a breakpoint."""
+        c = self.c
+        z = b"z0,%x,4" % self.sym["loop_body"]
+        Z = b"Z0,%x,4" % self.sym["loop_body"]
+        c.ok(Z)
+        expect_stop(c.resume(b"c"), "first hit")
+
+        def op():
+            c.send(z)
+            c.recv()
+            c.resume(b"s")
+            c.send(Z)
+            c.recv()
+            reply = c.resume(b"c")
+            if reply[:1] not in (b"T", b"S"):
+                raise RspError(f"c -> {reply[:60]!r}")
+        try:
+            return self.timed(op, seconds)
+        finally:
+            c.ok(z)
+
+    def mem_reader(self, chunk: int):
+        c = self.c
+        state = {"addr": MEM_BASE}
+
+        def op():
+            addr = state["addr"]
+            c.send(b"m%x,%x" % (addr, chunk))
+            reply = c.recv()
+            if len(reply) != 2 * chunk:
+                raise RspError(f"m{addr:x},{chunk:x} -> {len(reply)} hex digits: {reply[:20]!r}")
+            addr += chunk
+            state["addr"] = MEM_BASE if addr + chunk > MEM_BASE + MEM_WINDOW else addr
+        return op
+
+    def mem_2048(self, seconds: float) -> float:
+        return self.timed(self.mem_reader(2048), seconds) * 2048 / 1e6
+
+    def mem_max(self, seconds: float) -> float:
+        return self.timed(self.mem_reader(self.mem_chunk), seconds) * self.mem_chunk / 1e6
+
+
+PROTOCOL_ROWS = [
+    # key, label, method, unit
+    ("empty", "empty packet (qC) round trips/s", "empty", "/s"),
+    ("g", "`g` round trips/s", "regs_g", "/s"),
+    ("step", "`s` round trips/s (s + stop reply)", "step", "/s"),
+    ("bp", "bp hit round trips/s (z0, s, Z0, c)", "bp_round_trip", "/s"),
+    ("m2048", "`m` 2048 B, MB/s", "mem_2048", "MB/s"),
+    ("mmax", "`m` largest accepted, MB/s", "mem_max", "MB/s"),
+]
+
+
+# ---------------------------------------------------------------------------------- free running
+def mips_trial(target: Target, sym: dict[str, int], n: int, breakpoints: list[bytes]) -> float:
+    """A fresh stub: patch N, arm `breakpoints` (Z packets), time `c` to the W reply."""
+    try:
+        c = target.start()
+        c.handshake()
+        c.request(b"?")
+        write_u64(c, sym["loop_iterations"], n)
+        for z in breakpoints:
+            c.ok(z)
+        t0 = time.perf_counter()
+        reply = c.resume(b"c")
+        dt = time.perf_counter() - t0
+        if not reply.startswith(b"W00"):
+            raise RspError(f"{target.name}: c -> {reply[:60]!r}, expected W00")
+        return loop_insns(n) / dt / 1e6
+    finally:
+        target.stop()
+
+
+def guestdbg_breakpoints(sym: dict[str, int]) -> list[bytes]:
+    hw = [b"Z1,%x,4" % sym[f] for f in UNUSED_FUNCTIONS[:HW_BPS]]
+    sw = [b"Z0,%x,4" % sym[f] for f in UNUSED_FUNCTIONS[HW_BPS:HW_BPS + SW_BPS]]
+    return hw + sw
+
+
+def one_breakpoint(sym: dict[str, int]) -> list[bytes]:
+    return [b"Z0,%x,4" % sym[UNUSED_FUNCTIONS[-1]]]
+
+
+# ---------------------------------------------------------------------------------- report
+def summary(samples: list[float]) -> dict:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "samples": samples}
+
+
+def fmt(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--seconds", type=float, default=0.4, help="length of one protocol measurement (default 0.4)")
+    ap.add_argument("--run-seconds", type=float, default=1.0,
+                    help="target length of one free-running run; N is calibrated per stub (default 1.0)")
+    ap.add_argument("--mips-repeat", type=int, default=3, help="free-running rounds (default 3)")
+    ap.add_argument("--no-mips", action="store_true", help="skip the free-running rows")
+    ap.add_argument("--guest-dir", type=Path, help="built guests (default: build into a temp dir)")
+    ap.add_argument("--qemu", default="qemu-system-aarch64", help="QEMU binary (skipped if not found)")
+    ap.add_argument("--udbserver-python", metavar="PYTHON",
+                    help="a Python with `udbserver`, `unicorn` and `pyelftools` installed; adds udbserver rows")
+    ap.add_argument("--json", type=Path, help="write every sample, medians and ratios here")
+    args = ap.parse_args(argv)
+
+    started = time.monotonic()
+    tmp = None
+    if args.guest_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_rsp_")
+        guest_dir = build_guests(Path(tmp.name))
+    else:
+        guest_dir = args.guest_dir
+    elf = guest_dir / "loop.elf"
+    sym = elf_symbols(elf)
+
+    kinds: list[type[Target]] = [GuestdbgTarget]
+    QemuTarget.binary = args.qemu
+    if shutil.which(args.qemu):
+        kinds.append(QemuTarget)
+    else:
+        print(f"note: {args.qemu} not found; QEMU rows skipped", file=sys.stderr)
+    if args.udbserver_python:
+        UdbTarget.python = args.udbserver_python
+        kinds.append(UdbTarget)
+    names = [k.name for k in kinds]
+
+    # ---- protocol rows: one long-lived server per stub
+    sessions: dict[str, Session] = {}
+    info: dict[str, dict] = {}
+    for kind in kinds:
+        s = Session(kind(elf), sym)
+        sessions[kind.name] = s
+        info[kind.name] = {"no_ack": s.no_ack, "m_max": s.mem_chunk,
+                           "features": s.c.features.decode(errors="replace")}
+    proto: dict[str, dict[str, list[float]]] = {k: {n: [] for n in names} for k, *_ in PROTOCOL_ROWS}
+    failed: dict[str, str] = {}
+    try:
+        for rnd in range(args.repeat):
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for key, _, method, _ in PROTOCOL_ROWS:
+                for name in order:
+                    if (name, key) in failed:
+                        continue
+                    try:
+                        proto[key][name].append(getattr(sessions[name], method)(args.seconds))
+                    except (RspError, OSError) as e:
+                        failed[(name, key)] = f"{type(e).__name__}: {e}"
+                        print(f"note: {name} {key}: {e}", file=sys.stderr)
+    finally:
+        for s in sessions.values():
+            s.close()
+
+    # ---- free running with breakpoints armed, one fresh server per run
+    mips: dict[str, list[float]] = {}
+    mips_n: dict[str, int] = {}
+    mips_bps: dict[str, list[str]] = {}
+    if not args.no_mips:
+        plans = {}
+        for kind in kinds:
+            bps = guestdbg_breakpoints(sym) if kind is GuestdbgTarget else one_breakpoint(sym)
+            probe_n = 25_000_000 if kind is GuestdbgTarget else 2_500_000
+            try:
+                speed = mips_trial(kind(elf), sym, probe_n, bps)  # also warms up the caches
+            except (RspError, OSError, RuntimeError) as e:
+                print(f"note: {kind.name} free-run: {e}", file=sys.stderr)
+                failed[(kind.name, "mips")] = str(e)
+                continue
+            n = max(1000, int(speed * 1e6 * args.run_seconds / 4))
+            plans[kind.name] = (kind, n, bps)
+            mips[kind.name], mips_n[kind.name] = [], n
+            mips_bps[kind.name] = [b.decode() for b in bps]
+        pnames = list(plans)
+        for rnd in range(args.mips_repeat):
+            for name in pnames[rnd % max(1, len(pnames)):] + pnames[:rnd % max(1, len(pnames))]:
+                kind, n, bps = plans[name]
+                mips[name].append(mips_trial(kind(elf), sym, n, bps))
+
+    # ---- report
+    rows = []
+    for key, label, _, unit in PROTOCOL_ROWS:
+        rows.append((key, label, {n: proto[key][n] for n in names if proto[key][n]}))
+    if mips:
+        label = (f"free-run MIPS, guestdbg {HW_BPS} hw + {SW_BPS} sw bp armed; "
+                 "others 1 Z0 armed (never hit)")
+        rows.append(("mips", label, mips))
+    results = {}
+    head = f"{'metric':<44}" + "".join(f"{n:>14}" for n in names)
+    if "qemu" in names:
+        head += f"{'guestdbg/qemu':>15}{'(paired)':>10}"
+    print()
+    print(head)
+    print("-" * len(head))
+    for key, label, data in rows:
+        entry = {n: summary(v) for n, v in data.items()}
+        line = f"{label[:43]:<44}" + "".join(
+            f"{fmt(entry[n]['median']) if n in entry else 'n/a':>14}" for n in names)
+        if "guestdbg" in entry and "qemu" in entry:
+            g, q = data["guestdbg"], data["qemu"]
+            ratio = entry["guestdbg"]["median"] / entry["qemu"]["median"]
+            paired = statistics.median(a / b for a, b in zip(g, q))
+            entry["ratio_guestdbg_qemu"] = ratio
+            entry["ratio_paired"] = paired
+            line += f"{ratio:>15.2f}{paired:>10.2f}"
+        if "guestdbg" in entry and "udbserver" in entry:
+            entry["ratio_guestdbg_udbserver"] = entry["guestdbg"]["median"] / entry["udbserver"]["median"]
+        print(line)
+        results[key] = {"label": label, **entry}
+    print()
+    for name in names:
+        i = info[name]
+        print(f"{name}: no-ack mode {'on' if i['no_ack'] else 'off (not offered)'}, largest m = {i['m_max']} bytes"
+              + (f", N = {mips_n[name]:,}" if name in mips_n else ""))
+    if "qemu" in names:
+        targets = [("step", 3.0, "steps/s >= 3x QEMU"), ("m2048", 1.0, "m 2048 B >= QEMU"),
+                   ("mmax", 1.0, "m largest >= QEMU"), ("mips", 1.0, "MIPS with bps armed > QEMU with 1 bp")]
+        for key, want, text in targets:
+            r = results.get(key, {}).get("ratio_guestdbg_qemu")
+            if r is not None:
+                print(f"target {text}: guestdbg/qemu = {r:.2f} -> {'met' if r >= want else 'NOT met'}")
+    for (name, key), why in failed.items():
+        print(f"skipped {name} {key}: {why}")
+    elapsed = time.monotonic() - started
+    print(f"\n{args.repeat} protocol rounds of {args.seconds}s, {args.mips_repeat} free-run rounds, {elapsed:.0f} s")
+
+    if args.json:
+        out = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "host": {"python": platform.python_version(), "machine": platform.machine(),
+                     "cpus": os.cpu_count()},
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "stubs": info, "mips_iterations": mips_n, "mips_breakpoints": mips_bps,
+            "results": results, "skipped": {f"{n} {k}": v for (n, k), v in failed.items()},
+            "seconds": elapsed,
+        }
+        args.json.write_text(json.dumps(out, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

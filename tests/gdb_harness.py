@@ -1,0 +1,327 @@
+"""Drive guestdbg's GDB stub with the real gdb-multiarch (and lldb), QEMU-test-harness style.
+
+One scenario = one stub process + one (or more) debugger processes:
+
+* `Stub` starts ``python -m guestdbg.cli run IMAGE --gdb ENDPOINT --wait`` with its stdout
+  (the guest's console) and stderr (the stub's log) going to files, waits until it listens,
+  and always kills it (by its pid) on exit. A TCP stub listens on port 0 and the real port is
+  read back from its log line, so tests never race for a port.
+* `run_gdb` runs ``gdb-multiarch -q -batch -nx ELF -x script.py``. The script is a fixed
+  prelude plus the scenario's body, which uses gdb's Python API and records each check with
+  ``check(name, value)``. The results (plus every stop and exit event gdb saw, and any
+  exception the body raised) come back as JSON through a file.
+
+Prelude helpers available to a body:
+
+* ``ex(cmd)``: ``gdb.execute(cmd, to_string=True)``;
+* ``try_ex(cmd)``: the same, returning ``{"ok": bool, "out"|"error": str}`` instead of raising;
+* ``val(expr)``: ``int(gdb.parse_and_eval(expr))``; ``sym(name)``: the address of a symbol;
+* ``pc()``: the selected frame's PC; ``connect()``: ``target remote`` to the stub;
+* ``check(name, value)``: record a JSON-serialisable value under ``name``;
+* ``STOPS`` / ``EXITS``: stop and exit events so far (dicts; also returned).
+
+Every subprocess has a timeout; on a timeout the process is killed and the test fails with
+what it printed so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+GDB = "gdb-multiarch"
+LLDB = "lldb"
+REPO = Path(__file__).resolve().parent.parent
+
+PRELUDE = r'''
+import gdb, json, os, sys, time, traceback
+
+RESULTS = {}
+STOPS = []
+EXITS = []
+RESULTS_PATH = %(results_path)r
+ENDPOINT = %(endpoint)r
+
+
+def _on_stop(event):
+    d = {"type": type(event).__name__}
+    if isinstance(event, gdb.SignalEvent):
+        d["signal"] = event.stop_signal
+    if isinstance(event, gdb.BreakpointEvent):
+        d["breakpoints"] = [b.number for b in event.breakpoints]
+    try:
+        d["pc"] = int(gdb.selected_frame().pc())
+    except Exception:
+        pass
+    STOPS.append(d)
+
+
+def _on_exit(event):
+    EXITS.append({"exit_code": getattr(event, "exit_code", None)})
+
+
+gdb.events.stop.connect(_on_stop)
+gdb.events.exited.connect(_on_exit)
+
+
+def ex(cmd):
+    """Run a gdb command and return everything it printed, including what gdb prints when the
+    target stops (which to_string does not capture): gdb's logging goes to a file meanwhile."""
+    path = RESULTS_PATH + ".log"
+    gdb.execute("set logging file " + path)
+    gdb.execute("set logging overwrite on")
+    gdb.execute("set logging redirect on")
+    gdb.execute("set logging enabled on")
+    try:
+        gdb.execute(cmd)
+    finally:
+        gdb.execute("set logging enabled off")
+    with open(path) as f:
+        return f.read()
+
+
+def try_ex(cmd):
+    try:
+        return {"ok": True, "out": ex(cmd)}
+    except gdb.error as e:
+        return {"ok": False, "error": str(e)}
+
+
+def val(expr):
+    return int(gdb.parse_and_eval(expr))
+
+
+def sym(name):
+    return int(gdb.parse_and_eval("(unsigned long)&%%s" %% name))
+
+
+def pc():
+    return int(gdb.selected_frame().pc())
+
+
+def check(name, value):
+    RESULTS[name] = value
+
+
+def connect():
+    return ex("target remote " + ENDPOINT)
+
+
+def _save():
+    RESULTS["_stops"] = STOPS
+    RESULTS["_exits"] = EXITS
+    tmp = RESULTS_PATH + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(RESULTS, f, indent=1, default=repr)
+    os.replace(tmp, RESULTS_PATH)
+
+
+for _setting in ("confirm off", "pagination off", "width 0", "height 0"):
+    gdb.execute("set " + _setting)
+
+try:
+%(body)s
+except BaseException:
+    RESULTS["_error"] = traceback.format_exc()
+finally:
+    _save()
+'''
+
+
+def gdb_missing_reason() -> str | None:
+    if shutil.which(GDB) is None:
+        return f"{GDB} is not installed (apt install gdb-multiarch)"
+    return None
+
+
+def require_gdb() -> None:
+    reason = gdb_missing_reason()
+    if reason:
+        print(f"SKIP: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+
+
+class Stub:
+    """``guestdbg run ... --gdb ENDPOINT --wait`` as a subprocess; a context manager."""
+
+    def __init__(self, workdir: Path, image: Path | None = None, *, rom: Path | None = None,
+                 tcp: bool = False, wait: bool = True, extra_args=(), name: str = "stub"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tcp = tcp
+        self.sock_path = self.workdir / f"{name}.sock"
+        self.stdout_path = self.workdir / f"{name}.out"
+        self.stderr_path = self.workdir / f"{name}.err"
+        endpoint = ":0" if tcp else f"unix:{self.sock_path}"
+        self.argv = [sys.executable, "-m", "guestdbg.cli", "run"]
+        if image is not None:
+            self.argv.append(str(image))
+        if rom is not None:
+            self.argv += ["--rom", str(rom)]
+        self.argv += ["--gdb", endpoint, *extra_args]
+        if wait:
+            self.argv.append("--wait")
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    # -- lifetime
+    def __enter__(self) -> "Stub":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    def start(self, timeout: float = 20.0) -> None:
+        out = open(self.stdout_path, "wb")
+        err = open(self.stderr_path, "wb")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         cwd=REPO, start_new_session=True)
+        finally:
+            out.close()
+            err.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.stderr
+            if "waiting for a GDB connection" in log:
+                if self.tcp:
+                    m = re.search(r"tcp:127\.0\.0\.1:(\d+)", log)
+                    assert m, f"no port in the stub's log: {log!r}"
+                    self.port = int(m.group(1))
+                    return
+                if self.sock_path.exists():
+                    return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"stub exited early with {self.proc.returncode}:\n{self.stderr}")
+            time.sleep(0.02)
+        self.kill()
+        raise AssertionError(f"stub did not start listening within {timeout}s:\n{self.stderr}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: only its processes
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """The stub's exit status; fails the test if it is still running after `timeout`."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"stub still running after {timeout}s; log:\n{self.stderr}"
+                                 f"\nguest output:\n{self.stdout}") from None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- what it printed
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_bytes().decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_bytes().decode("utf-8", "replace")
+
+    @property
+    def gdb_endpoint(self) -> str:
+        """What `target remote` takes."""
+        return f"127.0.0.1:{self.port}" if self.tcp else str(self.sock_path)
+
+
+@dataclass
+class GdbRun:
+    results: dict
+    stdout: str
+    stderr: str
+    returncode: int | None
+    script: Path
+    stops: list = field(default_factory=list)
+    exits: list = field(default_factory=list)
+
+    def __getitem__(self, key):
+        if key not in self.results:
+            raise AssertionError(f"gdb script did not record {key!r}; {self.describe()}")
+        return self.results[key]
+
+    def get(self, key, default=None):
+        return self.results.get(key, default)
+
+    def describe(self) -> str:
+        return (f"error: {self.results.get('_error')}\nresults: {json.dumps(self.results, indent=1)[:4000]}"
+                f"\ngdb stdout:\n{self.stdout[-4000:]}\ngdb stderr:\n{self.stderr[-4000:]}")
+
+    def assert_ok(self) -> None:
+        assert "_error" not in self.results, self.describe()
+
+
+def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: str = "gdb",
+            gdb_args=()) -> GdbRun:
+    """Run gdb-multiarch in batch mode on `elf` with a script made of the prelude and `body`
+    (Python source for gdb's interpreter; `ENDPOINT` is the stub's address)."""
+    require_gdb()
+    workdir = stub.workdir
+    results_path = workdir / f"{name}.json"
+    results_path.unlink(missing_ok=True)
+    script = workdir / f"{name}.py"
+    script.write_text(PRELUDE % {
+        "results_path": str(results_path),
+        "endpoint": stub.gdb_endpoint,
+        "body": textwrap.indent(textwrap.dedent(body).strip("\n"), "    "),
+    })
+    argv = [GDB, "-q", "-batch", "-nx", *gdb_args, str(elf), "-x", str(script)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        partial = results_path.read_text() if results_path.exists() else "(no results)"
+        raise AssertionError(f"gdb did not finish within {timeout}s\nstdout:\n{out.decode(errors='replace')}"
+                             f"\nstderr:\n{err.decode(errors='replace')}\nresults: {partial}"
+                             f"\nstub log:\n{stub.stderr}") from None
+    results = json.loads(results_path.read_text()) if results_path.exists() else {
+        "_error": "the script wrote no results (gdb died?)"}
+    return GdbRun(results, out.decode(errors="replace"), err.decode(errors="replace"), proc.returncode,
+                  script, results.get("_stops", []), results.get("_exits", []))
+
+
+def lldb_missing_reason() -> str | None:
+    if shutil.which(LLDB) is None:
+        return f"{LLDB} is not installed (apt install lldb)"
+    return None
+
+
+def run_lldb(stub: Stub, elf: Path, commands: list[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """lldb --batch with `-o` commands; the first one connects to the (TCP) stub."""
+    argv = [LLDB, "--batch", "--no-lldbinit", "-o", f"gdb-remote 127.0.0.1:{stub.port}"]
+    for c in commands:
+        argv += ["-o", c]
+    argv.append(str(elf))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"lldb did not finish within {timeout}s\nstdout:\n{out.decode(errors='replace')}"
+                             f"\nstderr:\n{err.decode(errors='replace')}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
