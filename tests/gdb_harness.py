@@ -13,8 +13,10 @@ One scenario = one stub process + one (or more) debugger processes:
 
 Prelude helpers available to a body:
 
-* ``ex(cmd)``: ``gdb.execute(cmd, to_string=True)``;
-* ``try_ex(cmd)``: the same, returning ``{"ok": bool, "out"|"error": str}`` instead of raising;
+* ``ex(cmd)``: run a command; what it printed (stop reports included) replaces the returned
+  placeholder in the results (output is bracketed by markers on gdb's stdout);
+* ``exs(cmd)``: ``gdb.execute(cmd, to_string=True)``, for use inside the script;
+* ``try_ex(cmd)``: ``ex`` returning ``{"ok": bool, "out"|"error": str}`` instead of raising;
 * ``val(expr)``: ``int(gdb.parse_and_eval(expr))``; ``sym(name)``: the address of a symbol;
 * ``pc()``: the selected frame's PC; ``connect()``: ``target remote`` to the stub;
 * ``check(name, value)``: record a JSON-serialisable value under ``name``;
@@ -75,27 +77,36 @@ gdb.events.stop.connect(_on_stop)
 gdb.events.exited.connect(_on_exit)
 
 
+_SEGMENTS = [0]
+
+
 def ex(cmd):
-    """Run a gdb command and return everything it printed, including what gdb prints when the
-    target stops (which to_string does not capture): gdb's logging goes to a file meanwhile."""
-    path = RESULTS_PATH + ".log"
-    gdb.execute("set logging file " + path)
-    gdb.execute("set logging overwrite on")
-    gdb.execute("set logging redirect on")
-    gdb.execute("set logging enabled on")
+    """Run a gdb command; returns a placeholder that the pytest side replaces by everything
+    the command printed, including what gdb prints when the target stops (to_string does not
+    capture that): the output is bracketed by markers on gdb's stdout."""
+    _SEGMENTS[0] += 1
+    n = _SEGMENTS[0]
+    sys.stdout.write("\n@@<%d>@@\n" % n)
+    sys.stdout.flush()
     try:
         gdb.execute(cmd)
     finally:
-        gdb.execute("set logging enabled off")
-    with open(path) as f:
-        return f.read()
+        sys.stdout.write("\n@@</%d>@@\n" % n)
+        sys.stdout.flush()
+    return "@@SEGMENT:%d@@" % n
+
+
+def exs(cmd):
+    """Run a gdb command and return its output as a string, inside the script (not for
+    commands that resume the target: the stop report is not part of it)."""
+    return gdb.execute(cmd, to_string=True)
 
 
 def try_ex(cmd):
     try:
         return {"ok": True, "out": ex(cmd)}
     except gdb.error as e:
-        return {"ok": False, "error": str(e)}
+        return {"ok": False, "error": str(e), "out": "@@SEGMENT:%d@@" % _SEGMENTS[0]}
 
 
 def val(expr):
@@ -264,7 +275,7 @@ class GdbRun:
 
     def describe(self) -> str:
         return (f"error: {self.results.get('_error')}\nresults: {json.dumps(self.results, indent=1)[:4000]}"
-                f"\ngdb stdout:\n{self.stdout[-4000:]}\ngdb stderr:\n{self.stderr[-4000:]}")
+                f"\ngdb output:\n{self.stdout[-6000:]}")
 
     def assert_ok(self) -> None:
         assert "_error" not in self.results, self.describe()
@@ -285,7 +296,8 @@ def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: st
         "body": textwrap.indent(textwrap.dedent(body).strip("\n"), "    "),
     })
     argv = [GDB, "-q", "-batch", "-nx", *gdb_args, str(elf), "-x", str(script)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # stderr goes into the same pipe, so warnings and errors land inside their command's markers
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=REPO, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -294,12 +306,31 @@ def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: st
         out, err = proc.communicate()
         partial = results_path.read_text() if results_path.exists() else "(no results)"
         raise AssertionError(f"gdb did not finish within {timeout}s\nstdout:\n{out.decode(errors='replace')}"
-                             f"\nstderr:\n{err.decode(errors='replace')}\nresults: {partial}"
+                             f"\nresults: {partial}"
                              f"\nstub log:\n{stub.stderr}") from None
+    stdout = out.decode(errors="replace")
     results = json.loads(results_path.read_text()) if results_path.exists() else {
         "_error": "the script wrote no results (gdb died?)"}
-    return GdbRun(results, out.decode(errors="replace"), err.decode(errors="replace"), proc.returncode,
+    results = _resolve_segments(results, _segments(stdout))
+    return GdbRun(results, stdout, "", proc.returncode,
                   script, results.get("_stops", []), results.get("_exits", []))
+
+
+def _segments(stdout: str) -> dict[int, str]:
+    segs = {}
+    for m in re.finditer(r"\n@@<(\d+)>@@\n(.*?)\n@@</\1>@@\n", stdout, re.S):
+        segs[int(m.group(1))] = m.group(2)
+    return segs
+
+
+def _resolve_segments(obj, segs: dict[int, str]):
+    if isinstance(obj, str):
+        return re.sub(r"@@SEGMENT:(\d+)@@", lambda m: segs.get(int(m.group(1)), "<output lost>"), obj)
+    if isinstance(obj, list):
+        return [_resolve_segments(v, segs) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _resolve_segments(v, segs) for k, v in obj.items()}
+    return obj
 
 
 def lldb_missing_reason() -> str | None:
