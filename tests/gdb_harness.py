@@ -52,8 +52,8 @@ import gdb, json, os, sys, time, traceback
 RESULTS = {}
 STOPS = []
 EXITS = []
-RESULTS_PATH = %(results_path)r
-ENDPOINT = %(endpoint)r
+RESULTS_PATH = @RESULTS_PATH@
+ENDPOINT = @ENDPOINT@
 
 
 def _on_stop(event):
@@ -114,7 +114,7 @@ def val(expr):
 
 
 def sym(name):
-    return int(gdb.parse_and_eval("(unsigned long)&%%s" %% name))
+    return int(gdb.parse_and_eval("(unsigned long)&%s" % name))
 
 
 def pc():
@@ -142,7 +142,7 @@ for _setting in ("confirm off", "pagination off", "width 0", "height 0"):
     gdb.execute("set " + _setting)
 
 try:
-%(body)s
+@BODY@
 except BaseException:
     RESULTS["_error"] = traceback.format_exc()
 finally:
@@ -290,11 +290,9 @@ def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: st
     results_path = workdir / f"{name}.json"
     results_path.unlink(missing_ok=True)
     script = workdir / f"{name}.py"
-    script.write_text(PRELUDE % {
-        "results_path": str(results_path),
-        "endpoint": stub.gdb_endpoint,
-        "body": textwrap.indent(textwrap.dedent(body).strip("\n"), "    "),
-    })
+    script.write_text(PRELUDE.replace("@RESULTS_PATH@", repr(str(results_path)))
+                      .replace("@ENDPOINT@", repr(stub.gdb_endpoint))
+                      .replace("@BODY@", textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")))
     argv = [GDB, "-q", "-batch", "-nx", *gdb_args, str(elf), "-x", str(script)]
     # stderr goes into the same pipe, so warnings and errors land inside their command's markers
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

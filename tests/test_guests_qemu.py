@@ -31,7 +31,7 @@ def run(guests: Path, name: str, **kw):
 
 def test_all_outputs_built(guests):
     names = ["demo", "hello", "poweroff", "exit_ext", "exceptions", "watch", "guest_debug",
-             "el0_context", "rom_boot", "loop", "mixer", "bp_targets"]
+             "el0_context", "rom_boot", "loop", "mixer", "bp_targets", "selfmod"]
     for n in names:
         assert (guests / f"{n}.elf").is_file(), n
     assert (guests / "rom_boot.bin").stat().st_size > 0
@@ -219,6 +219,21 @@ def test_bp_targets(guests):
     syms = elf_symbols(guests / "bp_targets.elf")
     for s in ("bp_a", "bp_b", "bp_c", "guest_brk"):
         assert s in syms
+
+
+def test_selfmod(guests):
+    elf = guests / "selfmod.elf"
+    lines, status = run(guests, "selfmod.elf")
+    assert lines == ["selfmod: start", "selfmod: first call returned 1",
+                     "selfmod: second call returned 2", "selfmod: done"]
+    assert status == 0
+    syms = elf_symbols(elf)
+    assert syms["code_slot"] % 64 == 0
+    assert syms["patched_fn_end"] - syms["patched_fn"] == 8
+    assert syms["patched_fn_v2_end"] - syms["patched_fn_v2"] == 12
+    # the two versions start with different instructions, and the slot starts as udf #0
+    assert elf_read(elf, syms["patched_fn"], 4) != elf_read(elf, syms["patched_fn_v2"], 4)
+    assert elf_read(elf, syms["code_slot"], 64) == bytes(64)
 
 
 def test_semihosting_unmerged_goes_to_stderr(guests):

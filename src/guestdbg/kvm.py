@@ -18,6 +18,8 @@ KVM_CAP_ONE_REG = 70
 KVM_CAP_GUEST_DEBUG_HW_BPS = 119
 KVM_CAP_GUEST_DEBUG_HW_WPS = 120
 KVM_CAP_SET_GUEST_DEBUG2 = 195
+KVM_CAP_READONLY_MEM = 81
+KVM_CAP_IMMEDIATE_EXIT = 136
 
 CAPABILITY_NAMES = {
     KVM_CAP_SET_GUEST_DEBUG: "KVM_CAP_SET_GUEST_DEBUG",
@@ -114,6 +116,38 @@ class DebugExitArm64:
 
 
 @dataclass
+class DebugExitX86:
+    """kvm_run.debug.arch on x86 (struct kvm_debug_exit_arch): exception is the vector (1 = #DB,
+    3 = #BP), pc the linear RIP, dr6/dr7 the debug status and control the exit saw."""
+
+    exception: int
+    pc: int
+    dr6: int = 0
+    dr7: int = 0
+
+
+# kvm_run.io.direction
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1
+
+
+@dataclass
+class IoExit:
+    """kvm_run.io (x86 port I/O): `count` accesses of `size` bytes each. `data` holds size*count
+    bytes: what the guest wrote (OUT), or what the VMM fills in for an IN before the next run()."""
+
+    direction: int
+    size: int
+    port: int
+    count: int
+    data: bytearray = field(default_factory=bytearray)
+
+    @property
+    def is_out(self) -> bool:
+        return self.direction == KVM_EXIT_IO_OUT
+
+
+@dataclass
 class MmioExit:
     """kvm_run.mmio. For a read, the VMM fills `data` before the next run() completes it."""
 
@@ -156,8 +190,9 @@ class KvmRun:
 
     exit_reason: int
     flags: int = 0
-    debug: DebugExitArm64 | None = None
+    debug: DebugExitArm64 | DebugExitX86 | None = None
     mmio: MmioExit | None = None
+    io: IoExit | None = None
     system_event: SystemEventExit | None = None
     internal: InternalErrorExit | None = None
 
@@ -166,5 +201,5 @@ class KvmRun:
         return EXIT_REASON_NAMES.get(self.exit_reason, str(self.exit_reason))
 
     def __str__(self) -> str:
-        payload = self.debug or self.mmio or self.system_event or self.internal
+        payload = self.debug or self.mmio or self.io or self.system_event or self.internal
         return f"{self.exit_reason_name}({payload})" if payload else self.exit_reason_name

@@ -350,6 +350,8 @@ class Arm64Vcpu:
         self._context_hook: int | None = None
         self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
         self._traps: list[dr.Watchpoint] = []  # the debugger's page traps (WatchTrap)
+        self._trap_specs: list[WatchTrap] = []
+        self._armed_key = None  # _live_key() at the last _rearm
         self._read_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run -> no-op UC_HOOK_MEM_READ forcing the checked path
         self._rearm_pending = False
 
@@ -390,11 +392,22 @@ class Arm64Vcpu:
                                   kr.ctypes.sizeof(arch))
         else:
             self.guestdbg_control = 0
-        self._rearm()
+        # Stepping toggles SINGLESTEP on every stop: rebuild hooks and protections only when
+        # the live breakpoint/watchpoint set itself changed.
+        if self._live_key() != self._armed_key:
+            self._rearm()
+
+    def _live_key(self):
+        owns = self.debugger_owns_hw
+        return owns, bytes(self.guestdbg_arch) if owns else None
 
     def set_watch_traps(self, traps: list[WatchTrap]) -> None:
         """Replace the debugger's page traps (see WatchTrap). Not a KVM ioctl: on KVM the same
         effect comes from read-only memory slots."""
+        traps = list(traps)
+        if traps == self._trap_specs:
+            return
+        self._trap_specs = traps
         self._traps = [t.as_watchpoint(-1 - i) for i, t in enumerate(traps)]
         self._reprotect()
 
@@ -641,6 +654,7 @@ class Arm64Vcpu:
     def _rearm(self) -> None:
         """Rebuild hooks and page protections from whichever debug register set is live."""
         self._rearm_pending = False
+        self._armed_key = self._live_key()
         live = self._live_debug_regs()
         self._owner = live[0] if live else None
         if live:

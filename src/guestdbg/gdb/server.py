@@ -178,6 +178,15 @@ class GdbServer:
             except Exception as e:  # keep the server alive and say what happened
                 self._post(("fault", f"internal error: {type(e).__name__}: {e}"))
 
+    def _step_now(self):
+        """manager.step() on this thread (the vCPU thread is idle), as _vcpu_loop reports it."""
+        try:
+            return ("stop", self.manager.step())
+        except GuestFault as e:
+            return ("fault", str(e))
+        except Exception as e:  # keep the server alive and say what happened
+            return ("fault", f"internal error: {type(e).__name__}: {e}")
+
     def _post(self, item) -> None:
         self._events.put(item)
         try:
@@ -242,6 +251,8 @@ class GdbServer:
             sock, _ = self._listener.accept()
         except BlockingIOError:
             return
+        if self._client is not None and self._client_gone():
+            self._client_lost()  # its EOF is waiting behind this accept: handle it first
         if self._client is not None:
             message = "guestdbg: another debugger is already attached; disconnect it first\n"
             try:
@@ -262,6 +273,14 @@ class GdbServer:
         self._sel.register(sock, selectors.EVENT_READ, "client")
         self._stop_vcpu()  # a debugger attaching to a running guest stops it
         self.log("debugger attached")
+
+    def _client_gone(self) -> bool:
+        try:
+            return self._client.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def _client_readable(self) -> None:
         try:
@@ -305,8 +324,13 @@ class GdbServer:
                 conn.start_no_ack()
         elif isinstance(action, Resume):
             conn.resumed()
+            if action.step:
+                # One instruction is bounded: step here rather than hand it to the vCPU thread
+                # and back (two thread switches and a socketpair wake-up, most of a step's cost).
+                self._handle_event(self._step_now(), deliver=True)
+                return
             self._vcpu_busy = True
-            self._requests.put("step" if action.step else "cont")
+            self._requests.put("cont")
         elif isinstance(action, Detach):
             conn.send_packet(b"OK")
             self._flush()
@@ -340,7 +364,8 @@ class GdbServer:
             self._client_lost()
             return
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbuf else 0)
-        self._sel.modify(self._client, want, "client")
+        if want != self._sel.get_key(self._client).events:  # an epoll_ctl only on a change
+            self._sel.modify(self._client, want, "client")
 
     def _client_lost(self) -> None:
         """The connection went away: stop the guest and keep every breakpoint for the next client."""

@@ -198,7 +198,9 @@ class GdbSession:
         offset, length = _addr_len(span)
         chunk = document[offset:offset + min(length, PACKET_SIZE - 8)]
         more = offset + len(chunk) < len(document)
-        return Reply((b"m" if more else b"l") + _escape_binary(chunk))
+        # No escaping here: rsp.send_packet escapes '#', '$', '}' and '*' when it frames the reply
+        # (escaping here too would reach gdb as literal '}' bytes).
+        return Reply((b"m" if more else b"l") + chunk)
 
     # ------------------------------------------------------------------ resuming
     def _resume_legacy(self, p: bytes):

@@ -1,0 +1,21 @@
+"""A short run of bench/soak.py: breakpoint cycles, step round trips and connections through
+the real server; memory must not grow with the number of operations and the guest must finish
+with the right result. The long run (100k/100k/1000) is `bench/soak.py`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import soak  # noqa: E402
+
+
+def test_short_soak(guest_dir):
+    report = soak.soak(guest_dir, cycles=3000, steps=3000, connections=60, log=lambda *a: None)
+    assert report["final_reply"] == "W00"
+    assert report["guest_output"] == "loop: done\n"
+    assert report["exit_status"] == 0
+    # Python objects still alive after warm-up: bounded, not proportional to the operations.
+    assert report["traced_growth_after_warmup"] < 512 * 1024, report["memory"]
