@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up guestdbg on a Debian machine: a venv in .venv with the package and its Python
 # dependencies, and (with --test) the Debian tools the test suite drives: the aarch64 cross
-# toolchain that builds the test guests, gdb-multiarch, lldb and qemu-system-aarch64.
+# toolchain that builds the test guests (and gcc for the x86-64 ones), gdb-multiarch, lldb,
+# qemu-system-aarch64 and qemu-system-x86_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,8 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt_install python3 python3-venv python3-pip
 fi
 if ((with_test_tools)); then
-    apt_install make binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu gdb-multiarch qemu-system-arm lldb
+    apt_install make gcc binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu gdb-multiarch qemu-system-arm \
+        qemu-system-x86 lldb
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,8 @@ class Stub:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tcp = tcp
         self.sock_path = self.workdir / f"{name}.sock"
+        if len(str(self.sock_path)) > 100:  # sun_path holds 108 bytes
+            self.sock_path = Path(tempfile.mkdtemp(prefix="gdbsock")) / f"{name}.sock"
         self.stdout_path = self.workdir / f"{name}.out"
         self.stderr_path = self.workdir / f"{name}.err"
         endpoint = ":0" if tcp else f"unix:{self.sock_path}"

@@ -53,6 +53,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="context-aware breakpoints, 1..BRPs (default 2)")
 
 
+def _add_arch_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=("aarch64", "x86_64"), default="aarch64",
+                   help="aarch64: the emulated virt board (default); x86_64: the pc board on Linux KVM "
+                        "(/dev/kvm), for x86-64 ELF guests")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="guestdbg", description="Run and debug a virtual machine's guest.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
@@ -69,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --gdb: hold the vCPU at its entry until a debugger attaches and resumes it")
     run.add_argument("--gdb-allow-remote", action="store_true",
                      help="with --gdb: allow listening on a non-loopback address (prints a warning)")
+    _add_arch_flag(run)
     _add_config_flags(run)
     caps = sub.add_parser("caps", help="print the vCPU's capabilities and the ID_AA64DFR0_EL1 a guest reads")
+    _add_arch_flag(caps)
     _add_config_flags(caps)
     caps.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -84,7 +92,28 @@ def demo_image():
     return resources.files("guestdbg").joinpath("data/demo.elf")
 
 
+def cmd_run_x86(args) -> int:
+    """`run --arch x86_64 IMAGE`: an x86-64 ELF on the pc board (guestdbg.board.pc) under KVM."""
+    from guestdbg.backends.kvm_x86.vm import KvmUnavailable
+    from guestdbg.board.pc import PcConfig, X86Machine
+    for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None), ("--gdb", args.gdb),
+                        ("--wait", args.wait)):
+        if given:
+            raise ImageError(f"{flag} is not supported with --arch x86_64 yet")
+    if not args.image:
+        raise ImageError("--arch x86_64 needs an IMAGE (an x86-64 ELF, e.g. guests/x86/build/hello.elf)")
+    try:
+        machine = X86Machine(PcConfig(ram_size=args.ram))
+    except KvmUnavailable as e:
+        raise ImageError(f"--arch x86_64 needs Linux KVM: {e}") from None
+    with machine:
+        machine.load_elf(args.image)
+        return machine.run_to_exit(timeout=args.timeout)
+
+
 def cmd_run(args) -> int:
+    if args.arch == "x86_64":
+        return cmd_run_x86(args)
     machine = Machine(_config(args))
     if args.rom:
         machine.load_rom(args.rom)
@@ -128,7 +157,65 @@ def caps_report(config: MachineConfig) -> dict:
     return {"capabilities": caps, "ID_AA64DFR0_EL1": {"value": dfr0, "fields": fields}}
 
 
+def caps_report_x86() -> dict:
+    """What this host's /dev/kvm offers an x86-64 VM, read from the VM fd."""
+    from guestdbg.backends.kvm_x86 import uapi as u
+    from guestdbg.backends.kvm_x86.vm import X86Vm
+    names = {kvm.KVM_CAP_SET_GUEST_DEBUG: "KVM_CAP_SET_GUEST_DEBUG",
+             kvm.KVM_CAP_SET_GUEST_DEBUG2: "KVM_CAP_SET_GUEST_DEBUG2",
+             kvm.KVM_CAP_GUEST_DEBUG_HW_BPS: "KVM_CAP_GUEST_DEBUG_HW_BPS",
+             kvm.KVM_CAP_GUEST_DEBUG_HW_WPS: "KVM_CAP_GUEST_DEBUG_HW_WPS",
+             kvm.KVM_CAP_ONE_REG: "KVM_CAP_ONE_REG", u.KVM_CAP_READONLY_MEM: "KVM_CAP_READONLY_MEM",
+             u.KVM_CAP_IMMEDIATE_EXIT: "KVM_CAP_IMMEDIATE_EXIT", u.KVM_CAP_DEBUGREGS: "KVM_CAP_DEBUGREGS",
+             u.KVM_CAP_VCPU_EVENTS: "KVM_CAP_VCPU_EVENTS", u.KVM_CAP_XSAVE: "KVM_CAP_XSAVE",
+             u.KVM_CAP_XCRS: "KVM_CAP_XCRS", u.KVM_CAP_NR_MEMSLOTS: "KVM_CAP_NR_MEMSLOTS",
+             u.KVM_CAP_SET_TSS_ADDR: "KVM_CAP_SET_TSS_ADDR"}
+    with X86Vm() as vm:
+        caps = [{"name": name, "number": number, "value": vm.check_extension(number)}
+                for number, name in sorted(names.items())]
+    from pathlib import Path
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    modules = sorted(m.name for m in Path("/sys/module").glob("kvm*")) if Path("/sys/module").is_dir() else []
+    return {"capabilities": caps, "host": {"vmx": "vmx" in flags, "svm": "svm" in flags, "kvm_modules": modules}}
+
+
+def _print_caps_x86(report: dict) -> None:
+    guestdbg_flags = {kvm.KVM_GUESTDBG_ENABLE: "ENABLE", kvm.KVM_GUESTDBG_SINGLESTEP: "SINGLESTEP",
+                      kvm.KVM_GUESTDBG_USE_SW_BP: "USE_SW_BP", kvm.KVM_GUESTDBG_USE_HW_BP: "USE_HW_BP",
+                      kvm.KVM_GUESTDBG_INJECT_DB: "INJECT_DB", kvm.KVM_GUESTDBG_INJECT_BP: "INJECT_BP",
+                      kvm.KVM_GUESTDBG_BLOCKIRQ: "BLOCKIRQ"}
+    for cap in report["capabilities"]:
+        value, number = cap["value"], cap["number"]
+        shown = str(value)
+        if number == kvm.KVM_CAP_SET_GUEST_DEBUG2:
+            shown = f"{value:#x} (" + "|".join(n for bit, n in guestdbg_flags.items() if value & bit) + ")"
+        elif number in (kvm.KVM_CAP_GUEST_DEBUG_HW_BPS, kvm.KVM_CAP_GUEST_DEBUG_HW_WPS) and value == 0:
+            shown = "0 => 4 shared debug registers (DR0-DR3, for breakpoints and watchpoints together)"
+        print(f"{cap['name']:<28} {number:>4}  {shown}")
+    host = report["host"]
+    kind = "VMX" if host["vmx"] else "SVM" if host["svm"] else "no VMX/SVM in the CPU"
+    print(f"\nhost: {kind}; KVM modules: {', '.join(host['kvm_modules']) or 'unknown'}")
+
+
 def cmd_caps(args) -> int:
+    if args.arch == "x86_64":
+        from guestdbg.backends.kvm_x86.vm import KvmUnavailable
+        try:
+            report = caps_report_x86()
+        except KvmUnavailable as e:
+            raise ImageError(f"--arch x86_64 needs Linux KVM: {e}") from None
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_caps_x86(report)
+        return 0
     report = caps_report(_config(args))
     if args.json:
         print(json.dumps(report, indent=2))

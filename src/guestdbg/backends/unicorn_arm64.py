@@ -42,6 +42,7 @@ instruction (no ISB needed), and WFI completes at once (no interrupt source is m
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import sys
 import time
@@ -117,6 +118,7 @@ DEBUG_REG_OP2 = {4: "bvr", 5: "bcr", 6: "wvr", 7: "wcr"}
 
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
 _V_REGS = [getattr(uca, f"UC_ARM64_REG_V{n}") for n in range(32)]
+_V_REGS_SET = frozenset(_V_REGS)
 
 
 @dataclass(frozen=True)
@@ -561,6 +563,38 @@ class Arm64Vcpu:
             return
         reg.set(value)
 
+    def get_one_regs(self, reg_ids: list[int]) -> list[int]:
+        """Several KVM_GET_ONE_REGs at once (what a `g` packet needs): plain registers are read
+        in one Unicorn batch call instead of one binding call each."""
+        regs = [self._one_reg(r) for r in reg_ids]
+        plain = tuple(r.uc_reg for r in regs if r.uc_reg is not None)
+        batch = iter(self._batch_reader(plain)()) if plain else iter(())
+        return [next(batch) if r.uc_reg is not None else r.get() for r in regs]
+
+    def _batch_reader(self, uc_regs: tuple[int, ...]) -> Callable[[], list[int]]:
+        """A reader for these Unicorn registers in one uc_reg_read_batch call into buffers made
+        once (the binding's own batch read builds ctypes objects per register per call)."""
+        cache = self.__dict__.setdefault("_batch_readers", {})
+        reader = cache.get(uc_regs)
+        if reader is None:
+            n = len(uc_regs)
+            ids = (ctypes.c_int * n)(*uc_regs)
+            buf = (ctypes.c_uint64 * (2 * n))()
+            base = ctypes.addressof(buf)
+            ptrs = (ctypes.c_void_p * n)(*(base + 16 * i for i in range(n)))
+            view = buf  # two 64-bit words per register
+            wide = [reg in _V_REGS_SET for reg in uc_regs]
+
+            def reader() -> list[int]:
+                ctypes.memset(buf, 0, ctypes.sizeof(buf))  # 32-bit registers fill only their low bytes
+                status = self.uc._do_reg_read_batch(ids, ptrs, ctypes.c_int(n))
+                if status:
+                    raise UcError(status)
+                return [view[2 * i] | (view[2 * i + 1] << 64) if wide[i] else view[2 * i] for i in range(n)]
+
+            cache[uc_regs] = reader
+        return reader
+
     def get_reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: every register migration must carry (never the debugger's)."""
         return list(self._one_regs)
@@ -583,7 +617,7 @@ class Arm64Vcpu:
         regs: dict[int, _OneReg] = {}
 
         def plain(uc_reg):
-            return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v))
+            return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v), uc_reg)
 
         def cp(enc):
             return _OneReg(lambda: uc.cpr_read(*enc), lambda v: uc.cpr_write(*enc, v))
@@ -1186,6 +1220,7 @@ class _FatalGuestState(Exception):
 class _OneReg:
     get: Callable[[], int]
     set: Callable[[int], None] | None
+    uc_reg: int | None = None  # a plain Unicorn register: readable in a batch
 
 
 _capstone = None

@@ -27,6 +27,7 @@ Policy
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import threading
@@ -245,6 +246,19 @@ class GuestDebugManager:
         self.watches.clear()
         self.single_stepping = False
         self._apply()
+
+    @contextlib.contextmanager
+    def breakpoints_lifted(self):
+        """Guest memory without the debugger's BRK patches for the duration (for a snapshot,
+        which must hold the guest's own code, not the debugger's state)."""
+        patches = list(self._sw.values())
+        for patch in patches:
+            self.vm.write_phys(patch.pa, patch.original)
+        try:
+            yield
+        finally:
+            for patch in patches:
+                self.vm.write_phys(patch.pa, BRK0)
 
     def slots_report(self) -> list[str]:
         lines = [f"hardware breakpoints: {len(self._hw_bp)}/{self.hw_bp_slots} used; "

@@ -192,7 +192,12 @@ def _check_writable(vcpu: OneRegVcpu, regdef: RegDef, value: int) -> None:
 
 def encode_g(vcpu: OneRegVcpu) -> bytes:
     """The `g` reply: every register in gdb order, hex of little-endian bytes."""
-    return b"".join(_to_hex(r, read_reg(vcpu, r)) for r in REGISTERS)
+    ids = [r.one_reg_id if r.one_reg_id is not None else _sp_one_reg_id(vcpu) for r in REGISTERS]
+    # An optional fast path (the emulated vCPU reads plain registers in one batch); the
+    # result is the same as one get_one_reg per register.
+    read_many = getattr(vcpu, "get_one_regs", None)
+    values = read_many(ids) if read_many else [vcpu.get_one_reg(i) for i in ids]
+    return b"".join(_to_hex(r, v & ((1 << r.bitsize) - 1)) for r, v in zip(REGISTERS, values))
 
 
 def decode_G(vcpu: OneRegVcpu, hexdata: bytes) -> None:  # noqa: N802 (packet letter)

@@ -245,6 +245,30 @@ def _encode_run(run: bytes) -> bytes:
     return bytes(out)
 
 
+# Fast path for payloads with nothing to escape (hex replies: m, g, stop replies): the gaps
+# between runs are copied as they are, and the encodings of short runs are cached.
+_NEEDS_ESCAPE_RE: Final = re.compile(rb"[#$}*]")
+_run_cache: dict[bytes, bytes] = {}
+
+
+def _encode_plain(payload: bytes) -> bytes:
+    parts = []
+    pos = 0
+    cache = _run_cache
+    for start, end in _runs(payload):
+        run = payload[start:end]
+        enc = cache.get(run)
+        if enc is None:
+            enc = _encode_run(run)
+            if end - start <= 256 and len(cache) < 4096:
+                cache[run] = enc
+        parts.append(payload[pos:start])
+        parts.append(enc)
+        pos = end
+    parts.append(payload[pos:])
+    return b"".join(parts)
+
+
 def encode_payload(payload: bytes, *, rle: bool = True) -> bytes:
     """Escape (and, with ``rle``, run-length encode) a payload into a packet body (rule 11).
 
@@ -255,6 +279,8 @@ def encode_payload(payload: bytes, *, rle: bool = True) -> bytes:
     payload = bytes(payload)
     if not rle:
         return _escape(payload)
+    if _NEEDS_ESCAPE_RE.search(payload) is None:
+        return _encode_plain(payload)
     out = bytearray()
     pos = 0
     for start, end in _runs(payload):

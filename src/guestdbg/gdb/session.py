@@ -52,7 +52,11 @@ class PacketError(Exception):
 
 
 def _hex_int(text: bytes) -> int:
+    # Plain hex digits only: int(x, 16) alone also takes "-4", "+4", "0x4", "4_0" and spaces,
+    # which let negative addresses and lengths reach the manager.
     try:
+        if not text or text.strip(b"0123456789abcdefABCDEF"):
+            raise ValueError
         return int(text, 16)
     except ValueError:
         raise PacketError(f"bad hex number {text!r}") from None
@@ -323,7 +327,8 @@ class Monitor:
             from guestdbg import snapshot
             path = checked_snapshot_path(words[2], for_writing=True)
             try:
-                snapshot.save(self.session.machine, path)
+                with self.session.manager.breakpoints_lifted():  # no BRK patches in the file
+                    snapshot.save(self.session.machine, path)
             except (OSError, snapshot.SnapshotError) as e:
                 return f"error: snapshot save failed: {e}\n"
             return f"snapshot saved to {path}\n"

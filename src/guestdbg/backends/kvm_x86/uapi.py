@@ -23,25 +23,25 @@ _IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 
 
-def _IOC(direction: int, type_: int, nr: int, size: int) -> int:  # noqa: N802 (kernel macro names)
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
     if not 0 <= size < 1 << _IOC_SIZEBITS:
         raise ValueError(f"ioctl argument size {size} does not fit {_IOC_SIZEBITS} bits")
     return (direction << _IOC_DIRSHIFT) | (type_ << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
 
 
-def _IO(type_: int, nr: int) -> int:  # noqa: N802
+def _IO(type_: int, nr: int) -> int:
     return _IOC(_IOC_NONE, type_, nr, 0)
 
 
-def _IOR(type_: int, nr: int, ctype) -> int:  # noqa: N802
+def _IOR(type_: int, nr: int, ctype) -> int:
     return _IOC(_IOC_READ, type_, nr, ctypes.sizeof(ctype))
 
 
-def _IOW(type_: int, nr: int, ctype) -> int:  # noqa: N802
+def _IOW(type_: int, nr: int, ctype) -> int:
     return _IOC(_IOC_WRITE, type_, nr, ctypes.sizeof(ctype))
 
 
-def _IOWR(type_: int, nr: int, ctype) -> int:  # noqa: N802
+def _IOWR(type_: int, nr: int, ctype) -> int:
     return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, ctypes.sizeof(ctype))
 
 
@@ -49,13 +49,13 @@ KVMIO = 0xAE
 
 
 # ---------------------------------------------------------------------- structures (asm/kvm.h, x86)
-class kvm_regs(ctypes.Structure):  # noqa: N801 (kernel names)
+class kvm_regs(ctypes.Structure):
     _fields_ = [(name, u64) for name in (
         "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")]
 
 
-class kvm_segment(ctypes.Structure):  # noqa: N801
+class kvm_segment(ctypes.Structure):
     _fields_ = [
         ("base", u64), ("limit", u32), ("selector", u16), ("type", u8),
         ("present", u8), ("dpl", u8), ("db", u8), ("s", u8), ("l", u8), ("g", u8), ("avl", u8),
@@ -63,14 +63,14 @@ class kvm_segment(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_dtable(ctypes.Structure):  # noqa: N801
+class kvm_dtable(ctypes.Structure):
     _fields_ = [("base", u64), ("limit", u16), ("padding", u16 * 3)]
 
 
 KVM_NR_INTERRUPTS = 256
 
 
-class kvm_sregs(ctypes.Structure):  # noqa: N801
+class kvm_sregs(ctypes.Structure):
     _fields_ = [
         ("cs", kvm_segment), ("ds", kvm_segment), ("es", kvm_segment), ("fs", kvm_segment),
         ("gs", kvm_segment), ("ss", kvm_segment), ("tr", kvm_segment), ("ldt", kvm_segment),
@@ -81,7 +81,7 @@ class kvm_sregs(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_fpu(ctypes.Structure):  # noqa: N801
+class kvm_fpu(ctypes.Structure):
     _fields_ = [
         ("fpr", (u8 * 16) * 8), ("fcw", u16), ("fsw", u16), ("ftwx", u8), ("pad1", u8),
         ("last_opcode", u16), ("last_ip", u64), ("last_dp", u64),
@@ -89,26 +89,26 @@ class kvm_fpu(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_msr_entry(ctypes.Structure):  # noqa: N801
+class kvm_msr_entry(ctypes.Structure):
     _fields_ = [("index", u32), ("reserved", u32), ("data", u64)]
 
 
-class kvm_msrs(ctypes.Structure):  # noqa: N801
+class kvm_msrs(ctypes.Structure):
     """Header only; entries[] follow it (see msrs_buffer)."""
     _fields_ = [("nmsrs", u32), ("pad", u32)]
 
 
-class kvm_msr_list(ctypes.Structure):  # noqa: N801
+class kvm_msr_list(ctypes.Structure):
     """Header only; u32 indices[] follow it."""
     _fields_ = [("nmsrs", u32)]
 
 
-class kvm_cpuid_entry2(ctypes.Structure):  # noqa: N801
+class kvm_cpuid_entry2(ctypes.Structure):
     _fields_ = [("function", u32), ("index", u32), ("flags", u32),
                 ("eax", u32), ("ebx", u32), ("ecx", u32), ("edx", u32), ("padding", u32 * 3)]
 
 
-class kvm_cpuid2(ctypes.Structure):  # noqa: N801
+class kvm_cpuid2(ctypes.Structure):
     """Header only; entries[] follow it (see cpuid2_buffer)."""
     _fields_ = [("nent", u32), ("padding", u32)]
 
@@ -116,11 +116,11 @@ class kvm_cpuid2(ctypes.Structure):  # noqa: N801
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0  # sic, as the header spells it
 
 
-class kvm_debug_exit_arch(ctypes.Structure):  # noqa: N801
+class kvm_debug_exit_arch(ctypes.Structure):
     _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
 
 
-class kvm_guest_debug_arch(ctypes.Structure):  # noqa: N801
+class kvm_guest_debug_arch(ctypes.Structure):
     """debugreg[0..3] = DR0-DR3, [4], [5] unused, [6] = DR6, [7] = DR7."""
     _fields_ = [("debugreg", u64 * 8)]
 
@@ -145,7 +145,7 @@ class _vcpu_events_triple_fault(ctypes.Structure):
     _fields_ = [("pending", u8)]
 
 
-class kvm_vcpu_events(ctypes.Structure):  # noqa: N801
+class kvm_vcpu_events(ctypes.Structure):
     _fields_ = [
         ("exception", _vcpu_events_exception), ("interrupt", _vcpu_events_interrupt),
         ("nmi", _vcpu_events_nmi), ("sipi_vector", u32), ("flags", u32),
@@ -154,11 +154,11 @@ class kvm_vcpu_events(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_debugregs(ctypes.Structure):  # noqa: N801
+class kvm_debugregs(ctypes.Structure):
     _fields_ = [("db", u64 * 4), ("dr6", u64), ("dr7", u64), ("flags", u64), ("reserved", u64 * 9)]
 
 
-class kvm_xsave(ctypes.Structure):  # noqa: N801
+class kvm_xsave(ctypes.Structure):
     """The legacy 4 KiB form (KVM_GET_XSAVE); KVM_CAP_XSAVE2 may ask for more (extra[])."""
     _fields_ = [("region", u32 * 1024)]
 
@@ -166,25 +166,25 @@ class kvm_xsave(ctypes.Structure):  # noqa: N801
 KVM_MAX_XCRS = 16
 
 
-class kvm_xcr(ctypes.Structure):  # noqa: N801
+class kvm_xcr(ctypes.Structure):
     _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
 
 
-class kvm_xcrs(ctypes.Structure):  # noqa: N801
+class kvm_xcrs(ctypes.Structure):
     _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * KVM_MAX_XCRS), ("padding", u64 * 16)]
 
 
 # ---------------------------------------------------------------------- structures (linux/kvm.h)
-class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801
+class kvm_userspace_memory_region(ctypes.Structure):
     _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64), ("memory_size", u64),
                 ("userspace_addr", u64)]
 
 
-class kvm_guest_debug(ctypes.Structure):  # noqa: N801
+class kvm_guest_debug(ctypes.Structure):
     _fields_ = [("control", u32), ("pad", u32), ("arch", kvm_guest_debug_arch)]
 
 
-class kvm_translation(ctypes.Structure):  # noqa: N801
+class kvm_translation(ctypes.Structure):
     _fields_ = [("linear_address", u64), ("physical_address", u64), ("valid", u8), ("writeable", u8),
                 ("usermode", u8), ("pad", u8 * 5)]
 
@@ -234,7 +234,7 @@ class _run_exit_union(ctypes.Union):
 SYNC_REGS_SIZE_BYTES = 2048
 
 
-class kvm_run(ctypes.Structure):  # noqa: N801
+class kvm_run(ctypes.Structure):
     """The vCPU's shared page, overlaid on the mmap of the vCPU fd (its first bytes)."""
     _anonymous_ = ("u",)
     _fields_ = [

@@ -1,0 +1,664 @@
+"""A Linux KVM x86-64 VM and vCPU in pure Python: ioctls through ctypes, guest RAM and kvm_run by mmap.
+
+Theory of operation
+-------------------
+`X86Vm` is the VM file descriptor and `X86Vcpu` the vCPU one, shaped like the emulated
+AArch64 back end (`Arm64Vm`/`Arm64Vcpu`) so the board, the guest-debug manager and the GDB
+stub can drive either:
+
+1. Capabilities are asked on the VM fd (KVM_CHECK_EXTENSION), as api.rst recommends.
+2. Guest RAM is anonymous host memory (mmap) in *RAM blocks*. Memory slots
+   (KVM_SET_USER_MEMORY_REGION) point into those blocks, so a slot can be deleted and
+   re-created over the same bytes with other flags: a KVM_MEM_READONLY slot makes the guest's
+   writes there come back as KVM_EXIT_MMIO (the page-trap watchpoints use this), and a hole
+   with no slot makes every access come back. `read_phys`/`write_phys` go to the RAM blocks,
+   so the VMM and debugger see guest memory whatever the slots currently say.
+3. run() is KVM_RUN, called through ctypes so the GIL is released while the guest runs. Its
+   exit is decoded from the shared kvm_run page into guestdbg.kvm.KvmRun (Linux field names).
+   An IN or an MMIO read is completed by the VMM filling `run.io.data` / `run.mmio.data`; the
+   next run() copies that back into kvm_run before re-entering, as KVM requires.
+4. kick() (any thread): set kvm_run.immediate_exit, then send SIGUSR1 to the thread inside
+   KVM_RUN. A no-op SIGUSR1 handler is installed so the signal only interrupts the ioctl
+   (EINTR). immediate_exit covers the window where the signal lands just before KVM_RUN is
+   entered; run() clears it after the resulting KVM_EXIT_INTR.
+5. Registers: the x86 state groups (kvm_regs, kvm_sregs, kvm_fpu, kvm_debugregs,
+   kvm_vcpu_events, kvm_xcrs, kvm_xsave and MSRs) have typed getters/setters, and a *register
+   list* of (id, bytes) for snapshots, like the arm64 ONE_REG list. x86 KVM has no ONE_REG ids
+   for these groups, so guestdbg invents them (REGISTER ID SCHEME below).
+
+REGISTER ID SCHEME (guestdbg's, not the kernel's)
+-------------------------------------------------
+    bits 63..56  0x20   KVM_REG_X86, the arch field of ONE_REG ids
+    bits 55..52  size   KVM_REG_SIZE_U64 for MSRs; 0 for groups (their sizes exceed the
+                        field's range: reg_size_bytes() gives them from a table)
+    bits 47..40  0x47   'G': a guestdbg id; Linux's own x86 ONE_REG ids leave these bits 0
+    bits 39..32  group  1 regs, 2 sregs, 3 fpu, 4 debugregs, 5 vcpu_events, 6 xcrs, 7 xsave,
+                        8 msr
+    bits 31..0   index  0 for whole-structure groups; the MSR number for group 8
+
+The value of a group id is the raw bytes of its structure, exactly as the GET ioctl returns
+them; an MSR's is its 8 bytes, little-endian. get_reg_list() lists ids in the order a
+restore must apply them (sregs before regs, xcrs before xsave, events last).
+
+Only this vCPU's guest state is listed: the debugger's KVM_SET_GUEST_DEBUG state has no id,
+as on arm64.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+from guestdbg import kvm
+from guestdbg.backends.kvm_x86 import uapi as u
+from guestdbg.kvm import KvmRun
+
+PAGE_SIZE = 4096
+KVM_DEVICE = "/dev/kvm"
+KICK_SIGNAL = signal.SIGUSR1
+# Where KVM_SET_TSS_ADDR puts the three pages VMX needs for real mode: above any RAM we map.
+TSS_ADDR = 0xFFFB_D000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
+
+
+def _ioctl(fd: int, request: int, arg=None, what: str = "") -> int:
+    """One ioctl; `arg` is a ctypes object (passed by reference), an int, or None.
+    Raises KvmError with the errno. The GIL is released for the call (KVM_RUN relies on it)."""
+    if arg is None:
+        ptr = None
+    elif isinstance(arg, int):
+        ptr = arg
+    else:
+        ptr = ctypes.addressof(arg)
+    ret = _libc.ioctl(fd, request, ptr)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise kvm.KvmError(err, f"{what or hex(request)} failed: {os.strerror(err)}")
+    return ret
+
+
+class KvmUnavailable(RuntimeError):
+    """/dev/kvm cannot be opened or used (the message says why)."""
+
+
+# ---------------------------------------------------------------------------- register ids
+KVM_REG_X86 = 0x2000_0000_0000_0000
+KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
+GUESTDBG_ID_MARK = 0x47 << 40
+GROUP_REGS, GROUP_SREGS, GROUP_FPU, GROUP_DEBUGREGS, GROUP_VCPU_EVENTS, GROUP_XCRS, GROUP_XSAVE, GROUP_MSR = range(1, 9)
+GROUP_NAMES = {GROUP_REGS: "regs", GROUP_SREGS: "sregs", GROUP_FPU: "fpu", GROUP_DEBUGREGS: "debugregs",
+               GROUP_VCPU_EVENTS: "vcpu_events", GROUP_XCRS: "xcrs", GROUP_XSAVE: "xsave", GROUP_MSR: "msr"}
+_GROUP_TYPES = {GROUP_REGS: u.kvm_regs, GROUP_SREGS: u.kvm_sregs, GROUP_FPU: u.kvm_fpu,
+                GROUP_DEBUGREGS: u.kvm_debugregs, GROUP_VCPU_EVENTS: u.kvm_vcpu_events,
+                GROUP_XCRS: u.kvm_xcrs, GROUP_XSAVE: u.kvm_xsave}
+
+
+def reg_id(group: int, index: int = 0) -> int:
+    size = KVM_REG_SIZE_U64 if group == GROUP_MSR else 0
+    return KVM_REG_X86 | size | GUESTDBG_ID_MARK | (group << 32) | (index & 0xFFFF_FFFF)
+
+
+def reg_group(rid: int) -> tuple[int, int]:
+    """(group, index) of a guestdbg x86 register id; ENOENT for anything else."""
+    group = (rid >> 32) & 0xFF
+    if rid & 0xFF00_0000_0000_0000 != KVM_REG_X86 or rid & (0xFF << 40) != GUESTDBG_ID_MARK \
+            or group not in GROUP_NAMES or rid != reg_id(group, rid & 0xFFFF_FFFF):
+        raise kvm.enoent(f"{rid:#x} is not a guestdbg x86 register id")
+    return group, rid & 0xFFFF_FFFF
+
+
+def reg_size_bytes(rid: int) -> int:
+    group, _ = reg_group(rid)
+    return 8 if group == GROUP_MSR else ctypes.sizeof(_GROUP_TYPES[group])
+
+
+def reg_name(rid: int) -> str:
+    group, index = reg_group(rid)
+    return f"msr {index:#x}" if group == GROUP_MSR else GROUP_NAMES[group]
+
+
+# MSRs a snapshot carries, when KVM_GET_MSR_INDEX_LIST offers them.
+SNAPSHOT_MSRS = (
+    u.MSR_IA32_SYSENTER_CS, u.MSR_IA32_SYSENTER_ESP, u.MSR_IA32_SYSENTER_EIP, u.MSR_IA32_CR_PAT,
+    u.MSR_STAR, u.MSR_LSTAR, u.MSR_CSTAR, u.MSR_SYSCALL_MASK, u.MSR_KERNEL_GS_BASE, u.MSR_TSC_AUX,
+    u.MSR_IA32_MISC_ENABLE, u.MSR_IA32_TSC,
+)
+
+KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
+
+INTERNAL_SUBERRORS = {
+    kvm.KVM_INTERNAL_ERROR_EMULATION: "KVM_INTERNAL_ERROR_EMULATION (KVM could not emulate an instruction)",
+    kvm.KVM_INTERNAL_ERROR_SIMUL_EX: "KVM_INTERNAL_ERROR_SIMUL_EX (exception during exception delivery)",
+    kvm.KVM_INTERNAL_ERROR_DELIVERY_EV: "KVM_INTERNAL_ERROR_DELIVERY_EV (event delivery failed)",
+    kvm.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON",
+}
+
+
+# ---------------------------------------------------------------------------- the VM
+@dataclass
+class RamBlock:
+    """Host memory backing [guest_phys_addr, +size). Slots point into it."""
+
+    guest_phys_addr: int
+    size: int
+    mem: mmap.mmap
+    host_addr: int
+
+    def contains(self, pa: int, size: int = 1) -> bool:
+        return self.guest_phys_addr <= pa and pa + size <= self.guest_phys_addr + self.size
+
+
+@dataclass(frozen=True)
+class MemorySlot:
+    slot: int
+    guest_phys_addr: int
+    memory_size: int
+    flags: int = 0
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & kvm.KVM_MEM_READONLY)
+
+    def contains(self, pa: int) -> bool:
+        return self.guest_phys_addr <= pa < self.guest_phys_addr + self.memory_size
+
+
+class X86Vm:
+    """A KVM VM: capabilities, memory slots over RAM blocks, and its vCPUs."""
+
+    def __init__(self, device: str = KVM_DEVICE):
+        try:
+            self.kvm_fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise KvmUnavailable(f"cannot open {device}: {e.strerror}") from None
+        self.fd = -1
+        try:
+            version = _ioctl(self.kvm_fd, u.KVM_GET_API_VERSION, what="KVM_GET_API_VERSION")
+            if version != u.KVM_API_VERSION:
+                raise KvmUnavailable(f"{device}: KVM API version {version}, expected {u.KVM_API_VERSION}")
+            self.fd = _ioctl(self.kvm_fd, u.KVM_CREATE_VM, 0, what="KVM_CREATE_VM")
+        except kvm.KvmError as e:
+            os.close(self.kvm_fd)
+            raise KvmUnavailable(f"{device}: {e.strerror}") from None
+        if self.check_extension(u.KVM_CAP_SET_TSS_ADDR):
+            try:
+                _ioctl(self.fd, u.KVM_SET_TSS_ADDR, TSS_ADDR, what="KVM_SET_TSS_ADDR")
+            except kvm.KvmError:
+                pass  # only VMX needs it (for real mode); a host that refuses it does not
+        self.vcpu_mmap_size = _ioctl(self.kvm_fd, u.KVM_GET_VCPU_MMAP_SIZE, what="KVM_GET_VCPU_MMAP_SIZE")
+        self.ram_blocks: list[RamBlock] = []
+        self.slots: dict[int, MemorySlot] = {}
+        self.vcpus: list[X86Vcpu] = []
+        self._supported_cpuid: tuple[int, bytes] | None = None
+
+    # KVM_CHECK_EXTENSION, on the VM fd
+    def check_extension(self, cap: int) -> int:
+        try:
+            return _ioctl(self.fd, u.KVM_CHECK_EXTENSION, cap, what="KVM_CHECK_EXTENSION")
+        except kvm.KvmError:
+            return 0
+
+    # ------------------------------------------------------------------ memory
+    def add_ram(self, guest_phys_addr: int, size: int) -> RamBlock:
+        """Allocate host memory for guest RAM at [guest_phys_addr, +size) (no slot yet)."""
+        if guest_phys_addr % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+            raise kvm.einval("RAM must be page aligned and non-empty")
+        for b in self.ram_blocks:
+            if b.guest_phys_addr < guest_phys_addr + size and guest_phys_addr < b.guest_phys_addr + b.size:
+                raise kvm.KvmError(errno.EEXIST, f"RAM at {guest_phys_addr:#x} overlaps RAM at {b.guest_phys_addr:#x}")
+        mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        block = RamBlock(guest_phys_addr, size, mem, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
+        self.ram_blocks.append(block)
+        return block
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION over this VM's RAM blocks (allocating a block when none
+        covers the range). memory_size 0 deletes the slot; its RAM keeps its contents. A slot
+        that exists with another address, size or KVM_MEM_READONLY is deleted and re-created
+        (KVM refuses to change those in place); do this only while the vCPU is stopped."""
+        if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE:
+            raise kvm.einval("memory region must be page aligned")
+        old = self.slots.get(slot)
+        if memory_size and old is not None and (old.guest_phys_addr, old.memory_size, old.flags | kvm.KVM_MEM_LOG_DIRTY_PAGES) \
+                != (guest_phys_addr, memory_size, flags | kvm.KVM_MEM_LOG_DIRTY_PAGES):
+            # KVM cannot move, resize or change KVM_MEM_READONLY on a live slot: delete it first.
+            self.set_user_memory_region(slot, old.guest_phys_addr, 0)
+        host_addr = 0
+        if memory_size:
+            block = self._block_for(guest_phys_addr, memory_size)
+            if block is None:
+                block = self.add_ram(guest_phys_addr, memory_size)
+            host_addr = block.host_addr + (guest_phys_addr - block.guest_phys_addr)
+        region = u.kvm_userspace_memory_region(slot=slot, flags=flags, guest_phys_addr=guest_phys_addr,
+                                               memory_size=memory_size, userspace_addr=host_addr)
+        _ioctl(self.fd, u.KVM_SET_USER_MEMORY_REGION, region,
+               what=f"KVM_SET_USER_MEMORY_REGION(slot {slot}, {guest_phys_addr:#x}+{memory_size:#x}, flags {flags:#x})")
+        if memory_size:
+            self.slots[slot] = MemorySlot(slot, guest_phys_addr, memory_size, flags)
+        else:
+            self.slots.pop(slot, None)
+
+    def free_slot_number(self) -> int:
+        n = 0
+        while n in self.slots:
+            n += 1
+        return n
+
+    def slot_for(self, pa: int) -> MemorySlot | None:
+        for s in self.slots.values():
+            if s.contains(pa):
+                return s
+        return None
+
+    def _block_for(self, pa: int, size: int) -> RamBlock | None:
+        for b in self.ram_blocks:
+            if b.contains(pa, size):
+                return b
+        return None
+
+    def read_phys(self, pa: int, size: int) -> bytes:
+        """Read guest RAM (whatever the slots say). Outside RAM is EFAULT, never a partial read."""
+        out = bytearray()
+        end = pa + size
+        while pa < end:
+            b = self._block_for(pa, 1)
+            if b is None:
+                raise kvm.KvmError(errno.EFAULT, f"guest physical address {pa:#x} is not RAM")
+            n = min(end, b.guest_phys_addr + b.size) - pa
+            off = pa - b.guest_phys_addr
+            out += b.mem[off:off + n]
+            pa += n
+        return bytes(out)
+
+    def write_phys(self, pa: int, data: bytes) -> None:
+        """Write guest RAM (the loader's and the debugger's path; read-only slots do not apply)."""
+        self._check_ram(pa, len(data))
+        view = memoryview(bytes(data))
+        while view:
+            b = self._block_for(pa, 1)
+            off = pa - b.guest_phys_addr
+            n = min(len(view), b.size - off)
+            b.mem[off:off + n] = view[:n]
+            view = view[n:]
+            pa += n
+
+    def _check_ram(self, pa: int, size: int) -> None:
+        end = pa + size
+        while pa < end:
+            b = self._block_for(pa, 1)
+            if b is None:
+                raise kvm.KvmError(errno.EFAULT, f"guest physical address {pa:#x} is not RAM")
+            pa = b.guest_phys_addr + b.size
+
+    # ------------------------------------------------------------------ vCPUs
+    def supported_cpuid(self) -> tuple[int, bytes]:
+        """KVM_GET_SUPPORTED_CPUID on /dev/kvm, growing the buffer on E2BIG: (nent, entries bytes)."""
+        if self._supported_cpuid is None:
+            nent = 64
+            while True:
+                buf, head, entries = u.cpuid2_buffer(nent)
+                try:
+                    _ioctl(self.kvm_fd, u.KVM_GET_SUPPORTED_CPUID, buf, what="KVM_GET_SUPPORTED_CPUID")
+                    break
+                except kvm.KvmError as e:
+                    if e.errno != errno.E2BIG or nent >= 4096:
+                        raise
+                    nent *= 2
+            n = head.nent
+            self._supported_cpuid = (n, bytes(entries)[:n * ctypes.sizeof(u.kvm_cpuid_entry2)])
+        return self._supported_cpuid
+
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
+        n = 0
+        while True:
+            buf = (ctypes.c_char * (4 + 4 * n))()
+            u.kvm_msr_list.from_buffer(buf).nmsrs = n
+            try:
+                _ioctl(self.kvm_fd, u.KVM_GET_MSR_INDEX_LIST, buf, what="KVM_GET_MSR_INDEX_LIST")
+            except kvm.KvmError as e:
+                if e.errno != errno.E2BIG:
+                    raise
+                n = u.kvm_msr_list.from_buffer(buf).nmsrs
+                continue
+            count = u.kvm_msr_list.from_buffer(buf).nmsrs
+            return list((u.u32 * count).from_buffer(buf, 4))
+
+    def create_vcpu(self, vcpu_id: int = 0) -> X86Vcpu:
+        vcpu = X86Vcpu(self, vcpu_id)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        self.vcpus.clear()
+        for fd in (self.fd, self.kvm_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.kvm_fd = -1
+        # RAM blocks are unmapped when the last reference goes (ctypes keeps the mmap exported).
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------- the vCPU
+_handler_lock = threading.Lock()
+
+
+def _noop_handler(_signum, _frame) -> None:
+    pass
+
+
+def install_kick_handler() -> bool:
+    """Install the no-op SIGUSR1 handler that lets kick() interrupt KVM_RUN. Python only allows
+    this from the main thread; returns whether a handler is in place."""
+    with _handler_lock:
+        current = signal.getsignal(KICK_SIGNAL)
+        if current not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        signal.signal(KICK_SIGNAL, _noop_handler)
+        signal.siginterrupt(KICK_SIGNAL, True)
+        return True
+
+
+class X86Vcpu:
+    """One KVM x86-64 vCPU: run(), kick(), registers, the register list, KVM_SET_GUEST_DEBUG."""
+
+    def __init__(self, vm: X86Vm, vcpu_id: int = 0):
+        self.vm = vm
+        self.vcpu_id = vcpu_id
+        self.fd = _ioctl(vm.fd, u.KVM_CREATE_VCPU, vcpu_id, what="KVM_CREATE_VCPU")
+        self._run_mmap = mmap.mmap(self.fd, vm.vcpu_mmap_size, flags=mmap.MAP_SHARED,
+                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.kvm_run = u.kvm_run.from_buffer(self._run_mmap)
+        nent, entries = vm.supported_cpuid()
+        buf, _head, ents = u.cpuid2_buffer(nent)
+        ctypes.memmove(ctypes.addressof(ents), entries, len(entries))
+        _ioctl(self.fd, u.KVM_SET_CPUID2, buf, what="KVM_SET_CPUID2")
+        self.has_xsave = bool(vm.check_extension(u.KVM_CAP_XSAVE))
+        self.has_xcrs = bool(vm.check_extension(u.KVM_CAP_XCRS))
+        self.has_debugregs = bool(vm.check_extension(u.KVM_CAP_DEBUGREGS))
+        self.has_vcpu_events = bool(vm.check_extension(u.KVM_CAP_VCPU_EVENTS))
+        self.kick_handler_installed = install_kick_handler()
+        self.guestdbg_control = 0
+        self.guestdbg_arch = u.kvm_guest_debug_arch()
+        self._run_lock = threading.Lock()
+        self._running_thread: int | None = None
+        self._pending_in: kvm.KvmRun | None = None  # an IN or MMIO read the VMM must complete
+        self._snapshot_msrs: list[int] | None = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            del self.kvm_run
+            try:
+                self._run_mmap.close()
+            except BufferError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+    # ------------------------------------------------------------------ run
+    @property
+    def immediate_exit(self) -> bool:
+        return bool(self.kvm_run.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self.kvm_run.immediate_exit = 1 if value else 0
+
+    def run(self) -> KvmRun:
+        """KVM_RUN: run the guest until it needs the VMM, and say why (KVM_EXIT_INTR after a kick)."""
+        self._complete_pending_in()
+        with self._run_lock:
+            self._running_thread = threading.get_ident()
+        try:
+            ret = _libc.ioctl(self.fd, u.KVM_RUN, None)
+            err = ctypes.get_errno() if ret < 0 else 0
+        finally:
+            with self._run_lock:
+                self._running_thread = None
+        if ret < 0:
+            if err in (errno.EINTR, errno.EAGAIN):
+                self.kvm_run.immediate_exit = 0
+                return KvmRun(kvm.KVM_EXIT_INTR)
+            raise kvm.KvmError(err, f"KVM_RUN failed: {os.strerror(err)}")
+        return self._decode_exit()
+
+    def kick(self, timeout: float = 1.0) -> None:
+        """Make run() return KVM_EXIT_INTR soon; callable from any thread. If no run() is in
+        progress, the next one returns KVM_EXIT_INTR at once."""
+        self.kvm_run.immediate_exit = 1
+        with self._run_lock:
+            tid = self._running_thread
+            if tid is not None and tid != threading.get_ident():
+                signal.pthread_kill(tid, KICK_SIGNAL)
+
+    def complete_pending_io(self) -> None:
+        """Let KVM finish an instruction whose I/O or MMIO exit was just served, without running
+        any further (KVM_RUN with immediate_exit = 1, per api.rst). Needed before reading
+        registers for a snapshot or single-stepping past an `out`: until then RIP is still on
+        the instruction and its effect is not complete."""
+        self.kvm_run.immediate_exit = 1
+        run = self.run()
+        if run.exit_reason != kvm.KVM_EXIT_INTR:
+            raise kvm.KvmError(errno.EIO, f"completing pending I/O gave {run} instead of KVM_EXIT_INTR")
+
+    def _complete_pending_in(self) -> None:
+        pending, self._pending_in = self._pending_in, None
+        if pending is None:
+            return
+        r = self.kvm_run
+        if pending.io is not None:
+            n = pending.io.size * pending.io.count
+            data = bytes(pending.io.data[:n]).ljust(n, b"\0")
+            ctypes.memmove(ctypes.addressof(r) + r.io.data_offset, data, n)
+        elif pending.mmio is not None:
+            n = min(8, pending.mmio.len)
+            ctypes.memmove(r.mmio.data, bytes(pending.mmio.data[:n]).ljust(n, b"\0"), n)
+
+    def _decode_exit(self) -> KvmRun:
+        r = self.kvm_run
+        reason = r.exit_reason
+        out = KvmRun(reason, flags=r.flags)
+        if reason == kvm.KVM_EXIT_IO:
+            io = r.io
+            n = io.size * io.count
+            data = bytearray(ctypes.string_at(ctypes.addressof(r) + io.data_offset, n))
+            out.io = kvm.IoExit(io.direction, io.size, io.port, io.count, data)
+            if io.direction == u.KVM_EXIT_IO_IN:
+                self._pending_in = out
+        elif reason == kvm.KVM_EXIT_MMIO:
+            m = r.mmio
+            out.mmio = kvm.MmioExit(m.phys_addr, m.len, bool(m.is_write), bytearray(bytes(m.data)))
+            if not m.is_write:
+                self._pending_in = out
+        elif reason == kvm.KVM_EXIT_DEBUG:
+            a = r.debug.arch
+            out.debug = kvm.DebugExitX86(a.exception, a.pc, a.dr6, a.dr7)
+        elif reason == kvm.KVM_EXIT_INTERNAL_ERROR:
+            i = r.internal
+            data = list(i.data[:min(i.ndata, 16)])
+            what = INTERNAL_SUBERRORS.get(i.suberror, f"suberror {i.suberror}")
+            out.internal = kvm.InternalErrorExit(i.suberror, f"KVM_EXIT_INTERNAL_ERROR: {what}", data)
+        elif reason == kvm.KVM_EXIT_FAIL_ENTRY:
+            f = r.fail_entry
+            out.internal = kvm.InternalErrorExit(
+                0, f"KVM_EXIT_FAIL_ENTRY: hardware_entry_failure_reason={f.hardware_entry_failure_reason:#x} "
+                   f"on cpu {f.cpu}", [f.hardware_entry_failure_reason])
+        elif reason == kvm.KVM_EXIT_SYSTEM_EVENT:
+            e = r.system_event
+            out.system_event = kvm.SystemEventExit(e.type, list(e.data[:min(e.ndata, 16)]), "KVM")
+        return out
+
+    # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
+    def set_guest_debug(self, control: int, arch: u.kvm_guest_debug_arch | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG: control is KVM_GUESTDBG_*, arch.debugreg = DR0-3, -, -, DR6, DR7."""
+        dbg = u.kvm_guest_debug(control=control)
+        if arch is not None:
+            dbg.arch = arch
+        _ioctl(self.fd, u.KVM_SET_GUEST_DEBUG, dbg, what=f"KVM_SET_GUEST_DEBUG(control={control:#x})")
+        self.guestdbg_control = control
+        self.guestdbg_arch = dbg.arch
+
+    # ------------------------------------------------------------------ register groups
+    def _get(self, request: int, ctype, what: str):
+        obj = ctype()
+        _ioctl(self.fd, request, obj, what=what)
+        return obj
+
+    def get_regs(self) -> u.kvm_regs:
+        return self._get(u.KVM_GET_REGS, u.kvm_regs, "KVM_GET_REGS")
+
+    def set_regs(self, regs: u.kvm_regs) -> None:
+        _ioctl(self.fd, u.KVM_SET_REGS, regs, what="KVM_SET_REGS")
+
+    def get_sregs(self) -> u.kvm_sregs:
+        return self._get(u.KVM_GET_SREGS, u.kvm_sregs, "KVM_GET_SREGS")
+
+    def set_sregs(self, sregs: u.kvm_sregs) -> None:
+        _ioctl(self.fd, u.KVM_SET_SREGS, sregs, what="KVM_SET_SREGS")
+
+    def get_fpu(self) -> u.kvm_fpu:
+        return self._get(u.KVM_GET_FPU, u.kvm_fpu, "KVM_GET_FPU")
+
+    def set_fpu(self, fpu: u.kvm_fpu) -> None:
+        _ioctl(self.fd, u.KVM_SET_FPU, fpu, what="KVM_SET_FPU")
+
+    def get_debugregs(self) -> u.kvm_debugregs:
+        return self._get(u.KVM_GET_DEBUGREGS, u.kvm_debugregs, "KVM_GET_DEBUGREGS")
+
+    def set_debugregs(self, dregs: u.kvm_debugregs) -> None:
+        _ioctl(self.fd, u.KVM_SET_DEBUGREGS, dregs, what="KVM_SET_DEBUGREGS")
+
+    def get_vcpu_events(self) -> u.kvm_vcpu_events:
+        return self._get(u.KVM_GET_VCPU_EVENTS, u.kvm_vcpu_events, "KVM_GET_VCPU_EVENTS")
+
+    def set_vcpu_events(self, events: u.kvm_vcpu_events) -> None:
+        _ioctl(self.fd, u.KVM_SET_VCPU_EVENTS, events, what="KVM_SET_VCPU_EVENTS")
+
+    def get_xsave(self) -> u.kvm_xsave:
+        return self._get(u.KVM_GET_XSAVE, u.kvm_xsave, "KVM_GET_XSAVE")
+
+    def set_xsave(self, xsave: u.kvm_xsave) -> None:
+        _ioctl(self.fd, u.KVM_SET_XSAVE, xsave, what="KVM_SET_XSAVE")
+
+    def get_xcrs(self) -> u.kvm_xcrs:
+        return self._get(u.KVM_GET_XCRS, u.kvm_xcrs, "KVM_GET_XCRS")
+
+    def set_xcrs(self, xcrs: u.kvm_xcrs) -> None:
+        _ioctl(self.fd, u.KVM_SET_XCRS, xcrs, what="KVM_SET_XCRS")
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """KVM_GET_MSRS. KVM stops at the first MSR it cannot read; that one is an error."""
+        buf, _head, entries = u.msrs_buffer(indices)
+        n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, what="KVM_GET_MSRS")
+        if n != len(indices):
+            raise kvm.KvmError(errno.EINVAL, f"KVM_GET_MSRS: MSR {indices[n]:#x} cannot be read")
+        return {e.index: e.data for e in entries}
+
+    def set_msrs(self, values: dict[int, int]) -> None:
+        buf, _head, entries = u.msrs_buffer(list(values))
+        for e in entries:
+            e.data = values[e.index]
+        n = _ioctl(self.fd, u.KVM_SET_MSRS, buf, what="KVM_SET_MSRS")
+        if n != len(values):
+            raise kvm.KvmError(errno.EINVAL, f"KVM_SET_MSRS: MSR {list(values)[n]:#x} was refused")
+
+    def translate(self, linear_address: int) -> tuple[int, bool] | None:
+        """KVM_TRANSLATE: (physical address, writeable) of a linear address, or None if unmapped."""
+        t = u.kvm_translation(linear_address=linear_address)
+        _ioctl(self.fd, u.KVM_TRANSLATE, t, what="KVM_TRANSLATE")
+        return (t.physical_address, bool(t.writeable)) if t.valid else None
+
+    @property
+    def pc(self) -> int:
+        return self.get_regs().rip
+
+    # ------------------------------------------------------------------ register list
+    def _msrs_for_snapshot(self) -> list[int]:
+        if self._snapshot_msrs is None:
+            offered = set(self.vm.msr_index_list())
+            usable = []
+            for index in SNAPSHOT_MSRS:
+                if index in offered:
+                    try:
+                        self.get_msrs([index])
+                        usable.append(index)
+                    except kvm.KvmError:
+                        pass
+            self._snapshot_msrs = usable
+        return self._snapshot_msrs
+
+    def get_reg_list(self) -> list[int]:
+        """Every register id a snapshot carries, in the order a restore applies them."""
+        ids = [reg_id(GROUP_SREGS)]
+        ids.append(reg_id(GROUP_REGS))
+        if self.has_xcrs:
+            ids.append(reg_id(GROUP_XCRS))
+        ids.append(reg_id(GROUP_XSAVE) if self.has_xsave else reg_id(GROUP_FPU))
+        ids += [reg_id(GROUP_MSR, i) for i in self._msrs_for_snapshot()]
+        if self.has_debugregs:
+            ids.append(reg_id(GROUP_DEBUGREGS))
+        if self.has_vcpu_events:
+            ids.append(reg_id(GROUP_VCPU_EVENTS))
+        return ids
+
+    def get_reg_bytes(self, rid: int) -> bytes:
+        group, index = reg_group(rid)
+        if group == GROUP_MSR:
+            return self.get_msrs([index])[index].to_bytes(8, "little")
+        getter = {GROUP_REGS: self.get_regs, GROUP_SREGS: self.get_sregs, GROUP_FPU: self.get_fpu,
+                  GROUP_DEBUGREGS: self.get_debugregs, GROUP_VCPU_EVENTS: self.get_vcpu_events,
+                  GROUP_XCRS: self.get_xcrs, GROUP_XSAVE: self.get_xsave}[group]
+        return bytes(getter())
+
+    def set_reg_bytes(self, rid: int, data: bytes) -> None:
+        group, index = reg_group(rid)
+        if len(data) != reg_size_bytes(rid):
+            raise kvm.einval(f"{reg_name(rid)}: {len(data)} bytes, expected {reg_size_bytes(rid)}")
+        if group == GROUP_MSR:
+            self.set_msrs({index: int.from_bytes(data, "little")})
+            return
+        obj = _GROUP_TYPES[group].from_buffer_copy(data)
+        if group == GROUP_VCPU_EVENTS:
+            # GET reports these fields but does not flag them; ask SET to restore them too.
+            obj.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR
+        setter = {GROUP_REGS: self.set_regs, GROUP_SREGS: self.set_sregs, GROUP_FPU: self.set_fpu,
+                  GROUP_DEBUGREGS: self.set_debugregs, GROUP_VCPU_EVENTS: self.set_vcpu_events,
+                  GROUP_XCRS: self.set_xcrs, GROUP_XSAVE: self.set_xsave}[group]
+        setter(obj)
+
+    def save_registers(self) -> list[tuple[int, bytes]]:
+        """(id, bytes) for every id of get_reg_list(), in restore order."""
+        return [(rid, self.get_reg_bytes(rid)) for rid in self.get_reg_list()]
+
+    def restore_registers(self, saved: list[tuple[int, bytes]]) -> None:
+        for rid, data in saved:
+            self.set_reg_bytes(rid, data)
+
+    # ONE_REG-shaped access, as the arm64 back end offers (values as integers).
+    def get_one_reg(self, rid: int) -> int:
+        return int.from_bytes(self.get_reg_bytes(rid), "little")
+
+    def set_one_reg(self, rid: int, value: int) -> None:
+        size = reg_size_bytes(rid)
+        if not 0 <= value < 1 << (8 * size):
+            raise kvm.einval(f"value does not fit {reg_name(rid)} ({size} bytes)")
+        self.set_reg_bytes(rid, value.to_bytes(size, "little"))
