@@ -190,7 +190,7 @@ class Stub:
         self.port: int | None = None
 
     # -- lifetime
-    def __enter__(self) -> "Stub":
+    def __enter__(self) -> Stub:
         self.start()
         return self
 
@@ -301,10 +301,10 @@ def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: st
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=REPO, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        out, _ = proc.communicate()
         partial = results_path.read_text() if results_path.exists() else "(no results)"
         raise AssertionError(f"gdb did not finish within {timeout}s\nstdout:\n{out.decode(errors='replace')}"
                              f"\nresults: {partial}"
@@ -319,7 +319,7 @@ def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: st
 
 def _segments(stdout: str) -> dict[int, str]:
     segs = {}
-    for m in re.finditer(r"\n@@<(\d+)>@@\n(.*?)\n@@</\1>@@\n", stdout, re.S):
+    for m in re.finditer(r"\n@@<(\d+)>@@\n(.*?)\n@@</\1>@@\n", stdout, re.DOTALL):
         segs[int(m.group(1))] = m.group(2)
     return segs
 

@@ -10,7 +10,6 @@ import struct
 import time
 
 import pytest
-
 from gdb_harness import Stub, lldb_missing_reason, require_gdb, run_gdb, run_lldb
 from qemu_runner import elf_read, elf_symbols
 
@@ -76,9 +75,9 @@ def test_break_xi_registers_and_exit(guest_dir, tmp_path):
     assert r["cpsr"] & 0x3CF == 0x3C5                          # EL1h, DAIF masked
     regs = r["regs"]
     for name in ["x0", "x15", "x30", "sp", "pc", "cpsr", "fpsr", "fpcr", "vbar_el1"]:
-        assert re.search(r"^%s\s+0x[0-9a-f]+" % name, regs, re.M), name
-    assert re.search(r"^pc\s+%#x\s+%#x <main>" % (syms["main"], syms["main"]), regs, re.M)
-    assert re.search(r"^vbar_el1\s+%#x" % syms["vectors"], regs, re.M)
+        assert re.search(r"^%s\s+0x[0-9a-f]+" % name, regs, re.MULTILINE), name
+    assert re.search(r"^pc\s+%#x\s+%#x <main>" % (syms["main"], syms["main"]), regs, re.MULTILINE)
+    assert re.search(r"^vbar_el1\s+%#x" % syms["vectors"], regs, re.MULTILINE)
     assert "exited with code 07" in r["cont2"]
     assert r.exits == [{"exit_code": 7}]
     assert status == 7
@@ -237,7 +236,7 @@ def test_watch_64_byte_aligned_region(guest_dir, tmp_path):
         status = stub.wait()
     r.assert_ok()
     w = syms["wdata"]
-    assert re.search(r"watch\s+%#x\+64\s+hw:0$" % w, r["slots"], re.M), r["slots"]
+    assert re.search(r"watch\s+%#x\+64\s+hw:0$" % w, r["slots"], re.MULTILINE), r["slots"]
     assert "hardware watchpoints: 1/4 used" in r["slots"]
     expect = [  # (pc after the store, new value of the 8 doublewords)
         ("acc_strh", [0x1100, 0, 0, 0, 0, 0, 0, 0]),
@@ -345,9 +344,9 @@ def test_watch_past_hardware_slots(guest_dir, tmp_path):
     slots = r["slots"]
     assert "hardware watchpoints: 4/4 used" in slots, slots
     for i in range(4):
-        assert re.search(r"watch\s+%#x\+1\s+hw:%d$" % (fp + 8 * i, i), slots, re.M), slots
-    assert re.search(r"watch\s+%#x\+8\s+page-trap$" % (w + 0x20), slots, re.M), slots
-    assert re.search(r"rwatch\s+%#x\+8\s+page-trap$" % (w + 0x30), slots, re.M), slots
+        assert re.search(r"watch\s+%#x\+1\s+hw:%d$" % (fp + 8 * i, i), slots, re.MULTILINE), slots
+    assert re.search(r"watch\s+%#x\+8\s+page-trap$" % (w + 0x20), slots, re.MULTILINE), slots
+    assert re.search(r"rwatch\s+%#x\+8\s+page-trap$" % (w + 0x30), slots, re.MULTILINE), slots
     assert "Hardware watchpoint 5: *(unsigned long *)%#x" % (w + 0x20) in r["c1"], r["c1"]
     assert "Old value = 0" in r["c1"] and "New value = %d" % 0x6666666666666666 in r["c1"], r["c1"]
     assert r["pc1"] == syms["acc_str_q"]
@@ -589,7 +588,6 @@ def test_mmu_guest_break_and_watch_alias(guest_dir, tmp_path):
                    "(mem inaccessible-by-default on) then refuses virtual addresses outside it")
 def test_mmu_guest_alias_readable_with_default_memory_settings(guest_dir, tmp_path):
     elf = guest_dir / "mmu.elf"
-    syms = elf_symbols(elf)
     with Stub(tmp_path, elf) as stub:
         r = run_gdb(stub, elf, """
             connect()
@@ -633,7 +631,7 @@ def test_system_and_vector_registers(guest_dir, tmp_path):
     r.assert_ok()
     info = r["info"]
     for reg in ["sctlr_el1", "vbar_el1", "mdscr_el1", "id_aa64dfr0_el1"]:
-        assert re.search(r"^%s\s+%#x\b" % (reg, r[reg]), info, re.M), (reg, info)
+        assert re.search(r"^%s\s+%#x\b" % (reg, r[reg]), info, re.MULTILINE), (reg, info)
     assert r["id_aa64dfr0_el1"] == 0x10305106
     assert r["sctlr_el1"] & 1 == 0                  # MMU off in `hello`
     assert r["sctlr_el1"] == 0x00C50838             # the Cortex-A57 reset value QEMU uses too

@@ -566,33 +566,62 @@ class Arm64Vcpu:
     def get_one_regs(self, reg_ids: list[int]) -> list[int]:
         """Several KVM_GET_ONE_REGs at once (what a `g` packet needs): plain registers are read
         in one Unicorn batch call instead of one binding call each."""
-        regs = [self._one_reg(r) for r in reg_ids]
-        plain = tuple(r.uc_reg for r in regs if r.uc_reg is not None)
-        batch = iter(self._batch_reader(plain)()) if plain else iter(())
-        return [next(batch) if r.uc_reg is not None else r.get() for r in regs]
+        plans = self.__dict__.setdefault("_batch_plans", {})
+        key = tuple(reg_ids)
+        plan = plans.get(key)
+        if plan is None:
+            regs = [self._one_reg(r) for r in reg_ids]
+            keys = tuple(r.batch_key for r in regs if r.batch_key is not None)
+            others = [(i, r.get) for i, r in enumerate(regs) if r.batch_key is None]
+            batched = [i for i, r in enumerate(regs) if r.batch_key is not None]
+            plan = plans[key] = (self._batch_reader(keys) if keys else (lambda: []), batched, others)
+        reader, batched, others = plan
+        out = [0] * len(reg_ids)
+        for i, value in zip(batched, reader()):
+            out[i] = value
+        for i, get in others:
+            out[i] = get()
+        return out
 
-    def _batch_reader(self, uc_regs: tuple[int, ...]) -> Callable[[], list[int]]:
-        """A reader for these Unicorn registers in one uc_reg_read_batch call into buffers made
-        once (the binding's own batch read builds ctypes objects per register per call)."""
+    def _batch_reader(self, keys: tuple) -> Callable[[], list[int]]:
+        """A reader for these Unicorn registers (ids, or system-register encodings) in one
+        uc_reg_read_batch call into buffers made once: the binding's own reg_read builds ctypes
+        objects per register per call, which made a `g` packet cost ~90 binding calls."""
         cache = self.__dict__.setdefault("_batch_readers", {})
-        reader = cache.get(uc_regs)
+        reader = cache.get(keys)
         if reader is None:
-            n = len(uc_regs)
-            ids = (ctypes.c_int * n)(*uc_regs)
-            buf = (ctypes.c_uint64 * (2 * n))()
+            n = len(keys)
+            ids = (ctypes.c_int * n)(*(k if isinstance(k, int) else uca.UC_ARM64_REG_CP_REG for k in keys))
+            # Every value gets a 48-byte slot: wide enough for a V register and for Unicorn's
+            # uc_arm64_cp_reg {u32 crn, crm, op0, op1, op2; u64 val} (val at byte 24).
+            buf = (ctypes.c_uint64 * (6 * n))()
             base = ctypes.addressof(buf)
-            ptrs = (ctypes.c_void_p * n)(*(base + 16 * i for i in range(n)))
-            view = buf  # two 64-bit words per register
-            wide = [reg in _V_REGS_SET for reg in uc_regs]
+            ptrs = (ctypes.c_void_p * n)(*(base + 48 * i for i in range(n)))
+            template = (ctypes.c_uint64 * (6 * n))()
+            words = ctypes.cast(template, ctypes.POINTER(ctypes.c_uint32))
+            for i, k in enumerate(keys):
+                if not isinstance(k, int):
+                    op0, op1, crn, crm, op2 = k
+                    for j, field_value in enumerate((crn, crm, op0, op1, op2)):
+                        words[12 * i + j] = field_value
+            kinds = [0 if not isinstance(k, int) else (2 if k in _V_REGS_SET else 1) for k in keys]
 
             def reader() -> list[int]:
-                ctypes.memset(buf, 0, ctypes.sizeof(buf))  # 32-bit registers fill only their low bytes
+                ctypes.memmove(buf, template, ctypes.sizeof(buf))  # fresh keys, zeroed values
                 status = self.uc._do_reg_read_batch(ids, ptrs, ctypes.c_int(n))
                 if status:
                     raise UcError(status)
-                return [view[2 * i] | (view[2 * i + 1] << 64) if wide[i] else view[2 * i] for i in range(n)]
+                out = []
+                for i, kind in enumerate(kinds):
+                    if kind == 0:
+                        out.append(buf[6 * i + 3])
+                    elif kind == 2:
+                        out.append(buf[6 * i] | (buf[6 * i + 1] << 64))
+                    else:
+                        out.append(buf[6 * i])
+                return out
 
-            cache[uc_regs] = reader
+            cache[keys] = reader
         return reader
 
     def get_reg_list(self) -> list[int]:
@@ -620,7 +649,7 @@ class Arm64Vcpu:
             return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v), uc_reg)
 
         def cp(enc):
-            return _OneReg(lambda: uc.cpr_read(*enc), lambda v: uc.cpr_write(*enc, v))
+            return _OneReg(lambda: uc.cpr_read(*enc), lambda v: uc.cpr_write(*enc, v), cp_enc=enc)
 
         for n in range(31):
             regs[kr.KVM_REG_ARM_CORE_X(n)] = plain(_X_REGS[n])
@@ -1221,6 +1250,11 @@ class _OneReg:
     get: Callable[[], int]
     set: Callable[[int], None] | None
     uc_reg: int | None = None  # a plain Unicorn register: readable in a batch
+    cp_enc: tuple[int, int, int, int, int] | None = None  # a system register Unicorn holds: batchable too
+
+    @property
+    def batch_key(self):
+        return self.uc_reg if self.uc_reg is not None else self.cp_enc
 
 
 _capstone = None

@@ -197,7 +197,8 @@ def encode_g(vcpu: OneRegVcpu) -> bytes:
     # result is the same as one get_one_reg per register.
     read_many = getattr(vcpu, "get_one_regs", None)
     values = read_many(ids) if read_many else [vcpu.get_one_reg(i) for i in ids]
-    return b"".join(_to_hex(r, v & ((1 << r.bitsize) - 1)) for r, v in zip(REGISTERS, values))
+    raw = b"".join((v & ((1 << r.bitsize) - 1)).to_bytes(r.bitsize // 8, "little") for r, v in zip(REGISTERS, values))
+    return raw.hex().encode("ascii")
 
 
 def decode_G(vcpu: OneRegVcpu, hexdata: bytes) -> None:  # noqa: N802 (packet letter)
