@@ -439,3 +439,33 @@ def test_cli_unix_gdb_session_end_to_end(guest_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_client_that_stops_reading_is_dropped_not_waited_for(guest_dir, serve):
+    """Output to a client is buffered up to a bound: one that sends requests and never reads
+    is dropped, and the server stays usable for the next client."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    h = serve(g)
+    hog = h.client()
+    hog.start_no_ack()
+    request = rsp.frame(b"m40100000,1ffc")  # a 16 KiB reply each
+    deadline = time.monotonic() + 20
+    dropped = False
+    hog.sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            hog.sock.sendall(request * 16)
+        except (BrokenPipeError, ConnectionResetError):
+            dropped = True
+            break
+        except socket.timeout:
+            pass  # our own send buffer is full: the server has stopped reading us, keep checking
+        if any("stopped reading" in line for line in h.logs):
+            dropped = True
+            break
+    assert dropped, h.logs
+    hog.close()
+    nxt = h.client()
+    nxt.start_no_ack()
+    assert nxt.cmd(b"Z0,%x,4" % g.sym["bp_b"]) == b"OK"
+    assert _stop_pc(nxt.cmd(b"c")) == g.sym["bp_b"]
