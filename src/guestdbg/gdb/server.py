@@ -7,10 +7,9 @@ it takes resume requests from a queue and posts stop events back, waking the sel
 a socketpair. Ctrl-C, a lost client and a new client all stop a running guest with
 `manager.interrupt()` (KVM_RUN's immediate_exit + a kick).
 
-Session lifetime: a lost connection leaves the VM stopped for the next client, which starts
-with no breakpoints or watchpoints (it cannot know the old ones; QEMU clears them too); a
-detach removes all debugger state and lets the guest run free; a second client while one is
-attached is refused with a message. The guest ending ends the server with its status.
+Session lifetime: a lost connection leaves the VM stopped, breakpoints and all, for the next
+client; a detach removes all debugger state and lets the guest run free; a second client while
+one is attached is refused with a message. The guest ending ends the server with its status.
 """
 
 from __future__ import annotations
@@ -273,10 +272,11 @@ class GdbServer:
         self._pending.clear()
         self._sel.register(sock, selectors.EVENT_READ, "client")
         self._stop_vcpu()  # a debugger attaching to a running guest stops it
-        # A previous client that vanished may have left breakpoints and watchpoints; this one
-        # knows nothing of them, and their stops would only confuse it.
-        self.manager.remove_all()
-        self.log("debugger attached")
+        # A previous client that vanished (rather than detached) left its breakpoints and
+        # watchpoints armed; they stay, and `monitor info slots` lists them.
+        left = self.manager.slots_report()[1:]
+        self.log("debugger attached" + (f"; {len(left)} breakpoints/watchpoints from the previous "
+                                        "client remain (monitor info slots)" if left else ""))
 
     def _client_gone(self) -> bool:
         try:
