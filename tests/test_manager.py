@@ -101,9 +101,12 @@ def test_plan_three_bytes_straddling_a_doubleword_is_two_pieces():
     assert _pieces_ranges(0x1006, 3) == [[(0x1006, 0x1008)], [(0x1008, 0x1009)]]
 
 
-def test_plan_refuses_empty():
-    with pytest.raises(DebugError) as e:
+def test_plan_refuses_empty(guest_dir):
+    with pytest.raises(ValueError):
         plan_watch_pieces(0x1000, 0)
+    m = GuestDebugManager(Guest(guest_dir / "watch.elf").machine)
+    with pytest.raises(DebugError) as e:
+        m.add_watchpoint(0x40101000, 0, WatchKind.WRITE)
     assert e.value.errno == errno.EINVAL
 
 

@@ -60,6 +60,7 @@ from unicorn import arm64_const as uca
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
+from guestdbg.debug.arch import WatchTrap
 from guestdbg.kvm import (
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_ONE_REG,
     KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_ENABLE,
@@ -164,24 +165,6 @@ class GuestDebugRegs:
     mdscr: int = 0
 
 
-@dataclass(frozen=True)
-class WatchTrap:
-    """A guestdbg extension beyond KVM: trap loads and/or stores to exactly [start, end) (guest
-    virtual), by write/read-protecting just the pages they touch. Always the debugger's: a hit
-    is a KVM_EXIT_DEBUG with EC 0x34 (watchpoint) and FAR, whoever owns the hardware slots.
-    `code` marks traps a debugger keeps on its software breakpoints (informational)."""
-
-    start: int
-    end: int
-    loads: bool = True
-    stores: bool = True
-    code: bool = False
-
-    def as_watchpoint(self, index: int) -> dr.Watchpoint:
-        return dr.Watchpoint(index=index, ranges=((self.start, self.end),), loads=self.loads,
-                             stores=self.stores, el0=True, el1=True, linked=False, lbn=0)
-
-
 class Arm64Vm:
     """The VM: capabilities, guest memory slots and the devices handled without an exit."""
 
@@ -266,7 +249,7 @@ class Arm64Vm:
         if size == 0:
             return
         if size <= 16 * PAGE_SIZE and not self.uc.cpr_read(*SCTLR_EL1) & 1:
-            self.uc.ctl_remove_cache(pa, pa + size)
+            _remove_cache(self.uc, pa, size)
         else:
             self.uc.ctl_flush_tb()
 
@@ -286,6 +269,13 @@ class Arm64Vm:
 
 
 MAP_CHUNK = 1 << 20
+
+
+def _remove_cache(uc: Uc, va: int, size: int) -> None:
+    """Drop code translated from [va, va+size). Nothing was translated at an address whose
+    range wraps past 2**64 (Unicorn rejects it), so there is nothing to drop there."""
+    if va + size < 1 << 64:
+        uc.ctl_remove_cache(va, va + size)
 
 
 def _slot_perms(slot: MemorySlot) -> int:
@@ -410,7 +400,8 @@ class Arm64Vcpu:
         if traps == self._trap_specs:
             return
         self._trap_specs = traps
-        self._traps = [t.as_watchpoint(-1 - i) for i, t in enumerate(traps)]
+        self._traps = [dr.Watchpoint(index=-1 - i, ranges=((t.start, t.end),), loads=t.loads, stores=t.stores,
+                                     el0=True, el1=True, linked=False, lbn=0) for i, t in enumerate(traps)]
         self._reprotect()
 
     @property
@@ -484,7 +475,7 @@ class Arm64Vcpu:
                 # A block translated by a free run that faulted on its first instruction (a
                 # watched store or load) is reused by emu_start(count=n) without the count check,
                 # running the whole block: translate the instruction at PC afresh.
-                self.uc.ctl_remove_cache(pc, pc + 4)
+                _remove_cache(self.uc, pc, 4)
             self.uc.emu_start(pc, 0, count=count)
         except UcError as e:
             return e
@@ -731,11 +722,11 @@ class Arm64Vcpu:
         wanted = {bp.address for bp in self._bp_table if bp and bp.bt in address_kinds}
         for addr in set(self._bp_hooks) - wanted:
             self.uc.hook_del(self._bp_hooks.pop(addr))
-            self.uc.ctl_remove_cache(addr, addr + 4)
+            _remove_cache(self.uc, addr, 4)
         for addr in wanted - set(self._bp_hooks):
             self._bp_hooks[addr] = self.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint_address, None, addr, addr)
             # Code translated before the hook existed would never call it.
-            self.uc.ctl_remove_cache(addr, addr + 4)
+            _remove_cache(self.uc, addr, 4)
         self._context_bps = [bp for bp in self._bp_table if bp and bp.bt == dr.BT_UNLINKED_CONTEXT]
         self._reprotect()
 
@@ -935,7 +926,7 @@ class Arm64Vcpu:
     def _store(self, va: int, pa: int, size: int, value: int) -> None:
         """Do a store Unicorn was not allowed to do, as the guest would have (code included)."""
         self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
-        self.uc.ctl_remove_cache(va, va + size)  # the guest may be rewriting code
+        _remove_cache(self.uc, va, size)  # the guest may be rewriting code
 
     def _run_multi_access_instruction(self) -> KvmRun | None:
         """Run a pair/SIMD access on a watched page once with its stores held back, then either

@@ -35,14 +35,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from guestdbg import kvm
-from guestdbg.arm import debugregs as dr
-from guestdbg.arm import exceptions as arm_exc
-from guestdbg.arm import kvm_regs as kr
-from guestdbg.backends.unicorn_arm64 import WatchTrap
 from guestdbg.board.virt import ExitStatus, Machine
+from guestdbg.debug.arch import Arm64DebugArch, DebugArch, WatchTrap, plan_watch_pieces  # noqa: F401
 
-BRK0 = (0xD4200000).to_bytes(4, "little")
-MAX_WATCH = 1 << 31  # MASK covers up to 2 GiB; larger ranges are refused
+BRK0 = Arm64DebugArch.sw_break
 
 
 def _fault_exit(run: kvm.KvmRun) -> bool:
@@ -65,8 +61,8 @@ class WatchKind(Enum):
     ACCESS = "awatch"  # Z4
 
     @property
-    def lsc(self) -> int:
-        return {WatchKind.WRITE: 0b10, WatchKind.READ: 0b01, WatchKind.ACCESS: 0b11}[self]
+    def access(self) -> str:
+        return {WatchKind.WRITE: "write", WatchKind.READ: "read", WatchKind.ACCESS: "access"}[self]
 
 
 class StopKind(Enum):
@@ -101,7 +97,7 @@ class Watch:
     addr: int
     length: int
     kind: WatchKind
-    pieces: list[tuple[int, int]] = field(default_factory=list)  # (wvr, wcr) in hardware slots
+    pieces: list[tuple[int, int]] = field(default_factory=list)  # slot values (arm64: wvr, wcr)
     slots: list[int] = field(default_factory=list)
     trapped: bool = False  # page-trap fallback instead of slots
 
@@ -113,39 +109,15 @@ class Watch:
         return addr < self.addr + self.length and self.addr < addr + size
 
 
-def plan_watch_pieces(addr: int, length: int) -> list[tuple[int, int, int]]:
-    """Cover exactly [addr, addr+length) with watchpoint pieces: (wvr, bas, mask).
-
-    A range inside one doubleword is one BAS piece; an aligned power of two of 8 bytes or more
-    is one MASK piece; anything else is a BAS head, aligned MASK/BAS blocks, and a BAS tail.
-    Nothing is widened or truncated."""
-    if length <= 0:
-        raise DebugError(errno.EINVAL, "watch length must be positive")
-    pieces: list[tuple[int, int, int]] = []
-    pos, end = addr, addr + length
-    while pos < end:
-        dw = pos & ~7
-        if pos != dw or end - pos < 8:
-            stop = min(end, dw + 8)
-            bas = ((1 << (stop - pos)) - 1) << (pos - dw)
-            pieces.append((dw, bas, 0))
-            pos = stop
-            continue
-        size = 8
-        while size < MAX_WATCH and pos % (size * 2) == 0 and pos + size * 2 <= end:
-            size *= 2
-        pieces.append((pos, 0xFF, 0 if size == 8 else size.bit_length() - 1))
-        pos += size
-    return pieces
-
-
 class GuestDebugManager:
     """Breakpoints, watchpoints, stepping and resuming for one machine's vCPU."""
 
-    def __init__(self, machine: Machine):
+    def __init__(self, machine: Machine, arch: DebugArch | None = None):
         self.machine = machine
         self.vm = machine.vm
         self.vcpu = machine.vcpu
+        self.arch = arch or Arm64DebugArch()
+        self._brk = self.arch.sw_break
         self.hw_bp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS)
         self.hw_wp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS)
         self._sw: dict[int, _SwBreakpoint] = {}   # pa -> patch
@@ -171,8 +143,8 @@ class GuestDebugManager:
             return "sw"
         patch = self._sw.get(pa)
         if patch is None:
-            patch = _SwBreakpoint(pa, self.vm.read_phys(pa, 4))
-            self.vm.write_phys(pa, BRK0)
+            patch = _SwBreakpoint(pa, self.vm.read_phys(pa, len(self._brk)))
+            self.vm.write_phys(pa, self._brk)
             self._sw[pa] = patch
         patch.vas.add(va)
         self._sw_va[va] = pa
@@ -209,19 +181,18 @@ class GuestDebugManager:
 
     # ------------------------------------------------------------------ watchpoints
     def add_watchpoint(self, addr: int, length: int, kind: WatchKind) -> Watch:
-        if length > MAX_WATCH or addr + length > 1 << 64:
+        if length <= 0 or length > self.arch.max_watch or addr + length > 1 << 64:
             raise DebugError(errno.EINVAL, f"cannot watch {length} bytes at {addr:#x}")
         for w in self.watches:
             if (w.addr, w.length, w.kind) == (addr, length, kind):
                 return w
         watch = Watch(addr, length, kind)
-        pieces = plan_watch_pieces(addr, length)
+        pieces = self.arch.plan_watch(addr, length, kind.access)
         used = {s for w in self.watches for s in w.slots}
         free = [s for s in range(self.hw_wp_slots) if s not in used]
         if len(pieces) <= len(free):
-            for (wvr, bas, mask), slot in zip(pieces, free):
-                watch.pieces.append((wvr, dr.encode_dbgwcr(lsc=kind.lsc, bas=bas, mask=mask)))
-                watch.slots.append(slot)
+            watch.pieces = pieces
+            watch.slots = free[:len(pieces)]
         else:
             watch.trapped = True
         self.watches.append(watch)
@@ -258,7 +229,7 @@ class GuestDebugManager:
             yield
         finally:
             for patch in patches:
-                self.vm.write_phys(patch.pa, BRK0)
+                self.vm.write_phys(patch.pa, self._brk)
 
     def slots_report(self) -> list[str]:
         lines = [f"hardware breakpoints: {len(self._hw_bp)}/{self.hw_bp_slots} used; "
@@ -290,7 +261,7 @@ class GuestDebugManager:
             except OSError as e:
                 raise DebugError(errno.EFAULT, str(e)) from None
             for patch in self._sw.values():
-                lo, hi = max(pa, patch.pa), min(pa + chunk, patch.pa + 4)
+                lo, hi = max(pa, patch.pa), min(pa + chunk, patch.pa + len(patch.original))
                 if lo < hi:
                     base = len(out) - chunk
                     out[base + lo - pa:base + hi - pa] = patch.original[lo - patch.pa:hi - patch.pa]
@@ -315,21 +286,19 @@ class GuestDebugManager:
         for pa, chunk in spans:
             buf = bytearray(chunk)
             for patch in self._sw.values():
-                lo, hi = max(pa, patch.pa), min(pa + len(chunk), patch.pa + 4)
+                lo, hi = max(pa, patch.pa), min(pa + len(chunk), patch.pa + len(patch.original))
                 if lo < hi:
                     orig = bytearray(patch.original)
                     orig[lo - patch.pa:hi - patch.pa] = chunk[lo - pa:hi - pa]
                     patch.original = bytes(orig)
-                    buf[lo - pa:hi - pa] = BRK0[lo - patch.pa:hi - patch.pa]
+                    buf[lo - pa:hi - pa] = self._brk[lo - patch.pa:hi - patch.pa]
             self.vm.write_phys(pa, bytes(buf))
 
     # ------------------------------------------------------------------ debug state
     def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False) -> None:
         """Push the whole debug state to the vCPU (as QEMU does after every change)."""
-        arch = kr.kvm_guest_debug_arch()
-        for va, slot in self._hw_bp.items():
-            if va != skip_bp_at:
-                arch.dbg_bvr[slot], arch.dbg_bcr[slot] = va, dr.encode_dbgbcr()
+        breakpoints = {va: slot for va, slot in self._hw_bp.items() if va != skip_bp_at}
+        watch_slots = {}
         traps = []
         for w in self.watches:
             if skip_watch is not None and (w is skip_watch or skip_watch is True):
@@ -337,12 +306,11 @@ class GuestDebugManager:
             if w.trapped:
                 traps.append(WatchTrap(w.addr, w.addr + w.length,
                                        loads=w.kind != WatchKind.WRITE, stores=w.kind != WatchKind.READ))
-            for (wvr, wcr), slot in zip(w.pieces, w.slots):
-                arch.dbg_wvr[slot], arch.dbg_wcr[slot] = wvr, wcr
+            watch_slots.update(zip(w.slots, w.pieces))
         # Stores over a patched breakpoint are trapped so the patch survives guest rewrites.
         for pa, patch in self._sw.items():
             for va in patch.vas:
-                traps.append(WatchTrap(va, va + 4, loads=False, stores=True, code=True))
+                traps.append(WatchTrap(va, va + len(self._brk), loads=False, stores=True, code=True))
         control = 0
         if self._sw or self._hw_bp or self.watches or step:
             control = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_SW_BP
@@ -351,7 +319,7 @@ class GuestDebugManager:
             if step:
                 control |= kvm.KVM_GUESTDBG_SINGLESTEP
         self.vcpu.set_watch_traps(traps)
-        self.vcpu.set_guest_debug(control, arch)
+        self.vcpu.set_guest_debug(control, self.arch.debug_arch(breakpoints, watch_slots))
 
     # ------------------------------------------------------------------ running
     def interrupt(self) -> None:
@@ -411,10 +379,10 @@ class GuestDebugManager:
             self._apply()
 
     def _repatch(self, patch: _SwBreakpoint) -> None:
-        current = self.vm.read_phys(patch.pa, 4)
-        if current != BRK0:
+        current = self.vm.read_phys(patch.pa, len(self._brk))
+        if current != self._brk:
             patch.original = current  # the guest (or the step) rewrote it: keep its new code
-            self.vm.write_phys(patch.pa, BRK0)
+            self.vm.write_phys(patch.pa, self._brk)
 
     def _classify(self, result, stepping: bool) -> StopEvent | None:
         """Turn one exit into a stop, or None for exits handled here (and run on)."""
@@ -425,20 +393,19 @@ class GuestDebugManager:
             return StopEvent(StopKind.SIGNAL, pc, signal=signal.SIGINT)
         if result.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR:
             return self._fault_event(result, pc)
-        ec, far = result.debug.ec, result.debug.far
-        if ec == dr.ESR_ELx_EC_SOFTSTP_LOW:
+        raw = self.arch.classify(result)
+        if raw.kind == "step":
             return StopEvent(StopKind.STEP, pc)
-        if ec == dr.ESR_ELx_EC_BREAKPT_LOW:
+        if raw.kind == "hwbreak":
             return StopEvent(StopKind.HWBREAK, pc)
-        if ec == dr.ESR_ELx_EC_BRK64:
-            imm = result.debug.hsr & 0xFFFF
-            if imm == 0 and pc in self._sw_va:
-                return StopEvent(StopKind.SWBREAK, pc)
-            # Not ours: the guest's own BRK goes to the guest, as without a debugger.
-            arm_exc.inject_sync_exception(self.vcpu, dr.esr_brk64(imm), preferred_return=pc)
+        if raw.kind == "swbreak" and pc in self._sw_va:
+            return StopEvent(StopKind.SWBREAK, pc)
+        if raw.kind == "swbreak":
+            # Not ours: the guest's own breakpoint instruction goes to the guest, as without a debugger.
+            self.arch.reinject(self.vcpu, result, pc)
             return StopEvent(StopKind.STEP, self.vcpu.pc) if stepping else None
-        if ec == dr.ESR_ELx_EC_WATCHPT_LOW:
-            is_write = bool(result.debug.hsr & (1 << 6))
+        if raw.kind == "watch":
+            far, is_write = raw.addr, raw.is_write
             watch = self._watch_for(far, is_write)
             if watch is not None:
                 self._last_watch = watch
@@ -447,7 +414,7 @@ class GuestDebugManager:
             if self._code_store(far):
                 return self._complete_code_store(pc, stepping)
             return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected watchpoint exit at {far:#x}")
-        return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected debug exit EC {ec:#x}")
+        return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected {raw.detail or raw.kind}")
 
     def _watch_for(self, far: int, is_write: bool) -> Watch | None:
         candidates = [w for w in self.watches
@@ -460,7 +427,7 @@ class GuestDebugManager:
         return min(near, key=lambda w: w.addr - far) if near else None
 
     def _code_store(self, far: int) -> bool:
-        return any(va - 16 < far < va + 4 for va in self._sw_va)
+        return any(va - 16 < far < va + len(self._brk) for va in self._sw_va)
 
     def _complete_code_store(self, pc: int, stepping: bool) -> StopEvent | None:
         """The guest is storing over a patched instruction: let it, then re-arm over the new code."""

@@ -1,0 +1,127 @@
+"""What the guest-debug manager needs to know about an architecture, and nothing else.
+
+The manager's policy (which mechanism, reference counts, step-over, re-arming, page traps) is
+the same on every architecture; these small classes say how to encode it: the software
+breakpoint instruction, how a watch range becomes hardware slots, how the debugger's registers
+are laid out for KVM_SET_GUEST_DEBUG, what a KVM_EXIT_DEBUG meant, and how an exception that
+was not the debugger's goes back to the guest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from guestdbg import kvm
+
+
+@dataclass(frozen=True)
+class WatchTrap:
+    """Trap loads and/or stores to exactly [start, end) (guest virtual) by protecting just the
+    pages they touch: a guestdbg vCPU extension (page protection on the emulated vCPU,
+    read-only memory slots on KVM). A hit comes back as a KVM_EXIT_DEBUG watchpoint exit.
+    `code` marks traps the manager keeps on its software breakpoints."""
+
+    start: int
+    end: int
+    loads: bool = True
+    stores: bool = True
+    code: bool = False
+
+
+@dataclass(frozen=True)
+class RawStop:
+    """A debug exit, decoded: kind is "step", "swbreak", "hwbreak", "watch" or "other"."""
+
+    kind: str
+    addr: int = 0          # watch: an address of the access
+    is_write: bool = False  # watch
+    detail: str = ""
+
+
+class DebugArch(Protocol):
+    name: str
+    sw_break: bytes                   # the instruction a software breakpoint patches in
+    max_watch: int                    # the longest range one watch may cover
+
+    def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
+        """Hardware slot values covering exactly [addr, addr+length), one per slot."""
+
+    def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]):
+        """The kvm_guest_debug_arch for these breakpoints (va -> slot) and watch slot values."""
+
+    def classify(self, run: kvm.KvmRun) -> RawStop:
+        ...
+
+    def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
+        """Deliver a software-breakpoint exception that was not the debugger's to the guest."""
+
+
+class Arm64DebugArch:
+    """AArch64: BRK #0, DBGBCR/DBGWCR slots (BAS and MASK), ESR exception classes."""
+
+    name = "aarch64"
+    sw_break = (0xD4200000).to_bytes(4, "little")  # BRK #0
+    max_watch = 1 << 31  # MASK covers up to 2 GiB
+
+    def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
+        from guestdbg.arm import debugregs as dr
+        lsc = {"write": 0b10, "read": 0b01, "access": 0b11}[lsc_kind]
+        return [(wvr, dr.encode_dbgwcr(lsc=lsc, bas=bas, mask=mask))
+                for wvr, bas, mask in plan_watch_pieces(addr, length)]
+
+    def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]):
+        from guestdbg.arm import debugregs as dr
+        from guestdbg.arm import kvm_regs as kr
+        arch = kr.kvm_guest_debug_arch()
+        for va, slot in breakpoints.items():
+            arch.dbg_bvr[slot], arch.dbg_bcr[slot] = va, dr.encode_dbgbcr()
+        for slot, (wvr, wcr) in watch_slots.items():
+            arch.dbg_wvr[slot], arch.dbg_wcr[slot] = wvr, wcr
+        return arch
+
+    def classify(self, run: kvm.KvmRun) -> RawStop:
+        from guestdbg.arm import debugregs as dr
+        ec = run.debug.ec
+        if ec == dr.ESR_ELx_EC_SOFTSTP_LOW:
+            return RawStop("step")
+        if ec == dr.ESR_ELx_EC_BREAKPT_LOW:
+            return RawStop("hwbreak")
+        if ec == dr.ESR_ELx_EC_BRK64:
+            # Ours only if it is at one of the manager's patches (those are BRK #0).
+            return RawStop("swbreak", detail=f"BRK #{run.debug.hsr & 0xFFFF:#x}")
+        if ec == dr.ESR_ELx_EC_WATCHPT_LOW:
+            return RawStop("watch", run.debug.far, bool(run.debug.hsr & (1 << 6)))
+        return RawStop("other", detail=f"debug exit EC {ec:#x}")
+
+    def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
+        from guestdbg.arm import debugregs as dr
+        from guestdbg.arm import exceptions as arm_exc
+        arm_exc.inject_sync_exception(vcpu, dr.esr_brk64(run.debug.hsr & 0xFFFF), preferred_return=pc)
+
+
+def plan_watch_pieces(addr: int, length: int) -> list[tuple[int, int, int]]:
+    """Cover exactly [addr, addr+length) with AArch64 watchpoint pieces: (wvr, bas, mask).
+
+    A range inside one doubleword is one BAS piece; an aligned power of two of 8 bytes or more
+    is one MASK piece; anything else is a BAS head, aligned MASK/BAS blocks, and a BAS tail.
+    Nothing is widened or truncated."""
+    if length <= 0:
+        raise ValueError("watch length must be positive")
+    limit = Arm64DebugArch.max_watch
+    pieces: list[tuple[int, int, int]] = []
+    pos, end = addr, addr + length
+    while pos < end:
+        dw = pos & ~7
+        if pos != dw or end - pos < 8:
+            stop = min(end, dw + 8)
+            bas = ((1 << (stop - pos)) - 1) << (pos - dw)
+            pieces.append((dw, bas, 0))
+            pos = stop
+            continue
+        size = 8
+        while size < limit and pos % (size * 2) == 0 and pos + size * 2 <= end:
+            size *= 2
+        pieces.append((pos, 0xFF, 0 if size == 8 else size.bit_length() - 1))
+        pos += size
+    return pieces
