@@ -46,8 +46,24 @@ def memory_map_xml(regions: Iterable[Region]) -> str:
     return _XML_HEADER + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def regions_for(vm) -> list[Region]:
-    """Regions for a VM's memory slots (`vm.slots`: MemorySlot): read-only slots are "rom"."""
-    return sorted(
-        (s.guest_phys_addr, s.memory_size, "rom" if s.readonly else "ram") for s in vm.slots.values()
-    )
+def regions_for(vm, *, open_gaps: bool = False) -> list[Region]:
+    """Regions for a VM's memory slots (`vm.slots`: MemorySlot): read-only slots are "rom".
+
+    gdb's addresses are virtual, and with the guest's MMU on they need not lie in any slot;
+    with `open_gaps`, every address outside a ROM slot is listed as "ram", so gdb lets the stub
+    answer for it (data or an error) instead of refusing it itself. ROM stays "rom", which is
+    all gdb needs to choose hardware breakpoints there."""
+    slots = sorted((s.guest_phys_addr, s.memory_size, "rom" if s.readonly else "ram") for s in vm.slots.values())
+    if not open_gaps:
+        return slots
+    regions: list[Region] = []
+    pos, top = 0, (1 << 64) - 1  # gdb cannot express a region ending exactly at 2**64
+    for start, length, kind in slots:
+        if kind == "rom":
+            if start > pos:
+                regions.append((pos, start - pos, "ram"))
+            regions.append((start, length, "rom"))
+            pos = start + length
+    if pos < top:
+        regions.append((pos, top - pos, "ram"))
+    return regions

@@ -161,7 +161,7 @@ class GdbSession:
                 return error_reply(errno.ENOENT)
             return self._xfer(self._target_xml, span)
         if p.startswith(b"qXfer:memory-map:read::"):
-            return self._xfer(memory_map_xml(regions_for(self.machine.vm)).encode(),
+            return self._xfer(memory_map_xml(regions_for(self.machine.vm, open_gaps=True)).encode(),
                               p[len(b"qXfer:memory-map:read::"):])
         if p in (b"qfThreadInfo",):
             return Reply(b"m%x" % THREAD_ID)
