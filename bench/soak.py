@@ -83,6 +83,8 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
         assert reply.startswith(b"T05"), reply
         if i == steps // 10:
             checkpoint("steps_10pct")
+        if i == steps // 2:
+            checkpoint("steps_50pct")
     t_steps = time.perf_counter() - t0
     checkpoint("after_steps")
     c.close()
@@ -112,6 +114,10 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
         if cycles else None,
         "traced_growth_after_warmup": samples["after_connections"]["traced"] - samples["cycles_10pct"]["traced"]
         if cycles else None,
+        # Unicorn's translation buffer (32 MiB) fills as steps translate code afresh, then is
+        # flushed and reused: RSS rises to that bound, then stays flat.
+        "rss_growth_second_half_of_steps": samples["after_steps"]["rss"] - samples["steps_50pct"]["rss"]
+        if steps else None,
     }
     log(json.dumps({k: v for k, v in report.items() if k != "memory"}, indent=2))
     return report

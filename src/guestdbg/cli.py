@@ -96,10 +96,11 @@ def cmd_run_x86(args) -> int:
     """`run --arch x86_64 IMAGE`: an x86-64 ELF on the pc board (guestdbg.board.pc) under KVM."""
     from guestdbg.backends.kvm_x86.vm import KvmUnavailable
     from guestdbg.board.pc import PcConfig, X86Machine
-    for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None), ("--gdb", args.gdb),
-                        ("--wait", args.wait)):
+    for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None)):
         if given:
             raise ImageError(f"{flag} is not supported with --arch x86_64 yet")
+    if args.wait and not args.gdb:
+        raise ImageError("--wait needs --gdb")
     if not args.image:
         raise ImageError("--arch x86_64 needs an IMAGE (an x86-64 ELF, e.g. guests/x86/build/hello.elf)")
     try:
@@ -108,7 +109,19 @@ def cmd_run_x86(args) -> int:
         raise ImageError(f"--arch x86_64 needs Linux KVM: {e}") from None
     with machine:
         machine.load_elf(args.image)
+        if args.gdb:
+            return _serve_gdb(machine, args)
         return machine.run_to_exit(timeout=args.timeout)
+
+
+def _serve_gdb(machine, args) -> int:
+    from guestdbg.gdb.server import GdbServer, parse_endpoint
+    server = GdbServer(machine, parse_endpoint(args.gdb, allow_remote=args.gdb_allow_remote), wait=args.wait)
+    try:
+        server.listen()
+    except OSError as e:
+        raise ImageError(f"cannot listen on {args.gdb}: {e.strerror or e}") from None
+    return server.serve()
 
 
 def cmd_run(args) -> int:
@@ -135,13 +148,7 @@ def cmd_run(args) -> int:
         with resources.as_file(demo_image()) as demo:
             machine.load_elf(demo)
     if args.gdb:
-        from guestdbg.gdb.server import GdbServer, parse_endpoint
-        server = GdbServer(machine, parse_endpoint(args.gdb, allow_remote=args.gdb_allow_remote), wait=args.wait)
-        try:
-            server.listen()
-        except OSError as e:
-            raise ImageError(f"cannot listen on {args.gdb}: {e.strerror or e}") from None
-        return server.serve()
+        return _serve_gdb(machine, args)
     if args.wait:
         raise ImageError("--wait needs --gdb")
     return machine.run_to_exit(timeout=args.timeout)
@@ -183,7 +190,9 @@ def caps_report_x86() -> dict:
     except OSError:
         pass
     modules = sorted(m.name for m in Path("/sys/module").glob("kvm*")) if Path("/sys/module").is_dir() else []
-    return {"capabilities": caps, "host": {"vmx": "vmx" in flags, "svm": "svm" in flags, "kvm_modules": modules}}
+    from guestdbg.backends.kvm_x86.probe import probe
+    return {"capabilities": caps, "host": {"vmx": "vmx" in flags, "svm": "svm" in flags, "kvm_modules": modules},
+            "probe": probe().to_dict()}
 
 
 def _print_caps_x86(report: dict) -> None:
@@ -202,6 +211,15 @@ def _print_caps_x86(report: dict) -> None:
     host = report["host"]
     kind = "VMX" if host["vmx"] else "SVM" if host["svm"] else "no VMX/SVM in the CPU"
     print(f"\nhost: {kind}; KVM modules: {', '.join(host['kvm_modules']) or 'unknown'}")
+    p = report["probe"]
+    yes = {True: "yes", False: "NO"}
+    print("\nprobed at VM creation (a scratch VM, long mode, CPL0):")
+    print(f"  int3 gives a clean KVM_EXIT_DEBUG (#BP):  {yes[p['int3_exits_cleanly']]}  [{p['int3_exit']}]")
+    print(f"  DR1 write watchpoint fires:               {yes[p['dr_write_watch_fires']]}  [{p['dr_watch_exit']}]")
+    print(f"  DR0 execution breakpoint exits:           {yes[p['dr_exec_break_works']]}  [{p['dr_exec_exit']}]")
+    print("\nmechanisms the debugger will use:")
+    for kind_name, how in p["mechanisms"].items():
+        print(f"  {kind_name:<28} {how}")
 
 
 def cmd_caps(args) -> int:

@@ -171,6 +171,10 @@ class Arm64Vm:
     def __init__(self, debug: DebugConfig | None = None, console: Callable[[bytes], None] | None = None):
         self.debug_config = debug or DebugConfig()
         self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM, uca.UC_CPU_ARM64_A57)
+        # Unicorn's default 1 GiB translation buffer fills only slowly (single steps translate
+        # afresh), so a long debugging session's RSS would creep towards 1 GiB before the first
+        # flush. 32 MiB bounds it and still holds far more code than a guest's working set.
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
         # No "until" address: guests may legitimately execute at 0 (ROM).
         self.uc.ctl_exits_enabled(True)
         self.uc.ctl_set_exits([])
@@ -269,6 +273,7 @@ class Arm64Vm:
 
 
 MAP_CHUNK = 1 << 20
+TCG_BUFFER_SIZE = 32 << 20
 
 
 def _remove_cache(uc: Uc, va: int, size: int) -> None:

@@ -84,6 +84,19 @@ EXCEPTIONS = {
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 
 
+# Vector -> the POSIX signal a debugger reports for it (SIGFPE 8, SIGILL 4, SIGTRAP 5, SIGBUS 7,
+# SIGSEGV 11 for the rest).
+VECTOR_SIGNALS = {0: 8, 1: 5, 3: 5, 4: 11, 5: 11, 6: 4, 7: 8, 16: 8, 17: 7, 19: 8}
+
+
+@dataclass
+class FaultExit(kvm.InternalErrorExit):
+    """A guest exception reported to the debugger (see X86Machine._fault_stop)."""
+
+    signal: int = 11
+    exception: object = None
+
+
 class GuestException(GuestFault):
     """An exception the guest took through the VMM's IDT: vector, RIP, error code and CR2."""
 
@@ -172,11 +185,20 @@ class Uart16550:
 class X86Machine:
     """A KVM VM on the pc board with one vCPU in long mode, loaded and ready to run."""
 
+    arch_name = "x86_64"
+
     config: PcConfig = field(default_factory=PcConfig)
     console: Callable[[bytes], None] | None = None
+    probe_debug: bool = True  # measure the host's debug facts (guestdbg.backends.kvm_x86.probe)
 
     def __post_init__(self):
         self.console = self.console or _stdout_console
+        # What this host's KVM does for a debugger, measured once per process on a scratch VM
+        # (None only for the probe's own scratch machines).
+        self.debug_facts = None
+        if self.probe_debug:
+            from guestdbg.backends.kvm_x86.probe import probe
+            self.debug_facts = probe()
         self.vm = X86Vm()
         self.vm.set_user_memory_region(SLOT_RAM, 0, self.config.ram_size)
         self.uart = Uart16550(self._console)
@@ -350,9 +372,41 @@ class X86Machine:
             run = self.vcpu.run()
             if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
                 return run
-            ended = self.handle_exit(run)
+            try:
+                ended = self.handle_exit(run)
+            except GuestException as e:
+                fault = self._fault_stop(e)
+                if stop(fault):
+                    return fault
+                raise
             if ended is not None:
                 return ended
+            if run.exit_reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO) \
+                    and self.vcpu.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
+                # Single-stepping across an instruction that exited to us: finish it and report
+                # the step (on kvm_pvm KVM would otherwise run on without a step exit).
+                run = self.vcpu.finish_step()
+                if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+                    return run
+                ended = self.handle_exit(run)
+                if ended is not None:
+                    return ended
+
+    def _fault_stop(self, e: GuestException) -> kvm.KvmRun:
+        """A guest exception as a debugger sees it: the vCPU put back on the faulting
+        instruction (RIP, RSP, RFLAGS from the exception frame; CR2 kept), reported as a
+        KVM_EXIT_INTERNAL_ERROR whose payload names the signal (`FaultExit`)."""
+        self.vcpu.complete_pending_io()  # finish the stub's OUT before rewriting RIP
+        regs = self.vcpu.get_regs()
+        frame = self.vm.read_phys(regs.rsp, 48)
+        words = struct.unpack("<6Q", frame)
+        if e.vector in ERROR_CODE_VECTORS:
+            words = words[1:]
+        regs.rip, regs.rflags, regs.rsp = words[0], words[2], words[3]
+        self.vcpu.set_regs(regs)
+        return kvm.KvmRun(kvm.KVM_EXIT_INTERNAL_ERROR,
+                          internal=FaultExit(0, str(e), [e.vector], signal=VECTOR_SIGNALS.get(e.vector, 11),
+                                             exception=e))
 
     def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0) -> int:
         """Run the guest to its end; return its exit status ((v << 1) | 1 for isa-debug-exit).

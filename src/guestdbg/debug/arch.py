@@ -37,12 +37,20 @@ class RawStop:
     addr: int = 0          # watch: an address of the access
     is_write: bool = False  # watch
     detail: str = ""
+    # watch: the access has already happened (x86 data breakpoints and x86 page traps are
+    # traps, after the instruction); the manager must not step the access again.
+    completed: bool = False
 
 
 class DebugArch(Protocol):
     name: str
-    sw_break: bytes                   # the instruction a software breakpoint patches in
+    # The instruction a software breakpoint patches in; None: the host cannot take one cleanly,
+    # and software breakpoints (Z0) use the hardware breakpoint slots instead (ENOSPC past them).
+    sw_break: bytes | None
     max_watch: int                    # the longest range one watch may cover
+    # Optional: `shared_slots = True` when breakpoints and watchpoints share one register file
+    # (x86 DR0-DR3), and `slot_counts(vm) -> (bp_slots, wp_slots)` to override the
+    # KVM_CAP_GUEST_DEBUG_HW_BPS/WPS counts (x86 reports 0 for "the 4 debug registers").
 
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
         """Hardware slot values covering exactly [addr, addr+length), one per slot."""

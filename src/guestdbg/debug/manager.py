@@ -83,6 +83,7 @@ class StopEvent:
     watch_addr: int | None = None
     exit_status: int | None = None
     detail: str = ""
+    completed: bool = False  # a watch reported after its access (x86): no step-over on resume
 
 
 @dataclass
@@ -120,6 +121,10 @@ class GuestDebugManager:
         self._brk = self.arch.sw_break
         self.hw_bp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS)
         self.hw_wp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS)
+        if hasattr(self.arch, "slot_counts"):  # e.g. x86: 0 from KVM means DR0-DR3
+            self.hw_bp_slots, self.hw_wp_slots = self.arch.slot_counts(self.vm)
+        # One register file for breakpoints and watchpoints (x86 DR0-DR3)?
+        self._shared_slots = bool(getattr(self.arch, "shared_slots", False))
         self._sw: dict[int, _SwBreakpoint] = {}   # pa -> patch
         self._sw_va: dict[int, int] = {}           # va -> pa
         self._hw_bp: dict[int, int] = {}           # va -> slot
@@ -131,11 +136,22 @@ class GuestDebugManager:
 
     # ------------------------------------------------------------------ breakpoints
     def add_breakpoint(self, va: int) -> str:
-        """Z0: software unless the code is in read-only memory. Returns the mechanism used."""
+        """Z0: software unless the code is in read-only memory, or the architecture has no
+        clean software breakpoint on this host (arch.sw_break is None): then a hardware slot.
+        Returns the mechanism used."""
         pa = self._translate(va)
         slot = self.vm.slot_for(pa)
         if slot is None:
             raise DebugError(errno.EFAULT, f"no memory at {va:#x}")
+        if self._brk is None:
+            if va in self._hw_bp:
+                return "hw"
+            try:
+                self.add_hw_breakpoint(va)
+            except DebugError as e:
+                raise DebugError(e.errno, f"software breakpoints use the hardware breakpoint slots "
+                                          f"on this host, and {e}") from None
+            return "hw"
         if slot.readonly:
             self.add_hw_breakpoint(va)
             return "hw"
@@ -168,6 +184,8 @@ class GuestDebugManager:
         if va in self._hw_bp:
             return
         used = set(self._hw_bp.values())
+        if self._shared_slots:
+            used |= {s for w in self.watches for s in w.slots}
         free = [s for s in range(self.hw_bp_slots) if s not in used]
         if not free:
             raise DebugError(errno.ENOSPC, f"all {self.hw_bp_slots} hardware breakpoints are in use")
@@ -189,6 +207,8 @@ class GuestDebugManager:
         watch = Watch(addr, length, kind)
         pieces = self.arch.plan_watch(addr, length, kind.access)
         used = {s for w in self.watches for s in w.slots}
+        if self._shared_slots:
+            used |= set(self._hw_bp.values())
         free = [s for s in range(self.hw_wp_slots) if s not in used]
         if len(pieces) <= len(free):
             watch.pieces = pieces
@@ -237,7 +257,7 @@ class GuestDebugManager:
         for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1]):
             lines.append(f"  hbreak  {va:#x}  slot {slot}")
         for va, pa in sorted(self._sw_va.items()):
-            lines.append(f"  break   {va:#x}  software (BRK #0 at pa {pa:#x})")
+            lines.append(f"  break   {va:#x}  software ({self._brk.hex()} at pa {pa:#x})")
         for w in self.watches:
             lines.append(f"  {w.kind.value:<7} {w.addr:#x}+{w.length}  {w.mechanism}")
         return lines
@@ -318,6 +338,8 @@ class GuestDebugManager:
                 control |= kvm.KVM_GUESTDBG_USE_HW
             if step:
                 control |= kvm.KVM_GUESTDBG_SINGLESTEP
+            if self._brk is None:  # no software breakpoints here: the guest's own go to the guest
+                control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
         self.vcpu.set_watch_traps(traps)
         self.vcpu.set_guest_debug(control, self.arch.debug_arch(breakpoints, watch_slots))
 
@@ -339,7 +361,8 @@ class GuestDebugManager:
             pc = self.vcpu.pc
             last = self._last_stop
             need_step_over = (pc in self._sw_va or pc in self._hw_bp or
-                              (last is not None and last.kind is StopKind.WATCH and last.pc == pc))
+                              (last is not None and last.kind is StopKind.WATCH and last.pc == pc
+                               and not last.completed))
             if need_step_over:
                 event = self._step_over(pc)
                 if event is not None or step:
@@ -410,7 +433,13 @@ class GuestDebugManager:
             if watch is not None:
                 self._last_watch = watch
                 return StopEvent(StopKind.WATCH, pc, watch_kind=watch.kind,
-                                 watch_addr=max(watch.addr, min(far, watch.addr + watch.length - 1)))
+                                 watch_addr=max(watch.addr, min(far, watch.addr + watch.length - 1)),
+                                 completed=raw.completed)
+            if self._code_store(far) and raw.completed:
+                # The store over a patched instruction already happened: re-arm over the new code.
+                for patch in list(self._sw.values()):
+                    self._repatch(patch)
+                return StopEvent(StopKind.STEP, pc) if stepping else None
             if self._code_store(far):
                 return self._complete_code_store(pc, stepping)
             return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected watchpoint exit at {far:#x}")
@@ -450,7 +479,7 @@ class GuestDebugManager:
 
     def _fault_event(self, result: kvm.KvmRun, pc: int) -> StopEvent:
         message = result.internal.message
-        sig = signal.SIGSEGV
+        sig = getattr(result.internal, "signal", None) or signal.SIGSEGV  # a board may name it
         if "undefined" in message or "EC 0x00" in message:
             sig = signal.SIGILL
         return StopEvent(StopKind.SIGNAL, pc, signal=sig, detail=message)

@@ -82,13 +82,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def debug_profile(machine):
+    """(DebugArch, register catalogue module) for a machine: the x86-64 pc board (its
+    `arch_name` is "x86_64") gets X86DebugArch with the host's probed facts and amd64_regs;
+    everything else the AArch64 defaults."""
+    if getattr(machine, "arch_name", "aarch64") == "x86_64":
+        from guestdbg.debug.x86_arch import X86DebugArch
+        from guestdbg.gdb import amd64_regs
+        return X86DebugArch(machine.debug_facts), amd64_regs
+    from guestdbg.gdb import aarch64_regs
+    return None, aarch64_regs
+
+
 class GdbServer:
     def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False, log=None):
         self.machine = machine
         self.endpoint = endpoint
         self.wait = wait
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
-        self.manager = GuestDebugManager(machine)
+        self.debug_arch, self.registers = debug_profile(machine)
+        self.manager = GuestDebugManager(machine, self.debug_arch)
         self._requests: queue.Queue = queue.Queue()
         self._events: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -267,7 +280,7 @@ class GdbServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = sock
         self._conn = rsp.RspConnection(packet_size=0x4000)
-        self._session = GdbSession(self.manager)
+        self._session = GdbSession(self.manager, registers=self.registers)
         self._outbuf.clear()
         self._pending.clear()
         self._sel.register(sock, selectors.EVENT_READ, "client")

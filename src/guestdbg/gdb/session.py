@@ -83,7 +83,10 @@ def _addr_len(text: bytes) -> tuple[int, int]:
 class GdbSession:
     """State of one client connection: features it announced, last stop, monitor commands."""
 
-    def __init__(self, manager: GuestDebugManager, *, monitor=None):
+    def __init__(self, manager: GuestDebugManager, *, monitor=None, registers=None):
+        """`registers` is the register catalogue module (aarch64_regs API): guestdbg.gdb.
+        aarch64_regs by default, guestdbg.gdb.amd64_regs for an x86-64 machine."""
+        self.regs = registers or regs
         self.manager = manager
         self.machine = manager.machine
         self.vcpu = manager.vcpu
@@ -91,7 +94,7 @@ class GdbSession:
         self.no_ack_requested = False
         self.last_stop: StopEvent | None = None
         self.monitor = monitor or Monitor(self)
-        self._target_xml = regs.target_xml().encode()
+        self._target_xml = self.regs.target_xml().encode()
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, payload: bytes):
@@ -118,15 +121,15 @@ class GdbSession:
         if p == b"?":
             return Reply(self.stop_reply_payload(self.last_stop))
         if p == b"g":
-            return Reply(regs.encode_g(self.vcpu))
+            return Reply(self.regs.encode_g(self.vcpu))
         if head == b"G":
-            regs.decode_G(self.vcpu, p[1:])
+            self.regs.decode_G(self.vcpu, p[1:])
             return Reply(b"OK")
         if head == b"p":
-            return Reply(regs.read_register(self.vcpu, _hex_int(p[1:])))
+            return Reply(self.regs.read_register(self.vcpu, _hex_int(p[1:])))
         if head == b"P":
             num, _, value = p[1:].partition(b"=")
-            regs.write_register(self.vcpu, _hex_int(num), value)
+            self.regs.write_register(self.vcpu, _hex_int(num), value)
             return Reply(b"OK")
         if head == b"m":
             addr, length = _addr_len(p[1:])
@@ -232,6 +235,9 @@ class GdbSession:
         raise PacketError("vCont names no action for our thread")
 
     def _set_pc(self, pc: int) -> None:
+        if hasattr(self.regs, "set_pc"):
+            self.regs.set_pc(self.vcpu, pc)
+            return
         from guestdbg.arm import kvm_regs as kr
         self.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, pc)
 
@@ -262,7 +268,7 @@ class GdbSession:
             return b"W%02x" % (event.exit_status & 0xFF)
         sig = event.signal if event.kind is StopKind.SIGNAL else signal.SIGTRAP
         parts = [b"T%02x" % sig]
-        for regnum, value in sorted(regs.expedited(self.vcpu).items()):
+        for regnum, value in sorted(self.regs.expedited(self.vcpu).items()):
             parts.append(b"%02x:%s;" % (regnum, value))
         parts.append(b"thread:%x;" % THREAD_ID)
         if event.kind is StopKind.SWBREAK and "swbreak+" in self.peer_features:

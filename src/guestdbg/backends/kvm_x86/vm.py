@@ -42,6 +42,35 @@ restore must apply them (sregs before regs, xcrs before xsave, events last).
 
 Only this vCPU's guest state is listed: the debugger's KVM_SET_GUEST_DEBUG state has no id,
 as on arm64.
+
+PAGE TRAPS (watchpoints without debug registers)
+------------------------------------------------
+`X86Vcpu.set_watch_traps(traps)` takes the manager's WatchTraps (guest-virtual [start, end),
+loads and/or stores). Their pages are translated (KVM_TRANSLATE) and `X86Vm.set_trap_pages`
+re-lays the KVM memory slots under them, leaving `X86Vm.slots` (the logical layout that
+slot_for, the debugger and snapshots see) unchanged:
+
+- a page whose *stores* are trapped gets a KVM_MEM_READONLY slot of its own;
+- a page whose *loads* are trapped gets no slot at all (a hole), so loads and stores exit.
+
+Every access to such a page comes back as KVM_EXIT_MMIO, which run() serves before the board
+sees it: a store is applied to RAM with write_phys (on x86 KVM reports a store to a read-only
+slot *after* the instruction: RIP is past it and the data is not yet written), a load gets its
+data from RAM. The access is then checked against the exact watched byte ranges:
+
+- a miss goes on transparently (run() re-enters KVM_RUN);
+- a hit completes the instruction (KVM_RUN with immediate_exit = 1) and comes back as a
+  KVM_EXIT_DEBUG exit whose payload is a `PageTrapExit` (exception 1, `page_trap` naming the
+  guest-virtual address, size and direction). Like x86 data breakpoints, page-trap hits are
+  reported AFTER the access: RIP is past the instruction and the manager must not re-run it.
+
+While single-stepping (KVM_GUESTDBG_SINGLESTEP), an instruction whose access exits to the VMM
+(an I/O port, MMIO or a page trap) is completed with immediate_exit = 1 and reported as the
+step (KVM_EXIT_DEBUG, exception 1, DR6.BS), as `finish_step()` does: on kvm_pvm hosts KVM
+would otherwise run on past the instruction without a step exit.
+
+Limits: code cannot be fetched from a load-trapped page (no slot), so rwatch/awatch on a page
+holding code or page tables is not supported; instruction fetches are never checked.
 """
 
 from __future__ import annotations
@@ -52,7 +81,7 @@ import mmap
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
@@ -143,6 +172,38 @@ INTERNAL_SUBERRORS = {
 }
 
 
+# ---------------------------------------------------------------------------- page traps
+@dataclass(frozen=True)
+class PageTrapHit:
+    """A page-trap watch hit: guest-virtual address and size of the access, its direction."""
+
+    addr: int
+    size: int
+    is_write: bool
+    pa: int
+
+
+@dataclass
+class PageTrapExit(kvm.DebugExitX86):
+    """The KVM_EXIT_DEBUG payload run() returns for a page-trap hit (exception 1, DR6 0)."""
+
+    page_trap: PageTrapHit | None = None
+
+
+@dataclass(frozen=True)
+class _PaTrap:
+    pa_lo: int
+    pa_hi: int
+    va_lo: int
+    loads: bool
+    stores: bool
+    code: bool
+
+
+TRAP_READONLY, TRAP_NOSLOT = "ro", "none"
+FIRST_TRAP_SLOT = 256  # KVM slot ids for the pieces of re-laid slots (logical slots use low ids)
+
+
 # ---------------------------------------------------------------------------- the VM
 @dataclass
 class RamBlock:
@@ -199,6 +260,8 @@ class X86Vm:
         self.slots: dict[int, MemorySlot] = {}
         self.vcpus: list[X86Vcpu] = []
         self._supported_cpuid: tuple[int, bytes] | None = None
+        self.trap_pages: dict[int, str] = {}              # page pa -> TRAP_READONLY / TRAP_NOSLOT
+        self._pieces: dict[int, list[int]] = {}            # logical slot -> KVM slot ids standing in for it
 
     # KVM_CHECK_EXTENSION, on the VM fd
     def check_extension(self, cap: int) -> int:
@@ -247,6 +310,61 @@ class X86Vm:
             self.slots[slot] = MemorySlot(slot, guest_phys_addr, memory_size, flags)
         else:
             self.slots.pop(slot, None)
+
+    def _region(self, kvm_slot: int, guest_phys_addr: int, memory_size: int, flags: int) -> None:
+        host_addr = 0
+        if memory_size:
+            block = self._block_for(guest_phys_addr, memory_size)
+            host_addr = block.host_addr + (guest_phys_addr - block.guest_phys_addr)
+        region = u.kvm_userspace_memory_region(slot=kvm_slot, flags=flags, guest_phys_addr=guest_phys_addr,
+                                               memory_size=memory_size, userspace_addr=host_addr)
+        _ioctl(self.fd, u.KVM_SET_USER_MEMORY_REGION, region,
+               what=f"KVM_SET_USER_MEMORY_REGION(slot {kvm_slot}, {guest_phys_addr:#x}+{memory_size:#x}, flags {flags:#x})")
+
+    def set_trap_pages(self, pages: dict[int, str]) -> None:
+        """Lay the KVM slots out so each page in `pages` is read-only (TRAP_READONLY) or has no
+        slot (TRAP_NOSLOT); every other page is as its logical slot says. Only slots whose
+        trapped pages change are touched. Call only while the vCPU is stopped."""
+        pages = {pa & ~(PAGE_SIZE - 1): mode for pa, mode in pages.items() if self.slot_for(pa) is not None}
+        if pages == self.trap_pages:
+            return
+        changed = {p for p in set(pages) | set(self.trap_pages) if pages.get(p) != self.trap_pages.get(p)}
+        affected = {self.slot_for(p).slot for p in changed}
+        for n in sorted(affected):
+            slot = self.slots[n]
+            for kvm_slot in self._pieces.pop(n, [n]):
+                self._region(kvm_slot, 0, 0, 0)
+            mine = sorted((p, m) for p, m in pages.items() if slot.contains(p))
+            if not mine:
+                self._region(n, slot.guest_phys_addr, slot.memory_size, slot.flags)
+                continue
+            segments = []  # (start, size, flags)
+            pos, end = slot.guest_phys_addr, slot.guest_phys_addr + slot.memory_size
+            for page, mode in mine:
+                if page > pos:
+                    segments.append((pos, page - pos, slot.flags))
+                if mode == TRAP_READONLY:
+                    segments.append((page, PAGE_SIZE, slot.flags | kvm.KVM_MEM_READONLY))
+                pos = page + PAGE_SIZE
+            if pos < end:
+                segments.append((pos, end - pos, slot.flags))
+            merged: list[list[int]] = []
+            for start, size, flags in segments:
+                if merged and merged[-1][0] + merged[-1][1] == start and merged[-1][2] == flags:
+                    merged[-1][1] += size
+                else:
+                    merged.append([start, size, flags])
+            used = {i for ids in self._pieces.values() for i in ids}
+            ids, candidate = [], FIRST_TRAP_SLOT
+            for _ in merged:
+                while candidate in used or candidate in self.slots:
+                    candidate += 1
+                ids.append(candidate)
+                used.add(candidate)
+            for kvm_slot, (start, size, flags) in zip(ids, merged):
+                self._region(kvm_slot, start, size, flags)
+            self._pieces[n] = ids
+        self.trap_pages = pages
 
     def free_slot_number(self) -> int:
         n = 0
@@ -403,6 +521,10 @@ class X86Vcpu:
         self._running_thread: int | None = None
         self._pending_in: kvm.KvmRun | None = None  # an IN or MMIO read the VMM must complete
         self._snapshot_msrs: list[int] | None = None
+        self._trap_specs: list = []
+        self._pa_traps: list[_PaTrap] = []
+        self.page_trap_exits = 0  # MMIO exits served for page traps (hits and misses)
+        self.guestdbg_valid_mask = vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -424,7 +546,90 @@ class X86Vcpu:
         self.kvm_run.immediate_exit = 1 if value else 0
 
     def run(self) -> KvmRun:
-        """KVM_RUN: run the guest until it needs the VMM, and say why (KVM_EXIT_INTR after a kick)."""
+        """KVM_RUN: run the guest until it needs the VMM, and say why (KVM_EXIT_INTR after a kick).
+        Page-trap MMIO exits are served here (see PAGE TRAPS): misses never come back."""
+        while True:
+            out = self._run_once()
+            if out.exit_reason != kvm.KVM_EXIT_MMIO or not self._pa_traps \
+                    or (out.mmio.phys_addr & ~(PAGE_SIZE - 1)) not in self.vm.trap_pages:
+                return out
+            result = self._page_trap(out)
+            if result is not None:
+                return result
+
+    def _page_trap(self, out: KvmRun) -> KvmRun | None:
+        m = out.mmio
+        pa, size = m.phys_addr, m.len
+        self._serve_trapped(m)
+        hit = None
+        for t in self._pa_traps:
+            if pa < t.pa_hi and t.pa_lo < pa + size and (t.stores if m.is_write else t.loads):
+                lo = max(pa, t.pa_lo)
+                hit = PageTrapHit(t.va_lo + (lo - t.pa_lo), size, bool(m.is_write), pa)
+                break
+        stepping = bool(self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP)
+        if hit is None and not stepping:
+            return None  # a miss: re-enter; KVM completes the access
+        done = self.finish_step()
+        if hit is None:
+            return done
+        if done.exit_reason not in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+            raise kvm.KvmError(errno.EIO, f"completing a trapped access gave {done}")
+        return KvmRun(kvm.KVM_EXIT_DEBUG, debug=PageTrapExit(1, self.pc, 0, 0, page_trap=hit))
+
+    def finish_step(self) -> KvmRun:
+        """After an exit the VMM has served (I/O, MMIO), let KVM finish that instruction and
+        nothing more (KVM_RUN with immediate_exit = 1). Returns KVM_EXIT_DEBUG as a single-step
+        exit (exception 1, DR6.BS) when that is all that happened, or KVM's own exit."""
+        while True:
+            self.kvm_run.immediate_exit = 1
+            try:
+                run = self._run_once()
+            finally:
+                self.kvm_run.immediate_exit = 0
+            if run.exit_reason == kvm.KVM_EXIT_INTR:
+                return KvmRun(kvm.KVM_EXIT_DEBUG, debug=kvm.DebugExitX86(1, self.pc, 0xFFFF0FF0 | (1 << 14), 0))
+            if run.exit_reason == kvm.KVM_EXIT_MMIO and self._pa_traps \
+                    and (run.mmio.phys_addr & ~(PAGE_SIZE - 1)) in self.vm.trap_pages:
+                # The same instruction's next access to a trapped page (the store of a
+                # read-modify-write, a second fragment): serve it and go on finishing.
+                self._serve_trapped(run.mmio)
+                continue
+            return run
+
+    def _serve_trapped(self, m) -> None:
+        self.page_trap_exits += 1
+        if m.is_write:
+            self.vm.write_phys(m.phys_addr, bytes(m.data[:m.len]))
+        else:
+            m.data[:m.len] = self.vm.read_phys(m.phys_addr, m.len)
+
+    def set_watch_traps(self, traps) -> None:
+        """Replace the debugger's page traps (guestdbg.debug.arch.WatchTrap list; see PAGE TRAPS).
+        Pages the guest has not mapped yet are skipped."""
+        traps = list(traps)
+        if traps == self._trap_specs:
+            return
+        pa_traps, pages = [], {}
+        for t in traps:
+            va = t.start
+            while va < t.end:
+                page_end = (va | (PAGE_SIZE - 1)) + 1
+                hi = min(t.end, page_end)
+                got = self.kvm_translate(va)
+                if got is not None:
+                    pa = got[0]
+                    pa_traps.append(_PaTrap(pa, pa + (hi - va), va, t.loads, t.stores, t.code))
+                    page = pa & ~(PAGE_SIZE - 1)
+                    if t.loads:
+                        pages[page] = TRAP_NOSLOT
+                    else:
+                        pages.setdefault(page, TRAP_READONLY)
+                va = hi
+        self.vm.set_trap_pages(pages)
+        self._trap_specs, self._pa_traps = traps, pa_traps
+
+    def _run_once(self) -> KvmRun:
         self._complete_pending_in()
         with self._run_lock:
             self._running_thread = threading.get_ident()
@@ -509,7 +714,12 @@ class X86Vcpu:
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
     def set_guest_debug(self, control: int, arch: u.kvm_guest_debug_arch | None = None) -> None:
-        """KVM_SET_GUEST_DEBUG: control is KVM_GUESTDBG_*, arch.debugreg = DR0-3, -, -, DR6, DR7."""
+        """KVM_SET_GUEST_DEBUG: control is KVM_GUESTDBG_*, arch.debugreg = DR0-3, -, -, DR6, DR7.
+        Control bits outside KVM_CAP_SET_GUEST_DEBUG2's mask are EINVAL (checked here too, so a
+        host that does not check behaves the same)."""
+        mask = self.guestdbg_valid_mask
+        if mask and control & ~mask:
+            raise kvm.einval(f"unsupported guest debug control bits {control & ~mask:#x} (valid: {mask:#x})")
         dbg = u.kvm_guest_debug(control=control)
         if arch is not None:
             dbg.arch = arch
@@ -581,11 +791,21 @@ class X86Vcpu:
         if n != len(values):
             raise kvm.KvmError(errno.EINVAL, f"KVM_SET_MSRS: MSR {list(values)[n]:#x} was refused")
 
-    def translate(self, linear_address: int) -> tuple[int, bool] | None:
+    def kvm_translate(self, linear_address: int) -> tuple[int, bool] | None:
         """KVM_TRANSLATE: (physical address, writeable) of a linear address, or None if unmapped."""
         t = u.kvm_translation(linear_address=linear_address)
         _ioctl(self.fd, u.KVM_TRANSLATE, t, what="KVM_TRANSLATE")
         return (t.physical_address, bool(t.writeable)) if t.valid else None
+
+    def translate(self, va: int, access: str = "read") -> int:
+        """Guest virtual to physical through the guest's page tables (KVM_TRANSLATE), as the
+        manager asks it; EFAULT when unmapped, EACCES for a write to a read-only mapping."""
+        got = self.kvm_translate(va)
+        if got is None:
+            raise kvm.KvmError(errno.EFAULT, f"{va:#x} is not mapped")
+        if access == "write" and not got[1]:
+            raise kvm.KvmError(errno.EACCES, f"{va:#x} is mapped read-only")
+        return got[0]
 
     @property
     def pc(self) -> int:
