@@ -116,7 +116,7 @@ def test_sw_breakpoints_past_the_debug_registers(guests, tmp_path, facts):
         assert r["c"]["ok"], r.describe()
     else:
         assert not r["c"]["ok"], r.describe()
-        assert "Could not insert" in r["c"]["out"] + r["c"].get("error", "") or "breakpoint" in r["c"]["error"]
+        assert "Cannot insert breakpoint 5" in r["c"]["out"], r.describe()
 
 
 # ---------------------------------------------------------------------------- watchpoints
@@ -149,7 +149,9 @@ def test_watch_rwatch_awatch(guests, tmp_path, facts):
     assert "Old value = 0" in r["c1"] and "New value = 4919131752989213764" in r["c1"], r["c1"]
     assert r["pc2"] == s["acc_rmw"], r.describe()
     assert "Value = 7378697629483820646" in r["c2"], r["c2"]
-    assert r["pc3"] == s["acc_rmw"] and r["pc4"] == s["acc_end"], r.describe()
+    # the read-modify-write reads and writes in one instruction: one stop, after it; then the
+    # guest's dump loop reads byte 0x38 again
+    assert r["pc3"] == s["acc_end"] and r["pc4"] > s["acc_end"], r.describe()
     mech = r"hw:\d" if facts.dr_write_watch_fires else "page-trap"
     assert re.search(r"watch\s+%#x\+8\s+%s" % (w + 8, mech), r["slots"]), r["slots"]
     assert "wdata: 0011222233333333444444444444444400000055555555555555550000000000666666666666666677777777777777779999999999999999" in st.stdout
@@ -248,6 +250,7 @@ def test_ctrl_c_detach_and_snapshot(guests, tmp_path):
             ex("stepi"); ex("stepi"); ex("stepi")
             check("rcx1", val("$rcx"))
             check("load", exs("monitor snapshot load {snap}"))
+            exs("maintenance flush register-cache")  # gdb does not know a monitor command changed them
             check("rcx2", val("$rcx"))
             check("pc2", pc())
             import signal, threading

@@ -16,6 +16,11 @@ File layout (all integers little-endian):
 
 Loading checks magic, version, length, checksum, machine config and every register id before
 it touches the VM, so a bad file changes nothing.
+
+Boards: the header's "board" names the machine kind ("aarch64": the virt board's
+MachineConfig and ONE_REG ids; "x86_64": the pc board's PcConfig and the x86 KVM back end's
+register list, whose group ids guestdbg.backends.kvm_x86.vm defines). A file without it is
+an aarch64 snapshot.
 """
 
 from __future__ import annotations
@@ -42,12 +47,29 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be written or loaded, with the reason."""
 
 
+def _board(machine) -> str:
+    return getattr(machine, "arch_name", "aarch64")
+
+
+def _board_kind(board: str):
+    """(config class, reg_size_bytes, machine class) of a board name."""
+    if board == "x86_64":
+        from guestdbg.backends.kvm_x86 import vm as x86vm
+        from guestdbg.board.pc import PcConfig, X86Machine
+        return PcConfig, x86vm.reg_size_bytes, X86Machine
+    if board == "aarch64":
+        return MachineConfig, kr.reg_size_bytes, Machine
+    raise SnapshotError(f"snapshot of an unknown board {board!r}")
+
+
 def dumps(machine: Machine) -> bytes:
     vcpu = machine.vcpu
-    if vcpu._pending_mmio is not None:
+    if getattr(vcpu, "_pending_mmio", None) is not None or getattr(vcpu, "_pending_in", None) is not None:
         raise SnapshotError("the vCPU is in the middle of an MMIO access; run it on first")
+    board = _board(machine)
+    reg_size = _board_kind(board)[1]
     reg_ids = vcpu.get_reg_list()
-    regs = b"".join(vcpu.get_one_reg(r).to_bytes(kr.reg_size_bytes(r), "little") for r in reg_ids)
+    regs = b"".join(vcpu.get_one_reg(r).to_bytes(reg_size(r), "little") for r in reg_ids)
     memory_meta, memory_blobs = [], []
     for slot in sorted(machine.vm.slots.values(), key=lambda s: s.slot):
         data = machine.vm.read_phys(slot.guest_phys_addr, slot.memory_size)
@@ -57,12 +79,15 @@ def dumps(machine: Machine) -> bytes:
                             "memory_size": slot.memory_size, "flags": slot.flags,
                             "pages": _ranges(pages), "length": len(blob)})
         memory_blobs.append(blob)
-    header = json.dumps({
+    header_dict = {
         "config": machine.config.to_dict(),
         "devices": machine.device_state(),
         "registers": reg_ids,
         "memory": memory_meta,
-    }, sort_keys=True).encode()
+    }
+    if board != "aarch64":
+        header_dict["board"] = board
+    header = json.dumps(header_dict, sort_keys=True).encode()
     body = struct.pack("<I", len(header)) + header + regs + b"".join(memory_blobs)
     return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest()) + body
 
@@ -85,8 +110,9 @@ def save(machine: Machine, path: str | os.PathLike) -> None:
 
 class _Parsed:
     def __init__(self, config: MachineConfig, devices: dict, registers: list[tuple[int, int]],
-                 memory: list[tuple[dict, dict[int, bytes]]]):
+                 memory: list[tuple[dict, dict[int, bytes]]], board: str = "aarch64"):
         self.config, self.devices, self.registers, self.memory = config, devices, registers, memory
+        self.board = board
 
 
 def _parse(data: bytes) -> _Parsed:
@@ -105,11 +131,13 @@ def _parse(data: bytes) -> _Parsed:
     try:
         (hlen,) = struct.unpack_from("<I", body)
         header = json.loads(body[4:4 + hlen])
-        config = MachineConfig(**header["config"])
+        board = header.get("board", "aarch64")
+        config_class, reg_size, _ = _board_kind(board)
+        config = config_class(**header["config"])
         offset = 4 + hlen
         registers = []
         for reg_id in header["registers"]:
-            size = kr.reg_size_bytes(reg_id)
+            size = reg_size(reg_id)
             registers.append((reg_id, int.from_bytes(body[offset:offset + size], "little")))
             offset += size
         memory = []
@@ -126,12 +154,14 @@ def _parse(data: bytes) -> _Parsed:
         raise
     except (KeyError, TypeError, ValueError, struct.error, zlib.error) as e:
         raise SnapshotError(f"malformed snapshot: {e}") from None
-    return _Parsed(config, header["devices"], registers, memory)
+    return _Parsed(config, header["devices"], registers, memory, board)
 
 
 def restore_into(machine: Machine, data: bytes) -> None:
     """Restore a snapshot into a machine of the same configuration, or change nothing."""
     snap = _parse(data)
+    if snap.board != _board(machine):
+        raise SnapshotError(f"snapshot is of a {snap.board} machine, this one is {_board(machine)}")
     if snap.config != machine.config:
         raise SnapshotError(f"snapshot is of a different machine: {snap.config} vs {machine.config}")
     known = set(machine.vcpu.get_reg_list())
@@ -160,8 +190,8 @@ def load(path: str | os.PathLike, console=None) -> Machine:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise SnapshotError(f"{path}: no such file") from None
-    config = _parse(data).config
-    machine = Machine(config, console=console)
+    parsed = _parse(data)
+    machine = _board_kind(parsed.board)[2](parsed.config, console=console)
     restore_into(machine, data)
     return machine
 

@@ -60,6 +60,7 @@ from unicorn import arm64_const as uca
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm import mmu
 from guestdbg.debug.arch import WatchTrap
 from guestdbg.kvm import (
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_ONE_REG,
@@ -785,7 +786,6 @@ class Arm64Vcpu:
         sctlr = self.uc.cpr_read(*SCTLR_EL1)
         if not sctlr & 1:
             return va
-        from guestdbg.arm import mmu
         t = mmu.translate(
             va, sctlr_el1=sctlr, tcr_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TCR_EL1"]),
             ttbr0_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TTBR0_EL1"]),
@@ -1119,7 +1119,6 @@ class Arm64Vcpu:
 
     def _fault_status(self, va: int, access: str, default: int | None = 0x04) -> int | None:
         """The FSC a stage-1 walk gives for `va` (None/`default` when it translates fine)."""
-        from guestdbg.arm import mmu
         try:
             self.translate(va, access)
         except mmu.TranslationFault as fault:

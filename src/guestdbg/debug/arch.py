@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.arm import exceptions as arm_exc
+from guestdbg.arm import kvm_regs as kr
 
 
 @dataclass(frozen=True)
@@ -70,17 +73,15 @@ class Arm64DebugArch:
 
     name = "aarch64"
     sw_break = (0xD4200000).to_bytes(4, "little")  # BRK #0
+    sw_break_name = "BRK #0"
     max_watch = 1 << 31  # MASK covers up to 2 GiB
 
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
-        from guestdbg.arm import debugregs as dr
         lsc = {"write": 0b10, "read": 0b01, "access": 0b11}[lsc_kind]
         return [(wvr, dr.encode_dbgwcr(lsc=lsc, bas=bas, mask=mask))
                 for wvr, bas, mask in plan_watch_pieces(addr, length)]
 
     def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]):
-        from guestdbg.arm import debugregs as dr
-        from guestdbg.arm import kvm_regs as kr
         arch = kr.kvm_guest_debug_arch()
         for va, slot in breakpoints.items():
             arch.dbg_bvr[slot], arch.dbg_bcr[slot] = va, dr.encode_dbgbcr()
@@ -89,7 +90,6 @@ class Arm64DebugArch:
         return arch
 
     def classify(self, run: kvm.KvmRun) -> RawStop:
-        from guestdbg.arm import debugregs as dr
         ec = run.debug.ec
         if ec == dr.ESR_ELx_EC_SOFTSTP_LOW:
             return RawStop("step")
@@ -103,8 +103,6 @@ class Arm64DebugArch:
         return RawStop("other", detail=f"debug exit EC {ec:#x}")
 
     def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
-        from guestdbg.arm import debugregs as dr
-        from guestdbg.arm import exceptions as arm_exc
         arm_exc.inject_sync_exception(vcpu, dr.esr_brk64(run.debug.hsr & 0xFFFF), preferred_return=pc)
 
 

@@ -119,6 +119,7 @@ class GuestDebugManager:
         self.vcpu = machine.vcpu
         self.arch = arch or Arm64DebugArch()
         self._brk = self.arch.sw_break
+        self._arch_key, self._arch_regs = None, None  # the last kvm_guest_debug_arch built
         self.hw_bp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS)
         self.hw_wp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS)
         if hasattr(self.arch, "slot_counts"):  # e.g. x86: 0 from KVM means DR0-DR3
@@ -257,7 +258,7 @@ class GuestDebugManager:
         for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1]):
             lines.append(f"  hbreak  {va:#x}  slot {slot}")
         for va, pa in sorted(self._sw_va.items()):
-            lines.append(f"  break   {va:#x}  software ({self._brk.hex()} at pa {pa:#x})")
+            lines.append(f"  break   {va:#x}  software ({self.arch.sw_break_name} at pa {pa:#x})")
         for w in self.watches:
             lines.append(f"  {w.kind.value:<7} {w.addr:#x}+{w.length}  {w.mechanism}")
         return lines
@@ -341,7 +342,10 @@ class GuestDebugManager:
             if self._brk is None:  # no software breakpoints here: the guest's own go to the guest
                 control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
         self.vcpu.set_watch_traps(traps)
-        self.vcpu.set_guest_debug(control, self.arch.debug_arch(breakpoints, watch_slots))
+        key = (tuple(sorted(breakpoints.items())), tuple(sorted(watch_slots.items())))
+        if key != self._arch_key:  # stepping toggles only SINGLESTEP: keep the same registers
+            self._arch_key, self._arch_regs = key, self.arch.debug_arch(breakpoints, watch_slots)
+        self.vcpu.set_guest_debug(control, self._arch_regs)
 
     # ------------------------------------------------------------------ running
     def interrupt(self) -> None:

@@ -64,6 +64,7 @@ class X86DebugArch:
         self.facts = facts
         int3_ok = facts is None or facts.int3_exits_cleanly
         self.sw_break: bytes | None = b"\xcc" if int3_ok else None
+        self.sw_break_name = "int3"
         self.dr_watch = facts is None or facts.dr_write_watch_fires
         self.dr_exec = facts is None or facts.dr_exec_break_works
         self.dr7 = 0

@@ -250,7 +250,11 @@ def write_register(vcpu: OneRegVcpu, regnum: int, hexvalue: bytes) -> None:
 
 def expedited(vcpu: OneRegVcpu) -> dict[int, bytes]:
     """Registers to send in a T stop reply, {gdb regnum: hex}: fp (x29), sp and pc."""
-    return {n: read_register(vcpu, n) for n in EXPEDITED_REGNUMS}
+    regdefs = [_lookup(n) for n in EXPEDITED_REGNUMS]
+    ids = [r.one_reg_id if r.one_reg_id is not None else _sp_one_reg_id(vcpu) for r in regdefs]
+    read_many = getattr(vcpu, "get_one_regs", None)  # the same optional fast path as encode_g
+    values = read_many(ids) if read_many else [vcpu.get_one_reg(i) for i in ids]
+    return {r.gdb_regnum: _to_hex(r, v & ((1 << r.bitsize) - 1)) for r, v in zip(regdefs, values)}
 
 
 # ---------------------------------------------------------------------------------------------
