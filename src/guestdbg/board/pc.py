@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
 from guestdbg.backends.kvm_x86.vm import X86Vcpu, X86Vm
-from guestdbg.board.virt import ExitStatus, GuestFault, ImageError, _Ticker
+from guestdbg.board.virt import ExitStatus, GuestFault, ImageError, RunToExit
 
 GDT_ADDR = 0x1000
 IDT_ADDR = 0x2000
@@ -182,8 +181,11 @@ class Uart16550:
 
 
 @dataclass
-class X86Machine:
+class X86Machine(RunToExit):
     """A KVM VM on the pc board with one vCPU in long mode, loaded and ready to run."""
+
+    PC_NAME = "RIP"
+    SELF_LOOP = "jump-to-self (interrupts off)"
 
     arch_name = "x86_64"
 
@@ -407,28 +409,6 @@ class X86Machine:
         return kvm.KvmRun(kvm.KVM_EXIT_INTERNAL_ERROR,
                           internal=FaultExit(0, str(e), [e.vector], signal=VECTOR_SIGNALS.get(e.vector, 11),
                                              exception=e))
-
-    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0) -> int:
-        """Run the guest to its end; return its exit status ((v << 1) | 1 for isa-debug-exit).
-        Raises GuestFault, also for a guest that hangs: spinning on a jump-to-self with
-        interrupts off (checked every `hang_check` seconds), or still running after `timeout` s."""
-        start = time.monotonic()
-        ticker = _Ticker(self.vcpu, hang_check or timeout) if (hang_check or timeout) else None
-        try:
-            while True:
-                result = self.run_until()
-                if isinstance(result, ExitStatus):
-                    return result.status
-                rip = self.vcpu.pc
-                if result.exit_reason != kvm.KVM_EXIT_INTR:
-                    raise GuestFault(f"guest stopped unexpectedly: {result} at RIP={rip:#x}")
-                if hang_check and self._spins_forever(rip):
-                    raise GuestFault(f"guest hung: jump-to-self at RIP={rip:#x} with no interrupt to leave it")
-                if timeout is not None and time.monotonic() - start >= timeout:
-                    raise GuestFault(f"guest still running after {timeout:g} s (RIP={rip:#x}); stopped by --timeout")
-        finally:
-            if ticker:
-                ticker.stop()
 
     def _spins_forever(self, rip: int) -> bool:
         try:

@@ -110,6 +110,36 @@ class ReadAsZero:
         pass
 
 
+class RunToExit:
+    """The VMM loop's "run the guest to its end" for a board with run_until(), a vCPU with pc
+    and kick(), and `_spins_forever(pc)`: the guest's exit status, or GuestFault for a fault, a
+    hang (spinning on a jump to itself that nothing can interrupt, checked every `hang_check`
+    seconds), or a guest still running after `timeout` seconds."""
+
+    PC_NAME = "PC"
+    SELF_LOOP = "branch-to-self"
+
+    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0) -> int:
+        start = time.monotonic()
+        ticker = _Ticker(self.vcpu, hang_check or timeout) if (hang_check or timeout) else None
+        try:
+            while True:
+                result = self.run_until()
+                if isinstance(result, ExitStatus):
+                    return result.status
+                pc = self.vcpu.pc
+                where = f"{self.PC_NAME}={pc:#x}"
+                if result.exit_reason != kvm.KVM_EXIT_INTR:
+                    raise GuestFault(f"guest stopped unexpectedly: {result} at {where}")
+                if hang_check and self._spins_forever(pc):
+                    raise GuestFault(f"guest hung: {self.SELF_LOOP} at {where} with no interrupt to leave it")
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise GuestFault(f"guest still running after {timeout:g} s ({where}); stopped by --timeout")
+        finally:
+            if ticker:
+                ticker.stop()
+
+
 @dataclass
 class ExitStatus:
     status: int
@@ -117,7 +147,7 @@ class ExitStatus:
 
 
 @dataclass
-class Machine:
+class Machine(RunToExit):
     """A VM on the virt board with one vCPU, loaded and ready to run."""
 
     config: MachineConfig = field(default_factory=MachineConfig)
@@ -227,28 +257,6 @@ class Machine:
             ended = self.handle_exit(run)
             if ended is not None:
                 return ended
-
-    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0) -> int:
-        """Run the guest to its end; return its exit status. Raises GuestFault, also for a guest
-        that hangs: spinning on a branch-to-self (nothing can wake it: no interrupt source is
-        modelled), checked every `hang_check` seconds, or still running after `timeout` s."""
-        start = time.monotonic()
-        ticker = _Ticker(self.vcpu, hang_check or timeout) if (hang_check or timeout) else None
-        try:
-            while True:
-                result = self.run_until()
-                if isinstance(result, ExitStatus):
-                    return result.status
-                pc = self.vcpu.pc
-                if result.exit_reason != kvm.KVM_EXIT_INTR:
-                    raise GuestFault(f"guest stopped unexpectedly: {result} at PC={pc:#x}")
-                if hang_check and self._spins_forever(pc):
-                    raise GuestFault(f"guest hung: branch-to-self at PC={pc:#x} with no interrupt to leave it")
-                if timeout is not None and time.monotonic() - start >= timeout:
-                    raise GuestFault(f"guest still running after {timeout:g} s (PC={pc:#x}); stopped by --timeout")
-        finally:
-            if ticker:
-                ticker.stop()
 
     def _spins_forever(self, pc: int) -> bool:
         try:

@@ -81,7 +81,7 @@ import mmap
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
