@@ -9,7 +9,6 @@ import os
 import random
 import socket
 import stat
-import statistics
 import subprocess
 import sys
 import threading
@@ -17,7 +16,6 @@ import time
 
 import pytest
 
-from guestdbg.board.virt import MachineConfig
 from guestdbg.debug.manager import BRK0
 from guestdbg.gdb import rsp
 from guestdbg.gdb.server import Endpoint, GdbServer

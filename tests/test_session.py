@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import re
 import signal
 from dataclasses import dataclass, field
