@@ -34,6 +34,14 @@ Unicorn leaves out:
    Writes to a KVM_MEM_READONLY slot (ROM) exit the same way and are then dropped.
 6. Firmware services the hypervisor provides: PSCI over HVC/SMC and Arm semihosting (HLT
    #0xF000). A guest's power-off or exit is a KVM_EXIT_SYSTEM_EVENT carrying its exit status.
+7. Page traps (a guestdbg extension, `set_watch_traps`): the debugger's exact-range watches
+   past its hardware slots, and its guard on software-breakpoint words, ride on the same page
+   protection as point 4 and always exit to the debugger.
+8. The guest's MMU. Unicorn's memory hooks see physical addresses while watchpoints match
+   virtual ones, so with SCTLR_EL1.M set the load/store at PC is decoded to recover the
+   virtual address; protections are recomputed when SCTLR/TTBR/TCR are written. Unicorn's own
+   translation faults carry no syndrome either: the same decoding plus a walk of the guest's
+   tables (guestdbg.arm.mmu) gives the data/instruction abort ESR and FAR the guest sees.
 
 Architectural choices where the Arm ARM leaves room are listed in guestdbg.arm.debugregs;
 the ones made here: a write to CONTEXTIDR_EL1 takes effect for breakpoints at the next
