@@ -179,22 +179,16 @@ class GdbServer:
             what = self._requests.get()
             if what is None:
                 return
-            try:
-                if what == "free":
-                    result = self.machine.run_until()
-                    self._post(("free", result))
-                else:
-                    event = self.manager.step() if what == "step" else self.manager.cont()
-                    self._post(("stop", event))
-            except GuestFault as e:
-                self._post(("fault", str(e)))
-            except Exception as e:  # keep the server alive and say what happened
-                self._post(("fault", f"internal error: {type(e).__name__}: {e}"))
+            self._post(self._perform(what))
 
-    def _step_now(self):
-        """manager.step() on this thread (the vCPU thread is idle), as _vcpu_loop reports it."""
+    def _perform(self, what: str):
+        """Run "free", "step" or "cont" and say how it ended, as ("free"|"stop"|"fault", payload).
+        Steps run on the selector thread (one instruction needs no interrupting), the others on
+        the vCPU thread; either way nothing escapes to kill the server."""
         try:
-            return ("stop", self.manager.step())
+            if what == "free":
+                return ("free", self.machine.run_until())
+            return ("stop", self.manager.step() if what == "step" else self.manager.cont())
         except GuestFault as e:
             return ("fault", str(e))
         except Exception as e:  # keep the server alive and say what happened
@@ -344,7 +338,7 @@ class GdbServer:
             if action.step:
                 # One instruction is bounded: step here rather than hand it to the vCPU thread
                 # and back (two thread switches and a socketpair wake-up, most of a step's cost).
-                self._handle_event(self._step_now(), deliver=True)
+                self._handle_event(self._perform("step"), deliver=True)
                 return
             self._vcpu_busy = True
             self._requests.put("cont")
