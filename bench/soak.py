@@ -75,6 +75,8 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
         assert c.request(b"z0,%x,4" % (body + 8)) == b"OK"
         if i == cycles // 10:
             checkpoint("cycles_10pct")
+        if i == cycles // 2:
+            checkpoint("cycles_50pct")
     t_cycles = time.perf_counter() - t0
     checkpoint("after_cycles")
     t0 = time.perf_counter()
@@ -89,7 +91,9 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
     checkpoint("after_steps")
     c.close()
     t0 = time.perf_counter()
-    for _ in range(connections):
+    for i in range(connections):
+        if i == connections // 2:
+            checkpoint("connections_50pct")
         k = RspClient.connect(str(sock_path))
         assert k.request(b"qSupported:swbreak+;hwbreak+").startswith(b"PacketSize")
         assert k.request(b"?").startswith(b"T")
@@ -118,6 +122,13 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
         # flushed and reused: RSS rises to that bound, then stays flat.
         "rss_growth_second_half_of_steps": samples["after_steps"]["rss"] - samples["steps_50pct"]["rss"]
         if steps else None,
+        # A leak grows with the number of operations: compare each phase's second half, when the
+        # first half has warmed every cache up.
+        "traced_growth_second_half": {
+            phase: samples[end]["traced"] - samples[mid]["traced"]
+            for phase, mid, end in (("cycles", "cycles_50pct", "after_cycles"), ("steps", "steps_50pct", "after_steps"),
+                                    ("connections", "connections_50pct", "after_connections"))
+            if mid in samples},
     }
     log(json.dumps({k: v for k, v in report.items() if k != "memory"}, indent=2))
     return report
