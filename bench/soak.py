@@ -11,6 +11,7 @@ socket, with the `loop` guest; a raw RSP client drives it. tests/test_soak.py ru
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -66,6 +67,7 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
     samples = {}
 
     def checkpoint(name):
+        gc.collect()  # count what is alive, not cyclic garbage the collector has yet to free
         samples[name] = {"rss": rss_bytes(), "traced": tracemalloc.get_traced_memory()[0]}
 
     checkpoint("start")
