@@ -288,6 +288,7 @@ class Session:
         expect_stop(c.resume(b"c"), "run to loop_body")
         c.ok(b"z0,%x,4" % bp)
         self.mem_chunk = self._probe_mem_chunk()
+        self.cpu_us: dict[str, list[float]] = {}  # method name -> stub CPU µs per operation
 
     def _probe_mem_chunk(self) -> int:
         """The largest `m` length the stub answers in full (tries 16 KiB down)."""
@@ -305,6 +306,7 @@ class Session:
     # -- one metric each: returns (operations, seconds) --
     def timed(self, op, seconds: float) -> float:
         n = 0
+        cpu0 = stub_cpu_seconds(self.target.proc)
         t0 = time.perf_counter()
         deadline = t0 + seconds
         while True:
@@ -312,7 +314,13 @@ class Session:
             n += 1
             if n & 7 == 0 and time.perf_counter() >= deadline:
                 break
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        cpu1 = stub_cpu_seconds(self.target.proc)
+        if cpu0 is not None and cpu1 is not None:
+            # What the stub process itself spends per operation: the client's own cost (the same
+            # Python client for every stub) is not in it.
+            self.cpu_us.setdefault(sys._getframe(1).f_code.co_name, []).append((cpu1 - cpu0) / n * 1e6)
+        return rate
 
     def empty(self, seconds: float) -> float:
         c = self.c
@@ -424,6 +432,17 @@ def one_breakpoint(sym: dict[str, int]) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------- report
+def stub_cpu_seconds(proc) -> float | None:
+    """User + system CPU seconds of a stub process and its threads (Linux /proc)."""
+    if proc is None:
+        return None
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(samples: list[float]) -> dict:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
             "samples": samples}
@@ -496,6 +515,7 @@ def main(argv=None) -> int:
                         failed[(name, key)] = f"{type(e).__name__}: {e}"
                         print(f"note: {name} {key}: {e}", file=sys.stderr)
     finally:
+        cpu_per_op = {name: {m: statistics.median(v) for m, v in s.cpu_us.items()} for name, s in sessions.items()}
         for s in sessions.values():
             s.close()
 
@@ -554,6 +574,16 @@ def main(argv=None) -> int:
             entry["ratio_guestdbg_udbserver"] = entry["guestdbg"]["median"] / entry["udbserver"]["median"]
         print(line)
         results[key] = {"label": label, **entry}
+    print()
+    methods = [(method, label) for _, label, method, _ in PROTOCOL_ROWS]
+    print("stub CPU per operation, µs (median; the client's own time excluded)")
+    for method, label in methods:
+        cells = [cpu_per_op.get(n, {}).get(method) for n in names]
+        line = f"  {label[:42]:<42}" + "".join(f"{c:>14.1f}" if c is not None else f"{'n/a':>14}" for c in cells)
+        if cells[0] is not None and "qemu" in names and cpu_per_op.get("qemu", {}).get(method):
+            line += f"{cells[0] / cpu_per_op['qemu'][method]:>15.2f}"
+        print(line)
+    results["stub_cpu_us_per_op"] = cpu_per_op
     print()
     for name in names:
         i = info[name]
