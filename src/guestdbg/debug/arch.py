@@ -55,6 +55,11 @@ class DebugArch(Protocol):
     # (x86 DR0-DR3), and `slot_counts(vm) -> (bp_slots, wp_slots)` to override the
     # KVM_CAP_GUEST_DEBUG_HW_BPS/WPS counts (x86 reports 0 for "the 4 debug registers").
 
+    shared_slots: bool                # breakpoints and watchpoints share one set of slots
+
+    def slot_counts(self, vm) -> tuple[int, int]:
+        """(breakpoint slots, watchpoint slots), from the VM's capabilities."""
+
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
         """Hardware slot values covering exactly [addr, addr+length), one per slot."""
 
@@ -74,6 +79,11 @@ class Arm64DebugArch:
     name = "aarch64"
     sw_break = (0xD4200000).to_bytes(4, "little")  # BRK #0
     sw_break_name = "BRK #0"
+    shared_slots = False
+
+    def slot_counts(self, vm) -> tuple[int, int]:
+        return (vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS),
+                vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS))
     max_watch = 1 << 31  # MASK covers up to 2 GiB
 
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:

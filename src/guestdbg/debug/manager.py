@@ -120,12 +120,10 @@ class GuestDebugManager:
         self.arch = arch or Arm64DebugArch()
         self._brk = self.arch.sw_break
         self._arch_key, self._arch_regs = None, None  # the last kvm_guest_debug_arch built
-        self.hw_bp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS)
-        self.hw_wp_slots = self.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS)
-        if hasattr(self.arch, "slot_counts"):  # e.g. x86: 0 from KVM means DR0-DR3
-            self.hw_bp_slots, self.hw_wp_slots = self.arch.slot_counts(self.vm)
-        # One register file for breakpoints and watchpoints (x86 DR0-DR3)?
-        self._shared_slots = bool(getattr(self.arch, "shared_slots", False))
+        # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
+        # (on x86 a 0 there means the 4 shared debug registers).
+        self.hw_bp_slots, self.hw_wp_slots = self.arch.slot_counts(self.vm)
+        self._shared_slots = self.arch.shared_slots  # one register file for both (x86 DR0-DR3)?
         self._sw: dict[int, _SwBreakpoint] = {}   # pa -> patch
         self._sw_va: dict[int, int] = {}           # va -> pa
         self._hw_bp: dict[int, int] = {}           # va -> slot

@@ -248,6 +248,11 @@ def write_register(vcpu: OneRegVcpu, regnum: int, hexvalue: bytes) -> None:
     write_reg(vcpu, r, value)
 
 
+def set_pc(vcpu: OneRegVcpu, pc: int) -> None:
+    """Resume address of `c ADDR` / `s ADDR`."""
+    vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, pc)
+
+
 def expedited(vcpu: OneRegVcpu) -> dict[int, bytes]:
     """Registers to send in a T stop reply, {gdb regnum: hex}: fp (x29), sp and pc."""
     regdefs = [_lookup(n) for n in EXPEDITED_REGNUMS]

@@ -235,11 +235,7 @@ class GdbSession:
         raise PacketError("vCont names no action for our thread")
 
     def _set_pc(self, pc: int) -> None:
-        if hasattr(self.regs, "set_pc"):
-            self.regs.set_pc(self.vcpu, pc)
-            return
-        from guestdbg.arm import kvm_regs as kr
-        self.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, pc)
+        self.regs.set_pc(self.vcpu, pc)
 
     # ------------------------------------------------------------------ breakpoints
     def _breakpoint_packet(self, p: bytes):
