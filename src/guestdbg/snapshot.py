@@ -64,8 +64,8 @@ def _board_kind(board: str):
 
 def dumps(machine: Machine) -> bytes:
     vcpu = machine.vcpu
-    if getattr(vcpu, "_pending_mmio", None) is not None or getattr(vcpu, "_pending_in", None) is not None:
-        raise SnapshotError("the vCPU is in the middle of an MMIO access; run it on first")
+    if vcpu.access_in_flight():
+        raise SnapshotError("the vCPU is in the middle of an MMIO or I/O access; run it on first")
     board = _board(machine)
     reg_size = _board_kind(board)[1]
     reg_ids = vcpu.get_reg_list()

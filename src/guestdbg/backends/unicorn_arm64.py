@@ -448,6 +448,10 @@ class Arm64Vcpu:
         except _FatalGuestState as e:
             return self._internal_error(str(e), self.pc, e.esr)
 
+    def access_in_flight(self) -> bool:
+        """Is an MMIO access waiting for the next run() to complete it (no snapshot now)?"""
+        return self._pending_mmio is not None
+
     def kick(self, timeout: float = 1.0) -> None:
         """Make a running run() return KVM_EXIT_INTR soon (callable from any thread)."""
         self.immediate_exit = True

@@ -665,6 +665,10 @@ class X86Vcpu:
         if run.exit_reason != kvm.KVM_EXIT_INTR:
             raise kvm.KvmError(errno.EIO, f"completing pending I/O gave {run} instead of KVM_EXIT_INTR")
 
+    def access_in_flight(self) -> bool:
+        """Is an IN or MMIO read waiting for the next run() to complete it (no snapshot now)?"""
+        return self._pending_in is not None
+
     def _complete_pending_in(self) -> None:
         pending, self._pending_in = self._pending_in, None
         if pending is None:
