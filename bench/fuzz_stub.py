@@ -1,6 +1,7 @@
 """Fuzz the GDB stub's protocol core and session with a real VM behind them.
 
-    .venv/bin/python bench/fuzz_stub.py -runs=200000                # coverage-guided (atheris)
+    .venv/bin/python bench/fuzz_stub.py -runs=200000                # coverage-guided (atheris),
+                                                                    # from seed packets unless a corpus dir is given
     .venv/bin/python bench/fuzz_stub.py --random 20000              # plain random, no atheris
 
 Each input is a byte stream a client could send. It goes through `rsp.RspConnection` into
@@ -100,7 +101,19 @@ class StubUnderTest:
             timer.cancel()
 
 
-SEEDS = [b"$?#3f", b"$g#67", b"$m40100000,40#b1", b"$Z0,40100000,4#", b"$vCont;s#", b"$qXfer:features:read:target.xml:0,100#"]
+# Well-framed packets to start atheris from: random bytes alone rarely pass the checksum, so
+# without these the fuzzer mostly exercises the framer's rejection path.
+SEED_PAYLOADS = [b"?", b"g", b"m40100000,40", b"M40101000,2:abcd", b"X40101000,1:\x7d\x03", b"Z0,40100080,4",
+                 b"z0,40100080,4", b"Z2,40101000,3", b"vCont;s:1", b"vCont?", b"p20", b"P0=0100000000000000",
+                 b"qXfer:features:read:target.xml:0,100", b"qXfer:memory-map:read::0,100",
+                 b"qSupported:swbreak+;hwbreak+", b"QStartNoAckMode", b"qRcmd,696e666f20736c6f7473"]
+
+
+def seed_corpus(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, payload in enumerate(SEED_PAYLOADS):
+        (directory / f"seed{i:02d}").write_bytes(rsp.frame(payload))
+    return directory
 
 
 def _guest() -> Path:
@@ -132,8 +145,11 @@ def main() -> int:
         if data:
             stub.feed(data)
 
+    argv = list(sys.argv)
+    if not any(not a.startswith("-") for a in argv[1:]):  # no corpus directory given: start from the seeds
+        argv.append(str(seed_corpus(Path(tempfile.mkdtemp()) / "corpus")))
     atheris.instrument_all()  # coverage of everything loaded: guestdbg's protocol core and session
-    atheris.Setup(sys.argv, one_input)
+    atheris.Setup(argv, one_input)
     atheris.Fuzz()
     return 0
 
