@@ -505,3 +505,34 @@ def test_interrupt_stops_a_running_guest(guest_dir):
     assert time.monotonic() - start < 0.5
     assert result[0].kind is StopKind.SIGNAL and result[0].signal == signal.SIGINT
     assert g.sym["loop_body"] <= result[0].pc < g.sym["loop_end"]
+
+
+def test_python_api_registers_snapshot_restore(guest_dir, tmp_path):
+    """The manager without gdb: stop at a breakpoint, read and write registers by gdb name,
+    snapshot, run on, restore (breakpoints stay armed over the restored code), finish."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    d = GuestDebugManager(g.machine)
+    d.add_breakpoint(g.sym["bp_b"])
+    e = d.cont()
+    assert e.kind is StopKind.SWBREAK and e.pc == g.sym["bp_b"]
+    regs = d.registers()
+    assert regs["pc"] == g.sym["bp_b"] and regs["cpsr"] & 0xF == 0b0101 and "sctlr_el1" in regs and "v31" in regs
+    snap = tmp_path / "at_bp_b.snap"
+    d.snapshot(snap)
+    x19 = d.read_register("x19")
+    d.write_register("x19", 0xDEAD_BEEF)
+    assert d.read_register("x19") == 0xDEAD_BEEF
+    with pytest.raises(DebugError):
+        d.write_register("x19", 1 << 64)
+    with pytest.raises(DebugError):
+        d.read_register("no_such_register")
+    assert d.cont().kind is StopKind.SWBREAK  # the second call of bp_b
+    d.restore(snap)
+    assert d.read_register("pc") == g.sym["bp_b"] and d.read_register("x19") == x19
+    assert g.read(g.sym["bp_b"], 4) == bytes.fromhex("000020d4")  # still patched after the restore
+    assert d.read_memory(g.sym["bp_b"], 4) != bytes.fromhex("000020d4")  # and shown as the original
+    hits = 0
+    while (e := d.cont()).kind is StopKind.SWBREAK:
+        hits += 1
+    assert e.kind is StopKind.EXITED and e.exit_status == 0 and hits == 2
+    assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")

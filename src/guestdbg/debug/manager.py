@@ -33,6 +33,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from guestdbg import kvm
 from guestdbg.board.virt import ExitStatus, Machine
@@ -45,6 +46,18 @@ def _fault_exit(run: kvm.KvmRun) -> bool:
     """run_until() stop predicate: hand guest faults (INTERNAL_ERROR) to _classify, which reports
     them as SIGSEGV/SIGILL stops, instead of letting the board raise GuestFault."""
     return run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
+
+
+def debug_profile(machine):
+    """(DebugArch, register catalogue module) for a machine: the x86-64 pc board (its
+    `arch_name` is "x86_64") gets X86DebugArch with the host's probed facts and amd64_regs;
+    everything else the AArch64 strategy and aarch64_regs."""
+    if getattr(machine, "arch_name", "aarch64") == "x86_64":
+        from guestdbg.debug.x86_arch import X86DebugArch
+        from guestdbg.gdb import amd64_regs
+        return X86DebugArch(machine.debug_facts), amd64_regs
+    from guestdbg.gdb import aarch64_regs
+    return Arm64DebugArch(), aarch64_regs
 
 
 class DebugError(Exception):
@@ -113,11 +126,15 @@ class Watch:
 class GuestDebugManager:
     """Breakpoints, watchpoints, stepping and resuming for one machine's vCPU."""
 
-    def __init__(self, machine: Machine, arch: DebugArch | None = None):
+    def __init__(self, machine: Machine, arch: DebugArch | None = None, *, registers=None):
         self.machine = machine
         self.vm = machine.vm
         self.vcpu = machine.vcpu
-        self.arch = arch or Arm64DebugArch()
+        if arch is None or registers is None:
+            default_arch, default_registers = debug_profile(machine)
+            arch, registers = arch or default_arch, registers or default_registers
+        self.arch = arch
+        self.registers_catalogue = registers  # gdb's view: names, numbers, sizes
         self._brk = self.arch.sw_break
         self._arch_key, self._arch_regs = None, None  # the last kvm_guest_debug_arch built
         # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
@@ -485,6 +502,52 @@ class GuestDebugManager:
         if "undefined" in message or "EC 0x00" in message:
             sig = signal.SIGILL
         return StopEvent(StopKind.SIGNAL, pc, signal=sig, detail=message)
+
+    # ------------------------------------------------------------------ registers and snapshots
+    def registers(self) -> dict[str, int]:
+        """Every register by its gdb name (x0..x30, sp, pc, cpsr, v0.., sctlr_el1.. on aarch64)."""
+        return {name: self.read_register(name) for name in self._by_name()}
+
+    def read_register(self, name: str) -> int:
+        r = self._by_name().get(name)
+        if r is None:
+            raise DebugError(errno.ENOENT, f"no register named {name!r}")
+        hexvalue = self.registers_catalogue.read_register(self.vcpu, r.gdb_regnum)
+        return int.from_bytes(bytes.fromhex(hexvalue.decode()), "little")
+
+    def write_register(self, name: str, value: int) -> None:
+        r = self._by_name().get(name)
+        if r is None:
+            raise DebugError(errno.ENOENT, f"no register named {name!r}")
+        try:
+            raw = value.to_bytes(r.bitsize // 8, "little")
+        except OverflowError:
+            raise DebugError(errno.EINVAL, f"{value:#x} does not fit {name} ({r.bitsize} bits)") from None
+        try:
+            self.registers_catalogue.write_register(self.vcpu, r.gdb_regnum, raw.hex().encode())
+        except (ValueError, KeyError) as e:
+            raise DebugError(errno.EINVAL, f"{name}: {e}") from None
+
+    def _by_name(self):
+        return {r.name: r for r in self.registers_catalogue.REGISTERS}
+
+    def snapshot(self, path) -> None:
+        """Save the VM (no debugger state: breakpoint patches are lifted while it is written)."""
+        from guestdbg import snapshot
+        with self.breakpoints_lifted():
+            snapshot.save(self.machine, path)
+
+    def restore(self, path) -> None:
+        """Restore the VM from a snapshot, keeping this debugger's breakpoints and watchpoints
+        armed over the restored memory. A bad file changes nothing."""
+        from guestdbg import snapshot
+        data = Path(path).read_bytes()
+        with self.breakpoints_lifted():
+            snapshot.restore_into(self.machine, data)
+            for patch in self._sw.values():  # the restored code is what the breakpoints cover now
+                patch.original = self.vm.read_phys(patch.pa, len(patch.original))
+        self._last_stop = None
+        self._apply()
 
     def detach(self) -> None:
         """Remove every trace of the debugger; the guest runs on as if never debugged."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guestdbg.board.virt import ExitStatus, GuestFault, Machine
-from guestdbg.debug.manager import GuestDebugManager, StopEvent, StopKind
+from guestdbg.debug.manager import GuestDebugManager, StopEvent, StopKind, debug_profile
 from guestdbg.gdb import rsp
 from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume
 
@@ -82,18 +82,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def debug_profile(machine):
-    """(DebugArch, register catalogue module) for a machine: the x86-64 pc board (its
-    `arch_name` is "x86_64") gets X86DebugArch with the host's probed facts and amd64_regs;
-    everything else the AArch64 defaults."""
-    if getattr(machine, "arch_name", "aarch64") == "x86_64":
-        from guestdbg.debug.x86_arch import X86DebugArch
-        from guestdbg.gdb import amd64_regs
-        return X86DebugArch(machine.debug_facts), amd64_regs
-    from guestdbg.gdb import aarch64_regs
-    return None, aarch64_regs
-
-
 class GdbServer:
     def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False, log=None):
         self.machine = machine
@@ -101,7 +89,7 @@ class GdbServer:
         self.wait = wait
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
         self.debug_arch, self.registers = debug_profile(machine)
-        self.manager = GuestDebugManager(machine, self.debug_arch)
+        self.manager = GuestDebugManager(machine, self.debug_arch, registers=self.registers)
         self._requests: queue.Queue = queue.Queue()
         self._events: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
