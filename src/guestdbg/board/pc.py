@@ -40,7 +40,7 @@ from pathlib import Path
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
 from guestdbg.backends.kvm_x86.vm import X86Vcpu, X86Vm
-from guestdbg.board.virt import ExitStatus, GuestFault, ImageError, RunToExit
+from guestdbg.board.virt import ExitStatus, GuestFault, ImageError, RunToExit, read_elf
 
 GDT_ADDR = 0x1000
 IDT_ADDR = 0x2000
@@ -281,27 +281,8 @@ class X86Machine(RunToExit):
     def load_elf(self, path: str | Path) -> int:
         """Load an x86-64 ELF64 at its segments' physical addresses; RIP = e_entry (its 64-bit
         entry). Returns the entry."""
-        from elftools.common.exceptions import ELFError
-        from elftools.elf.elffile import ELFFile
-
         path = Path(path)
-        try:
-            with path.open("rb") as f:
-                elf = ELFFile(f)
-                if elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64 or not elf.little_endian:
-                    raise ImageError(f"{path}: not an x86-64 ELF64 image (machine {elf['e_machine']}, "
-                                     f"class {elf.elfclass}); the x86_64 board runs EM_X86_64 only")
-                segments = [(seg["p_paddr"], seg.data(), seg["p_memsz"]) for seg in elf.iter_segments()
-                            if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
-                entry = elf["e_entry"]
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except (ELFError, ValueError) as e:
-            if isinstance(e, ImageError):
-                raise
-            raise ImageError(f"{path}: not a valid ELF file ({e})") from None
-        if not segments:
-            raise ImageError(f"{path}: ELF has no loadable segments")
+        entry, segments = read_elf(path, "x64", "an x86-64 ELF64 image", "; the x86_64 board runs EM_X86_64 only")
         for paddr, _data, memsz in segments:
             if paddr < LOW_RESERVED_END or paddr + memsz > self.config.ram_size:
                 raise ImageError(f"{path}: segment {paddr:#x}+{memsz:#x} is outside guest RAM "

@@ -170,27 +170,8 @@ class Machine(RunToExit):
     # ------------------------------------------------------------------ loading
     def load_elf(self, path: str | Path) -> int:
         """Load an AArch64 ELF at its segments' physical addresses; PC = its entry. Returns entry."""
-        from elftools.common.exceptions import ELFError
-        from elftools.elf.elffile import ELFFile
-
         path = Path(path)
-        try:
-            with path.open("rb") as f:
-                elf = ELFFile(f)
-                if elf.get_machine_arch() != "AArch64" or elf.elfclass != 64 or not elf.little_endian:
-                    raise ImageError(f"{path}: not a little-endian AArch64 ELF64 image "
-                                     f"(machine {elf['e_machine']}, class {elf.elfclass})")
-                segments = [(seg["p_paddr"], seg.data(), seg["p_memsz"]) for seg in elf.iter_segments()
-                            if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
-                entry = elf["e_entry"]
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except (ELFError, ValueError) as e:
-            if isinstance(e, ImageError):
-                raise
-            raise ImageError(f"{path}: not a valid ELF file ({e})") from None
-        if not segments:
-            raise ImageError(f"{path}: ELF has no loadable segments")
+        entry, segments = read_elf(path, "AArch64", "a little-endian AArch64 ELF64 image")
         for paddr, data, memsz in segments:
             self._check_fits(path, paddr, memsz)
         for paddr, data, memsz in segments:
@@ -287,6 +268,31 @@ class _Ticker:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+
+
+def read_elf(path: Path, machine_arch: str, wanted: str, hint: str = "") -> tuple[int, list[tuple[int, bytes, int]]]:
+    """(entry, [(p_paddr, file bytes, p_memsz)]) of an ELF64 little-endian image for
+    `machine_arch` (pyelftools' name, e.g. "AArch64", "x64"), or ImageError saying why not."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with path.open("rb") as f:
+            elf = ELFFile(f)
+            if elf.get_machine_arch() != machine_arch or elf.elfclass != 64 or not elf.little_endian:
+                raise ImageError(f"{path}: not {wanted} (machine {elf['e_machine']}, class {elf.elfclass}){hint}")
+            segments = [(seg["p_paddr"], seg.data(), seg["p_memsz"]) for seg in elf.iter_segments()
+                        if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
+            entry = elf["e_entry"]
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except ImageError:
+        raise
+    except (ELFError, ValueError) as e:
+        raise ImageError(f"{path}: not a valid ELF file ({e})") from None
+    if not segments:
+        raise ImageError(f"{path}: ELF has no loadable segments")
+    return entry, segments
 
 
 def _read_image(path) -> bytes:
