@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
 
 from guestdbg.gdb.client import RspClient
+from guestdbg.board.virt import elf_symbols as symbols
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = REPO / "guests" / "x86"
@@ -50,9 +50,6 @@ def free_port() -> int:
     return port
 
 
-def symbols(elf: Path) -> dict[str, int]:
-    with elf.open("rb") as f:
-        return {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name}
 
 
 class Target:

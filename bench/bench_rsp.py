@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
 
 from guestdbg.gdb import rsp
+from guestdbg.board.virt import elf_symbols
 
 REPO = Path(__file__).resolve().parent.parent
 NEVER_ENDS = 1 << 62  # loop_iterations for the long-lived servers: the loop outlives the test
@@ -77,9 +77,6 @@ def build_guests(out: Path) -> Path:
     return out
 
 
-def elf_symbols(elf: Path) -> dict[str, int]:
-    with elf.open("rb") as f:
-        return {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name}
 
 
 def loop_insns(n: int) -> int:

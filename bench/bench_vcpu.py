@@ -30,6 +30,7 @@ from unicorn import __version__ as unicorn_version
 from unicorn import arm64_const as uca
 
 from guestdbg import kvm
+from guestdbg.board.virt import elf_symbols
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.virt import RAM_BASE, ExitStatus, Machine, MachineConfig
@@ -57,9 +58,6 @@ def build_guests(out: Path) -> Path:
     return out
 
 
-def elf_symbols(elf: Path) -> dict[str, int]:
-    with elf.open("rb") as f:
-        return {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name}
 
 
 def elf_segments(elf: Path) -> list[tuple[int, bytes]]:

@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from elftools.elf.elffile import ELFFile  # noqa: E402
 
 from guestdbg.board.virt import Machine  # noqa: E402
+from guestdbg.board.virt import elf_symbols as symbols  # noqa: E402
 from guestdbg.gdb.client import RspClient  # noqa: E402
 from guestdbg.gdb.server import Endpoint, GdbServer  # noqa: E402
 
@@ -36,9 +36,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def symbols(elf: Path) -> dict[str, int]:
-    with elf.open("rb") as f:
-        return {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name}
 
 
 def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=print) -> dict:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import ExitStatus, Machine, MachineConfig
+from guestdbg.board.virt import ExitStatus, Machine, MachineConfig, elf_symbols
 
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
 
@@ -80,9 +79,7 @@ def reg_id(name: str) -> int:
 
 @lru_cache(maxsize=None)
 def symbols(elf: str) -> dict[str, int]:
-    with open(elf, "rb") as f:
-        tab = ELFFile(f).get_section_by_name(".symtab")
-        return {s.name: s["st_value"] for s in tab.iter_symbols() if s.name}
+    return elf_symbols(elf)
 
 
 def breakpoint(addr: int, **kw) -> tuple[int, int]:

@@ -295,6 +295,15 @@ def read_elf(path: Path, machine_arch: str, wanted: str, hint: str = "") -> tupl
     return entry, segments
 
 
+def elf_symbols(path) -> dict[str, int]:
+    """Name -> value of every named symbol in an ELF's .symtab (for breaking at a function)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        table = ELFFile(f).get_section_by_name(".symtab")
+        return {s.name: s["st_value"] for s in table.iter_symbols() if s.name} if table else {}
+
+
 def _read_image(path) -> bytes:
     try:
         data = Path(path).read_bytes()
