@@ -18,61 +18,36 @@ import pytest
 
 from guestdbg.debug.manager import BRK0
 from guestdbg.gdb import rsp
+from guestdbg.gdb.client import RspClient
 from guestdbg.gdb.server import Endpoint, GdbServer
 from support import Guest
 
 BP_TARGETS_OUTPUT = b"bp_targets: a=3 b=3 c=3 brk=1\n"
 
 
-class Client:
-    """A raw RSP client: frames with guestdbg.gdb.rsp, acks in ack mode."""
+class Client(RspClient):
+    """The package's raw RSP client on a unix socket, plus what these tests need: raw bytes,
+    every packet including console output, and monitor output."""
 
     def __init__(self, path: str, timeout: float = 10.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.conn = rsp.RspConnection(packet_size=1 << 20)
-        self.no_ack = False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(path)
+        super().__init__(sock, timeout=timeout)
 
-    def send(self, payload: bytes) -> None:
-        self.sock.sendall(rsp.frame(payload))
+    recv = RspClient.receive          # the next packet, console O packets included
+    cmd = RspClient.request           # send, and return the reply that is not console output
+
+    def recv_reply(self) -> bytes:
+        while (p := self.recv()).startswith(b"O") and p != b"OK":
+            pass
+        return p
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def recv(self) -> bytes:
-        """The next packet from the stub (console O packets included)."""
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, rsp.Packet):
-                acks = self.conn.data_to_send()
-                if acks and not self.no_ack:
-                    try:
-                        self.sock.sendall(acks)
-                    except OSError:
-                        pass  # the stub may close right after its last packet (W, X)
-                return event.payload
-            if isinstance(event, rsp.Closed):
-                raise ConnectionError("the stub closed the connection")
-            if event is rsp.NEED_DATA:
-                data = self.sock.recv(65536)
-                self.conn.receive_data(data)
-
-    def recv_reply(self) -> bytes:
-        """The next packet that is not console output."""
-        while True:
-            p = self.recv()
-            if not (p.startswith(b"O") and p != b"OK"):
-                return p
-
-    def cmd(self, payload: bytes) -> bytes:
-        self.send(payload)
-        return self.recv_reply()
-
     def start_no_ack(self) -> None:
-        assert self.cmd(b"QStartNoAckMode") == b"OK"
-        self.no_ack = True
-        self.conn.start_no_ack()
+        assert super().start_no_ack()
 
     def monitor(self, text: str) -> str:
         self.send(b"qRcmd," + text.encode().hex().encode())
@@ -86,7 +61,7 @@ class Client:
 
     def close(self) -> None:
         try:
-            self.sock.close()
+            super().close()
         except OSError:
             pass
 
@@ -215,8 +190,10 @@ def test_ack_mode_works_too(guest_dir, serve):
     # A NAK gets the last reply again.
     c.send_raw(b"-")
     assert c.recv() == b"QC1"
-    # A bad checksum gets a NAK, and the connection stays usable.
+    # A bad checksum gets a NAK, and the connection stays usable. The client answers the NAK
+    # as gdb does, by sending its last packet (qC) again, which the stub answers.
     c.send_raw(b"$qC#00")
+    assert c.recv() == b"QC1"
     assert c.cmd(b"qAttached") == b"1"
     assert c.cmd(b"vKill;1") == b"OK"
     assert h.wait_exit() == 0
