@@ -51,6 +51,9 @@ KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
 KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
+# guestdbg's own exit reason, outside KVM's numbering: run(icount_limit=N) retired exactly N
+# instructions. KVM has no instruction budget; QEMU's icount ends such slices inside its vCPU loop.
+EXIT_ICOUNT_LIMIT = 1000
 
 EXIT_REASON_NAMES = {
     KVM_EXIT_UNKNOWN: "KVM_EXIT_UNKNOWN",
@@ -64,6 +67,7 @@ EXIT_REASON_NAMES = {
     KVM_EXIT_INTR: "KVM_EXIT_INTR",
     KVM_EXIT_INTERNAL_ERROR: "KVM_EXIT_INTERNAL_ERROR",
     KVM_EXIT_SYSTEM_EVENT: "KVM_EXIT_SYSTEM_EVENT",
+    EXIT_ICOUNT_LIMIT: "EXIT_ICOUNT_LIMIT",
 }
 
 # kvm_run.internal.suberror

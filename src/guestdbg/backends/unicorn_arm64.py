@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from unicorn import (
-    UC_ARCH_ARM64, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_PROT,
+    UC_ARCH_ARM64, UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_PROT,
     UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE,
     Uc, UcError,
@@ -69,6 +69,9 @@ from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.arm import mmu
+from guestdbg.backends.unicorn_runctl import (
+    ACTION_UNICORN, ACTION_VIRTUAL_COUNTER, ACTION_VMM, STOP_LIMIT, CpReg, RunControl,
+)
 from guestdbg.debug.arch import WatchTrap
 from guestdbg.kvm import (
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_ONE_REG,
@@ -125,6 +128,15 @@ HCR_EL2, HCR_EL2_RW = (3, 4, 1, 1, 0), 1 << 31
 TRANSLATION_REGS = {SCTLR_EL1, kr.SYSREG_ENCODINGS["TTBR0_EL1"], kr.SYSREG_ENCODINGS["TTBR1_EL1"],
                     kr.SYSREG_ENCODINGS["TCR_EL1"]}
 DEBUG_REG_OP2 = {4: "bvr", 5: "bcr", 6: "wvr", 7: "wcr"}
+CNTPCT_EL0, CNTVCT_EL0 = (3, 3, 14, 0, 1), (3, 3, 14, 0, 2)
+# Unicorn's Cortex-A57 implements DBGB*n_EL1 for n < 6 and DBGW*n_EL1 for n < 4 (its
+# ID_AA64DFR0_EL1 says so); for higher n it has no register and raises UNDEF itself.
+UNICORN_BRPS, UNICORN_WRPS = 6, 4
+
+# The system-register hook, the run-slice limit and the instruction count live in C
+# (backends/_unicorn_runctl.c). Slices end at block boundaries unless a limit falls inside a
+# block; then that block is run once more under a countdown. "No limit":
+NO_LIMIT = (1 << 64) - 1
 
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
 _V_REGS = [getattr(uca, f"UC_ARM64_REG_V{n}") for n in range(32)]
@@ -345,7 +357,6 @@ class Arm64Vcpu:
         self.guestdbg_arch = kr.kvm_guest_debug_arch()
         # Set from another thread to make run() return KVM_EXIT_INTR (kvm_run.immediate_exit).
         self.immediate_exit = False
-        self._in_emu = False
         self._spsr_other = [0] * 4  # SPSR_abt/und/irq/fiq: AArch32 state, carried for migration only
 
         # Decoded live debug state, rebuilt by _rearm().
@@ -361,9 +372,14 @@ class Arm64Vcpu:
         self._read_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run -> no-op UC_HOOK_MEM_READ forcing the checked path
         self._rearm_pending = False
 
-        # Per-run scratch state, set by hooks.
+        # Per-run scratch state, set by hooks. Hooks never write PC and never enter exceptions:
+        # they record what happened here and stop, and the run loop acts between emu_starts.
         self._exit: KvmRun | None = None
         self._guest_exception: tuple[int, int | None, int] | None = None  # (esr, far, preferred return)
+        self._pending_exception: tuple[int, int] | None = None  # (QEMU exception number, PC)
+        self._stopped_at: int | None = None  # where a hook ended the slice, if PC will not say
+        self._hook_error: BaseException | None = None
+        self._counting_down = False  # _execute is running a block under the countdown hook
         self._pending_mmio: kvm.MmioExit | None = None
         self._pending_mmio_va = 0
         self._ext_dabt_pending = False
@@ -374,10 +390,11 @@ class Arm64Vcpu:
 
         uc = self.uc
         uc.hook_add(UC_HOOK_INTR, self._on_exception)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, None, 1, 0, uca.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysreg, None, 1, 0, uca.UC_ARM64_INS_MSR)
         uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access)
+        self._runctl = RunControl(uc, self._on_mrs, self._on_msr)
+        self._clock_mode = "virtual"
+        self._update_sysreg_filter()
         # Unicorn's Cortex-A57 implements EL2 and EL3 but resets them to AArch32, which makes
         # every EL1 ERET an illegal return. Configure them as firmware would before entering a
         # Non-secure AArch64 EL1 (QEMU's -kernel boot does the same).
@@ -429,20 +446,29 @@ class Arm64Vcpu:
         self._ext_dabt_pending = ext_dabt_pending
 
     # ------------------------------------------------------------------ run
-    def run(self) -> KvmRun:
-        """KVM_RUN: execute until something needs the VMM, and say what."""
+    def run(self, *, icount_limit: int | None = None) -> KvmRun:
+        """KVM_RUN: execute until something needs the VMM, and say what.
+
+        With `icount_limit`, stop once the vCPU has retired exactly that many instructions (an
+        EXIT_ICOUNT_LIMIT exit); this is how the VMM ends slices at points it chose."""
+        state = self._runctl.state
         try:
             if self._pending_mmio is not None:
                 done = self._finish_pending_mmio()
                 if done is not None:
                     return done
             while True:
+                # Clear the block hook's request before looking at immediate_exit: a kick()
+                # landing in between is then seen here or at the next block, never lost.
+                state.stop_request = 0
                 if self.immediate_exit:
                     self.immediate_exit = False
                     return KvmRun(kvm.KVM_EXIT_INTR)
+                if icount_limit is not None and state.icount >= icount_limit:
+                    return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
                 if self._rearm_pending:
                     self._rearm()
-                result = self._check_context_breakpoints() or self._run_slice()
+                result = self._check_context_breakpoints() or self._run_slice(icount_limit)
                 if result is not None:
                     return result
         except _FatalGuestState as e:
@@ -453,24 +479,47 @@ class Arm64Vcpu:
         return self._pending_mmio is not None
 
     def kick(self, timeout: float = 1.0) -> None:
-        """Make a running run() return KVM_EXIT_INTR soon (callable from any thread)."""
+        """Make a running (or the next) run() return KVM_EXIT_INTR, as immediate_exit plus a
+        signal does on KVM. Callable from any thread; it only sets two flags, which the vCPU
+        thread reads at the next block boundary (Unicorn's emu_stop is never called from here:
+        see "Threads" in the module docstring). `timeout` is kept for interface compatibility."""
         self.immediate_exit = True
-        deadline = time.monotonic() + timeout
-        # emu_stop() is lost if it lands just before emu_start begins: retry until it is seen.
-        while self.immediate_exit and time.monotonic() < deadline:
-            if self._in_emu:
-                self.uc.emu_stop()
-            time.sleep(0.001)
+        self._runctl.request_stop()
 
-    def _run_slice(self) -> KvmRun | None:
-        """One emu_start: free-running, or exactly one instruction when single-stepping."""
+    # ------------------------------------------------------------------ instruction count
+    @property
+    def icount(self) -> int:
+        """Instructions this vCPU has retired (exact between run() calls): the virtual clock's
+        source. An instruction that takes an exception, or a debug or MMIO exit before it
+        completes, has not retired."""
+        return self._runctl.state.icount
+
+    def set_icount(self, value: int) -> None:
+        """Restore the instruction count (snapshots)."""
+        self._runctl.state.icount = value
+
+    def set_counter_source(self, mode: str) -> None:
+        """"virtual": CNTVCT_EL0/CNTPCT_EL0 read icount / 16 (62.5 MHz at 1 instruction per ns),
+        so the guest's time is deterministic and stops with the vCPU. "host": Unicorn's own
+        counter, the host's CLOCK_MONOTONIC in 16 ns ticks."""
+        if mode not in ("virtual", "host"):
+            raise ValueError(f"unknown clock mode {mode!r}")
+        self._clock_mode = mode
+        self._update_sysreg_filter()
+
+    def _run_slice(self, icount_limit: int | None) -> KvmRun | None:
+        """Run until the limit, a hook's stop, or one instruction when single-stepping."""
         stepping = bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
         self._exit = None
         self._guest_exception = None
-        pc = self.pc
-        fault = self._emu(pc, 1 if stepping else 0)
+        start = self.icount
+        limit = start + 1 if stepping else (NO_LIMIT if icount_limit is None else icount_limit)
+        fault = self._execute(limit)
         if self._exit is not None:
             return self._exit
+        taken, result = self._take_pending_exception()
+        if taken:
+            return result or (self._softstep_exit() if stepping else None)
         if self._guest_exception is not None:
             esr, far, ret = self._guest_exception
             self._take_exception(esr, far=far, preferred_return=ret)
@@ -482,24 +531,88 @@ class Arm64Vcpu:
             return None
         if fault is not None:
             return self._internal_error(f"emulation failed at PC={self.pc:#x}: {fault}")
-        if stepping:
+        if stepping and self.icount > start:
             return self._softstep_exit()
-        return None  # WFI, a context-ID change, a guest debug-register write or a kick: go round
+        return None  # a limit, a kick, WFI, a context-ID change, a debug-register write: go round
 
-    def _emu(self, pc: int, count: int) -> UcError | None:
-        self._in_emu = True
+    def _execute(self, limit: int) -> UcError | None:
+        """emu_start from PC until icount reaches `limit` or a hook stops; then settle icount.
+
+        The block hook (C) ends a slice before a block that would cross the limit. If the limit
+        falls inside that block, the block is translated afresh under a countdown code hook
+        bounded to it, run once to exactly the limit, and translated afresh again so the
+        instrumented copy does not linger."""
+        state = self._runctl.state
+        state.limit = limit
+        state.stop_reason = 0
+        fault = self._emu(self.pc)
+        if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
+                or state.icount >= limit):
+            return fault
+        start, insns = state.split_pc, state.split_insns
+        hook = self._runctl.add_countdown(start, insns, limit - state.icount)
+        _remove_cache(self.uc, start, 4 * insns)
+        state.split_armed = 1
+        state.stop_reason = 0
+        self._counting_down = True
         try:
-            if count:
-                # A block translated by a free run that faulted on its first instruction (a
-                # watched store or load) is reused by emu_start(count=n) without the count check,
-                # running the whole block: translate the instruction at PC afresh.
-                _remove_cache(self.uc, pc, 4)
-            self.uc.emu_start(pc, 0, count=count)
-        except UcError as e:
-            return e
+            fault = self._emu(start)
         finally:
-            self._in_emu = False
-        return None
+            self._counting_down = False
+            state.split_armed = 0
+            self._runctl.remove_hook(hook)
+            _remove_cache(self.uc, start, 4 * insns)
+        return fault
+
+    def _at_limit(self) -> bool:
+        """Has the countdown run out? Then the instruction whose code hooks are running is past
+        the slice's end: breakpoints there are for the next slice (the countdown hook, added
+        last, runs after them and ends this one)."""
+        return self._counting_down and self._runctl.state.countdown == 0
+
+    def _stop_pending(self) -> bool:
+        return (self._exit is not None or self._pending_exception is not None
+                or self._guest_exception is not None or self._multi_access_pc is not None)
+
+    def _emu(self, pc: int) -> UcError | None:
+        """One emu_start, never with count= (which instruments every instruction and, once
+        dropped, flushes every translation); then correct icount for a block left part way."""
+        self._stopped_at = None
+        try:
+            self.uc.emu_start(pc, 0)
+            fault = None
+        except UcError as e:
+            fault = e
+        self._settle_icount()
+        if self._hook_error is not None:
+            error, self._hook_error = self._hook_error, None
+            raise error
+        return fault
+
+    def _settle_icount(self) -> None:
+        """The block hook counted the last block whole when it was entered; if the slice ended
+        inside it (a fault, an exception, a breakpoint, the countdown), count only the
+        instructions before the one where it stopped."""
+        state = self._runctl.state
+        if not state.in_block:
+            return
+        state.in_block = 0
+        start, insns = state.block_start, state.block_insns
+        pc = self._stopped_at if self._stopped_at is not None else self.pc
+        done = (pc - start) >> 2 if start <= pc <= start + 4 * insns else insns
+        state.icount -= insns - done
+
+    def _take_pending_exception(self) -> tuple[bool, KvmRun | None]:
+        """Act on the exception a hook recorded: (was there one, the exit it gives if any)."""
+        if self._pending_exception is None:
+            return False, None
+        intno, pc = self._pending_exception
+        self._pending_exception = None
+        return True, self._dispatch_exception(intno, pc)
+
+    def _retire(self, count: int = 1) -> None:
+        """The VMM completed an instruction on the guest's behalf (HVC, SMC, semihosting)."""
+        self._runctl.state.icount += count
 
     def _softstep_exit(self) -> KvmRun:
         # ISV=1, EX=0: the stepped instruction was not a load/store-exclusive.
@@ -786,6 +899,7 @@ class Arm64Vcpu:
                 UC_HOOK_MEM_READ, _ignore_access, None, base, base + size - 1)
         if added:
             self.uc.ctl_flush_tb()  # code translated before a hook exists would not call it
+        self._update_sysreg_filter()
 
     def _translate_page(self, va_page: int) -> int | None:
         try:
@@ -837,7 +951,7 @@ class Arm64Vcpu:
 
     # ------------------------------------------------------------------ breakpoints
     def _on_breakpoint_address(self, uc, address, size, _user):
-        if address == self._suppress_pc:
+        if address == self._suppress_pc or self._at_limit():
             return
         el = self.current_el()
         if not self._debug_events_enabled(el):
@@ -876,6 +990,8 @@ class Arm64Vcpu:
             self.uc.ctl_flush_tb()
 
     def _on_context_step(self, uc, address, size, _user):
+        if self._at_limit():
+            return
         ctx, el = self._contextidr(), self.current_el()
         if any(dr.breakpoint_matches(self._bp_table, bp, pc=address, el=el, contextidr=ctx)
                for bp in self._context_bps):
@@ -950,17 +1066,19 @@ class Arm64Vcpu:
         roll back (a watchpoint hit: nothing happened) or apply the stores (no hit)."""
         pc = self._multi_access_pc
         self._multi_access_pc = None
-        saved = self.uc.context_save()
+        saved, saved_icount = self.uc.context_save(), self.icount
         self._probe = []
         self._suppress_pc = pc
         try:
-            fault = self._emu(pc, 1)
+            fault = self._execute(saved_icount + 1)
         finally:
             accesses, self._probe, self._suppress_pc = self._probe, None, None
         for is_write, va, _pa, size, _ in accesses:
             owner = self._watch_hit(is_write, va, size)
             if owner is not None:
                 self.uc.context_restore(saved)
+                self.set_icount(saved_icount)
+                self._pending_exception = None
                 self._exit = None
                 self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
                                   owner=owner)
@@ -976,6 +1094,9 @@ class Arm64Vcpu:
                     self._store(va, pa, size, value)
         if self._exit is not None:
             return self._exit
+        taken, result = self._take_pending_exception()
+        if taken:
+            return result
         if fault is not None:
             return self._internal_error(f"emulation failed at PC={pc:#x}: {fault}")
         return None
@@ -1028,7 +1149,7 @@ class Arm64Vcpu:
         try:
             self._exit = None
             self._guest_exception = None
-            fault = self._emu(pc, 1)
+            fault = self._execute(self.icount + 1)
         finally:
             self._suppress_pc = None
             self._pending_mmio = None
@@ -1036,72 +1157,133 @@ class Arm64Vcpu:
                 self.uc.mem_unmap(*mapped)
         if self._exit is not None:
             return self._exit
+        taken, result = self._take_pending_exception()
+        if taken:
+            return result or (self._softstep_exit() if stepping else None)
         if fault is not None:
             return self._internal_error(f"completing MMIO access at PC={pc:#x} failed: {fault}")
         return self._softstep_exit() if stepping else None
 
     # ------------------------------------------------------------------ system registers
-    def _on_sysreg(self, uc, reg, cp, _user) -> int:
-        key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
-        is_read = reg != 0 and self._last_insn_is_mrs()
-        g = self.guest_debug_regs
-        if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
-            kind = DEBUG_REG_OP2[cp.op2]
-            if cp.crm >= (self.brps if kind[0] == "b" else self.wrps):
-                self._undefined_instruction()
+    # Every MRS/MSR goes to the C hook first; only registers this table sends to the VMM reach
+    # Python. The table changes with the debug state, and takes effect at once (it is read at
+    # run time, not baked into translations).
+    def _update_sysreg_filter(self) -> None:
+        rc = self._runctl
+        for crm in range(16):
+            for op2 in DEBUG_REG_OP2:
+                rc.set_action((2, 0, 0, crm, op2), read=ACTION_VMM, write=ACTION_VMM)
+        rc.set_action(MDSCR_EL1, read=ACTION_VMM, write=ACTION_VMM)
+        rc.set_action(ID_AA64DFR0_EL1, read=ACTION_VMM)
+        counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_UNICORN
+        rc.set_action(CNTVCT_EL0, read=counter)
+        rc.set_action(CNTPCT_EL0, read=counter)
+        # Writes that change what the armed debug state matches: only while something is armed.
+        rc.set_action(CONTEXTIDR_EL1, write=ACTION_VMM if self._bp_table else ACTION_UNICORN)
+        watching = bool(self._protected or self._wp_table or self._traps)
+        for key in TRANSLATION_REGS:
+            rc.set_action(key, write=ACTION_VMM if watching else ACTION_UNICORN)
+
+    def _on_mrs(self, reg: int, cp: CpReg) -> int:
+        """A read of a register the VMM models. Returns 1 when it supplied the value."""
+        try:
+            key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+            if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
+                kind = DEBUG_REG_OP2[cp.op2]
+                return self._debug_reg_access(reg, kind, cp.crm, None)
+            if key == MDSCR_EL1:
+                self.uc.reg_write(reg, self.guest_debug_regs.mdscr)
                 return 1
-            if is_read:
-                uc.reg_write(reg, getattr(g, kind)[cp.crm])
-            else:
-                self._write_guest_debug_reg(kind, cp.crm, cp.val)
-                if self._rearm_pending:
-                    uc.emu_stop()
-            return 1
-        if key == MDSCR_EL1:
-            if is_read:
-                uc.reg_write(reg, g.mdscr)
-            else:
+            if key == ID_AA64DFR0_EL1:
+                self.uc.reg_write(reg, self.id_aa64dfr0)
+                return 1
+            return 0
+        except BaseException as e:  # noqa: BLE001 - a ctypes callback must not raise
+            return self._hook_failed(e)
+
+    def _on_msr(self, reg: int, cp: CpReg) -> int:
+        """A write to a register the VMM models or watches. Returns 1 when it consumed it."""
+        try:
+            key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+            if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
+                return self._debug_reg_access(reg, DEBUG_REG_OP2[cp.op2], cp.crm, cp.val)
+            if key == MDSCR_EL1:
                 self._write_guest_debug_reg("mdscr", 0, cp.val)
                 if self._rearm_pending:
-                    uc.emu_stop()
-            return 1
-        if key == ID_AA64DFR0_EL1 and is_read:
-            uc.reg_write(reg, self.id_aa64dfr0)
-            return 1
-        if key == CONTEXTIDR_EL1 and not is_read and self._bp_table:
-            uc.emu_stop()  # let the write happen, then re-check context-ID breakpoints
-        if key in TRANSLATION_REGS and not is_read and (self._protected or self._wp_table or self._traps):
-            # Watched virtual pages may now be other physical pages: re-protect after the write.
-            self._rearm_pending = True
-            uc.emu_stop()
-        return 0
+                    self.uc.emu_stop()  # an MSR ends its block: the slice ends right after it
+                return 1
+            if key == CONTEXTIDR_EL1:
+                self.uc.emu_stop()  # let the write happen, then re-check context-ID breakpoints
+            elif key in TRANSLATION_REGS:
+                # Watched virtual pages may now be other physical pages: re-protect after it.
+                self._rearm_pending = True
+                self.uc.emu_stop()
+            return 0
+        except BaseException as e:  # noqa: BLE001 - a ctypes callback must not raise
+            return self._hook_failed(e)
 
-    def _last_insn_is_mrs(self) -> bool:
-        # MRS is 1101 0101 0011 ...; MSR (register) is 1101 0101 0001 ...
-        return bool(self._insn_at(self.pc) & (1 << 21))
+    def _debug_reg_access(self, reg: int, kind: str, n: int, value: int | None) -> int:
+        """MRS (value None) or MSR of the guest's DBG{B,W}{V,C}Rn_EL1."""
+        implemented = self.brps if kind[0] == "b" else self.wrps
+        in_unicorn = n < (UNICORN_BRPS if kind[0] == "b" else UNICORN_WRPS)
+        if n >= implemented:
+            if not in_unicorn:
+                return 0  # Unicorn has no such register either: it raises UNDEF, precisely
+            # Unicorn has it and would read or write it: UNDEF by hand. An MSR ends its block,
+            # so this is exact; after an MRS the rest of its block runs first (a documented
+            # imprecision, reachable only with fewer slots than Unicorn's 6/4).
+            pc = self.pc
+            self._guest_exception = (dr.esr_unknown(), None, pc)
+            self._stopped_at = pc
+            self.uc.emu_stop()
+            return 1
+        if value is None:
+            if reg != uca.UC_ARM64_REG_XZR:
+                self.uc.reg_write(reg, getattr(self.guest_debug_regs, kind)[n])
+        else:
+            self._write_guest_debug_reg(kind, n, value)
+            if self._rearm_pending:
+                self.uc.emu_stop()
+        if not in_unicorn:
+            # Skipping an instruction Unicorn translated as UNDEF falls off the end of its
+            # block, and Unicorn would resume at the block's start: resume past it instead.
+            # (A PC write from a hook must end the emu_start: see _on_exception.)
+            self.uc.reg_write(uca.UC_ARM64_REG_PC, self.pc + 4)
+            self.uc.emu_stop()
+        return 1
 
-    def _undefined_instruction(self) -> None:
-        pc = self.pc
-        self._guest_exception = (dr.esr_unknown(), None, pc)
+    def _hook_failed(self, error: BaseException) -> int:
+        self._hook_error = error
         self.uc.emu_stop()
+        return 1
 
     # ------------------------------------------------------------------ exceptions
     def _insn_at(self, va: int) -> int:
         return int.from_bytes(self.read_virt(va, 4), "little")
 
     def _on_exception(self, uc, intno, _user):
+        # Only record it: writing PC from a hook leaves Unicorn's skip_sync_pc_on_exit set for
+        # the rest of the emu_start, and a later stop would then resume from a stale PC
+        # (shared/REFERENCE.md §6). Exception entry happens in _dispatch_exception, between
+        # emu_starts.
         pc = self.pc
+        self._pending_exception = (intno, pc)
+        self._stopped_at = pc
+        uc.emu_stop()
+
+    def _dispatch_exception(self, intno: int, pc: int) -> KvmRun | None:
+        """An exception Unicorn reported at `pc`: a debug exit, a firmware call done for the
+        guest, or entry to the guest's vector."""
         if intno == EXCP_SWI:  # PC is already past the SVC
             imm = (self._insn_at(pc - 4) >> 5) & 0xFFFF
             self._take_exception(dr.esr_svc64(imm), far=None, preferred_return=pc)
         elif intno == EXCP_BKPT:
             imm = (self._insn_at(pc) >> 5) & 0xFFFF
             if self.guestdbg_control & KVM_GUESTDBG_ENABLE and self.guestdbg_control & KVM_GUESTDBG_USE_SW_BP:
-                self._stop(self._debug_exit(dr.esr_brk64(imm)))
-            else:
-                self._take_exception(dr.esr_brk64(imm), far=None, preferred_return=pc)
+                return self._debug_exit(dr.esr_brk64(imm))
+            self._take_exception(dr.esr_brk64(imm), far=None, preferred_return=pc)
         elif intno == EXCP_UDEF:
-            self._on_undefined(pc)
+            return self._on_undefined(pc)
         elif intno == EXCP_PREFETCH_ABORT:
             el = self.current_el()
             fsc = self._fault_status(pc, "exec")
@@ -1109,7 +1291,8 @@ class Arm64Vcpu:
         elif intno == EXCP_DATA_ABORT:
             self._enter_data_abort(pc)
         else:
-            self._stop(self._internal_error(f"unexpected exception {intno} at PC={pc:#x}", pc))
+            return self._internal_error(f"unexpected exception {intno} at PC={pc:#x}", pc)
+        return None
 
     def _enter_data_abort(self, pc: int) -> None:
         """A fault in Unicorn's own stage-1 walk. Unicorn does not say which address faulted,
@@ -1145,14 +1328,14 @@ class Arm64Vcpu:
         value = self.uc.reg_read(_X_REGS[int(name[1:])])
         return value & 0xFFFFFFFF if name[0] == "w" else value
 
-    def _on_undefined(self, pc: int) -> None:
+    def _on_undefined(self, pc: int) -> KvmRun | None:
         insn = self._insn_at(pc)
         if insn == SEMIHOSTING_HLT:
-            self._semihosting(pc)
-        elif insn & 0xFFE0001F in (0xD4000002, 0xD4000003):  # HVC #imm, SMC #imm
-            self._psci(pc)
-        else:
-            self._take_exception(dr.esr_unknown(), far=None, preferred_return=pc)
+            return self._semihosting(pc)
+        if insn & 0xFFE0001F in (0xD4000002, 0xD4000003):  # HVC #imm, SMC #imm
+            return self._psci(pc)
+        self._take_exception(dr.esr_unknown(), far=None, preferred_return=pc)
+        return None
 
     def _take_exception(self, esr: int, *, far: int | None, preferred_return: int) -> None:
         """AArch64.TakeException to EL1: syndrome, return state, mode, vector."""
@@ -1181,13 +1364,11 @@ class Arm64Vcpu:
         uc.cpr_write(*SPSR_EL1, pstate)
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
         uc.reg_write(uca.UC_ARM64_REG_PC, vector)
-        if self._in_emu and self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP:
-            # Entering the vector completes the step. Unicorn's instruction count does not stop
-            # it there when the vector's code was translated during a free run.
-            uc.emu_stop()
 
-    def _semihosting(self, pc: int) -> None:
+    def _semihosting(self, pc: int) -> KvmRun | None:
+        """HLT #0xF000 at `pc`, done for the guest; it then returns past the HLT."""
         uc = self.uc
+        self._retire()
         op = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
         arg = uc.reg_read(uca.UC_ARM64_REG_X1)
         result = 0
@@ -1201,14 +1382,14 @@ class Arm64Vcpu:
             subcode = int.from_bytes(block[8:], "little")
             status = subcode & 0xFFFFFFFF if reason == ADP_Stopped_ApplicationExit else 1
             uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
-            self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT,
-                              system_event=kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN, [status],
-                                                                   f"semihosting {'SYS_EXIT' if op == SYS_EXIT else 'SYS_EXIT_EXTENDED'}")))
-            return
+            return KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT,
+                          system_event=kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN, [status],
+                                                           f"semihosting {'SYS_EXIT' if op == SYS_EXIT else 'SYS_EXIT_EXTENDED'}"))
         else:
             result = (1 << 64) - 1  # -1: operation not supported
         uc.reg_write(uca.UC_ARM64_REG_X0, result)
         uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
+        return None
 
     def _read_c_string(self, va: int, limit: int = 1 << 20) -> bytes:
         out = bytearray()
@@ -1221,16 +1402,17 @@ class Arm64Vcpu:
             va += len(chunk)
         return bytes(out)
 
-    def _psci(self, pc: int) -> None:
+    def _psci(self, pc: int) -> KvmRun | None:
+        """A PSCI call (HVC or SMC at `pc`), done for the guest as a hypervisor would."""
         uc = self.uc
         fn = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
         uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)  # HVC/SMC return past the call
+        self._retire()
         if fn in (PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET):
             off = fn == PSCI_0_2_FN_SYSTEM_OFF
             event = kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN if off else kvm.KVM_SYSTEM_EVENT_RESET, [0],
                                         "PSCI SYSTEM_OFF" if off else "PSCI SYSTEM_RESET")
-            self._stop(KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=event))
-            return
+            return KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=event)
         known = {PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
                  PSCI_1_0_FN_PSCI_FEATURES}
         if fn == PSCI_0_2_FN_PSCI_VERSION:
@@ -1242,6 +1424,7 @@ class Arm64Vcpu:
         else:
             result = PSCI_RET_NOT_SUPPORTED
         uc.reg_write(uca.UC_ARM64_REG_X0, result & ((1 << 64) - 1))
+        return None
 
 
 class _FatalGuestState(Exception):

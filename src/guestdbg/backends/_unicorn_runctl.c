@@ -1,0 +1,154 @@
+/*
+ * The hot half of the emulated vCPU's run loop, in C: Unicorn hook callbacks that run for every
+ * translation block and every MRS/MSR, where a Python callback would cost 1-30 us each.
+ *
+ * - runctl_block_hook (UC_HOOK_BLOCK, every block): counts retired instructions (the virtual
+ *   clock) and ends the slice at a block boundary when another thread asked for a stop or when
+ *   the next block would run past the instruction limit the VMM chose.
+ * - runctl_countdown_hook (UC_HOOK_CODE, bounded to one block for one emu_start): lets exactly
+ *   `countdown` instructions of that block run, for a limit that falls inside a block.
+ * - runctl_mrs_hook / runctl_msr_hook (UC_HOOK_INSN): look the register up in a table the VMM
+ *   fills. Registers it does not model go straight back to Unicorn (return 0: Unicorn executes
+ *   the instruction itself); CNTVCT_EL0/CNTPCT_EL0 read the virtual clock here; modelled ones
+ *   call the VMM's callback.
+ *
+ * No Unicorn or Python headers or libraries are needed: the few Unicorn entry points used are
+ * passed in as function pointers, and the struct layouts are Unicorn 2.1's public ones.
+ * Python loads this file with ctypes (guestdbg.backends.unicorn_runctl) and mirrors `struct
+ * runctl` there; keep the two in step.
+ */
+#include <stdint.h>
+
+typedef void uc_engine;
+
+typedef struct uc_arm64_cp_reg {
+    uint32_t crn, crm, op0, op1, op2;
+    uint64_t val;
+} uc_arm64_cp_reg;
+
+typedef int (*uc_emu_stop_fn)(uc_engine *uc);
+typedef int (*uc_reg_read_fn)(uc_engine *uc, int regid, void *value);
+typedef int (*uc_reg_write_fn)(uc_engine *uc, int regid, const void *value);
+typedef uint32_t (*sysreg_fn)(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user);
+
+/* unicorn/arm64.h */
+#define UC_ARM64_REG_XZR 7
+#define UC_ARM64_REG_PC 260
+
+/* sysreg_action values */
+enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2 };
+
+/* stop_reason bits */
+#define STOP_LIMIT 1u
+#define STOP_REQUEST 2u
+
+/* Virtual time: one instruction is one nanosecond (QEMU's -icount shift=0), and the generic
+ * timer counts at 62.5 MHz (CNTFRQ_EL0 on QEMU's virt board): one tick per 16 instructions. */
+#define INSNS_PER_COUNTER_TICK_SHIFT 4
+
+struct runctl {
+    uc_emu_stop_fn emu_stop;
+    uc_reg_read_fn reg_read;
+    uc_reg_write_fn reg_write;
+    sysreg_fn vmm_read;    /* the VMM's MRS handler (ACTION_VMM) */
+    sysreg_fn vmm_write;   /* the VMM's MSR handler */
+    void *vmm_user;
+
+    uint64_t icount;       /* instructions of every block entered, less the VMM's corrections */
+    uint64_t limit;        /* never enter a block that would take icount past this */
+    uint64_t block_start;  /* the last block counted: where it starts ... */
+    uint64_t block_insns;  /* ... and how many instructions it has */
+    uint64_t split_pc;     /* a block the limit fell inside, to be entered under the countdown */
+    uint64_t split_insns;
+    uint64_t countdown;    /* instructions the countdown hook still lets run */
+    uint32_t in_block;     /* the last counted block may have been left part way */
+    uint32_t stop_reason;  /* STOP_* bits, why the hooks ended the slice */
+    volatile uint32_t stop_request; /* set from any thread: end the slice at the next block */
+    uint32_t split_armed;  /* the next block at split_pc is let in despite the limit */
+    uint8_t sysreg_action[2][1 << 16]; /* [is_write][op0:2 op1:3 CRn:4 CRm:4 op2:3] */
+};
+
+static inline unsigned sysreg_key(const uc_arm64_cp_reg *cp)
+{
+    return ((cp->op0 & 3u) << 14) | ((cp->op1 & 7u) << 11) | ((cp->crn & 15u) << 7) |
+           ((cp->crm & 15u) << 3) | (cp->op2 & 7u);
+}
+
+void runctl_block_hook(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct runctl *s = user;
+    uint64_t insns = size >> 2;
+
+    if (s->stop_request) {
+        s->stop_reason |= STOP_REQUEST;
+    } else if (s->icount + insns > s->limit &&
+               !(s->split_armed && address == s->split_pc)) {
+        s->split_pc = address;
+        s->split_insns = insns;
+        s->stop_reason |= STOP_LIMIT;
+    } else {
+        s->split_armed = 0;
+        s->icount += insns;
+        s->block_start = address;
+        s->block_insns = insns;
+        s->in_block = 1;
+        return;
+    }
+    /* Stopping here, before the block's first instruction, is exact: Unicorn synced PC to the
+     * block's start before calling us, and checks for the stop before running the block. */
+    s->in_block = 0;
+    s->emu_stop(uc);
+}
+
+void runctl_countdown_hook(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct runctl *s = user;
+
+    if (s->countdown == 0) {
+        s->stop_reason |= STOP_LIMIT;
+        s->emu_stop(uc); /* before this instruction: Unicorn checks right after code hooks */
+        return;
+    }
+    s->countdown--;
+}
+
+/* The instruction count at the MRS being executed: Unicorn syncs PC before an MRS hook. */
+static uint64_t icount_now(uc_engine *uc, struct runctl *s)
+{
+    uint64_t pc = 0;
+    s->reg_read(uc, UC_ARM64_REG_PC, &pc);
+    if (s->in_block && pc >= s->block_start && pc - s->block_start < 4 * s->block_insns)
+        return s->icount - s->block_insns + ((pc - s->block_start) >> 2);
+    return s->icount;
+}
+
+uint32_t runctl_mrs_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user)
+{
+    struct runctl *s = user;
+    uint64_t value;
+
+    switch (s->sysreg_action[0][sysreg_key(cp)]) {
+    case ACTION_UNICORN:
+        return 0;
+    case ACTION_VIRTUAL_COUNTER:
+        value = icount_now(uc, s) >> INSNS_PER_COUNTER_TICK_SHIFT;
+        if (reg != UC_ARM64_REG_XZR)
+            s->reg_write(uc, reg, &value);
+        return 1;
+    default:
+        return s->vmm_read(uc, reg, cp, s->vmm_user);
+    }
+}
+
+uint32_t runctl_msr_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user)
+{
+    struct runctl *s = user;
+
+    if (s->sysreg_action[1][sysreg_key(cp)] == ACTION_UNICORN)
+        return 0;
+    return s->vmm_write(uc, reg, cp, s->vmm_user);
+}
+
+/* For the Python mirror to check its layout against. */
+uint64_t runctl_sizeof(void) { return sizeof(struct runctl); }
+uint64_t runctl_offsetof_sysreg_action(void) { return __builtin_offsetof(struct runctl, sysreg_action); }

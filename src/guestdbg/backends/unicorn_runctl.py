@@ -1,0 +1,132 @@
+"""The native run-loop hooks (_unicorn_runctl.c) as seen from Python: a ctypes mirror of their
+state, and their installation on a Unicorn instance.
+
+`RunControl` owns one `struct runctl`. The vCPU thread reads and corrects it between
+emu_start calls; any other thread may only call `request_stop()`, which sets one word that the
+block hook polls (see Arm64Vcpu's threading notes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from typing import Callable
+
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
+from unicorn import arm64_const as uca
+from unicorn.unicorn_py3.unicorn import uclib
+
+ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER = 0, 1, 2
+STOP_LIMIT, STOP_REQUEST = 1, 2
+
+# Virtual time: 1 instruction = 1 ns; the generic timer's counter ticks every 16 instructions
+# (62.5 MHz, CNTFRQ_EL0 on QEMU's virt board). Keep in step with the C file.
+NS_PER_INSN = 1
+INSNS_PER_COUNTER_TICK = 16
+COUNTER_FREQUENCY_HZ = 62_500_000
+
+
+class CpReg(ctypes.Structure):
+    """Unicorn's uc_arm64_cp_reg."""
+
+    _fields_ = [("crn", ctypes.c_uint32), ("crm", ctypes.c_uint32), ("op0", ctypes.c_uint32),
+                ("op1", ctypes.c_uint32), ("op2", ctypes.c_uint32), ("val", ctypes.c_uint64)]
+
+
+SYSREG_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(CpReg),
+                                   ctypes.c_void_p)
+
+
+class _State(ctypes.Structure):
+    """struct runctl."""
+
+    _fields_ = [
+        ("emu_stop", ctypes.c_void_p), ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
+        ("vmm_read", ctypes.c_void_p), ("vmm_write", ctypes.c_void_p), ("vmm_user", ctypes.c_void_p),
+        ("icount", ctypes.c_uint64), ("limit", ctypes.c_uint64),
+        ("block_start", ctypes.c_uint64), ("block_insns", ctypes.c_uint64),
+        ("split_pc", ctypes.c_uint64), ("split_insns", ctypes.c_uint64),
+        ("countdown", ctypes.c_uint64),
+        ("in_block", ctypes.c_uint32), ("stop_reason", ctypes.c_uint32),
+        ("stop_request", ctypes.c_uint32), ("split_armed", ctypes.c_uint32),
+        ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
+    ]
+
+
+def sysreg_key(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    return ((op0 & 3) << 14) | ((op1 & 7) << 11) | ((crn & 15) << 7) | ((crm & 15) << 3) | (op2 & 7)
+
+
+def _load_library() -> ctypes.CDLL:
+    spec = importlib.util.find_spec("guestdbg.backends._unicorn_runctl")
+    if spec is None or spec.origin is None:
+        raise ImportError("guestdbg's native run-loop library is not built: "
+                          "run ./scripts/setup.sh (pip install -e . compiles it with gcc)")
+    lib = ctypes.CDLL(spec.origin)
+    for name in ("runctl_sizeof", "runctl_offsetof_sysreg_action"):
+        getattr(lib, name).restype = ctypes.c_uint64
+    if lib.runctl_sizeof() != ctypes.sizeof(_State) or \
+            lib.runctl_offsetof_sysreg_action() != _State.sysreg_action.offset:
+        raise ImportError("guestdbg's native run-loop library does not match its Python mirror: rebuild it")
+    return lib
+
+
+_lib = _load_library()
+
+
+def _fn_address(name: str) -> int:
+    return ctypes.cast(getattr(_lib, name), ctypes.c_void_p).value
+
+
+class RunControl:
+    """Instruction counting, slice limits, cross-thread stops and the system-register filter
+    for one Unicorn instance."""
+
+    def __init__(self, uc: Uc, on_mrs: Callable[[int, CpReg], int], on_msr: Callable[[int, CpReg], int]):
+        self.uc = uc
+        self.state = state = _State()
+        state.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+        # ctypes trampolines into Python; kept referenced for the life of the Uc.
+        self._vmm_read = SYSREG_CALLBACK(lambda _uc, reg, cp, _u: on_mrs(reg, cp.contents))
+        self._vmm_write = SYSREG_CALLBACK(lambda _uc, reg, cp, _u: on_msr(reg, cp.contents))
+        state.vmm_read = ctypes.cast(self._vmm_read, ctypes.c_void_p).value
+        state.vmm_write = ctypes.cast(self._vmm_write, ctypes.c_void_p).value
+        state.limit = (1 << 64) - 1
+        self._addr = ctypes.addressof(state)
+        self._hook(UC_HOOK_BLOCK, "runctl_block_hook", 1, 0)
+        self._hook(UC_HOOK_INSN, "runctl_mrs_hook", 1, 0, uca.UC_ARM64_INS_MRS)
+        self._hook(UC_HOOK_INSN, "runctl_msr_hook", 1, 0, uca.UC_ARM64_INS_MSR)
+        self.uc.ctl_flush_tb()  # code translated before the hooks existed would not call them
+
+    def _hook(self, kind: int, fn: str, begin: int, end: int, *insn: int) -> int:
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(_fn_address(fn)),
+                                   ctypes.c_void_p(self._addr), ctypes.c_uint64(begin), ctypes.c_uint64(end),
+                                   *(ctypes.c_int(i) for i in insn))
+        if status:
+            raise UcError(status)
+        return handle.value
+
+    def add_countdown(self, start: int, insns: int, countdown: int) -> int:
+        """A code hook over one block that lets `countdown` of its instructions run."""
+        self.state.countdown = countdown
+        return self._hook(UC_HOOK_CODE, "runctl_countdown_hook", start, start + 4 * insns - 1)
+
+    def remove_hook(self, handle: int) -> None:
+        status = uclib.uc_hook_del(self.uc._uch, ctypes.c_size_t(handle))
+        if status:
+            raise UcError(status)
+
+    def set_action(self, key: tuple[int, int, int, int, int], *, read: int | None = None,
+                   write: int | None = None) -> None:
+        k = sysreg_key(*key)
+        if read is not None:
+            self.state.sysreg_action[0][k] = read
+        if write is not None:
+            self.state.sysreg_action[1][k] = write
+
+    def request_stop(self) -> None:
+        """From any thread: end the running slice at the next block boundary."""
+        self.state.stop_request = 1
