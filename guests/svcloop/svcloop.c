@@ -7,7 +7,7 @@
 
 uint64_t svc_ping_pong(uint64_t n);
 extern uint64_t svc_round_trips;
-volatile uint64_t svc_iterations = 200000;
+volatile uint64_t svc_iterations = 50000;
 
 int main(void)
 {

@@ -3,6 +3,9 @@
  * reads and writes on both sides, as a kernel's syscall path does (SP_EL0, TPIDR_EL1, TPIDR_EL0).
  * Every step folds into x20 (a checksum) and x22 (a round-trip counter), so an instruction
  * executed twice or skipped by the VMM changes the result: the run-loop corruption reproducer.
+ * (Unicorn 2.1.4 resumed a stopped emu_start from the PC its last MRS/MSR hook synced, once a
+ * hook had written PC; the inner loop after `mrs x21, sp_el0` gives that stop many chained
+ * block starts to land on, each of which then re-ran the `add x22`.)
  * Returns the checksum; the counter is left in svc_round_trips.
  */
     .text
@@ -60,6 +63,10 @@ pp_el1_sync:                       /* EL1: the "kernel" side of the call */
     cbnz    x23, pp_back_to_el1
     mrs     x21, sp_el0
     add     x22, x22, #1
+    mov     x24, #16               /* chained blocks after an MRS: a stale-PC resume re-runs the add */
+1:  add     x20, x20, x24
+    subs    x24, x24, #1
+    b.ne    1b
     mrs     x24, tpidr_el1
     add     x24, x24, x21
     msr     tpidr_el1, x24

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: the built-in demo guest)")
     run.add_argument("--rom", metavar="FILE", help="ROM/flash image at 0x0; boots from it when no IMAGE is given")
     run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
+    run.add_argument("--clock", choices=("virtual", "host"), default=None,
+                     help="the guest's time: virtual (default: deterministic, 1 instruction = 1 ns, frozen "
+                          "while stopped) or host (the host's monotonic clock)")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="end a guest still running after this long (exit status 1)")
     run.add_argument("--gdb", metavar="ENDPOINT",
@@ -96,7 +99,8 @@ def cmd_run_x86(args) -> int:
     """`run --arch x86_64 IMAGE`: an x86-64 ELF on the pc board (guestdbg.board.pc) under KVM."""
     from guestdbg.backends.kvm_x86.vm import KvmUnavailable
     from guestdbg.board.pc import PcConfig, X86Machine
-    for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None)):
+    for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None),
+                        ("--clock", args.clock is not None)):
         if given:
             raise ImageError(f"{flag} is not supported with --arch x86_64 yet")
     if args.wait and not args.gdb:
@@ -127,7 +131,7 @@ def _serve_gdb(machine, args) -> int:
 def cmd_run(args) -> int:
     if args.arch == "x86_64":
         return cmd_run_x86(args)
-    machine = Machine(_config(args))
+    machine = Machine(_config(args), clock_mode=args.clock or "virtual")
     if args.rom:
         machine.load_rom(args.rom)
     if args.image:

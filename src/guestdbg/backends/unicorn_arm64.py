@@ -64,6 +64,7 @@ from unicorn import (
     Uc, UcError,
 )
 from unicorn import arm64_const as uca
+from unicorn.unicorn_py3.unicorn import uclib
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
@@ -138,6 +139,11 @@ UNICORN_BRPS, UNICORN_WRPS = 6, 4
 # block; then that block is run once more under a countdown. "No limit":
 NO_LIMIT = (1 << 64) - 1
 
+_EXCEPTION_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1,
+                    uca.UC_ARM64_REG_VBAR_EL1)
+_EXCEPTION_WRITES = (uca.UC_ARM64_REG_ESR_EL1, uca.UC_ARM64_REG_ELR_EL1,
+                     uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1, uca.UC_ARM64_REG_SP,
+                     SPSR_EL1, uca.UC_ARM64_REG_PC)
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
 _V_REGS = [getattr(uca, f"UC_ARM64_REG_V{n}") for n in range(32)]
 _V_REGS_SET = frozenset(_V_REGS)
@@ -348,6 +354,9 @@ class Arm64Vcpu:
     def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
         self.vm = vm
         self.uc = vm.uc
+        self._uch = vm.uc._uch
+        self._pc_buf = ctypes.c_uint64()
+        self._pc_ref = ctypes.byref(self._pc_buf)
         self.vcpu_id = vcpu_id
         cfg = vm.debug_config
         self.brps, self.wrps, self.ctx_cmps = cfg.brps, cfg.wrps, cfg.ctx_cmps
@@ -633,7 +642,10 @@ class Arm64Vcpu:
     # ------------------------------------------------------------------ registers
     @property
     def pc(self) -> int:
-        return self.uc.reg_read(uca.UC_ARM64_REG_PC)
+        # Straight to the C API with a buffer made once: the run loop reads PC around every
+        # slice, and the binding's reg_read costs several microseconds.
+        uclib.uc_reg_read(self._uch, uca.UC_ARM64_REG_PC, self._pc_ref)
+        return self._pc_buf.value
 
     def _pstate(self) -> int:
         return self.uc.reg_read(uca.UC_ARM64_REG_PSTATE)
@@ -745,6 +757,39 @@ class Arm64Vcpu:
 
             cache[keys] = reader
         return reader
+
+    def _batch_writer(self, keys: tuple) -> Callable[[tuple[int, ...]], None]:
+        """A writer for these Unicorn registers (ids, or system-register encodings) in one
+        uc_reg_write_batch call (the binding's reg_write costs ~6 us a register)."""
+        cache = self.__dict__.setdefault("_batch_writers", {})
+        writer = cache.get(keys)
+        if writer is None:
+            n = len(keys)
+            ids = (ctypes.c_int * n)(*(k if isinstance(k, int) else uca.UC_ARM64_REG_CP_REG for k in keys))
+            buf = (ctypes.c_uint64 * (6 * n))()
+            base = ctypes.addressof(buf)
+            ptrs = (ctypes.c_void_p * n)(*(base + 48 * i for i in range(n)))
+            words = ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint32))
+            slots = []
+            for i, k in enumerate(keys):
+                if isinstance(k, int):
+                    slots.append(6 * i)
+                else:  # uc_arm64_cp_reg {u32 crn, crm, op0, op1, op2; u64 val}
+                    op0, op1, crn, crm, op2 = k
+                    for j, field_value in enumerate((crn, crm, op0, op1, op2)):
+                        words[12 * i + j] = field_value
+                    slots.append(6 * i + 3)
+            uch = self.uc._uch
+
+            def writer(values: tuple[int, ...]) -> None:
+                for slot, value in zip(slots, values):
+                    buf[slot] = value
+                status = uclib.uc_reg_write_batch(uch, ids, ptrs, ctypes.c_int(n))
+                if status:
+                    raise UcError(status)
+
+            cache[keys] = writer
+        return writer
 
     def get_reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: every register migration must carry (never the debugger's)."""
@@ -1338,12 +1383,13 @@ class Arm64Vcpu:
         return None
 
     def _take_exception(self, esr: int, *, far: int | None, preferred_return: int) -> None:
-        """AArch64.TakeException to EL1: syndrome, return state, mode, vector."""
+        """AArch64.TakeException to EL1: syndrome, return state, mode, vector. Guests take
+        these all the time (system calls), so the registers go in one batch each way."""
         uc = self.uc
-        pstate = self._pstate()
+        pstate, sp, sp_el0, sp_el1, vbar = self._batch_reader(_EXCEPTION_READS)()
         el = (pstate >> PSTATE_EL_SHIFT) & 3
         offset = 0x400 if el == 0 else (0x200 if pstate & PSTATE_SP else 0x000)
-        vector = uc.reg_read(uca.UC_ARM64_REG_VBAR_EL1) + offset
+        vector = vbar + offset
         if preferred_return == vector:
             # The vector itself faulted: the exception entered just before (still in ESR/ELR/
             # FAR_EL1) is the one the guest could not handle. Name it.
@@ -1357,13 +1403,19 @@ class Arm64Vcpu:
                 f"unhandled {dr.describe_esr(first_esr)} at PC={first_pc:#x}{where} "
                 f"(ESR {first_esr:#010x}; no exception handler at VBAR_EL1+{offset:#x} = {vector:#x})",
                 first_esr)
-        uc.reg_write(uca.UC_ARM64_REG_ESR_EL1, esr)
-        if far is not None:
-            uc.reg_write(uca.UC_ARM64_REG_FAR_EL1, far)
-        uc.reg_write(uca.UC_ARM64_REG_ELR_EL1, preferred_return)
-        uc.cpr_write(*SPSR_EL1, pstate)
-        self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
-        uc.reg_write(uca.UC_ARM64_REG_PC, vector)
+        # SP is the live stack pointer of the current mode; the banked copy of that mode is
+        # stale until Unicorn next switches. EL1h runs on SP_EL1.
+        if self._uses_sp_el0(pstate):
+            sp_el0 = sp
+        else:
+            sp_el1 = sp
+        # The SPSR_EL1 write goes last but one: a system-register write is what makes Unicorn
+        # rebuild its cached EL and translation flags for the new PSTATE.
+        values = (esr, preferred_return, PSTATE_DAIF | PSTATE_MODE_EL1H, sp_el0, sp_el1, sp_el1, pstate, vector)
+        if far is None:
+            self._batch_writer(_EXCEPTION_WRITES)(values)
+        else:
+            self._batch_writer((uca.UC_ARM64_REG_FAR_EL1,) + _EXCEPTION_WRITES)((far,) + values)
 
     def _semihosting(self, pc: int) -> KvmRun | None:
         """HLT #0xF000 at `pc`, done for the guest; it then returns past the HLT."""

@@ -22,6 +22,7 @@ from typing import Callable
 
 from guestdbg import kvm
 from guestdbg.backends.unicorn_arm64 import Arm64Vcpu, Arm64Vm, DebugConfig, PSTATE_DAIF, PSTATE_MODE_EL1H
+from guestdbg.board.clock import VirtualClock
 
 ROM_BASE = 0x0000_0000
 ROM_SIZE = 128 << 20
@@ -152,6 +153,7 @@ class Machine(RunToExit):
 
     config: MachineConfig = field(default_factory=MachineConfig)
     console: Callable[[bytes], None] | None = None
+    clock_mode: str = "virtual"  # see guestdbg.board.clock
 
     def __post_init__(self):
         self.console = self.console or _stdout_console
@@ -162,6 +164,7 @@ class Machine(RunToExit):
         self.vm.register_mmio_device(UART_BASE, UART_SIZE, self.uart)
         self.vm.register_mmio_device(GIC_BASE, GIC_SIZE, ReadAsZero())
         self.vcpu: Arm64Vcpu = self.vm.create_vcpu()
+        self.clock = VirtualClock(self.vcpu, self.clock_mode)
         self.unassigned_accesses = 0
 
     def _console(self, data: bytes) -> None:
@@ -228,12 +231,14 @@ class Machine(RunToExit):
             raise GuestFault(run.internal.message)
         return None
 
-    def run_until(self, stop: Callable[[kvm.KvmRun], bool] = lambda r: False) -> kvm.KvmRun | ExitStatus:
+    def run_until(self, stop: Callable[[kvm.KvmRun], bool] = lambda r: False, *,
+                  icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
         """Run the VMM loop until the guest ends (ExitStatus) or an exit `stop` accepts, or
-        any DEBUG or INTR exit (returned as they are)."""
+        any DEBUG or INTR exit, or (with `icount_limit`) the vCPU has retired exactly that many
+        instructions (EXIT_ICOUNT_LIMIT), returned as they are."""
         while True:
-            run = self.vcpu.run()
-            if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+            run = self.vcpu.run(icount_limit=icount_limit)
+            if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR, kvm.EXIT_ICOUNT_LIMIT):
                 return run
             ended = self.handle_exit(run)
             if ended is not None:
@@ -247,10 +252,12 @@ class Machine(RunToExit):
 
     # ------------------------------------------------------------------ device state
     def device_state(self) -> dict:
-        return {"pl011": self.uart.state()}
+        return {"pl011": self.uart.state(), "clock": self.clock.state()}
 
     def restore_device_state(self, state: dict) -> None:
         self.uart.restore(state["pl011"])
+        if "clock" in state:  # snapshots from before the virtual clock start it at 0
+            self.clock.restore(state["clock"])
 
 
 class _Ticker:

@@ -1,0 +1,60 @@
+"""The board's clock: time as the guest sees it.
+
+By default time is virtual and deterministic, as with QEMU's `-icount shift=0`: it advances only
+with the instructions the vCPU retires, at NS_PER_INSN nanoseconds each, so two runs of the
+same guest with the same inputs see the same times, and a debugger stop (or a slow host) does
+not move it. The generic timer's counter (CNTVCT_EL0, CNTPCT_EL0) ticks at 62.5 MHz, QEMU
+virt's CNTFRQ_EL0: one tick per 16 instructions. The vCPU's native block hook keeps the
+instruction count (Arm64Vcpu.icount) and answers the counter reads itself, without Python.
+
+`mode="host"` (`guestdbg run --clock host`) is for people who want wall-clock time in the
+guest: the counter then reads the host's CLOCK_MONOTONIC (Unicorn's own counter), which keeps
+running while the guest is stopped. The instruction count is kept in both modes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from guestdbg.backends.unicorn_runctl import COUNTER_FREQUENCY_HZ, INSNS_PER_COUNTER_TICK, NS_PER_INSN
+
+CLOCK_MODES = ("virtual", "host")
+
+
+class VirtualClock:
+    """Time on the board, read from the vCPU's retired-instruction count."""
+
+    def __init__(self, vcpu, mode: str = "virtual"):
+        if mode not in CLOCK_MODES:
+            raise ValueError(f"clock must be one of {', '.join(CLOCK_MODES)}, got {mode!r}")
+        self.vcpu = vcpu
+        self.mode = mode
+        vcpu.set_counter_source(mode)
+
+    @property
+    def icount(self) -> int:
+        """Instructions retired since reset (or carried in a snapshot)."""
+        return self.vcpu.icount
+
+    def now_ns(self) -> int:
+        """The guest's time in nanoseconds."""
+        if self.mode == "host":
+            return time.monotonic_ns()
+        return self.icount * NS_PER_INSN
+
+    def counter(self) -> int:
+        """What CNTVCT_EL0 reads now."""
+        if self.mode == "host":
+            return time.monotonic_ns() * COUNTER_FREQUENCY_HZ // 1_000_000_000
+        return self.icount // INSNS_PER_COUNTER_TICK
+
+    def icount_at(self, ns: int) -> int:
+        """The instruction count at which virtual time reaches `ns`: where to end a slice for
+        an event due then (a timer, a device completion)."""
+        return -(-ns // NS_PER_INSN)
+
+    def state(self) -> dict:
+        return {"icount": self.icount}
+
+    def restore(self, state: dict) -> None:
+        self.vcpu.set_icount(int(state["icount"]))
