@@ -5,8 +5,9 @@
  * - runctl_block_hook (UC_HOOK_BLOCK, every block): counts retired instructions (the virtual
  *   clock) and ends the slice at a block boundary when another thread asked for a stop or when
  *   the next block would run past the instruction limit the VMM chose.
- * - runctl_countdown_hook (UC_HOOK_CODE, bounded to one block for one emu_start): lets exactly
- *   `countdown` instructions of that block run, for a limit that falls inside a block.
+ * - runctl_countdown_hook (UC_HOOK_CODE, bounded to one block for one emu_start, or everywhere
+ *   while single-stepping): ends the slice before the instruction that would be number
+ *   `countdown_end`, for a limit that falls inside a block.
  * - runctl_mrs_hook / runctl_msr_hook (UC_HOOK_INSN): look the register up in a table the VMM
  *   fills. Registers it does not model go straight back to Unicorn (return 0: Unicorn executes
  *   the instruction itself); CNTVCT_EL0/CNTPCT_EL0 read the virtual clock here; modelled ones
@@ -60,7 +61,7 @@ struct runctl {
     uint64_t block_insns;  /* ... and how many instructions it has */
     uint64_t split_pc;     /* a block the limit fell inside, to be entered under the countdown */
     uint64_t split_insns;
-    uint64_t countdown;    /* instructions the countdown hook still lets run */
+    uint64_t countdown_end; /* the countdown hook stops before the instruction with this icount */
     uint32_t in_block;     /* the last counted block may have been left part way */
     uint32_t stop_reason;  /* STOP_* bits, why the hooks ended the slice */
     volatile uint32_t stop_request; /* set from any thread: end the slice at the next block */
@@ -100,16 +101,23 @@ void runctl_block_hook(uc_engine *uc, uint64_t address, uint32_t size, void *use
     s->emu_stop(uc);
 }
 
+/* The instruction count before the instruction at `pc` in the block being run. */
+static inline uint64_t icount_at(const struct runctl *s, uint64_t pc)
+{
+    if (s->in_block && pc >= s->block_start && pc - s->block_start < 4 * s->block_insns)
+        return s->icount - s->block_insns + ((pc - s->block_start) >> 2);
+    return s->icount;
+}
+
 void runctl_countdown_hook(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     struct runctl *s = user;
 
-    if (s->countdown == 0) {
+    /* Stateless, so it does not matter whether other code hooks run before or after it. */
+    if (icount_at(s, address) >= s->countdown_end) {
         s->stop_reason |= STOP_LIMIT;
         s->emu_stop(uc); /* before this instruction: Unicorn checks right after code hooks */
-        return;
     }
-    s->countdown--;
 }
 
 /* The instruction count at the MRS being executed: Unicorn syncs PC before an MRS hook. */
@@ -117,9 +125,7 @@ static uint64_t icount_now(uc_engine *uc, struct runctl *s)
 {
     uint64_t pc = 0;
     s->reg_read(uc, UC_ARM64_REG_PC, &pc);
-    if (s->in_block && pc >= s->block_start && pc - s->block_start < 4 * s->block_insns)
-        return s->icount - s->block_insns + ((pc - s->block_start) >> 2);
-    return s->icount;
+    return icount_at(s, pc);
 }
 
 uint32_t runctl_mrs_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user)

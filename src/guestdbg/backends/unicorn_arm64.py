@@ -144,6 +144,8 @@ _EXCEPTION_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_R
 _EXCEPTION_WRITES = (uca.UC_ARM64_REG_ESR_EL1, uca.UC_ARM64_REG_ELR_EL1,
                      uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1, uca.UC_ARM64_REG_SP,
                      SPSR_EL1, uca.UC_ARM64_REG_PC)
+_TRANSLATION_READS = (SCTLR_EL1, kr.SYSREG_ENCODINGS["TCR_EL1"], kr.SYSREG_ENCODINGS["TTBR0_EL1"],
+                      kr.SYSREG_ENCODINGS["TTBR1_EL1"], uca.UC_ARM64_REG_PSTATE)
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
 _V_REGS = [getattr(uca, f"UC_ARM64_REG_V{n}") for n in range(32)]
 _V_REGS_SET = frozenset(_V_REGS)
@@ -388,7 +390,8 @@ class Arm64Vcpu:
         self._pending_exception: tuple[int, int] | None = None  # (QEMU exception number, PC)
         self._stopped_at: int | None = None  # where a hook ended the slice, if PC will not say
         self._hook_error: BaseException | None = None
-        self._counting_down = False  # _execute is running a block under the countdown hook
+        self._counting_down = False  # _execute is running under the countdown hook
+        self._step_hook: int | None = None  # the countdown hook on every instruction, while stepping
         self._pending_mmio: kvm.MmioExit | None = None
         self._pending_mmio_va = 0
         self._ext_dabt_pending = False
@@ -519,6 +522,7 @@ class Arm64Vcpu:
     def _run_slice(self, icount_limit: int | None) -> KvmRun | None:
         """Run until the limit, a hook's stop, or one instruction when single-stepping."""
         stepping = bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
+        self._set_step_hook(stepping)
         self._exit = None
         self._guest_exception = None
         start = self.icount
@@ -552,14 +556,23 @@ class Arm64Vcpu:
         bounded to it, run once to exactly the limit, and translated afresh again so the
         instrumented copy does not linger."""
         state = self._runctl.state
-        state.limit = limit
         state.stop_reason = 0
+        if self._step_hook is not None:
+            # Single-stepping: every translation calls the countdown already.
+            state.limit = NO_LIMIT
+            state.countdown_end = limit
+            self._counting_down = True
+            try:
+                return self._emu(self.pc)
+            finally:
+                self._counting_down = False
+        state.limit = limit
         fault = self._emu(self.pc)
         if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
                 or state.icount >= limit):
             return fault
         start, insns = state.split_pc, state.split_insns
-        hook = self._runctl.add_countdown(start, insns, limit - state.icount)
+        hook = self._runctl.add_countdown(start, insns, limit)
         _remove_cache(self.uc, start, 4 * insns)
         state.split_armed = 1
         state.stop_reason = 0
@@ -573,11 +586,22 @@ class Arm64Vcpu:
             _remove_cache(self.uc, start, 4 * insns)
         return fault
 
-    def _at_limit(self) -> bool:
-        """Has the countdown run out? Then the instruction whose code hooks are running is past
-        the slice's end: breakpoints there are for the next slice (the countdown hook, added
-        last, runs after them and ends this one)."""
-        return self._counting_down and self._runctl.state.countdown == 0
+    def _set_step_hook(self, stepping: bool) -> None:
+        """While single-stepping, keep the countdown hook on every instruction: one emu_start
+        a step, no retranslation. A free run drops it and its instrumented translations (as
+        Unicorn does when count= is dropped)."""
+        if stepping and self._step_hook is None:
+            self._step_hook = self._runctl.add_countdown_everywhere()
+        elif not stepping and self._step_hook is not None:
+            self._runctl.remove_hook(self._step_hook)
+            self._step_hook = None
+            self.uc.ctl_flush_tb()
+
+    def _at_limit(self, address: int) -> bool:
+        """Is the instruction at `address`, whose code hooks are running, past the slice's
+        end? Then breakpoints there are for the next slice: the countdown hook (before or
+        after this one) ends this slice."""
+        return self._counting_down and self._runctl.icount_at(address) >= self._runctl.state.countdown_end
 
     def _stop_pending(self) -> bool:
         return (self._exit is not None or self._pending_exception is not None
@@ -954,15 +978,13 @@ class Arm64Vcpu:
 
     def translate(self, va: int, access: str = "read") -> int:
         """Guest virtual to physical, through the guest's stage-1 tables when its MMU is on."""
-        sctlr = self.uc.cpr_read(*SCTLR_EL1)
+        sctlr, tcr, ttbr0, ttbr1, pstate = self._batch_reader(_TRANSLATION_READS)()
         if not sctlr & 1:
             return va
         t = mmu.translate(
-            va, sctlr_el1=sctlr, tcr_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TCR_EL1"]),
-            ttbr0_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TTBR0_EL1"]),
-            ttbr1_el1=self.uc.cpr_read(*kr.SYSREG_ENCODINGS["TTBR1_EL1"]),
+            va, sctlr_el1=sctlr, tcr_el1=tcr, ttbr0_el1=ttbr0, ttbr1_el1=ttbr1,
             read_u64=lambda pa: int.from_bytes(self.vm.read_phys(pa, 8), "little"),
-            access=access, el=self.current_el())
+            access=access, el=(pstate >> PSTATE_EL_SHIFT) & 3)
         return t.pa
 
     def read_virt(self, va: int, size: int) -> bytes:
@@ -996,7 +1018,7 @@ class Arm64Vcpu:
 
     # ------------------------------------------------------------------ breakpoints
     def _on_breakpoint_address(self, uc, address, size, _user):
-        if address == self._suppress_pc or self._at_limit():
+        if address == self._suppress_pc or self._at_limit(address):
             return
         el = self.current_el()
         if not self._debug_events_enabled(el):
@@ -1035,7 +1057,7 @@ class Arm64Vcpu:
             self.uc.ctl_flush_tb()
 
     def _on_context_step(self, uc, address, size, _user):
-        if self._at_limit():
+        if self._at_limit(address):
             return
         ctx, el = self._contextidr(), self.current_el()
         if any(dr.breakpoint_matches(self._bp_table, bp, pc=address, el=el, contextidr=ctx)

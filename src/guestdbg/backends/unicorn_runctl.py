@@ -46,7 +46,7 @@ class _State(ctypes.Structure):
         ("icount", ctypes.c_uint64), ("limit", ctypes.c_uint64),
         ("block_start", ctypes.c_uint64), ("block_insns", ctypes.c_uint64),
         ("split_pc", ctypes.c_uint64), ("split_insns", ctypes.c_uint64),
-        ("countdown", ctypes.c_uint64),
+        ("countdown_end", ctypes.c_uint64),
         ("in_block", ctypes.c_uint32), ("stop_reason", ctypes.c_uint32),
         ("stop_request", ctypes.c_uint32), ("split_armed", ctypes.c_uint32),
         ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
@@ -109,10 +109,17 @@ class RunControl:
             raise UcError(status)
         return handle.value
 
-    def add_countdown(self, start: int, insns: int, countdown: int) -> int:
-        """A code hook over one block that lets `countdown` of its instructions run."""
-        self.state.countdown = countdown
+    def add_countdown(self, start: int, insns: int, end: int) -> int:
+        """A code hook over one block that stops before the instruction numbered `end`."""
+        self.state.countdown_end = end
         return self._hook(UC_HOOK_CODE, "runctl_countdown_hook", start, start + 4 * insns - 1)
+
+    def add_countdown_everywhere(self) -> int:
+        """The countdown code hook on every instruction (while single-stepping). Code already
+        translated does not call it: flush first. Set state.countdown_end before each run."""
+        handle = self._hook(UC_HOOK_CODE, "runctl_countdown_hook", 1, 0)
+        self.uc.ctl_flush_tb()
+        return handle
 
     def remove_hook(self, handle: int) -> None:
         status = uclib.uc_hook_del(self.uc._uch, ctypes.c_size_t(handle))
@@ -126,6 +133,14 @@ class RunControl:
             self.state.sysreg_action[0][k] = read
         if write is not None:
             self.state.sysreg_action[1][k] = write
+
+    def icount_at(self, pc: int) -> int:
+        """The instruction count before the instruction at `pc` of the block being run (from
+        a code hook), as the C side computes it."""
+        s = self.state
+        if s.in_block and s.block_start <= pc < s.block_start + 4 * s.block_insns:
+            return s.icount - s.block_insns + ((pc - s.block_start) >> 2)
+        return s.icount
 
     def request_stop(self) -> None:
         """From any thread: end the running slice at the next block boundary."""
