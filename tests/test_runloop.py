@@ -205,3 +205,17 @@ def test_icount_survives_a_snapshot(guest_dir, tmp_path):
 def test_unknown_clock_mode_is_refused():
     with pytest.raises(ValueError, match="clock must be one of"):
         Machine(MachineConfig(), clock_mode="wallclock")
+
+
+def test_a_kick_while_stopped_is_neither_lost_nor_doubled(guest_dir):
+    """KVM's immediate_exit semantics: kicks that arrive while no run() is going make the next
+    run() return KVM_EXIT_INTR at once, however many there were, and only that one run()."""
+    m, out = _machine(guest_dir / "clock.elf")
+    m.vcpu.kick()
+    m.vcpu.kick()
+    before = m.vcpu.icount
+    assert m.vcpu.run().exit_reason == kvm.KVM_EXIT_INTR
+    assert m.vcpu.icount == before  # nothing ran
+    assert m.run_until(icount_limit=before + 100).exit_reason == kvm.EXIT_ICOUNT_LIMIT
+    _run_uninterrupted(m)
+    assert out.startswith(b"clock: cntfrq 62500000")

@@ -8,8 +8,13 @@ KVM_SET_GUEST_DEBUG, KVM_SET_VCPU_EVENTS). Unicorn executes the guest; this modu
 Unicorn leaves out:
 
 1. Exception entry. Unicorn reports exceptions to UC_HOOK_INTR and does not enter the vector.
-   We set ESR/ELR/SPSR/FAR_EL1, PSTATE and PC ourselves, as the Arm ARM's
-   AArch64.TakeException does (and as QEMU's TCG does, so both boards print the same values).
+   The hook only records the exception and stops; between emu_starts the run loop sets
+   ESR/ELR/SPSR/FAR_EL1, PSTATE and PC, as the Arm ARM's AArch64.TakeException does (and as
+   QEMU's TCG does, so both boards print the same values). PSCI and semihosting are served
+   there too. No hook writes PC and lets emulation go on: Unicorn 2.1.4 then keeps
+   skip_sync_pc_on_exit set for the rest of the emu_start, and any later stop resumes from a
+   stale PC, re-running a stretch of the guest (shared/REFERENCE.md §6; tests/test_runloop.py
+   reproduces it).
 2. The Arm debug architecture. Two register sets exist: the guest's own (DBGB/WCRn_EL1,
    MDSCR_EL1, reached by MRS/MSR, which we intercept, and by ONE_REG) and the debugger's
    (kvm_guest_debug_arch, with no ONE_REG id). Exactly one set is live: the debugger's while
@@ -42,6 +47,34 @@ Unicorn leaves out:
    virtual address; protections are recomputed when SCTLR/TTBR/TCR are written. Unicorn's own
    translation faults carry no syndrome either: the same decoding plus a walk of the guest's
    tables (guestdbg.arm.mmu) gives the data/instruction abort ESR and FAR the guest sees.
+
+9. The run loop and the instruction count (backends/_unicorn_runctl.c, in C because it runs
+   for every translation block and every MRS/MSR). A block hook counts the instructions of
+   every block entered; the slice ends at a block boundary when another thread asked for a
+   stop or when the next block would pass the instruction limit the VMM set. A limit inside
+   a block is reached by running that block once more under a countdown code hook bounded to
+   it (while single-stepping the countdown hook is on every instruction instead). When a
+   slice ends inside a block (an exception, a fault, a breakpoint, the countdown),
+   _settle_icount takes back the instructions not reached. So `icount` is exact between
+   runs, and CNTVCT_EL0/CNTPCT_EL0, answered in C from it (1 tick per 16 instructions), are
+   deterministic. Unicorn's own emu_start(count=) is never used: it instruments every
+   instruction (1.5-7x slower) and flushes every translation when dropped.
+10. The system-register filter. Every MRS/MSR reaches the C hook first; a table says which
+   ones go to Python (the guest's debug registers, ID_AA64DFR0_EL1, and, only while something
+   is armed that depends on them, writes to CONTEXTIDR_EL1 and the translation registers).
+   Everything else (SP_EL0, TPIDR_*, DAIF, CTR_EL0, ...) Unicorn executes itself.
+
+Threads
+-------
+Everything here runs on the one thread that calls run() (the vCPU thread), with two
+exceptions, both from any thread: kick() (KVM_RUN's immediate_exit plus a signal) and reading
+public attributes. kick() sets `immediate_exit` and the C hook's stop word, nothing else; the
+block hook then calls uc_emu_stop() on the vCPU thread at the next block boundary, where PC is
+exact. No other thread ever calls into Unicorn, so an emu_stop() can never land in the middle
+of a hook or just before an emu_start (where Unicorn would lose it), and the run loop's state
+is never shared. Unicorn calls our hooks on the vCPU thread, inside emu_start; they touch only
+the vCPU's own state and may call emu_stop() and reg_write() (never of PC, except right
+before ending the emu_start) on the same thread.
 
 Architectural choices where the Arm ARM leaves room are listed in guestdbg.arm.debugregs;
 the ones made here: a write to CONTEXTIDR_EL1 takes effect for breakpoints at the next
