@@ -18,11 +18,12 @@ import bench_runloop  # noqa: E402
 EXPECTED_CONSOLE = {
     "sysregs": b"sysregs: 20000 iterations, checksum 0x346a1a5e1b114e1b\n",
     "loop": b"loop: done\n",
+    "crunch": b"crunch: 4 rounds, checksum 0x30e34253302a006e\n",
     "svcloop": None,  # its checksum belongs to svcloop's own tests; here it only has to agree
 }
 
 
-@pytest.mark.parametrize("name", ["sysregs", "loop", "svcloop"])
+@pytest.mark.parametrize("name", ["sysregs", "loop", "crunch", "svcloop"])
 def test_contenders_agree(guest_dir, tmp_path, name):
     spec = bench_runloop.GUESTS[name]
     elf = bench_runloop.guest_image(guest_dir, spec, spec.quick, tmp_path)

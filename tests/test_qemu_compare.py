@@ -10,7 +10,7 @@ from qemu_runner import run_under_qemu
 from support import Guest
 
 GUESTS = ["demo", "hello", "poweroff", "exit_ext", "exceptions", "watch", "guest_debug",
-          "el0_context", "mixer", "bp_targets", "loop", "mmu", "selfmod", "svcloop", "sysregs"]
+          "el0_context", "mixer", "bp_targets", "loop", "mmu", "selfmod", "svcloop", "sysregs", "crunch"]
 
 
 @pytest.mark.parametrize("name", GUESTS)
