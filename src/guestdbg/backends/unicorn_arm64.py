@@ -425,6 +425,7 @@ class Arm64Vcpu:
         self._hook_error: BaseException | None = None
         self._counting_down = False  # _execute is running under the countdown hook
         self._step_hook: int | None = None  # the countdown hook on every instruction, while stepping
+        self._steps_in_a_row = 0
         self._pending_mmio: kvm.MmioExit | None = None
         self._pending_mmio_va = 0
         self._ext_dabt_pending = False
@@ -439,7 +440,7 @@ class Arm64Vcpu:
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access)
         self._runctl = RunControl(uc, self._on_mrs, self._on_msr)
         self._clock_mode = "virtual"
-        self._update_sysreg_filter()
+        self._init_sysreg_filter()
         # Unicorn's Cortex-A57 implements EL2 and EL3 but resets them to AArch32, which makes
         # every EL1 ERET an illegal return. Configure them as firmware would before entering a
         # Non-secure AArch64 EL1 (QEMU's -kernel boot does the same).
@@ -555,7 +556,8 @@ class Arm64Vcpu:
     def _run_slice(self, icount_limit: int | None) -> KvmRun | None:
         """Run until the limit, a hook's stop, or one instruction when single-stepping."""
         stepping = bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
-        self._set_step_hook(stepping)
+        self._steps_in_a_row = self._steps_in_a_row + 1 if stepping else 0
+        self._set_step_hook(self._steps_in_a_row >= 2)
         self._exit = None
         self._guest_exception = None
         start = self.icount
@@ -620,9 +622,10 @@ class Arm64Vcpu:
         return fault
 
     def _set_step_hook(self, stepping: bool) -> None:
-        """While single-stepping, keep the countdown hook on every instruction: one emu_start
-        a step, no retranslation. A free run drops it and its instrumented translations (as
-        Unicorn does when count= is dropped)."""
+        """From the second single step in a row, keep the countdown hook on every instruction:
+        one emu_start a step, no retranslation. A free run drops it and its instrumented
+        translations (as Unicorn does when count= is dropped). A lone step (a step-over of a
+        breakpoint between continues) takes the bounded path instead: no flush at all."""
         if stepping and self._step_hook is None:
             self._step_hook = self._runctl.add_countdown_everywhere()
         elif not stepping and self._step_hook is not None:
@@ -1268,13 +1271,19 @@ class Arm64Vcpu:
     # Every MRS/MSR goes to the C hook first; only registers this table sends to the VMM reach
     # Python. The table changes with the debug state, and takes effect at once (it is read at
     # run time, not baked into translations).
-    def _update_sysreg_filter(self) -> None:
+    def _init_sysreg_filter(self) -> None:
+        """The registers that always go to the VMM: the guest's own debug registers."""
         rc = self._runctl
         for crm in range(16):
             for op2 in DEBUG_REG_OP2:
                 rc.set_action((2, 0, 0, crm, op2), read=ACTION_VMM, write=ACTION_VMM)
         rc.set_action(MDSCR_EL1, read=ACTION_VMM, write=ACTION_VMM)
         rc.set_action(ID_AA64DFR0_EL1, read=ACTION_VMM)
+        self._update_sysreg_filter()
+
+    def _update_sysreg_filter(self) -> None:
+        """The registers that go to the VMM depending on the clock and the armed debug state."""
+        rc = self._runctl
         counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_UNICORN
         rc.set_action(CNTVCT_EL0, read=counter)
         rc.set_action(CNTPCT_EL0, read=counter)
