@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up guestdbg on a Debian machine: a venv in .venv with the package and its Python
-# dependencies, and (with --test) the Debian tools the test suite drives: the aarch64 cross
-# toolchain that builds the test guests (and gcc for the x86-64 ones), gdb-multiarch, lldb,
+# dependencies (gcc compiles its one C file), and (with --test) the Debian tools the test suite
+# drives: the aarch64 cross toolchain that builds the test guests (and gcc for the x86-64 ones),
+# gdb-multiarch, lldb,
 # qemu-system-aarch64 and qemu-system-x86_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ apt_install() {
 
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt_install python3 python3-venv python3-pip
+fi
+# `pip install -e .` compiles the vCPU's native run-loop hooks (src/guestdbg/backends/_unicorn_runctl.c).
+if ! command -v gcc >/dev/null 2>&1; then
+    apt_install gcc libc6-dev
 fi
 if ((with_test_tools)); then
     apt_install make gcc binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu gdb-multiarch qemu-system-arm \
