@@ -258,6 +258,39 @@ class Stub:
         return f"127.0.0.1:{self.port}" if self.tcp else str(self.sock_path)
 
 
+class QemuStub(Stub):
+    """``qemu-system-aarch64 -M virt -cpu cortex-a57 ... -gdb unix:PATH -S``: the peer the
+    correctness tests compare guestdbg's answers with (same interface as Stub)."""
+
+    def __init__(self, workdir: Path, image: Path, *, name: str = "qemu"):
+        from qemu_runner import qemu_command, qemu_missing_reason
+        reason = qemu_missing_reason()
+        if reason:
+            print(f"SKIP: {reason}", file=sys.stderr)
+            pytest.skip(reason)
+        super().__init__(workdir, image, name=name)
+        self.argv = qemu_command(image, extra_args=["-gdb", f"unix:{self.sock_path},server=on,wait=off", "-S"])
+
+    def start(self, timeout: float = 20.0) -> None:
+        out = open(self.stdout_path, "wb")
+        err = open(self.stderr_path, "wb")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         cwd=REPO, start_new_session=True)
+        finally:
+            out.close()
+            err.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock_path.exists():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"qemu exited early with {self.proc.returncode}:\n{self.stderr}")
+            time.sleep(0.02)
+        self.kill()
+        raise AssertionError(f"qemu did not listen within {timeout}s:\n{self.stderr}")
+
+
 @dataclass
 class GdbRun:
     results: dict

@@ -536,3 +536,21 @@ def test_python_api_registers_snapshot_restore(guest_dir, tmp_path):
         hits += 1
     assert e.kind is StopKind.EXITED and e.exit_status == 0 and hits == 2
     assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")
+
+
+def test_step_and_cont_after_the_guest_exited_raise_a_clear_error(guest_dir, tmp_path):
+    """After EXITED there is nothing to run: step() and cont() say so instead of running on
+    past the semihosting exit; a snapshot restore makes the guest runnable again."""
+    g = Guest(guest_dir / "hello.elf")
+    d = GuestDebugManager(g.machine)
+    snap = tmp_path / "start.snap"
+    d.snapshot(snap)
+    end = d.cont()
+    assert end.kind is StopKind.EXITED and end.exit_status == 7
+    pc = g.pc
+    for resume in (d.step, d.cont):
+        with pytest.raises(DebugError, match="the guest has exited .status 7"):
+            resume()
+    assert g.pc == pc
+    d.restore(snap)
+    assert d.cont().kind is StopKind.EXITED

@@ -379,9 +379,15 @@ class GuestDebugManager:
         with self._lock:
             pc = self.vcpu.pc
             last = self._last_stop
-            need_step_over = (pc in self._sw_va or pc in self._hw_bp or
-                              (last is not None and last.kind is StopKind.WATCH and last.pc == pc
-                               and not last.completed))
+            if last is not None and last.kind is StopKind.EXITED:
+                raise DebugError(errno.ESRCH, f"the guest has exited (status {last.exit_status}, "
+                                              f"{last.detail or 'exit'}): nothing to {'step' if step else 'continue'}; "
+                                              "restore a snapshot to run it again")
+            # Step over a breakpoint only where the vCPU last stopped, as gdb itself does: a PC
+            # the debugger moved (a jump, P/G) must meet the breakpoint there, as on hardware.
+            at_last_stop = last is not None and last.pc == pc
+            need_step_over = at_last_stop and (pc in self._sw_va or pc in self._hw_bp or
+                                               (last.kind is StopKind.WATCH and not last.completed))
             if need_step_over:
                 event = self._step_over(pc)
                 if event is not None or step:
@@ -546,7 +552,9 @@ class GuestDebugManager:
             snapshot.restore_into(self.machine, data)
             for patch in self._sw.values():  # the restored code is what the breakpoints cover now
                 patch.original = self.vm.read_phys(patch.pa, len(patch.original))
-        self._last_stop = None
+        # The restored vCPU is stopped where the snapshot was taken: resuming steps over a
+        # breakpoint there, as after any stop.
+        self._last_stop = StopEvent(StopKind.SIGNAL, self.vcpu.pc, signal=signal.SIGTRAP, detail="snapshot restored")
         self._apply()
 
     def detach(self) -> None:
