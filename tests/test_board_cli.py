@@ -131,7 +131,8 @@ def test_guest_fault_exits_nonzero_with_one_line(tmp_path):
     r = guestdbg("run", img, "--load-addr", "0x40000000")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "guestdbg: guest fault: instruction fetch from unmapped address 0x70000000"]
+        "guestdbg: guest fault: unhandled EC 0x21 instruction abort (current EL), IFSC=0x10 at PC=0x70000000, "
+        "address 0x70000000 (ESR 0x86000010; no exception handler at VBAR_EL1+0x200 = 0x200)"]
 
 
 def test_caps_text_and_json():

@@ -107,10 +107,16 @@ def test_exceptions(guests):
         assert int(m.group(6), 16) & 0x3FF == 0x3C5   # EL1h, DAIF masked
     unassigned = struct.unpack("<Q", elf_read(elf, syms["exc_unassigned_addr"], 8))[0]
     assert unassigned == 0x7FF00000
-    assert lines[5:] == [
-        "dabt load skipped, x0=0x5a5a5a5a",
-        "hvc x0=-1",
-        "exceptions: count=4",
+    assert lines[5:7] == ["dabt load skipped, x0=0x5a5a5a5a", "hvc x0=-1"]
+    # A call to an unassigned address: an instruction abort (EC 0x21), synchronous external
+    # abort (IFSC 0x10), ELR and FAR the address itself.
+    m = EXC_RE.match(lines[7])
+    assert m, lines[7]
+    assert (int(m.group(2), 16), int(m.group(3), 16), int(m.group(4), 16), m.group(5)) == \
+        (0x21, 0x86000010, 0x7FF00000, "0x7ff00000")
+    assert lines[8:] == [
+        "iabt returned",
+        "exceptions: count=5",
         "exceptions: done",
     ]
 

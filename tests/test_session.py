@@ -90,6 +90,9 @@ class FakeManager:
         self.mem = bytearray(range(256)) * 32
         self.calls: list[tuple] = []
 
+    def check_runnable(self, what="continue"):
+        pass  # the fake guest never exits
+
     def _check(self, addr, n):
         if not (0x1000 <= addr and addr + n <= 0x3000):
             raise DebugError(errno.EFAULT, "unmapped")
@@ -724,3 +727,18 @@ def test_fuzz_fake_session_never_raises(p):
     s = GdbSession(FakeManager())
     action = s.handle(p)
     assert isinstance(action, (Reply, Resume, Detach, Kill))
+
+
+def test_resume_after_the_guest_exited_is_refused(guest_dir):
+    """After W there is nothing to run: c, s and vCont get E03 (ESRCH) and nothing changes."""
+    from guestdbg.board.virt import Machine
+    from guestdbg.debug.manager import GuestDebugManager
+    m = Machine(console=lambda b: None)
+    m.load_elf(guest_dir / "hello.elf")
+    manager = GuestDebugManager(m)
+    session = GdbSession(manager)
+    assert manager.cont().kind is StopKind.EXITED
+    pc = m.vcpu.pc
+    for packet in (b"c", b"s", b"vCont;c", b"vCont;s:1", b"C05"):
+        assert session.handle(packet).payload == b"E03", packet
+    assert m.vcpu.pc == pc

@@ -88,7 +88,7 @@ def test_step_into_exception_vector(guest_dir, label, esr, elr_off):
     end = g.run()
     assert isinstance(end, ExitStatus) and end.status == 0
     lines = g.text.splitlines()
-    assert lines[0] == "exceptions: start" and lines[-2:] == ["exceptions: count=4", "exceptions: done"]
+    assert lines[0] == "exceptions: start" and lines[-2:] == ["exceptions: count=5", "exceptions: done"]
     assert f"exc vec=4 EC=0x{esr >> 26:02x} ESR=0x{esr:08x} ELR=0x{addr + elr_off:08x} FAR=- " \
            "SPSR=0x600003c5" in lines
 

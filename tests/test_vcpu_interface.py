@@ -195,11 +195,17 @@ def test_ext_dabt_injection_enters_guest_vector():
     assert m.vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SPSR(0)) & 0xF == 0b0101
 
 
-def test_fetch_from_unmapped_memory_is_an_internal_error_naming_the_address():
+def test_fetch_from_unmapped_memory_is_an_instruction_abort_for_the_guest():
+    """As on QEMU's TCG: the guest takes an instruction abort (EC 0x21, IFSC 0x10, FAR = the
+    address). This guest has no handler (VBAR_EL1 = 0, ROM zeros), so the vCPU reports it,
+    stopped at the fetch address with the syndrome in ESR/FAR_EL1."""
     m = machine_with_code(a64(movz(0, 0x7000, 16), BR_X0))
     run = m.vcpu.run()
     assert run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
-    assert "0x70000000" in run.internal.message and "fetch" in run.internal.message
+    assert "instruction abort" in run.internal.message and "PC=0x70000000" in run.internal.message
+    assert m.vcpu.pc == 0x70000000
+    assert m.vcpu.get_one_reg(kr.sysreg_id("ESR_EL1")) == 0x86000010
+    assert m.vcpu.get_one_reg(kr.sysreg_id("FAR_EL1")) == 0x70000000
 
 
 def test_unhandled_exception_is_reported_not_looped():
@@ -229,3 +235,21 @@ def test_system_events(guest_dir):
             run = g.vcpu.run()
         assert run.system_event.type == kvm.KVM_SYSTEM_EVENT_SHUTDOWN
         assert run.system_event.data[0] == status
+
+
+def test_unhandled_data_abort_leaves_the_vcpu_at_the_faulting_instruction():
+    """A data abort the guest has no handler for (VBAR_EL1 = 0: its vector is ROM zeros) is
+    reported with the vCPU back at the load that faulted, ESR/FAR_EL1 holding the abort, so a
+    debugger shows (and backtraces from) the faulting instruction, not the empty vector."""
+    ldr_x0_x1 = 0xF9400020
+    m = machine_with_code(a64(movz(1, 0x7FF0, 16), ldr_x0_x1))
+    run = m.vcpu.run()
+    assert run.exit_reason == kvm.KVM_EXIT_MMIO and run.mmio.phys_addr == 0x7FF00000
+    m.vcpu.set_vcpu_events(ext_dabt_pending=True)
+    run = m.vcpu.run()
+    assert run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
+    assert f"PC={RAM_BASE + 4:#x}" in run.internal.message and "address 0x7ff00000" in run.internal.message
+    assert m.vcpu.pc == RAM_BASE + 4
+    assert m.vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_PSTATE) & 0xF == 0b0101  # EL1h, as before the abort
+    assert m.vcpu.get_one_reg(kr.sysreg_id("ESR_EL1")) == 0x96000010
+    assert m.vcpu.get_one_reg(kr.sysreg_id("FAR_EL1")) == 0x7FF00000

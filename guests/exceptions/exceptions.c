@@ -8,6 +8,7 @@ void trigger_brk(void);
 void trigger_udf(void);
 uint64_t trigger_dabt(uint64_t fallback);
 int64_t trigger_hvc(uint64_t fn);
+void trigger_iabt(void);
 
 volatile unsigned exc_count;
 
@@ -28,7 +29,7 @@ void exception_handler(struct exc_frame *f, unsigned vector)
     uart_puts(" ELR=");
     uart_put_hexn(f->elr, 8);
     uart_puts(" FAR=");
-    if (ec == EC_DABT_LOW || ec == EC_DABT_CUR)
+    if (ec == EC_DABT_LOW || ec == EC_DABT_CUR || ec == EC_IABT_CUR)
         uart_put_hexn(f->far, 8);
     else
         uart_puts("-");
@@ -45,6 +46,9 @@ void exception_handler(struct exc_frame *f, unsigned vector)
     case EC_DABT_CUR:
     case EC_DABT_LOW:
         f->elr += 4;
+        break;
+    case EC_IABT_CUR:
+        f->elr = f->x[30];      /* a call to nowhere: return to the caller */
         break;
     default:
         default_exception_report(f, vector);
@@ -65,6 +69,8 @@ int main(void)
     uart_puts("hvc x0=");
     uart_put_sdec(r);
     uart_puts("\n");
+    trigger_iabt();
+    uart_puts("iabt returned\n");
     uart_puts("exceptions: count=");
     uart_put_dec(exc_count);
     uart_puts("\n");

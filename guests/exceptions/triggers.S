@@ -5,8 +5,8 @@
 #define UNASSIGNED_ADDR 0x7ff00000   /* between end of 128 MiB RAM and 0x8000_0000 */
 
     .text
-    .global trigger_svc, trigger_brk, trigger_udf, trigger_dabt, trigger_hvc
-    .global exc_svc, exc_brk, exc_udf, exc_dabt, exc_hvc
+    .global trigger_svc, trigger_brk, trigger_udf, trigger_dabt, trigger_hvc, trigger_iabt
+    .global exc_svc, exc_brk, exc_udf, exc_dabt, exc_hvc, exc_iabt
 
     .type trigger_svc, %function
 trigger_svc:
@@ -45,6 +45,17 @@ exc_hvc:
     hvc     #0
     ret
     .size trigger_hvc, . - trigger_hvc
+
+    /* void trigger_iabt(void): a call to an unassigned address; the handler returns to LR */
+    .type trigger_iabt, %function
+trigger_iabt:
+    stp     x29, x30, [sp, #-16]!
+    mov     x1, #UNASSIGNED_ADDR
+exc_iabt:
+    blr     x1
+    ldp     x29, x30, [sp], #16
+    ret
+    .size trigger_iabt, . - trigger_iabt
 
     .section .rodata
     .global exc_unassigned_addr

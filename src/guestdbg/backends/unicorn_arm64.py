@@ -1207,8 +1207,13 @@ class Arm64Vcpu:
     # ------------------------------------------------------------------ MMIO
     def _on_unmapped_access(self, uc, access, pa, size, value, _user) -> bool:
         if access == UC_MEM_FETCH_UNMAPPED:
-            self._stop(self._internal_error(
-                f"instruction fetch from unmapped address {pa:#x}", pa))
+            # Nothing is there to execute: a synchronous external abort on the fetch, taken by
+            # the guest as QEMU's TCG does (an instruction abort, FSC 0x10, FAR = the address).
+            # A guest with no handler then faults at its vector, which run() reports.
+            pc = self.pc
+            el = self.current_el()
+            self._guest_exception = (dr.esr_instruction_abort(el == 0, dr.DFSC_EXTERNAL_ABORT), pc, pc)
+            self._stopped_at = pc
             return False
         if self.pc == self._suppress_pc and self._pending_mmio is not None:
             return False
@@ -1463,6 +1468,11 @@ class Arm64Vcpu:
             is_abort = ec in (dr.ESR_ELx_EC_DABT_LOW, dr.ESR_ELx_EC_DABT_CUR, dr.ESR_ELx_EC_IABT_LOW,
                               dr.ESR_ELx_EC_IABT_CUR, dr.ESR_ELx_EC_WATCHPT_LOW, dr.ESR_ELx_EC_WATCHPT_CUR)
             where = f", address {uc.reg_read(uca.UC_ARM64_REG_FAR_EL1):#x}" if is_abort else ""
+            # Leave the vCPU where the guest went wrong, not at the empty vector: back to the
+            # state before that first entry, with its ESR/FAR_EL1 (and ELR/SPSR_EL1) kept for
+            # the debugger to read, so a backtrace starts at the faulting instruction.
+            self._write_pstate(uc.cpr_read(*SPSR_EL1))
+            uc.reg_write(uca.UC_ARM64_REG_PC, first_pc)
             raise _FatalGuestState(
                 f"unhandled {dr.describe_esr(first_esr)} at PC={first_pc:#x}{where} "
                 f"(ESR {first_esr:#010x}; no exception handler at VBAR_EL1+{offset:#x} = {vector:#x})",

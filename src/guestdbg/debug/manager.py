@@ -375,14 +375,24 @@ class GuestDebugManager:
         """Run until a breakpoint, watchpoint, signal or the guest's end."""
         return self._resume(step=False)
 
+    @property
+    def exited(self) -> bool:
+        """Has the guest ended (until a snapshot is restored)?"""
+        return self._last_stop is not None and self._last_stop.kind is StopKind.EXITED
+
+    def check_runnable(self, what: str = "continue") -> None:
+        """DebugError (ESRCH) if the guest has exited: there is nothing left to run."""
+        last = self._last_stop
+        if last is not None and last.kind is StopKind.EXITED:
+            raise DebugError(errno.ESRCH, f"the guest has exited (status {last.exit_status}, "
+                                          f"{last.detail or 'exit'}): nothing to {what}; "
+                                          "restore a snapshot to run it again")
+
     def _resume(self, step: bool) -> StopEvent:
         with self._lock:
+            self.check_runnable("step" if step else "continue")
             pc = self.vcpu.pc
             last = self._last_stop
-            if last is not None and last.kind is StopKind.EXITED:
-                raise DebugError(errno.ESRCH, f"the guest has exited (status {last.exit_status}, "
-                                              f"{last.detail or 'exit'}): nothing to {'step' if step else 'continue'}; "
-                                              "restore a snapshot to run it again")
             # Step over a breakpoint only where the vCPU last stopped, as gdb itself does: a PC
             # the debugger moved (a jump, P/G) must meet the breakpoint there, as on hardware.
             at_last_stop = last is not None and last.pc == pc

@@ -215,6 +215,7 @@ class GdbSession:
         arg = p[1:]
         if p[:1] in (b"C", b"S"):
             _, _, arg = arg.partition(b";")  # the signal is not delivered: guests have no signals
+        self.manager.check_runnable()  # after the guest's exit: E03 (ESRCH), nothing runs
         if arg:
             self._set_pc(_hex_int(arg))
         return Resume(step=step)
@@ -231,6 +232,7 @@ class GdbSession:
                 raise PacketError(f"unsupported vCont action {action!r}")
             if thread and not _thread_matches(thread):
                 continue
+            self.manager.check_runnable()
             return Resume(step=verb[:1] in b"sS")
         raise PacketError("vCont names no action for our thread")
 
