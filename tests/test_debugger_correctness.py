@@ -73,3 +73,29 @@ def test_stepi_on_the_guests_own_brk_stops(guest_dir, tmp_path):
         assert r[name]["at_brk"] == syms["guest_brk"], name
         assert r[name]["exited"] == 0, name
     assert r["guestdbg"]["after_stepi"] == r["qemu"]["after_stepi"]
+
+
+DEVICE_WATCH = """
+    connect()
+    out = ex("awatch *(char*)0x09000000")
+    check("accepted", out)
+    pcs = []
+    for _ in range(3):
+        try_ex("continue")
+        pcs.append(pc())
+    check("pcs", pcs)
+    check("exited", len(EXITS))
+"""
+
+
+def test_watchpoint_on_device_memory_fires_before_the_access(guest_dir, tmp_path):
+    """`awatch` on the PL011 data register stops at the first UART store, before it, as QEMU
+    does (guestdbg used to accept it and never fire)."""
+    elf = guest_dir / "hello.elf"
+    syms = elf_symbols(elf)
+    r = _both(tmp_path, elf, DEVICE_WATCH)
+    for name in ("guestdbg", "qemu"):
+        assert "atchpoint" in r[name]["accepted"] and r[name]["exited"] == 0, (name, r[name])
+        assert all(syms["uart_putc"] <= pc < syms["uart_puts"] for pc in r[name]["pcs"]) or \
+            all(pc == r[name]["pcs"][0] for pc in r[name]["pcs"]), (name, r[name])
+    assert r["guestdbg"]["pcs"] == r["qemu"]["pcs"]

@@ -202,6 +202,16 @@ class DebugConfig:
 
 
 @dataclass
+class MmioDevice:
+    """A device the VM serves without an exit (KVM's in-kernel devices, ioeventfd)."""
+
+    base: int
+    size: int
+    device: object  # read(offset, size) -> int, write(offset, size, value)
+    inline: bool = False  # mapped with Unicorn's mmio_map (not while a watchpoint covers it)
+
+
+@dataclass
 class MemorySlot:
     slot: int
     guest_phys_addr: int
@@ -241,7 +251,7 @@ class Arm64Vm:
         self.uc.ctl_exits_enabled(True)
         self.uc.ctl_set_exits([])
         self.slots: dict[int, MemorySlot] = {}
-        self.mmio_devices: list[tuple[int, int, object]] = []
+        self.mmio_devices: list[MmioDevice] = []
         self.console = console or _stdout_console
         self._vcpu: Arm64Vcpu | None = None
 
@@ -283,12 +293,32 @@ class Arm64Vm:
         """Claim [base, base+size) for `device` (read(offset, size) -> int, write(offset, size, value)).
 
         Claimed accesses are handled inline, like an in-kernel device; unclaimed ones exit."""
-        self.uc.mmio_map(
-            base, size,
-            lambda _uc, off, sz, _ud: device.read(off, sz), None,
-            lambda _uc, off, sz, val, _ud: device.write(off, sz, val), None,
-        )
-        self.mmio_devices.append((base, size, device))
+        dev = MmioDevice(base, size, device)
+        self.mmio_devices.append(dev)
+        self.map_device(dev, True)
+
+    def map_device(self, dev: MmioDevice, inline: bool) -> None:
+        """Serve `dev` inline (Unicorn calls it mid-instruction), or unmap it so that its
+        accesses fault before they happen: the vCPU then checks watchpoints first and does the
+        access itself (see Arm64Vcpu._device_access). Watching device memory needs the latter."""
+        if dev.inline == inline:
+            return
+        if inline:
+            device = dev.device
+            self.uc.mmio_map(
+                dev.base, dev.size,
+                lambda _uc, off, sz, _ud: device.read(off, sz), None,
+                lambda _uc, off, sz, val, _ud: device.write(off, sz, val), None,
+            )
+        else:
+            self.uc.mem_unmap(dev.base, dev.size)
+        dev.inline = inline
+
+    def device_at(self, pa: int) -> MmioDevice | None:
+        for dev in self.mmio_devices:
+            if dev.base <= pa < dev.base + dev.size:
+                return dev
+        return None
 
     def slot_for(self, pa: int) -> MemorySlot | None:
         for s in self.slots.values():
@@ -428,6 +458,7 @@ class Arm64Vcpu:
         self._steps_in_a_row = 0
         self._pending_mmio: kvm.MmioExit | None = None
         self._pending_mmio_va = 0
+        self._device_access: MmioDevice | None = None  # a watched device's access to do
         self._ext_dabt_pending = False
         self._suppress_pc: int | None = None  # the instruction being completed already passed its checks
         self._multi_access_pc: int | None = None
@@ -565,6 +596,8 @@ class Arm64Vcpu:
         fault = self._execute(limit)
         if self._exit is not None:
             return self._exit
+        if self._device_access is not None:
+            return self._device_access_done()
         taken, result = self._take_pending_exception()
         if taken:
             return result or (self._softstep_exit() if stepping else None)
@@ -640,7 +673,7 @@ class Arm64Vcpu:
         return self._counting_down and self._runctl.icount_at(address) >= self._runctl.state.countdown_end
 
     def _stop_pending(self) -> bool:
-        return (self._exit is not None or self._pending_exception is not None
+        return (self._exit is not None or self._pending_exception is not None or self._device_access is not None
                 or self._guest_exception is not None or self._multi_access_pc is not None)
 
     def _emu(self, pc: int) -> UcError | None:
@@ -967,8 +1000,10 @@ class Arm64Vcpu:
         self._reprotect()
 
     def _reprotect(self) -> None:
-        """Take read/write permission away from exactly the pages live watchpoints cover."""
+        """Take read/write permission away from exactly the pages live watchpoints cover, and
+        take the devices they cover off Unicorn's inline path."""
         want: dict[int, int] = {}
+        watched_devices: set[int] = set()
         for wp in self._wp_table + self._traps:
             if wp is None:
                 continue
@@ -976,6 +1011,8 @@ class Arm64Vcpu:
                 pa_page = self._translate_page(va_page)
                 if pa_page is None:
                     continue
+                watched_devices.update(id(dev) for dev in self.vm.mmio_devices
+                                       if dev.base < pa_page + PAGE_SIZE and pa_page < dev.base + dev.size)
                 slot = self.vm.slot_for(pa_page)
                 if slot is None:
                     continue
@@ -985,6 +1022,8 @@ class Arm64Vcpu:
                 if wp.stores:
                     perms &= ~UC_PROT_WRITE
                 want[pa_page] = perms
+        for dev in self.vm.mmio_devices:
+            self.vm.map_device(dev, id(dev) not in watched_devices)
         changes = {page: _slot_perms(self.vm.slot_for(page)) for page in set(self._protected) - set(want)
                    if self.vm.slot_for(page) is not None}
         changes.update({page: perms for page, perms in want.items() if self._protected.get(page) != perms})
@@ -1215,18 +1254,43 @@ class Arm64Vcpu:
             self._guest_exception = (dr.esr_instruction_abort(el == 0, dr.DFSC_EXTERNAL_ABORT), pc, pc)
             self._stopped_at = pc
             return False
-        if self.pc == self._suppress_pc and self._pending_mmio is not None:
+        pc = self.pc
+        if pc == self._suppress_pc and self._pending_mmio is not None:
             return False
-        self._mmio_exit(self._va_of_access(pa), pa, size, access == UC_MEM_WRITE_UNMAPPED, value)
+        va, is_write = self._va_of_access(pa), access == UC_MEM_WRITE_UNMAPPED
+        dev = self.vm.device_at(pa)
+        if dev is not None:  # a device taken off the inline path because a watchpoint covers it
+            owner = self._watch_hit(is_write, va, size) if pc != self._suppress_pc else None
+            if owner is not None:
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                                  owner=owner)
+                return False
+            self._mmio_exit(va, pa, size, is_write, value, to_vmm=False)
+            self._device_access = dev
+            return False
+        self._mmio_exit(va, pa, size, is_write, value)
         return False
 
-    def _mmio_exit(self, va: int, pa: int, size: int, is_write: bool, value: int) -> None:
+    def _mmio_exit(self, va: int, pa: int, size: int, is_write: bool, value: int, to_vmm: bool = True) -> None:
         data = bytearray(8)
         if is_write:
             data[:size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self._pending_mmio = kvm.MmioExit(phys_addr=pa, len=size, is_write=is_write, data=data)
         self._pending_mmio_va = va
-        self._stop(KvmRun(kvm.KVM_EXIT_MMIO, mmio=self._pending_mmio))
+        if to_vmm:
+            self._stop(KvmRun(kvm.KVM_EXIT_MMIO, mmio=self._pending_mmio))
+
+    def _device_access_done(self) -> KvmRun | None:
+        """Do the access to a watched device that faulted (no watchpoint hit), then complete
+        its instruction as for an MMIO exit the VMM served."""
+        dev, self._device_access = self._device_access, None
+        mmio = self._pending_mmio
+        offset = mmio.phys_addr - dev.base
+        if mmio.is_write:
+            dev.device.write(offset, mmio.len, int.from_bytes(mmio.data[:mmio.len], "little"))
+        else:
+            mmio.data[:mmio.len] = dev.device.read(offset, mmio.len).to_bytes(mmio.len, "little")
+        return self._finish_pending_mmio()
 
     def _finish_pending_mmio(self) -> KvmRun | None:
         """Complete (or abort, if the VMM asked) the access that caused the last MMIO exit."""
