@@ -86,7 +86,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
