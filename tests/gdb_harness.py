@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from qemu_runner import missing_tool
 
 GDB = "gdb-multiarch"
 LLDB = "lldb"
@@ -160,8 +161,7 @@ def gdb_missing_reason() -> str | None:
 def require_gdb() -> None:
     reason = gdb_missing_reason()
     if reason:
-        print(f"SKIP: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+        missing_tool(reason)
 
 
 class Stub:
@@ -266,8 +266,7 @@ class QemuStub(Stub):
         from qemu_runner import qemu_command, qemu_missing_reason
         reason = qemu_missing_reason()
         if reason:
-            print(f"SKIP: {reason}", file=sys.stderr)
-            pytest.skip(reason)
+            missing_tool(reason)
         super().__init__(workdir, image, name=name)
         self.argv = qemu_command(image, extra_args=["-gdb", f"unix:{self.sock_path},server=on,wait=off", "-S"])
 

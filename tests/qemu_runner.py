@@ -67,13 +67,20 @@ def qemu_missing_reason() -> str | None:
     return None
 
 
-def _skip(reason: str):
+def missing_tool(reason: str):
+    """A tool the test set-up installs is missing: skip, saying why, or, with CI set (where
+    scripts/setup.sh --test ran, so the set-up is broken), fail."""
     print(f"SKIP: {reason}", file=sys.stderr)
     try:
         import pytest
     except ImportError:  # used outside pytest
         return None
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, and ./scripts/setup.sh --test should have installed it", pytrace=False)
     pytest.skip(reason)
+
+
+_skip = missing_tool
 
 
 def qemu_command(image, bios: bool = False, merge_semihosting: bool = True,

@@ -498,11 +498,9 @@ def test_interrupt_stops_a_running_guest(guest_dir):
     t = threading.Thread(target=lambda: result.append(m.cont()))
     t.start()
     time.sleep(0.2)
-    start = time.monotonic()
     m.interrupt()
-    t.join(5)
+    t.join(30)  # a guard against a hang, not a speed check
     assert not t.is_alive()
-    assert time.monotonic() - start < 0.5
     assert result[0].kind is StopKind.SIGNAL and result[0].signal == signal.SIGINT
     assert g.sym["loop_body"] <= result[0].pc < g.sym["loop_end"]
 
