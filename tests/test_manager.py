@@ -552,3 +552,51 @@ def test_step_and_cont_after_the_guest_exited_raise_a_clear_error(guest_dir, tmp
     assert g.pc == pc
     d.restore(snap)
     assert d.cont().kind is StopKind.EXITED
+
+
+ALIAS_OFFSET = 0xFFFF_0000_0000_0000  # a high virtual alias of every RAM page (a kernel's linear map)
+
+
+def _aliased(guest_dir) -> tuple[Guest, GuestDebugManager]:
+    """bp_targets with every RAM page also reachable at VA + ALIAS_OFFSET, as an MMU guest with
+    an identity map and a high alias would have it (translation is the vCPU's job; here it is
+    pinned so the test is about the manager's bookkeeping only)."""
+    g, d = _guest(guest_dir, "bp_targets")
+    real = d._translate
+    d._translate = lambda va, access="read": real(va - ALIAS_OFFSET if va >= ALIAS_OFFSET else va, access)
+    return g, d
+
+
+@pytest.mark.parametrize("order", ["identity-first", "alias-first"])
+@pytest.mark.parametrize("remove", ["identity-first", "alias-first"])
+def test_breakpoints_on_two_aliases_of_one_page_share_one_patch(guest_dir, order, remove):
+    """Two virtual addresses of one physical instruction: one BRK patch, whose original is the
+    real instruction; removing one alias keeps the other armed; removing both leaves no stray
+    BRK, in every order; a breakpoint on the alias alone does not stop the guest running at the
+    identity address (before, the shared BRK was handed to the guest as its own)."""
+    g, d = _aliased(guest_dir)
+    va = g.sym["bp_b"]
+    original = g.read(va, 4)
+    pair = [va, va + ALIAS_OFFSET]
+    for addr in (pair if order == "identity-first" else pair[::-1]):
+        assert d.add_breakpoint(addr) == "sw"
+        assert g.read(va, 4) == BRK0
+    assert d.read_memory(va, 4) == original and d.read_memory(va + ALIAS_OFFSET, 4) == original
+    first, second = pair if remove == "identity-first" else pair[::-1]
+    d.remove_breakpoint(first)
+    assert g.read(va, 4) == BRK0  # the other alias is still armed
+    assert d.read_memory(second, 4) == original
+    if second == va:
+        e = d.cont()  # the guest runs at the identity VA: the remaining breakpoint is there
+        assert e.kind is StopKind.SWBREAK and e.pc == va
+        d.remove_breakpoint(second)
+        assert g.read(va, 4) == original  # no stray BRK
+    else:
+        # Only the alias is left: the guest passes the shared BRK at its identity VA as if
+        # nothing were there (QEMU's breakpoints are per virtual address too).
+        d.remove_breakpoint(second)
+        assert g.read(va, 4) == original  # no stray BRK
+        d.add_breakpoint(va + ALIAS_OFFSET)
+    end = d.cont()
+    assert end.kind is StopKind.EXITED and end.exit_status == 0
+    assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")

@@ -414,10 +414,18 @@ class GuestDebugManager:
         self._last_stop = event
         return event
 
-    def _step_over(self, pc: int) -> StopEvent | None:
+    def _patch_at(self, va: int) -> _SwBreakpoint | None:
+        """The software breakpoint patched at the physical address behind `va`, if any."""
+        try:
+            return self._sw.get(self._translate(va))
+        except DebugError:
+            return None
+
+    def _step_over(self, pc: int, patch: _SwBreakpoint | None = None) -> StopEvent | None:
         """One instruction with the breakpoint at PC (or the watch just hit) out of the way."""
-        pa = self._sw_va.get(pc)
-        patch = self._sw.get(pa) if pa is not None else None
+        if patch is None:
+            pa = self._sw_va.get(pc)
+            patch = self._sw.get(pa) if pa is not None else None
         if patch is not None:
             self.vm.write_phys(patch.pa, patch.original)
         # After a watch hit, step the access with every watch out of the way: one access can
@@ -458,6 +466,13 @@ class GuestDebugManager:
             return StopEvent(StopKind.HWBREAK, pc)
         if raw.kind == "swbreak" and pc in self._sw_va:
             return StopEvent(StopKind.SWBREAK, pc)
+        if raw.kind == "swbreak" and self._patch_at(pc) is not None:
+            # Our BRK, reached through another virtual address of the patched page (a kernel's
+            # linear map): a breakpoint on one VA does not fire at another, as on QEMU.
+            event = self._step_over(pc, patch=self._patch_at(pc))
+            if event is not None:
+                return event
+            return StopEvent(StopKind.STEP, self.vcpu.pc) if stepping else None
         if raw.kind == "swbreak":
             # Not ours: the guest's own breakpoint instruction goes to the guest, as without a debugger.
             self.arch.reinject(self.vcpu, result, pc)
