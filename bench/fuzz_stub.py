@@ -62,8 +62,11 @@ class StubUnderTest:
         return self.machine.vcpu
 
     def feed(self, data: bytes, *, check_state: bool = True) -> list[bytes]:
-        """Feed client bytes; return the payloads sent back. Raises AssertionError on a broken rule."""
+        """Feed client bytes; return the payloads sent back. Raises AssertionError on a broken rule.
+        `exchanges` gets (packet, reply) for every packet acted on (a resume's reply is its stop
+        reply), and `sent` every byte sent back (acks and NAKs included)."""
         replies = []
+        self.exchanges: list[tuple[bytes, bytes]] = []
         self.conn.receive_data(data)
         while True:
             event = self.conn.next_event()
@@ -75,19 +78,22 @@ class StubUnderTest:
             action = self.session.handle(event.payload)
             if isinstance(action, Reply):
                 replies.append(action.payload)
+                self.exchanges.append((event.payload, action.payload))
                 if ERROR.match(action.payload) or action.payload == b"":
                     if check_state and not event.payload.startswith(b"qRcmd"):
                         assert self.state() == before, f"rejected packet {event.payload[:60]!r} changed the VM"
             elif isinstance(action, Resume):
                 self.conn.resumed()
                 stop = self._resume(action.step)
-                self.conn.send_stop_reply(self.session.stopped(stop))
+                reply = self.session.stopped(stop)
+                self.exchanges.append((event.payload, reply))
+                self.conn.send_stop_reply(reply)
             elif isinstance(action, Detach):
                 self.manager.detach()
                 self.new_connection()
             elif isinstance(action, Kill):
                 self.new_connection()
-        self.conn.data_to_send()
+        self.sent = self.conn.data_to_send()
         return replies
 
     def _resume(self, step: bool):

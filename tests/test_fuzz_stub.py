@@ -5,6 +5,7 @@ breakpoints unchanged."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -53,7 +54,46 @@ def test_stub_survives_and_rejections_change_nothing(stub, packets, framing):
             framed = framed[:-1] + (b"0" if framed[-1:] != b"0" else b"1")
         data += framed if framing != "raw" else p
     replies = stub.feed(data)  # raises AssertionError if a rejected packet changed the VM
-    for r in replies:
-        assert r == b"" or r == b"OK" or r[:1] in b"ElmTSWOQ0123456789abcdefP" or r.startswith(b"vCont"), r
+    for packet, reply in stub.exchanges:
+        assert _fits_grammar(packet, reply), (packet, reply)
     if framing == "bad":
-        assert replies == []  # every packet NAKed, none acted on
+        assert replies == [] and stub.exchanges == []  # none acted on ...
+        assert stub.sent == b"-" * len(packets)  # ... and every frame NAKed, once
+    if framing == "good":
+        assert len(stub.exchanges) == len(packets)  # every packet answered exactly once
+
+
+ERROR = re.compile(rb"E[0-9a-f]{2}|E\..*", re.S)
+HEXS = re.compile(rb"([0-9a-f]{2})*")
+STOP = re.compile(rb"[TS][0-9a-f]{2}.*|W[0-9a-f]{2}.*|X[0-9a-f]{2}.*", re.S)
+
+
+def _fits_grammar(packet: bytes, reply: bytes) -> bool:
+    """Is `reply` something the protocol allows as the answer to `packet` (gdb manual,
+    "Packets")? An error (Exx or E.text) and the empty reply ("not supported") fit anything."""
+    if reply == b"" or ERROR.fullmatch(reply):
+        return True
+    head = packet[:1]
+    if head in (b"m", b"g", b"p"):
+        return bool(HEXS.fullmatch(reply))
+    if head in (b"M", b"X", b"P", b"G", b"Z", b"z", b"H", b"T") or packet == b"QStartNoAckMode":
+        return reply == b"OK"
+    if head in (b"?", b"s", b"c") or packet.startswith(b"vCont;"):
+        return bool(STOP.fullmatch(reply))
+    if packet == b"vCont?":
+        return reply.startswith(b"vCont;")
+    if packet == b"qC":
+        return bool(re.fullmatch(rb"QC[0-9a-f]+", reply))
+    if packet == b"qfThreadInfo":
+        return bool(re.fullmatch(rb"m[0-9a-f]+(,[0-9a-f]+)*", reply))
+    if packet == b"qsThreadInfo":
+        return reply == b"l"
+    if packet == b"qAttached":
+        return reply in (b"0", b"1")
+    if packet.startswith(b"qXfer:"):
+        return reply[:1] in (b"l", b"m")
+    if packet.startswith(b"qSupported"):
+        return b"PacketSize=" in reply
+    if packet.startswith(b"qRcmd,"):
+        return reply == b"OK" or (reply[:1] == b"O" and bool(HEXS.fullmatch(reply[1:])))
+    return False  # a packet the stub should not have answered with anything but "" or an error
