@@ -366,6 +366,22 @@ class Session:
         finally:
             c.ok(z)
 
+    def interrupt(self, seconds: float) -> float:
+        """`c` into the endless loop, then Ctrl-C (0x03) at once: the stop reply's round trip
+        (what tests used to time; speed belongs here, against QEMU in the same run)."""
+        c = self.c
+
+        def op():
+            c.send(b"c")
+            c.sock.sendall(b"\x03")
+            while True:
+                reply = c.recv()
+                if reply[:1] != b"O" or reply == b"OK":
+                    break
+            if reply[:1] not in (b"T", b"S"):
+                raise RspError(f"Ctrl-C -> {reply[:60]!r}")
+        return self.timed(op, seconds)
+
     def mem_reader(self, chunk: int):
         c = self.c
         state = {"addr": MEM_BASE}
@@ -393,6 +409,7 @@ PROTOCOL_ROWS = [
     ("g", "`g` round trips/s", "regs_g", "/s"),
     ("step", "`s` round trips/s (s + stop reply)", "step", "/s"),
     ("bp", "bp hit round trips/s (z0, s, Z0, c)", "bp_round_trip", "/s"),
+    ("ctrlc", "Ctrl-C round trips/s (c, 0x03, stop reply)", "interrupt", "/s"),
     ("m2048", "`m` 2048 B, MB/s", "mem_2048", "MB/s"),
     ("mmax", "`m` largest accepted, MB/s", "mem_max", "MB/s"),
 ]
