@@ -3,8 +3,9 @@
 - uAPI: every ctypes structure's size and field offsets, and every ioctl number, against a C
   program compiled with the system gcc from the installed kernel headers.
 - The pc board: guests from guests/x86 run with the right UART output and exit status; guest
-  exceptions name their vector and RIP; the same ELF gives the same output and status under
-  qemu-system-x86_64 (PVH boot).
+  exceptions name their vector and RIP; the same ELF gives the same output under
+  qemu-system-x86_64 (PVH boot), and the same isa-debug-exit value: guestdbg exits with the
+  value v the guest wrote, QEMU with (v << 1) | 1 (see `qemu_value`).
 - The vCPU: kick() interrupts a running guest; the register list round-trips, also into a
   fresh VM that then finishes the guest.
 
@@ -145,7 +146,7 @@ def test_ioctl_and_constant_numbers_match_kernel_headers(header_facts):
 @needs_kvm
 def test_hello_prints_and_exits_with_status(x86_guests):
     g = Guest(x86_guests / "hello.elf")
-    assert g.machine.run_to_exit() == (21 << 1) | 1
+    assert g.machine.run_to_exit() == 21  # the value written to isa-debug-exit (QEMU: (21 << 1) | 1)
     assert g.text == "hello: x86-64 guest on the 16550 UART\nhello: 6*7=42\nhello: exiting with 21\n"
 
 
@@ -156,14 +157,14 @@ def test_hello_prints_and_exits_with_status(x86_guests):
 ])
 def test_guests_run_to_their_end(x86_guests, name, expected):
     g = Guest(x86_guests / f"{name}.elf")
-    assert g.machine.run_to_exit() == 1
+    assert g.machine.run_to_exit() == 0  # success: main returned 0 (not 1, guestdbg's fault status)
     assert g.text == expected
 
 
 @needs_kvm
 def test_watch_guest_stores(x86_guests):
     g = Guest(x86_guests / "watch.elf")
-    assert g.machine.run_to_exit() == 1
+    assert g.machine.run_to_exit() == 0
     wdata = g.vm.read_phys(g.sym["wdata"], 64)
     assert wdata[1] == 0x11 and wdata[2:4] == b"\x22\x22" and wdata[8:16] == b"\x44" * 8
     assert wdata[0x13:0x1B] == b"\x55" * 8 and wdata[0x30:0x40] == b"\x99" * 8 + b"\x89" + b"\x88" * 7
@@ -212,6 +213,12 @@ def _run_qemu(elf: Path, accel: str) -> tuple[str, int]:
     return proc.stdout.decode(), proc.returncode
 
 
+def qemu_value(status: int) -> int:
+    """The isa-debug-exit value behind QEMU's exit status (v << 1) | 1 (v < 128)."""
+    assert status & 1, f"QEMU did not end through isa-debug-exit (status {status})"
+    return status >> 1
+
+
 @needs_kvm
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")
 @pytest.mark.parametrize("name, accel", [("hello", "kvm"), ("hello", "tcg"), ("bp_targets", "tcg"),
@@ -221,7 +228,7 @@ def test_same_output_and_status_as_qemu(x86_guests, name, accel):
     qemu_out, qemu_status = _run_qemu(elf, accel)
     g = Guest(elf)
     status = g.machine.run_to_exit()
-    assert (g.text, status) == (qemu_out, qemu_status)
+    assert (g.text, status) == (qemu_out, qemu_value(qemu_status))
 
 
 # ---------------------------------------------------------------------------- the vCPU
@@ -263,7 +270,7 @@ def test_kick_before_run_makes_the_next_run_return_at_once(x86_guests):
     g.vcpu.kick()
     assert g.vcpu.run().exit_reason == kvm.KVM_EXIT_INTR
     assert g.vcpu.get_regs().rip == g.machine.entry and not g.vcpu.immediate_exit
-    assert g.machine.run_to_exit() == 43
+    assert g.machine.run_to_exit() == 21
 
 
 def _interrupted_loop(x86_guests, iterations: int) -> Guest:
@@ -315,7 +322,7 @@ def test_registers_and_memory_move_to_a_fresh_vm(x86_guests):
     m2.restore_device_state(devices)
     m2.vcpu.restore_registers(saved)
     assert m2.vcpu.get_regs().rip == rip_before
-    assert m2.run_to_exit() == 1
+    assert m2.run_to_exit() == 0
     assert out == b"loop: done\n"
     expected = 0
     for i in range(1, 400_001):
@@ -359,8 +366,10 @@ def test_capabilities_from_the_vm_fd():
 @needs_kvm
 def test_cli_runs_an_x86_guest_to_its_status(x86_guests, capsys):
     from guestdbg.cli import main
-    assert main(["run", "--arch", "x86_64", str(x86_guests / "hello.elf")]) == 43
+    assert main(["run", "--arch", "x86_64", str(x86_guests / "hello.elf")]) == 21
     assert "hello: exiting with 21" in capsys.readouterr().out
+    assert main(["run", "--arch", "x86_64", str(x86_guests / "loop.elf")]) == 0  # success is 0, a fault 1
+    assert "loop: done" in capsys.readouterr().out
     assert main(["run", "--arch", "x86_64", str(x86_guests / "fault_ud.elf")]) == 1
     assert "guest exception #UD (invalid opcode, vector 6) at RIP=" in capsys.readouterr().err
     assert main(["run", "--arch", "x86_64"]) == 2

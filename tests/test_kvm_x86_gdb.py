@@ -88,7 +88,7 @@ def test_break_hbreak_stepi_continue(guests, tmp_path, facts):
             ex("continue")
         """)
         r.assert_ok()
-        assert st.wait() == 1
+        assert st.wait() == 0  # the guest's isa-debug-exit value (main returned 0)
     assert "i386:x86-64" in r["arch"]
     assert r["pc1"] == s["bp_a"] and r["pc2"] == s["bp_c"] and r["pc5"] == s["bp_a"], r.describe()
     assert r["pc3"] != r["pc2"] and r["pc4"] != r["pc3"]
@@ -97,7 +97,7 @@ def test_break_hbreak_stepi_continue(guests, tmp_path, facts):
     assert re.search(r"break\s+%#x\s+.*%s" % (s["bp_a"], mech) if facts.int3_exits_cleanly
                      else r"hbreak\s+%#x\s+slot \d" % s["bp_a"], r["slots"]), r["slots"]
     assert "bp_targets: a=3 b=3 c=3" in st.stdout
-    assert [e["exit_code"] for e in r.exits] == [1]
+    assert [e["exit_code"] for e in r.exits] == [0]  # W00: the guest succeeded
 
 
 def test_sw_breakpoints_past_the_debug_registers(guests, tmp_path, facts):
@@ -142,7 +142,7 @@ def test_watch_rwatch_awatch(guests, tmp_path, facts):
             ex("continue")
         """)
         r.assert_ok()
-        assert st.wait() == 1
+        assert st.wait() == 0  # the guest's isa-debug-exit value (main returned 0)
     # x86 reports watchpoints after the access: the PC is past the accessing instruction.
     assert r["pc1"] == s["acc_str_unaligned"], r.describe()
     assert "Old value = 0" in r["c1"] and "New value = 4919131752989213764" in r["c1"], r["c1"]
@@ -176,7 +176,7 @@ def test_many_watches_page_traps_and_untouched_page(guests, tmp_path, facts):
             ex("continue")
         """)
         r.assert_ok()
-        assert st.wait() == 1
+        assert st.wait() == 0  # the guest's isa-debug-exit value (main returned 0)
     assert r["pc1"] == s["acc_str_w"], r.describe()
     assert r["pc2"] in (s["acc_rep_movsb"], s["acc_ldrb"]), r.describe()  # inside or past rep movsb
     assert "page-trap" in r["slots"]
@@ -262,7 +262,7 @@ def test_ctrl_c_detach_and_snapshot(guests, tmp_path):
             ex("detach")
         """)
         r.assert_ok()
-        assert st.wait(timeout=30) == 1
+        assert st.wait(timeout=30) == 0  # loop succeeded after the detach
     s = symbols(elf)
     assert "snapshot saved" in r["save"] and "snapshot loaded" in r["load"], r.describe()
     assert r["rcx1"] == r["rcx0"] - 1

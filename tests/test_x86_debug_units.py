@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guestdbg import kvm
+from guestdbg.backends.kvm_x86 import decode
 from guestdbg.backends.kvm_x86 import uapi as u
 from guestdbg.backends.kvm_x86 import vm as kvm_vm
 from guestdbg.backends.kvm_x86.probe import HostDebugFacts
@@ -311,7 +312,9 @@ def test_reinject_delivers_bp_past_the_int3():
 AMD64_ORDER = (["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"] + [f"r{i}" for i in range(8, 16)]
                + ["rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs"] + [f"st{i}" for i in range(8)]
                + ["fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop"]
-               + [f"xmm{i}" for i in range(16)] + ["mxcsr", "fs_base", "gs_base"])
+               + [f"xmm{i}" for i in range(16)] + ["mxcsr", "fs_base", "gs_base"]
+               + ["k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"])  # QEMU's names
+SYS_REGS = AMD64_ORDER[59:]
 
 
 def h(value: int, bits: int) -> bytes:
@@ -345,7 +348,8 @@ def test_catalogue_order_numbering_and_sizes():
     assert {sizes[f"st{i}"] for i in range(8)} == {80}
     assert {sizes[f"xmm{i}"] for i in range(16)} == {128}
     assert sizes["fs_base"] == sizes["gs_base"] == 64
-    assert ar.G_PACKET_HEX_LEN == sum(r.bitsize for r in regs) // 4 == 1104
+    assert {sizes[n] for n in SYS_REGS} == {64}
+    assert ar.G_PACKET_HEX_LEN == sum(r.bitsize for r in regs) // 4 == 1104 + 7 * 16
     assert {r.name for r in regs if r.readonly} == {"cs", "ss", "ds", "es", "fs", "gs"}
     assert (ar.REG_RBP, ar.REG_RSP, ar.REG_RIP) == (6, 7, 16)
     assert ar.EXPEDITED_REGNUMS == (6, 7, 16)
@@ -353,6 +357,8 @@ def test_catalogue_order_numbering_and_sizes():
     assert {feats[n] for n in AMD64_ORDER[:40]} == {ar.FEATURE_CORE}
     assert {feats[n] for n in AMD64_ORDER[40:57]} == {ar.FEATURE_SSE}
     assert feats["fs_base"] == feats["gs_base"] == ar.FEATURE_SEGMENTS
+    assert {feats[n] for n in SYS_REGS} == {ar.FEATURE_SYS}
+    assert [ar.BY_NAME[n].gdb_regnum for n in SYS_REGS] == list(range(59, 66))  # after gdb's own
 
 
 def test_target_xml_well_formed_and_complete():
@@ -361,7 +367,8 @@ def test_target_xml_well_formed_and_complete():
     root = ET.fromstring(text)
     assert root.tag == "target" and root.findtext("architecture") == "i386:x86-64"
     features = [f.get("name") for f in root.findall("feature")]
-    assert features == ["org.gnu.gdb.i386.core", "org.gnu.gdb.i386.sse", "org.gnu.gdb.i386.segments"]
+    assert features == ["org.gnu.gdb.i386.core", "org.gnu.gdb.i386.sse", "org.gnu.gdb.i386.segments",
+                        "org.guestdbg.x86.sys"]
     regs = [(f.get("name"), r.attrib) for f in root.findall("feature") for r in f.findall("reg")]
     assert [a["name"] for _, a in regs] == AMD64_ORDER
     for (feature, attrs), rd in zip(regs, ar.REGISTERS):
@@ -385,16 +392,29 @@ def test_target_xml_well_formed_and_complete():
     eflags = root.find(".//flags[@id='i386_eflags']")
     bits = {x.get("name"): int(x.get("start")) for x in eflags if x.get("name")}
     assert (bits["CF"], bits["ZF"], bits["TF"], bits["IF"], bits["OF"]) == (0, 6, 8, 9, 11)
+    sys_types = {r.get("name"): r.get("type") for r in root.find("feature[@name='org.guestdbg.x86.sys']").findall("reg")}
+    assert sys_types == {"k_gs_base": "int64", "cr0": "i386_cr0", "cr2": "int64", "cr3": "i386_cr3",
+                         "cr4": "i386_cr4", "cr8": "int64", "efer": "i386_efer"}
+    # the architectural bits (Intel SDM vol. 3, 2.5), as QEMU's description has them too
+    cr0 = {x.get("name"): int(x.get("start")) for x in root.find(".//flags[@id='i386_cr0']")}
+    assert (cr0["PE"], cr0["WP"], cr0["PG"]) == (0, 16, 31)
+    cr4 = {x.get("name"): int(x.get("start")) for x in root.find(".//flags[@id='i386_cr4']")}
+    assert (cr4["PAE"], cr4["OSFXSR"], cr4["OSXMMEXCPT"], cr4["PCIDE"]) == (5, 9, 10, 17)
+    efer = {x.get("name"): int(x.get("start")) for x in root.find(".//flags[@id='i386_efer']")}
+    assert (efer["SCE"], efer["LME"], efer["LMA"], efer["NXE"]) == (0, 8, 10, 11)
+    cr3 = {x.get("name"): (int(x.get("start")), int(x.get("end"))) for x in root.find(".//flags[@id='i386_cr3']")}
+    assert cr3 == {"PCID": (0, 11), "PDBR": (12, 63)}
 
 
 class FakeX86Vcpu:
-    """The interface amd64_regs uses: get/set of kvm_regs, kvm_sregs and kvm_fpu. Getters return
-    copies (as KVM's ioctls do); every call is logged."""
+    """The interface amd64_regs uses: get/set of kvm_regs, kvm_sregs, kvm_fpu and MSRs. Getters
+    return copies (as KVM's ioctls do); every call is logged."""
 
     def __init__(self):
         self.regs = u.kvm_regs()
         self.sregs = u.kvm_sregs()
         self.fpu = u.kvm_fpu()
+        self.msrs = {ar.MSR_KERNEL_GS_BASE: 0}
         self.calls: list[str] = []
 
     def _get(self, name):
@@ -425,8 +445,17 @@ class FakeX86Vcpu:
     def set_fpu(self, v):
         self._set("fpu", v)
 
-    def snapshot(self) -> tuple[bytes, bytes, bytes]:
-        return bytes(self.regs), bytes(self.sregs), bytes(self.fpu)
+    def get_msrs(self, indices):
+        self.calls.append("get_msrs")
+        return {i: self.msrs[i] for i in indices}
+
+    def set_msrs(self, values):
+        self.calls.append("set_msrs")
+        assert set(values) <= set(self.msrs)
+        self.msrs.update(values)
+
+    def snapshot(self) -> tuple[bytes, bytes, bytes, tuple]:
+        return bytes(self.regs), bytes(self.sregs), bytes(self.fpu), tuple(sorted(self.msrs.items()))
 
     def sets(self) -> list[str]:
         return [c for c in self.calls if c.startswith("set_")]
@@ -449,6 +478,8 @@ def fv():
     s.cs.selector, s.ss.selector, s.ds.selector = 0x08, 0x10, 0x10
     s.es.selector, s.fs.selector, s.gs.selector = 0x10, 0x10, 0x2B
     s.fs.base, s.gs.base = 0x7F00_0000_1000, 0xFFFF_8880_0000_0000
+    s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer = 0x8005_0033, 0xDEAD_0000, 0x10_1000, 0x620, 0xF, 0x501
+    v.msrs[ar.MSR_KERNEL_GS_BASE] = 0xFFFF_8880_1234_0000
     f = v.fpu
     f.fcw, f.fsw, f.mxcsr, f.last_opcode = 0x37F, 0, 0x1F80, 0x1DD
     f.last_ip, f.last_dp = 0xAAAA_BBBB_1234_5678, 0xCCCC_DDDD_8765_4321
@@ -476,6 +507,9 @@ def test_g_layout_and_rbp_rsp_swap(fv):
     assert f["ftag"] == h(0xFFFC, 32)  # phys 0 valid (00), the rest empty (11)
     assert f["fioff"] == h(0x1234_5678, 32) and f["fooff"] == h(0x8765_4321, 32)
     assert f["xmm3"] == bytes(range(1, 17)).hex().encode()
+    assert (f["cr0"], f["cr2"], f["cr3"]) == (h(0x8005_0033, 64), h(0xDEAD_0000, 64), h(0x10_1000, 64))
+    assert (f["cr4"], f["cr8"], f["efer"]) == (h(0x620, 64), h(0xF, 64), h(0x501, 64))
+    assert f["k_gs_base"] == h(0xFFFF_8880_1234_0000, 64)
     for r in ar.REGISTERS:
         assert ar.read_register(fv, r.gdb_regnum) == f[r.name], r.name
     assert ar.expedited(fv) == {6: f["rbp"], 7: f["rsp"], 16: f["rip"]}
@@ -483,7 +517,7 @@ def test_g_layout_and_rbp_rsp_swap(fv):
     # one fetch per group for a whole g packet
     fv.calls.clear()
     ar.encode_g(fv)
-    assert sorted(fv.calls) == ["get_fpu", "get_regs", "get_sregs"]
+    assert sorted(fv.calls) == ["get_fpu", "get_msrs", "get_regs", "get_sregs"]
 
 
 def test_P_writes_rsp_and_rbp_to_their_kvm_fields(fv):
@@ -500,18 +534,21 @@ def test_G_round_trip(fv):
     g = bytearray(ar.encode_g(fv))
     edits = {"rax": 0xDEADBEEF, "rbp": 0x1000, "rsp": 0x2000, "r15": 0xF00D, "rip": 0x10_0123,
              "eflags": 0x202, "fs_base": 0x7000_0000, "gs_base": 0x8000_0000, "st7": ONE_80 + 5,
-             "fctrl": 0x27F, "mxcsr": 0x9FC0, "xmm15": (1 << 127) | 0xABCD, "fioff": 0x4444_5555}
+             "fctrl": 0x27F, "mxcsr": 0x9FC0, "xmm15": (1 << 127) | 0xABCD, "fioff": 0x4444_5555,
+             "cr3": 0x20_0000, "efer": 0xD01, "k_gs_base": 0x1234}
     for name, value in edits.items():
         r = ar.BY_NAME[name]
         g[g_offset(name):g_offset(name) + r.hex_len] = h(value, r.bitsize)
     fv.calls.clear()
     ar.decode_G(fv, bytes(g))
-    assert sorted(fv.sets()) == ["set_fpu", "set_regs", "set_sregs"]  # each group set back once
+    assert sorted(fv.sets()) == ["set_fpu", "set_msrs", "set_regs", "set_sregs"]  # each group set back once
     assert ar.encode_g(fv) == bytes(g)
     assert (fv.regs.rax, fv.regs.rbp, fv.regs.rsp, fv.regs.rip) == (0xDEADBEEF, 0x1000, 0x2000, 0x10_0123)
     assert fv.regs.rflags == 0x202
     assert (fv.sregs.fs.base, fv.sregs.gs.base) == (0x7000_0000, 0x8000_0000)
     assert (fv.sregs.fs.selector, fv.sregs.cs.selector) == (0x10, 0x08)
+    assert (fv.sregs.cr3, fv.sregs.efer, fv.sregs.cr0) == (0x20_0000, 0xD01, 0x8005_0033)
+    assert fv.msrs[ar.MSR_KERNEL_GS_BASE] == 0x1234
     assert fv.fpu.fcw == 0x27F and fv.fpu.mxcsr == 0x9FC0
     assert fv.fpu.last_ip == 0xAAAA_BBBB_4444_5555  # fioff is the low half of the 64-bit FIP
     assert int.from_bytes(bytes(fv.fpu.xmm[15]), "little") == (1 << 127) | 0xABCD
@@ -534,7 +571,7 @@ def test_G_round_trip(fv):
 def test_G_rejects_bad_payload_and_writes_nothing(fv, mutate):
     g = bytearray(ar.encode_g(fv))
     g[:16] = h(0x5555, 64)                       # rax: would be written first
-    g[-16:] = h(0x1234, 64)                      # gs_base
+    g[-16:] = h(0x1234, 64)                      # efer, the last
     bad = mutate(bytes(g))
     before = fv.snapshot()
     fv.calls.clear()
@@ -793,3 +830,98 @@ def test_page_traps_merge_and_move(trap_machine):
     assert rec.layout(vm) == [(0, RAM_SIZE, 0)]
     assert vm.slots == logical
     assert_ram_unchanged(ram_before, vm.read_phys(0, RAM_SIZE))
+
+
+# ============================================================================================
+# Fetch assist: the loads of an instruction stepped from a load-trapped page
+
+DREGS = u.kvm_regs(rax=0x1122, rbx=0x3000, rcx=4, rsi=0x5000, rdi=0x6000, rsp=0x8F00, rbp=0x9000)
+
+
+@pytest.mark.parametrize("hexcode, loads", [
+    ("8305f90f000001", [(0x10_1000, 4)]),           # add dword [rip+0xff9], 1: from the next RIP
+    ("488d05f90f0000", []),                          # lea: an address, no access
+    ("890425 00002000", []),                         # a store only
+    ("8b0425 00002000", [(0x20_0000, 4)]),
+    ("8b448b10", [(0x3000 + 4 * 4 + 0x10, 4)]),      # [rbx + rcx*4 + 0x10]
+    ("f3a4", [(0x5000, 1)]),                         # rep movsb: the source
+    ("ac", [(0x5000, 1)]), ("ae", [(0x6000, 1)]), ("6e", [(0x5000, 1)]),  # lodsb, scasb, outsb
+    ("58", [(0x8F00, 8)]), ("c3", [(0x8F00, 8)]), ("c9", [(0x9000, 8)]), ("48cf", [(0x8F00, 40)]),
+    ("ff30", [(0x1122, 8)]),                         # push qword [rax]
+    ("d7", [(0x3000 + 0x22, 1)]),                    # xlatb: [rbx + al]
+    ("0fae08", [(0x1122, 512)]),                     # fxrstor: the whole area
+    ("648b042510000000", [(0x7000_0010, 4)]),        # fs: override: the fs base is added
+    ("678b00", [(0x1122, 4)]),                       # addr32
+    ("660f1f440000", []), ("0f1800", []), ("0f0138", []),  # nopw, prefetchnta, invlpg
+    ("90", []), ("ec", []),                          # nop, in al, dx (a port, not memory)
+])
+def test_decode_loads(hexcode, loads):
+    code = bytes.fromhex(hexcode.replace(" ", ""))
+    insn = decode.decode(code + b"\x90" * 8, 0x10_0000)
+    assert insn is not None and insn.size == len(code)
+    assert insn.loads(DREGS, {"fs": 0x7000_0000, "gs": 0}) == loads
+
+
+def test_decode_flags_translation_changes_and_undecodable_bytes():
+    assert decode.decode(bytes.fromhex("0f22d8"), 0x1000).tlb_change       # mov cr3, rax
+    assert decode.decode(bytes.fromhex("0f0138"), 0x1000).tlb_change       # invlpg
+    assert not decode.decode(bytes.fromhex("488b01"), 0x1000).tlb_change   # mov rax, [rcx]
+    assert decode.decode(b"\x0f\xff", 0x1000) is None or decode.decode(b"\x0f\xff", 0x1000).size == 2
+    assert decode.decode(b"", 0x1000) is None
+
+
+CODE_PAGE = 0x20_1000
+DATA = CODE_PAGE + 0x800
+
+
+def _assist_machine(code_at: int, code: bytes):
+    from guestdbg.board.pc import PcConfig, X86Machine
+    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None, probe_debug=False)
+    m.vm.write_phys(DATA, (41).to_bytes(4, "little"))
+    m.vm.write_phys(code_at, code + b"\xe6\xf4\xf4")  # ...; out 0xf4, al; hlt
+    m.reset_cpu(code_at)
+    return m
+
+
+@needs_kvm
+def test_fetch_assist_instruction_straddling_into_a_load_trapped_page():
+    """mov eax, [DATA] starts on the page before and ends on the trapped page (which also holds
+    DATA): its load is reported after it, then the guest goes on to its exit."""
+    start = CODE_PAGE - 3
+    m = _assist_machine(start, bytes.fromhex("8b0425") + DATA.to_bytes(4, "little"))
+    try:
+        m.vcpu.set_watch_traps([WatchTrap(DATA, DATA + 4, loads=True, stores=False)])
+        run = m.run_until()
+        assert run.exit_reason == kvm.KVM_EXIT_DEBUG and run.debug.page_trap is not None, run
+        hit = run.debug.page_trap
+        assert (hit.addr, hit.size, hit.is_write) == (DATA, 4, False)
+        assert m.vcpu.pc == start + 7 and m.vcpu.get_regs().rax == 41
+        assert m.vcpu.fetch_assists >= 1 and m.vcpu._assist is None
+        assert m.vm.trap_pages == {CODE_PAGE: kvm_vm.TRAP_NOSLOT}  # laid out again for the debugger
+        ended = m.run_until()
+        assert ended.status == 41  # out 0xf4, al after the load
+    finally:
+        m.close()
+
+
+@needs_kvm
+def test_fetch_assist_read_modify_write_on_its_own_page_is_one_stop():
+    """add dword [DATA], 1 on the page it watches (awatch): the load and the store make one stop,
+    reported as the load; a store-only instruction there is reported as a store."""
+    code = bytes.fromhex("830425") + DATA.to_bytes(4, "little") + b"\x01"    # add dword [DATA], 1
+    code += bytes.fromhex("c70425") + DATA.to_bytes(4, "little") + (7).to_bytes(4, "little")  # mov dword [DATA], 7
+    code += bytes.fromhex("8b0425") + DATA.to_bytes(4, "little")           # mov eax, [DATA]
+    m = _assist_machine(CODE_PAGE + 0x10, code)
+    try:
+        m.vcpu.set_watch_traps([WatchTrap(DATA, DATA + 4, loads=True, stores=True)])
+        hits = []
+        while True:
+            run = m.run_until()
+            if not isinstance(run, kvm.KvmRun):
+                break
+            hit = run.debug.page_trap
+            hits.append((m.vcpu.pc - CODE_PAGE - 0x10, hit.is_write, int.from_bytes(m.vm.read_phys(DATA, 4), "little")))
+        assert hits == [(8, False, 42), (19, True, 7), (26, False, 7)]
+        assert run.status == 7
+    finally:
+        m.close()

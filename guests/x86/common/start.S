@@ -101,7 +101,7 @@ _start64:
     call    debug_exit
     .size _start64, . - _start64
 
-    /* debug_exit(status): isa-debug-exit; QEMU and guestdbg end with status (value<<1)|1. */
+    /* debug_exit(status): isa-debug-exit; guestdbg ends with status value, QEMU with (value<<1)|1. */
     .global debug_exit
     .type debug_exit, @function
 debug_exit:

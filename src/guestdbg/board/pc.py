@@ -23,7 +23,10 @@ nothing is mapped: a guest access there is a #PF.
 I/O ports:
 
     0x3F8-0x3FF  16550 UART (COM1): THR sends a byte to the console; LSR says THRE|TEMT
-    0xF4         isa-debug-exit: a write of v ends the guest with status (v << 1) | 1, as QEMU's
+    0xF4         isa-debug-exit: a write of v ends the guest with status v (EXIT_STATUS_MAX for
+                 anything larger). QEMU's device ends QEMU with (v << 1) | 1 instead, which can
+                 never be 0: a guest's success (v = 0) would read as 1, exactly like guestdbg's
+                 own "guest fault" status, so guestdbg reports the value the guest wrote.
     EXC_PORT     the exception stubs' report (guestdbg's own; QEMU never sees it)
 
 Other ports read as all-ones and ignore writes.
@@ -60,6 +63,7 @@ COM1_BASE = 0x3F8
 DEBUG_EXIT_PORT = 0xF4
 EXC_PORT = 0x0F00
 
+EXIT_STATUS_MAX = 255  # a larger isa-debug-exit value must not wrap to 0 (success) in 8 bits
 DEFAULT_RAM_SIZE = 128 << 20
 MAX_RAM_SIZE = 3 << 30  # below the 4 GiB identity map, leaving room for MMIO
 SLOT_RAM = 0
@@ -328,7 +332,8 @@ class X86Machine(RunToExit):
             if io.is_out:
                 value = int.from_bytes(io.data[chunk], "little")
                 if io.port == DEBUG_EXIT_PORT:
-                    return ExitStatus((value << 1) | 1, "isa-debug-exit")
+                    return ExitStatus(min(value, EXIT_STATUS_MAX),
+                                      f"isa-debug-exit {value:#x} (QEMU's status would be {((value << 1) | 1) & 0xFF})")
                 if io.port == EXC_PORT:
                     raise self._guest_exception(value)
                 if COM1_BASE <= io.port < COM1_BASE + 8:
@@ -353,27 +358,24 @@ class X86Machine(RunToExit):
         DEBUG or INTR exit (returned as they are)."""
         while True:
             run = self.vcpu.run()
-            if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
-                return run
-            try:
-                ended = self.handle_exit(run)
-            except GuestException as e:
-                fault = self._fault_stop(e)
-                if stop(fault):
-                    return fault
-                raise
-            if ended is not None:
-                return ended
-            if run.exit_reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO) \
-                    and self.vcpu.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
-                # Single-stepping across an instruction that exited to us: finish it and report
-                # the step (on kvm_pvm KVM would otherwise run on without a step exit).
-                run = self.vcpu.finish_step()
+            while True:
                 if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
                     return run
-                ended = self.handle_exit(run)
+                try:
+                    ended = self.handle_exit(run)
+                except GuestException as e:
+                    fault = self._fault_stop(e)
+                    if stop(fault):
+                        return fault
+                    raise
                 if ended is not None:
                     return ended
+                if run.exit_reason not in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO) or not self.vcpu.stepping:
+                    break
+                # Single-stepping (the debugger, or the vCPU's fetch assist) across an instruction
+                # that exited to us: finish it and report the step (on kvm_pvm KVM would otherwise
+                # run on without a step exit). What comes back may be another exit to serve.
+                run = self.vcpu.finish_step()
 
     def _fault_stop(self, e: GuestException) -> kvm.KvmRun:
         """A guest exception as a debugger sees it: the vCPU put back on the faulting

@@ -72,6 +72,9 @@ class DebugArch(Protocol):
     def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
         """Deliver a software-breakpoint exception that was not the debugger's to the guest."""
 
+    def slots_full_message(self, bp_slots: int) -> str:
+        """What a breakpoint refused for want of slots (ENOSPC) says, naming the hardware."""
+
 
 class Arm64DebugArch:
     """AArch64: BRK #0, DBGBCR/DBGWCR slots (BAS and MASK), ESR exception classes."""
@@ -85,6 +88,9 @@ class Arm64DebugArch:
         return (vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS),
                 vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS))
     max_watch = 1 << 31  # MASK covers up to 2 GiB
+
+    def slots_full_message(self, bp_slots: int) -> str:
+        return f"all {bp_slots} hardware breakpoints are in use"
 
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
         lsc = {"write": 0b10, "read": 0b01, "access": 0b11}[lsc_kind]

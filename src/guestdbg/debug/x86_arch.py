@@ -5,13 +5,15 @@ The mechanisms follow what the host's KVM really does (`guestdbg.backends.kvm_x8
 - `sw_break` is int3 (b"\\xcc") when int3 gives a clean KVM_EXIT_DEBUG (exception 3). Otherwise
   it is None, which tells the manager to put software breakpoints (Z0) in the DR execution
   slots like hbreak; past the 4 debug registers it refuses with ENOSPC (documented, no
-  single-step scanning).
+  single-step scanning); `slots_full_message()` is the text that refusal should carry.
 - The four debug registers are *shared* between breakpoints and watchpoints (`shared_slots`):
   KVM_CAP_GUEST_DEBUG_HW_BPS/WPS read 0 on x86, meaning DR0-DR3. `slot_counts()` gives the
   manager 4 breakpoint slots, and 4 watchpoint slots only where DR data watchpoints fire
   (0 otherwise, so every watch takes the page-trap path).
 - `plan_watch` splits a range into naturally aligned 1/2/4/8-byte DR pieces (exact: nothing
-  widened).
+  widened). Where every watch is a page trap, it refuses (ENOTSUP) a load watch on the guest's
+  page tables: the trap would take the page away from KVM's page walk. It runs before the
+  manager records the watch, so a refusal changes nothing.
 - `debug_arch` fills kvm_guest_debug_arch.debugreg[8]: DR0-DR3, DR6 = 0, DR7 with Gn, RW and
   LEN (REFERENCE.md section 4). It keeps its own copy of DR7 and of what each slot holds: KVM
   reports dr7 = 0 in debug exits on some hosts.
@@ -25,6 +27,8 @@ The mechanisms follow what the host's KVM really does (`guestdbg.backends.kvm_x8
 """
 
 from __future__ import annotations
+
+import errno
 
 from guestdbg import kvm
 from guestdbg.debug.arch import RawStop
@@ -69,18 +73,49 @@ class X86DebugArch:
         self.dr_exec = facts is None or facts.dr_exec_break_works
         self.dr7 = 0
         self.slot_kind: dict[int, tuple[str, int, int]] = {}  # slot -> ("exec"|rw kind, addr, len)
+        self.vm = None  # set by slot_counts(), which the manager calls first
+
+    def slots_full_message(self, bp_slots: int = NUM_DRS) -> str:
+        """What a refused breakpoint (ENOSPC) should say: the cause is the debug registers, not
+        the memory gdb names ("Cannot access memory at address ...") when its Z0 fails."""
+        shared = "" if self.sw_break else "; on this host int3 cannot be used, so break and hbreak both take one"
+        watches = " or a watchpoint" if self.dr_watch else ""
+        return (f"all {bp_slots} x86 debug registers (DR0-DR3) are in use{shared}: "
+                f"delete a breakpoint{watches} first")
 
     def slot_counts(self, vm) -> tuple[int, int]:
         """(breakpoint slots, watchpoint slots): KVM's counts when it gives them, else DR0-DR3."""
+        self.vm = vm  # plan_watch checks page traps against this VM's vCPU
         bps = vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) or NUM_DRS
         wps = vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS) or NUM_DRS
         return (bps if self.dr_exec else 0), (wps if self.dr_watch else 0)
 
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
+        if lsc_kind != "write" and not self.dr_watch:
+            self._refuse_page_table_loads(addr, length)
         rw = {"write": RW_WRITE, "read": RW_ACCESS, "access": RW_ACCESS}[lsc_kind]
         # x86 has no read-only data breakpoint: rwatch uses RW=11 and classify() reports it
         # as a read only when the slot's watch is a read watch (the manager matches kinds).
         return [(a, (rw << 8) | n) for a, n in plan_dr_pieces(addr, length)]
+
+    def _refuse_page_table_loads(self, addr: int, length: int) -> None:
+        """Every watch here is a page trap, and a load trap takes the page's memory slot away:
+        on the guest's page tables that leaves KVM's page walk nothing to read (the guest
+        triple-faults), so such a watch is refused before the manager records it."""
+        vcpus = getattr(self.vm, "vcpus", None)
+        if not vcpus or not hasattr(vcpus[0], "page_table_pages"):
+            return
+        from guestdbg.debug.manager import DebugError
+        vcpu = vcpus[0]
+        tables = vcpu.page_table_pages()
+        va = addr - addr % 4096
+        while va < addr + length:
+            got = vcpu.kvm_translate(va)
+            if got is not None and (got[0] & ~0xFFF) in tables:
+                raise DebugError(errno.ENOTSUP, f"cannot watch loads at {max(va, addr):#x}: page {got[0] & ~0xFFF:#x} "
+                                                "holds the guest's page tables, and a load watch here takes the "
+                                                "page away from KVM's page walk (`watch`, for stores, works)")
+            va += 4096
 
     def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]):
         from guestdbg.backends.kvm_x86 import uapi as u

@@ -10,10 +10,14 @@ Theory of operation
    rax rbx rcx rdx rsi rdi rbp rsp (0-7) -- rbp BEFORE rsp, unlike struct kvm_regs, which has
    rsp before rbp --, r8-r15 (8-15), rip 16, eflags 17, cs ss ds es fs gs (18-23),
    st0-st7 (24-31, 80 bits), fctrl fstat ftag fiseg fioff foseg fooff fop (32-39),
-   xmm0-xmm15 (40-55), mxcsr 56, fs_base 57, gs_base 58.
+   xmm0-xmm15 (40-55), mxcsr 56, fs_base 57, gs_base 58; then the system registers QEMU's
+   gdbstub also offers, under the same names: k_gs_base 59, cr0 cr2 cr3 cr4 cr8 (60-64),
+   efer 65 (feature org.guestdbg.x86.sys, after gdb's own so their numbers stay gdb's).
 2. Each register is a (group, field) of the vCPU's KVM state: "regs" (KVM_GET/SET_REGS),
-   "sregs" (segment selectors and fs/gs bases), "fpu" (KVM_GET/SET_FPU: x87, SSE). A read
-   fetches each group once (`_State`); a write changes the group and sets it back once.
+   "sregs" (segment selectors, fs/gs bases, control registers, EFER), "fpu" (KVM_GET/SET_FPU:
+   x87, SSE), "msr" (KVM_GET/SET_MSRS: k_gs_base, MSR_KERNEL_GS_BASE). A read fetches each
+   group once (`_State`); a write changes the group and sets it back once. KVM checks control
+   register and EFER values (KVM_SET_SREGS): one it refuses is an error and changes nothing.
 3. Segment selectors are read-only (a selector alone cannot reload a descriptor); writing the
    value they already hold is accepted, so a `G` built from a `g` reply works.
 4. ftag is the full x87 tag word gdb expects, computed from KVM's abridged (FXSAVE) tag byte
@@ -31,7 +35,9 @@ from dataclasses import dataclass
 FEATURE_CORE = "org.gnu.gdb.i386.core"
 FEATURE_SSE = "org.gnu.gdb.i386.sse"
 FEATURE_SEGMENTS = "org.gnu.gdb.i386.segments"
-FEATURES = (FEATURE_CORE, FEATURE_SSE, FEATURE_SEGMENTS)
+FEATURE_SYS = "org.guestdbg.x86.sys"  # gdb defines no feature for these: shown under their names
+FEATURES = (FEATURE_CORE, FEATURE_SSE, FEATURE_SEGMENTS, FEATURE_SYS)
+MSR_KERNEL_GS_BASE = 0xC000_0102
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,9 @@ class RegDef:
     name: str
     bitsize: int
     gdb_regnum: int
-    group: str      # "regs", "sregs", "fpu"
-    field: str      # attribute (regs), segment name or "fs_base"/"gs_base" (sregs), fpu part
+    group: str      # "regs", "sregs", "fpu", "msr"
+    field: str      # attribute (regs), segment name, "fs_base"/"gs_base" or a kvm_sregs
+                    # field (sregs), fpu part, MSR number as text (msr)
     type: str
     feature: str
     readonly: bool = False
@@ -76,6 +83,13 @@ def _build() -> tuple[RegDef, ...]:
     add("mxcsr", 32, "fpu", "mxcsr", "i386_mxcsr", FEATURE_SSE, xml_group="vector")
     add("fs_base", 64, "sregs", "fs_base", "int", FEATURE_SEGMENTS)
     add("gs_base", 64, "sregs", "gs_base", "int", FEATURE_SEGMENTS)
+    add("k_gs_base", 64, "msr", str(MSR_KERNEL_GS_BASE), "int64", FEATURE_SYS)
+    add("cr0", 64, "sregs", "cr0", "i386_cr0", FEATURE_SYS)
+    add("cr2", 64, "sregs", "cr2", "int64", FEATURE_SYS)
+    add("cr3", 64, "sregs", "cr3", "i386_cr3", FEATURE_SYS)
+    add("cr4", 64, "sregs", "cr4", "i386_cr4", FEATURE_SYS)
+    add("cr8", 64, "sregs", "cr8", "int64", FEATURE_SYS)
+    add("efer", 64, "sregs", "efer", "i386_efer", FEATURE_SYS)
     return tuple(regs)
 
 
@@ -130,8 +144,12 @@ class _State:
     def group(self, name: str):
         if name not in self.groups:
             self.groups[name] = {"regs": self.vcpu.get_regs, "sregs": self.vcpu.get_sregs,
-                                 "fpu": self.vcpu.get_fpu}[name]()
+                                 "fpu": self.vcpu.get_fpu, "msr": self._get_msrs}[name]()
         return self.groups[name]
+
+    def _get_msrs(self) -> dict[int, int]:
+        indices = sorted({int(r.field) for r in REGISTERS if r.group == "msr"})
+        return dict(self.vcpu.get_msrs(indices))
 
     def read(self, r: RegDef) -> int:
         g = self.group(r.group)
@@ -139,7 +157,9 @@ class _State:
         if r.group == "regs":
             value = getattr(g, f)
         elif r.group == "sregs":
-            value = getattr(g, f[:2]).base if f.endswith("_base") else getattr(g, f).selector
+            value = _read_sreg(g, f)
+        elif r.group == "msr":
+            value = g[int(f)]
         else:
             value = _read_fpu(g, f)
         return value & ((1 << r.bitsize) - 1)
@@ -152,21 +172,39 @@ class _State:
                 value |= g.rflags & ~0xFFFFFFFF
             setattr(g, f, value)
         elif r.group == "sregs":
-            if not f.endswith("_base"):
+            if f in _SREGS_FIELDS:
+                setattr(g, f, value)
+            elif not f.endswith("_base"):
                 if value != getattr(g, f).selector:
                     raise ValueError(f"{r.name} is read-only (a selector alone cannot reload its descriptor)")
                 return
-            getattr(g, f[:2]).base = value
+            else:
+                getattr(g, f[:2]).base = value
+        elif r.group == "msr":
+            g[int(f)] = value
         else:
             _write_fpu(g, f, value)
         self.dirty.add(r.group)
 
     def flush(self) -> None:
-        setters = {"regs": self.vcpu.set_regs, "sregs": self.vcpu.set_sregs, "fpu": self.vcpu.set_fpu}
-        for name in ("sregs", "fpu", "regs"):
+        setters = {"regs": self.vcpu.set_regs, "sregs": self.vcpu.set_sregs, "fpu": self.vcpu.set_fpu,
+                   "msr": self.vcpu.set_msrs}
+        for name in ("sregs", "fpu", "regs", "msr"):
             if name in self.dirty:
-                setters[name](self.groups[name])
+                try:
+                    setters[name](self.groups[name])
+                except OSError as e:  # KVM refused the value (KVM_SET_SREGS checks CR0/CR4/EFER)
+                    raise ValueError(f"KVM refused the new {name} ({e.strerror or e})") from None
         self.dirty.clear()
+
+
+_SREGS_FIELDS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
+
+
+def _read_sreg(sregs, f: str) -> int:
+    if f in _SREGS_FIELDS:
+        return getattr(sregs, f)
+    return getattr(sregs, f[:2]).base if f.endswith("_base") else getattr(sregs, f).selector
 
 
 _FPU_SCALARS = {"fctrl": "fcw", "fstat": "fsw", "fop": "last_opcode", "mxcsr": "mxcsr"}
@@ -297,6 +335,17 @@ def expedited(vcpu) -> dict[int, bytes]:
 _EFLAGS = (("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), ("IF", 9),
            ("DF", 10), ("OF", 11), ("NT", 14), ("RF", 16), ("VM", 17), ("AC", 18), ("VIF", 19),
            ("VIP", 20), ("ID", 21))
+# Control register and EFER bits (Intel SDM vol. 3, 2.5 and 2.2.1), as gdb shows flags.
+_CR0 = (("PE", 0), ("MP", 1), ("EM", 2), ("TS", 3), ("ET", 4), ("NE", 5), ("WP", 16), ("AM", 18),
+        ("NW", 29), ("CD", 30), ("PG", 31))
+_CR4 = (("VME", 0), ("PVI", 1), ("TSD", 2), ("DE", 3), ("PSE", 4), ("PAE", 5), ("MCE", 6), ("PGE", 7),
+        ("PCE", 8), ("OSFXSR", 9), ("OSXMMEXCPT", 10), ("UMIP", 11), ("LA57", 12), ("VMXE", 13),
+        ("SMXE", 14), ("FSGSBASE", 16), ("PCIDE", 17), ("OSXSAVE", 18), ("SMEP", 20), ("SMAP", 21),
+        ("PKE", 22), ("CET", 23), ("PKS", 24))
+_EFER = (("SCE", 0), ("LME", 8), ("LMA", 10), ("NXE", 11), ("SVME", 12), ("LMSLE", 13), ("FFXSR", 14),
+         ("TCE", 15))
+_CR3 = (("PCID", 0, 11), ("PDBR", 12, 63))
+
 _MXCSR = (("IE", 0), ("DE", 1), ("ZE", 2), ("OE", 3), ("UE", 4), ("PE", 5), ("DAZ", 6), ("IM", 7),
           ("DM", 8), ("ZM", 9), ("OM", 10), ("UM", 11), ("PM", 12), ("FZ", 15))
 _VEC128 = (("v8_bfloat16", "v8bf16"), ("v8_half", "v8h"), ("v4_float", "v4f"), ("v2_double", "v2d"),
@@ -327,6 +376,14 @@ def target_xml() -> str:
             flags = ET.SubElement(feature, "flags", id="i386_mxcsr", size="4")
             for name, bit in _MXCSR:
                 ET.SubElement(flags, "field", name=name, start=str(bit), end=str(bit))
+        elif fname == FEATURE_SYS:
+            for fid, bits in (("i386_cr0", _CR0), ("i386_cr4", _CR4), ("i386_efer", _EFER)):
+                flags = ET.SubElement(feature, "flags", id=fid, size="8")
+                for name, bit in bits:
+                    ET.SubElement(flags, "field", name=name, start=str(bit), end=str(bit))
+            flags = ET.SubElement(feature, "flags", id="i386_cr3", size="8")
+            for name, lo, hi in _CR3:
+                ET.SubElement(flags, "field", name=name, start=str(lo), end=str(hi), type="uint64")
         for r in REGISTERS:
             if r.feature != fname:
                 continue
