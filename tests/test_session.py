@@ -129,6 +129,9 @@ class FakeManager:
     def remove_all(self):
         self.calls.append(("remove_all",))
 
+    def debug_points(self):
+        return []  # the fake holds nothing of its own: every stop is the client's
+
 
 @pytest.fixture
 def fake():
@@ -524,12 +527,11 @@ def test_real_m_shows_original_under_breakpoint(real):
 @pytest.mark.parametrize("packet", [
     b"M%x,8:1122334455667788" % (RAM_END - 4),   # straddles the end of RAM
     b"X%x,8:abcdefgh" % (RAM_END - 4),
-    b"M%x,4:11223344" % 0x100,                   # ROM
     b"M%x,4:11223344" % 0x0900_0000,             # MMIO (UART)
     b"X%x,4:abcd" % 0x7FF0_0000,                 # unassigned
     b"M%x,2000:" % (RAM_END - 0x1000) + b"ab" * 0x2000,  # a page in, a page out
 ])
-def test_real_writes_to_unmapped_rom_or_mmio_change_nothing(real, packet):
+def test_real_writes_to_unmapped_or_mmio_change_nothing(real, packet):  # ROM: test_stub_manners
     g, m, s = real
     before = (g.read(RAM_END - 0x2000, 0x2000), g.read(0, 0x1000))
     out = bytearray(g.output)

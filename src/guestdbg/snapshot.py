@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIQ32s")
 PAGE = 4096
 _ZERO_PAGE = bytes(PAGE)
+_CHUNK = 64 << 10  # under malloc's mmap threshold: bigger buffers are fresh pages each time, 3x slower
+_ZERO_CHUNK = bytes(_CHUNK)
 
 
 class SnapshotError(ValueError):
@@ -72,9 +74,8 @@ def dumps(machine: Machine) -> bytes:
     regs = b"".join(vcpu.get_one_reg(r).to_bytes(reg_size(r), "little") for r in reg_ids)
     memory_meta, memory_blobs = [], []
     for slot in sorted(machine.vm.slots.values(), key=lambda s: s.slot):
-        data = machine.vm.read_phys(slot.guest_phys_addr, slot.memory_size)
-        pages = [i for i in range(slot.memory_size // PAGE) if data[i * PAGE:(i + 1) * PAGE] != _ZERO_PAGE]
-        blob = zlib.compress(b"".join(data[i * PAGE:(i + 1) * PAGE] for i in pages), 1)
+        pages, content = _nonzero_pages(machine.vm, slot.guest_phys_addr, slot.memory_size)
+        blob = zlib.compress(b"".join(content), 1)
         memory_meta.append({"slot": slot.slot, "guest_phys_addr": slot.guest_phys_addr,
                             "memory_size": slot.memory_size, "flags": slot.flags,
                             "pages": _ranges(pages), "length": len(blob)})
@@ -90,6 +91,24 @@ def dumps(machine: Machine) -> bytes:
     header = json.dumps(header_dict, sort_keys=True).encode()
     body = struct.pack("<I", len(header)) + header + regs + b"".join(memory_blobs)
     return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest()) + body
+
+
+def _nonzero_pages(vm, base: int, size: int) -> tuple[list[int], list[bytes]]:
+    """(page indexes, their bytes) of the non-zero pages of [base, base+size). Read in chunks
+    that are skipped whole when zero: one 128 MiB read costs several times more (the manager
+    takes one of these at every start, for `reset`)."""
+    pages, content = [], []
+    for off in range(0, size, _CHUNK):
+        n = min(_CHUNK, size - off)
+        data = vm.read_phys(base + off, n)
+        if data == _ZERO_CHUNK[:n]:
+            continue
+        for p in range(0, n, PAGE):
+            page = data[p:p + PAGE]
+            if page != _ZERO_PAGE:
+                pages.append((off + p) // PAGE)
+                content.append(page)
+    return pages, content
 
 
 def save(machine: Machine, path: str | os.PathLike) -> None:
@@ -175,10 +194,18 @@ def restore_into(machine: Machine, data: bytes) -> None:
     # Everything checked: apply.
     for meta, pages in snap.memory:
         base, size = meta["guest_phys_addr"], meta["memory_size"]
-        image = bytearray(size)
-        for p, content in pages.items():
-            image[p * PAGE:(p + 1) * PAGE] = content
-        machine.vm.write_phys(base, bytes(image))
+        per_chunk = _CHUNK // PAGE
+        # In chunks, writing only those that differ: Unicorn's writes cost ~5x its reads.
+        for off in range(0, size, _CHUNK):
+            n = min(_CHUNK, size - off)
+            first = off // PAGE
+            chunk = bytearray(n)
+            for p in range(first, first + per_chunk):
+                content = pages.get(p)
+                if content is not None:
+                    chunk[(p - first) * PAGE:(p - first + 1) * PAGE] = content
+            if machine.vm.read_phys(base + off, n) != chunk:
+                machine.vm.write_phys(base + off, bytes(chunk))
     for reg_id, value in snap.registers:
         machine.vcpu.set_one_reg(reg_id, value)
     machine.restore_device_state(snap.devices)

@@ -23,6 +23,9 @@ Policy
    disarmed, so nothing is ever dropped, and a watched access then completes.
 8. Debug exits the manager did not cause (the guest's own BRK while USE_SW_BP is on) are
    re-injected into the guest, as the hardware would have delivered them.
+9. The debugger may write ROM (patching firmware, as on QEMU); the guest still cannot.
+10. `reset` returns the VM to its state when the manager was created (right after loading, for
+    `guestdbg run`), keeping the debugger's breakpoints and watchpoints armed.
 """
 
 from __future__ import annotations
@@ -99,6 +102,20 @@ class StopEvent:
     completed: bool = False  # a watch reported after its access (x86): no step-over on resume
 
 
+@dataclass(frozen=True)
+class DebugPoint:
+    """One breakpoint or watchpoint the manager holds, as `debug_points` lists them."""
+
+    kind: str        # "break", "hbreak", "watch", "rwatch" or "awatch"
+    addr: int
+    length: int      # bytes watched; the breakpoint instruction's size for breakpoints
+    mechanism: str   # "software (...)", "slot N", "hw:N,M" or "page-trap"
+
+    def describe(self) -> str:
+        where = f"{self.addr:#x}" if self.kind in ("break", "hbreak") else f"{self.addr:#x}+{self.length}"
+        return f"{self.kind:<7} {where}  {self.mechanism}"
+
+
 @dataclass
 class _SwBreakpoint:
     pa: int
@@ -149,6 +166,15 @@ class GuestDebugManager:
         self._last_watch: Watch | None = None
         self._lock = threading.Lock()
         self.single_stepping = False
+        self._reset_image = self._take_reset_image()
+
+    def _take_reset_image(self) -> bytes | None:
+        """The VM as it is now, for `reset` (registers, devices, the non-zero pages of memory)."""
+        from guestdbg import snapshot
+        try:
+            return snapshot.dumps(self.machine)
+        except snapshot.SnapshotError:  # created mid-access (an MMIO exit not yet completed)
+            return None
 
     # ------------------------------------------------------------------ breakpoints
     def add_breakpoint(self, va: int) -> str:
@@ -162,11 +188,7 @@ class GuestDebugManager:
         if self._brk is None:
             if va in self._hw_bp:
                 return "hw"
-            try:
-                self.add_hw_breakpoint(va)
-            except DebugError as e:
-                raise DebugError(e.errno, f"software breakpoints use the hardware breakpoint slots "
-                                          f"on this host, and {e}") from None
+            self.add_hw_breakpoint(va)  # the arch's refusal says why (the slots are shared here)
             return "hw"
         if slot.readonly:
             self.add_hw_breakpoint(va)
@@ -204,7 +226,7 @@ class GuestDebugManager:
             used |= {s for w in self.watches for s in w.slots}
         free = [s for s in range(self.hw_bp_slots) if s not in used]
         if not free:
-            raise DebugError(errno.ENOSPC, f"all {self.hw_bp_slots} hardware breakpoints are in use")
+            raise DebugError(errno.ENOSPC, self.arch.slots_full_message(self.hw_bp_slots))
         self._hw_bp[va] = free[0]
         self._apply()
 
@@ -267,6 +289,24 @@ class GuestDebugManager:
             for patch in patches:
                 self.vm.write_phys(patch.pa, self._brk)
 
+    def debug_points(self) -> list[DebugPoint]:
+        """Every breakpoint and watchpoint held, whoever asked for it (a client that vanished
+        leaves its own armed for the next one)."""
+        points = [DebugPoint("hbreak", va, len(self._brk) if self._brk else 1, f"slot {slot}")
+                  for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1])]
+        points += [DebugPoint("break", va, len(self._brk), f"software ({self.arch.sw_break_name} at pa {pa:#x})")
+                   for va, pa in sorted(self._sw_va.items())]
+        points += [DebugPoint(w.kind.value, w.addr, w.length, w.mechanism) for w in self.watches]
+        return points
+
+    def remove_debug_point(self, point: DebugPoint) -> None:
+        if point.kind == "break":
+            self.remove_breakpoint(point.addr)
+        elif point.kind == "hbreak":
+            self.remove_hw_breakpoint(point.addr)
+        else:
+            self.remove_watchpoint(point.addr, point.length, WatchKind(point.kind))
+
     def slots_report(self) -> list[str]:
         lines = [f"hardware breakpoints: {len(self._hw_bp)}/{self.hw_bp_slots} used; "
                  f"hardware watchpoints: {sum(len(w.slots) for w in self.watches)}/{self.hw_wp_slots} used"]
@@ -279,6 +319,52 @@ class GuestDebugManager:
         return lines
 
     # ------------------------------------------------------------------ memory and registers
+    def memory_region(self, va: int):
+        """The memory around guest virtual address `va` (memory_map.PhysRegion: start, end, kind
+        "ram"/"rom"/"mmio"/"hole", permissions), for lldb's qMemoryRegionInfo. With the guest's
+        MMU off it is the board's physical layout; with it on, the pages around `va` through the
+        guest's translation (at most 1 MiB per answer), unmapped pages being a hole and the
+        permissions those of both the page tables and the memory behind them."""
+        from guestdbg.gdb.memory_map import PhysRegion, physical_layout, region_at
+        layout = physical_layout(self.vm)
+        if not self._mmu_on():
+            return region_at(layout, va)
+        page = 4096
+        start = va - va % page
+
+        def backing(addr):
+            """(pa, physical region, accesses the tables allow), or Nones where unmapped."""
+            try:
+                pa = self._translate(addr)
+            except DebugError:
+                return None, None, ""
+            allowed = "r"
+            for access, letter in (("write", "w"), ("exec", "x")):
+                try:
+                    self._translate(addr, access)
+                    allowed += letter
+                except DebugError:
+                    pass
+            return pa, region_at(layout, pa), allowed
+
+        pa0, phys0, allowed0 = backing(start)
+        end = start + page
+        while end < start + (1 << 20) and end < 1 << 64:
+            pa, phys, allowed = backing(end)
+            if (phys is None) != (phys0 is None) or allowed != allowed0:
+                break
+            if phys0 is not None and (phys.kind != phys0.kind or pa != pa0 + (end - start)):
+                break
+            end += page
+        if phys0 is None:
+            return PhysRegion(start, end, "hole")
+        return PhysRegion(start, end, phys0.kind, phys0.name, allowed0)
+
+    def _mmu_on(self) -> bool:
+        if "sctlr_el1" in self._by_name():
+            return bool(self.read_register("sctlr_el1") & 1)
+        return True  # x86-64 long mode always translates
+
     def _translate(self, va: int, access: str = "read") -> int:
         try:
             return self.vcpu.translate(va, access)
@@ -314,9 +400,9 @@ class GuestDebugManager:
             pa = self._translate(pos, "read")
             slot = self.vm.slot_for(pa)
             if slot is None or pa + chunk > slot.guest_phys_addr + slot.memory_size:
-                raise DebugError(errno.EFAULT, f"no RAM at {pos:#x}")
-            if slot.readonly:
-                raise DebugError(errno.EACCES, f"{pos:#x} is read-only memory")
+                raise DebugError(errno.EFAULT, f"no RAM or ROM at {pos:#x}")
+            # ROM too: read-only is the guest's view (its stores are dropped); a debugger patching
+            # firmware writes it, as QEMU's gdbstub does.
             spans.append((pa, data[off:off + chunk]))
             pos, off = pos + chunk, off + chunk
         for pa, chunk in spans:
@@ -571,16 +657,29 @@ class GuestDebugManager:
     def restore(self, path) -> None:
         """Restore the VM from a snapshot, keeping this debugger's breakpoints and watchpoints
         armed over the restored memory. A bad file changes nothing."""
-        from guestdbg import snapshot
-        data = Path(path).read_bytes()
-        with self.breakpoints_lifted():
-            snapshot.restore_into(self.machine, data)
-            for patch in self._sw.values():  # the restored code is what the breakpoints cover now
-                patch.original = self.vm.read_phys(patch.pa, len(patch.original))
+        self._restore_image(Path(path).read_bytes())
         # The restored vCPU is stopped where the snapshot was taken: resuming steps over a
         # breakpoint there, as after any stop.
         self._last_stop = StopEvent(StopKind.SIGNAL, self.vcpu.pc, signal=signal.SIGTRAP, detail="snapshot restored")
         self._apply()
+
+    def reset(self) -> None:
+        """Reset the board: memory, devices and registers as they were when this manager was
+        created (for `guestdbg run`, right after loading the image), breakpoints and watchpoints
+        still armed. A breakpoint at the entry point is hit on the next resume, as after power-on."""
+        if self._reset_image is None:
+            raise DebugError(errno.ENOTSUP, "no reset point: the vCPU was mid-access when the debugger started")
+        with self._lock:
+            self._restore_image(self._reset_image)
+            self._last_stop = None  # not stopped *at* anything: resuming meets a breakpoint here
+            self._apply()
+
+    def _restore_image(self, data: bytes) -> None:
+        from guestdbg import snapshot
+        with self.breakpoints_lifted():
+            snapshot.restore_into(self.machine, data)
+            for patch in self._sw.values():  # the restored code is what the breakpoints cover now
+                patch.original = self.vm.read_phys(patch.pa, len(patch.original))
 
     def detach(self) -> None:
         """Remove every trace of the debugger; the guest runs on as if never debugged."""

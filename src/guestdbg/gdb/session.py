@@ -3,7 +3,14 @@
 `GdbSession.handle(payload)` maps a packet to the guest-debug manager and returns an action:
 a `Reply` to send now, a `Resume` the server carries out on the vCPU thread (its stop comes
 back through `stop_reply`), `Detach` or `Kill`. Errors a client can cause become `Exx`
-replies (one function maps them); unknown packets get the empty reply, as the protocol asks.
+replies (one function maps them), with the reason as text for clients that take it (gdb's
+`error-message+`, lldb's QEnableErrorStrings); unknown packets get the empty reply, as the
+protocol asks.
+
+The session remembers what its client inserted (Z packets), so that a stop at a breakpoint or
+watchpoint a lost client left armed is reported as a plain SIGTRAP rather than as a breakpoint
+hit, which gdb would silently resume from, and what was armed at the last resume, since gdb
+removes its breakpoints at every stop (`monitor info slots`).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class Detach:
 
 @dataclass(frozen=True)
 class Kill:
-    reply: bool  # vKill is answered, plain `k` is not
+    reply: bool  # vKill is answered OK; plain `k` with the exit it causes (X09), which lldb waits for
 
 
 def error_reply(err: int) -> Reply:
@@ -95,19 +102,41 @@ class GdbSession:
         self.last_stop: StopEvent | None = None
         self.monitor = monitor or Monitor(self)
         self._target_xml = self.regs.target_xml().encode()
+        self.error_strings = False          # lldb's QEnableErrorStrings: "Exx;HEXTEXT" replies
+        self.inserted: set[tuple[int, int, int]] = set()  # (Z type, addr, kind) this client holds
+        self.armed_at_resume: list[str] = []  # manager.slots_report() at the last continue
+        self.last_error: str | None = None   # the last refusal, for clients that cannot show text
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, payload: bytes):
         try:
-            return self._dispatch(payload)
-        except PacketError:
-            return error_reply(errno.EINVAL)
+            action = self._dispatch(payload)
+        except PacketError as e:
+            return self._error(errno.EINVAL, str(e), payload)
         except DebugError as e:
-            return error_reply(e.errno)
-        except (ValueError, KeyError, IndexError):
-            return error_reply(errno.EINVAL)
+            return self._error(e.errno, str(e), payload)
+        except (ValueError, KeyError, IndexError) as e:
+            return self._error(errno.EINVAL, f"bad request ({e})", payload)
         except OSError as e:
-            return error_reply(e.errno or errno.EIO)
+            return self._error(e.errno or errno.EIO, e.strerror or str(e), payload)
+        if isinstance(action, Resume) and not (action.step and self.armed_at_resume):
+            # gdb steps over a breakpoint or watchpoint with just that one taken out: the last
+            # continue says better what the user armed.
+            self.armed_at_resume = self.manager.slots_report()
+        return action
+
+    def _error(self, err: int, text: str, packet: bytes) -> Reply:
+        """Exx, with the text where the client understands it: gdb >= 15 announces
+        `error-message+` (gdb 13 takes "E.text" as an error but never shows it, and misreads
+        it as data after `m`), lldb sends QEnableErrorStrings."""
+        if packet[:1] in b"ZzMXGP":  # requests the user made (gdb probes memory with m all the time)
+            self.last_error = f"{packet[:24].decode('ascii', 'replace')}: {text}"
+        clean = "".join(c if " " <= c <= "~" else " " for c in text)
+        if "error-message+" in self.peer_features:
+            return Reply(b"E." + clean.encode("ascii"))
+        if self.error_strings:
+            return Reply(b"E%02x;%s" % (err & 0xFF, clean.encode("ascii").hex().encode()))
+        return error_reply(err)
 
     def _dispatch(self, p: bytes):
         if not p:
@@ -118,6 +147,11 @@ class GdbSession:
         if p == b"QStartNoAckMode":
             self.no_ack_requested = True
             return Reply(b"OK")
+        if p == b"QEnableErrorStrings":
+            self.error_strings = True
+            return Reply(b"OK")
+        if p.startswith(b"qMemoryRegionInfo:"):
+            return self._memory_region_info(_hex_int(p[len(b"qMemoryRegionInfo:"):]))
         if p == b"?":
             return Reply(self.stop_reply_payload(self.last_stop))
         if p == b"g":
@@ -200,6 +234,20 @@ class GdbSession:
             ours.append("hwbreak+")
         return Reply(";".join(ours).encode())
 
+    def _memory_region_info(self, addr: int) -> Reply:
+        """lldb's region query: RAM, ROM, device windows and holes, each with its extent. lldb
+        walks these end to end to find address space no one uses, so every address gets an
+        answer, and an unmapped one gets no permissions (as lldb-server answers)."""
+        if addr >= 1 << 64:
+            raise PacketError("address out of range")
+        r = self.manager.memory_region(addr)
+        out = b"start:%x;size:%x;" % (r.start, r.end - r.start)
+        if r.permissions:
+            out += b"permissions:%s;" % r.permissions.encode()
+        if r.name:
+            out += b"name:%s;" % r.name.encode().hex().encode()
+        return Reply(out)
+
     @staticmethod
     def _xfer(document: bytes, span: bytes) -> Reply:
         offset, length = _addr_len(span)
@@ -252,11 +300,34 @@ class GdbSession:
         elif kind_type == 1:
             m.add_hw_breakpoint(addr) if insert else m.remove_hw_breakpoint(addr)
         elif kind_type in (2, 3, 4):
-            kind = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}[kind_type]
+            kind = Z_WATCH_KINDS[kind_type]
             m.add_watchpoint(addr, length, kind) if insert else m.remove_watchpoint(addr, length, kind)
         else:
             return Reply(b"")
+        key = (kind_type, addr, length if kind_type >= 2 else 0)
+        self.inserted.add(key) if insert else self.inserted.discard(key)
         return Reply(b"OK")
+
+    def owns(self, point) -> bool:
+        """Did this client insert `point` (a manager.DebugPoint)? A Z0 in ROM is an hbreak there."""
+        if point.kind in ("break", "hbreak"):
+            return any(t in (0, 1) and a == point.addr for t, a, _ in self.inserted)
+        return any(t >= 2 and (Z_WATCH_KINDS[t].value, a, n) == (point.kind, point.addr, point.length)
+                   for t, a, n in self.inserted)
+
+    def _left_by_another(self, event: StopEvent) -> bool:
+        """Did the stop come from a breakpoint or watchpoint that this client did not insert
+        (one a lost client left armed)? gdb takes a `swbreak`/`hwbreak`/watch stop it cannot
+        explain for a stale event of its own and resumes silently; a plain SIGTRAP it shows."""
+        if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK):
+            hits = [p for p in self.manager.debug_points()
+                    if p.kind in ("break", "hbreak") and p.addr == event.pc]
+        elif event.kind is StopKind.WATCH and event.watch_addr is not None:
+            hits = [p for p in self.manager.debug_points()
+                    if p.kind == event.watch_kind.value and p.addr <= event.watch_addr < p.addr + p.length]
+        else:
+            return False
+        return bool(hits) and not any(self.owns(p) for p in hits)
 
     # ------------------------------------------------------------------ stop replies
     def stop_reply_payload(self, event: StopEvent | None) -> bytes:
@@ -269,7 +340,9 @@ class GdbSession:
         for regnum, value in sorted(self.regs.expedited(self.vcpu).items()):
             parts.append(b"%02x:%s;" % (regnum, value))
         parts.append(b"thread:%x;" % THREAD_ID)
-        if event.kind is StopKind.SWBREAK and "swbreak+" in self.peer_features:
+        if self._left_by_another(event):
+            pass  # no reason: gdb reports "Program received signal SIGTRAP" (monitor breakpoints)
+        elif event.kind is StopKind.SWBREAK and "swbreak+" in self.peer_features:
             parts.append(b"swbreak:;")
         elif event.kind is StopKind.HWBREAK and "hwbreak+" in self.peer_features:
             parts.append(b"hwbreak:;")
@@ -280,6 +353,9 @@ class GdbSession:
     def stopped(self, event: StopEvent) -> bytes:
         self.last_stop = event
         return self.stop_reply_payload(event)
+
+
+Z_WATCH_KINDS = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
 
 
 def _thread_matches(thread: bytes) -> bool:
@@ -298,14 +374,23 @@ def _escape_binary(data: bytes) -> bytes:
 
 
 class Monitor:
-    """`monitor ...` (qRcmd): help, info caps, info slots, snapshot save/load FILE."""
+    """`monitor ...` (qRcmd): help, info caps, info slots, breakpoints [clear], reset,
+    snapshot save/load FILE."""
 
     HELP = ("monitor commands:\n"
             "  help                 this text\n"
             "  info caps            the vCPU's KVM capabilities\n"
             "  info slots           which breakpoint/watchpoint holds which slot, and which fell back\n"
+            "  breakpoints          every breakpoint/watchpoint armed in the VM, and whose it is\n"
+            "  breakpoints clear    remove those this debugger did not insert (left by a lost client)\n"
+            "  reset                reset the board to its state after loading (alias: system_reset)\n"
             "  snapshot save FILE   save the VM (registers, memory, devices; no debugger state)\n"
             "  snapshot load FILE   restore the VM from FILE (same machine configuration)\n")
+
+    # gdb caches registers and frames across a monitor command; nothing a stub sends makes it
+    # re-read them, so say how (README: "Debugging with GDB").
+    STALE_REGISTERS = ("the debugger still shows the registers it had cached: in gdb, "
+                       "`maintenance flush register-cache` re-reads them (lldb: after the next stop)\n")
 
     def __init__(self, session: GdbSession):
         self.session = session
@@ -326,7 +411,16 @@ class Monitor:
             return "".join(f"{name:<28} {num:>4}  {vm.check_extension(num):#x}\n"
                            for num, name in sorted(kvm.CAPABILITY_NAMES.items()))
         if words == ["info", "slots"]:
-            return "\n".join(self.session.manager.slots_report()) + "\n"
+            return self._info_slots()
+        if words == ["breakpoints"]:
+            return self._breakpoints()
+        if words == ["breakpoints", "clear"]:
+            return self._breakpoints_clear()
+        if words in (["reset"], ["system_reset"]):
+            self.session.manager.reset()
+            self.session.last_stop = None
+            return ("board reset: memory, devices and registers as after loading; "
+                    "breakpoints and watchpoints kept\n" + self.STALE_REGISTERS)
         if len(words) == 3 and words[:2] == ["snapshot", "save"]:
             from guestdbg import snapshot
             path = checked_snapshot_path(words[2], for_writing=True)
@@ -343,11 +437,51 @@ class Monitor:
                 data = path.read_bytes()
                 manager = self.session.manager
                 manager.remove_all()  # the snapshot has no debugger state; the client re-inserts its own
+                self.session.inserted.clear()
                 snapshot.restore_into(self.session.machine, data)
             except (OSError, snapshot.SnapshotError) as e:
                 return f"error: snapshot load failed: {e}\n"
-            return f"snapshot loaded from {path}\n"
+            return f"snapshot loaded from {path}\n" + self.STALE_REGISTERS
         return f"unknown monitor command: {' '.join(words)!r} (try: monitor help)\n"
+
+    def _info_slots(self) -> str:
+        session = self.session
+        now = session.manager.slots_report()
+        text = "\n".join(now) + "\n"
+        if len(now) == 1:
+            # gdb's default (breakpoint always-inserted off) takes everything out at each stop.
+            text += ("(nothing is inserted now: gdb inserts breakpoints and watchpoints only while "
+                     "the guest runs, unless `set breakpoint always-inserted on`)\n")
+        if len(session.armed_at_resume) > 1 and session.armed_at_resume != now:
+            text += "while the guest last continued:\n" + "\n".join(session.armed_at_resume) + "\n"
+        return text + self._last_error()
+
+    def _foreign(self) -> list:
+        """Debug points held by the manager that this client did not insert."""
+        return [p for p in self.session.manager.debug_points() if not self.session.owns(p)]
+
+    def _breakpoints(self) -> str:
+        points = self.session.manager.debug_points()
+        if not points:
+            return "no breakpoints or watchpoints are armed in the VM\n" + self._last_error()
+        foreign = set(self._foreign())
+        lines = [f"{len(points)} armed in the VM:"]
+        lines += [f"  {p.describe()}  " + ("(not this debugger's: left by an earlier client; "
+                                           "its stops show as SIGTRAP)" if p in foreign else "(this debugger's)")
+                  for p in points]
+        if foreign:
+            lines.append(f"`monitor breakpoints clear` removes the {len(foreign)} not this debugger's")
+        return "\n".join(lines) + "\n" + self._last_error()
+
+    def _breakpoints_clear(self) -> str:
+        foreign = self._foreign()
+        for p in foreign:
+            self.session.manager.remove_debug_point(p)
+        return f"removed {len(foreign)} breakpoints/watchpoints this debugger did not insert\n"
+
+    def _last_error(self) -> str:
+        err = self.session.last_error
+        return f"last refused request: {err}\n" if err else ""
 
 
 def checked_snapshot_path(text: str, *, for_writing: bool):
