@@ -209,7 +209,8 @@ class Stub:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.stderr
-            if "waiting for a GDB connection" in log:
+            # "waiting for a GDB connection on ..." (--wait) or "... a debugger may attach at ..."
+            if "waiting for a GDB connection" in log or "a debugger may attach at" in log:
                 if self.tcp:
                     m = re.search(r"tcp:127\.0\.0\.1:(\d+)", log)
                     assert m, f"no port in the stub's log: {log!r}"
@@ -389,3 +390,31 @@ def run_lldb(stub: Stub, elf: Path, commands: list[str], *, timeout: float = 60.
                              f"\nstderr:\n{err.decode(errors='replace')}") from None
     return subprocess.CompletedProcess(argv, proc.returncode, out.decode(errors="replace"),
                                        err.decode(errors="replace"))
+
+
+class QemuBiosStub(QemuStub):
+    """QemuStub booting a raw image from the flash at 0 (``-bios IMAGE``), as guestdbg's --rom."""
+
+    def __init__(self, workdir: Path, image: Path, *, name: str = "qemu"):
+        from qemu_runner import qemu_command
+        super().__init__(workdir, image, name=name)
+        self.argv = qemu_command(image, bios=True,
+                                 extra_args=["-gdb", f"unix:{self.sock_path},server=on,wait=off", "-S"])
+
+
+def run_lldb_on(stub: Stub, elf: Path, commands: list[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """run_lldb for any stub, TCP or unix socket (QemuStub listens on a unix socket)."""
+    if stub.tcp:
+        return run_lldb(stub, elf, commands, timeout=timeout)
+    argv = [LLDB, "--batch", "--no-lldbinit",
+            "-o", f"process connect --plugin gdb-remote unix-connect://{stub.sock_path}"]
+    for c in commands:
+        argv += ["-o", c]
+    argv.append(str(elf))
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, cwd=REPO,
+                              timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"lldb did not finish within {timeout}s\nstdout:\n{e.stdout!r}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))

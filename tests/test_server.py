@@ -196,7 +196,7 @@ def test_ack_mode_works_too(guest_dir, serve):
     assert c.recv() == b"QC1"
     assert c.cmd(b"qAttached") == b"1"
     assert c.cmd(b"vKill;1") == b"OK"
-    assert h.wait_exit() == 0
+    assert h.wait_exit() == 137  # killed by the debugger: its own status, not the guest's success
 
 
 def test_ctrl_c_stops_a_running_guest(guest_dir, serve):

@@ -1,21 +1,30 @@
 """The `guestdbg` command: run a guest, or print what the vCPU can do.
 
-Exit status: the guest's own for `run`; 1 when the guest faults; 2 for bad flags or images.
+Exit status: the guest's own for `run`; 1 when the guest faults, hangs or outlives --timeout;
+2 for bad flags or images; 130 on Ctrl-C; 137 when a debugger kills the guest; 141 when the
+reader of the guest's output goes away (`guestdbg run | head`), as a shell reports SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
-from importlib import resources
+from importlib import metadata, resources
+from pathlib import Path
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
-from guestdbg.board.virt import GuestFault, ImageError, Machine, MachineConfig
+from guestdbg.board.virt import ROM_BASE, ROM_SIZE, GuestFault, ImageError, Machine, MachineConfig, read_elf
 
 EXIT_GUEST_FAULT = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EM_X86_64 = 62
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -33,6 +42,16 @@ def parse_size(text: str) -> int:
         return int(t, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 128M, 1G or 0x8000000)") from None
+
+
+def parse_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (a number of seconds > 0, e.g. 10 or 0.5)")
+    return value
 
 
 def parse_addr(text: str) -> int:
@@ -61,17 +80,20 @@ def _add_arch_flag(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="guestdbg", description="Run and debug a virtual machine's guest.")
+    parser.add_argument("--version", action="version", version=f"guestdbg {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
     run = sub.add_parser("run", help="run a guest to its end and exit with its status")
     run.add_argument("image", nargs="?", help="AArch64 ELF, or a raw image with --load-addr "
                                                "(default: the built-in demo guest)")
-    run.add_argument("--rom", metavar="FILE", help="ROM/flash image at 0x0; boots from it when no IMAGE is given")
+    run.add_argument("--rom", metavar="FILE", help="ROM/flash at 0x0: a raw image, or an ELF linked into the ROM "
+                                                    "(0x0-0x7ffffff); boots from it when no IMAGE is given")
     run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
     run.add_argument("--clock", choices=("virtual", "host"), default=None,
                      help="the guest's time: virtual (default: deterministic, 1 instruction = 1 ns, frozen "
                           "while stopped) or host (the host's monotonic clock)")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
-                     help="end a guest still running after this long (exit status 1)")
+    run.add_argument("--timeout", type=parse_timeout, metavar="SECONDS",
+                     help="end a guest still running after this long (exit status 1); with --gdb, only "
+                          "time run with no debugger attached counts")
     run.add_argument("--gdb", metavar="ENDPOINT",
                      help="serve the GDB remote protocol on :PORT (127.0.0.1), tcp:HOST:PORT or unix:PATH")
     run.add_argument("--wait", action="store_true",
@@ -85,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(caps)
     caps.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("guestdbg")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _config(args) -> MachineConfig:
@@ -120,7 +149,8 @@ def cmd_run_x86(args) -> int:
 
 def _serve_gdb(machine, args) -> int:
     from guestdbg.gdb.server import GdbServer, parse_endpoint
-    server = GdbServer(machine, parse_endpoint(args.gdb, allow_remote=args.gdb_allow_remote), wait=args.wait)
+    server = GdbServer(machine, parse_endpoint(args.gdb, allow_remote=args.gdb_allow_remote), wait=args.wait,
+                       timeout=args.timeout)
     try:
         server.listen()
     except OSError as e:
@@ -133,17 +163,15 @@ def cmd_run(args) -> int:
         return cmd_run_x86(args)
     machine = Machine(_config(args), clock_mode=args.clock or "virtual")
     if args.rom:
-        machine.load_rom(args.rom)
+        if _elf_machine(args.rom) is None:
+            machine.load_rom(args.rom)
+        else:
+            _load_elf(machine, args.rom, rom=True)
     if args.image:
-        try:
-            with open(args.image, "rb") as f:
-                is_elf = f.read(4) == b"\x7fELF"
-        except OSError as e:
-            raise ImageError(f"{args.image}: {e.strerror.lower()}") from None
-        if is_elf:
+        if _elf_machine(args.image) is not None:
             if args.load_addr is not None:
                 raise ImageError(f"{args.image}: --load-addr is for raw images; an ELF loads at its own addresses")
-            machine.load_elf(args.image)
+            _load_elf(machine, args.image)
         elif args.load_addr is None:
             raise ImageError(f"{args.image}: not an ELF file; give --load-addr to load it as a raw image")
         else:
@@ -156,6 +184,36 @@ def cmd_run(args) -> int:
     if args.wait:
         raise ImageError("--wait needs --gdb")
     return machine.run_to_exit(timeout=args.timeout)
+
+
+def _elf_machine(path: str) -> int | None:
+    """An ELF file's e_machine, or None for anything else (a raw image)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError as e:
+        raise ImageError(f"{path}: {e.strerror.lower()}") from None
+    if head[:4] != b"\x7fELF" or len(head) < 20:
+        return None
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+def _load_elf(machine: Machine, path: str, *, rom: bool = False) -> None:
+    """An AArch64 ELF at its own addresses. As a ROM, every segment with contents must lie in
+    the ROM window (zero-filled ones, a ROM-linked ELF's .bss or stack, may be in RAM)."""
+    try:
+        machine.load_elf(path)
+    except ImageError as e:
+        if _elf_machine(path) == EM_X86_64:
+            raise ImageError(f"{e}; for an x86-64 guest, use --arch x86_64") from None
+        raise
+    if rom:
+        _, segments = read_elf(Path(path), "AArch64", "an AArch64 ELF")
+        for paddr, data, memsz in segments:
+            if data and not (ROM_BASE <= paddr and paddr + memsz <= ROM_BASE + ROM_SIZE):
+                raise ImageError(f"{path}: segment at {paddr:#x} is outside the ROM "
+                                 f"({ROM_BASE:#x}-{ROM_BASE + ROM_SIZE - 1:#x}); --rom takes a raw image "
+                                 "or a ROM-linked ELF (give a RAM-linked ELF as IMAGE)")
 
 
 def caps_report(config: MachineConfig) -> dict:
@@ -255,8 +313,8 @@ def cmd_caps(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return {"run": cmd_run, "caps": cmd_caps}[args.command](args)
     except (ImageError, ValueError) as e:
         print(f"guestdbg: error: {e}", file=sys.stderr)
@@ -264,6 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     except GuestFault as e:
         print(f"guestdbg: guest fault: {e}", file=sys.stderr)
         return EXIT_GUEST_FAULT
+    except KeyboardInterrupt:
+        print("guestdbg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read the guest's output has gone (`guestdbg run | head -1`): end quietly, as
+        # Unix tools do, and keep Python's flush of stdout at exit from failing once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

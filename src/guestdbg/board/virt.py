@@ -13,6 +13,9 @@ guest, as on QEMU's TCG.
 
 from __future__ import annotations
 
+import select
+import signal
+import socket
 import sys
 import threading
 import time
@@ -112,16 +115,21 @@ class ReadAsZero:
 
 
 class RunToExit:
-    """The VMM loop's "run the guest to its end" for a board with run_until(), a vCPU with pc
-    and kick(), and `_spins_forever(pc)`: the guest's exit status, or GuestFault for a fault, a
-    hang (spinning on a jump to itself that nothing can interrupt, checked every `hang_check`
-    seconds), or a guest still running after `timeout` seconds."""
+    """The VMM loop's "run the guest to its end" for a board with run_until(), a vCPU with pc,
+    kick() and immediate_exit, and `_spins_forever(pc)`: the guest's exit status, or GuestFault
+    for a fault, a hang (spinning on a jump to itself that nothing can interrupt, checked every
+    `hang_check` seconds), or a guest still running after `timeout` seconds."""
 
     PC_NAME = "PC"
     SELF_LOOP = "branch-to-self"
 
-    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0) -> int:
-        start = time.monotonic()
+    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0,
+                    spent: float = 0.0, taken_over: Callable[[], bool] | None = None) -> int | None:
+        """`spent`: seconds the guest already ran, counted against `timeout` (the GDB server
+        counts only time run with no debugger attached). `taken_over()`: true when a
+        KVM_EXIT_INTR is another thread's stop (a debugger attaching); the run then ends with
+        None, the vCPU stopped and no check made."""
+        start = time.monotonic() - spent
         ticker = _Ticker(self.vcpu, hang_check or timeout) if (hang_check or timeout) else None
         try:
             while True:
@@ -132,6 +140,8 @@ class RunToExit:
                 where = f"{self.PC_NAME}={pc:#x}"
                 if result.exit_reason != kvm.KVM_EXIT_INTR:
                     raise GuestFault(f"guest stopped unexpectedly: {result} at {where}")
+                if taken_over is not None and taken_over():
+                    return None
                 if hang_check and self._spins_forever(pc):
                     raise GuestFault(f"guest hung: {self.SELF_LOOP} at {where} with no interrupt to leave it")
                 if timeout is not None and time.monotonic() - start >= timeout:
@@ -139,6 +149,7 @@ class RunToExit:
         finally:
             if ticker:
                 ticker.stop()
+                self.vcpu.immediate_exit = False  # a tick that landed after the run ended is not a stop
 
 
 @dataclass
@@ -261,20 +272,37 @@ class Machine(RunToExit):
 
 
 class _Ticker:
-    """Kicks the vCPU every `period` seconds so the VMM loop can look at what the guest does."""
+    """Kicks the vCPU every `period` seconds so the VMM loop can look at what the guest does,
+    and at once on Ctrl-C: Python runs the SIGINT handler (KeyboardInterrupt) only between two
+    runs of the vCPU, so in the main thread a signal also wakes the ticker (set_wakeup_fd)."""
 
     def __init__(self, vcpu, period: float):
         self._done = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._old_wakeup_fd = None
+        if threading.current_thread() is threading.main_thread():
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         self._thread = threading.Thread(target=self._run, args=(vcpu, period), daemon=True)
         self._thread.start()
 
     def _run(self, vcpu, period: float) -> None:
-        while not self._done.wait(period):
-            vcpu.kick(timeout=period)
+        while True:
+            woken, _, _ = select.select([self._wake_r], [], [], period)
+            if self._done.is_set():
+                return
+            # The bytes are signal numbers: other signals (the x86 vCPU's own kick) are not Ctrl-C.
+            if not woken or signal.SIGINT in self._wake_r.recv(256):
+                vcpu.kick(timeout=period)
 
     def stop(self) -> None:
         self._done.set()
+        self._wake_w.send(b"\0")
         self._thread.join()
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 def read_elf(path: Path, machine_arch: str, wanted: str, hint: str = "") -> tuple[int, list[tuple[int, bytes, int]]]:

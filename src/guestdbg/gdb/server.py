@@ -9,7 +9,10 @@ a socketpair. Ctrl-C, a lost client and a new client all stop a running guest wi
 
 Session lifetime: a lost connection leaves the VM stopped, breakpoints and all, for the next
 client; a detach removes all debugger state and lets the guest run free; a second client while
-one is attached is refused with a message. The guest ending ends the server with its status.
+one is attached is refused with a message. The guest ending ends the server with its status,
+a debugger's kill with EXIT_KILLED. With no debugger attached (before the first one without
+`wait`, after a detach) the guest runs as under `guestdbg run`: a fault, a branch-to-self hang
+or `timeout` (counting only those stretches) ends serve() with the GuestFault.
 """
 
 from __future__ import annotations
@@ -18,20 +21,25 @@ import ipaddress
 import os
 import queue
 import selectors
+import signal
 import socket
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from guestdbg.board.virt import ExitStatus, GuestFault, Machine
+from guestdbg.board.virt import GuestFault, Machine
 from guestdbg.debug.manager import GuestDebugManager, StopEvent, StopKind, debug_profile
 from guestdbg.gdb import rsp
 from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume
 
 MAX_OUTPUT_BUFFER = 1 << 20  # a client that stops reading is dropped past this
 MAX_QUEUED_PACKETS = 64
+EXIT_KILLED = 128 + signal.SIGKILL  # serve()'s status after a kill: what a shell shows for SIGKILL
+REFUSAL = "guestdbg: another debugger is already attached; disconnect it first"
+REFUSAL_GRACE = 1.0  # seconds a refused client has to send its first packet, and then to hang up
 
 
 class EndpointError(ValueError):
@@ -82,11 +90,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass
+class _Refused:
+    conn: rsp.RspConnection
+    deadline: float  # for its first packet; once answered, for it to hang up
+    answered: bool = False
+
+
 class GdbServer:
-    def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False, log=None):
+    def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False,
+                 timeout: float | None = None, log=None):
         self.machine = machine
         self.endpoint = endpoint
         self.wait = wait
+        self.timeout = timeout  # seconds the guest may run with no debugger attached
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
         self.debug_arch, self.registers = debug_profile(machine)
         self.manager = GuestDebugManager(machine, self.debug_arch, registers=self.registers)
@@ -102,7 +119,11 @@ class GdbServer:
         self._pending: list[bytes] = []
         self._vcpu_busy = False          # a resume or free run is in progress on the vCPU thread
         self._free_running = False       # running without a debugger
+        self._free_seconds = 0.0         # time run without a debugger so far, against timeout
+        self._taking_over = threading.Event()  # set before the kick that ends a free run
         self._exit_status: int | None = None
+        self._error: BaseException | None = None  # what ends serve() with an exception
+        self._refused: dict[socket.socket, _Refused] = {}  # second clients, being turned away
         self._vcpu_thread = threading.Thread(target=self._vcpu_loop, name="guestdbg-vcpu", daemon=True)
         self.address = None
 
@@ -137,15 +158,19 @@ class GdbServer:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
 
     def serve(self) -> int:
-        """Run until the guest ends (its exit status) or a client kills it."""
+        """Run until the guest ends (its exit status) or a client kills it (EXIT_KILLED). Raises
+        the GuestFault that ends a guest running with no debugger attached, and BrokenPipeError
+        when the guest's console has no reader any more."""
         if self._listener is None:
             self.listen()
-        self.log(f"waiting for a GDB connection on {self.endpoint if self.endpoint.kind == 'unix' else f'tcp:{self.address[0]}:{self.address[1]}'}")
+        where = self.endpoint if self.endpoint.kind == "unix" else f"tcp:{self.address[0]}:{self.address[1]}"
+        self.log(f"waiting for a GDB connection on {where}" if self.wait
+                 else f"guest running; a debugger may attach at {where}")
         self._vcpu_thread.start()
         if not self.wait:
             self._start_free_run()
         try:
-            while self._exit_status is None:
+            while self._exit_status is None and self._error is None:
                 for key, mask in self._sel.select(timeout=0.5):
                     if key.data == "accept":
                         self._accept()
@@ -157,8 +182,13 @@ class GdbServer:
                             self._client_readable()
                         if mask & selectors.EVENT_WRITE and self._client is not None:
                             self._flush()
+                    elif key.data == "refused":
+                        self._refused_readable(key.fileobj)
+                self._expire_refused()
         finally:
             self._shutdown()
+        if self._error is not None:
+            raise self._error
         return self._exit_status
 
     # ------------------------------------------------------------------ vCPU thread
@@ -170,17 +200,29 @@ class GdbServer:
             self._post(self._perform(what))
 
     def _perform(self, what: str):
-        """Run "free", "step" or "cont" and say how it ended, as ("free"|"stop"|"fault", payload).
-        Steps run on the selector thread (one instruction needs no interrupting), the others on
-        the vCPU thread; either way nothing escapes to kill the server."""
+        """Run "free", "step" or "cont" and say how it ended, as ("free"|"stop"|"fault"|"fatal",
+        payload). Steps run on the selector thread (one instruction needs no interrupting), the
+        others on the vCPU thread; either way nothing escapes to kill the server."""
         try:
             if what == "free":
-                return ("free", self.machine.run_until())
+                return ("free", self._free_run())
             return ("stop", self.manager.step() if what == "step" else self.manager.cont())
         except GuestFault as e:
-            return ("fault", str(e))
+            return ("fault", e)
+        except BrokenPipeError as e:  # the guest's console is gone (`| head`): the end, as for the CLI
+            return ("fatal", e)
         except Exception as e:  # keep the server alive and say what happened
-            return ("fault", f"internal error: {type(e).__name__}: {e}")
+            return ("fault", GuestFault(f"internal error: {type(e).__name__}: {e}"))
+
+    def _free_run(self) -> int | None:
+        """The guest's exit status, or None when a debugger takes over (GuestFault for a fault,
+        a hang or the timeout, as `guestdbg run` without --gdb)."""
+        start = time.monotonic()
+        try:
+            return self.machine.run_to_exit(timeout=self.timeout, spent=self._free_seconds,
+                                            taken_over=self._taking_over.is_set)
+        finally:
+            self._free_seconds += time.monotonic() - start
 
     def _post(self, item) -> None:
         self._events.put(item)
@@ -190,11 +232,13 @@ class GdbServer:
             pass
 
     def _start_free_run(self) -> None:
+        self._taking_over.clear()
         self._vcpu_busy = self._free_running = True
         self._requests.put("free")
 
     def _stop_vcpu(self) -> None:
         """Stop whatever the vCPU thread runs and wait for it to report."""
+        self._taking_over.set()
         while self._vcpu_busy:
             self.manager.interrupt()
             try:
@@ -214,16 +258,20 @@ class GdbServer:
 
     def _handle_event(self, item, *, deliver: bool) -> None:
         kind, payload = item
+        free = self._free_running
         self._vcpu_busy = False
         self._free_running = False
+        if kind == "fatal" or (free and kind == "fault"):
+            self._error = payload  # no debugger to show it to: serve() raises it
+            return
         if kind == "free":
-            if isinstance(payload, ExitStatus):
-                self.log(f"guest exited with status {payload.status} ({payload.how})")
-                self._exit_status = payload.status
-            return  # interrupted by a new client, or a stray debug exit: stay stopped
+            if payload is not None:
+                self.log(f"guest exited with status {payload}")
+                self._exit_status = payload
+            return  # a debugger took over: stay stopped
         if kind == "fault":
             self.log(f"guest fault: {payload}")
-            event = StopEvent(StopKind.SIGNAL, self.machine.vcpu.pc, signal=11, detail=payload)
+            event = StopEvent(StopKind.SIGNAL, self.machine.vcpu.pc, signal=11, detail=str(payload))
         else:
             event = payload
         if self._session is not None and deliver:
@@ -248,16 +296,12 @@ class GdbServer:
             return
         if self._client is not None and self._client_gone():
             self._client_lost()  # its EOF is waiting behind this accept: handle it first
+        sock.setblocking(False)
         if self._client is not None:
-            message = "guestdbg: another debugger is already attached; disconnect it first\n"
-            try:
-                sock.sendall(rsp.frame(b"O" + message.encode().hex().encode()) + rsp.frame(b"E10"))
-            except OSError:
-                pass
-            sock.close()
+            self._refused[sock] = _Refused(rsp.RspConnection(), time.monotonic() + REFUSAL_GRACE)
+            self._sel.register(sock, selectors.EVENT_READ, "refused")
             self.log("refused a second debugger connection")
             return
-        sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = sock
@@ -338,11 +382,11 @@ class GdbServer:
             self._drop_client()
             self._start_free_run()
         elif isinstance(action, Kill):
-            if action.reply:
-                conn.send_packet(b"OK")
+            # vKill expects OK; `k` the exit it caused: lldb waits for one (gdb reads none)
+            conn.send_packet(b"OK" if action.reply else b"X%02x" % signal.SIGKILL)
             self._flush()
             self.log("killed by the debugger")
-            self._exit_status = 0
+            self._exit_status = EXIT_KILLED
             self._drop_client()
 
     def _flush(self) -> None:
@@ -383,7 +427,65 @@ class GdbServer:
         self._pending.clear()
         self._outbuf.clear()
 
+    # ------------------------------------------------------------------ refused clients
+    # A second client gets its refusal as the error reply to its first packet, where gdb shows
+    # it ("Remote failure reply: E.guestdbg: another debugger ..."); one that says nothing gets
+    # console output and E10. Then EOF, and the socket is closed once the client hangs up:
+    # closing with its packets unread would reset the connection and hide the message.
+    def _refused_readable(self, sock: socket.socket) -> None:
+        refused = self._refused[sock]
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_refused(sock)
+        elif not refused.answered:
+            refused.conn.receive_data(data)
+            while (event := refused.conn.next_event()) is not rsp.NEED_DATA:
+                if isinstance(event, rsp.Packet) and event.payload == b"QStartNoAckMode":
+                    # lldb's first packet. lldb 14 hangs on any reply to it followed by EOF;
+                    # unanswered, it says "Connection shut down by remote side while waiting
+                    # for reply to initial handshake packet".
+                    self._close_refused(sock)
+                    return
+                if isinstance(event, rsp.Packet):
+                    self._refuse(sock, b"E." + REFUSAL.encode())
+                    return
+
+    def _refuse(self, sock: socket.socket, *packets: bytes) -> None:
+        refused = self._refused[sock]
+        for packet in packets:
+            refused.conn.send_packet(packet)
+        try:
+            sock.send(refused.conn.data_to_send())
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close_refused(sock)
+            return
+        refused.answered = True
+        refused.deadline = time.monotonic() + REFUSAL_GRACE
+
+    def _expire_refused(self) -> None:
+        now = time.monotonic()
+        for sock, refused in list(self._refused.items()):
+            if now < refused.deadline:
+                continue
+            if refused.answered:
+                self._close_refused(sock)
+            else:
+                self._refuse(sock, b"O" + (REFUSAL + "\n").encode().hex().encode(), b"E10")
+
+    def _close_refused(self, sock: socket.socket) -> None:
+        del self._refused[sock]
+        self._sel.unregister(sock)
+        sock.close()
+
     def _shutdown(self) -> None:
+        for sock in list(self._refused):
+            self._close_refused(sock)
         self._drop_client()
         if self._vcpu_busy:
             self._stop_vcpu()
