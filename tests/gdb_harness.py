@@ -41,7 +41,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from qemu_runner import missing_tool
 
 GDB = "gdb-multiarch"

@@ -118,18 +118,15 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, extra):
         else:                  # wait until the guest runs
             assert proc.stdout.readline() == b"R\n"
         time.sleep(0.2)
-        sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    took = time.monotonic() - sent
     assert proc.returncode == 130, err
     assert_one_line(err.decode(), "guestdbg: interrupted", after_log=bool(extra))
     assert err.decode().strip().splitlines()[-1] == "guestdbg: interrupted"
-    assert took < 5, f"Ctrl-C took {took:.2f} s"
 
 
 @pytest.mark.parametrize("gdb", [[], ["--gdb", ":0"]], ids=["plain", "gdb-no-debugger"])

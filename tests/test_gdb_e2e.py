@@ -119,8 +119,9 @@ def test_hbreak_exhaustion(guest_dir, tmp_path):
     assert re.search(r"Cannot insert hardware breakpoint [1-7]\.", fail["out"]), fail
     assert "too many hardware breakpoints" in fail["out"], fail
     assert r["pc_after_fail"] == syms["_start"]          # the guest did not move
-    assert "hardware breakpoints: 0/6 used" in r["slots_after_fail"] or \
-        "hardware breakpoints: 6/6 used" in r["slots_after_fail"], r["slots_after_fail"]
+    # gdb 13 leaves the six it did insert in the target when the seventh fails (it takes them
+    # out at its next resume); the refused seventh changed nothing
+    assert "hardware breakpoints: 6/6 used" in r["slots_after_fail"], r["slots_after_fail"]
     assert "Breakpoint 1, " in r["cont"] and "sys_write0" in r["cont"]
     assert r["pc"] == syms["sys_write0"]
     assert r.stops[-1].get("breakpoints") == [1]

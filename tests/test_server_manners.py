@@ -10,6 +10,7 @@ import time
 import pytest
 
 from gdb_harness import Stub, lldb_missing_reason, run_gdb, run_lldb
+from qemu_runner import missing_tool
 from guestdbg.board.virt import GuestFault, Machine
 from guestdbg.gdb.client import RspClient
 from guestdbg.gdb.server import EXIT_KILLED, Endpoint, GdbServer
@@ -135,7 +136,7 @@ def test_gdb_kill_exits_137(guest_dir, tmp_path):
 def test_lldb_kill_is_answered(guest_dir, tmp_path):
     reason = lldb_missing_reason()
     if reason:
-        pytest.skip(reason)
+        missing_tool(reason)
     elf = guest_dir / "hello.elf"
     with Stub(tmp_path, elf, tcp=True) as stub:
         r = run_lldb(stub, elf, ["kill"])
@@ -171,13 +172,11 @@ def test_second_gdb_is_shown_the_refusal(guest_dir, tmp_path):
 def test_second_lldb_fails_at_once_instead_of_hanging(guest_dir, tmp_path):
     reason = lldb_missing_reason()
     if reason:
-        pytest.skip(reason)
+        missing_tool(reason)
     elf = guest_dir / "hello.elf"
     with Stub(tmp_path, elf, tcp=True) as stub:
         first = RspClient.connect(("127.0.0.1", stub.port))
         assert first.start_no_ack()
-        started = time.monotonic()
-        r = run_lldb(stub, elf, ["register read pc"], timeout=30)
-        assert time.monotonic() - started < 15
+        r = run_lldb(stub, elf, ["register read pc"], timeout=15)  # a hang fails here
         assert "Connection shut down by remote side" in r.stderr, (r.stdout, r.stderr)
         assert first.request(b"qC") == b"QC1"

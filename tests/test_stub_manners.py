@@ -24,7 +24,7 @@ from gdb_harness import (
     run_gdb,
     run_lldb_on,
 )
-from qemu_runner import elf_symbols
+from qemu_runner import elf_symbols, missing_tool
 from support import Guest
 
 from guestdbg.board.virt import Machine
@@ -38,8 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _need_lldb():
     reason = lldb_missing_reason()
     if reason:
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        missing_tool(reason)
 
 
 def _monitor(session: GdbSession, command: str) -> str:
