@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -176,6 +177,8 @@ _EXCEPTION_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_R
 _EXCEPTION_WRITES = (uca.UC_ARM64_REG_ESR_EL1, uca.UC_ARM64_REG_ELR_EL1,
                      uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1, uca.UC_ARM64_REG_SP,
                      SPSR_EL1, uca.UC_ARM64_REG_PC)
+_PSTATE_READ = (uca.UC_ARM64_REG_PSTATE,)
+_SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1)
 _TRANSLATION_READS = (SCTLR_EL1, kr.SYSREG_ENCODINGS["TCR_EL1"], kr.SYSREG_ENCODINGS["TTBR0_EL1"],
                       kr.SYSREG_ENCODINGS["TTBR1_EL1"], uca.UC_ARM64_REG_PSTATE)
 _X_REGS = [getattr(uca, f"UC_ARM64_REG_X{n}") for n in range(31)]
@@ -740,7 +743,7 @@ class Arm64Vcpu:
         return self._pc_buf.value
 
     def _pstate(self) -> int:
-        return self.uc.reg_read(uca.UC_ARM64_REG_PSTATE)
+        return self._batch_reader(_PSTATE_READ)()[0]
 
     def current_el(self) -> int:
         return (self._pstate() >> PSTATE_EL_SHIFT) & 3
@@ -751,11 +754,10 @@ class Arm64Vcpu:
 
     def _get_sp(self, el: int) -> int:
         """SP_EL0 or SP_EL1, wherever Unicorn keeps it (live in SP, or banked)."""
-        uc, pstate = self.uc, self._pstate()
-        live = self._uses_sp_el0(pstate) == (el == 0)
-        if live:
-            return uc.reg_read(uca.UC_ARM64_REG_SP)
-        return uc.reg_read(uca.UC_ARM64_REG_SP_EL0 if el == 0 else uca.UC_ARM64_REG_SP_EL1)
+        pstate, sp, sp_el0, sp_el1 = self._batch_reader(_SP_READS)()
+        if self._uses_sp_el0(pstate) == (el == 0):
+            return sp
+        return sp_el0 if el == 0 else sp_el1
 
     def _set_sp(self, el: int, value: int) -> None:
         uc, pstate = self.uc, self._pstate()
@@ -830,22 +832,35 @@ class Arm64Vcpu:
                     op0, op1, crn, crm, op2 = k
                     for j, field_value in enumerate((crn, crm, op0, op1, op2)):
                         words[12 * i + j] = field_value
-            kinds = [0 if not isinstance(k, int) else (2 if k in _V_REGS_SET else 1) for k in keys]
+            # One struct unpack pulls every value out of the 48-byte slots (a Python loop over
+            # ~80 registers cost more than the batch read itself): a system register's value is
+            # at byte 24, a V register is two u64 halves, anything else one u64.
+            layout = "".join("24xQ16x" if not isinstance(k, int) else ("QQ32x" if k in _V_REGS_SET else "Q40x")
+                             for k in keys)
+            unpack = struct.Struct("<" + layout).unpack_from
+            wide = [i for i, k in enumerate(keys) if isinstance(k, int) and k in _V_REGS_SET]
+            size = ctypes.sizeof(buf)
+            uch = self.uc._uch
 
             def reader() -> list[int]:
-                ctypes.memmove(buf, template, ctypes.sizeof(buf))  # fresh keys, zeroed values
-                status = self.uc._do_reg_read_batch(ids, ptrs, ctypes.c_int(n))
+                ctypes.memmove(buf, template, size)  # fresh keys, zeroed values
+                status = uclib.uc_reg_read_batch(uch, ids, ptrs, n)
                 if status:
                     raise UcError(status)
-                out = []
-                for i, kind in enumerate(kinds):
-                    if kind == 0:
-                        out.append(buf[6 * i + 3])
-                    elif kind == 2:
-                        out.append(buf[6 * i] | (buf[6 * i + 1] << 64))
+                flat = unpack(buf)
+                if not wide:
+                    return list(flat)
+                out, j = [], 0
+                for i in range(n):
+                    if i in wide_set:
+                        out.append(flat[j] | (flat[j + 1] << 64))
+                        j += 2
                     else:
-                        out.append(buf[6 * i])
+                        out.append(flat[j])
+                        j += 1
                 return out
+
+            wide_set = frozenset(wide)
 
             cache[keys] = reader
         return reader
@@ -931,12 +946,12 @@ class Arm64Vcpu:
             if name == "ID_AA64DFR0_EL1":
                 regs[reg_id] = _OneReg(lambda: self.id_aa64dfr0, None)
             elif name in ("MIDR_EL1", "MPIDR_EL1"):
-                regs[reg_id] = _OneReg(lambda enc=enc: uc.cpr_read(*enc), None)
+                regs[reg_id] = _OneReg(lambda enc=enc: uc.cpr_read(*enc), None, cp_enc=enc)
             elif name == "MDSCR_EL1":
                 regs[reg_id] = _OneReg(lambda: self.guest_debug_regs.mdscr,
                                        lambda v: self._write_guest_debug_reg("mdscr", 0, v))
             elif name == "CONTEXTIDR_EL1":
-                regs[reg_id] = _OneReg(lambda enc=enc: uc.cpr_read(*enc), self._set_contextidr)
+                regs[reg_id] = _OneReg(lambda enc=enc: uc.cpr_read(*enc), self._set_contextidr, cp_enc=enc)
             else:
                 regs[reg_id] = cp(enc)
         g = self.guest_debug_regs
