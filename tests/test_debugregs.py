@@ -557,3 +557,114 @@ def test_describe_esr():
     assert d.describe_esr(0x92000050) == "EC 0x24 data abort (lower EL), WnR=1, DFSC=0x10"
     assert d.describe_esr(0x02000000) == "EC 0x00 unknown reason (undefined instruction)"
     assert "unrecognised" in d.describe_esr(0x3F << 26)
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by mutation testing (issue 14): edges of each rule, and what errors say
+
+def test_errors_name_the_bad_value():
+    with pytest.raises(ValueError, match=r"\bvalue 0x10 does not fit a 4-bit field\b"):
+        Field(5, 4).deposit(0, 0x10)
+    for args, what in [((17, 2, 1), r"\bbrps must be 2\.\.16, not 17\b"),
+                       ((2, 17, 1), r"\bwrps must be 2\.\.16, not 17\b"),
+                       ((2, 2, 3), r"\bctx_cmps must be 1\.\.brps \(2\), not 3\b")]:
+        with pytest.raises(ValueError, match=what):
+            id_aa64dfr0_el1(*args)
+    with pytest.raises(ValueError, match=r"\bEC 0x40 out of range\b"):
+        d.esr(0x40)
+    with pytest.raises(ValueError, match=r"\bISS 0x2000000 out of range\b"):
+        d.esr(0, 1 << 25)
+
+
+def test_esr_field_limits():
+    assert d.esr(0x3F) == 0xFE000000
+    assert d.esr(0, 0x1FFFFFF) == 0x03FFFFFF
+    assert d.esr(0x3F, 0x1FFFFFF, il=False) == 0xFDFFFFFF
+    # ISV=1 with every access field left at its default: SAS=0 (byte), SSE=0, SRT=0, SF=0.
+    assert d.esr_data_abort(True, False, 0x10, isv=True) == 0x93000010
+
+
+def test_sign_extend_va_keeps_the_low_bits():
+    assert d.sign_extend_va(1) == 1
+    assert d.sign_extend_va(0x1_0000_0000_0000) == 0xFFFF_0000_0000_0000
+    assert d.sign_extend_va(0x1_0000_0000_0001) == 0xFFFF_0000_0000_0001
+    assert d.sign_extend_va(0xFFFE_FFFF_FFFF_FFFF) == 0x0000_FFFF_FFFF_FFFF
+
+
+def test_context_aware_slots():
+    assert [d.context_aware(i, brps=6, ctx_cmps=2) for i in range(8)] == [
+        False, False, False, False, True, True, False, False]
+
+
+@pytest.mark.parametrize("bt", [BT_UNLINKED_CONTEXT, BT_LINKED_CONTEXT])
+def test_context_breakpoint_decodes_every_field(bt):
+    bcr = encode_dbgbcr(bt=bt, lbn=3, pmc=0b01, bas=0)
+    assert decode_breakpoint(5, bcr, 0xFFFF_FFFF_8765_4321, brps=BRPS, ctx_cmps=CTX) == Breakpoint(
+        index=5, bt=bt, address=0, context_id=0x8765_4321, lbn=0, el0=False, el1=True)
+
+
+def test_linked_context_filter_is_decoded_but_never_disables():
+    for pmc, el0, el1 in [(0b00, False, False), (0b01, False, True), (0b10, True, False),
+                          (0b11, True, True)]:
+        for hmc, ssc in [(0, 0), (1, 0b10), (0, 0b11)]:  # reserved / never-firing elsewhere
+            bp = decode_breakpoint(4, encode_dbgbcr(bt=BT_LINKED_CONTEXT, pmc=pmc, hmc=hmc,
+                                                    ssc=ssc), 7, brps=BRPS, ctx_cmps=CTX)
+            assert (bp.el0, bp.el1) == (el0, el1)
+
+
+def test_unlinked_context_uses_the_full_privilege_rules():
+    # Rule 5 applies to an unlinked context breakpoint as to an address one.
+    assert decode_breakpoint(4, encode_dbgbcr(bt=BT_UNLINKED_CONTEXT, pmc=0b10, hmc=1), 7,
+                             brps=BRPS, ctx_cmps=CTX) is None
+    assert decode_breakpoint(4, encode_dbgbcr(bt=BT_UNLINKED_CONTEXT, ssc=0b10), 7,
+                             brps=BRPS, ctx_cmps=CTX) is None
+
+
+def test_unlinked_address_breakpoint_drops_lbn():
+    bp = decode_breakpoint(0, encode_dbgbcr(lbn=5), 0x1000, brps=BRPS, ctx_cmps=CTX)
+    assert bp.lbn == 0
+
+
+def test_link_to_slot_zero_and_to_the_slot_past_the_end():
+    # All slots context-aware: slot 0 may be the Linked Context breakpoint.
+    table = [decode_breakpoint(0, encode_dbgbcr(bt=BT_LINKED_CONTEXT), 0x77, brps=2, ctx_cmps=2),
+             decode_breakpoint(1, encode_dbgbcr(bt=BT_LINKED_ADDRESS, lbn=0), 0x2000, brps=2,
+                               ctx_cmps=2)]
+    assert breakpoint_matches(table, table[1], pc=0x2000, el=1, contextidr=0x77)
+    # LBN == the number of slots names nothing.
+    table = bp_table({0: (encode_dbgbcr(bt=BT_LINKED_ADDRESS, lbn=BRPS), 0x2000)})
+    assert not breakpoint_matches(table, table[0], pc=0x2000, el=1, contextidr=0)
+    wp = decode_watchpoint(0, encode_dbgwcr(wt=1, lbn=BRPS), 0x1000)
+    assert not watchpoint_matches(table, wp, addr=0x1000, size=1, is_write=True, el=1,
+                                  contextidr=0)
+
+
+def test_zero_sized_access_watches_nothing():
+    wp = decode_watchpoint(0, encode_dbgwcr(), 0x1000)
+    for addr in (0x1000, 0x1004, 0x1007):
+        assert not wp.overlaps(addr, 0)
+        assert wp.first_hit(addr, 0) is None
+
+
+def test_pages_page_size_must_be_a_power_of_two():
+    wp = decode_watchpoint(0, encode_dbgwcr(bas=0b0110), 0x1000)  # bytes 0x1001, 0x1002
+    assert wp.pages(1) == [0x1001, 0x1002]
+    assert wp.pages(2) == [0x1000, 0x1002]
+    for bad in (0, -4096, 3, 4095, 6):
+        with pytest.raises(ValueError, match=r"\bpage_size must be a power of two\b"):
+            wp.pages(bad)
+
+
+def test_describe_esr_every_field():
+    assert d.describe_esr(0xD2000022) == "EC 0x34 watchpoint (lower EL), WnR=0"
+    assert d.describe_esr(0xCB000022) == "EC 0x32 software step (lower EL), ISV=1, EX=0"
+    assert d.describe_esr(0x96000007) == "EC 0x25 data abort (current EL), WnR=0, DFSC=0x07"
+    assert d.describe_esr(0x93838050) == (
+        "EC 0x24 data abort (lower EL), WnR=1, DFSC=0x10, SAS=2, SRT=3, SF=1")
+    assert d.describe_esr(0x933F0010) == (
+        "EC 0x24 data abort (lower EL), WnR=0, DFSC=0x10, SAS=0, SRT=31, SF=0")
+    assert d.describe_esr(0x8200000F) == "EC 0x20 instruction abort (lower EL), IFSC=0x0F"
+    assert d.describe_esr(0x86000010) == "EC 0x21 instruction abort (current EL), IFSC=0x10"
+    assert d.describe_esr(0xF0000005) == "EC 0x3C BRK64 #0x5, IL=0"
+    assert d.describe_esr(0x3F << 26) == "EC 0x3F unrecognised class, IL=0"
+    assert d.describe_esr(0xFE000000) == "EC 0x3F unrecognised class"

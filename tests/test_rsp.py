@@ -8,7 +8,7 @@ import itertools
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from guestdbg.gdb import rsp
@@ -536,3 +536,187 @@ def test_any_sequence_of_inputs_follows_the_table(actions):
     conn = RspConnection()
     for action in actions:
         check_step(conn, action)
+
+
+# --- wrong checksums: the property from issue 14 ------------------------------------------------
+
+# A body as a peer could send it: escaped and run-length encoded, or raw bytes (anything but
+# the framing bytes '$' and '#', which can never be body).
+bodies = st.one_of(
+    payloads.map(rsp.encode_payload),
+    st.binary(max_size=300).map(lambda b: b.replace(b"$", b"").replace(b"#", b"")),
+)
+# How the sent checksum differs from the right one: any non-zero XOR, with every single-bit
+# error drawn often (a check that ignored one bit, e.g. bit 7, would accept those).
+checksum_errors = st.one_of(st.sampled_from([1 << k for k in range(8)]), st.integers(1, 255))
+
+
+@settings(max_examples=300)
+@given(body=bodies, error=checksum_errors, upper=st.booleans(), no_ack=st.booleans())
+@example(body=b"g", error=0x80, upper=False, no_ack=False)
+@example(body=b"g", error=0x80, upper=True, no_ack=True)
+@example(body=b"\xff" * 100, error=0x80, upper=False, no_ack=False)  # the >= 64-byte sum path
+def test_any_wrong_checksum_is_naked_in_ack_mode_and_dropped_in_no_ack_mode(body, error, upper,
+                                                                            no_ack):
+    wrong = b"%02x" % ((sum(body) % 256) ^ error)
+    frame_ = b"$" + body + b"#" + (wrong.upper() if upper else wrong)
+    events, out = feed([frame_ + ref_frame(b"g")], no_ack=no_ack)
+    assert [type(e) for e in events] == [BadPacket, Packet], events
+    assert "checksum mismatch" in events[0].reason
+    assert events[1] == Packet(b"g"), "the connection recovers at the next frame"
+    assert out == (b"" if no_ack else b"-+")
+    # the same frame, one byte at a time: same verdict
+    assert feed([bytes([b]) for b in frame_ + ref_frame(b"g")], no_ack=no_ack) == (events, out)
+
+
+@pytest.mark.parametrize("no_ack", [False, True])
+@pytest.mark.parametrize("bit", range(8))
+def test_every_single_bit_checksum_error_is_caught(bit, no_ack):
+    for body in (b"", b"g", b"m1000,40", b"x" * 70, bytes(range(0x30, 0x7B))):
+        right = sum(body) % 256
+        events, out = feed([b"$" + body + b"#%02x" % (right ^ (1 << bit))], no_ack=no_ack)
+        assert [type(e) for e in events] == [BadPacket] and out == (b"" if no_ack else b"-")
+        events, out = feed([b"$" + body + b"#%02x" % right], no_ack=no_ack)
+        assert events == [Packet(rsp.decode_payload(body))] and out == (b"" if no_ack else b"+")
+
+
+# --- found by mutation testing (issue 14) -------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _cold_run_cache():
+    """Every test starts with rsp's run-encoding cache empty, so it exercises the encoder, not
+    answers an earlier test left in the cache (mutmut learns which tests reach which function
+    from one run of the whole file)."""
+    rsp._run_cache.clear()
+
+
+def test_need_data_survives_pickling_as_the_singleton():
+    import pickle
+
+    assert pickle.loads(pickle.dumps(NEED_DATA)) is NEED_DATA
+
+
+def test_repr_shows_state_mode_and_eof():
+    conn = RspConnection()
+    assert repr(conn) == "<RspConnection IDLE ack>"
+    conn.resumed()
+    assert repr(conn) == "<RspConnection RUNNING ack>"
+    conn = RspConnection()
+    conn.start_no_ack()
+    conn.receive_data(b"")
+    assert repr(conn) == "<RspConnection IDLE no-ack, EOF>"
+
+
+@pytest.mark.parametrize("n, body", [
+    (4, b"0* "),     # the manual's example: ' ' is 3 more
+    (7, b'0*"0'),    # 6 more would be '#' (forbidden): 5 more ('"'), then one literal
+    (8, b'0*"00'),   # the manual's example of dodging '#' and '$'
+    (15, b"0*)00"),  # 14 ('+') and 13 ('*') are forbidden: 12 more (')')
+    (17, b"0*,0"),   # 16 ('-') is forbidden: 15 more (',')
+    (98, b"0*~"),    # the longest run one count byte can say
+    (99, b"0*~0"),
+    (102, b"0*~0* "),
+])
+def test_rle_picks_the_largest_allowed_count(n, body):
+    assert rsp.encode_payload(b"0" * n) == body
+    assert rsp.frame(b"0" * n) == ref_frame(body)  # frame() encodes runs by default
+
+
+def test_rle_runs_of_any_byte_that_needs_no_escape():
+    for c in sorted(set(range(256)) - set(b"#$}*")):
+        assert rsp.encode_payload(bytes([c]) * 4) == bytes([c]) + b"* ", hex(c)
+    for c in b"#$}*":  # escaped bytes are never run-length encoded
+        assert rsp.encode_payload(bytes([c]) * 4) == rsp.encode_payload(bytes([c]) * 4, rle=False)
+
+
+@pytest.mark.parametrize("payload", [b"aaa\x00", b"aaaa\x00", b"xaaa\x00", b"\x00\x00\x00a",
+                                     b"aaa", b"aaaa", b"\x00" * 4, b"ab\x00\x00\x00"])
+def test_rle_short_payloads_round_trip(payload):
+    for body in (rsp.encode_payload(payload), rsp._encode_plain(payload)):
+        assert ref_decode(body) == payload, body
+
+
+def test_run_cache_stays_bounded():
+    rsp._run_cache.clear()
+    for c in range(1, 40):
+        for n in range(4, 300):
+            rsp.encode_payload(b"<" + bytes([c]) * n + b">")
+    assert len(rsp._run_cache) <= 4096
+    assert max(map(len, rsp._run_cache)) <= 256
+
+
+def test_frame_rle_flag_and_connection_default():
+    assert rsp.frame(b"0000", rle=False) == ref_frame(b"0000")
+    conn = RspConnection()  # RLE is off by default (rule 11)
+    conn.send_packet(b"0000")
+    assert conn.data_to_send() == ref_frame(b"0000")
+    conn = RspConnection(rle=True)
+    conn.send_packet(b"0000")
+    assert conn.data_to_send() == ref_frame(b"0* ")
+    conn.resumed()
+    conn.send_stop_reply(b"T05" + b"0" * 8)
+    assert conn.data_to_send() == ref_frame(b'T050*"00')
+
+
+def test_default_packet_size_and_the_smallest_one():
+    conn = RspConnection()  # 16 KiB by default
+    conn.receive_data(ref_frame(b"a" * 0x4000) + ref_frame(b"a" * 0x4001))
+    assert [type(e) for e in drain(conn)] == [Packet, BadPacket]
+    assert conn.data_to_send() == b"+-"
+    events, out = feed([ref_frame(b"g"), ref_frame(b"gg")], packet_size=1)
+    assert [type(e) for e in events] == [Packet, BadPacket] and out == b"+-"
+    with pytest.raises(ValueError, match=r"\bpacket_size must be positive\b"):
+        RspConnection(packet_size=0)
+
+
+def test_decode_limit_is_inclusive():
+    assert rsp.decode_payload(b"abc", limit=3) == b"abc"
+    assert rsp.decode_payload(b"a*!", limit=5) == b"a" * 5
+    with pytest.raises(ValueError, match=r"\boversized packet \(> 2 bytes\)"):
+        rsp.decode_payload(b"abc", limit=2)
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"*!", r"\brun-length '\*' with nothing to repeat\b"),
+    (b"a*\x1f", r"\bbad run-length count byte 0x1f\b"),
+    (b"a}", r"\bpacket ends inside an escape '\}'"),
+    (b"a*", r"\bpacket ends inside an run-length '\*'"),
+])
+def test_bad_packet_reasons(body, reason):
+    with pytest.raises(ValueError, match=reason):
+        rsp.decode_payload(body)
+    events, _ = feed([ref_frame(body)])
+    assert re.search(reason, events[0].reason)
+
+
+def test_framing_failure_reasons():
+    events, _ = feed([b"$m10$" + ref_frame(b"g")[1:]])
+    assert re.search(r"\bpacket abandoned by '\$'", events[0].reason)
+    events, _ = feed([b"$g#zz"])
+    assert re.search(r"\bbad checksum digits b'zz'", events[0].reason)
+    events, _ = feed([b"$g#00"])
+    assert re.search(r"\bchecksum mismatch: sent 00, computed 67\b", events[0].reason)
+
+
+def test_local_errors_say_what_was_refused():
+    conn = RspConnection()
+    with pytest.raises(LocalProtocolError, match=r"\bsend_stop_reply is illegal while IDLE\b"):
+        conn.send_stop_reply(b"S05")
+    conn.receive_data(b"")
+    with pytest.raises(LocalProtocolError, match=r"\breceive_data\(\) after EOF\b"):
+        conn.receive_data(b"x")
+
+
+def test_body_memory_bound_is_exact_when_fed_byte_by_byte():
+    # Rule 5: at most 2 * packet_size + 1 bytes of body are held, whatever the chunking.
+    conn = RspConnection(packet_size=PS)
+    conn.receive_data(b"$")
+    peak = 0
+    for _ in range(4 * PS):
+        conn.receive_data(b"x")
+        assert conn.next_event() is NEED_DATA
+        peak = max(peak, conn.buffered_bytes)
+    assert 2 * PS <= peak <= 2 * PS + 1
+    conn.receive_data(b"#00")
+    assert "oversized" in conn.next_event().reason

@@ -1,0 +1,80 @@
+"""Summarise a mutmut 3 run (scripts/mutation.sh): the score per module, and the survivors.
+
+Reads mutants/**/*.meta (mutmut's own result files) from the repository root. The access
+decoder is two functions of backends/unicorn_arm64.py; only their mutants count there (the
+rest of that file is mutated too, because mutmut works per file, but no unit test reaches it).
+
+    .venv/bin/python bench/mutation.py [--survivors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = {
+    "arm/debugregs.py": ("src/guestdbg/arm/debugregs.py", None),
+    "arm/mmu.py": ("src/guestdbg/arm/mmu.py", None),
+    "gdb/rsp.py": ("src/guestdbg/gdb/rsp.py", None),
+    "access decoder": ("src/guestdbg/backends/unicorn_arm64.py",
+                       ("x__decode_access__mutmut_", "x__is_multi_access__mutmut_")),
+}
+# mutmut's exit codes (mutmut/stats.py): 1 and 3 are kills, SIGXCPU/36/255 timeouts (a mutant
+# that hangs the tests is detected, so it counts as killed), 0 survived, 5/33 no test reached it.
+KILLED = {1, 3}
+TIMEOUT = {36, -24, 24, 152, 255}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+def load(meta: Path, prefixes) -> dict[str, int | None]:
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    if prefixes:
+        codes = {k: v for k, v in codes.items() if k.rsplit(".", 1)[-1].startswith(prefixes)}
+    return codes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    ap.add_argument("--min-score", type=float, default=90.0)
+    args = ap.parse_args()
+    ok = True
+    rows = []
+    survivors = []
+    for name, (path, prefixes) in MODULES.items():
+        meta = ROOT / "mutants" / (path + ".meta")
+        if not meta.exists():
+            print(f"{name}: no results ({meta} missing); run scripts/mutation.sh", file=sys.stderr)
+            ok = False
+            continue
+        codes = load(meta, prefixes)
+        killed = sum(c in KILLED for c in codes.values())
+        timeout = sum(c in TIMEOUT for c in codes.values())
+        survived = [k for k, c in codes.items() if c in SURVIVED]
+        no_tests = [k for k, c in codes.items() if c in NO_TESTS]
+        other = [k for k, c in codes.items()
+                 if c not in KILLED | TIMEOUT | SURVIVED | NO_TESTS]
+        total = len(codes)
+        score = 100.0 * (killed + timeout) / total if total else 0.0
+        ok &= score >= args.min_score and not other
+        rows.append((name, killed + timeout, total, score, killed, timeout, len(survived),
+                     len(no_tests), len(other)))
+        survivors += survived + no_tests + other
+    print("| module | killed / total | score | killed by a failing test | by a timeout "
+          "| survived | no test reached | other |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, k, t, s, kf, kt, sv, nt, ot in rows:
+        print(f"| {name} | {k} / {t} | {s:.1f}% | {kf} | {kt} | {sv} | {nt} | {ot} |")
+    if args.survivors:
+        print()
+        for key in survivors:
+            print(key)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
