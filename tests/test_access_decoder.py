@@ -197,31 +197,31 @@ EXACT = [
     row("casal x0, x1, [x2]", 0xC8E0FC41, X2, 8, True),
 ]
 
-_OVER = "reports 8 bytes (16 for a pair): the register class size, not the access size"
-_UNDER = "SIMD structure loads/stores and exclusive/CAS pairs are sized as one 8-byte register"
+_UNDER = "SIMD structure loads/stores are sized as one 8-byte register"
 _LITERAL = "PC-relative literal loads have no memory operand in capstone: decoded as 'not an access'"
 
-# What the decoder gets wrong today (strict xfails: fixing the decoder turns them into failures
-# that ask for the mark to go).
+# What the decoder got wrong. Rows with a reason are still wrong (strict xfails: fixing the
+# decoder turns them into failures that ask for the mark to go); rows without one were fixed
+# (access sizes from the mnemonic and the data register) and stay as regression tests.
 WRONG = [
-    row("ldrb w0, [x1]", 0x39400020, X1, 1, False, reason=_OVER),
-    row("ldrh w0, [x1, #2]", 0x79400420, X1 + 2, 2, False, reason=_OVER),
-    row("ldr w0, [x1, #4]", 0xB9400420, X1 + 4, 4, False, reason=_OVER),
+    row("ldrb w0, [x1]", 0x39400020, X1, 1, False),
+    row("ldrh w0, [x1, #2]", 0x79400420, X1 + 2, 2, False),
+    row("ldr w0, [x1, #4]", 0xB9400420, X1 + 4, 4, False),
     row("ldrsw x0, [x1, w2, sxtw #2]", 0xB8A2D820, X1 + W2_S * 4, 4, False, regs={"x2": IDX},
-        reason=_OVER),
-    row("strb w0, [x1, #1]", 0x39000420, X1 + 1, 1, True, reason=_OVER),
-    row("ldr s0, [x1]", 0xBD400020, X1, 4, False, reason=_OVER),
-    row("ldr b0, [x1]", 0x3D400020, X1, 1, False, reason=_OVER),
-    row("ldp w0, w1, [x2]", 0x29400440, X2, 8, False, reason=_OVER),
-    row("ldpsw x0, x1, [x2]", 0x69400440, X2, 8, False, reason=_OVER),
-    row("ldxr w0, [x1]", 0x885F7C20, X1, 4, False, reason=_OVER),
-    row("ldaddb w0, w1, [x2]", 0x38200041, X2, 1, True, reason=_OVER),
+        ),
+    row("strb w0, [x1, #1]", 0x39000420, X1 + 1, 1, True),
+    row("ldr s0, [x1]", 0xBD400020, X1, 4, False),
+    row("ldr b0, [x1]", 0x3D400020, X1, 1, False),
+    row("ldp w0, w1, [x2]", 0x29400440, X2, 8, False),
+    row("ldpsw x0, x1, [x2]", 0x69400440, X2, 8, False),
+    row("ldxr w0, [x1]", 0x885F7C20, X1, 4, False),
+    row("ldaddb w0, w1, [x2]", 0x38200041, X2, 1, True),
     row("ld1 {v0.16b}, [x1]", 0x4C407020, X1, 16, False, reason=_UNDER),
     row("ld1 {v0.16b, v1.16b}, [x1]", 0x4C40A020, X1, 32, False, reason=_UNDER),
     row("st1 {v0.2d-v3.2d}, [x1]", 0x4C002C20, X1, 64, True, reason=_UNDER),
-    row("ldxp x0, x1, [x2]", 0xC87F0440, X2, 16, False, reason=_UNDER),
-    row("stxp w3, x0, x1, [x2]", 0xC8230440, X2, 16, True, prefix=LDXP_X9_X10_X2, reason=_UNDER),
-    row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True, reason=_UNDER),
+    row("ldxp x0, x1, [x2]", 0xC87F0440, X2, 16, False),
+    row("stxp w3, x0, x1, [x2]", 0xC8230440, X2, 16, True, prefix=LDXP_X9_X10_X2),
+    row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True),
     row("ldr x0, .+8", 0x58000040, PC + 8, 8, False, reason=_LITERAL),
     row("ldr q0, .+16", 0x9C000080, PC + 16, 16, False, reason=_LITERAL),
     row("dc zva, x0", 0xD50B7420, X1, 64, True, regs={"x0": X1 + 0x13},

@@ -1679,13 +1679,27 @@ def _decode_access(insn: int, pc: int, read_gpr: Callable[[str], int]) -> tuple[
         elif ext in (cs64.ARM64_EXT_SXTW,):
             index = (index & 0xFFFFFFFF) - ((index & 0x80000000) << 1)
         addr += index << mems[0].shift.value
-    regs = [op for op in i.operands if op.type == cs64.ARM64_OP_REG]
-    reg_size = 16 if regs and i.reg_name(regs[0].reg)[0] == "q" else 8
-    size = reg_size * (2 if i.mnemonic.startswith(("ldp", "stp", "ldnp", "stnp")) else 1)
     m = i.mnemonic
+    regs = [i.reg_name(op.reg) for op in i.operands if op.type == cs64.ARM64_OP_REG]
+    if m.startswith(("stxr", "stlxr", "stxp", "stlxp")):
+        regs = regs[1:]  # the first register is the status result, not data
+    pair = m.startswith(("ldp", "stp", "ldnp", "stnp", "ldxp", "ldaxp", "stxp", "stlxp", "casp"))
+    # The access size: the mnemonic's b/h/sw suffix, else the data register's width.
+    if m.endswith("b"):
+        element = 1
+    elif m.endswith("h"):
+        element = 2
+    elif m.endswith("sw"):
+        element = 4
+    else:
+        element = _REG_CLASS_BYTES.get(regs[0][0], 8) if regs else 8
+    size = element * (2 if pair else 1)
     atomic_rmw = m.startswith("ld") and m[2:5] in ("add", "clr", "eor", "set", "sma", "smi", "uma", "umi")
     is_write = m.startswith(("st", "swp", "cas")) or atomic_rmw
     return addr & ((1 << 64) - 1), size, is_write
+
+
+_REG_CLASS_BYTES = {"w": 4, "x": 8, "b": 1, "h": 2, "s": 4, "d": 8, "q": 16}
 
 
 def _ignore_access(_uc, _access, _va, _size, _value, _user) -> None:
