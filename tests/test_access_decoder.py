@@ -198,7 +198,6 @@ EXACT = [
 ]
 
 _UNDER = "SIMD structure loads/stores are sized as one 8-byte register"
-_LITERAL = "PC-relative literal loads have no memory operand in capstone: decoded as 'not an access'"
 
 # What the decoder got wrong. Rows with a reason are still wrong (strict xfails: fixing the
 # decoder turns them into failures that ask for the mark to go); rows without one were fixed
@@ -222,10 +221,9 @@ WRONG = [
     row("ldxp x0, x1, [x2]", 0xC87F0440, X2, 16, False),
     row("stxp w3, x0, x1, [x2]", 0xC8230440, X2, 16, True, prefix=LDXP_X9_X10_X2),
     row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True),
-    row("ldr x0, .+8", 0x58000040, PC + 8, 8, False, reason=_LITERAL),
-    row("ldr q0, .+16", 0x9C000080, PC + 16, 16, False, reason=_LITERAL),
-    row("dc zva, x0", 0xD50B7420, X1, 64, True, regs={"x0": X1 + 0x13},
-        reason="DC ZVA zeroes a 64-byte block (DCZID_EL0) but has no memory operand: decoded as None"),
+    row("ldr x0, .+8", 0x58000040, PC + 8, 8, False),
+    row("ldr q0, .+16", 0x9C000080, PC + 16, 16, False),
+    row("dc zva, x0", 0xD50B7420, X1, 64, True, regs={"x0": X1 + 0x13}),  # the 64-byte block
 ]
 
 NOT_ACCESSES = [

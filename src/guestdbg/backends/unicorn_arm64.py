@@ -1668,7 +1668,7 @@ def _decode_access(insn: int, pc: int, read_gpr: Callable[[str], int]) -> tuple[
     i = decoded[0]
     mems = [op for op in i.operands if op.type == cs64.ARM64_OP_MEM]
     if not mems:
-        return None
+        return _decode_other_access(i, read_gpr)
     mem = mems[0].mem
     addr = read_gpr(i.reg_name(mem.base)) + mem.disp  # post-index forms carry disp 0 here
     if mem.index:
@@ -1700,6 +1700,21 @@ def _decode_access(insn: int, pc: int, read_gpr: Callable[[str], int]) -> tuple[
 
 
 _REG_CLASS_BYTES = {"w": 4, "x": 8, "b": 1, "h": 2, "s": 4, "d": 8, "q": 16}
+DC_ZVA_BLOCK = 64  # DCZID_EL0.BS = 4 on the Cortex-A57 (and QEMU's virt CPUs): 64-byte blocks
+
+
+def _decode_other_access(i, read_gpr) -> tuple[int, int, bool] | None:
+    """The accesses capstone gives no memory operand: a PC-relative literal load (its target
+    is an immediate) and DC ZVA (it zeroes the aligned block holding Xt)."""
+    from capstone import arm64 as cs64
+    ops = i.operands
+    if i.mnemonic in ("ldr", "ldrsw") and len(ops) == 2 and ops[1].type == cs64.ARM64_OP_IMM:
+        size = 4 if i.mnemonic == "ldrsw" else _REG_CLASS_BYTES.get(i.reg_name(ops[0].reg)[0], 8)
+        return ops[1].imm & ((1 << 64) - 1), size, False
+    if i.mnemonic == "dc" and i.op_str.startswith("zva,"):
+        xt = read_gpr(i.reg_name(ops[-1].reg))
+        return xt & ~(DC_ZVA_BLOCK - 1) & ((1 << 64) - 1), DC_ZVA_BLOCK, True
+    return None
 
 
 def _ignore_access(_uc, _access, _va, _size, _value, _user) -> None:
