@@ -342,21 +342,15 @@ MULTI = [
     ("b .", 0x14000000, False),
 ]
 
-_PAIR_X = "Unicorn makes two 8-byte accesses for an X-register exclusive pair; not detected"
-
-
-def _gap(asm, word, reason):
-    return pytest.param(asm, word, True, id=asm, marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
-MULTI_WRONG = [
-    _gap("ldxp x0, x1, [x2]", 0xC87F0440, _PAIR_X),
-    _gap("ldaxp x0, x1, [x2]", 0xC87F8440, _PAIR_X),
-    _gap("stxp w3, x0, x1, [x2]", 0xC8230440, _PAIR_X),
-    _gap("stlxp w4, x0, x1, [x2]", 0xC8248440, _PAIR_X),
-    _gap("ldr q0, .+16", 0x9C000080,
-         "LDR Q (literal) is two 8-byte accesses in Unicorn; the literal class is not checked"),
-    _gap("dc zva, x0", 0xD50B7420, "DC ZVA writes its 64-byte block one byte at a time in Unicorn"),
+# Fixed gaps (2026-12-01): X-register exclusive pairs, LDR Q (literal) and DC ZVA, which Unicorn
+# splits into several accesses, used to be reported as single accesses.
+MULTI_FIXED = [
+    ("ldxp x0, x1, [x2]", 0xC87F0440, True),
+    ("ldaxp x0, x1, [x2]", 0xC87F8440, True),
+    ("stxp w3, x0, x1, [x2]", 0xC8230440, True),
+    ("stlxp w4, x0, x1, [x2]", 0xC8248440, True),
+    ("ldr q0, .+16", 0x9C000080, True),
+    ("dc zva, x0", 0xD50B7420, True),
 ]
 _MULTI_IDS = [p[0] for p in MULTI]
 # SIMD structure forms in MULTI that are a single access (one 64-bit register, one lane, or a
@@ -369,8 +363,8 @@ def test_is_multi_access(asm, word, multi):
     assert _is_multi_access(word) is multi
 
 
-@pytest.mark.parametrize("asm, word, multi", MULTI_WRONG)
-def test_is_multi_access_known_gaps(asm, word, multi):
+@pytest.mark.parametrize("asm, word, multi", MULTI_FIXED, ids=[a for a, _, _ in MULTI_FIXED])
+def test_is_multi_access_fixed_gaps(asm, word, multi):
     assert _is_multi_access(word) is multi
 
 
@@ -392,7 +386,7 @@ def _unwrap(param):
 
 
 ALL_WORDS = sorted(
-    {(_unwrap(p)[0].split(" (")[0], _unwrap(p)[1]) for p in EXACT + WRONG + MULTI + MULTI_WRONG}
+    {(_unwrap(p)[0].split(" (")[0], _unwrap(p)[1]) for p in EXACT + WRONG + MULTI + MULTI_FIXED}
     | {(a, w) for a, w in NOT_ACCESSES if not a.startswith(("(", "udf"))}
 )
 
@@ -469,13 +463,13 @@ def test_table_matches_what_unicorn_touches(asm, word, addr, size, is_write, reg
 
 
 @pytest.mark.parametrize("asm, word, multi",
-                         [pytest.param(*_unwrap(p), id=_unwrap(p)[0]) for p in MULTI + MULTI_WRONG])
+                         [pytest.param(*_unwrap(p), id=_unwrap(p)[0]) for p in MULTI + MULTI_FIXED])
 def test_multi_table_matches_unicorn(asm, word, multi):
     """On the backend's CPU model (Cortex-A57), an instruction the table calls single makes
     accesses at one address only (an exclusive store's read and write of one doubleword count
     as one); one it calls multi touches more than one, except SIMD_STRUCTURE_ONE_ACCESS.
     Store-exclusives run after a matching load-exclusive. So whatever Unicorn splits is
-    reported as multi, apart from the strict xfails in MULTI_WRONG."""
+    reported as multi."""
     prefix = {0xC8027C20: LDXR_X9_X1, 0xC8230440: LDXP_X9_X10_X2, 0xC8248440: LDXP_X9_X10_X2}.get(word)
     seen = unicorn_accesses(word, regfile(x0=X1 + 0x13), prefix, model=uca.UC_CPU_ARM64_A57)
     addresses = {a for _, a, _ in seen}

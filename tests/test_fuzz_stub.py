@@ -76,7 +76,7 @@ def _fits_grammar(packet: bytes, reply: bytes) -> bool:
     head = packet[:1]
     if head in (b"m", b"g", b"p"):
         return bool(HEXS.fullmatch(reply))
-    if head in (b"M", b"X", b"P", b"G", b"Z", b"z", b"H", b"T") or packet == b"QStartNoAckMode":
+    if head in (b"M", b"X", b"P", b"G", b"Z", b"z", b"H", b"T", b"Q"):  # Q: a general set packet
         return reply == b"OK"
     if head in (b"?", b"s", b"c") or packet.startswith(b"vCont;"):
         return bool(STOP.fullmatch(reply))

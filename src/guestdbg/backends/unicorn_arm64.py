@@ -1731,4 +1731,10 @@ def _is_multi_access(insn: int) -> bool:
         return bool(v and size == 0 and opc & 2)  # 128-bit Q register
     if insn & 0xBF000000 == 0x0C000000 or insn & 0xBF000000 == 0x0D000000:
         return True  # SIMD load/store multiple or single structures
+    if insn & 0xFFA00000 == 0xC8200000:
+        return True  # LDXP/LDAXP/STXP/STLXP of X registers: two 8-byte accesses
+    if insn & 0xFF000000 == 0x9C000000:
+        return True  # LDR Qt (literal): two 8-byte accesses
+    if insn & 0xFFFFFFE0 == 0xD50B7420:
+        return True  # DC ZVA: its block, one byte at a time
     return False
