@@ -89,9 +89,11 @@ class StubUnderTest:
                 self.exchanges.append((event.payload, reply))
                 self.conn.send_stop_reply(reply)
             elif isinstance(action, Detach):
+                self.exchanges.append((event.payload, None))
                 self.manager.detach()
                 self.new_connection()
             elif isinstance(action, Kill):
+                self.exchanges.append((event.payload, None))
                 self.new_connection()
         self.sent = self.conn.data_to_send()
         return replies

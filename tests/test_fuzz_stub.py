@@ -60,7 +60,10 @@ def test_stub_survives_and_rejections_change_nothing(stub, packets, framing):
         assert replies == [] and stub.exchanges == []  # none acted on ...
         assert stub.sent == b"-" * len(packets)  # ... and every frame NAKed, once
     if framing == "good":
-        assert len(stub.exchanges) == len(packets)  # every packet answered exactly once
+        # every packet answered exactly once, up to a detach or kill, which ends the connection
+        n = len(stub.exchanges)
+        assert [p for p, _ in stub.exchanges] == packets[:n]
+        assert n == len(packets) or stub.exchanges[-1][1] is None, (packets, stub.exchanges)
 
 
 ERROR = re.compile(rb"E[0-9a-f]{2}|E\..*", re.S)
@@ -71,6 +74,8 @@ STOP = re.compile(rb"[TS][0-9a-f]{2}.*|W[0-9a-f]{2}.*|X[0-9a-f]{2}.*", re.S)
 def _fits_grammar(packet: bytes, reply: bytes) -> bool:
     """Is `reply` something the protocol allows as the answer to `packet` (gdb manual,
     "Packets")? An error (Exx or E.text) and the empty reply ("not supported") fit anything."""
+    if reply is None:  # a detach or kill: the connection ends
+        return packet[:1] in (b"D", b"k") or packet.startswith(b"vKill")
     if reply == b"" or ERROR.fullmatch(reply):
         return True
     head = packet[:1]
@@ -78,7 +83,7 @@ def _fits_grammar(packet: bytes, reply: bytes) -> bool:
         return bool(HEXS.fullmatch(reply))
     if head in (b"M", b"X", b"P", b"G", b"Z", b"z", b"H", b"T", b"Q"):  # Q: a general set packet
         return reply == b"OK"
-    if head in (b"?", b"s", b"c") or packet.startswith(b"vCont;"):
+    if head in (b"?", b"s", b"c", b"S", b"C") or packet.startswith(b"vCont;"):
         return bool(STOP.fullmatch(reply))
     if packet == b"vCont?":
         return reply.startswith(b"vCont;")
