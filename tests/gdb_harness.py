@@ -207,21 +207,25 @@ class Stub:
             err.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            log = self.stderr
-            # "waiting for a GDB connection on ..." (--wait) or "... a debugger may attach at ..."
-            if "waiting for a GDB connection" in log or "a debugger may attach at" in log:
-                if self.tcp:
-                    m = re.search(r"tcp:127\.0\.0\.1:(\d+)", log)
-                    assert m, f"no port in the stub's log: {log!r}"
-                    self.port = int(m.group(1))
-                    return
-                if self.sock_path.exists():
-                    return
+            if self._listening():
+                return
             if self.proc.poll() is not None:
-                raise AssertionError(f"stub exited early with {self.proc.returncode}:\n{self.stderr}")
+                raise AssertionError(f"{self.argv[0]} exited early with {self.proc.returncode}:\n{self.stderr}")
             time.sleep(0.02)
         self.kill()
-        raise AssertionError(f"stub did not start listening within {timeout}s:\n{self.stderr}")
+        raise AssertionError(f"{self.argv[0]} did not start listening within {timeout}s:\n{self.stderr}")
+
+    def _listening(self) -> bool:
+        log = self.stderr
+        # "waiting for a GDB connection on ..." (--wait) or "... a debugger may attach at ..."
+        if "waiting for a GDB connection" not in log and "a debugger may attach at" not in log:
+            return False
+        if self.tcp:
+            m = re.search(r"tcp:127\.0\.0\.1:(\d+)", log)
+            assert m, f"no port in the stub's log: {log!r}"
+            self.port = int(m.group(1))
+            return True
+        return self.sock_path.exists()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -270,24 +274,8 @@ class QemuStub(Stub):
         super().__init__(workdir, image, name=name)
         self.argv = qemu_command(image, extra_args=["-gdb", f"unix:{self.sock_path},server=on,wait=off", "-S"])
 
-    def start(self, timeout: float = 20.0) -> None:
-        out = open(self.stdout_path, "wb")
-        err = open(self.stderr_path, "wb")
-        try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         cwd=REPO, start_new_session=True)
-        finally:
-            out.close()
-            err.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sock_path.exists():
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"qemu exited early with {self.proc.returncode}:\n{self.stderr}")
-            time.sleep(0.02)
-        self.kill()
-        raise AssertionError(f"qemu did not listen within {timeout}s:\n{self.stderr}")
+    def _listening(self) -> bool:
+        return self.sock_path.exists()  # QEMU logs nothing; its socket appears when it listens
 
 
 @dataclass
