@@ -370,6 +370,25 @@ MAP_CHUNK = 1 << 20
 TCG_BUFFER_SIZE = 32 << 20
 
 
+def _register_slots(keys: tuple):
+    """(ids, buffer, pointers) for uc_reg_read/write_batch over `keys` (Unicorn register ids,
+    or (op0, op1, CRn, CRm, op2) system-register encodings). Every value gets a 48-byte slot:
+    wide enough for a V register and for Unicorn's uc_arm64_cp_reg {u32 crn, crm, op0, op1,
+    op2; u64 val} (val at byte 24), whose key fields are filled in here."""
+    n = len(keys)
+    ids = (ctypes.c_int * n)(*(k if isinstance(k, int) else uca.UC_ARM64_REG_CP_REG for k in keys))
+    buf = (ctypes.c_uint64 * (6 * n))()
+    base = ctypes.addressof(buf)
+    ptrs = (ctypes.c_void_p * n)(*(base + 48 * i for i in range(n)))
+    words = ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint32))
+    for i, k in enumerate(keys):
+        if not isinstance(k, int):
+            op0, op1, crn, crm, op2 = k
+            for j, field_value in enumerate((crn, crm, op0, op1, op2)):
+                words[12 * i + j] = field_value
+    return ids, buf, ptrs
+
+
 def _remove_cache(uc: Uc, va: int, size: int) -> None:
     """Drop code translated from [va, va+size). Nothing was translated at an address whose
     range wraps past 2**64 (Unicorn rejects it), so there is nothing to drop there."""
@@ -819,31 +838,20 @@ class Arm64Vcpu:
         reader = cache.get(keys)
         if reader is None:
             n = len(keys)
-            ids = (ctypes.c_int * n)(*(k if isinstance(k, int) else uca.UC_ARM64_REG_CP_REG for k in keys))
-            # Every value gets a 48-byte slot: wide enough for a V register and for Unicorn's
-            # uc_arm64_cp_reg {u32 crn, crm, op0, op1, op2; u64 val} (val at byte 24).
-            buf = (ctypes.c_uint64 * (6 * n))()
-            base = ctypes.addressof(buf)
-            ptrs = (ctypes.c_void_p * n)(*(base + 48 * i for i in range(n)))
-            template = (ctypes.c_uint64 * (6 * n))()
-            words = ctypes.cast(template, ctypes.POINTER(ctypes.c_uint32))
-            for i, k in enumerate(keys):
-                if not isinstance(k, int):
-                    op0, op1, crn, crm, op2 = k
-                    for j, field_value in enumerate((crn, crm, op0, op1, op2)):
-                        words[12 * i + j] = field_value
+            ids, buf, ptrs = _register_slots(keys)
+            template = _register_slots(keys)[1]  # the keys, values zero: reset before each read
             # One struct unpack pulls every value out of the 48-byte slots (a Python loop over
             # ~80 registers cost more than the batch read itself): a system register's value is
             # at byte 24, a V register is two u64 halves, anything else one u64.
             layout = "".join("24xQ16x" if not isinstance(k, int) else ("QQ32x" if k in _V_REGS_SET else "Q40x")
                              for k in keys)
             unpack = struct.Struct("<" + layout).unpack_from
-            wide = [i for i, k in enumerate(keys) if isinstance(k, int) and k in _V_REGS_SET]
+            wide = frozenset(i for i, k in enumerate(keys) if isinstance(k, int) and k in _V_REGS_SET)
             size = ctypes.sizeof(buf)
             uch = self.uc._uch
 
             def reader() -> list[int]:
-                ctypes.memmove(buf, template, size)  # fresh keys, zeroed values
+                ctypes.memmove(buf, template, size)
                 status = uclib.uc_reg_read_batch(uch, ids, ptrs, n)
                 if status:
                     raise UcError(status)
@@ -852,15 +860,13 @@ class Arm64Vcpu:
                     return list(flat)
                 out, j = [], 0
                 for i in range(n):
-                    if i in wide_set:
+                    if i in wide:
                         out.append(flat[j] | (flat[j + 1] << 64))
                         j += 2
                     else:
                         out.append(flat[j])
                         j += 1
                 return out
-
-            wide_set = frozenset(wide)
 
             cache[keys] = reader
         return reader
@@ -872,26 +878,14 @@ class Arm64Vcpu:
         writer = cache.get(keys)
         if writer is None:
             n = len(keys)
-            ids = (ctypes.c_int * n)(*(k if isinstance(k, int) else uca.UC_ARM64_REG_CP_REG for k in keys))
-            buf = (ctypes.c_uint64 * (6 * n))()
-            base = ctypes.addressof(buf)
-            ptrs = (ctypes.c_void_p * n)(*(base + 48 * i for i in range(n)))
-            words = ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint32))
-            slots = []
-            for i, k in enumerate(keys):
-                if isinstance(k, int):
-                    slots.append(6 * i)
-                else:  # uc_arm64_cp_reg {u32 crn, crm, op0, op1, op2; u64 val}
-                    op0, op1, crn, crm, op2 = k
-                    for j, field_value in enumerate((crn, crm, op0, op1, op2)):
-                        words[12 * i + j] = field_value
-                    slots.append(6 * i + 3)
+            ids, buf, ptrs = _register_slots(keys)
+            slots = [6 * i if isinstance(k, int) else 6 * i + 3 for i, k in enumerate(keys)]
             uch = self.uc._uch
 
             def writer(values: tuple[int, ...]) -> None:
                 for slot, value in zip(slots, values):
                     buf[slot] = value
-                status = uclib.uc_reg_write_batch(uch, ids, ptrs, ctypes.c_int(n))
+                status = uclib.uc_reg_write_batch(uch, ids, ptrs, n)
                 if status:
                     raise UcError(status)
 

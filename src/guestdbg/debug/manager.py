@@ -552,10 +552,11 @@ class GuestDebugManager:
             return StopEvent(StopKind.HWBREAK, pc)
         if raw.kind == "swbreak" and pc in self._sw_va:
             return StopEvent(StopKind.SWBREAK, pc)
-        if raw.kind == "swbreak" and self._patch_at(pc) is not None:
+        alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None
+        if alias_patch is not None:
             # Our BRK, reached through another virtual address of the patched page (a kernel's
             # linear map): a breakpoint on one VA does not fire at another, as on QEMU.
-            event = self._step_over(pc, patch=self._patch_at(pc))
+            event = self._step_over(pc, patch=alias_patch)
             if event is not None:
                 return event
             return StopEvent(StopKind.STEP, self.vcpu.pc) if stepping else None
