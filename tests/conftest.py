@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(marker)
 
 
+@pytest.fixture
+def qemu_x86():
+    """qemu-system-x86_64, which the test set-up installs: skip without it, fail in CI."""
+    import shutil
+    from qemu_runner import missing_tool
+    if shutil.which("qemu-system-x86_64") is None:
+        missing_tool("qemu-system-x86_64 is not installed (apt install qemu-system-x86)")
+
+
 @pytest.fixture(scope="session")
 def guest_dir(tmp_path_factory):
     return build_guests(tmp_path_factory.mktemp("guests"))

@@ -97,3 +97,14 @@ def watchpoint(addr: int, size: int, *, lsc: int = 0b11) -> tuple[int, int]:
 def ec(run) -> int:
     assert isinstance(run, kvm.KvmRun) and run.exit_reason == kvm.KVM_EXIT_DEBUG, f"expected a debug exit, got {run}"
     return run.debug.ec
+
+
+@lru_cache(maxsize=None)
+def kvm_unavailable_reason() -> str | None:
+    """Why /dev/kvm cannot be used here, or None (the x86-64 tests' one permitted skip)."""
+    from guestdbg.backends.kvm_x86 import vm as kvm_vm
+    try:
+        kvm_vm.X86Vm().close()
+    except kvm_vm.KvmUnavailable as e:
+        return str(e)
+    return None

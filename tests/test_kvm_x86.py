@@ -27,6 +27,7 @@ from elftools.elf.elffile import ELFFile
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
 from guestdbg.backends.kvm_x86 import vm as kvm_vm
+from support import kvm_unavailable_reason
 from guestdbg.board.pc import GuestException, X86Machine
 from guestdbg.board.virt import ImageError
 
@@ -35,15 +36,7 @@ X86_GUESTS = REPO / "guests" / "x86"
 
 
 # ---------------------------------------------------------------------------- fixtures
-def _kvm_unavailable_reason() -> str | None:
-    try:
-        kvm_vm.X86Vm().close()
-    except kvm_vm.KvmUnavailable as e:
-        return str(e)
-    return None
-
-
-_NO_KVM = _kvm_unavailable_reason()
+_NO_KVM = kvm_unavailable_reason()
 needs_kvm = pytest.mark.skipif(_NO_KVM is not None, reason=f"/dev/kvm cannot be used: {_NO_KVM}")
 if _NO_KVM:
     print(f"test_kvm_x86: skipping the KVM tests: {_NO_KVM}")
@@ -220,7 +213,7 @@ def qemu_value(status: int) -> int:
 
 
 @needs_kvm
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")
+@pytest.mark.usefixtures("qemu_x86")
 @pytest.mark.parametrize("name, accel", [("hello", "kvm"), ("hello", "tcg"), ("bp_targets", "tcg"),
                                          ("watch", "tcg"), ("loop", "tcg")])
 def test_same_output_and_status_as_qemu(x86_guests, name, accel):

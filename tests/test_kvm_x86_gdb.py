@@ -21,22 +21,14 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from gdb_harness import Stub, run_gdb
-from guestdbg.backends.kvm_x86 import vm as kvm_vm
+from support import kvm_unavailable_reason
 
 REPO = Path(__file__).resolve().parent.parent
 X86_GUESTS = REPO / "guests" / "x86"
 ARCH = ("--arch", "x86_64")
 
 
-def _kvm_reason():
-    try:
-        kvm_vm.X86Vm().close()
-    except kvm_vm.KvmUnavailable as e:
-        return str(e)
-    return None
-
-
-_NO_KVM = _kvm_reason()
+_NO_KVM = kvm_unavailable_reason()
 if _NO_KVM:
     print(f"test_kvm_x86_gdb: skipping: /dev/kvm cannot be used: {_NO_KVM}")
 pytestmark = pytest.mark.skipif(_NO_KVM is not None, reason=f"/dev/kvm cannot be used: {_NO_KVM}")

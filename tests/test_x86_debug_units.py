@@ -29,6 +29,7 @@ from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import decode
 from guestdbg.backends.kvm_x86 import uapi as u
 from guestdbg.backends.kvm_x86 import vm as kvm_vm
+from support import kvm_unavailable_reason
 from guestdbg.backends.kvm_x86.probe import HostDebugFacts
 from guestdbg.debug import x86_arch as xa
 from guestdbg.debug.arch import RawStop, WatchTrap
@@ -41,15 +42,7 @@ if GDB is None:
 needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb-multiarch is not installed (apt-get install gdb-multiarch)")
 
 
-def _kvm_unavailable_reason() -> str | None:
-    try:
-        kvm_vm.X86Vm().close()
-    except kvm_vm.KvmUnavailable as e:
-        return str(e)
-    return None
-
-
-_NO_KVM = _kvm_unavailable_reason()
+_NO_KVM = kvm_unavailable_reason()
 if _NO_KVM:
     print(f"test_x86_debug_units: skipping the page-trap slot tests: {_NO_KVM}")
 needs_kvm = pytest.mark.skipif(_NO_KVM is not None, reason=f"/dev/kvm cannot be used: {_NO_KVM}")

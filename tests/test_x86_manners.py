@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -31,25 +30,18 @@ from elftools.elf.elffile import ELFFile
 from gdb_harness import QemuStub, Stub, run_gdb
 
 from guestdbg.backends.kvm_x86 import vm as kvm_vm
+from support import kvm_unavailable_reason
 
 REPO = Path(__file__).resolve().parent.parent
 X86_GUESTS = REPO / "guests" / "x86"
 QEMU_X86 = "qemu-system-x86_64"
 
 
-def _kvm_reason():
-    try:
-        kvm_vm.X86Vm().close()
-    except kvm_vm.KvmUnavailable as e:
-        return str(e)
-    return None
-
-
-_NO_KVM = _kvm_reason()
+_NO_KVM = kvm_unavailable_reason()
 if _NO_KVM:
     print(f"test_x86_manners: skipping: /dev/kvm cannot be used: {_NO_KVM}")
 pytestmark = pytest.mark.skipif(_NO_KVM is not None, reason=f"/dev/kvm cannot be used: {_NO_KVM}")
-needs_qemu = pytest.mark.skipif(shutil.which(QEMU_X86) is None, reason=f"{QEMU_X86} is not installed")
+needs_qemu = pytest.mark.usefixtures("qemu_x86")
 
 
 @pytest.fixture(scope="module")
