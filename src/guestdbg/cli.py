@@ -202,18 +202,18 @@ def _load_elf(machine: Machine, path: str, *, rom: bool = False) -> None:
     """An AArch64 ELF at its own addresses. As a ROM, every segment with contents must lie in
     the ROM window (zero-filled ones, a ROM-linked ELF's .bss or stack, may be in RAM)."""
     try:
+        if rom:  # checked before anything is loaded
+            _, segments = read_elf(Path(path), "AArch64", "a little-endian AArch64 ELF64 image")
+            for paddr, data, memsz in segments:
+                if data and not (ROM_BASE <= paddr and paddr + memsz <= ROM_BASE + ROM_SIZE):
+                    raise ImageError(f"{path}: segment at {paddr:#x} is outside the ROM "
+                                     f"({ROM_BASE:#x}-{ROM_BASE + ROM_SIZE - 1:#x}); --rom takes a raw image "
+                                     "or a ROM-linked ELF (give a RAM-linked ELF as IMAGE)")
         machine.load_elf(path)
     except ImageError as e:
         if _elf_machine(path) == EM_X86_64:
             raise ImageError(f"{e}; for an x86-64 guest, use --arch x86_64") from None
         raise
-    if rom:
-        _, segments = read_elf(Path(path), "AArch64", "an AArch64 ELF")
-        for paddr, data, memsz in segments:
-            if data and not (ROM_BASE <= paddr and paddr + memsz <= ROM_BASE + ROM_SIZE):
-                raise ImageError(f"{path}: segment at {paddr:#x} is outside the ROM "
-                                 f"({ROM_BASE:#x}-{ROM_BASE + ROM_SIZE - 1:#x}); --rom takes a raw image "
-                                 "or a ROM-linked ELF (give a RAM-linked ELF as IMAGE)")
 
 
 def caps_report(config: MachineConfig) -> dict:
