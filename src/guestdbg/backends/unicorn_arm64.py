@@ -106,7 +106,7 @@ from guestdbg.arm import mmu
 from guestdbg.backends.unicorn_runctl import (
     ACTION_UNICORN, ACTION_VIRTUAL_COUNTER, ACTION_VMM, STOP_LIMIT, CpReg, RunControl,
 )
-from guestdbg.debug.arch import WatchTrap
+from guestdbg.vmapi import WatchTrap
 from guestdbg.kvm import (
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_ONE_REG,
     KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_ENABLE,

@@ -16,20 +16,7 @@ from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import exceptions as arm_exc
 from guestdbg.arm import kvm_regs as kr
-
-
-@dataclass(frozen=True)
-class WatchTrap:
-    """Trap loads and/or stores to exactly [start, end) (guest virtual) by protecting just the
-    pages they touch: a guestdbg vCPU extension (page protection on the emulated vCPU,
-    read-only memory slots on KVM). A hit comes back as a KVM_EXIT_DEBUG watchpoint exit.
-    `code` marks traps the manager keeps on its software breakpoints."""
-
-    start: int
-    end: int
-    loads: bool = True
-    stores: bool = True
-    code: bool = False
+from guestdbg.vmapi import WatchTrap
 
 
 @dataclass(frozen=True)
