@@ -1,8 +1,8 @@
 """Fuzz the GDB stub's protocol core and session with a real VM behind them.
 
-    .venv/bin/python bench/fuzz_stub.py -runs=200000                # coverage-guided (atheris),
+    .venv/bin/python -m bench.fuzz_stub -runs=200000                # coverage-guided (atheris),
                                                                     # from seed packets unless a corpus dir is given
-    .venv/bin/python bench/fuzz_stub.py --random 20000              # plain random, no atheris
+    .venv/bin/python -m bench.fuzz_stub --random 20000              # plain random, no atheris
 
 Each input is a byte stream a client could send. It goes through `rsp.RspConnection` into
 `GdbSession`; resume requests run on the vCPU at once (continue with a 20 ms budget). Checked
@@ -11,7 +11,7 @@ after every packet:
   * nothing raises out of the protocol core or the session;
   * a packet answered with `Exx` or the empty reply changed nothing: registers, guest RAM,
     breakpoints and watchpoints are as before.
-tests/test_fuzz_stub.py runs a bounded Hypothesis version of the same check in CI.
+tests/integration/test_fuzz_stub.py runs a bounded Hypothesis version of the same check in CI.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 from guestdbg.board.virt import Machine, MachineConfig  # noqa: E402
 from guestdbg.debug.manager import GuestDebugManager  # noqa: E402
@@ -125,7 +124,7 @@ def seed_corpus(directory: Path) -> Path:
 
 
 def _guest() -> Path:
-    from qemu_runner import build_guests
+    from tests.helpers.qemu_runner import build_guests
     return build_guests(Path(tempfile.mkdtemp()) / "guests") / "bp_targets.elf"
 
 

@@ -1,11 +1,11 @@
 """Soak the GDB stub: many breakpoint insert/remove cycles, many step round trips, many
 connections; memory must not grow and the guest must still compute the right thing.
 
-    .venv/bin/python bench/soak.py                       # 100k cycles, 100k steps, 1000 connections
-    .venv/bin/python bench/soak.py --cycles 2000 --steps 2000 --connections 50   # quick
+    .venv/bin/python -m bench.soak                       # 100k cycles, 100k steps, 1000 connections
+    .venv/bin/python -m bench.soak --cycles 2000 --steps 2000 --connections 50   # quick
 
 The stub runs in this process (so its memory is measured: RSS and tracemalloc), on a unix
-socket, with the `loop` guest; a raw RSP client drives it. tests/test_soak.py runs a short one.
+socket, with the `loop` guest; a raw RSP client drives it. tests/integration/test_soak.py runs a short one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 
 from guestdbg.board.virt import Machine  # noqa: E402
@@ -142,7 +141,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.guest_dir is None:
-        from qemu_runner import build_guests
+        from tests.helpers.qemu_runner import build_guests
         args.guest_dir = build_guests(Path(tempfile.mkdtemp()) / "guests")
     report = soak(args.guest_dir, cycles=args.cycles, steps=args.steps, connections=args.connections)
     if args.json:

@@ -5,24 +5,41 @@ from __future__ import annotations
 
 import pytest
 
-from qemu_runner import build_guests
+from tests.helpers.qemu_runner import build_guests
 
 
-# Which host facility each test module needs (see the markers in pyproject.toml).
+# The tier of a test is its directory: tests/unit (pure, no guest runs), tests/integration
+# (guests run in-process, the CLI as a subprocess, real KVM) and tests/e2e (real gdb-multiarch,
+# lldb or QEMU drive or shadow the stub). `pytest -m "not e2e"` runs the fast tiers.
+_TIERS = ("unit", "integration", "e2e")
+
+# Which host facility each test module needs (markers registered in pyproject.toml), and the
+# modules that take more than a few seconds (`slow`).
 _MODULE_NEEDS = {
-    "test_gdb_e2e": ("needs_gdb", "needs_lldb"),
-    "test_debugger_correctness": ("needs_gdb", "needs_qemu"),
-    "test_stub_manners": ("needs_gdb", "needs_lldb", "needs_qemu"),
-    "test_guests_qemu": ("needs_qemu",),
-    "test_qemu_compare": ("needs_qemu",),
-    "test_kvm_x86": ("needs_kvm", "needs_qemu"),
-    "test_kvm_x86_gdb": ("needs_kvm", "needs_gdb"),
-    "test_x86_manners": ("needs_kvm",),
+    "test_gdb_e2e": ("gdb", "lldb", "slow"),
+    "test_debugger_correctness": ("gdb", "qemu"),
+    "test_stub_manners": ("gdb", "lldb", "qemu", "slow"),
+    "test_server_manners": ("gdb", "lldb"),
+    "test_guests_qemu": ("qemu",),
+    "test_qemu_compare": ("qemu",),
+    "test_kvm_x86": ("kvm", "qemu"),
+    "test_kvm_x86_gdb": ("kvm", "gdb", "slow"),
+    "test_x86_manners": ("kvm", "qemu"),
+    "test_gdb_target_xml": ("gdb",),
+    "test_x86_debug_units": ("gdb", "kvm"),
+    "test_soak": ("slow",),
+    "test_fuzz_stub": ("slow",),
+    "test_bench_runloop": ("slow",),
 }
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        parts = item.path.relative_to(config.rootpath).parts
+        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else None
+        if tier not in _TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live under tests/unit, tests/integration or tests/e2e")
+        item.add_marker(tier)
         for marker in _MODULE_NEEDS.get(item.module.__name__.rpartition(".")[2], ()):
             item.add_marker(marker)
 
@@ -31,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
 def qemu_x86():
     """qemu-system-x86_64, which the test set-up installs: skip without it, fail in CI."""
     import shutil
-    from qemu_runner import missing_tool
+    from tests.helpers.qemu_runner import missing_tool
     if shutil.which("qemu-system-x86_64") is None:
         missing_tool("qemu-system-x86_64 is not installed (apt install qemu-system-x86)")
 
