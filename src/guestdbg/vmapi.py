@@ -16,10 +16,22 @@ This module imports only `kvm` (names and numbers); everything may import it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from guestdbg import kvm
+
+
+# Where a guest's console output goes (semihosting on the VM, the UART on a board).
+Console = Callable[[bytes], None]
+
+
+def stdout_console(data: bytes) -> None:
+    """The default Console: the host's standard output, unbuffered so output interleaves with
+    the stub's log as it happens."""
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 @dataclass(frozen=True)
