@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up everything the test suite needs, then run all of it. Extra arguments go to pytest.
+# Set up everything the test suite needs, type-check src/ with mypy, then run all the tests.
+# Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --test || exit 1
+# Types first: the interfaces between the layers are typed Protocols (src/guestdbg/vmapi.py).
+.venv/bin/python -m mypy || { echo "test.sh: mypy found type errors" >&2; exit 1; }
 .venv/bin/python -m pytest "$@"
 status=$?
 if [[ $status -eq 5 ]]; then

@@ -94,7 +94,7 @@ class Vcpu(Protocol):
 class Arm64Vcpu(Vcpu, Protocol):
     """An arm64 vCPU: KVM_SET_VCPU_EVENTS carries only an external data abort."""
 
-    def run(self, *, icount_limit: int | None = None) -> kvm.KvmRun:  # type: ignore[override]
+    def run(self, *, icount_limit: int | None = None) -> kvm.KvmRun:
         """KVM_RUN; with `icount_limit`, stop after exactly that many retired instructions
         (EXIT_ICOUNT_LIMIT), which only the emulated back end can do."""
 
