@@ -1,8 +1,7 @@
 """Summarise a mutmut 3 run (scripts/mutation.sh): the score per module, and the survivors.
 
 Reads mutants/**/*.meta (mutmut's own result files) from the repository root. The access
-decoder is two functions of backends/unicorn_arm64.py; only their mutants count there (the
-rest of that file is mutated too, because mutmut works per file, but no unit test reaches it).
+decoder is the whole of arm/a64decode.py.
 
     .venv/bin/python bench/mutation.py [--survivors]
 """
@@ -19,8 +18,7 @@ MODULES = {
     "arm/debugregs.py": ("src/guestdbg/arm/debugregs.py", None),
     "arm/mmu.py": ("src/guestdbg/arm/mmu.py", None),
     "gdb/rsp.py": ("src/guestdbg/gdb/rsp.py", None),
-    "access decoder": ("src/guestdbg/backends/unicorn_arm64.py",
-                       ("x__decode_access__mutmut_", "x__is_multi_access__mutmut_")),
+    "access decoder": ("src/guestdbg/arm/a64decode.py", None),
 }
 # mutmut's exit codes (mutmut/stats.py): 1 and 3 are kills, SIGXCPU/36/255 timeouts (a mutant
 # that hangs the tests is detected, so it counts as killed), 0 survived, 5/33 no test reached it.

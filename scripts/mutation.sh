@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing (issue 14) with mutmut 3: arm/debugregs.py, arm/mmu.py, gdb/rsp.py and the
-# load/store access decoder (_decode_access, _is_multi_access in backends/unicorn_arm64.py),
+# load/store access decoder (arm/a64decode.py),
 # against their fast unit tests only (no guests, QEMU or gdb). Configuration: setup.cfg
 # [mutmut]. Results: mutants/ (git-ignored); scores: bench/mutation.py.
 #

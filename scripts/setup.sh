@@ -26,7 +26,7 @@ apt_install() {
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt_install python3 python3-venv python3-pip
 fi
-# `pip install -e .` compiles the vCPU's native run-loop hooks (src/guestdbg/backends/_unicorn_runctl.c).
+# `pip install -e .` compiles the vCPU's native run-loop hooks (src/guestdbg/backends/unicorn_arm64/_runctl.c).
 if ! command -v gcc >/dev/null 2>&1; then
     apt_install gcc libc6-dev
 fi

@@ -1,5 +1,6 @@
-"""The vCPU's load/store decoder: `_decode_access` (virtual address, size, is_write of the access
-an instruction makes) and `_is_multi_access` (does Unicorn split it into several accesses).
+"""The vCPU's load/store decoder (guestdbg.arm.a64decode): `decode_access` (virtual address, size,
+is_write of the access an instruction makes) and `is_multi_access` (does Unicorn split it into
+several accesses).
 
 Expectations are written by hand from the Arm ARM's addressing modes, not from capstone (which the
 decoder uses):
@@ -11,7 +12,7 @@ decoder uses):
   is checked too.
 
 Rows the decoder gets wrong today are strict xfails with the reason: each names a bug in
-src/guestdbg/backends/unicorn_arm64.py (see bench/README.md, "Mutation testing").
+src/guestdbg/arm/a64decode.py (see bench/README.md, "Mutation testing").
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from unicorn import (
 )
 from unicorn import arm64_const as uca
 
-from guestdbg.backends.unicorn_arm64 import _decode_access, _is_multi_access
+from guestdbg.arm.a64decode import decode_access as _decode_access
+from guestdbg.arm.a64decode import is_multi_access as _is_multi_access
 
 MASK64 = (1 << 64) - 1
 PC = 0x2000  # where the instruction sits (literal loads are PC-relative)
@@ -197,11 +199,10 @@ EXACT = [
     row("casal x0, x1, [x2]", 0xC8E0FC41, X2, 8, True),
 ]
 
-_UNDER = "SIMD structure loads/stores are sized as one 8-byte register"
-
 # What the decoder got wrong. Rows with a reason are still wrong (strict xfails: fixing the
 # decoder turns them into failures that ask for the mark to go); rows without one were fixed
-# (access sizes from the mnemonic and the data register) and stay as regression tests.
+# (access sizes from the mnemonic and the data register, SIMD structure sizes from the
+# encoding) and stay as regression tests.
 WRONG = [
     row("ldrb w0, [x1]", 0x39400020, X1, 1, False),
     row("ldrh w0, [x1, #2]", 0x79400420, X1 + 2, 2, False),
@@ -215,9 +216,9 @@ WRONG = [
     row("ldpsw x0, x1, [x2]", 0x69400440, X2, 8, False),
     row("ldxr w0, [x1]", 0x885F7C20, X1, 4, False),
     row("ldaddb w0, w1, [x2]", 0x38200041, X2, 1, True),
-    row("ld1 {v0.16b}, [x1]", 0x4C407020, X1, 16, False, reason=_UNDER),
-    row("ld1 {v0.16b, v1.16b}, [x1]", 0x4C40A020, X1, 32, False, reason=_UNDER),
-    row("st1 {v0.2d-v3.2d}, [x1]", 0x4C002C20, X1, 64, True, reason=_UNDER),
+    row("ld1 {v0.16b}, [x1]", 0x4C407020, X1, 16, False),
+    row("ld1 {v0.16b, v1.16b}, [x1]", 0x4C40A020, X1, 32, False),
+    row("st1 {v0.2d-v3.2d}, [x1]", 0x4C002C20, X1, 64, True),
     row("ldxp x0, x1, [x2]", 0xC87F0440, X2, 16, False),
     row("stxp w3, x0, x1, [x2]", 0xC8230440, X2, 16, True, prefix=LDXP_X9_X10_X2),
     row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True),

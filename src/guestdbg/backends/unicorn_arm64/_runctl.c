@@ -15,8 +15,8 @@
  *
  * No Unicorn or Python headers or libraries are needed: the few Unicorn entry points used are
  * passed in as function pointers, and the struct layouts are Unicorn 2.1's public ones.
- * Python loads this file with ctypes (guestdbg.backends.unicorn_runctl) and mirrors `struct
- * runctl` there; keep the two in step.
+ * Python loads this file with ctypes (guestdbg.backends.unicorn_arm64.runctl) and mirrors
+ * `struct runctl` there; keep the two in step.
  */
 #include <stdint.h>
 

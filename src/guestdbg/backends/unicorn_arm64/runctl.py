@@ -1,20 +1,20 @@
-"""The native run-loop hooks (_unicorn_runctl.c) as seen from Python: a ctypes mirror of their
+"""The native run-loop hooks (_runctl.c) as seen from Python: a ctypes mirror of their
 state, and their installation on a Unicorn instance.
 
 `RunControl` owns one `struct runctl`. The vCPU thread reads and corrects it between
 emu_start calls; any other thread may only call `request_stop()`, which sets one word that the
-block hook polls (see Arm64Vcpu's threading notes).
+block hook polls (see "Threads" in the package docstring).
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
-from typing import Callable
+from collections.abc import Callable
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UcError
 from unicorn import arm64_const as uca
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER = 0, 1, 2
 STOP_LIMIT, STOP_REQUEST = 1, 2
@@ -58,7 +58,7 @@ def sysreg_key(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
 
 
 def _load_library() -> ctypes.CDLL:
-    spec = importlib.util.find_spec("guestdbg.backends._unicorn_runctl")
+    spec = importlib.util.find_spec("guestdbg.backends.unicorn_arm64._runctl")
     if spec is None or spec.origin is None:
         raise ImportError("guestdbg's native run-loop library is not built: "
                           "run ./scripts/setup.sh (pip install -e . compiles it with gcc)")
@@ -75,7 +75,10 @@ _lib = _load_library()
 
 
 def _fn_address(name: str) -> int:
-    return ctypes.cast(getattr(_lib, name), ctypes.c_void_p).value
+    address = ctypes.cast(getattr(_lib, name), ctypes.c_void_p).value
+    if address is None:
+        raise ImportError(f"guestdbg's native run-loop library has no {name}")
+    return address
 
 
 class RunControl:

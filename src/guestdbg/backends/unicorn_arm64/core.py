@@ -1,0 +1,400 @@
+"""The vCPU's shared layer: its state, register access and the engine (one emu_start).
+
+Every other part of the vCPU (firmware.py, exceptions.py, debughw.py, mmio.py, one_reg.py) is a
+class layered on `VcpuCore`, and vcpu.py stacks them into `Arm64Vcpu`. What they all use lives
+here: the per-run scratch state hooks record into, PC/PSTATE/SP and batched register access,
+guest-virtual reads, the exits a run can return, and `_execute`, which runs one bounded slice
+and settles the instruction count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from unicorn import UcError
+from unicorn import arm64_const as uca
+from unicorn.unicorn_py3.unicorn import uclib
+
+from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm import mmu
+from guestdbg.arm.a64decode import decode_access
+from guestdbg.backends.unicorn_arm64.arch import (
+    NO_LIMIT,
+    PAGE_MASK,
+    PAGE_SIZE,
+    PSTATE_EL_SHIFT,
+    PSTATE_SP,
+    SCTLR_EL1,
+    TPIDR_EL1,
+    V_REGS_SET,
+    X_REGS,
+    RegKey,
+    remove_cache,
+)
+from guestdbg.backends.unicorn_arm64.runctl import STOP_LIMIT, RunControl
+from guestdbg.kvm import KvmRun
+
+if TYPE_CHECKING:
+    from guestdbg.backends.unicorn_arm64.vm import Arm64Vm, MmioDevice
+
+_PSTATE_READ = (uca.UC_ARM64_REG_PSTATE,)
+_SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1)
+_TRANSLATION_READS = (SCTLR_EL1, kr.SYSREG_ENCODINGS["TCR_EL1"], kr.SYSREG_ENCODINGS["TTBR0_EL1"],
+                      kr.SYSREG_ENCODINGS["TTBR1_EL1"], uca.UC_ARM64_REG_PSTATE)
+
+
+def _register_slots(keys: tuple[RegKey, ...]) -> tuple[ctypes.Array[ctypes.c_int], ctypes.Array[ctypes.c_uint64],
+                                                        ctypes.Array[ctypes.c_void_p]]:
+    """(ids, buffer, pointers) for uc_reg_read/write_batch over `keys` (Unicorn register ids,
+    or (op0, op1, CRn, CRm, op2) system-register encodings). Every value gets a 48-byte slot:
+    wide enough for a V register and for Unicorn's uc_arm64_cp_reg {u32 crn, crm, op0, op1,
+    op2; u64 val} (val at byte 24), whose key fields are filled in here."""
+    n = len(keys)
+    ids = (ctypes.c_int * n)(*(k if isinstance(k, int) else uca.UC_ARM64_REG_CP_REG for k in keys))
+    buf = (ctypes.c_uint64 * (6 * n))()
+    base = ctypes.addressof(buf)
+    ptrs = (ctypes.c_void_p * n)(*(base + 48 * i for i in range(n)))
+    words = ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint32))
+    for i, k in enumerate(keys):
+        if not isinstance(k, int):
+            op0, op1, crn, crm, op2 = k
+            for j, field_value in enumerate((crn, crm, op0, op1, op2)):
+                words[12 * i + j] = field_value
+    return ids, buf, ptrs
+
+
+class VcpuCore:
+    """State every part of the vCPU shares, register access, and one bounded emu_start."""
+
+    # The native run-loop hooks; vcpu.py installs them once its MRS/MSR callbacks exist.
+    _runctl: RunControl
+
+    def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
+        self.vm = vm
+        self.uc = vm.uc
+        self._uch = vm.uc._uch
+        self._pc_buf = ctypes.c_uint64()
+        self._pc_ref = ctypes.byref(self._pc_buf)
+        self.vcpu_id = vcpu_id
+        cfg = vm.debug_config
+        self.brps, self.wrps, self.ctx_cmps = cfg.brps, cfg.wrps, cfg.ctx_cmps
+        self.guestdbg_control = 0
+        # Set from another thread to make run() return KVM_EXIT_INTR (kvm_run.immediate_exit).
+        self.immediate_exit = False
+        self._clock_mode = "virtual"
+        self._batch_readers: dict[tuple[RegKey, ...], Callable[[], list[int]]] = {}
+        self._batch_writers: dict[tuple[RegKey, ...], Callable[[tuple[int, ...]], None]] = {}
+
+        # Per-run scratch state, set by hooks. Hooks never write PC and never enter exceptions:
+        # they record what happened here and stop, and the run loop acts between emu_starts.
+        self._exit: KvmRun | None = None
+        self._guest_exception: tuple[int, int | None, int] | None = None  # (esr, far, preferred return)
+        self._pending_exception: tuple[int, int] | None = None  # (QEMU exception number, PC)
+        self._stopped_at: int | None = None  # where a hook ended the slice, if PC will not say
+        self._hook_error: BaseException | None = None
+        self._counting_down = False  # _execute is running under the countdown hook
+        self._step_hook: int | None = None  # the countdown hook on every instruction, while stepping
+        self._steps_in_a_row = 0
+        self._pending_mmio: kvm.MmioExit | None = None
+        self._pending_mmio_va = 0
+        self._device_access: MmioDevice | None = None  # a watched device's access to do
+        self._suppress_pc: int | None = None  # the instruction being completed already passed its checks
+        self._multi_access_pc: int | None = None
+        self._probe: list[tuple[bool, int, int, int, int]] | None = None  # (is_write, va, pa, size, value)
+
+    # ------------------------------------------------------------------ registers
+    @property
+    def pc(self) -> int:
+        # Straight to the C API with a buffer made once: the run loop reads PC around every
+        # slice, and the binding's reg_read costs several microseconds.
+        uclib.uc_reg_read(self._uch, uca.UC_ARM64_REG_PC, self._pc_ref)
+        return self._pc_buf.value
+
+    def _pstate(self) -> int:
+        return self._batch_reader(_PSTATE_READ)()[0]
+
+    def current_el(self) -> int:
+        return (self._pstate() >> PSTATE_EL_SHIFT) & 3
+
+    @staticmethod
+    def _uses_sp_el0(pstate: int) -> bool:
+        return ((pstate >> PSTATE_EL_SHIFT) & 3) == 0 or not pstate & PSTATE_SP
+
+    def _get_sp(self, el: int) -> int:
+        """SP_EL0 or SP_EL1, wherever Unicorn keeps it (live in SP, or banked)."""
+        pstate, sp, sp_el0, sp_el1 = self._batch_reader(_SP_READS)()
+        if self._uses_sp_el0(pstate) == (el == 0):
+            return sp
+        return sp_el0 if el == 0 else sp_el1
+
+    def _set_sp(self, el: int, value: int) -> None:
+        uc, pstate = self.uc, self._pstate()
+        uc.reg_write(uca.UC_ARM64_REG_SP_EL0 if el == 0 else uca.UC_ARM64_REG_SP_EL1, value)
+        if self._uses_sp_el0(pstate) == (el == 0):
+            uc.reg_write(uca.UC_ARM64_REG_SP, value)
+
+    def _write_pstate(self, value: int) -> None:
+        """Write PSTATE keeping SP_EL0/SP_EL1 where the new mode expects them."""
+        sp0, sp1 = self._get_sp(0), self._get_sp(1)
+        self.uc.reg_write(uca.UC_ARM64_REG_PSTATE, value & 0xFFFFFFFF)
+        # Unicorn rebuilds its cached EL/translation flags only on a system-register write.
+        self.uc.cpr_write(*TPIDR_EL1, self.uc.cpr_read(*TPIDR_EL1))
+        self._set_sp(0, sp0)
+        self._set_sp(1, sp1)
+
+    def _read_gpr(self, name: str) -> int:
+        """A general-purpose register by its assembler name (the access decoder's reader)."""
+        if name in ("sp", "wsp"):
+            return self.uc.reg_read(uca.UC_ARM64_REG_SP)
+        if name in ("xzr", "wzr"):
+            return 0
+        value = self.uc.reg_read(X_REGS[int(name[1:])])
+        return value & 0xFFFFFFFF if name[0] == "w" else value
+
+    def _batch_reader(self, keys: tuple[RegKey, ...]) -> Callable[[], list[int]]:
+        """A reader for these Unicorn registers (ids, or system-register encodings) in one
+        uc_reg_read_batch call into buffers made once: the binding's own reg_read builds ctypes
+        objects per register per call, which made a `g` packet cost ~90 binding calls."""
+        reader = self._batch_readers.get(keys)
+        if reader is None:
+            n = len(keys)
+            ids, buf, ptrs = _register_slots(keys)
+            template = _register_slots(keys)[1]  # the keys, values zero: reset before each read
+            # One struct unpack pulls every value out of the 48-byte slots (a Python loop over
+            # ~80 registers cost more than the batch read itself): a system register's value is
+            # at byte 24, a V register is two u64 halves, anything else one u64.
+            layout = "".join("24xQ16x" if not isinstance(k, int) else ("QQ32x" if k in V_REGS_SET else "Q40x")
+                             for k in keys)
+            unpack = struct.Struct("<" + layout).unpack_from
+            wide = frozenset(i for i, k in enumerate(keys) if isinstance(k, int) and k in V_REGS_SET)
+            size = ctypes.sizeof(buf)
+            uch = self.uc._uch
+
+            def read_batch() -> list[int]:
+                ctypes.memmove(buf, template, size)
+                status = uclib.uc_reg_read_batch(uch, ids, ptrs, n)
+                if status:
+                    raise UcError(status)
+                flat = unpack(buf)
+                if not wide:
+                    return list(flat)
+                out, j = [], 0
+                for i in range(n):
+                    if i in wide:
+                        out.append(flat[j] | (flat[j + 1] << 64))
+                        j += 2
+                    else:
+                        out.append(flat[j])
+                        j += 1
+                return out
+
+            reader = self._batch_readers[keys] = read_batch
+        return reader
+
+    def _batch_writer(self, keys: tuple[RegKey, ...]) -> Callable[[tuple[int, ...]], None]:
+        """A writer for these Unicorn registers (ids, or system-register encodings) in one
+        uc_reg_write_batch call (the binding's reg_write costs ~6 us a register)."""
+        writer = self._batch_writers.get(keys)
+        if writer is None:
+            n = len(keys)
+            ids, buf, ptrs = _register_slots(keys)
+            slots = [6 * i if isinstance(k, int) else 6 * i + 3 for i, k in enumerate(keys)]
+            uch = self.uc._uch
+
+            def write_batch(values: tuple[int, ...]) -> None:
+                for slot, value in zip(slots, values):
+                    buf[slot] = value
+                status = uclib.uc_reg_write_batch(uch, ids, ptrs, n)
+                if status:
+                    raise UcError(status)
+
+            writer = self._batch_writers[keys] = write_batch
+        return writer
+
+    # ------------------------------------------------------------------ guest memory
+    def translate(self, va: int, access: str = "read") -> int:
+        """Guest virtual to physical, through the guest's stage-1 tables when its MMU is on."""
+        sctlr, tcr, ttbr0, ttbr1, pstate = self._batch_reader(_TRANSLATION_READS)()
+        if not sctlr & 1:
+            return va
+        t = mmu.translate(
+            va, sctlr_el1=sctlr, tcr_el1=tcr, ttbr0_el1=ttbr0, ttbr1_el1=ttbr1,
+            read_u64=lambda pa: int.from_bytes(self.vm.read_phys(pa, 8), "little"),
+            access=access, el=(pstate >> PSTATE_EL_SHIFT) & 3)
+        return t.pa
+
+    def read_virt(self, va: int, size: int) -> bytes:
+        out = bytearray()
+        while size:
+            chunk = min(size, PAGE_SIZE - (va % PAGE_SIZE))
+            out += self.vm.read_phys(self.translate(va), chunk)
+            va, size = va + chunk, size - chunk
+        return bytes(out)
+
+    def _insn_at(self, va: int) -> int:
+        return int.from_bytes(self.read_virt(va, 4), "little")
+
+    def _translate_page(self, va_page: int) -> int | None:
+        try:
+            return self.translate(va_page, "read") & PAGE_MASK
+        except mmu.TranslationFault:  # unmapped for now: nothing to protect
+            return None
+
+    def _va_of_access(self, addr: int) -> int:
+        """Unicorn's memory hooks get the physical address; watchpoints match virtual ones.
+        With the MMU on, find the access's virtual address from the load/store at PC."""
+        if not self.uc.cpr_read(*SCTLR_EL1) & 1:
+            return addr
+        decoded = decode_access(self._insn_at(self.pc), self.pc, self._read_gpr)
+        if decoded is None:
+            return addr
+        va, size, _ = decoded
+        for va_page in {va & PAGE_MASK, (va + size - 1) & PAGE_MASK}:
+            if self._translate_page(va_page) == addr & PAGE_MASK:
+                return va_page | (addr & (PAGE_SIZE - 1))
+        return addr
+
+    # ------------------------------------------------------------------ instruction count
+    @property
+    def icount(self) -> int:
+        """Instructions this vCPU has retired (exact between run() calls): the virtual clock's
+        source. An instruction that takes an exception, or a debug or MMIO exit before it
+        completes, has not retired."""
+        return self._runctl.state.icount
+
+    def set_icount(self, value: int) -> None:
+        """Restore the instruction count (snapshots)."""
+        self._runctl.state.icount = value
+
+    def _retire(self, count: int = 1) -> None:
+        """The VMM completed an instruction on the guest's behalf (HVC, SMC, semihosting)."""
+        self._runctl.state.icount += count
+
+    # ------------------------------------------------------------------ the engine
+    def _execute(self, limit: int) -> UcError | None:
+        """emu_start from PC until icount reaches `limit` or a hook stops; then settle icount.
+
+        The block hook (C) ends a slice before a block that would cross the limit. If the limit
+        falls inside that block, the block is translated afresh under a countdown code hook
+        bounded to it, run once to exactly the limit, and translated afresh again so the
+        instrumented copy does not linger."""
+        state = self._runctl.state
+        state.stop_reason = 0
+        if self._step_hook is not None:
+            # Single-stepping: every translation calls the countdown already.
+            state.limit = NO_LIMIT
+            state.countdown_end = limit
+            self._counting_down = True
+            try:
+                return self._emu(self.pc)
+            finally:
+                self._counting_down = False
+        state.limit = limit
+        fault = self._emu(self.pc)
+        if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
+                or state.icount >= limit):
+            return fault
+        start, insns = state.split_pc, state.split_insns
+        hook = self._runctl.add_countdown(start, insns, limit)
+        remove_cache(self.uc, start, 4 * insns)
+        state.split_armed = 1
+        state.stop_reason = 0
+        self._counting_down = True
+        try:
+            fault = self._emu(start)
+        finally:
+            self._counting_down = False
+            state.split_armed = 0
+            self._runctl.remove_hook(hook)
+            remove_cache(self.uc, start, 4 * insns)
+        return fault
+
+    def _set_step_hook(self, stepping: bool) -> None:
+        """From the second single step in a row, keep the countdown hook on every instruction:
+        one emu_start a step, no retranslation. A free run drops it and its instrumented
+        translations (as Unicorn does when count= is dropped). A lone step (a step-over of a
+        breakpoint between continues) takes the bounded path instead: no flush at all."""
+        if stepping and self._step_hook is None:
+            self._step_hook = self._runctl.add_countdown_everywhere()
+        elif not stepping and self._step_hook is not None:
+            self._runctl.remove_hook(self._step_hook)
+            self._step_hook = None
+            self.uc.ctl_flush_tb()
+
+    def _at_limit(self, address: int) -> bool:
+        """Is the instruction at `address`, whose code hooks are running, past the slice's
+        end? Then breakpoints there are for the next slice: the countdown hook (before or
+        after this one) ends this slice."""
+        return self._counting_down and self._runctl.icount_at(address) >= self._runctl.state.countdown_end
+
+    def _stop_pending(self) -> bool:
+        return (self._exit is not None or self._pending_exception is not None or self._device_access is not None
+                or self._guest_exception is not None or self._multi_access_pc is not None)
+
+    def _emu(self, pc: int) -> UcError | None:
+        """One emu_start, never with count= (which instruments every instruction and, once
+        dropped, flushes every translation); then correct icount for a block left part way."""
+        self._stopped_at = None
+        fault: UcError | None
+        try:
+            self.uc.emu_start(pc, 0)
+            fault = None
+        except UcError as e:
+            fault = e
+        self._settle_icount()
+        if self._hook_error is not None:
+            error, self._hook_error = self._hook_error, None
+            raise error
+        return fault
+
+    def _settle_icount(self) -> None:
+        """The block hook counted the last block whole when it was entered; if the slice ended
+        inside it (a fault, an exception, a breakpoint, the countdown), count only the
+        instructions before the one where it stopped."""
+        state = self._runctl.state
+        if not state.in_block:
+            return
+        state.in_block = 0
+        start, insns = state.block_start, state.block_insns
+        pc = self._stopped_at if self._stopped_at is not None else self.pc
+        done = (pc - start) >> 2 if start <= pc <= start + 4 * insns else insns
+        state.icount -= insns - done
+
+    def _hook_failed(self, error: BaseException) -> int:
+        """A ctypes callback must not raise: keep the error, stop, and raise it after emu_start."""
+        self._hook_error = error
+        self.uc.emu_stop()
+        return 1
+
+    # ------------------------------------------------------------------ exits
+    def _softstep_exit(self) -> KvmRun:
+        # ISV=1, EX=0: the stepped instruction was not a load/store-exclusive.
+        return self._debug_exit(dr.esr_softstep(lower_el=True))
+
+    def _debug_exit(self, esr: int, far: int = 0) -> KvmRun:
+        return KvmRun(kvm.KVM_EXIT_DEBUG, flags=kvm.KVM_DEBUG_ARCH_HSR_HIGH_VALID,
+                      debug=kvm.DebugExitArm64(hsr=esr & 0xFFFFFFFF, hsr_high=esr >> 32, far=far))
+
+    def _internal_error(self, message: str, *data: int) -> KvmRun:
+        return KvmRun(kvm.KVM_EXIT_INTERNAL_ERROR,
+                      internal=kvm.InternalErrorExit(kvm.KVM_INTERNAL_ERROR_EMULATION, message, list(data)))
+
+    def _stop(self, run: KvmRun) -> None:
+        self._exit = run
+        self.uc.emu_stop()
+
+    def _mmio_exit(self, va: int, pa: int, size: int, is_write: bool, value: int, to_vmm: bool = True) -> None:
+        """Record the access at PC as pending (the next run() completes it), and unless the VM
+        serves it itself (a watched device), stop with KVM_EXIT_MMIO."""
+        data = bytearray(8)
+        if is_write:
+            data[:size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._pending_mmio = kvm.MmioExit(phys_addr=pa, len=size, is_write=is_write, data=data)
+        self._pending_mmio_va = va
+        if to_vmm:
+            self._stop(KvmRun(kvm.KVM_EXIT_MMIO, mmio=self._pending_mmio))

@@ -1,0 +1,506 @@
+"""The Arm debug architecture on the emulated vCPU: breakpoints, watchpoints, page traps.
+
+Two register sets exist: the guest's own (DBGB/WCRn_EL1, MDSCR_EL1: `GuestDebugRegs`, reached by
+MRS/MSR, which the system-register filter here intercepts, and by ONE_REG) and the debugger's
+(KVM_SET_GUEST_DEBUG's kvm_guest_debug_arch). Exactly one set is live, and `_rearm` turns it
+into Unicorn hooks and page protections: a breakpoint is a UC_HOOK_CODE bounded to its one
+address, a watchpoint takes read or write permission from just the pages it covers. Hits
+become a KVM_EXIT_DEBUG (the debugger's) or an exception entered into the guest (the guest's).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from unicorn import (
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_READ,
+    UC_MEM_WRITE_PROT,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+)
+from unicorn import arm64_const as uca
+
+from guestdbg import kvm
+from guestdbg.arm import debugregs as dr
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm.a64decode import is_multi_access
+from guestdbg.backends.unicorn_arm64.arch import (
+    CNTPCT_EL0,
+    CNTVCT_EL0,
+    CONTEXTIDR_EL1,
+    DEBUG_REG_OP2,
+    ID_AA64DFR0_EL1,
+    KVM_GUESTDBG_VALID_MASK,
+    MDSCR_EL1,
+    PAGE_SIZE,
+    TRANSLATION_REGS,
+    UNICORN_BRPS,
+    UNICORN_WRPS,
+    remove_cache,
+)
+from guestdbg.backends.unicorn_arm64.exceptions import ExceptionEntry
+from guestdbg.backends.unicorn_arm64.runctl import (
+    ACTION_UNICORN,
+    ACTION_VIRTUAL_COUNTER,
+    ACTION_VMM,
+    CpReg,
+)
+from guestdbg.kvm import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW, KvmRun
+from guestdbg.vmapi import WatchTrap
+
+if TYPE_CHECKING:
+    from guestdbg.backends.unicorn_arm64.vm import Arm64Vm, MemorySlot
+
+
+@dataclass
+class GuestDebugRegs:
+    """The guest's own debug registers (what MRS/MSR and ONE_REG see)."""
+
+    bcr: list[int] = field(default_factory=lambda: [0] * 16)
+    bvr: list[int] = field(default_factory=lambda: [0] * 16)
+    wcr: list[int] = field(default_factory=lambda: [0] * 16)
+    wvr: list[int] = field(default_factory=lambda: [0] * 16)
+    mdscr: int = 0
+
+
+def _slot_perms(slot: MemorySlot) -> int:
+    return UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL
+
+
+def _runs(pages: dict[int, int]) -> Iterator[tuple[int, int, int]]:
+    """(base, size, perms) for each run of contiguous pages with equal permissions."""
+    run: list[int] | None = None
+    for page in sorted(pages):
+        perms = pages[page]
+        if run and run[0] + run[1] == page and run[2] == perms:
+            run[1] += PAGE_SIZE
+            continue
+        if run:
+            yield run[0], run[1], run[2]
+        run = [page, PAGE_SIZE, perms]
+    if run:
+        yield run[0], run[1], run[2]
+
+
+def _ignore_access(_uc: Any, _access: int, _va: int, _size: int, _value: int, _user: object) -> None:
+    """UC_HOOK_MEM_READ callback that only exists to keep loads on Unicorn's checked path."""
+
+
+class DebugHardware(ExceptionEntry):
+    """KVM_SET_GUEST_DEBUG, the guest's debug registers, and the hooks and page protections
+    that make whichever set is live fire."""
+
+    def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
+        super().__init__(vm, vcpu_id)
+        self.id_aa64dfr0 = dr.id_aa64dfr0_el1(self.brps, self.wrps, self.ctx_cmps)
+        self.guest_debug_regs = GuestDebugRegs()
+        self.guestdbg_arch = kr.kvm_guest_debug_arch()
+        # Decoded live debug state, rebuilt by _rearm().
+        self._owner: str | None = None  # whose set is live: "debugger", "guest" or None
+        self._bp_table: list[dr.Breakpoint | None] = []
+        self._wp_table: list[dr.Watchpoint | None] = []
+        self._bp_hooks: dict[int, int] = {}
+        self._context_bps: list[dr.Breakpoint] = []
+        self._context_hook: int | None = None
+        self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
+        self._traps: list[dr.Watchpoint] = []  # the debugger's page traps (WatchTrap)
+        self._trap_specs: list[WatchTrap] = []
+        self._armed_key: tuple[bool, bytes | None] | None = None  # _live_key() at the last _rearm
+        self._read_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run -> no-op UC_HOOK_MEM_READ forcing the checked path
+        self._rearm_pending = False
+
+    # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
+    def set_guest_debug(self, control: int, arch: kr.kvm_guest_debug_arch | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG. Unknown control bits are EINVAL; without ENABLE, debug is off."""
+        if control & ~KVM_GUESTDBG_VALID_MASK:
+            raise kvm.einval(f"unsupported guest debug control bits {control & ~KVM_GUESTDBG_VALID_MASK:#x}")
+        if control & KVM_GUESTDBG_ENABLE:
+            self.guestdbg_control = control
+            if control & KVM_GUESTDBG_USE_HW:
+                arch = arch or kr.kvm_guest_debug_arch()
+                ctypes.memmove(ctypes.addressof(self.guestdbg_arch), ctypes.addressof(arch), ctypes.sizeof(arch))
+        else:
+            self.guestdbg_control = 0
+        # Stepping toggles SINGLESTEP on every stop: rebuild hooks and protections only when
+        # the live breakpoint/watchpoint set itself changed.
+        if self._live_key() != self._armed_key:
+            self._rearm()
+
+    def _live_key(self) -> tuple[bool, bytes | None]:
+        owns = self.debugger_owns_hw
+        return owns, bytes(self.guestdbg_arch) if owns else None
+
+    def set_watch_traps(self, traps: list[WatchTrap]) -> None:
+        """Replace the debugger's page traps (see WatchTrap). Not a KVM ioctl: on KVM the same
+        effect comes from read-only memory slots."""
+        traps = list(traps)
+        if traps == self._trap_specs:
+            return
+        self._trap_specs = traps
+        self._traps = [dr.Watchpoint(index=-1 - i, ranges=((t.start, t.end),), loads=t.loads, stores=t.stores,
+                                     el0=True, el1=True, linked=False, lbn=0) for i, t in enumerate(traps)]
+        self._reprotect()
+
+    @property
+    def debugger_owns_hw(self) -> bool:
+        c = self.guestdbg_control
+        return bool(c & KVM_GUESTDBG_ENABLE and c & KVM_GUESTDBG_USE_HW)
+
+    # ------------------------------------------------------------------ the guest's registers
+    def _set_contextidr(self, value: int) -> None:
+        self.uc.cpr_write(*CONTEXTIDR_EL1, value)
+
+    def _contextidr(self) -> int:
+        return self.uc.cpr_read(*CONTEXTIDR_EL1) & 0xFFFFFFFF
+
+    def _write_guest_debug_reg(self, kind: str, n: int, value: int) -> None:
+        g = self.guest_debug_regs
+        if kind == "mdscr":
+            g.mdscr = value
+        else:
+            getattr(g, kind)[n] = value
+        if not self.debugger_owns_hw:
+            self._rearm_pending = True
+
+    # ------------------------------------------------------------------ arming
+    def _live_debug_regs(self) -> tuple[str, list[int], list[int], list[int], list[int]] | None:
+        if self.debugger_owns_hw:
+            a = self.guestdbg_arch
+            return "debugger", list(a.dbg_bcr), list(a.dbg_bvr), list(a.dbg_wcr), list(a.dbg_wvr)
+        g = self.guest_debug_regs
+        if dr.MDSCR_EL1.MDE.extract(g.mdscr):
+            return "guest", g.bcr, g.bvr, g.wcr, g.wvr
+        return None
+
+    def _rearm(self) -> None:
+        """Rebuild hooks and page protections from whichever debug register set is live."""
+        self._rearm_pending = False
+        self._armed_key = self._live_key()
+        live = self._live_debug_regs()
+        self._owner = live[0] if live else None
+        if live:
+            _, bcr, bvr, wcr, wvr = live
+            self._bp_table = [dr.decode_breakpoint(i, bcr[i], bvr[i], brps=self.brps, ctx_cmps=self.ctx_cmps)
+                              for i in range(self.brps)]
+            self._wp_table = [dr.decode_watchpoint(i, wcr[i], wvr[i]) for i in range(self.wrps)]
+        else:
+            self._bp_table, self._wp_table = [], []
+        address_kinds = (dr.BT_UNLINKED_ADDRESS, dr.BT_LINKED_ADDRESS)
+        wanted = {bp.address for bp in self._bp_table if bp and bp.bt in address_kinds}
+        for addr in set(self._bp_hooks) - wanted:
+            self.uc.hook_del(self._bp_hooks.pop(addr))
+            remove_cache(self.uc, addr, 4)
+        for addr in wanted - set(self._bp_hooks):
+            self._bp_hooks[addr] = self.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint_address, None, addr, addr)
+            # Code translated before the hook existed would never call it.
+            remove_cache(self.uc, addr, 4)
+        self._context_bps = [bp for bp in self._bp_table if bp and bp.bt == dr.BT_UNLINKED_CONTEXT]
+        self._reprotect()
+
+    def _reprotect(self) -> None:
+        """Take read/write permission away from exactly the pages live watchpoints cover, and
+        take the devices they cover off Unicorn's inline path."""
+        want: dict[int, int] = {}
+        watched_devices: set[int] = set()
+        for wp in self._wp_table + self._traps:
+            if wp is None:
+                continue
+            for va_page in wp.pages(PAGE_SIZE):
+                pa_page = self._translate_page(va_page)
+                if pa_page is None:
+                    continue
+                watched_devices.update(id(dev) for dev in self.vm.mmio_devices
+                                       if dev.base < pa_page + PAGE_SIZE and pa_page < dev.base + dev.size)
+                slot = self.vm.slot_for(pa_page)
+                if slot is None:
+                    continue
+                perms = want.get(pa_page, _slot_perms(slot))
+                if wp.loads:
+                    perms &= ~UC_PROT_READ
+                if wp.stores:
+                    perms &= ~UC_PROT_WRITE
+                want[pa_page] = perms
+        for dev in self.vm.mmio_devices:
+            self.vm.map_device(dev, id(dev) not in watched_devices)
+        changes = {page: _slot_perms(slot) for page in set(self._protected) - set(want)
+                   if (slot := self.vm.slot_for(page)) is not None}
+        changes.update({page: perms for page, perms in want.items() if self._protected.get(page) != perms})
+        for base, size, perms in _runs(changes):
+            self.uc.mem_protect(base, size, perms)
+        self._protected = want
+        # Unicorn checks a page's read permission only on its slow path: once any access (an
+        # allowed read, a store, a fetch) has filled the TLB entry, loads there run unchecked. A
+        # bounded UC_HOOK_MEM_READ on the page keeps every load on the checked path. Unicorn
+        # checks hook bounds against the physical address, so bound them by physical pages.
+        read_runs = {(base, size) for base, size, perms in _runs(want) if not perms & UC_PROT_READ}
+        for run in set(self._read_hooks) - read_runs:
+            self.uc.hook_del(self._read_hooks.pop(run))
+        added = read_runs - set(self._read_hooks)
+        for base, size in added:
+            self._read_hooks[(base, size)] = self.uc.hook_add(
+                UC_HOOK_MEM_READ, _ignore_access, None, base, base + size - 1)
+        if added:
+            self.uc.ctl_flush_tb()  # code translated before a hook exists would not call it
+        self._update_sysreg_filter()
+
+    # ------------------------------------------------------------------ debug events
+    def _debug_events_enabled(self, el: int) -> bool:
+        """May a guest-owned breakpoint or watchpoint generate an exception right now?"""
+        if self._owner == "debugger":
+            return True  # routed to the hypervisor: the guest's masks do not apply
+        mdscr = self.guest_debug_regs.mdscr
+        if not dr.MDSCR_EL1.MDE.extract(mdscr):
+            return False
+        if el == 0:
+            return True
+        return bool(dr.MDSCR_EL1.KDE.extract(mdscr)) and not self._pstate() & dr.PSTATE_D
+
+    def _debug_event(self, esr_for_lower_el: Callable[[bool], int], *, far: int | None, at_pc: int,
+                     owner: str | None = None) -> None:
+        """A live breakpoint or watchpoint fired before the instruction at `at_pc` completed."""
+        el = self.current_el()
+        if (owner or self._owner) == "debugger":
+            self._stop(self._debug_exit(esr_for_lower_el(True), far or 0))
+        else:
+            self._guest_exception = (esr_for_lower_el(el == 0), far, at_pc)
+            self.uc.emu_stop()
+
+    # ------------------------------------------------------------------ breakpoints
+    def _on_breakpoint_address(self, uc: Any, address: int, size: int, _user: object) -> None:
+        if address == self._suppress_pc or self._at_limit(address):
+            return
+        el = self.current_el()
+        if not self._debug_events_enabled(el):
+            return
+        ctx = self._contextidr() if any(bp and bp.bt == dr.BT_LINKED_ADDRESS for bp in self._bp_table) else 0
+        for bp in self._bp_table:
+            if bp and bp.bt in (dr.BT_UNLINKED_ADDRESS, dr.BT_LINKED_ADDRESS) and \
+                    dr.breakpoint_matches(self._bp_table, bp, pc=address, el=el, contextidr=ctx):
+                self._debug_event(dr.esr_breakpoint, far=None, at_pc=address)
+                return
+
+    def _check_context_breakpoints(self) -> KvmRun | None:
+        """Unlinked context-ID breakpoints match every instruction while CONTEXTIDR_EL1 matches."""
+        if not self._context_bps:
+            self._set_context_hook(False)
+            return None
+        ctx, el, pc = self._contextidr(), self.current_el(), self.pc
+        live = [bp for bp in self._context_bps if bp.context_id == ctx]
+        if any(dr.breakpoint_matches(self._bp_table, bp, pc=pc, el=el, contextidr=ctx) for bp in live) \
+                and self._debug_events_enabled(el):
+            if self._owner == "debugger":
+                return self._debug_exit(dr.esr_breakpoint(True))
+            self._take_exception(dr.esr_breakpoint(el == 0), far=None, preferred_return=pc)
+            return None
+        # Matching context but the wrong EL for now: watch every instruction until that changes.
+        self._set_context_hook(bool(live))
+        return None
+
+    def _set_context_hook(self, on: bool) -> None:
+        if on and self._context_hook is None:
+            self._context_hook = self.uc.hook_add(UC_HOOK_CODE, self._on_context_step, None, 1, 0)
+            self.uc.ctl_flush_tb()
+        elif not on and self._context_hook is not None:
+            self.uc.hook_del(self._context_hook)
+            self._context_hook = None
+            self.uc.ctl_flush_tb()
+
+    def _on_context_step(self, uc: Any, address: int, size: int, _user: object) -> None:
+        if self._at_limit(address):
+            return
+        ctx, el = self._contextidr(), self.current_el()
+        if any(dr.breakpoint_matches(self._bp_table, bp, pc=address, el=el, contextidr=ctx)
+               for bp in self._context_bps):
+            uc.emu_stop()  # run() re-checks before this instruction and takes the event
+
+    # ------------------------------------------------------------------ watchpoints
+    def _watch_hit(self, is_write: bool, va: int, size: int) -> str | None:
+        """Who an access hits: "debugger" (a page trap, or its hardware watchpoints), "guest"
+        (the guest's own watchpoints), or None. Honours LSC, PAC and links."""
+        for trap in self._traps:
+            if (trap.stores if is_write else trap.loads) and trap.overlaps(va, size):
+                return "debugger"
+        if not self._wp_table:
+            return None
+        el = self.current_el()
+        if not self._debug_events_enabled(el):
+            return None
+        ctx = self._contextidr()
+        for wp in self._wp_table:
+            if wp and dr.watchpoint_matches(self._bp_table, wp, addr=va, size=size, is_write=is_write,
+                                            el=el, contextidr=ctx):
+                return self._owner
+        return None
+
+    def _on_protected_access(self, uc: Any, access: int, pa: int, size: int, value: int, _user: object) -> bool:
+        is_write = access == UC_MEM_WRITE_PROT
+        va = self._va_of_access(pa)
+        if self._probe is not None:  # learning a multi-access instruction's accesses
+            self._probe.append((is_write, va, pa, size, value))
+            return True  # reads go ahead; stores to a protected page are dropped by Unicorn
+        pc = self.pc
+        slot = self.vm.slot_for(pa)
+        if pc != self._suppress_pc:
+            if is_multi_access(self._insn_at(pc)):
+                self._multi_access_pc = pc
+                return False
+            owner = self._watch_hit(is_write, va, size)
+            if owner is not None:
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                                  owner=owner)
+                return False
+        if is_write and slot is not None and slot.readonly:
+            if pc == self._suppress_pc:
+                return True  # completing a ROM write the VMM has seen: drop it
+            self._mmio_exit(va, pa, size, True, value)
+            return False
+        if is_write:
+            self._store(va, pa, size, value)
+        return True
+
+    def _store(self, va: int, pa: int, size: int, value: int) -> None:
+        """Do a store Unicorn was not allowed to do, as the guest would have (code included)."""
+        self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        remove_cache(self.uc, va, size)  # the guest may be rewriting code
+
+    def _run_multi_access_instruction(self) -> KvmRun | None:
+        """Run a pair/SIMD access on a watched page once with its stores held back, then either
+        roll back (a watchpoint hit: nothing happened) or apply the stores (no hit)."""
+        pc = self._multi_access_pc
+        assert pc is not None  # the run loop calls this only when a hook set it
+        self._multi_access_pc = None
+        saved, saved_icount = self.uc.context_save(), self.icount
+        self._probe = []
+        self._suppress_pc = pc
+        try:
+            fault = self._execute(saved_icount + 1)
+        finally:
+            accesses, self._probe, self._suppress_pc = self._probe, None, None
+        for is_write, va, _pa, size, _ in accesses:
+            owner = self._watch_hit(is_write, va, size)
+            if owner is not None:
+                self.uc.context_restore(saved)
+                self.set_icount(saved_icount)
+                self._pending_exception = None
+                self._exit = None
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                                  owner=owner)
+                if self._exit is not None:
+                    return self._exit
+                assert self._guest_exception is not None  # _debug_event recorded one or the other
+                esr, far, ret = self._guest_exception
+                self._take_exception(esr, far=far, preferred_return=ret)
+                return None
+        for is_write, va, pa, size, value in accesses:
+            if is_write:
+                slot = self.vm.slot_for(pa)
+                if slot is not None and not slot.readonly:
+                    self._store(va, pa, size, value)
+        if self._exit is not None:
+            return self._exit
+        taken, result = self._take_pending_exception()
+        if taken:
+            return result
+        if fault is not None:
+            return self._internal_error(f"emulation failed at PC={pc:#x}: {fault}")
+        return None
+
+    # ------------------------------------------------------------------ system registers
+    # Every MRS/MSR goes to the C hook first; only registers this table sends to the VMM reach
+    # Python. The table changes with the debug state, and takes effect at once (it is read at
+    # run time, not baked into translations).
+    def _init_sysreg_filter(self) -> None:
+        """The registers that always go to the VMM: the guest's own debug registers."""
+        rc = self._runctl
+        for crm in range(16):
+            for op2 in DEBUG_REG_OP2:
+                rc.set_action((2, 0, 0, crm, op2), read=ACTION_VMM, write=ACTION_VMM)
+        rc.set_action(MDSCR_EL1, read=ACTION_VMM, write=ACTION_VMM)
+        rc.set_action(ID_AA64DFR0_EL1, read=ACTION_VMM)
+        self._update_sysreg_filter()
+
+    def _update_sysreg_filter(self) -> None:
+        """The registers that go to the VMM depending on the clock and the armed debug state."""
+        rc = self._runctl
+        counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_UNICORN
+        rc.set_action(CNTVCT_EL0, read=counter)
+        rc.set_action(CNTPCT_EL0, read=counter)
+        # Writes that change what the armed debug state matches: only while something is armed.
+        rc.set_action(CONTEXTIDR_EL1, write=ACTION_VMM if self._bp_table else ACTION_UNICORN)
+        watching = bool(self._protected or self._wp_table or self._traps)
+        for key in TRANSLATION_REGS:
+            rc.set_action(key, write=ACTION_VMM if watching else ACTION_UNICORN)
+
+    def _on_mrs(self, reg: int, cp: CpReg) -> int:
+        """A read of a register the VMM models. Returns 1 when it supplied the value."""
+        try:
+            key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+            if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
+                kind = DEBUG_REG_OP2[cp.op2]
+                return self._debug_reg_access(reg, kind, cp.crm, None)
+            if key == MDSCR_EL1:
+                self.uc.reg_write(reg, self.guest_debug_regs.mdscr)
+                return 1
+            if key == ID_AA64DFR0_EL1:
+                self.uc.reg_write(reg, self.id_aa64dfr0)
+                return 1
+            return 0
+        except BaseException as e:  # noqa: BLE001 - a ctypes callback must not raise: run() re-raises it
+            return self._hook_failed(e)
+
+    def _on_msr(self, reg: int, cp: CpReg) -> int:
+        """A write to a register the VMM models or watches. Returns 1 when it consumed it."""
+        try:
+            key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+            if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
+                return self._debug_reg_access(reg, DEBUG_REG_OP2[cp.op2], cp.crm, cp.val)
+            if key == MDSCR_EL1:
+                self._write_guest_debug_reg("mdscr", 0, cp.val)
+                if self._rearm_pending:
+                    self.uc.emu_stop()  # an MSR ends its block: the slice ends right after it
+                return 1
+            if key == CONTEXTIDR_EL1:
+                self.uc.emu_stop()  # let the write happen, then re-check context-ID breakpoints
+            elif key in TRANSLATION_REGS:
+                # Watched virtual pages may now be other physical pages: re-protect after it.
+                self._rearm_pending = True
+                self.uc.emu_stop()
+            return 0
+        except BaseException as e:  # noqa: BLE001 - a ctypes callback must not raise: run() re-raises it
+            return self._hook_failed(e)
+
+    def _debug_reg_access(self, reg: int, kind: str, n: int, value: int | None) -> int:
+        """MRS (value None) or MSR of the guest's DBG{B,W}{V,C}Rn_EL1."""
+        implemented = self.brps if kind[0] == "b" else self.wrps
+        in_unicorn = n < (UNICORN_BRPS if kind[0] == "b" else UNICORN_WRPS)
+        if n >= implemented:
+            if not in_unicorn:
+                return 0  # Unicorn has no such register either: it raises UNDEF, precisely
+            # Unicorn has it and would read or write it: UNDEF by hand. An MSR ends its block,
+            # so this is exact; after an MRS the rest of its block runs first (a documented
+            # imprecision, reachable only with fewer slots than Unicorn's 6/4).
+            pc = self.pc
+            self._guest_exception = (dr.esr_unknown(), None, pc)
+            self._stopped_at = pc
+            self.uc.emu_stop()
+            return 1
+        if value is None:
+            if reg != uca.UC_ARM64_REG_XZR:
+                self.uc.reg_write(reg, getattr(self.guest_debug_regs, kind)[n])
+        else:
+            self._write_guest_debug_reg(kind, n, value)
+            if self._rearm_pending:
+                self.uc.emu_stop()
+        if not in_unicorn:
+            # Skipping an instruction Unicorn translated as UNDEF falls off the end of its
+            # block, and Unicorn would resume at the block's start: resume past it instead.
+            # (A PC write from a hook must end the emu_start: see _on_exception.)
+            self.uc.reg_write(uca.UC_ARM64_REG_PC, self.pc + 4)
+            self.uc.emu_stop()
+        return 1

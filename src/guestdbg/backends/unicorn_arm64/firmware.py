@@ -1,0 +1,105 @@
+"""Firmware services the hypervisor provides: PSCI over HVC/SMC and Arm semihosting (HLT #0xF000).
+
+A guest's power-off or exit is a KVM_EXIT_SYSTEM_EVENT carrying its exit status. Both are
+reached from exception dispatch (exceptions.py): Unicorn reports HVC, SMC and HLT as undefined
+instructions, and the VMM completes them for the guest.
+"""
+
+from __future__ import annotations
+
+from unicorn import arm64_const as uca
+
+from guestdbg import kvm
+from guestdbg.backends.unicorn_arm64.arch import PAGE_SIZE
+from guestdbg.backends.unicorn_arm64.core import VcpuCore
+from guestdbg.kvm import KvmRun
+
+# PSCI (DEN0022) and SMCCC function ids and results.
+PSCI_0_2_FN_PSCI_VERSION = 0x84000000
+PSCI_0_2_FN_CPU_OFF = 0x84000002
+PSCI_0_2_FN_CPU_ON = 0x84000003
+PSCI_0_2_FN64_CPU_ON = 0xC4000003
+PSCI_0_2_FN_SYSTEM_OFF = 0x84000008
+PSCI_0_2_FN_SYSTEM_RESET = 0x84000009
+PSCI_1_0_FN_PSCI_FEATURES = 0x8400000A
+PSCI_VERSION_1_1 = 0x00010001
+PSCI_RET_NOT_SUPPORTED = -1
+PSCI_RET_INVALID_PARAMS = -2
+
+# Arm semihosting (IHI 0016) operations.
+SYS_WRITEC = 0x03
+SYS_WRITE0 = 0x04
+SYS_EXIT = 0x18
+SYS_EXIT_EXTENDED = 0x20
+ADP_Stopped_ApplicationExit = 0x20026  # noqa: N816 (semihosting spec name)
+SEMIHOSTING_HLT = 0xD4400000 | (0xF000 << 5)
+
+
+# HVC #imm and SMC #imm (PSCI calls), as `insn & HVC_SMC_MASK in HVC_SMC`.
+HVC_SMC_MASK = 0xFFE0001F
+HVC_SMC = (0xD4000002, 0xD4000003)
+
+
+class FirmwareCalls(VcpuCore):
+    """PSCI and semihosting, done for the guest as a hypervisor would."""
+
+    def _semihosting(self, pc: int) -> KvmRun | None:
+        """HLT #0xF000 at `pc`, done for the guest; it then returns past the HLT."""
+        uc = self.uc
+        self._retire()
+        op = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
+        arg = uc.reg_read(uca.UC_ARM64_REG_X1)
+        result = 0
+        if op == SYS_WRITEC:
+            self.vm.console(self.read_virt(arg, 1))
+        elif op == SYS_WRITE0:
+            self.vm.console(self._read_c_string(arg))
+        elif op in (SYS_EXIT, SYS_EXIT_EXTENDED):
+            block = self.read_virt(arg, 16)
+            reason = int.from_bytes(block[:8], "little")
+            subcode = int.from_bytes(block[8:], "little")
+            status = subcode & 0xFFFFFFFF if reason == ADP_Stopped_ApplicationExit else 1
+            uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
+            return KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT,
+                          system_event=kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN, [status],
+                                                           f"semihosting {'SYS_EXIT' if op == SYS_EXIT else 'SYS_EXIT_EXTENDED'}"))
+        else:
+            result = (1 << 64) - 1  # -1: operation not supported
+        uc.reg_write(uca.UC_ARM64_REG_X0, result)
+        uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)
+        return None
+
+    def _read_c_string(self, va: int, limit: int = 1 << 20) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.read_virt(va, min(64, PAGE_SIZE - va % PAGE_SIZE))
+            nul = chunk.find(0)
+            if nul >= 0:
+                return bytes(out + chunk[:nul])
+            out += chunk
+            va += len(chunk)
+        return bytes(out)
+
+    def _psci(self, pc: int) -> KvmRun | None:
+        """A PSCI call (HVC or SMC at `pc`), done for the guest as a hypervisor would."""
+        uc = self.uc
+        fn = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
+        uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)  # HVC/SMC return past the call
+        self._retire()
+        if fn in (PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET):
+            off = fn == PSCI_0_2_FN_SYSTEM_OFF
+            event = kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN if off else kvm.KVM_SYSTEM_EVENT_RESET, [0],
+                                        "PSCI SYSTEM_OFF" if off else "PSCI SYSTEM_RESET")
+            return KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=event)
+        known = {PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
+                 PSCI_1_0_FN_PSCI_FEATURES}
+        if fn == PSCI_0_2_FN_PSCI_VERSION:
+            result = PSCI_VERSION_1_1
+        elif fn == PSCI_1_0_FN_PSCI_FEATURES:
+            result = 0 if uc.reg_read(uca.UC_ARM64_REG_X1) & 0xFFFFFFFF in known else PSCI_RET_NOT_SUPPORTED
+        elif fn in (PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON):
+            result = PSCI_RET_INVALID_PARAMS  # one vCPU: there is no other CPU to turn on
+        else:
+            result = PSCI_RET_NOT_SUPPORTED
+        uc.reg_write(uca.UC_ARM64_REG_X0, result & ((1 << 64) - 1))
+        return None

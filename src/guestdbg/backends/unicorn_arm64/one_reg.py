@@ -1,0 +1,157 @@
+"""The ONE_REG interface: KVM_GET/SET_ONE_REG, KVM_GET_REG_LIST, and a batched read for `g`.
+
+Every id maps to an `_OneReg`: a getter, a setter (None for read-only identification
+registers) and, for registers Unicorn holds as they are, the key that lets get_one_regs read
+many of them in one uc_reg_read_batch call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unicorn import arm64_const as uca
+
+from guestdbg import kvm
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.backends.unicorn_arm64.arch import SPSR_EL1, V_REGS, X_REGS, RegKey
+from guestdbg.backends.unicorn_arm64.mmio import MmioAccess
+
+if TYPE_CHECKING:
+    from guestdbg.backends.unicorn_arm64.vm import Arm64Vm
+
+
+@dataclass
+class _OneReg:
+    get: Callable[[], int]
+    set: Callable[[int], None] | None
+    uc_reg: int | None = None  # a plain Unicorn register: readable in a batch
+    cp_enc: tuple[int, int, int, int, int] | None = None  # a system register Unicorn holds: batchable too
+
+    @property
+    def batch_key(self) -> RegKey | None:
+        return self.uc_reg if self.uc_reg is not None else self.cp_enc
+
+
+# get_one_regs' plan for one list of ids: (batch reader, indices it fills, (index, getter) of the rest)
+_Plan = tuple[Callable[[], list[int]], list[int], list[tuple[int, Callable[[], int]]]]
+
+
+class OneRegTable(MmioAccess):
+    """KVM_GET_ONE_REG, KVM_SET_ONE_REG and KVM_GET_REG_LIST."""
+
+    def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
+        super().__init__(vm, vcpu_id)
+        self._spsr_other = [0] * 4  # SPSR_abt/und/irq/fiq: AArch32 state, carried for migration only
+        self._one_regs_cache: dict[int, _OneReg] | None = None
+        self._batch_plans: dict[tuple[int, ...], _Plan] = {}
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG. Unknown ids are ENOENT."""
+        return self._one_reg(reg_id).get()
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG. Unknown ids are ENOENT; values that do not fit, or writes to
+        read-only identification registers that change them, are EINVAL."""
+        reg = self._one_reg(reg_id)
+        size = kr.reg_size_bytes(reg_id)
+        if not 0 <= value < 1 << (8 * size):
+            raise kvm.einval(f"value {value:#x} does not fit register {reg_id:#x} ({size} bytes)")
+        if reg.set is None:
+            if value != reg.get():
+                raise kvm.einval(f"register {reg_id:#x} is read-only")
+            return
+        reg.set(value)
+
+    def get_one_regs(self, reg_ids: list[int]) -> list[int]:
+        """Several KVM_GET_ONE_REGs at once (what a `g` packet needs): plain registers are read
+        in one Unicorn batch call instead of one binding call each."""
+        key = tuple(reg_ids)
+        plan = self._batch_plans.get(key)
+        if plan is None:
+            regs = [self._one_reg(r) for r in reg_ids]
+            keys = tuple(k for r in regs if (k := r.batch_key) is not None)
+            others = [(i, r.get) for i, r in enumerate(regs) if r.batch_key is None]
+            batched = [i for i, r in enumerate(regs) if r.batch_key is not None]
+            reader: Callable[[], list[int]] = self._batch_reader(keys) if keys else (list)
+            plan = self._batch_plans[key] = (reader, batched, others)
+        reader, batched, others = plan
+        out = [0] * len(reg_ids)
+        for i, value in zip(batched, reader()):
+            out[i] = value
+        for i, get in others:
+            out[i] = get()
+        return out
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: every register migration must carry (never the debugger's)."""
+        return list(self._one_regs)
+
+    def _one_reg(self, reg_id: int) -> _OneReg:
+        try:
+            return self._one_regs[reg_id]
+        except KeyError:
+            raise kvm.enoent(f"no register with ONE_REG id {reg_id:#x}") from None
+
+    @property
+    def _one_regs(self) -> dict[int, _OneReg]:
+        regs = self._one_regs_cache
+        if regs is None:
+            regs = self._one_regs_cache = self._build_one_regs()
+        return regs
+
+    def _build_one_regs(self) -> dict[int, _OneReg]:
+        uc = self.uc
+        regs: dict[int, _OneReg] = {}
+
+        def plain(uc_reg: int) -> _OneReg:
+            return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v), uc_reg)
+
+        def cp(enc: tuple[int, int, int, int, int]) -> _OneReg:
+            return _OneReg(lambda: uc.cpr_read(*enc), lambda v: uc.cpr_write(*enc, v), cp_enc=enc)
+
+        def cp_with(enc: tuple[int, int, int, int, int], write: Callable[[int], None] | None) -> _OneReg:
+            return _OneReg(lambda: uc.cpr_read(*enc), write, cp_enc=enc)
+
+        def spsr(n: int) -> _OneReg:
+            return _OneReg(lambda: self._spsr_other[n - 1], lambda v: self._spsr_other.__setitem__(n - 1, v))
+
+        g = self.guest_debug_regs
+
+        def debug_reg(kind: str, n: int) -> _OneReg:
+            return _OneReg(lambda: getattr(g, kind)[n], lambda v: self._write_guest_debug_reg(kind, n, v))
+
+        for n in range(31):
+            regs[kr.KVM_REG_ARM_CORE_X(n)] = plain(X_REGS[n])
+        regs[kr.KVM_REG_ARM_CORE_SP] = _OneReg(lambda: self._get_sp(0), lambda v: self._set_sp(0, v))
+        regs[kr.KVM_REG_ARM_CORE_PC] = plain(uca.UC_ARM64_REG_PC)
+        regs[kr.KVM_REG_ARM_CORE_PSTATE] = _OneReg(self._pstate, self._write_pstate)
+        regs[kr.KVM_REG_ARM_CORE_SP_EL1] = _OneReg(lambda: self._get_sp(1), lambda v: self._set_sp(1, v))
+        regs[kr.KVM_REG_ARM_CORE_ELR_EL1] = plain(uca.UC_ARM64_REG_ELR_EL1)
+        regs[kr.KVM_REG_ARM_CORE_SPSR(kr.KVM_SPSR_EL1)] = cp(SPSR_EL1)
+        for n in range(1, 5):
+            regs[kr.KVM_REG_ARM_CORE_SPSR(n)] = spsr(n)
+        for n in range(32):
+            regs[kr.KVM_REG_ARM_CORE_V(n)] = plain(V_REGS[n])
+        regs[kr.KVM_REG_ARM_CORE_FPSR] = plain(uca.UC_ARM64_REG_FPSR)
+        regs[kr.KVM_REG_ARM_CORE_FPCR] = plain(uca.UC_ARM64_REG_FPCR)
+
+        for name, enc in kr.SYSREG_ENCODINGS.items():
+            reg_id = kr.ARM64_SYS_REG(*enc)
+            if name == "ID_AA64DFR0_EL1":
+                regs[reg_id] = _OneReg(lambda: self.id_aa64dfr0, None)
+            elif name in ("MIDR_EL1", "MPIDR_EL1"):
+                regs[reg_id] = cp_with(enc, None)
+            elif name == "MDSCR_EL1":
+                regs[reg_id] = _OneReg(lambda: self.guest_debug_regs.mdscr,
+                                       lambda v: self._write_guest_debug_reg("mdscr", 0, v))
+            elif name == "CONTEXTIDR_EL1":
+                regs[reg_id] = cp_with(enc, self._set_contextidr)
+            else:
+                regs[reg_id] = cp(enc)
+        for kind, count, enc_of in (("bvr", self.brps, kr.DBGBVRn_EL1), ("bcr", self.brps, kr.DBGBCRn_EL1),
+                                    ("wvr", self.wrps, kr.DBGWVRn_EL1), ("wcr", self.wrps, kr.DBGWCRn_EL1)):
+            for n in range(count):
+                regs[kr.ARM64_SYS_REG(*enc_of(n))] = debug_reg(kind, n)
+        return regs

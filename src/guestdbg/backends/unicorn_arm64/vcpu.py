@@ -1,0 +1,139 @@
+"""The vCPU (KVM's vCPU file descriptor), assembled from its parts, and its run loop.
+
+`Arm64Vcpu` stacks the layers of the other files (see the package docstring): each is a class
+on the one below, so each file type-checks on its own and the hooks and the run loop pay no
+delegation. This file adds construction and reset, and KVM_RUN: `run` goes round slices until
+something needs the VMM; `_run_slice` runs one (core.py's `_execute`) and turns whatever a hook
+recorded into an exit, an exception entered into the guest, or another slice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import (
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
+)
+
+from guestdbg import kvm
+from guestdbg.backends.unicorn_arm64.arch import (
+    HCR_EL2,
+    HCR_EL2_RW,
+    NO_LIMIT,
+    PSTATE_DAIF,
+    PSTATE_MODE_EL1H,
+    SCR_EL3,
+    SCR_EL3_NS,
+    SCR_EL3_RW,
+)
+from guestdbg.backends.unicorn_arm64.core import VcpuCore
+from guestdbg.backends.unicorn_arm64.debughw import DebugHardware
+from guestdbg.backends.unicorn_arm64.exceptions import ExceptionEntry, FatalGuestState
+from guestdbg.backends.unicorn_arm64.firmware import FirmwareCalls
+from guestdbg.backends.unicorn_arm64.mmio import MmioAccess
+from guestdbg.backends.unicorn_arm64.one_reg import OneRegTable
+from guestdbg.backends.unicorn_arm64.runctl import RunControl
+from guestdbg.kvm import KVM_GUESTDBG_SINGLESTEP, KvmRun
+
+if TYPE_CHECKING:
+    from guestdbg.backends.unicorn_arm64.vm import Arm64Vm
+
+
+class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, FirmwareCalls, VcpuCore):
+    """One AArch64 vCPU: run(), ONE_REG, KVM_SET_GUEST_DEBUG and KVM_SET_VCPU_EVENTS."""
+
+    def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
+        super().__init__(vm, vcpu_id)
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_exception)
+        uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access)
+        self._runctl = RunControl(uc, self._on_mrs, self._on_msr)
+        self._init_sysreg_filter()
+        # Unicorn's Cortex-A57 implements EL2 and EL3 but resets them to AArch32, which makes
+        # every EL1 ERET an illegal return. Configure them as firmware would before entering a
+        # Non-secure AArch64 EL1 (QEMU's -kernel boot does the same).
+        uc.cpr_write(*SCR_EL3, SCR_EL3_RW | SCR_EL3_NS)
+        uc.cpr_write(*HCR_EL2, HCR_EL2_RW)
+        self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
+
+    # ------------------------------------------------------------------ run
+    def run(self, *, icount_limit: int | None = None) -> KvmRun:
+        """KVM_RUN: execute until something needs the VMM, and say what.
+
+        With `icount_limit`, stop once the vCPU has retired exactly that many instructions (an
+        EXIT_ICOUNT_LIMIT exit); this is how the VMM ends slices at points it chose."""
+        state = self._runctl.state
+        try:
+            if self._pending_mmio is not None:
+                done = self._finish_pending_mmio()
+                if done is not None:
+                    return done
+            while True:
+                # Clear the block hook's request before looking at immediate_exit: a kick()
+                # landing in between is then seen here or at the next block, never lost.
+                state.stop_request = 0
+                if self.immediate_exit:
+                    self.immediate_exit = False
+                    return KvmRun(kvm.KVM_EXIT_INTR)
+                if icount_limit is not None and state.icount >= icount_limit:
+                    return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
+                if self._rearm_pending:
+                    self._rearm()
+                result = self._check_context_breakpoints() or self._run_slice(icount_limit)
+                if result is not None:
+                    return result
+        except FatalGuestState as e:
+            return self._internal_error(str(e), self.pc, e.esr)
+
+    def kick(self, timeout: float = 1.0) -> None:
+        """Make a running (or the next) run() return KVM_EXIT_INTR, as immediate_exit plus a
+        signal does on KVM. Callable from any thread; it only sets two flags, which the vCPU
+        thread reads at the next block boundary (Unicorn's emu_stop is never called from here:
+        see "Threads" in the package docstring). `timeout` is kept for interface compatibility."""
+        self.immediate_exit = True
+        self._runctl.request_stop()
+
+    def set_counter_source(self, mode: str) -> None:
+        """"virtual": CNTVCT_EL0/CNTPCT_EL0 read icount / 16 (62.5 MHz at 1 instruction per ns),
+        so the guest's time is deterministic and stops with the vCPU. "host": Unicorn's own
+        counter, the host's CLOCK_MONOTONIC in 16 ns ticks."""
+        if mode not in ("virtual", "host"):
+            raise ValueError(f"unknown clock mode {mode!r}")
+        self._clock_mode = mode
+        self._update_sysreg_filter()
+
+    def _run_slice(self, icount_limit: int | None) -> KvmRun | None:
+        """Run until the limit, a hook's stop, or one instruction when single-stepping."""
+        stepping = bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
+        self._steps_in_a_row = self._steps_in_a_row + 1 if stepping else 0
+        self._set_step_hook(self._steps_in_a_row >= 2)
+        self._exit = None
+        self._guest_exception = None
+        start = self.icount
+        limit = start + 1 if stepping else (NO_LIMIT if icount_limit is None else icount_limit)
+        fault = self._execute(limit)
+        if self._exit is not None:
+            return self._exit
+        if self._device_access is not None:
+            return self._device_access_done()
+        taken, result = self._take_pending_exception()
+        if taken:
+            return result or (self._softstep_exit() if stepping else None)
+        if self._guest_exception is not None:
+            esr, far, ret = self._guest_exception
+            self._take_exception(esr, far=far, preferred_return=ret)
+            return self._softstep_exit() if stepping else None
+        if self._multi_access_pc is not None:
+            result = self._run_multi_access_instruction()
+            if result is not None or stepping:
+                return result or self._softstep_exit()
+            return None
+        if fault is not None:
+            return self._internal_error(f"emulation failed at PC={self.pc:#x}: {fault}")
+        if stepping and self.icount > start:
+            return self._softstep_exit()
+        return None  # a limit, a kick, WFI, a context-ID change, a debug-register write: go round

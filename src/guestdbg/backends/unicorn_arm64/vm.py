@@ -1,0 +1,230 @@
+"""The VM (KVM's VM file descriptor): capabilities, guest memory slots, in-kernel devices."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
+from unicorn import arm64_const as uca
+from unicorn.unicorn_py3.arch.arm64 import UcAArch64
+
+from guestdbg import kvm
+from guestdbg.backends.unicorn_arm64.arch import (
+    KVM_GUESTDBG_VALID_MASK,
+    PAGE_SIZE,
+    SCTLR_EL1,
+    remove_cache,
+)
+from guestdbg.backends.unicorn_arm64.vcpu import Arm64Vcpu
+from guestdbg.kvm import (
+    KVM_CAP_GUEST_DEBUG_HW_BPS,
+    KVM_CAP_GUEST_DEBUG_HW_WPS,
+    KVM_CAP_ONE_REG,
+    KVM_CAP_SET_GUEST_DEBUG,
+    KVM_CAP_SET_GUEST_DEBUG2,
+)
+from guestdbg.vmapi import Console, stdout_console
+
+MAP_CHUNK = 1 << 20
+TCG_BUFFER_SIZE = 32 << 20
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Per-VM debug hardware: breakpoint, watchpoint and context-aware breakpoint counts."""
+
+    brps: int = 6
+    wrps: int = 4
+    ctx_cmps: int = 2
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.brps <= 16:
+            raise ValueError(f"brps must be 2..16, got {self.brps}")
+        if not 2 <= self.wrps <= 16:
+            raise ValueError(f"wrps must be 2..16, got {self.wrps}")
+        if not 1 <= self.ctx_cmps <= self.brps:
+            raise ValueError(f"ctx_cmps must be 1..brps ({self.brps}), got {self.ctx_cmps}")
+
+
+class Device(Protocol):
+    """What a device registered with register_mmio_device offers."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+@dataclass
+class MmioDevice:
+    """A device the VM serves without an exit (KVM's in-kernel devices, ioeventfd)."""
+
+    base: int
+    size: int
+    device: Device
+    inline: bool = False  # mapped with Unicorn's mmio_map (not while a watchpoint covers it)
+
+
+@dataclass
+class MemorySlot:
+    slot: int
+    guest_phys_addr: int
+    memory_size: int
+    flags: int
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & kvm.KVM_MEM_READONLY)
+
+    def contains(self, pa: int) -> bool:
+        return self.guest_phys_addr <= pa < self.guest_phys_addr + self.memory_size
+
+
+class KvmErrorExists(kvm.KvmError):
+    def __init__(self, message: str):
+        super().__init__(errno.EEXIST, message)
+
+
+def _chunks(base: int, size: int) -> Iterator[tuple[int, int]]:
+    """[base, base+size) as MAP_CHUNK-aligned pieces."""
+    end = base + size
+    while base < end:
+        step = min(end, (base // MAP_CHUNK + 1) * MAP_CHUNK) - base
+        yield base, step
+        base += step
+
+
+class Arm64Vm:
+    """The VM: capabilities, guest memory slots and the devices handled without an exit."""
+
+    def __init__(self, debug: DebugConfig | None = None, console: Console | None = None):
+        self.debug_config = debug or DebugConfig()
+        # UcAArch64 is the class Uc() returns for UC_ARCH_ARM64; named here for the type checker.
+        self.uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM, uca.UC_CPU_ARM64_A57)
+        # Unicorn's default 1 GiB translation buffer fills only slowly (single steps translate
+        # afresh), so a long debugging session's RSS would creep towards 1 GiB before the first
+        # flush. 32 MiB bounds it and still holds far more code than a guest's working set.
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
+        # No "until" address: guests may legitimately execute at 0 (ROM).
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
+        self.slots: dict[int, MemorySlot] = {}
+        self.mmio_devices: list[MmioDevice] = []
+        self.console = console or stdout_console
+        self._vcpu: Arm64Vcpu | None = None
+
+    # KVM_CHECK_EXTENSION
+    def check_extension(self, cap: int) -> int:
+        answers = {
+            KVM_CAP_SET_GUEST_DEBUG: 1,
+            KVM_CAP_SET_GUEST_DEBUG2: KVM_GUESTDBG_VALID_MASK,
+            KVM_CAP_GUEST_DEBUG_HW_BPS: self.debug_config.brps,
+            KVM_CAP_GUEST_DEBUG_HW_WPS: self.debug_config.wrps,
+            KVM_CAP_ONE_REG: 1,
+        }
+        return answers.get(cap, 0)
+
+    # KVM_SET_USER_MEMORY_REGION: guest RAM/ROM. memory_size 0 deletes the slot, as in KVM.
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0) -> None:
+        if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE:
+            raise kvm.einval("memory region must be page aligned")
+        if flags & ~(kvm.KVM_MEM_READONLY | kvm.KVM_MEM_LOG_DIRTY_PAGES):
+            raise kvm.einval(f"unknown memory region flags {flags:#x}")
+        old = self.slots.pop(slot, None)
+        if old is not None:
+            for base, size in _chunks(old.guest_phys_addr, old.memory_size):
+                self.uc.mem_unmap(base, size)
+        if memory_size == 0:
+            return
+        new = MemorySlot(slot, guest_phys_addr, memory_size, flags)
+        for other in self.slots.values():
+            if other.guest_phys_addr < guest_phys_addr + memory_size and guest_phys_addr < other.guest_phys_addr + other.memory_size:
+                raise KvmErrorExists(f"memory slot overlaps slot {other.slot}")
+        perms = UC_PROT_READ | UC_PROT_EXEC if new.readonly else UC_PROT_ALL
+        # Many small Unicorn regions, not one: mem_protect on part of a region copies the whole
+        # region, which made arming a watchpoint on 128 MiB of RAM cost ~180 ms per page.
+        for base, size in _chunks(guest_phys_addr, memory_size):
+            self.uc.mem_map(base, size, perms)
+        self.slots[slot] = new
+
+    # KVM_IRQ_LINE
+    def irq_line(self, irq: int, level: int) -> None:
+        """Drive an interrupt line. There is no interrupt controller to drive yet: ENXIO, as
+        KVM answers before KVM_CREATE_IRQCHIP."""
+        raise kvm.KvmError(errno.ENXIO, "no interrupt controller: KVM_CREATE_IRQCHIP not modelled yet")
+
+    def register_mmio_device(self, base: int, size: int, device: Device) -> None:
+        """Claim [base, base+size) for `device` (read(offset, size) -> int, write(offset, size, value)).
+
+        Claimed accesses are handled inline, like an in-kernel device; unclaimed ones exit."""
+        dev = MmioDevice(base, size, device)
+        self.mmio_devices.append(dev)
+        self.map_device(dev, True)
+
+    def map_device(self, dev: MmioDevice, inline: bool) -> None:
+        """Serve `dev` inline (Unicorn calls it mid-instruction), or unmap it so that its
+        accesses fault before they happen: the vCPU then checks watchpoints first and does the
+        access itself (see mmio.py). Watching device memory needs the latter."""
+        if dev.inline == inline:
+            return
+        if inline:
+            device = dev.device
+            self.uc.mmio_map(
+                dev.base, dev.size,
+                lambda _uc, off, sz, _ud: device.read(off, sz), None,
+                lambda _uc, off, sz, val, _ud: device.write(off, sz, val), None,
+            )
+        else:
+            self.uc.mem_unmap(dev.base, dev.size)
+        dev.inline = inline
+
+    def device_at(self, pa: int) -> MmioDevice | None:
+        for dev in self.mmio_devices:
+            if dev.base <= pa < dev.base + dev.size:
+                return dev
+        return None
+
+    def slot_for(self, pa: int) -> MemorySlot | None:
+        for s in self.slots.values():
+            if s.contains(pa):
+                return s
+        return None
+
+    def read_phys(self, pa: int, size: int) -> bytes:
+        """Read guest RAM/ROM. Anything outside a memory slot is an error, never a partial read."""
+        self._check_phys_range(pa, size)
+        return bytes(self.uc.mem_read(pa, size))
+
+    def write_phys(self, pa: int, data: bytes) -> None:
+        """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
+        self._check_phys_range(pa, len(data))
+        self.uc.mem_write(pa, bytes(data))
+        self._drop_translations(pa, len(data))
+
+    def _drop_translations(self, pa: int, size: int) -> None:
+        """Forget code translated from [pa, pa+size): Unicorn's mem_write does not (a debugger's
+        BRK patch or its restore would otherwise be ignored for code that already ran).
+        ctl_remove_cache takes a virtual address (Unicorn translates it through the guest's
+        MMU), so it is exact only while the MMU is off; otherwise flush everything."""
+        if size == 0:
+            return
+        if size <= 16 * PAGE_SIZE and not self.uc.cpr_read(*SCTLR_EL1) & 1:
+            remove_cache(self.uc, pa, size)
+        else:
+            self.uc.ctl_flush_tb()
+
+    def _check_phys_range(self, pa: int, size: int) -> None:
+        end = pa + size
+        while pa < end:
+            s = self.slot_for(pa)
+            if s is None:
+                raise kvm.KvmError(errno.EFAULT, f"guest physical address {pa:#x} is not RAM or ROM")
+            pa = s.guest_phys_addr + s.memory_size
+
+    def create_vcpu(self, vcpu_id: int = 0) -> Arm64Vcpu:
+        if self._vcpu is not None:
+            raise kvm.KvmError(errno.EEXIST, "this VM has one vCPU")
+        self._vcpu = Arm64Vcpu(self, vcpu_id)
+        return self._vcpu
