@@ -3,7 +3,7 @@
 
 Run from the repository root:
 
-    /tmp/venv/bin/python bench/bench_kvm_x86.py [--seconds S] [--json out.json]
+    .venv/bin/python bench/bench_kvm_x86.py [--seconds S] [--turns N] [--targets guestdbg,...] [--json out.json]
 
 Targets (each a fresh process per measurement group, driven by guestdbg.gdb.client.RspClient):
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 
 from guestdbg.gdb.client import RspClient
-from guestdbg.board.virt import elf_symbols as symbols
+from guestdbg.board.common import elf_symbols as symbols
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = REPO / "guests" / "x86"
@@ -201,7 +201,8 @@ def main() -> int:
             r.update(bench_watch(kind, wloop_elf, args.seconds))
             r["mips_no_watch"] = bench_speed(kind, loop_elf, args.turns, False)
             r["mips_idle_watch"] = bench_speed(kind, loop_elf, args.turns, True)
-        except Exception as e:  # report what was measured, and why the rest was not
+        except (OSError, AssertionError) as e:  # a target that fails (or its replies): report what was
+            # measured and why the rest was not (socket errors, timeouts and a closed stub are OSErrors)
             r["error"] = f"{type(e).__name__}: {e}"
         results[kind] = r
         print(kind, json.dumps(r), flush=True)

@@ -5,7 +5,7 @@ host probe chose: int3 or a DR execution slot), hbreak, watch/rwatch/awatch, ste
 Ctrl-C, detach, a snapshot round trip, gdb's amd64 register order against kvm_regs, and guest
 exceptions (#UD, #PF) reported as signals at the faulting RIP.
 
-Assertions follow the probe (guestdbg.backends.kvm_x86.probe), so they hold on VMX/SVM hosts
+Assertions follow the probe (guestdbg.board.pc_probe), so they hold on VMX/SVM hosts
 as well as on kvm_pvm: e.g. a watch uses DR slots where DR watchpoints fire and page traps
 elsewhere. Skipped, with the reason printed, only when /dev/kvm cannot be opened (or gdb is
 missing).
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(_NO_KVM is not None, reason=f"/dev/kvm cannot be
 
 @pytest.fixture(scope="module")
 def facts():
-    from guestdbg.backends.kvm_x86.probe import probe
+    from guestdbg.board.pc_probe import probe
     return probe()
 
 

@@ -8,6 +8,8 @@
   value v the guest wrote, QEMU with (v << 1) | 1 (see `qemu_value`).
 - The vCPU: kick() interrupts a running guest; the register list round-trips, also into a
   fresh VM that then finishes the guest.
+- The typed interface: X86Vm is a `guestdbg.vmapi.Vm` and X86Vcpu a `vmapi.X86Vcpu`, with the
+  Protocols' own signatures; KVM_IRQ_LINE without an interrupt controller is ENXIO.
 
 Everything that needs KVM is skipped, with the reason, only when /dev/kvm cannot be opened.
 """
@@ -15,21 +17,25 @@ Everything that needs KVM is skipped, with the reason, only when /dev/kvm cannot
 from __future__ import annotations
 
 import ctypes
+import errno
+import inspect
 import shutil
 import subprocess
 import threading
 import time
+import typing
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from guestdbg import kvm
+from guestdbg import kvm, vmapi
+from guestdbg.backends.kvm_x86 import regs as kvm_regs
 from guestdbg.backends.kvm_x86 import uapi as u
 from guestdbg.backends.kvm_x86 import vm as kvm_vm
 from tests.helpers.support import kvm_unavailable_reason
 from guestdbg.board.pc import GuestException, X86Machine
-from guestdbg.board.virt import ImageError
+from guestdbg.board.common import ImageError
 
 REPO = Path(__file__).resolve().parents[2]
 X86_GUESTS = REPO / "guests" / "x86"
@@ -197,6 +203,30 @@ def test_loader_refuses_other_architectures(tmp_path):
         m.load_elf(tmp_path / "junk")
 
 
+@needs_kvm
+def test_the_constructor_builds_one_vm_and_only_the_factory_probes(monkeypatch):
+    """X86Machine() creates its own VM and nothing else (debug_facts None); create_pc_machine()
+    probes the host first (three scratch VMs, once per process) and hands the machine the facts."""
+    from guestdbg.board import pc, pc_probe
+    made = []
+
+    class CountingVm(kvm_vm.X86Vm):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pc, "X86Vm", CountingVm)
+    with X86Machine(console=lambda b: None) as m:
+        assert m.debug_facts is None and len(made) == 1
+    monkeypatch.setattr(pc_probe, "_cached", None)
+    with pc_probe.create_pc_machine(console=lambda b: None) as m:
+        assert len(made) == 1 + 3 + 1
+        assert m.debug_facts is not None and m.debug_facts == pc_probe.probe()
+    with pc_probe.create_pc_machine(console=lambda b: None) as m:
+        assert len(made) == 1 + 3 + 1 + 1  # the facts are cached
+        assert m.debug_facts == pc_probe.probe()
+
+
 # ---------------------------------------------------------------------------- side by side with QEMU
 def _run_qemu(elf: Path, accel: str) -> tuple[str, int]:
     cmd = ["qemu-system-x86_64", "-accel", accel, "-M", "pc", "-m", "128M", "-nodefaults", "-display", "none",
@@ -281,19 +311,19 @@ def _interrupted_loop(x86_guests, iterations: int) -> Guest:
 def test_register_list_round_trip(x86_guests):
     g = _interrupted_loop(x86_guests, 10**9)
     ids = g.vcpu.get_reg_list()
-    names = [kvm_vm.reg_name(r) for r in ids]
+    names = [kvm_regs.reg_name(r) for r in ids]
     assert names[:2] == ["sregs", "regs"] and names[-1] == "vcpu_events"
-    assert all(kvm_vm.reg_group(r) for r in ids) and len(set(ids)) == len(ids)
+    assert all(kvm_regs.reg_group(r) for r in ids) and len(set(ids)) == len(ids)
     saved = g.vcpu.save_registers()
-    assert [len(b) for _, b in saved] == [kvm_vm.reg_size_bytes(r) for r in ids]
+    assert [len(b) for _, b in saved] == [kvm_regs.reg_size_bytes(r) for r in ids]
     # Clobber the general registers, then restore everything: every group reads back the same.
     g.vcpu.set_regs(u.kvm_regs(rip=0x1234, rsp=0x5678, rflags=2, rax=1, rcx=2))
     g.vcpu.restore_registers(saved)
     again = dict(g.vcpu.save_registers())
-    tsc = kvm_vm.reg_id(kvm_vm.GROUP_MSR, u.MSR_IA32_TSC)
+    tsc = kvm_regs.reg_id(kvm_regs.GROUP_MSR, u.MSR_IA32_TSC)
     for rid, data in saved:
         if rid != tsc:  # the TSC keeps counting
-            assert again[rid] == data, kvm_vm.reg_name(rid)
+            assert again[rid] == data, kvm_regs.reg_name(rid)
     with pytest.raises(kvm.KvmError):
         g.vcpu.get_reg_bytes(0x6030_0000_0010_0000)  # an arm64 core register id
 
@@ -353,6 +383,76 @@ def test_capabilities_from_the_vm_fd():
         assert vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2) & (kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP)
         assert vm.check_extension(u.KVM_CAP_IMMEDIATE_EXIT) == 1
         assert vm.check_extension(0xFFFF) == 0
+
+
+# ---------------------------------------------------------------------------- the typed interface
+def _protocol_members(proto: type) -> dict[str, object]:
+    """Name -> declaration of every public member a Protocol declares, its bases' included
+    (None for a data member, which only has an annotation)."""
+    members: dict[str, object] = {}
+    for base in reversed(proto.__mro__):
+        if base in (object, typing.Protocol, typing.Generic) or not getattr(base, "_is_protocol", False):
+            continue
+        for name in vars(base).get("__annotations__", {}):
+            members[name] = None
+        for name, value in vars(base).items():
+            if not name.startswith("_"):
+                members[name] = value
+    return members
+
+
+def _assert_conforms(obj: object, proto: type) -> None:
+    """isinstance() against the runtime-checkable Protocol (member names only), then each
+    member's kind and, for methods, parameter names, kinds and defaults as the Protocol has them."""
+    assert isinstance(obj, proto), f"{type(obj).__name__} is not a {proto.__name__}"
+    members = _protocol_members(proto)
+    assert members, proto
+    for name, decl in members.items():
+        impl = inspect.getattr_static(type(obj), name, None)
+        if decl is None:
+            assert hasattr(obj, name), f"{proto.__name__}.{name}"
+        elif isinstance(decl, property):
+            assert isinstance(impl, property), f"{proto.__name__}.{name} is a property"
+        else:
+            assert callable(impl), f"{proto.__name__}.{name}"
+            want = [(p.name, p.kind, p.default) for p in inspect.signature(decl).parameters.values()]
+            got = [(p.name, p.kind, p.default) for p in inspect.signature(impl).parameters.values()]
+            assert got == want, f"{type(obj).__name__}.{name}{inspect.signature(impl)} vs {proto.__name__}"
+
+
+@needs_kvm
+def test_vm_and_vcpu_conform_to_vmapi():
+    with kvm_vm.X86Vm() as vm:
+        vcpu = vm.create_vcpu()
+        _assert_conforms(vm, vmapi.Vm)
+        _assert_conforms(vcpu, vmapi.Vcpu)
+        _assert_conforms(vcpu, vmapi.X86Vcpu)
+        assert not isinstance(vcpu, vmapi.Arm64Vcpu)  # no icount: not the emulated arm64 vCPU
+
+
+def test_the_conformance_check_sees_a_wrong_signature():
+    class WrongIrqLine(kvm_vm.X86Vm):
+        def __init__(self):  # no /dev/kvm needed: only the class is looked at
+            pass
+
+        def irq_line(self, line, level):  # the Protocol says (irq, level)
+            raise NotImplementedError
+
+    with pytest.raises(AssertionError, match="irq_line"):
+        _assert_conforms(WrongIrqLine(), vmapi.Vm)
+
+
+@needs_kvm
+def test_irq_line_without_an_interrupt_controller_is_enxio():
+    """KVM_IRQ_LINE reaches KVM, which refuses it before KVM_CREATE_IRQCHIP (the pc board
+    creates none); the error says so."""
+    with kvm_vm.X86Vm() as vm:
+        for irq, level in ((4, 1), (4, 0), (0, 1)):
+            with pytest.raises(kvm.KvmError) as info:
+                vm.irq_line(irq, level)
+            assert info.value.errno == errno.ENXIO
+            assert f"KVM_IRQ_LINE(irq {irq}, level {level})" in str(info.value)
+            assert "no interrupt controller" in str(info.value)
 
 
 # ---------------------------------------------------------------------------- CLI

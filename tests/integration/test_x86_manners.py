@@ -4,7 +4,7 @@ QEMU has the behaviour:
 - A load watchpoint (rwatch/awatch) on data that shares a page with code, as bp_targets' .bss
   does: the page has no memory slot, KVM cannot fetch from it, and every `continue` used to
   report SIGSEGV in _start64 without the guest moving. Now the vCPU steps the code on that page
-  (FETCH ASSIST in backends/kvm_x86/vm.py): the Python API and real gdb-multiarch see the same
+  (FETCH ASSIST in backends/kvm_x86/pagetrap.py): the Python API and real gdb-multiarch see the same
   stops, at the same PCs with the same values, as gdb against QEMU; breakpoints, stepi and
   Ctrl-C still work there, and the guest finishes. A load watch on the page tables, which no
   slot-less page can serve, is refused when placed instead of triple-faulting the guest.
@@ -29,7 +29,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from tests.helpers.gdb_harness import QemuStub, Stub, run_gdb
 
-from guestdbg.backends.kvm_x86 import vm as kvm_vm
+from guestdbg.backends.kvm_x86 import memory as kvm_memory
 from tests.helpers.support import kvm_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def guests(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def facts():
-    from guestdbg.backends.kvm_x86.probe import probe
+    from guestdbg.board.pc_probe import probe
     return probe()
 
 
@@ -76,11 +76,11 @@ class X86QemuStub(QemuStub):
 
 
 def debugger(guest: str, guests: Path):
-    from guestdbg.board.pc import X86Machine
+    from guestdbg.board.pc_probe import create_pc_machine
     from guestdbg.debug.manager import GuestDebugManager
     elf = guests / f"{guest}.elf"
     out = bytearray()
-    m = X86Machine(console=out.extend)
+    m = create_pc_machine(console=out.extend)
     m.load_elf(elf)
     return m, GuestDebugManager(m), symbols(elf), out
 
@@ -165,7 +165,7 @@ def test_ctrl_c_while_stepping_a_code_page(guests):
     assert e.kind is StopKind.SIGNAL and e.signal == signal.SIGINT, e
     assert s["loop_body"] <= e.pc < s["loop_end"]
     page = s["loop_body"] & ~0xFFF
-    assert m.vm.trap_pages == {page: kvm_vm.TRAP_NOSLOT} and m.vcpu._assist is None
+    assert m.vm.trap_pages == {page: kvm_memory.TRAP_NOSLOT} and m.vcpu._assist is None
     assert m.vcpu.fetch_assists > 100
     d.remove_watchpoint(s["loop_end"], 1, WatchKind.READ)
     m.vm.write_phys(s["loop_iterations"], (0).to_bytes(8, "little"))

@@ -28,13 +28,16 @@ from hypothesis import strategies as st
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import decode
 from guestdbg.backends.kvm_x86 import uapi as u
-from guestdbg.backends.kvm_x86 import vm as kvm_vm
+from guestdbg.backends.kvm_x86 import memory as kvm_memory
+from guestdbg.backends.kvm_x86 import pagetrap
 from tests.helpers.support import kvm_unavailable_reason
-from guestdbg.backends.kvm_x86.probe import HostDebugFacts
+from guestdbg.board.pc_facts import HostDebugFacts
 from guestdbg.debug import x86_arch as xa
-from guestdbg.debug.arch import RawStop, WatchTrap
+from guestdbg.debug.arch import RawStop
 from guestdbg.debug.x86_arch import X86DebugArch
 from guestdbg.gdb import amd64_regs as ar
+from guestdbg.x86 import registers as xreg
+from guestdbg.vmapi import WatchTrap
 
 GDB = shutil.which("gdb-multiarch")
 if GDB is None:
@@ -223,8 +226,8 @@ def test_classify_int3_and_other_exceptions():
 
 @pytest.mark.parametrize("is_write", [True, False])
 def test_classify_page_trap_payload(is_write):
-    hit = kvm_vm.PageTrapHit(addr=0x20_3005, size=2, is_write=is_write, pa=0x20_3005)
-    run = kvm.KvmRun(kvm.KVM_EXIT_DEBUG, debug=kvm_vm.PageTrapExit(1, 0x10_0010, 0, 0, page_trap=hit))
+    hit = pagetrap.PageTrapHit(addr=0x20_3005, size=2, is_write=is_write, pa=0x20_3005)
+    run = kvm.KvmRun(kvm.KVM_EXIT_DEBUG, debug=pagetrap.PageTrapExit(1, 0x10_0010, 0, 0, page_trap=hit))
     for arch in (X86DebugArch(), armed_arch()):
         s = arch.classify(run)
         assert (s.kind, s.addr, s.is_write, s.completed) == ("watch", 0x20_3005, is_write, True)
@@ -313,6 +316,29 @@ SYS_REGS = AMD64_ORDER[59:]
 
 def h(value: int, bits: int) -> bytes:
     return value.to_bytes(bits // 8, "little").hex().encode()
+
+
+# The packets over a vCPU: the integer catalogue (x86.registers) reads and writes, the codec
+# (gdb.amd64_regs) turns the values into packet hex and back, as the session does through the
+# manager.
+def encode_g(vcpu) -> bytes:
+    return ar.encode_g(xreg.read_all(vcpu))
+
+
+def decode_G(vcpu, hexdata: bytes) -> None:  # noqa: N802 (packet letter)
+    xreg.write_all(vcpu, ar.decode_G(hexdata))
+
+
+def read_register(vcpu, regnum: int) -> bytes:
+    return ar.encode_register(regnum, xreg.read(vcpu, [regnum])[0])
+
+
+def write_register(vcpu, regnum: int, hexvalue: bytes) -> None:
+    xreg.write(vcpu, regnum, ar.decode_register(regnum, hexvalue))
+
+
+def expedited(vcpu) -> dict[int, bytes]:
+    return ar.encode_expedited(xreg.read(vcpu, ar.EXPEDITED_REGNUMS))
 
 
 def g_fields(g: bytes) -> dict[str, bytes]:
@@ -408,7 +434,7 @@ class FakeX86Vcpu:
         self.regs = u.kvm_regs()
         self.sregs = u.kvm_sregs()
         self.fpu = u.kvm_fpu()
-        self.msrs = {ar.MSR_KERNEL_GS_BASE: 0}
+        self.msrs = {u.MSR_KERNEL_GS_BASE: 0}
         self.calls: list[str] = []
 
     def _get(self, name):
@@ -473,7 +499,7 @@ def fv():
     s.es.selector, s.fs.selector, s.gs.selector = 0x10, 0x10, 0x2B
     s.fs.base, s.gs.base = 0x7F00_0000_1000, 0xFFFF_8880_0000_0000
     s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer = 0x8005_0033, 0xDEAD_0000, 0x10_1000, 0x620, 0xF, 0x501
-    v.msrs[ar.MSR_KERNEL_GS_BASE] = 0xFFFF_8880_1234_0000
+    v.msrs[u.MSR_KERNEL_GS_BASE] = 0xFFFF_8880_1234_0000
     f = v.fpu
     f.fcw, f.fsw, f.mxcsr, f.last_opcode = 0x37F, 0, 0x1F80, 0x1DD
     f.last_ip, f.last_dp = 0xAAAA_BBBB_1234_5678, 0xCCCC_DDDD_8765_4321
@@ -486,7 +512,7 @@ def fv():
 
 
 def test_g_layout_and_rbp_rsp_swap(fv):
-    g = ar.encode_g(fv)
+    g = encode_g(fv)
     assert len(g) == ar.G_PACKET_HEX_LEN and re.fullmatch(rb"[0-9a-f]+", g)
     f = g_fields(g)
     assert f["rbp"] == h(0x7FFF_FFFF_E100, 64) and f["rsp"] == h(0x7FFF_FFFF_E000, 64)
@@ -505,27 +531,27 @@ def test_g_layout_and_rbp_rsp_swap(fv):
     assert (f["cr4"], f["cr8"], f["efer"]) == (h(0x620, 64), h(0xF, 64), h(0x501, 64))
     assert f["k_gs_base"] == h(0xFFFF_8880_1234_0000, 64)
     for r in ar.REGISTERS:
-        assert ar.read_register(fv, r.gdb_regnum) == f[r.name], r.name
-    assert ar.expedited(fv) == {6: f["rbp"], 7: f["rsp"], 16: f["rip"]}
+        assert read_register(fv, r.gdb_regnum) == f[r.name], r.name
+    assert expedited(fv) == {6: f["rbp"], 7: f["rsp"], 16: f["rip"]}
     assert fv.sets() == []  # reading never writes
     # one fetch per group for a whole g packet
     fv.calls.clear()
-    ar.encode_g(fv)
+    encode_g(fv)
     assert sorted(fv.calls) == ["get_fpu", "get_msrs", "get_regs", "get_sregs"]
 
 
 def test_P_writes_rsp_and_rbp_to_their_kvm_fields(fv):
-    ar.write_register(fv, ar.REG_RSP, h(0x5000, 64))
+    write_register(fv, ar.REG_RSP, h(0x5000, 64))
     assert (fv.regs.rsp, fv.regs.rbp) == (0x5000, 0x7FFF_FFFF_E100)
-    ar.write_register(fv, ar.REG_RBP, h(0x6000, 64))
+    write_register(fv, ar.REG_RBP, h(0x6000, 64))
     assert (fv.regs.rsp, fv.regs.rbp) == (0x5000, 0x6000)
-    ar.write_register(fv, 6, b"00000000000000A0")  # upper-case hex accepted
+    write_register(fv, 6, b"00000000000000A0")  # upper-case hex accepted
     assert fv.regs.rbp == 0xA0 << 56
     assert fv.sets() == ["set_regs"] * 3
 
 
 def test_G_round_trip(fv):
-    g = bytearray(ar.encode_g(fv))
+    g = bytearray(encode_g(fv))
     edits = {"rax": 0xDEADBEEF, "rbp": 0x1000, "rsp": 0x2000, "r15": 0xF00D, "rip": 0x10_0123,
              "eflags": 0x202, "fs_base": 0x7000_0000, "gs_base": 0x8000_0000, "st7": ONE_80 + 5,
              "fctrl": 0x27F, "mxcsr": 0x9FC0, "xmm15": (1 << 127) | 0xABCD, "fioff": 0x4444_5555,
@@ -534,22 +560,22 @@ def test_G_round_trip(fv):
         r = ar.BY_NAME[name]
         g[g_offset(name):g_offset(name) + r.hex_len] = h(value, r.bitsize)
     fv.calls.clear()
-    ar.decode_G(fv, bytes(g))
+    decode_G(fv, bytes(g))
     assert sorted(fv.sets()) == ["set_fpu", "set_msrs", "set_regs", "set_sregs"]  # each group set back once
-    assert ar.encode_g(fv) == bytes(g)
+    assert encode_g(fv) == bytes(g)
     assert (fv.regs.rax, fv.regs.rbp, fv.regs.rsp, fv.regs.rip) == (0xDEADBEEF, 0x1000, 0x2000, 0x10_0123)
     assert fv.regs.rflags == 0x202
     assert (fv.sregs.fs.base, fv.sregs.gs.base) == (0x7000_0000, 0x8000_0000)
     assert (fv.sregs.fs.selector, fv.sregs.cs.selector) == (0x10, 0x08)
     assert (fv.sregs.cr3, fv.sregs.efer, fv.sregs.cr0) == (0x20_0000, 0xD01, 0x8005_0033)
-    assert fv.msrs[ar.MSR_KERNEL_GS_BASE] == 0x1234
+    assert fv.msrs[u.MSR_KERNEL_GS_BASE] == 0x1234
     assert fv.fpu.fcw == 0x27F and fv.fpu.mxcsr == 0x9FC0
     assert fv.fpu.last_ip == 0xAAAA_BBBB_4444_5555  # fioff is the low half of the 64-bit FIP
     assert int.from_bytes(bytes(fv.fpu.xmm[15]), "little") == (1 << 127) | 0xABCD
     assert int.from_bytes(bytes(fv.fpu.fpr[7])[:10], "little") == ONE_80 + 5
     # G of an unchanged g writes nothing
     fv.calls.clear()
-    ar.decode_G(fv, ar.encode_g(fv))
+    decode_G(fv, encode_g(fv))
     assert fv.sets() == []
 
 
@@ -563,14 +589,14 @@ def test_G_round_trip(fv):
     lambda g: b"",
 ])
 def test_G_rejects_bad_payload_and_writes_nothing(fv, mutate):
-    g = bytearray(ar.encode_g(fv))
+    g = bytearray(encode_g(fv))
     g[:16] = h(0x5555, 64)                       # rax: would be written first
     g[-16:] = h(0x1234, 64)                      # efer, the last
     bad = mutate(bytes(g))
     before = fv.snapshot()
     fv.calls.clear()
     with pytest.raises(ValueError):
-        ar.decode_G(fv, bad)
+        decode_G(fv, bad)
     assert fv.snapshot() == before and fv.sets() == []
 
 
@@ -579,18 +605,18 @@ def test_segment_selectors_are_read_only(fv, seg):
     r = ar.BY_NAME[seg]
     before = fv.snapshot()
     # writing the value it holds is accepted (a G built from a g reply) and changes nothing
-    ar.write_register(fv, r.gdb_regnum, ar.read_register(fv, r.gdb_regnum))
+    write_register(fv, r.gdb_regnum, read_register(fv, r.gdb_regnum))
     assert fv.snapshot() == before
     with pytest.raises(ValueError, match=seg):
-        ar.write_register(fv, r.gdb_regnum, h(0x33, 32))
+        write_register(fv, r.gdb_regnum, h(0x33, 32))
     assert fv.snapshot() == before
     # a G that changes the selector (and rax, which comes first) writes nothing at all
-    g = bytearray(ar.encode_g(fv))
+    g = bytearray(encode_g(fv))
     g[:16] = h(0x5555, 64)
     g[g_offset(seg):g_offset(seg) + 8] = h(0x33, 32)
     fv.calls.clear()
     with pytest.raises(ValueError, match=seg):
-        ar.decode_G(fv, bytes(g))
+        decode_G(fv, bytes(g))
     assert fv.snapshot() == before and fv.sets() == []
 
 
@@ -603,16 +629,16 @@ def test_P_errors_write_nothing(fv):
                                (eflags, b"00 00 00", ValueError), (eflags, b"0200000 ", ValueError),
                                (len(ar.REGISTERS), b"00000000", KeyError), (-1, b"00", KeyError)):
         with pytest.raises(exc):
-            ar.write_register(fv, regnum, value)
+            write_register(fv, regnum, value)
     assert fv.snapshot() == before and fv.sets() == []
     with pytest.raises(KeyError):
-        ar.read_register(fv, len(ar.REGISTERS))
+        read_register(fv, len(ar.REGISTERS))
 
 
 def test_eflags_is_the_low_half_of_rflags(fv):
     fv.regs.rflags = (0xA5 << 32) | 0x246
-    assert ar.read_register(fv, 17) == h(0x246, 32)
-    ar.write_register(fv, 17, h(0x202, 32))
+    assert read_register(fv, 17) == h(0x246, 32)
+    write_register(fv, 17, h(0x202, 32))
     assert fv.regs.rflags == (0xA5 << 32) | 0x202
 
 
@@ -630,9 +656,9 @@ def test_ftag_is_the_full_tag_word(top, ftwx, fpr, expected):
     for i, value in fpr.items():
         for j, b in enumerate(value.to_bytes(10, "little")):
             v.fpu.fpr[i][j] = b
-    assert ar.read_register(v, ar.BY_NAME["ftag"].gdb_regnum) == h(expected, 32)
+    assert read_register(v, ar.BY_NAME["ftag"].gdb_regnum) == h(expected, 32)
     v.fpu.ftwx = 0
-    ar.write_register(v, ar.BY_NAME["ftag"].gdb_regnum, h(expected, 32))
+    write_register(v, ar.BY_NAME["ftag"].gdb_regnum, h(expected, 32))
     assert v.fpu.ftwx == ftwx  # the abridged tag: a bit per physical register not empty
 
 
@@ -645,8 +671,8 @@ def test_p_P_round_trip_every_writable_register(data):
             continue  # ftag and fiseg/foseg are derived / not stored: tested above
         bits = 16 if r.name in ("fctrl", "fstat", "fop") else r.bitsize
         value = data.draw(st.integers(0, (1 << bits) - 1), label=r.name)
-        ar.write_register(v, r.gdb_regnum, h(value, r.bitsize))
-        assert ar.read_register(v, r.gdb_regnum) == h(value, r.bitsize), r.name
+        write_register(v, r.gdb_regnum, h(value, r.bitsize))
+        assert read_register(v, r.gdb_regnum) == h(value, r.bitsize), r.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,7 +732,7 @@ class SlotRecorder:
 
     def __init__(self, monkeypatch):
         self.tables: dict[int, dict[int, tuple[int, int, int, int]]] = {}
-        real = kvm_vm._ioctl
+        real = kvm_memory.ioctl
 
         def spy(fd, request, arg=None, what=""):
             ret = real(fd, request, arg, what)
@@ -718,7 +744,7 @@ class SlotRecorder:
                     table.pop(arg.slot, None)
             return ret
 
-        monkeypatch.setattr(kvm_vm, "_ioctl", spy)
+        monkeypatch.setattr(kvm_memory, "ioctl", spy)
 
     def layout(self, vm) -> list[tuple[int, int, int]]:
         """(start, size, flags) of KVM's slots, by address; checks they are disjoint and point at
@@ -738,7 +764,7 @@ def trap_machine(monkeypatch):
         pytest.skip(f"/dev/kvm cannot be used: {_NO_KVM}")
     from guestdbg.board.pc import PcConfig, X86Machine
     rec = SlotRecorder(monkeypatch)
-    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None, probe_debug=False)
+    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None)
     # a recognisable pattern over the trapped pages and their neighbours
     pattern = bytes((i * 7 + 3) & 0xFF for i in range(0x10000))
     m.vm.write_phys(0x20_0000, pattern)
@@ -786,7 +812,7 @@ def test_page_traps_split_the_ram_slot(trap_machine):
         # no slot over LOAD_PAGE: loads and stores there exit
         (LOAD_PAGE + 0x1000, RAM_SIZE - LOAD_PAGE - 0x1000, 0),
     ]
-    assert vm.trap_pages == {STORE_PAGE: kvm_vm.TRAP_READONLY, LOAD_PAGE: kvm_vm.TRAP_NOSLOT}
+    assert vm.trap_pages == {STORE_PAGE: kvm_memory.TRAP_READONLY, LOAD_PAGE: kvm_memory.TRAP_NOSLOT}
     # what the debugger, slot_for and snapshots see does not change
     assert vm.slots == logical
     assert vm.slot_for(STORE_PAGE) == vm.slot_for(LOAD_PAGE) == logical[0] and not vm.slot_for(STORE_PAGE).readonly
@@ -870,7 +896,7 @@ DATA = CODE_PAGE + 0x800
 
 def _assist_machine(code_at: int, code: bytes):
     from guestdbg.board.pc import PcConfig, X86Machine
-    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None, probe_debug=False)
+    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None)
     m.vm.write_phys(DATA, (41).to_bytes(4, "little"))
     m.vm.write_phys(code_at, code + b"\xe6\xf4\xf4")  # ...; out 0xf4, al; hlt
     m.reset_cpu(code_at)
@@ -891,7 +917,7 @@ def test_fetch_assist_instruction_straddling_into_a_load_trapped_page():
         assert (hit.addr, hit.size, hit.is_write) == (DATA, 4, False)
         assert m.vcpu.pc == start + 7 and m.vcpu.get_regs().rax == 41
         assert m.vcpu.fetch_assists >= 1 and m.vcpu._assist is None
-        assert m.vm.trap_pages == {CODE_PAGE: kvm_vm.TRAP_NOSLOT}  # laid out again for the debugger
+        assert m.vm.trap_pages == {CODE_PAGE: kvm_memory.TRAP_NOSLOT}  # laid out again for the debugger
         ended = m.run_until()
         assert ended.status == 41  # out 0xf4, al after the load
     finally:
@@ -946,11 +972,11 @@ def test_probe_agrees_with_what_the_host_reports():
     and DR data watchpoints never fire, while DR execution breakpoints work; a VMX/SVM host
     delivers all three as debug exits. (Only the kvm_pvm case can run on this project's
     machines; the VMX/SVM expectation is written from KVM's documented behaviour.)"""
-    from guestdbg.backends.kvm_x86 import probe
+    from guestdbg.board import pc_probe
     kind = _host_virtualisation()
     if kind == "unknown":
         pytest.skip("the host describes neither kvm_pvm nor VMX/SVM with kvm_intel/kvm_amd")
-    facts = probe.probe(refresh=True)
+    facts = pc_probe.probe(refresh=True)
     if kind == "pvm":
         assert (facts.int3_exits_cleanly, facts.dr_write_watch_fires, facts.dr_exec_break_works) == (False, False, True)
         assert "INTERNAL_ERROR" in facts.int3_exit

@@ -35,15 +35,18 @@ Other ports read as all-ones and ignore writes.
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
-from guestdbg.backends.kvm_x86.vm import X86Vcpu, X86Vm
-from guestdbg.board.virt import ExitStatus, GuestFault, ImageError, RunToExit, read_elf
+from guestdbg.backends.kvm_x86.vcpu import X86Vcpu
+from guestdbg.backends.kvm_x86.vm import X86Vm
+from guestdbg.board.common import ExitStatus, GuestFault, ImageError, RunToExit, read_elf
+from guestdbg.board.pc_facts import HostDebugFacts
+from guestdbg.vmapi import Console, stdout_console
 
 GDT_ADDR = 0x1000
 IDT_ADDR = 0x2000
@@ -97,7 +100,7 @@ class FaultExit(kvm.InternalErrorExit):
     """A guest exception reported to the debugger (see X86Machine._fault_stop)."""
 
     signal: int = 11
-    exception: object = None
+    exception: GuestException | None = None
 
 
 class GuestException(GuestFault):
@@ -131,11 +134,11 @@ def _pf_error_text(code: int) -> str:
 class PcConfig:
     ram_size: int = DEFAULT_RAM_SIZE
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.ram_size % (2 << 20) or not 2 << 20 <= self.ram_size <= MAX_RAM_SIZE:
             raise ValueError(f"RAM size must be a multiple of 2 MiB between 2 MiB and 3 GiB, got {self.ram_size}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -148,9 +151,9 @@ class Uart16550:
     LSR_THRE, LSR_TEMT = 0x20, 0x40
     IIR_NO_INT = 0x01
 
-    def __init__(self, console: Callable[[bytes], None]):
+    def __init__(self, console: Console):
         self.console = console
-        self.regs = {self.LCR: 0x03}
+        self.regs: dict[int, int] = {self.LCR: 0x03}
         self.divisor = 1
 
     def read(self, offset: int) -> int:
@@ -176,17 +179,22 @@ class Uart16550:
         elif offset != self.LSR:
             self.regs[offset] = value & 0xFF
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"regs": {str(k): v for k, v in self.regs.items()}, "divisor": self.divisor}
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         self.regs = {int(k): v for k, v in state["regs"].items()}
         self.divisor = state["divisor"]
 
 
 @dataclass
 class X86Machine(RunToExit):
-    """A KVM VM on the pc board with one vCPU in long mode, loaded and ready to run."""
+    """A KVM VM on the pc board with one vCPU in long mode, loaded and ready to run.
+
+    Constructing one only builds the VM (no probing, no other side effects). `debug_facts` is
+    what the host's KVM does for a debugger (guestdbg.board.pc_facts); None means "assume a
+    VMX/SVM host". guestdbg.board.pc_probe.create_pc_machine() builds one with the probed facts,
+    which is how the CLI, snapshots and the debugger get theirs."""
 
     PC_NAME = "RIP"
     SELF_LOOP = "jump-to-self (interrupts off)"
@@ -194,17 +202,11 @@ class X86Machine(RunToExit):
     arch_name = "x86_64"
 
     config: PcConfig = field(default_factory=PcConfig)
-    console: Callable[[bytes], None] | None = None
-    probe_debug: bool = True  # measure the host's debug facts (guestdbg.backends.kvm_x86.probe)
+    console: Console | None = None
+    debug_facts: HostDebugFacts | None = None
 
-    def __post_init__(self):
-        self.console = self.console or _stdout_console
-        # What this host's KVM does for a debugger, measured once per process on a scratch VM
-        # (None only for the probe's own scratch machines).
-        self.debug_facts = None
-        if self.probe_debug:
-            from guestdbg.backends.kvm_x86.probe import probe
-            self.debug_facts = probe()
+    def __post_init__(self) -> None:
+        self.console = self.console or stdout_console
         self.vm = X86Vm()
         self.vm.set_user_memory_region(SLOT_RAM, 0, self.config.ram_size)
         self.uart = Uart16550(self._console)
@@ -215,15 +217,15 @@ class X86Machine(RunToExit):
         self.reset_cpu(0)
 
     def _console(self, data: bytes) -> None:
-        self.console(data)
+        (self.console or stdout_console)(data)  # looked up per byte: the console may be swapped
 
     def close(self) -> None:
         self.vm.close()
 
-    def __enter__(self):
+    def __enter__(self) -> X86Machine:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ long mode set-up
@@ -302,25 +304,27 @@ class X86Machine(RunToExit):
         on; raises GuestFault (GuestException for a guest exception) for what cannot go on.
         DEBUG and INTR exits are the debugger's; run_until() returns them untouched."""
         reason = run.exit_reason
-        if reason == kvm.KVM_EXIT_IO:
+        if reason == kvm.KVM_EXIT_IO and run.io is not None:
             return self._io(run.io)
-        if reason == kvm.KVM_EXIT_MMIO:
-            slot = self.vm.slot_for(run.mmio.phys_addr)
-            if slot is None or not slot.readonly or not run.mmio.is_write:
+        mmio = run.mmio
+        if reason == kvm.KVM_EXIT_MMIO and mmio is not None:
+            slot = self.vm.slot_for(mmio.phys_addr)
+            if slot is None or not slot.readonly or not mmio.is_write:
                 self.unassigned_accesses += 1
-            if not run.mmio.is_write:
-                run.mmio.data[:] = b"\xff" * len(run.mmio.data)
+            if not mmio.is_write:
+                mmio.data[:] = b"\xff" * len(mmio.data)
             return None
         if reason == kvm.KVM_EXIT_HLT:
             raise GuestFault(f"guest halted (HLT) at RIP={self.vcpu.pc:#x} with nothing to wake it "
                              "(no interrupt controller)")
         if reason == kvm.KVM_EXIT_SHUTDOWN:
             raise GuestFault(f"guest triple fault (KVM_EXIT_SHUTDOWN) at RIP={self.vcpu.pc:#x}")
-        if reason in (kvm.KVM_EXIT_INTERNAL_ERROR, kvm.KVM_EXIT_FAIL_ENTRY):
-            data = " ".join(f"{d:#x}" for d in run.internal.data)
-            raise GuestFault(f"{run.internal.message} at RIP={self.vcpu.pc:#x}" + (f" (data {data})" if data else ""))
-        if reason == kvm.KVM_EXIT_SYSTEM_EVENT:
-            ev = run.system_event
+        internal = run.internal
+        if reason in (kvm.KVM_EXIT_INTERNAL_ERROR, kvm.KVM_EXIT_FAIL_ENTRY) and internal is not None:
+            data = " ".join(f"{d:#x}" for d in internal.data)
+            raise GuestFault(f"{internal.message} at RIP={self.vcpu.pc:#x}" + (f" (data {data})" if data else ""))
+        ev = run.system_event
+        if reason == kvm.KVM_EXIT_SYSTEM_EVENT and ev is not None:
             if ev.type in (kvm.KVM_SYSTEM_EVENT_SHUTDOWN, kvm.KVM_SYSTEM_EVENT_RESET):
                 return ExitStatus(ev.data[0] if ev.ndata else 0, f"KVM system event {ev.type}")
             raise GuestFault(f"KVM system event {ev.type} (data {ev.data})")
@@ -420,7 +424,3 @@ def _idt_gate(offset: int, selector: int, ist: int = 0, dpl: int = 0) -> bytes:
     return struct.pack("<HHBBHII", offset & 0xFFFF, selector, ist & 7, attrs, (offset >> 16) & 0xFFFF,
                        offset >> 32, 0)
 
-
-def _stdout_console(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()

@@ -1,6 +1,7 @@
 """x86-64 for the guest-debug manager: int3 or DR execution slots, DR0-DR3 / page-trap watches.
 
-The mechanisms follow what the host's KVM really does (`guestdbg.backends.kvm_x86.probe`):
+The mechanisms follow what the host's KVM really does (`guestdbg.board.pc_facts`, measured by
+`guestdbg.board.pc_probe` and carried by the machine as `debug_facts`):
 
 - `sw_break` is int3 (b"\\xcc") when int3 gives a clean KVM_EXIT_DEBUG (exception 3). Otherwise
   it is None, which tells the manager to put software breakpoints (Z0) in the DR execution
@@ -29,9 +30,15 @@ The mechanisms follow what the host's KVM really does (`guestdbg.backends.kvm_x8
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING, Any
 
 from guestdbg import kvm
 from guestdbg.debug.arch import RawStop
+
+if TYPE_CHECKING:
+    from guestdbg.backends.kvm_x86 import uapi as u
+    from guestdbg.backends.kvm_x86.vcpu import X86Vcpu
+    from guestdbg.board.pc_facts import HostDebugFacts
 
 NUM_DRS = 4
 DR6_BS = 1 << 14
@@ -49,7 +56,8 @@ def plan_dr_pieces(addr: int, length: int) -> list[tuple[int, int]]:
     """Cover exactly [addr, addr+length) with naturally aligned 1/2/4/8-byte pieces: (addr, len)."""
     if length <= 0:
         raise ValueError("watch length must be positive")
-    pieces, pos, end = [], addr, addr + length
+    pieces: list[tuple[int, int]] = []
+    pos, end = addr, addr + length
     while pos < end:
         size = 8
         while size > 1 and (pos % size or pos + size > end):
@@ -64,7 +72,7 @@ class X86DebugArch:
     shared_slots = True
     max_watch = 1 << 31  # a range past the DRs goes to page traps, which have no fixed limit
 
-    def __init__(self, facts=None):
+    def __init__(self, facts: HostDebugFacts | None = None) -> None:
         self.facts = facts
         int3_ok = facts is None or facts.int3_exits_cleanly
         self.sw_break: bytes | None = b"\xcc" if int3_ok else None
@@ -73,7 +81,7 @@ class X86DebugArch:
         self.dr_exec = facts is None or facts.dr_exec_break_works
         self.dr7 = 0
         self.slot_kind: dict[int, tuple[str, int, int]] = {}  # slot -> ("exec"|rw kind, addr, len)
-        self.vm = None  # set by slot_counts(), which the manager calls first
+        self.vm: Any = None  # set by slot_counts(), which the manager calls first
 
     def slots_full_message(self, bp_slots: int = NUM_DRS) -> str:
         """What a refused breakpoint (ENOSPC) should say: the cause is the debug registers, not
@@ -83,7 +91,7 @@ class X86DebugArch:
         return (f"all {bp_slots} x86 debug registers (DR0-DR3) are in use{shared}: "
                 f"delete a breakpoint{watches} first")
 
-    def slot_counts(self, vm) -> tuple[int, int]:
+    def slot_counts(self, vm: Any) -> tuple[int, int]:
         """(breakpoint slots, watchpoint slots): KVM's counts when it gives them, else DR0-DR3."""
         self.vm = vm  # plan_watch checks page traps against this VM's vCPU
         bps = vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) or NUM_DRS
@@ -117,10 +125,12 @@ class X86DebugArch:
                                                 "page away from KVM's page walk (`watch`, for stores, works)")
             va += 4096
 
-    def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]):
-        from guestdbg.backends.kvm_x86 import uapi as u
-        arch = u.kvm_guest_debug_arch()
-        dr7, kinds = 0, {}
+    def debug_arch(self, breakpoints: dict[int, int],
+                   watch_slots: dict[int, tuple[int, int]]) -> u.kvm_guest_debug_arch:
+        from guestdbg.backends.kvm_x86 import uapi
+        arch = uapi.kvm_guest_debug_arch()
+        dr7 = 0
+        kinds: dict[int, tuple[str, int, int]] = {}
         for va, slot in breakpoints.items():
             arch.debugreg[slot] = va
             dr7 |= dr7_slot(slot, RW_EXEC, 1)
@@ -139,7 +149,9 @@ class X86DebugArch:
 
     def classify(self, run: kvm.KvmRun) -> RawStop:
         d = run.debug
-        trap = getattr(d, "page_trap", None)
+        if not isinstance(d, kvm.DebugExitX86):
+            raise TypeError(f"not an x86 KVM_EXIT_DEBUG: {run}")
+        trap = getattr(d, "page_trap", None)  # a PageTrapExit (backends/kvm_x86/pagetrap.py)
         if trap is not None:
             return RawStop("watch", trap.addr, trap.is_write, detail="page trap", completed=True)
         if d.exception == 3:
@@ -156,7 +168,7 @@ class X86DebugArch:
             return RawStop("other", detail=f"#DB with DR6={d.dr6:#x}")
         return RawStop("other", detail=f"debug exit, exception {d.exception}")
 
-    def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
+    def reinject(self, vcpu: X86Vcpu, run: kvm.KvmRun, pc: int) -> None:
         """The guest's own int3 goes to the guest: #BP with RIP past the 0xCC (a trap)."""
         regs = vcpu.get_regs()
         regs.rip = pc + 1

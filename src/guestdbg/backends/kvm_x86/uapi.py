@@ -189,6 +189,16 @@ class kvm_translation(ctypes.Structure):
                 ("usermode", u8), ("pad", u8 * 5)]
 
 
+class _irq_level_union(ctypes.Union):
+    _fields_ = [("irq", u32), ("status", ctypes.c_int32)]
+
+
+class kvm_irq_level(ctypes.Structure):
+    """KVM_IRQ_LINE's argument: the line (or, for KVM_IRQ_LINE_STATUS, the status) and its level."""
+    _anonymous_ = ("u",)
+    _fields_ = [("u", _irq_level_union), ("level", u32)]
+
+
 # kvm_run's exit payload union: only the members guestdbg reads on x86.
 class _run_hw(ctypes.Structure):
     _fields_ = [("hardware_exit_reason", u64)]
@@ -260,6 +270,7 @@ KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, u64)
+KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
 # vCPU ioctls
 KVM_RUN = _IO(KVMIO, 0x80)
 KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
