@@ -18,7 +18,9 @@ from pathlib import Path
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
-from guestdbg.board.virt import ROM_BASE, ROM_SIZE, GuestFault, ImageError, Machine, MachineConfig, read_elf
+from guestdbg.board.common import GuestFault, ImageError, read_elf
+from guestdbg.board.virt import ROM_BASE, ROM_SIZE, Machine, MachineConfig
+from guestdbg.vmapi import Vm
 
 EXIT_GUEST_FAULT = 1
 EXIT_USAGE = 2
@@ -127,7 +129,8 @@ def demo_image():
 def cmd_run_x86(args) -> int:
     """`run --arch x86_64 IMAGE`: an x86-64 ELF on the pc board (guestdbg.board.pc) under KVM."""
     from guestdbg.backends.kvm_x86.vm import KvmUnavailable
-    from guestdbg.board.pc import PcConfig, X86Machine
+    from guestdbg.board.pc import PcConfig
+    from guestdbg.board.pc_probe import create_pc_machine
     for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None),
                         ("--clock", args.clock is not None)):
         if given:
@@ -137,7 +140,7 @@ def cmd_run_x86(args) -> int:
     if not args.image:
         raise ImageError("--arch x86_64 needs an IMAGE (an x86-64 ELF, e.g. guests/x86/build/hello.elf)")
     try:
-        machine = X86Machine(PcConfig(ram_size=args.ram))
+        machine = create_pc_machine(PcConfig(ram_size=args.ram))
     except KvmUnavailable as e:
         raise ImageError(f"--arch x86_64 needs Linux KVM: {e}") from None
     with machine:
@@ -216,10 +219,15 @@ def _load_elf(machine: Machine, path: str, *, rom: bool = False) -> None:
         raise
 
 
+def _capabilities(vm: Vm, numbers: tuple[int, ...]) -> list[dict]:
+    """KVM_CHECK_EXTENSION's answer for each capability, in numeric order."""
+    return [{"name": kvm.CAPABILITY_NAMES[number], "number": number, "value": vm.check_extension(number)}
+            for number in sorted(numbers)]
+
+
 def caps_report(config: MachineConfig) -> dict:
     vm = Machine(config).vm
-    caps = [{"name": name, "number": number, "value": vm.check_extension(number)}
-            for number, name in sorted(kvm.CAPABILITY_NAMES.items(), key=lambda kv: kv[0])]
+    caps = _capabilities(vm, kvm.DEBUG_CAPABILITIES)
     dfr0 = dr.id_aa64dfr0_el1(config.brps, config.wrps, config.ctx_cmps)
     fields = {name: getattr(dr.ID_AA64DFR0, name).extract(dfr0)
               for name in ("DebugVer", "TraceVer", "PMUVer", "BRPs", "WRPs", "CTX_CMPs")}
@@ -228,20 +236,9 @@ def caps_report(config: MachineConfig) -> dict:
 
 def caps_report_x86() -> dict:
     """What this host's /dev/kvm offers an x86-64 VM, read from the VM fd."""
-    from guestdbg.backends.kvm_x86 import uapi as u
     from guestdbg.backends.kvm_x86.vm import X86Vm
-    names = {kvm.KVM_CAP_SET_GUEST_DEBUG: "KVM_CAP_SET_GUEST_DEBUG",
-             kvm.KVM_CAP_SET_GUEST_DEBUG2: "KVM_CAP_SET_GUEST_DEBUG2",
-             kvm.KVM_CAP_GUEST_DEBUG_HW_BPS: "KVM_CAP_GUEST_DEBUG_HW_BPS",
-             kvm.KVM_CAP_GUEST_DEBUG_HW_WPS: "KVM_CAP_GUEST_DEBUG_HW_WPS",
-             kvm.KVM_CAP_ONE_REG: "KVM_CAP_ONE_REG", u.KVM_CAP_READONLY_MEM: "KVM_CAP_READONLY_MEM",
-             u.KVM_CAP_IMMEDIATE_EXIT: "KVM_CAP_IMMEDIATE_EXIT", u.KVM_CAP_DEBUGREGS: "KVM_CAP_DEBUGREGS",
-             u.KVM_CAP_VCPU_EVENTS: "KVM_CAP_VCPU_EVENTS", u.KVM_CAP_XSAVE: "KVM_CAP_XSAVE",
-             u.KVM_CAP_XCRS: "KVM_CAP_XCRS", u.KVM_CAP_NR_MEMSLOTS: "KVM_CAP_NR_MEMSLOTS",
-             u.KVM_CAP_SET_TSS_ADDR: "KVM_CAP_SET_TSS_ADDR"}
     with X86Vm() as vm:
-        caps = [{"name": name, "number": number, "value": vm.check_extension(number)}
-                for number, name in sorted(names.items())]
+        caps = _capabilities(vm, kvm.X86_CAPABILITIES)
     from pathlib import Path
     flags: set[str] = set()
     try:
@@ -252,7 +249,7 @@ def caps_report_x86() -> dict:
     except OSError:
         pass
     modules = sorted(m.name for m in Path("/sys/module").glob("kvm*")) if Path("/sys/module").is_dir() else []
-    from guestdbg.backends.kvm_x86.probe import probe
+    from guestdbg.board.pc_probe import probe
     return {"capabilities": caps, "host": {"vmx": "vmx" in flags, "svm": "svm" in flags, "kvm_modules": modules},
             "probe": probe().to_dict()}
 

@@ -12,22 +12,35 @@ from dataclasses import dataclass, field
 
 KVMIO = 0xAE
 
-# Capabilities (KVM_CHECK_EXTENSION).
+# Capabilities (KVM_CHECK_EXTENSION), every one a back end asks for or `guestdbg caps` shows.
+KVM_CAP_SET_TSS_ADDR = 4  # x86
+KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50  # x86
+KVM_CAP_XSAVE = 55  # x86
+KVM_CAP_XCRS = 56  # x86
 KVM_CAP_ONE_REG = 70
+KVM_CAP_READONLY_MEM = 81
 KVM_CAP_GUEST_DEBUG_HW_BPS = 119
 KVM_CAP_GUEST_DEBUG_HW_WPS = 120
-KVM_CAP_SET_GUEST_DEBUG2 = 195
-KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_SET_GUEST_DEBUG2 = 195
 
-CAPABILITY_NAMES = {
-    KVM_CAP_SET_GUEST_DEBUG: "KVM_CAP_SET_GUEST_DEBUG",
-    KVM_CAP_ONE_REG: "KVM_CAP_ONE_REG",
-    KVM_CAP_GUEST_DEBUG_HW_BPS: "KVM_CAP_GUEST_DEBUG_HW_BPS",
-    KVM_CAP_GUEST_DEBUG_HW_WPS: "KVM_CAP_GUEST_DEBUG_HW_WPS",
-    KVM_CAP_SET_GUEST_DEBUG2: "KVM_CAP_SET_GUEST_DEBUG2",
+#: Number -> name of every capability above: the one table the CLI and the monitor print from.
+CAPABILITY_NAMES: dict[int, str] = {
+    value: name for name, value in globals().items() if name.startswith("KVM_CAP_")
 }
+
+#: What the debugger relies on, on every architecture (`guestdbg caps`, `monitor info caps`).
+DEBUG_CAPABILITIES = (KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_ONE_REG, KVM_CAP_GUEST_DEBUG_HW_BPS,
+                      KVM_CAP_GUEST_DEBUG_HW_WPS, KVM_CAP_SET_GUEST_DEBUG2)
+
+#: What the x86 back end on Linux KVM also needs from the host (`guestdbg caps --arch x86_64`).
+X86_CAPABILITIES = DEBUG_CAPABILITIES + (
+    KVM_CAP_READONLY_MEM, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_DEBUGREGS, KVM_CAP_VCPU_EVENTS,
+    KVM_CAP_XSAVE, KVM_CAP_XCRS, KVM_CAP_NR_MEMSLOTS, KVM_CAP_SET_TSS_ADDR,
+)
 
 # struct kvm_guest_debug.control
 KVM_GUESTDBG_ENABLE = 0x00000001

@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers.gdb_harness import Stub, lldb_missing_reason, run_gdb, run_lldb
 from tests.helpers.qemu_runner import missing_tool
-from guestdbg.board.virt import GuestFault, Machine
+from guestdbg.board.common import GuestFault
+from guestdbg.board.virt import Machine
 from guestdbg.gdb.client import RspClient
 from guestdbg.gdb.server import EXIT_KILLED, Endpoint, GdbServer
 from tests.helpers.cli import RAM, _image, guestdbg, hang_image, spin_image

@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from guestdbg.board.virt import ImageError, Machine, MachineConfig
+from guestdbg import kvm
+from guestdbg.board.common import ImageError
+from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg.cli import caps_report
 from tests.helpers.support import Guest, symbols
 
 GUESTDBG = [sys.executable, "-m", "guestdbg.cli"]
@@ -152,6 +155,17 @@ def test_caps_text_and_json():
     assert (fields["BRPs"], fields["WRPs"], fields["CTX_CMPs"]) == (15, 1, 4)
     r = guestdbg("caps", "--ctx-cmps", "9")
     assert r.returncode == 2 and "ctx_cmps" in r.stderr
+
+
+def test_caps_lists_the_debug_capabilities_from_the_one_table():
+    """`caps` shows exactly kvm.DEBUG_CAPABILITIES, in numeric order, named by kvm.CAPABILITY_NAMES
+    (the one number -> name table), whose names are those of the constants."""
+    assert all(getattr(kvm, name) == number for number, name in kvm.CAPABILITY_NAMES.items())
+    assert {n for n in dir(kvm) if n.startswith("KVM_CAP_")} == set(kvm.CAPABILITY_NAMES.values())
+    assert set(kvm.DEBUG_CAPABILITIES) <= set(kvm.X86_CAPABILITIES) <= set(kvm.CAPABILITY_NAMES)
+    report = caps_report(MachineConfig())
+    assert [(c["name"], c["number"]) for c in report["capabilities"]] == [
+        (kvm.CAPABILITY_NAMES[n], n) for n in sorted(kvm.DEBUG_CAPABILITIES)]
 
 
 def test_guest_reads_configured_counts(guest_dir):

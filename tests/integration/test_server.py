@@ -5,6 +5,7 @@ checks run as a subprocess."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -13,13 +14,16 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 
-from guestdbg.debug.manager import BRK0
+from guestdbg import kvm
+from guestdbg.debug.arch import BRK0
 from guestdbg.gdb import rsp
 from guestdbg.gdb.client import RspClient
 from guestdbg.gdb.server import Endpoint, GdbServer
+from guestdbg.gdb.session import GdbSession
 from tests.helpers.support import Guest
 
 BP_TARGETS_OUTPUT = b"bp_targets: a=3 b=3 c=3 brk=1\n"
@@ -371,6 +375,97 @@ def test_garbage_from_the_client_never_crashes_the_server(guest_dir, serve):
     c.start_no_ack()
     assert c.cmd(b"qC") == b"QC1"
     assert c.cmd(b"m%x,4" % g.sym["bp_a"]) == g.read(g.sym["bp_a"], 4).hex().encode()
+
+
+def _read_exactly(c: Client, n: int) -> bytes:
+    """The next n raw bytes from the stub (acks included), past the client's own framing."""
+    data = b""
+    while len(data) < n:
+        chunk = c.sock.recv(n - len(data))
+        assert chunk, f"EOF after {data!r}"
+        data += chunk
+    return data
+
+
+def test_no_ack_mode_starts_after_the_ok_the_session_asked_for(guest_dir, serve):
+    """The session's reply says when no-ack mode starts (Reply.start_no_ack); from then on the
+    stub neither acks nor NAKs, so a bad packet is dropped without a word."""
+    h = serve(Guest(guest_dir / "bp_targets.elf"))
+    c = h.client()
+    c.send_raw(rsp.frame(b"qC"))
+    assert _read_exactly(c, 1 + len(rsp.frame(b"QC1"))) == b"+" + rsp.frame(b"QC1")
+    c.send_raw(b"+" + rsp.frame(b"QStartNoAckMode"))
+    assert _read_exactly(c, 1 + len(rsp.frame(b"OK"))) == b"+" + rsp.frame(b"OK")  # still acked
+    c.send_raw(b"+" + b"$qC#00" + rsp.frame(b"qC"))  # gdb acks the OK; a bad checksum; a good packet
+    assert _read_exactly(c, len(rsp.frame(b"QC1"))) == rsp.frame(b"QC1")  # no '-', no '+'
+    c.sock.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        c.sock.recv(1)
+
+
+def test_a_bug_in_the_session_is_logged_with_its_traceback_and_answered(guest_dir, serve, monkeypatch):
+    """The server's one last resort: a packet that runs into a bug gets an error reply, the
+    traceback goes to the log (visible, not mapped to a plausible errno), and the server stays up."""
+    handle = GdbSession.handle
+
+    def buggy(self, payload):
+        if payload == b"qBug":
+            return {}["no such key"]  # a programming error deep in the session
+        return handle(self, payload)
+
+    monkeypatch.setattr(GdbSession, "handle", buggy)
+    g = Guest(guest_dir / "bp_targets.elf")
+    h = serve(g)
+    c = h.client()
+    c.start_no_ack()
+    assert c.cmd(b"qBug") == b"E05"
+    log = "\n".join(h.logs)
+    assert "internal error handling packet b'qBug'" in log, h.logs
+    assert "Traceback (most recent call last)" in log and "KeyError: 'no such key'" in log, h.logs
+    assert c.cmd(b"qC") == b"QC1"
+    assert c.cmd(b"Z0,%x,4" % g.sym["bp_b"]) == b"OK"
+    assert _stop_pc(c.cmd(b"c")) == g.sym["bp_b"]
+
+
+def test_a_host_error_while_running_is_a_stop_the_debugger_sees(guest_dir, serve, monkeypatch):
+    """A KVM call the host refuses mid-run (KvmError) ends that run as a SIGSEGV stop, logged;
+    the client and the server go on."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    h = serve(g)
+
+    def refused():
+        raise kvm.KvmError(errno.EFAULT, "KVM_RUN refused by the host")
+
+    monkeypatch.setattr(h.server.manager, "cont", refused)
+    c = h.client()
+    c.start_no_ack()
+    assert c.cmd(b"c").startswith(b"T0b")
+    assert any("the vCPU cannot run: EFAULT: KVM_RUN refused by the host" in line for line in h.logs), h.logs
+    assert c.cmd(b"qC") == b"QC1"
+
+
+def test_a_bug_on_the_vcpu_thread_ends_serve_with_it(guest_dir, tmp_path):
+    """A programming error while the guest runs is not turned into a guest fault: serve()
+    raises it, with the traceback of the vCPU thread where it happened."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    h = Harness(g, str(tmp_path / "bug.sock"))
+
+    def buggy():
+        return {}["no such key"]
+
+    h.server.manager.cont = buggy
+    c = h.client()
+    try:
+        c.start_no_ack()
+        c.send(b"c")
+        h.thread.join(20)
+        assert not h.thread.is_alive()
+        assert len(h.status) == 1 and isinstance(h.status[0], KeyError), h.status
+        assert any(frame.name == "buggy" for frame in traceback.extract_tb(h.status[0].__traceback__))
+        with pytest.raises((ConnectionError, OSError)):
+            c.recv()  # the connection ends with the server
+    finally:
+        h.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def drain(conn: RspConnection) -> list:
             return events
 
 
-def feed(chunks, *, no_ack=False, packet_size=0x4000, sent_before=b"stub-reply"):
+def feed(chunks, *, no_ack=False, packet_size=rsp.PACKET_SIZE, sent_before=b"stub-reply"):
     """Feed chunks to a fresh connection (which has sent one packet, so '-' has something to
     retransmit); return (events, bytes it queued after that)."""
     conn = RspConnection(packet_size=packet_size)
@@ -660,7 +660,8 @@ def test_frame_rle_flag_and_connection_default():
 
 
 def test_default_packet_size_and_the_smallest_one():
-    conn = RspConnection()  # 16 KiB by default
+    assert rsp.PACKET_SIZE == 0x4000  # 16 KiB: what the stub advertises (qSupported PacketSize)
+    conn = RspConnection()  # PACKET_SIZE by default
     conn.receive_data(ref_frame(b"a" * 0x4000) + ref_frame(b"a" * 0x4001))
     assert [type(e) for e in drain(conn)] == [Packet, BadPacket]
     assert conn.data_to_send() == b"+-"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from guestdbg.backends.unicorn_runctl import COUNTER_FREQUENCY_HZ, INSNS_PER_COUNTER_TICK, NS_PER_INSN
+from guestdbg.backends.unicorn_arm64 import COUNTER_FREQUENCY_HZ, INSNS_PER_COUNTER_TICK, NS_PER_INSN, Arm64Vcpu
 
 CLOCK_MODES = ("virtual", "host")
 
@@ -24,7 +24,7 @@ CLOCK_MODES = ("virtual", "host")
 class VirtualClock:
     """Time on the board, read from the vCPU's retired-instruction count."""
 
-    def __init__(self, vcpu, mode: str = "virtual"):
+    def __init__(self, vcpu: Arm64Vcpu, mode: str = "virtual") -> None:
         if mode not in CLOCK_MODES:
             raise ValueError(f"clock must be one of {', '.join(CLOCK_MODES)}, got {mode!r}")
         self.vcpu = vcpu

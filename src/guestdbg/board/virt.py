@@ -13,19 +13,16 @@ guest, as on QEMU's TCG.
 
 from __future__ import annotations
 
-import select
-import signal
-import socket
-import sys
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from guestdbg import kvm
+from guestdbg.arm.mmu import TranslationFault
 from guestdbg.backends.unicorn_arm64 import Arm64Vcpu, Arm64Vm, DebugConfig, PSTATE_DAIF, PSTATE_MODE_EL1H
 from guestdbg.board.clock import VirtualClock
+from guestdbg.board.common import ExitStatus, GuestFault, ImageError, RunToExit, read_elf, read_image
+from guestdbg.vmapi import Console, stdout_console
 
 ROM_BASE = 0x0000_0000
 ROM_SIZE = 128 << 20
@@ -39,14 +36,6 @@ MAX_RAM_SIZE = 8 << 30
 
 SLOT_ROM, SLOT_RAM = 0, 1
 B_SELF = (0x14000000).to_bytes(4, "little")  # A64 `b .`
-
-
-class ImageError(ValueError):
-    """A guest image (ELF, raw or ROM) that cannot be loaded, with the reason."""
-
-
-class GuestFault(RuntimeError):
-    """The guest stopped in a way it cannot recover from (reported as one line)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +67,7 @@ class Pl011:
     ID_REGS = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
                0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
 
-    def __init__(self, console: Callable[[bytes], None]):
+    def __init__(self, console: Console):
         self.console = console
         self.regs: dict[int, int] = {}  # control registers the guest wrote (CR, IBRD, LCR_H, ...)
 
@@ -114,60 +103,17 @@ class ReadAsZero:
         pass
 
 
-class RunToExit:
-    """The VMM loop's "run the guest to its end" for a board with run_until(), a vCPU with pc,
-    kick() and immediate_exit, and `_spins_forever(pc)`: the guest's exit status, or GuestFault
-    for a fault, a hang (spinning on a jump to itself that nothing can interrupt, checked every
-    `hang_check` seconds), or a guest still running after `timeout` seconds."""
-
-    PC_NAME = "PC"
-    SELF_LOOP = "branch-to-self"
-
-    def run_to_exit(self, *, timeout: float | None = None, hang_check: float | None = 1.0,
-                    spent: float = 0.0, taken_over: Callable[[], bool] | None = None) -> int | None:
-        """`spent`: seconds the guest already ran, counted against `timeout` (the GDB server
-        counts only time run with no debugger attached). `taken_over()`: true when a
-        KVM_EXIT_INTR is another thread's stop (a debugger attaching); the run then ends with
-        None, the vCPU stopped and no check made."""
-        start = time.monotonic() - spent
-        ticker = _Ticker(self.vcpu, hang_check or timeout) if (hang_check or timeout) else None
-        try:
-            while True:
-                result = self.run_until()
-                if isinstance(result, ExitStatus):
-                    return result.status
-                pc = self.vcpu.pc
-                where = f"{self.PC_NAME}={pc:#x}"
-                if result.exit_reason != kvm.KVM_EXIT_INTR:
-                    raise GuestFault(f"guest stopped unexpectedly: {result} at {where}")
-                if taken_over is not None and taken_over():
-                    return None
-                if hang_check and self._spins_forever(pc):
-                    raise GuestFault(f"guest hung: {self.SELF_LOOP} at {where} with no interrupt to leave it")
-                if timeout is not None and time.monotonic() - start >= timeout:
-                    raise GuestFault(f"guest still running after {timeout:g} s ({where}); stopped by --timeout")
-        finally:
-            if ticker:
-                ticker.stop()
-                self.vcpu.immediate_exit = False  # a tick that landed after the run ended is not a stop
-
-
-@dataclass
-class ExitStatus:
-    status: int
-    how: str  # "semihosting SYS_EXIT", "PSCI SYSTEM_OFF", ...
-
-
 @dataclass
 class Machine(RunToExit):
     """A VM on the virt board with one vCPU, loaded and ready to run."""
 
+    arch_name = "aarch64"
+
     config: MachineConfig = field(default_factory=MachineConfig)
-    console: Callable[[bytes], None] | None = None
+    console: Console | None = None  # None: the host's standard output
     clock_mode: str = "virtual"  # see guestdbg.board.clock
 
-    def __post_init__(self):
-        self.console = self.console or _stdout_console
+    def __post_init__(self) -> None:
         self.vm = Arm64Vm(self.config.debug, console=self._console)
         self.vm.set_user_memory_region(SLOT_ROM, ROM_BASE, ROM_SIZE, kvm.KVM_MEM_READONLY)
         self.vm.set_user_memory_region(SLOT_RAM, RAM_BASE, self.config.ram_size)
@@ -179,7 +125,7 @@ class Machine(RunToExit):
         self.unassigned_accesses = 0
 
     def _console(self, data: bytes) -> None:
-        self.console(data)
+        (self.console or stdout_console)(data)
 
     # ------------------------------------------------------------------ loading
     def load_elf(self, path: str | Path) -> int:
@@ -194,13 +140,13 @@ class Machine(RunToExit):
         return entry
 
     def load_raw(self, path: str | Path, load_addr: int) -> None:
-        data = _read_image(path)
+        data = read_image(path)
         self._check_fits(path, load_addr, len(data))
         self.vm.write_phys(load_addr, data)
         self.reset_cpu(load_addr)
 
     def load_rom(self, path: str | Path) -> None:
-        data = _read_image(path)
+        data = read_image(path)
         if len(data) > ROM_SIZE:
             raise ImageError(f"{path}: {len(data)} bytes do not fit the {ROM_SIZE >> 20} MiB ROM")
         self.vm.write_phys(ROM_BASE, data)
@@ -225,7 +171,7 @@ class Machine(RunToExit):
         """Serve one vCPU exit the VMM owns. Returns the guest's exit when it has ended;
         raises GuestFault for exits no one can serve. DEBUG exits are the debugger's: they
         are returned to the caller untouched by run_until()."""
-        if run.exit_reason == kvm.KVM_EXIT_MMIO:
+        if run.exit_reason == kvm.KVM_EXIT_MMIO and run.mmio is not None:
             # Only unassigned addresses and ROM writes get here: devices are claimed inline.
             slot = self.vm.slot_for(run.mmio.phys_addr)
             if slot is not None and slot.readonly and run.mmio.is_write:
@@ -233,12 +179,12 @@ class Machine(RunToExit):
             self.unassigned_accesses += 1
             self.vcpu.set_vcpu_events(ext_dabt_pending=True)
             return None
-        if run.exit_reason == kvm.KVM_EXIT_SYSTEM_EVENT:
+        if run.exit_reason == kvm.KVM_EXIT_SYSTEM_EVENT and run.system_event is not None:
             ev = run.system_event
             status = ev.data[0] if ev.ndata else 0
             if ev.type in (kvm.KVM_SYSTEM_EVENT_SHUTDOWN, kvm.KVM_SYSTEM_EVENT_RESET):
                 return ExitStatus(status, ev.source)
-        if run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR:
+        if run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR and run.internal is not None:
             raise GuestFault(run.internal.message)
         return None
 
@@ -258,7 +204,7 @@ class Machine(RunToExit):
     def _spins_forever(self, pc: int) -> bool:
         try:
             return self.vcpu.read_virt(pc, 4) == B_SELF
-        except Exception:
+        except (TranslationFault, kvm.KvmError):  # PC on an unmapped page, or not in RAM/ROM
             return False
 
     # ------------------------------------------------------------------ device state
@@ -269,88 +215,3 @@ class Machine(RunToExit):
         self.uart.restore(state["pl011"])
         if "clock" in state:  # snapshots from before the virtual clock start it at 0
             self.clock.restore(state["clock"])
-
-
-class _Ticker:
-    """Kicks the vCPU every `period` seconds so the VMM loop can look at what the guest does,
-    and at once on Ctrl-C: Python runs the SIGINT handler (KeyboardInterrupt) only between two
-    runs of the vCPU, so in the main thread a signal also wakes the ticker (set_wakeup_fd)."""
-
-    def __init__(self, vcpu, period: float):
-        self._done = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
-        self._old_wakeup_fd = None
-        if threading.current_thread() is threading.main_thread():
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self._thread = threading.Thread(target=self._run, args=(vcpu, period), daemon=True)
-        self._thread.start()
-
-    def _run(self, vcpu, period: float) -> None:
-        while True:
-            woken, _, _ = select.select([self._wake_r], [], [], period)
-            if self._done.is_set():
-                return
-            # The bytes are signal numbers: other signals (the x86 vCPU's own kick) are not Ctrl-C.
-            if not woken or signal.SIGINT in self._wake_r.recv(256):
-                vcpu.kick(timeout=period)
-
-    def stop(self) -> None:
-        self._done.set()
-        self._wake_w.send(b"\0")
-        self._thread.join()
-        if self._old_wakeup_fd is not None:
-            signal.set_wakeup_fd(self._old_wakeup_fd)
-        self._wake_r.close()
-        self._wake_w.close()
-
-
-def read_elf(path: Path, machine_arch: str, wanted: str, hint: str = "") -> tuple[int, list[tuple[int, bytes, int]]]:
-    """(entry, [(p_paddr, file bytes, p_memsz)]) of an ELF64 little-endian image for
-    `machine_arch` (pyelftools' name, e.g. "AArch64", "x64"), or ImageError saying why not."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with path.open("rb") as f:
-            elf = ELFFile(f)
-            if elf.get_machine_arch() != machine_arch or elf.elfclass != 64 or not elf.little_endian:
-                raise ImageError(f"{path}: not {wanted} (machine {elf['e_machine']}, class {elf.elfclass}){hint}")
-            segments = [(seg["p_paddr"], seg.data(), seg["p_memsz"]) for seg in elf.iter_segments()
-                        if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
-            entry = elf["e_entry"]
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except ImageError:
-        raise
-    except (ELFError, ValueError) as e:
-        raise ImageError(f"{path}: not a valid ELF file ({e})") from None
-    if not segments:
-        raise ImageError(f"{path}: ELF has no loadable segments")
-    return entry, segments
-
-
-def elf_symbols(path) -> dict[str, int]:
-    """Name -> value of every named symbol in an ELF's .symtab (for breaking at a function)."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        table = ELFFile(f).get_section_by_name(".symtab")
-        return {s.name: s["st_value"] for s in table.iter_symbols() if s.name} if table else {}
-
-
-def _read_image(path) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
-    if not data:
-        raise ImageError(f"{path}: image is empty")
-    return data
-
-
-def _stdout_console(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()

@@ -40,8 +40,8 @@ Framing (what the peer sends us):
     `Closed`, forever. Feeding more bytes after EOF is a `LocalProtocolError`. A packet cut off
     by EOF is dropped without an event. Sending after EOF is allowed (the socket may be
     half-closed); the caller decides whether to write.
-10. No byte stream raises: every framing problem has an answer (a NAK) and an event.
-    `RemoteProtocolError` exists for the layers above (a well-framed packet that makes no sense).
+10. No byte stream raises: every framing problem has an answer (a NAK) and an event. A
+    well-framed packet that makes no sense is the session's to answer (an error reply).
 
 Sending (what we send the peer):
 
@@ -82,8 +82,8 @@ __all__ = [
     "Interrupt",
     "LocalProtocolError",
     "NEED_DATA",
+    "PACKET_SIZE",
     "Packet",
-    "RemoteProtocolError",
     "RspConnection",
     "checksum",
     "decode_payload",
@@ -92,11 +92,12 @@ __all__ = [
 ]
 
 
+#: The largest packet payload the stub accepts, and the PacketSize it advertises in qSupported
+#: (gdb then sends memory writes and asks for reads no larger).
+PACKET_SIZE: Final = 0x4000
+
+
 # --- errors -------------------------------------------------------------------------------------
-
-
-class RemoteProtocolError(Exception):
-    """The peer sent something unusable that cannot be answered with a NAK."""
 
 
 class LocalProtocolError(Exception):
@@ -347,7 +348,7 @@ def decode_payload(body: bytes, limit: int | None = None) -> bytes:
 class RspConnection:
     """One end of an RSP conversation, the stub's end. See the theory of operation above."""
 
-    def __init__(self, *, packet_size: int = 0x4000, rle: bool = False) -> None:
+    def __init__(self, *, packet_size: int = PACKET_SIZE, rle: bool = False) -> None:
         if packet_size < 1:
             raise ValueError("packet_size must be positive")
         self.rle = rle  # run-length encode what we send (rule 11)
@@ -430,11 +431,11 @@ class RspConnection:
                     return self._restart()
                 self._rx_state = _Rx.CHECKSUM
             else:  # _Rx.CHECKSUM
-                byte = rx[self._pos]
+                digit = rx[self._pos]
                 self._pos += 1
-                if byte == 0x24:  # '$'
+                if digit == 0x24:  # '$'
                     return self._restart()
-                self._digits.append(byte)
+                self._digits.append(digit)
                 if len(self._digits) == 2:
                     return self._finish()
         return None

@@ -13,10 +13,19 @@ one is attached is refused with a message. The guest ending ends the server with
 a debugger's kill with EXIT_KILLED. With no debugger attached (before the first one without
 `wait`, after a detach) the guest runs as under `guestdbg run`: a fault, a branch-to-self hang
 or `timeout` (counting only those stretches) ends serve() with the GuestFault.
+
+Errors: what a client can cause is the session's to answer; the no-ack switch comes on its
+reply (`Reply.start_no_ack`), and every send goes through the connection's state machine, so a
+stop reply the protocol does not allow raises LocalProtocolError instead of going out. While
+the guest runs, what the guest or the host can cause (GuestFault, a KVM call refused) becomes
+a stop the debugger sees. A bug is never turned into either: on the vCPU thread it ends serve()
+with the original exception; the one last resort, around the session's handling of a packet,
+logs the traceback and answers an error, so one bad packet cannot take the guest down.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import queue
@@ -27,13 +36,16 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, cast
 
-from guestdbg.board.virt import GuestFault, Machine
-from guestdbg.debug.manager import GuestDebugManager, StopEvent, StopKind, debug_profile
+from guestdbg.board.common import GuestFault
+from guestdbg.board.virt import Machine
+from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind, debug_profile
 from guestdbg.gdb import rsp
-from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume
+from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume, error_reply
 
 MAX_OUTPUT_BUFFER = 1 << 20  # a client that stops reading is dropped past this
 MAX_QUEUED_PACKETS = 64
@@ -91,6 +103,18 @@ def _is_loopback(host: str) -> bool:
 
 
 @dataclass
+class _Client:
+    """The attached debugger: its socket, the protocol state of its connection, its session,
+    the bytes it has still to read and the packets it sent while the guest ran."""
+
+    sock: socket.socket
+    conn: rsp.RspConnection
+    session: GdbSession
+    outbuf: bytearray = field(default_factory=bytearray)
+    pending: list[bytes] = field(default_factory=list)
+
+
+@dataclass
 class _Refused:
     conn: rsp.RspConnection
     deadline: float  # for its first packet; once answered, for it to hang up
@@ -99,7 +123,7 @@ class _Refused:
 
 class GdbServer:
     def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False,
-                 timeout: float | None = None, log=None):
+                 timeout: float | None = None, log: Callable[[str], None] | None = None):
         self.machine = machine
         self.endpoint = endpoint
         self.wait = wait
@@ -107,16 +131,12 @@ class GdbServer:
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
         self.debug_arch, self.registers = debug_profile(machine)
         self.manager = GuestDebugManager(machine, self.debug_arch, registers=self.registers)
-        self._requests: queue.Queue = queue.Queue()
-        self._events: queue.Queue = queue.Queue()
+        self._requests: queue.Queue[str | None] = queue.Queue()
+        self._events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
-        self._client: socket.socket | None = None
-        self._conn: rsp.RspConnection | None = None
-        self._session: GdbSession | None = None
-        self._outbuf = bytearray()
-        self._pending: list[bytes] = []
+        self._client: _Client | None = None
         self._vcpu_busy = False          # a resume or free run is in progress on the vCPU thread
         self._free_running = False       # running without a debugger
         self._free_seconds = 0.0         # time run without a debugger so far, against timeout
@@ -125,7 +145,8 @@ class GdbServer:
         self._error: BaseException | None = None  # what ends serve() with an exception
         self._refused: dict[socket.socket, _Refused] = {}  # second clients, being turned away
         self._vcpu_thread = threading.Thread(target=self._vcpu_loop, name="guestdbg-vcpu", daemon=True)
-        self.address = None
+        self.address: str | tuple[str, int] | None = None  # the socket path, or (host, port)
+        self._where = str(endpoint)
 
     # ------------------------------------------------------------------ setup
     def listen(self) -> None:
@@ -147,9 +168,11 @@ class GdbServer:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((ep.host, ep.port))
-            self.address = sock.getsockname()[:2]
+            host, port = sock.getsockname()[:2]
+            self.address = (host, port)
+            self._where = f"tcp:{host}:{port}"
             if not _is_loopback(ep.host):
-                self.log(f"WARNING: GDB stub listening on non-loopback {ep.host}:{self.address[1]}; "
+                self.log(f"WARNING: GDB stub listening on non-loopback {ep.host}:{port}; "
                          "anyone who can reach it can read and rewrite the guest")
         sock.listen(4)
         sock.setblocking(False)
@@ -159,36 +182,37 @@ class GdbServer:
 
     def serve(self) -> int:
         """Run until the guest ends (its exit status) or a client kills it (EXIT_KILLED). Raises
-        the GuestFault that ends a guest running with no debugger attached, and BrokenPipeError
-        when the guest's console has no reader any more."""
+        the GuestFault that ends a guest running with no debugger attached, BrokenPipeError
+        when the guest's console has no reader any more, and whatever bug stopped the vCPU
+        thread (with its traceback)."""
         if self._listener is None:
             self.listen()
-        where = self.endpoint if self.endpoint.kind == "unix" else f"tcp:{self.address[0]}:{self.address[1]}"
-        self.log(f"waiting for a GDB connection on {where}" if self.wait
-                 else f"guest running; a debugger may attach at {where}")
+        self.log(f"waiting for a GDB connection on {self._where}" if self.wait
+                 else f"guest running; a debugger may attach at {self._where}")
         self._vcpu_thread.start()
         if not self.wait:
             self._start_free_run()
         try:
             while self._exit_status is None and self._error is None:
                 for key, mask in self._sel.select(timeout=0.5):
-                    if key.data == "accept":
-                        self._accept()
+                    if key.data == "client":
+                        if mask & selectors.EVENT_READ:
+                            self._client_readable()
+                        if mask & selectors.EVENT_WRITE:
+                            self._flush()
                     elif key.data == "wake":
                         self._wake_r.recv(4096)
                         self._drain_events()
-                    elif key.data == "client":
-                        if mask & selectors.EVENT_READ:
-                            self._client_readable()
-                        if mask & selectors.EVENT_WRITE and self._client is not None:
-                            self._flush()
+                    elif key.data == "accept":
+                        self._accept()
                     elif key.data == "refused":
-                        self._refused_readable(key.fileobj)
+                        self._refused_readable(cast(socket.socket, key.fileobj))
                 self._expire_refused()
         finally:
             self._shutdown()
         if self._error is not None:
             raise self._error
+        assert self._exit_status is not None  # the loop ends with one or the other
         return self._exit_status
 
     # ------------------------------------------------------------------ vCPU thread
@@ -197,12 +221,17 @@ class GdbServer:
             what = self._requests.get()
             if what is None:
                 return
-            self._post(self._perform(what))
+            try:
+                outcome = self._perform(what)
+            except BaseException as e:  # a bug: serve() raises it, traceback and all, not this thread
+                outcome = ("fatal", e)
+            self._post(outcome)
 
-    def _perform(self, what: str):
+    def _perform(self, what: str) -> tuple[str, object]:
         """Run "free", "step" or "cont" and say how it ended, as ("free"|"stop"|"fault"|"fatal",
         payload). Steps run on the selector thread (one instruction needs no interrupting), the
-        others on the vCPU thread; either way nothing escapes to kill the server."""
+        others on the vCPU thread. What the guest or the host can cause is reported here; a
+        bug propagates."""
         try:
             if what == "free":
                 return ("free", self._free_run())
@@ -211,8 +240,11 @@ class GdbServer:
             return ("fault", e)
         except BrokenPipeError as e:  # the guest's console is gone (`| head`): the end, as for the CLI
             return ("fatal", e)
-        except Exception as e:  # keep the server alive and say what happened
-            return ("fault", GuestFault(f"internal error: {type(e).__name__}: {e}"))
+        except (OSError, DebugError) as e:
+            # The host refused a KVM call (KvmError), or the guest took away what the debugger's
+            # state needs (a page a breakpoint is on): the guest cannot go on from here.
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            return ("fault", GuestFault(f"the vCPU cannot run: {reason}"))
 
     def _free_run(self) -> int | None:
         """The guest's exit status, or None when a debugger takes over (GuestFault for a fault,
@@ -224,7 +256,7 @@ class GdbServer:
         finally:
             self._free_seconds += time.monotonic() - start
 
-    def _post(self, item) -> None:
+    def _post(self, item: tuple[str, object]) -> None:
         self._events.put(item)
         try:
             self._wake_w.send(b"!")
@@ -256,45 +288,45 @@ class GdbServer:
                 return
             self._handle_event(item, deliver=True)
 
-    def _handle_event(self, item, *, deliver: bool) -> None:
+    def _handle_event(self, item: tuple[str, object], *, deliver: bool) -> None:
         kind, payload = item
         free = self._free_running
         self._vcpu_busy = False
         self._free_running = False
         if kind == "fatal" or (free and kind == "fault"):
-            self._error = payload  # no debugger to show it to: serve() raises it
+            self._error = cast(BaseException, payload)  # no debugger to show it to: serve() raises it
             return
         if kind == "free":
             if payload is not None:
                 self.log(f"guest exited with status {payload}")
-                self._exit_status = payload
+                self._exit_status = cast(int, payload)
             return  # a debugger took over: stay stopped
         if kind == "fault":
             self.log(f"guest fault: {payload}")
             event = StopEvent(StopKind.SIGNAL, self.machine.vcpu.pc, signal=11, detail=str(payload))
         else:
-            event = payload
-        if self._session is not None and deliver:
-            reply = self._session.stopped(event)
-            try:
-                self._conn.send_stop_reply(reply)
-            except rsp.LocalProtocolError:
-                self._conn.send_packet(reply)
+            event = cast(StopEvent, payload)
+        client = self._client
+        if client is not None and deliver:
+            # The client resumed the guest (the connection is RUNNING): this is the stop reply
+            # it waits for. Anything else is a bug in the server, and LocalProtocolError says so.
+            client.conn.send_stop_reply(client.session.stopped(event))
             self._flush()
             self._process_pending()
-        elif self._session is not None:
-            self._session.last_stop = event
+        elif client is not None:
+            client.session.last_stop = event
         if event.kind is StopKind.EXITED:
             self._exit_status = event.exit_status
             self.log(f"guest exited with status {event.exit_status}")
 
     # ------------------------------------------------------------------ client
     def _accept(self) -> None:
+        assert self._listener is not None
         try:
             sock, _ = self._listener.accept()
         except BlockingIOError:
             return
-        if self._client is not None and self._client_gone():
+        if self._client is not None and self._client_gone(self._client):
             self._client_lost()  # its EOF is waiting behind this accept: handle it first
         sock.setblocking(False)
         if self._client is not None:
@@ -304,11 +336,8 @@ class GdbServer:
             return
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._client = sock
-        self._conn = rsp.RspConnection(packet_size=0x4000)
-        self._session = GdbSession(self.manager, registers=self.registers)
-        self._outbuf.clear()
-        self._pending.clear()
+        self._client = _Client(sock, rsp.RspConnection(packet_size=rsp.PACKET_SIZE),
+                               GdbSession(self.manager, registers=self.registers))
         self._sel.register(sock, selectors.EVENT_READ, "client")
         self._stop_vcpu()  # a debugger attaching to a running guest stops it
         # A previous client that vanished (rather than detached) left its breakpoints and
@@ -317,53 +346,66 @@ class GdbServer:
         self.log("debugger attached" + (f"; {len(left)} breakpoints/watchpoints from the previous "
                                         "client remain (monitor info slots)" if left else ""))
 
-    def _client_gone(self) -> bool:
+    @staticmethod
+    def _client_gone(client: _Client) -> bool:
         try:
-            return self._client.recv(1, socket.MSG_PEEK) == b""
+            return client.sock.recv(1, socket.MSG_PEEK) == b""
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True
 
     def _client_readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
         try:
-            data = self._client.recv(65536)
+            data = client.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        self._conn.receive_data(data)
-        while self._client is not None:
-            event = self._conn.next_event()
+        conn = client.conn
+        conn.receive_data(data)
+        while self._client is client:
+            event = conn.next_event()
             if event is rsp.NEED_DATA:
                 break
-            if isinstance(event, rsp.Closed):
-                self._client_lost()
-                return
-            if isinstance(event, rsp.Interrupt):
-                if self._vcpu_busy:
-                    self.manager.interrupt()
-                continue
             if isinstance(event, rsp.Packet):
                 if self._vcpu_busy:
-                    if len(self._pending) < MAX_QUEUED_PACKETS:
-                        self._pending.append(event.payload)
+                    if len(client.pending) < MAX_QUEUED_PACKETS:
+                        client.pending.append(event.payload)
                     continue
-                self._handle_packet(event.payload)
+                self._handle_packet(client, event.payload)
+            elif isinstance(event, rsp.Closed):
+                self._client_lost()
+                return
+            elif isinstance(event, rsp.Interrupt):
+                if self._vcpu_busy:
+                    self.manager.interrupt()
         self._flush()
 
     def _process_pending(self) -> None:
-        while self._pending and not self._vcpu_busy and self._client is not None:
-            self._handle_packet(self._pending.pop(0))
+        client = self._client
+        while client is not None and client.pending and not self._vcpu_busy and self._client is client:
+            self._handle_packet(client, client.pending.pop(0))
         self._flush()
 
-    def _handle_packet(self, payload: bytes) -> None:
-        action = self._session.handle(payload)
-        conn = self._conn
+    def _handle_packet(self, client: _Client, payload: bytes) -> None:
+        try:
+            action = client.session.handle(payload)
+        except Exception:
+            # The server's one last resort: a bug a packet runs into must not take the guest and
+            # the server down with it. It is logged whole (stderr by default), and the packet
+            # gets an error reply; errors a client can cause are the session's to answer.
+            self.log(f"internal error handling packet {payload[:64]!r}, answered E{errno.EIO:02x}:\n"
+                     + traceback.format_exc().rstrip())
+            action = error_reply(errno.EIO)
+        conn = client.conn
         if isinstance(action, Reply):
             for reply in (action.payload, *action.then):
                 conn.send_packet(reply)
-            if payload == b"QStartNoAckMode" and action.payload == b"OK":
+            if action.start_no_ack:
                 conn.start_no_ack()
         elif isinstance(action, Resume):
             conn.resumed()
@@ -390,25 +432,27 @@ class GdbServer:
             self._drop_client()
 
     def _flush(self) -> None:
-        if self._client is None:
+        client = self._client
+        if client is None:
             return
-        self._outbuf += self._conn.data_to_send()
-        while self._outbuf:
+        outbuf = client.outbuf
+        outbuf += client.conn.data_to_send()
+        while outbuf:
             try:
-                sent = self._client.send(self._outbuf)
+                sent = client.sock.send(outbuf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self._client_lost()
                 return
-            del self._outbuf[:sent]
-        if len(self._outbuf) > MAX_OUTPUT_BUFFER:
+            del outbuf[:sent]
+        if len(outbuf) > MAX_OUTPUT_BUFFER:
             self.log("debugger stopped reading; dropping it")
             self._client_lost()
             return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbuf else 0)
-        if want != self._sel.get_key(self._client).events:  # an epoll_ctl only on a change
-            self._sel.modify(self._client, want, "client")
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbuf else 0)
+        if want != self._sel.get_key(client.sock).events:  # an epoll_ctl only on a change
+            self._sel.modify(client.sock, want, "client")
 
     def _client_lost(self) -> None:
         """The connection went away: stop the guest and keep every breakpoint for the next client."""
@@ -417,15 +461,13 @@ class GdbServer:
         self._stop_vcpu()
 
     def _drop_client(self) -> None:
-        if self._client is not None:
+        client, self._client = self._client, None
+        if client is not None:
             try:
-                self._sel.unregister(self._client)
+                self._sel.unregister(client.sock)
             except (KeyError, ValueError):
                 pass
-            self._client.close()
-        self._client = self._conn = self._session = None
-        self._pending.clear()
-        self._outbuf.clear()
+            client.sock.close()
 
     # ------------------------------------------------------------------ refused clients
     # A second client gets its refusal as the error reply to its first packet, where gdb shows
