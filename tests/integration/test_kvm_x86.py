@@ -381,7 +381,7 @@ def test_capabilities_from_the_vm_fd():
     with kvm_vm.X86Vm() as vm:
         assert vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG) == 1
         assert vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2) & (kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP)
-        assert vm.check_extension(u.KVM_CAP_IMMEDIATE_EXIT) == 1
+        assert vm.check_extension(kvm.KVM_CAP_IMMEDIATE_EXIT) == 1
         assert vm.check_extension(0xFFFF) == 0
 
 

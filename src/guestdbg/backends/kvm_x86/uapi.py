@@ -300,18 +300,7 @@ IOCTLS = {name: value for name, value in globals().items() if name.startswith("K
 
 # ---------------------------------------------------------------------- capabilities (x86-relevant)
 KVM_API_VERSION = 12
-KVM_CAP_USER_MEMORY = 3
-KVM_CAP_SET_TSS_ADDR = 4
-KVM_CAP_EXT_CPUID = 7
-KVM_CAP_NR_VCPUS = 9
-KVM_CAP_NR_MEMSLOTS = 10
-KVM_CAP_VCPU_EVENTS = 41
-KVM_CAP_DEBUGREGS = 50
-KVM_CAP_XSAVE = 55
-KVM_CAP_XCRS = 56
-KVM_CAP_MAX_VCPUS = 66
-KVM_CAP_READONLY_MEM = 81
-KVM_CAP_IMMEDIATE_EXIT = 136
+# The KVM_CAP_* numbers are in guestdbg.kvm, once for both back ends.
 
 # ---------------------------------------------------------------------- MSRs carried in snapshots
 MSR_IA32_SYSENTER_CS = 0x174

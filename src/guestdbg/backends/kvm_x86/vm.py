@@ -63,7 +63,7 @@ class X86Vm(GuestMemory):
         except kvm.KvmError as e:
             os.close(self.kvm_fd)
             raise KvmUnavailable(f"{device}: {e.strerror}") from None
-        if self.check_extension(u.KVM_CAP_SET_TSS_ADDR):
+        if self.check_extension(kvm.KVM_CAP_SET_TSS_ADDR):
             try:
                 ioctl(self.fd, u.KVM_SET_TSS_ADDR, TSS_ADDR, what="KVM_SET_TSS_ADDR")
             except kvm.KvmError:
