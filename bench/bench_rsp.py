@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 from guestdbg.gdb import rsp
-from guestdbg.board.virt import elf_symbols
+from guestdbg.board.common import elf_symbols
 
 REPO = Path(__file__).resolve().parent.parent
 NEVER_ENDS = 1 << 62  # loop_iterations for the long-lived servers: the loop outlives the test

@@ -48,7 +48,8 @@ from unicorn import __version__ as unicorn_version
 from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.unicorn import uclib
 
-from guestdbg.board.virt import Machine, MachineConfig, elf_symbols
+from guestdbg.board.common import elf_symbols
+from guestdbg.board.virt import Machine, MachineConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -250,7 +251,7 @@ class BareRunner:
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self.runctl = None
         if mode == "clock":
-            from guestdbg.backends.unicorn_runctl import RunControl
+            from guestdbg.backends.unicorn_arm64.runctl import RunControl
             self.runctl = RunControl(uc, self._vmm_mrs, self._vmm_msr)
 
     # The action table is all zero (ACTION_UNICORN): these must never be called.

@@ -30,10 +30,11 @@ from unicorn import __version__ as unicorn_version
 from unicorn import arm64_const as uca
 
 from guestdbg import kvm
-from guestdbg.board.virt import elf_symbols
+from guestdbg.board.common import elf_symbols
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import RAM_BASE, ExitStatus, Machine, MachineConfig
+from guestdbg.board.common import ExitStatus
+from guestdbg.board.virt import RAM_BASE, Machine, MachineConfig
 
 REPO = Path(__file__).resolve().parent.parent
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW

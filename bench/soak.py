@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 from guestdbg.board.virt import Machine  # noqa: E402
-from guestdbg.board.virt import elf_symbols as symbols  # noqa: E402
+from guestdbg.board.common import elf_symbols as symbols  # noqa: E402
 from guestdbg.gdb.client import RspClient  # noqa: E402
 from guestdbg.gdb.server import Endpoint, GdbServer  # noqa: E402
 

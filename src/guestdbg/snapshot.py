@@ -35,6 +35,7 @@ from pathlib import Path
 
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg.debug.profile import profile_for
 
 MAGIC = b"GDBGSNAP"
 FORMAT_VERSION = 1
@@ -49,16 +50,18 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be written or loaded, with the reason."""
 
 
-def _board(machine) -> str:
-    return getattr(machine, "arch_name", "aarch64")
+def _board(machine: Machine) -> str:
+    """The machine's board kind: its architecture profile's name."""
+    return profile_for(machine).name
 
 
 def _board_kind(board: str):
     """(config class, reg_size_bytes, machine class) of a board name."""
     if board == "x86_64":
         from guestdbg.backends.kvm_x86 import vm as x86vm
-        from guestdbg.board.pc import PcConfig, X86Machine
-        return PcConfig, x86vm.reg_size_bytes, X86Machine
+        from guestdbg.board.pc import PcConfig
+        from guestdbg.board.pc_probe import create_pc_machine
+        return PcConfig, x86vm.reg_size_bytes, create_pc_machine
     if board == "aarch64":
         return MachineConfig, kr.reg_size_bytes, Machine
     raise SnapshotError(f"snapshot of an unknown board {board!r}")
@@ -230,4 +233,4 @@ def _ranges(pages: list[int]) -> list[tuple[int, int]]:
             out[-1][1] += 1
         else:
             out.append([p, 1])
-    return [tuple(r) for r in out]
+    return [(start, count) for start, count in out]

@@ -29,7 +29,7 @@ from tests.helpers.support import Guest
 
 from guestdbg.board.virt import Machine
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
-from guestdbg.gdb.memory_map import LAST_ADDRESS
+from guestdbg.debug.regions import LAST_ADDRESS
 from guestdbg.gdb.session import GdbSession, Reply
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ from pathlib import Path
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import ExitStatus, Machine, MachineConfig, elf_symbols
+from guestdbg.board.common import ExitStatus, elf_symbols
+from guestdbg.board.virt import Machine, MachineConfig
 
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
 

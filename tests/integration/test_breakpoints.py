@@ -9,7 +9,8 @@ import pytest
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
-from guestdbg.board.virt import ExitStatus, MachineConfig
+from guestdbg.board.common import ExitStatus
+from guestdbg.board.virt import MachineConfig
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint, ec
 
 EC_BREAKPOINT_LOWER = 0x30

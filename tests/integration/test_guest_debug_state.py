@@ -10,7 +10,8 @@ import pytest
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import ExitStatus, MachineConfig
+from guestdbg.board.common import ExitStatus
+from guestdbg.board.virt import MachineConfig
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint, ec, reg_id
 
 MDSCR_ID = 0x6030000000138012

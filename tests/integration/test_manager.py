@@ -14,14 +14,8 @@ from hypothesis import strategies as st
 
 from guestdbg.arm import debugregs as dr
 from guestdbg.board.virt import Machine, MachineConfig
-from guestdbg.debug.manager import (
-    BRK0,
-    DebugError,
-    GuestDebugManager,
-    StopKind,
-    WatchKind,
-    plan_watch_pieces,
-)
+from guestdbg.debug.arch import BRK0, plan_watch_pieces
+from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
 from tests.helpers.support import Guest, reg_id, symbols
 
 MAX_STOPS = 200  # far more than any run here needs; a livelock fails instead of hanging

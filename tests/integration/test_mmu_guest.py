@@ -10,7 +10,7 @@ VA 0x8000_2000 read-only to `ro_target` (level-3 permission fault on a store).
 from __future__ import annotations
 
 from guestdbg import kvm
-from guestdbg.board.virt import ExitStatus
+from guestdbg.board.common import ExitStatus
 from tests.helpers.qemu_runner import run_under_qemu
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint, ec, watchpoint
 

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from guestdbg import kvm
-from guestdbg.board.virt import RAM_BASE, ExitStatus, Machine, MachineConfig, elf_symbols
+from guestdbg.board.common import ExitStatus, elf_symbols
+from guestdbg.board.virt import RAM_BASE, Machine, MachineConfig
 from tests.helpers.support import HW_DEBUG, breakpoint
 
 SVC_ROUND_TRIPS = 6000

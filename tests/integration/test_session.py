@@ -17,11 +17,16 @@ from hypothesis import strategies as st
 
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm import registers as areg
 from guestdbg.board.virt import MachineConfig
-from guestdbg.debug.manager import BRK0, DebugError, GuestDebugManager, StopEvent, StopKind, WatchKind
+from guestdbg.debug.arch import BRK0
+from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind, WatchKind
+from guestdbg.debug.profile import AARCH64
+from guestdbg.debug.regions import physical_layout
 from guestdbg.gdb import aarch64_regs as regs
 from guestdbg.gdb import rsp
-from guestdbg.gdb.session import PACKET_SIZE, Detach, GdbSession, Kill, Reply, Resume
+from guestdbg.gdb.rsp import PACKET_SIZE
+from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume
 from tests.helpers.support import Guest
 
 ERR = re.compile(rb"E[0-9a-f]{2}")
@@ -34,7 +39,7 @@ ERR = re.compile(rb"E[0-9a-f]{2}")
 class FakeVcpu:
     def __init__(self):
         self.regs: dict[int, int] = {}
-        for r in regs.REGISTERS:
+        for r in areg.REGISTERS:
             if r.one_reg_id is not None:
                 self.regs[r.one_reg_id] = 0
         self.regs[kr.KVM_REG_ARM_CORE_SP] = 0
@@ -82,7 +87,14 @@ class FakeMachine:
 
 
 class FakeManager:
-    """Records calls; memory is 0x1000..0x3000, all-or-nothing like the real one."""
+    """The target interface the session uses. Records breakpoint calls; memory is
+    0x1000..0x3000, all-or-nothing like the real one; registers are the AArch64 catalogue's
+    over a fake vCPU, refusals DebugErrors like the real one's."""
+
+    profile = AARCH64
+    sw_breakpoints = True
+    hw_bp_slots = 2
+    can_reverse = False
 
     def __init__(self):
         self.machine = FakeMachine()
@@ -90,8 +102,38 @@ class FakeManager:
         self.mem = bytearray(range(256)) * 32
         self.calls: list[tuple] = []
 
+    def vcpu_ids(self):
+        return [0]
+
+    def check_extension(self, cap):
+        return self.machine.vm.check_extension(cap)
+
     def check_runnable(self, what="continue"):
         pass  # the fake guest never exits
+
+    def read_registers(self, numbers=None):
+        return areg.read_all(self.vcpu) if numbers is None else areg.read(self.vcpu, numbers)
+
+    def read_register_at(self, number):
+        return areg.read_one(self.vcpu, number)
+
+    def write_register_at(self, number, value):
+        try:
+            areg.write(self.vcpu, number, value)
+        except areg.RegisterError as e:
+            raise DebugError(errno.EINVAL, str(e)) from None
+
+    def write_all_registers(self, values):
+        try:
+            areg.write_all(self.vcpu, values)
+        except areg.RegisterError as e:
+            raise DebugError(errno.EINVAL, str(e)) from None
+
+    def set_pc(self, pc):
+        areg.set_pc(self.vcpu, pc)
+
+    def memory_layout(self):
+        return physical_layout(self.machine.vm)
 
     def _check(self, addr, n):
         if not (0x1000 <= addr and addr + n <= 0x3000):
@@ -167,10 +209,31 @@ def test_qsupported_swbreak_hwbreak_only_when_offered(fake, offered):
         assert (f in p.split(b";")) == (f in offered)
 
 
+def test_qsupported_follows_the_target(fake):
+    """hwbreak+ only with hardware breakpoint slots, swbreak+ only with software breakpoints
+    (an x86 host without them has neither), reverse execution only for a target that offers it;
+    a stop reason not agreed is not sent."""
+    s, m = fake
+    m.hw_bp_slots, m.sw_breakpoints = 0, False
+    features = payload(s.handle(b"qSupported:swbreak+;hwbreak+")).split(b";")
+    assert b"hwbreak+" not in features and b"swbreak+" not in features
+    assert not any(f.startswith(b"Reverse") for f in features)
+    assert b"PacketSize=%x" % PACKET_SIZE in features and b"QStartNoAckMode+" in features
+    assert b"hwbreak:" not in s.stopped(StopEvent(StopKind.HWBREAK, 0x1000))
+    m.hw_bp_slots = 4
+    assert b"hwbreak+" in payload(s.handle(b"qSupported:swbreak+;hwbreak+")).split(b";")
+    m.can_reverse = True
+    features = payload(s.handle(b"qSupported:swbreak+;hwbreak+")).split(b";")
+    assert b"ReverseStep+" in features and b"ReverseContinue+" in features
+    assert s.handle(b"bs") == Resume(step=True, reverse=True)
+    assert s.handle(b"bc") == Resume(step=False, reverse=True)
+
+
 def test_no_ack_mode_and_unknown_packets(fake):
     s, _ = fake
-    assert payload(s.handle(b"QStartNoAckMode")) == b"OK"
-    assert s.no_ack_requested
+    assert s.handle(b"QStartNoAckMode") == Reply(b"OK", start_no_ack=True)  # the server switches on this
+    assert s.handle(b"QStartNoAckMode:1") == Reply(b"")
+    assert not s.handle(b"QEnableErrorStrings").start_no_ack
     for p in (b"qFooBar", b"vMustReplyEmpty", b"!", b"bc", b"bs", b"QNonStop:1", b"vFile:open:x",
               b"qTStatus", b"qOffsets", b"jThreadsInfo", b"Z5,1000,4"):
         assert payload(s.handle(p)) == b"", p
@@ -412,7 +475,7 @@ def test_session_ending_packets(fake):
 
 def _expedited_ok(p: bytes, vcpu) -> None:
     assert b"thread:1;" in p
-    for n, hexval in regs.expedited(vcpu).items():
+    for n, hexval in regs.encode_expedited(areg.read(vcpu, regs.EXPEDITED_REGNUMS)).items():
         assert b"%02x:%s;" % (n, hexval) in p
 
 
@@ -541,6 +604,15 @@ def test_real_writes_to_unmapped_or_mmio_change_nothing(real, packet):  # ROM: t
     assert g.output == out  # nothing reached the UART
 
 
+def test_real_breakpoint_past_the_end_of_ram_is_efault(real):
+    """A BRK that would straddle the end of RAM is refused (EFAULT), nothing patched (found by
+    the fuzz test once back-end errors stopped being turned into error replies wholesale)."""
+    g, m, s = real
+    before = g.read(RAM_END - 4, 4)
+    assert payload(s.handle(b"Z0,%x,4" % (RAM_END - 3))) == b"E%02x" % errno.EFAULT
+    assert g.read(RAM_END - 4, 4) == before and m.debug_points() == []
+
+
 def test_real_breakpoints_and_slots(real):
     g, m, s = real
     s.handle(b"qSupported:swbreak+;hwbreak+")
@@ -577,8 +649,11 @@ def _snapshot_cmd(s, words: str) -> str:
 
 
 def test_monitor_snapshot_save_and_load(real, tmp_path):
+    """The monitor's snapshots are the manager's: the file never holds a breakpoint patch, and
+    the debugger's breakpoints and watchpoints stay armed across a load (as across a reset)."""
     g, m, s = real
     a = g.sym["bp_a"]
+    original = g.read(a, 4)
     assert payload(s.handle(b"Z0,%x,4" % a)) == b"OK"
     e = m.cont()
     assert e.pc == a
@@ -590,13 +665,20 @@ def test_monitor_snapshot_save_and_load(real, tmp_path):
     assert payload(s.handle(b"P0=efbeadde00000000")) == b"OK"
     assert payload(s.handle(b"M40100000,4:00000000")) == b"OK"
     text = _snapshot_cmd(s, f"snapshot load {path}")
-    assert "loaded" in text
+    assert "loaded" in text and "breakpoints and watchpoints kept" in text
     assert payload(s.handle(b"g")) == regs_before
-    # The snapshot holds no debugger state: the BRK was not saved into its memory.
-    assert g.read(0x4010_0000, 0x2000) == mem_before[:a - 0x4010_0000] + \
-        m.read_memory(a, 4) + mem_before[a - 0x4010_0000 + 4:]
-    assert g.read(a, 4) != BRK0
-    assert m.slots_report()[1:] == []
+    # The breakpoint stays armed over the restored code (BRK in guest memory, the original
+    # shown to the debugger); the M before the load is undone.
+    assert g.read(0x4010_0000, 0x2000) == mem_before
+    assert g.read(a, 4) == BRK0 and m.read_memory(a, 4) == original
+    assert [p.addr for p in m.debug_points()] == [a] and s.owns(m.debug_points()[0])
+    # The file holds no debugger state: the BRK was never saved into its memory.
+    from guestdbg import snapshot
+    assert snapshot.load(path, console=lambda b: None).vm.read_phys(a, 4) == original
+    # Stopped where the snapshot was taken: resuming steps over the breakpoint, whose next hit
+    # is bp_a's next call.
+    e = m.cont()
+    assert e.kind is StopKind.SWBREAK and e.pc == a
 
 
 def test_monitor_snapshot_bad_paths_refused(real, tmp_path):

@@ -7,7 +7,7 @@ import capstone
 import pytest
 
 from guestdbg import kvm
-from guestdbg.board.virt import ExitStatus
+from guestdbg.board.common import ExitStatus
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint, ec, reg_id, watchpoint
 
 STEP = HW_DEBUG | kvm.KVM_GUESTDBG_SINGLESTEP

@@ -10,7 +10,7 @@ import pytest
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
-from guestdbg.board.virt import ExitStatus
+from guestdbg.board.common import ExitStatus
 from tests.helpers.support import HW_DEBUG, Guest, ec, reg_id, watchpoint
 
 STEP = HW_DEBUG | kvm.KVM_GUESTDBG_SINGLESTEP

@@ -17,8 +17,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm import registers as areg
 from guestdbg.backends.unicorn_arm64 import PSTATE_DAIF, PSTATE_MODE_EL1H
 from guestdbg.board.virt import RAM_BASE, ROM_BASE, ROM_SIZE, Machine
+from guestdbg.debug.regions import physical_layout
 from guestdbg.gdb import aarch64_regs as ar
 from guestdbg.gdb import memory_map as mm
 
@@ -41,6 +43,29 @@ def h(value: int, bits: int) -> bytes:
     return value.to_bytes(bits // 8, "little").hex().encode()
 
 
+# The packets over a vCPU: the integer catalogue (arm.registers) reads and writes, the codec
+# (gdb.aarch64_regs) turns the values into packet hex and back, as the session does through
+# the manager.
+def encode_g(vcpu) -> bytes:
+    return ar.encode_g(areg.read_all(vcpu))
+
+
+def decode_G(vcpu, hexdata: bytes) -> None:  # noqa: N802 (packet letter)
+    areg.write_all(vcpu, ar.decode_G(hexdata))
+
+
+def read_register(vcpu, regnum: int) -> bytes:
+    return ar.encode_register(regnum, areg.read(vcpu, [regnum])[0])
+
+
+def write_register(vcpu, regnum: int, hexvalue: bytes) -> None:
+    areg.write(vcpu, regnum, ar.decode_register(regnum, hexvalue))
+
+
+def expedited(vcpu) -> dict[int, bytes]:
+    return ar.encode_expedited(areg.read(vcpu, ar.EXPEDITED_REGNUMS))
+
+
 # --------------------------------------------------------------------------------------------
 # The catalogue
 
@@ -61,19 +86,21 @@ def test_catalogue_numbering_and_sizes():
     assert sizes["cpsr"] == sizes["fpsr"] == sizes["fpcr"] == 32
     assert {sizes[f"v{n}"] for n in range(32)} == {128}
     assert {sizes[n] for n in names[68:]} == {64}
-    assert {r.group for r in regs[68:]} == {"system"}
+    assert {r.xml_group for r in regs[68:]} == {"system"}
+    assert [(r.name, r.bitsize, r.gdb_regnum, r.readonly) for r in regs] == [
+        (r.name, r.bitsize, r.gdb_regnum, r.readonly) for r in areg.REGISTERS]  # gdb's view of the catalogue
     assert ar.G_PACKET_HEX_LEN == sum(r.bitsize for r in regs) // 4 == 1896
 
 
 def test_catalogue_one_reg_ids_are_the_vcpus(vcpu):
     ids = set(vcpu.get_reg_list())
-    with_id = [r for r in ar.REGISTERS if r.one_reg_id is not None]
-    assert [r.name for r in ar.REGISTERS if r.one_reg_id is None] == ["sp"]
+    with_id = [r for r in areg.REGISTERS if r.one_reg_id is not None]
+    assert [r.name for r in areg.REGISTERS if r.one_reg_id is None] == ["sp"]
     assert len({r.one_reg_id for r in with_id}) == len(with_id)
     for r in with_id:
         assert r.one_reg_id in ids, r.name
         assert r.bitsize <= 8 * kr.reg_size_bytes(r.one_reg_id), r.name
-    by = ar.BY_NAME
+    by = areg.BY_NAME
     assert by["x0"].one_reg_id == 0x6030000000100000 and by["x30"].one_reg_id == 0x603000000010003C
     assert by["pc"].one_reg_id == 0x6030000000100040 and by["cpsr"].one_reg_id == 0x6030000000100042
     assert by["v0"].one_reg_id == 0x6040000000100054
@@ -84,7 +111,7 @@ def test_catalogue_one_reg_ids_are_the_vcpus(vcpu):
     assert by["spsr_el1"].one_reg_id == 0x6030000000100048
     assert by["sctlr_el1"].one_reg_id == 0x603000000013C080
     assert by["mdscr_el1"].one_reg_id == 0x6030000000138012
-    assert {r.name for r in ar.REGISTERS if r.readonly} == {"id_aa64dfr0_el1", "midr_el1", "mpidr_el1"}
+    assert {r.name for r in areg.REGISTERS if r.readonly} == {"id_aa64dfr0_el1", "midr_el1", "mpidr_el1"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +131,7 @@ def test_target_xml_well_formed_and_complete():
         assert feature == rd.feature
         assert attrs["name"] == rd.name and int(attrs["regnum"]) == rd.gdb_regnum
         assert int(attrs["bitsize"]) == rd.bitsize and attrs["type"] == rd.type
-        assert attrs.get("group") == rd.group
+        assert attrs.get("group") == rd.xml_group
     core = {r.get("name"): r.get("type") for r in features["org.gnu.gdb.aarch64.core"].findall("reg")}
     assert core["sp"] == "data_ptr" and core["pc"] == "code_ptr"
     fpu = features["org.gnu.gdb.aarch64.fpu"]
@@ -122,7 +149,7 @@ def test_target_xml_well_formed_and_complete():
 
 def test_memory_map_document():
     m = Machine(console=lambda b: None)
-    regions = mm.regions_for(m.vm)
+    regions = mm.regions_for(physical_layout(m.vm))
     assert regions == [(ROM_BASE, ROM_SIZE, "rom"), (RAM_BASE, m.config.ram_size, "ram")]
     text = mm.memory_map_xml([(0x1000_0000, 0x2000, "flash")] + regions[::-1])  # any order in
     assert '<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map V1.0//EN"' in text
@@ -151,7 +178,7 @@ def test_g_reflects_one_regs(vcpu):
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_V(31), (1 << 127) | 0xABCD)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_FPCR, 0x03000000)
     vcpu.set_one_reg(kr.sysreg_id("TPIDR_EL1"), 0xFEEDFACE)
-    g = ar.encode_g(vcpu)
+    g = encode_g(vcpu)
     assert len(g) == ar.G_PACKET_HEX_LEN and re.fullmatch(rb"[0-9a-f]+", g)
     assert g[:16] == b"8877665544332211"
     off = {}
@@ -165,11 +192,11 @@ def test_g_reflects_one_regs(vcpu):
     assert off["tpidr_el1"] == h(0xFEEDFACE, 64)
     assert off["midr_el1"] == h(vcpu.get_one_reg(kr.sysreg_id("MIDR_EL1")), 64) != h(0, 64)
     for r in ar.REGISTERS:
-        assert ar.read_register(vcpu, r.gdb_regnum) == off[r.name]
+        assert read_register(vcpu, r.gdb_regnum) == off[r.name]
 
 
 def test_G_round_trip(vcpu):
-    g = bytearray(ar.encode_g(vcpu))
+    g = bytearray(encode_g(vcpu))
     edits = {"x0": 0xDEADBEEF, "x30": 0x4000_1234, "pc": RAM_BASE + 0x100, "sp": RAM_BASE + 0x8000,
              "v0": 0x0123456789ABCDEF_FEDCBA9876543210, "fpsr": 0x08000000, "fpcr": 0x00C00000,
              "vbar_el1": RAM_BASE + 0x800, "tpidr_el0": 7, "elr_el1": RAM_BASE + 4, "sp_el0": RAM_BASE + 0x4000,
@@ -182,10 +209,10 @@ def test_G_round_trip(vcpu):
     for name, value in edits.items():
         r = ar.BY_NAME[name]
         g[pos[name]:pos[name] + r.hex_len] = h(value, r.bitsize)
-    ar.decode_G(vcpu, bytes(g))
+    decode_G(vcpu, bytes(g))
     # sp is an alias of sp_el1 at EL1h: the edited sp wins over the unchanged sp_el1 in the packet
     g[pos["sp_el1"]:pos["sp_el1"] + 16] = h(edits["sp"], 64)
-    assert ar.encode_g(vcpu) == bytes(g)
+    assert encode_g(vcpu) == bytes(g)
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_X(0)) == 0xDEADBEEF
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1) == RAM_BASE + 0x8000  # EL1h: sp is SP_EL1
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP) == RAM_BASE + 0x4000
@@ -202,36 +229,36 @@ def test_G_round_trip(vcpu):
     lambda g: b"",                    # empty
 ])
 def test_G_rejects_bad_payload_and_writes_nothing(vcpu, mutate):
-    g = bytearray(ar.encode_g(vcpu))
+    g = bytearray(encode_g(vcpu))
     g[-16:] = b"11" * 8  # would change mpidr_el1... and x0 below: none of it may land
     g[:16] = h(0x5555, 64)
     bad = mutate(bytes(g))
     before = all_one_regs(vcpu)
     with pytest.raises(ValueError):
-        ar.decode_G(vcpu, bad)
+        decode_G(vcpu, bad)
     assert all_one_regs(vcpu) == before
 
 
 def test_G_rejects_change_to_read_only_register_before_writing(vcpu):
-    g = bytearray(ar.encode_g(vcpu))
+    g = bytearray(encode_g(vcpu))
     g[:16] = h(0x5555, 64)  # x0, written first if the check came late
     r = ar.BY_NAME["midr_el1"]
     start = sum(x.hex_len for x in ar.REGISTERS[:r.gdb_regnum])
     g[start:start + 16] = h(0x41000000, 64)
     before = all_one_regs(vcpu)
     with pytest.raises(ValueError, match="midr_el1"):
-        ar.decode_G(vcpu, bytes(g))
+        decode_G(vcpu, bytes(g))
     assert all_one_regs(vcpu) == before
-    ar.write_register(vcpu, r.gdb_regnum, ar.read_register(vcpu, r.gdb_regnum))  # unchanged: fine
+    write_register(vcpu, r.gdb_regnum, read_register(vcpu, r.gdb_regnum))  # unchanged: fine
 
 
 def test_P_and_errors(vcpu):
     x5 = ar.BY_NAME["x5"].gdb_regnum
-    ar.write_register(vcpu, x5, b"efbeadde00000000")
+    write_register(vcpu, x5, b"efbeadde00000000")
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_X(5)) == 0xDEADBEEF
-    ar.write_register(vcpu, 66, b"00000018")  # fpsr QC|V
+    write_register(vcpu, 66, b"00000018")  # fpsr QC|V
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_FPSR) == 0x18000000
-    ar.write_register(vcpu, 0, b"0000000000A0B0C0")  # upper-case hex accepted
+    write_register(vcpu, 0, b"0000000000A0B0C0")  # upper-case hex accepted
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_X(0)) == 0xC0B0A0 << 40
     before = all_one_regs(vcpu)
     for regnum, value, exc in ((x5, b"efbeadde", ValueError), (x5, b"efbeadde0000000g", ValueError),
@@ -240,50 +267,50 @@ def test_P_and_errors(vcpu):
                                (88, b"0000000000000000", KeyError), (-1, b"00", KeyError),
                                (ar.BY_NAME["mpidr_el1"].gdb_regnum, b"0100000000000000", ValueError)):
         with pytest.raises(exc):
-            ar.write_register(vcpu, regnum, value)
+            write_register(vcpu, regnum, value)
     assert all_one_regs(vcpu) == before
     with pytest.raises(KeyError):
-        ar.read_register(vcpu, 88)
+        read_register(vcpu, 88)
 
 
 def test_sp_follows_pstate(vcpu):
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_SP, 0x1000)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1, 0x2000)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PSTATE, PSTATE_DAIF | PSTATE_MODE_EL1H)
-    assert ar.read_register(vcpu, ar.REG_SP) == h(0x2000, 64)
-    assert ar.expedited(vcpu)[ar.REG_SP] == h(0x2000, 64)
-    ar.write_register(vcpu, ar.REG_SP, h(0x2100, 64))
+    assert read_register(vcpu, ar.REG_SP) == h(0x2000, 64)
+    assert expedited(vcpu)[ar.REG_SP] == h(0x2000, 64)
+    write_register(vcpu, ar.REG_SP, h(0x2100, 64))
     assert (vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP), vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1)) == (0x1000, 0x2100)
 
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PSTATE, PSTATE_DAIF | PSTATE_MODE_EL1T)
-    assert ar.read_register(vcpu, ar.REG_SP) == h(0x1000, 64)
-    ar.write_register(vcpu, ar.REG_SP, h(0x1100, 64))
+    assert read_register(vcpu, ar.REG_SP) == h(0x1000, 64)
+    write_register(vcpu, ar.REG_SP, h(0x1100, 64))
     assert (vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP), vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1)) == (0x1100, 0x2100)
 
     # A G packet that switches EL1t -> EL1h and sets sp: cpsr goes first, so sp lands in SP_EL1.
-    g = bytearray(ar.encode_g(vcpu))
+    g = bytearray(encode_g(vcpu))
     sp_at = 31 * 16
     g[sp_at:sp_at + 16] = h(0x3000, 64)
     g[sp_at + 32:sp_at + 40] = h(PSTATE_DAIF | PSTATE_MODE_EL1H, 32)
-    ar.decode_G(vcpu, bytes(g))
+    decode_G(vcpu, bytes(g))
     assert (vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP), vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1)) == (0x1100, 0x3000)
 
 
 def test_cpsr_is_low_32_bits_of_pstate(vcpu):
     pstate = PSTATE_DAIF | PSTATE_MODE_EL1H | (1 << 29)  # C flag
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PSTATE, pstate)
-    assert ar.read_register(vcpu, ar.REG_CPSR) == h(pstate, 32)
-    ar.write_register(vcpu, ar.REG_CPSR, h(PSTATE_DAIF | PSTATE_MODE_EL1H | (1 << 30), 32))
+    assert read_register(vcpu, ar.REG_CPSR) == h(pstate, 32)
+    write_register(vcpu, ar.REG_CPSR, h(PSTATE_DAIF | PSTATE_MODE_EL1H | (1 << 30), 32))
     assert vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_PSTATE) == PSTATE_DAIF | PSTATE_MODE_EL1H | (1 << 30)
     with pytest.raises(ValueError):
-        ar.write_register(vcpu, ar.REG_CPSR, h(0, 64))
+        write_register(vcpu, ar.REG_CPSR, h(0, 64))
 
 
 class DictVcpu:
     """A ONE_REG vCPU that keeps 64-bit PSTATE intact, as KVM does (Unicorn keeps 32 bits)."""
 
     def __init__(self):
-        self.regs = {r.one_reg_id: 0 for r in ar.REGISTERS if r.one_reg_id is not None}
+        self.regs = {r.one_reg_id: 0 for r in areg.REGISTERS if r.one_reg_id is not None}
 
     def get_one_reg(self, reg_id):
         return self.regs[reg_id]
@@ -296,20 +323,20 @@ class DictVcpu:
 def test_cpsr_write_keeps_pstate_upper_half():
     v = DictVcpu()
     v.regs[kr.KVM_REG_ARM_CORE_PSTATE] = (0xA5 << 32) | 0x3C5
-    assert ar.read_register(v, ar.REG_CPSR) == h(0x3C5, 32)
-    ar.write_register(v, ar.REG_CPSR, h(0x3C4, 32))
+    assert read_register(v, ar.REG_CPSR) == h(0x3C5, 32)
+    write_register(v, ar.REG_CPSR, h(0x3C4, 32))
     assert v.regs[kr.KVM_REG_ARM_CORE_PSTATE] == (0xA5 << 32) | 0x3C4
     v.regs[kr.KVM_REG_ARM_CORE_SP_EL1] = 0x77
-    assert ar.read_register(v, ar.REG_SP) == h(0, 64)  # EL1t: SP_EL0
-    ar.write_register(v, ar.REG_CPSR, h(0x3C5, 32))
-    assert ar.read_register(v, ar.REG_SP) == h(0x77, 64)  # EL1h: SP_EL1
+    assert read_register(v, ar.REG_SP) == h(0, 64)  # EL1t: SP_EL0
+    write_register(v, ar.REG_CPSR, h(0x3C5, 32))
+    assert read_register(v, ar.REG_SP) == h(0x77, 64)  # EL1h: SP_EL1
 
 
 def test_expedited(vcpu):
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_X(29), 0x4000_7000)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, 0x4000_0010)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1, 0x4000_7ff0)
-    assert ar.expedited(vcpu) == {29: h(0x4000_7000, 64), 31: h(0x4000_7FF0, 64), 32: h(0x4000_0010, 64)}
+    assert expedited(vcpu) == {29: h(0x4000_7000, 64), 31: h(0x4000_7FF0, 64), 32: h(0x4000_0010, 64)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,9 +439,9 @@ class MiniRsp:
         if p == b"?":
             return b"S05"
         if p == b"g":
-            return ar.encode_g(self.vcpu)
+            return encode_g(self.vcpu)
         if p.startswith(b"p"):
-            return ar.read_register(self.vcpu, int(p[1:], 16))
+            return read_register(self.vcpu, int(p[1:], 16))
         if p.startswith(b"H"):
             return b"OK"
         if p == b"qAttached":
@@ -435,7 +462,7 @@ def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp():
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1, RAM_BASE + 0x1230)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_V(2), 0x3FF0000000000000)  # 1.0 as the low double
     vcpu.set_one_reg(kr.sysreg_id("VBAR_EL1"), RAM_BASE + 0x800)
-    server = MiniRsp(vcpu, mm.memory_map_xml(mm.regions_for(m.vm)))
+    server = MiniRsp(vcpu, mm.memory_map_xml(mm.regions_for(physical_layout(m.vm))))
     out = run_gdb("set architecture aarch64", f"target remote 127.0.0.1:{server.port}",
                   "info mem", "maint print remote-registers",
                   "p/x $x7", "p/x $sp", "p/x $pc", "p $v2.d.f[0]", "p/x $vbar_el1", "p/x $cpsr",

@@ -10,13 +10,12 @@ was not the debugger's goes back to the guest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import exceptions as arm_exc
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.vmapi import WatchTrap
 
 
 @dataclass(frozen=True)
@@ -33,41 +32,60 @@ class RawStop:
 
 
 class DebugArch(Protocol):
-    name: str
+    """One architecture's encodings for the manager's policy (Arm64DebugArch, X86DebugArch)."""
+
+    @property
+    def name(self) -> str: ...
+
     # The instruction a software breakpoint patches in; None: the host cannot take one cleanly,
     # and software breakpoints (Z0) use the hardware breakpoint slots instead (ENOSPC past them).
-    sw_break: bytes | None
-    max_watch: int                    # the longest range one watch may cover
-    # Optional: `shared_slots = True` when breakpoints and watchpoints share one register file
-    # (x86 DR0-DR3), and `slot_counts(vm) -> (bp_slots, wp_slots)` to override the
-    # KVM_CAP_GUEST_DEBUG_HW_BPS/WPS counts (x86 reports 0 for "the 4 debug registers").
+    @property
+    def sw_break(self) -> bytes | None: ...
 
-    shared_slots: bool                # breakpoints and watchpoints share one set of slots
+    @property
+    def sw_break_name(self) -> str: ...  # how `monitor info slots` names it ("BRK #0", "int3")
 
-    def slot_counts(self, vm) -> tuple[int, int]:
-        """(breakpoint slots, watchpoint slots), from the VM's capabilities."""
+    @property
+    def max_watch(self) -> int: ...  # the longest range one watch may cover
+
+    # True when breakpoints and watchpoints share one register file (x86 DR0-DR3).
+    @property
+    def shared_slots(self) -> bool: ...
+
+    def slot_counts(self, vm: Any) -> tuple[int, int]:
+        """(breakpoint slots, watchpoint slots), from the VM's capabilities
+        (KVM_CAP_GUEST_DEBUG_HW_BPS/WPS; x86 reports 0 there for "the 4 debug registers")."""
+        ...
 
     def plan_watch(self, addr: int, length: int, lsc_kind: str) -> list[tuple[int, int]]:
         """Hardware slot values covering exactly [addr, addr+length), one per slot."""
-
-    def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]):
-        """The kvm_guest_debug_arch for these breakpoints (va -> slot) and watch slot values."""
-
-    def classify(self, run: kvm.KvmRun) -> RawStop:
         ...
 
-    def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
+    def debug_arch(self, breakpoints: dict[int, int], watch_slots: dict[int, tuple[int, int]]) -> Any:
+        """The kvm_guest_debug_arch for these breakpoints (va -> slot) and watch slot values."""
+        ...
+
+    def classify(self, run: kvm.KvmRun) -> RawStop:
+        """What a KVM_EXIT_DEBUG meant."""
+        ...
+
+    def reinject(self, vcpu: Any, run: kvm.KvmRun, pc: int) -> None:
         """Deliver a software-breakpoint exception that was not the debugger's to the guest."""
+        ...
 
     def slots_full_message(self, bp_slots: int) -> str:
         """What a breakpoint refused for want of slots (ENOSPC) says, naming the hardware."""
+        ...
+
+
+BRK0 = (0xD4200000).to_bytes(4, "little")  # A64 `BRK #0`: the manager's software breakpoint
 
 
 class Arm64DebugArch:
     """AArch64: BRK #0, DBGBCR/DBGWCR slots (BAS and MASK), ESR exception classes."""
 
     name = "aarch64"
-    sw_break = (0xD4200000).to_bytes(4, "little")  # BRK #0
+    sw_break = BRK0
     sw_break_name = "BRK #0"
     shared_slots = False
 
@@ -93,20 +111,24 @@ class Arm64DebugArch:
         return arch
 
     def classify(self, run: kvm.KvmRun) -> RawStop:
-        ec = run.debug.ec
+        d = run.debug
+        assert isinstance(d, kvm.DebugExitArm64), d
+        ec = d.ec
         if ec == dr.ESR_ELx_EC_SOFTSTP_LOW:
             return RawStop("step")
         if ec == dr.ESR_ELx_EC_BREAKPT_LOW:
             return RawStop("hwbreak")
         if ec == dr.ESR_ELx_EC_BRK64:
             # Ours only if it is at one of the manager's patches (those are BRK #0).
-            return RawStop("swbreak", detail=f"BRK #{run.debug.hsr & 0xFFFF:#x}")
+            return RawStop("swbreak", detail=f"BRK #{d.hsr & 0xFFFF:#x}")
         if ec == dr.ESR_ELx_EC_WATCHPT_LOW:
-            return RawStop("watch", run.debug.far, bool(run.debug.hsr & (1 << 6)))
+            return RawStop("watch", d.far, bool(d.hsr & (1 << 6)))
         return RawStop("other", detail=f"debug exit EC {ec:#x}")
 
-    def reinject(self, vcpu, run: kvm.KvmRun, pc: int) -> None:
-        arm_exc.inject_sync_exception(vcpu, dr.esr_brk64(run.debug.hsr & 0xFFFF), preferred_return=pc)
+    def reinject(self, vcpu: Any, run: kvm.KvmRun, pc: int) -> None:
+        d = run.debug
+        assert isinstance(d, kvm.DebugExitArm64), d
+        arm_exc.inject_sync_exception(vcpu, dr.esr_brk64(d.hsr & 0xFFFF), preferred_return=pc)
 
 
 def plan_watch_pieces(addr: int, length: int) -> list[tuple[int, int, int]]:

@@ -26,6 +26,19 @@ Policy
 9. The debugger may write ROM (patching firmware, as on QEMU); the guest still cannot.
 10. `reset` returns the VM to its state when the manager was created (right after loading, for
     `guestdbg run`), keeping the debugger's breakpoints and watchpoints armed.
+11. Snapshots never hold the debugger's state: `snapshot` lifts the breakpoint patches while the
+    image is written, and `restore` (like `reset`) keeps every breakpoint and watchpoint armed
+    over the restored memory, re-patching over the restored code.
+
+The target interface
+--------------------
+Everything a debugger front end needs goes through this class, under its lock: registers as
+ints (`read_register(name)`/`write_register(name, value)`/`registers()` for the Python API;
+`read_registers(numbers)`, `write_register_at`, `write_all_registers` and `set_pc` by catalogue
+number for the GDB session), memory (`read_memory`, `write_memory`, `memory_region`,
+`memory_layout`), running (`check_runnable`, `step`, `cont`, `interrupt`), snapshots and what the
+target can do (`profile`, `hw_bp_slots`, `sw_breakpoints`, `vcpu_ids`, `can_reverse`,
+`check_extension`). The architecture comes from `debug.profile`, chosen once per machine.
 """
 
 from __future__ import annotations
@@ -37,12 +50,21 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from guestdbg import kvm
-from guestdbg.board.virt import ExitStatus, Machine
-from guestdbg.debug.arch import Arm64DebugArch, DebugArch, WatchTrap, plan_watch_pieces  # noqa: F401
+from guestdbg.arm.mmu import TranslationFault
+from guestdbg.board.common import ExitStatus
+from guestdbg.board.virt import Machine
+from guestdbg.debug.arch import DebugArch
+from guestdbg.debug.profile import ArchProfile, profile_for
+from guestdbg.debug.regions import PhysRegion, physical_layout, region_at
+from guestdbg.vmapi import WatchTrap
 
-BRK0 = Arm64DebugArch.sw_break
+# What the back ends' translate() raises for an address the guest's tables do not map: the
+# emulated vCPU's stage-1 walk (or a table outside RAM: KvmError EFAULT), KVM_TRANSLATE on x86.
+TRANSLATION_FAULTS = (TranslationFault, kvm.KvmError)
+ADDRESS_END = 1 << 64
 
 
 def _fault_exit(run: kvm.KvmRun) -> bool:
@@ -51,16 +73,10 @@ def _fault_exit(run: kvm.KvmRun) -> bool:
     return run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
 
 
-def debug_profile(machine):
-    """(DebugArch, register catalogue module) for a machine: the x86-64 pc board (its
-    `arch_name` is "x86_64") gets X86DebugArch with the host's probed facts and amd64_regs;
-    everything else the AArch64 strategy and aarch64_regs."""
-    if getattr(machine, "arch_name", "aarch64") == "x86_64":
-        from guestdbg.debug.x86_arch import X86DebugArch
-        from guestdbg.gdb import amd64_regs
-        return X86DebugArch(machine.debug_facts), amd64_regs
-    from guestdbg.gdb import aarch64_regs
-    return Arm64DebugArch(), aarch64_regs
+def debug_profile(machine: Machine) -> tuple[ArchProfile, None]:
+    """Transitional, for gdb/server.py's current call only (remove with it): the machine's
+    architecture profile, where GuestDebugManager(machine) finds it by itself."""
+    return profile_for(machine), None
 
 
 class DebugError(Exception):
@@ -100,6 +116,7 @@ class StopEvent:
     exit_status: int | None = None
     detail: str = ""
     completed: bool = False  # a watch reported after its access (x86): no step-over on resume
+    vcpu_id: int = 0         # the vCPU that stopped (one per machine today)
 
 
 @dataclass(frozen=True)
@@ -143,19 +160,26 @@ class Watch:
 class GuestDebugManager:
     """Breakpoints, watchpoints, stepping and resuming for one machine's vCPU."""
 
-    def __init__(self, machine: Machine, arch: DebugArch | None = None, *, registers=None):
+    def __init__(self, machine: Machine, profile: ArchProfile | None = None, *, registers: object = None):
+        """`profile`: the machine's architecture profile (`debug.profile.profile_for(machine)`
+        by default). `registers`: ignored (transitional, for gdb/server.py's current call)."""
         self.machine = machine
         self.vm = machine.vm
         self.vcpu = machine.vcpu
-        if arch is None or registers is None:
-            default_arch, default_registers = debug_profile(machine)
-            arch, registers = arch or default_arch, registers or default_registers
-        self.arch = arch
-        self.registers_catalogue = registers  # gdb's view: names, numbers, sizes
-        self._brk = self.arch.sw_break
-        self._arch_key, self._arch_regs = None, None  # the last kvm_guest_debug_arch built
+        self.profile = profile or profile_for(machine)
+        self.arch: DebugArch = self.profile.debug_arch(machine)
+        self._registers = self.profile.registers  # the integer-level register catalogue
+        self._by_name = {r.name: r.gdb_regnum for r in self._registers.REGISTERS}
+        self._numbers = range(len(self._registers.REGISTERS))  # the catalogue numbers its registers 0..n-1
+        # The software breakpoint instruction; b"" where the host has none (x86 without a clean
+        # int3): Z0 then takes a hardware slot.
+        self._brk: bytes = self.arch.sw_break or b""
+        self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key
+        self._arch_regs: Any = None
         # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
         # (on x86 a 0 there means the 4 shared debug registers).
+        self.hw_bp_slots: int
+        self.hw_wp_slots: int
         self.hw_bp_slots, self.hw_wp_slots = self.arch.slot_counts(self.vm)
         self._shared_slots = self.arch.shared_slots  # one register file for both (x86 DR0-DR3)?
         self._sw: dict[int, _SwBreakpoint] = {}   # pa -> patch
@@ -163,10 +187,28 @@ class GuestDebugManager:
         self._hw_bp: dict[int, int] = {}           # va -> slot
         self.watches: list[Watch] = []
         self._last_stop: StopEvent | None = None
-        self._last_watch: Watch | None = None
         self._lock = threading.Lock()
-        self.single_stepping = False
         self._reset_image = self._take_reset_image()
+
+    # ------------------------------------------------------------------ what the target offers
+    @property
+    def sw_breakpoints(self) -> bool:
+        """Can Z0 patch a software breakpoint instruction (else it takes a hardware slot)?"""
+        return bool(self._brk)
+
+    @property
+    def can_reverse(self) -> bool:
+        """Can the target run backwards (reverse step/continue)? Not yet: the extension point
+        the GDB session's `bs`/`bc` handler asks."""
+        return False
+
+    def vcpu_ids(self) -> list[int]:
+        """The machine's vCPUs (KVM vcpu ids); the GDB session numbers its threads from them."""
+        return [self.vcpu.vcpu_id]
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM (`monitor info caps`)."""
+        return self.vm.check_extension(cap)
 
     def _take_reset_image(self) -> bytes | None:
         """The VM as it is now, for `reset` (registers, devices, the non-zero pages of memory)."""
@@ -185,7 +227,7 @@ class GuestDebugManager:
         slot = self.vm.slot_for(pa)
         if slot is None:
             raise DebugError(errno.EFAULT, f"no memory at {va:#x}")
-        if self._brk is None:
+        if not self._brk:
             if va in self._hw_bp:
                 return "hw"
             self.add_hw_breakpoint(va)  # the arch's refusal says why (the slots are shared here)
@@ -197,6 +239,9 @@ class GuestDebugManager:
             return "sw"
         patch = self._sw.get(pa)
         if patch is None:
+            if pa + len(self._brk) > slot.guest_phys_addr + slot.memory_size:
+                raise DebugError(errno.EFAULT, f"no memory for a breakpoint instruction at {va:#x}: "
+                                               "it would run past the end of RAM")
             patch = _SwBreakpoint(pa, self.vm.read_phys(pa, len(self._brk)))
             self.vm.write_phys(pa, self._brk)
             self._sw[pa] = patch
@@ -219,6 +264,8 @@ class GuestDebugManager:
         self._apply()
 
     def add_hw_breakpoint(self, va: int) -> None:
+        if not 0 <= va < ADDRESS_END:
+            raise DebugError(errno.EINVAL, f"no address {va:#x}")
         if va in self._hw_bp:
             return
         used = set(self._hw_bp.values())
@@ -273,11 +320,10 @@ class GuestDebugManager:
         self._sw_va.clear()
         self._hw_bp.clear()
         self.watches.clear()
-        self.single_stepping = False
         self._apply()
 
     @contextlib.contextmanager
-    def breakpoints_lifted(self):
+    def breakpoints_lifted(self) -> Iterator[None]:
         """Guest memory without the debugger's BRK patches for the duration (for a snapshot,
         which must hold the guest's own code, not the debugger's state)."""
         patches = list(self._sw.values())
@@ -319,20 +365,27 @@ class GuestDebugManager:
         return lines
 
     # ------------------------------------------------------------------ memory and registers
-    def memory_region(self, va: int):
-        """The memory around guest virtual address `va` (memory_map.PhysRegion: start, end, kind
+    def memory_layout(self) -> list[PhysRegion]:
+        """The board's physical memory: RAM, ROM and device windows, sorted (no holes)."""
+        return physical_layout(self.vm)
+
+    def memory_region(self, va: int) -> PhysRegion:
+        """The memory around guest virtual address `va` (regions.PhysRegion: start, end, kind
         "ram"/"rom"/"mmio"/"hole", permissions), for lldb's qMemoryRegionInfo. With the guest's
         MMU off it is the board's physical layout; with it on, the pages around `va` through the
         guest's translation (at most 1 MiB per answer), unmapped pages being a hole and the
         permissions those of both the page tables and the memory behind them."""
-        from guestdbg.gdb.memory_map import PhysRegion, physical_layout, region_at
+        with self._lock:
+            return self._memory_region(va)
+
+    def _memory_region(self, va: int) -> PhysRegion:
         layout = physical_layout(self.vm)
-        if not self._mmu_on():
+        if not self._registers.translation_enabled(self.vcpu):
             return region_at(layout, va)
         page = 4096
         start = va - va % page
 
-        def backing(addr):
+        def backing(addr: int) -> tuple[int | None, PhysRegion | None, str]:
             """(pa, physical region, accesses the tables allow), or Nones where unmapped."""
             try:
                 pa = self._translate(addr)
@@ -353,26 +406,29 @@ class GuestDebugManager:
             pa, phys, allowed = backing(end)
             if (phys is None) != (phys0 is None) or allowed != allowed0:
                 break
-            if phys0 is not None and (phys.kind != phys0.kind or pa != pa0 + (end - start)):
+            if phys0 is not None and phys is not None and pa0 is not None and (
+                    phys.kind != phys0.kind or pa != pa0 + (end - start)):
                 break
             end += page
         if phys0 is None:
             return PhysRegion(start, end, "hole")
         return PhysRegion(start, end, phys0.kind, phys0.name, allowed0)
 
-    def _mmu_on(self) -> bool:
-        if "sctlr_el1" in self._by_name():
-            return bool(self.read_register("sctlr_el1") & 1)
-        return True  # x86-64 long mode always translates
-
     def _translate(self, va: int, access: str = "read") -> int:
+        if not 0 <= va < ADDRESS_END:
+            raise DebugError(errno.EFAULT, f"no address {va:#x}")
         try:
             return self.vcpu.translate(va, access)
-        except Exception as e:
+        except TRANSLATION_FAULTS as e:
             raise DebugError(errno.EFAULT, f"cannot translate {va:#x}: {e}") from None
 
     def read_memory(self, va: int, length: int) -> bytes:
-        """Guest virtual memory as the guest's program has it: originals under breakpoints."""
+        """Guest virtual memory as the guest's program has it: originals under breakpoints.
+        All of it or DebugError (EFAULT), never part."""
+        with self._lock:
+            return self._read_memory(va, length)
+
+    def _read_memory(self, va: int, length: int) -> bytes:
         out = bytearray()
         pos, end = va, va + length
         while pos < end:
@@ -393,6 +449,10 @@ class GuestDebugManager:
     def write_memory(self, va: int, data: bytes) -> None:
         """Write guest memory; all of it or none (every page is checked first). Bytes under a
         software breakpoint go into its saved original, so the breakpoint stays."""
+        with self._lock:
+            self._write_memory(va, data)
+
+    def _write_memory(self, va: int, data: bytes) -> None:
         spans = []
         pos, end, off = va, va + len(data), 0
         while pos < end:
@@ -405,13 +465,13 @@ class GuestDebugManager:
             # firmware writes it, as QEMU's gdbstub does.
             spans.append((pa, data[off:off + chunk]))
             pos, off = pos + chunk, off + chunk
-        for pa, chunk in spans:
-            buf = bytearray(chunk)
+        for pa, part in spans:
+            buf = bytearray(part)
             for patch in self._sw.values():
-                lo, hi = max(pa, patch.pa), min(pa + len(chunk), patch.pa + len(patch.original))
+                lo, hi = max(pa, patch.pa), min(pa + len(part), patch.pa + len(patch.original))
                 if lo < hi:
                     orig = bytearray(patch.original)
-                    orig[lo - patch.pa:hi - patch.pa] = chunk[lo - pa:hi - pa]
+                    orig[lo - patch.pa:hi - patch.pa] = part[lo - pa:hi - pa]
                     patch.original = bytes(orig)
                     buf[lo - pa:hi - pa] = self._brk[lo - patch.pa:hi - patch.pa]
             self.vm.write_phys(pa, bytes(buf))
@@ -420,7 +480,7 @@ class GuestDebugManager:
     def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False) -> None:
         """Push the whole debug state to the vCPU (as QEMU does after every change)."""
         breakpoints = {va: slot for va, slot in self._hw_bp.items() if va != skip_bp_at}
-        watch_slots = {}
+        watch_slots: dict[int, tuple[int, int]] = {}
         traps = []
         for w in self.watches:
             if skip_watch is not None and (w is skip_watch or skip_watch is True):
@@ -440,7 +500,7 @@ class GuestDebugManager:
                 control |= kvm.KVM_GUESTDBG_USE_HW
             if step:
                 control |= kvm.KVM_GUESTDBG_SINGLESTEP
-            if self._brk is None:  # no software breakpoints here: the guest's own go to the guest
+            if not self._brk:  # no software breakpoints here: the guest's own go to the guest
                 control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
         self.vcpu.set_watch_traps(traps)
         key = (tuple(sorted(breakpoints.items())), tuple(sorted(watch_slots.items())))
@@ -481,9 +541,8 @@ class GuestDebugManager:
             last = self._last_stop
             # Step over a breakpoint only where the vCPU last stopped, as gdb itself does: a PC
             # the debugger moved (a jump, P/G) must meet the breakpoint there, as on hardware.
-            at_last_stop = last is not None and last.pc == pc
-            need_step_over = at_last_stop and (pc in self._sw_va or pc in self._hw_bp or
-                                               (last.kind is StopKind.WATCH and not last.completed))
+            need_step_over = last is not None and last.pc == pc and (
+                pc in self._sw_va or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed))
             if need_step_over:
                 event = self._step_over(pc)
                 if event is not None or step:
@@ -568,7 +627,6 @@ class GuestDebugManager:
             far, is_write = raw.addr, raw.is_write
             watch = self._watch_for(far, is_write)
             if watch is not None:
-                self._last_watch = watch
                 return StopEvent(StopKind.WATCH, pc, watch_kind=watch.kind,
                                  watch_addr=max(watch.addr, min(far, watch.addr + watch.length - 1)),
                                  completed=raw.completed)
@@ -615,54 +673,104 @@ class GuestDebugManager:
         return StopEvent(StopKind.STEP, self.vcpu.pc) if stepping else None
 
     def _fault_event(self, result: kvm.KvmRun, pc: int) -> StopEvent:
-        message = result.internal.message
-        sig = getattr(result.internal, "signal", None) or signal.SIGSEGV  # a board may name it
+        internal = result.internal
+        assert internal is not None  # KVM_EXIT_INTERNAL_ERROR carries one
+        message = internal.message
+        sig = getattr(internal, "signal", None) or signal.SIGSEGV  # a board may name it
         if "undefined" in message or "EC 0x00" in message:
             sig = signal.SIGILL
         return StopEvent(StopKind.SIGNAL, pc, signal=sig, detail=message)
 
-    # ------------------------------------------------------------------ registers and snapshots
+    # ------------------------------------------------------------------ registers
+    # Registers are ints. By name for the Python API; by number (the catalogue's, which is gdb's
+    # numbering) for the GDB session. Unknown registers are ENOENT, values the vCPU cannot take
+    # EINVAL; a refused write changes nothing.
+
     def registers(self) -> dict[str, int]:
-        """Every register by its gdb name (x0..x30, sp, pc, cpsr, v0.., sctlr_el1.. on aarch64)."""
-        return {name: self.read_register(name) for name in self._by_name()}
+        """Every register by name (x0..x30, sp, pc, cpsr, v0.., sctlr_el1.. on aarch64)."""
+        with self._lock:
+            values = self._registers.read_all(self.vcpu)
+        return {r.name: v for r, v in zip(self._registers.REGISTERS, values)}
 
     def read_register(self, name: str) -> int:
-        r = self._by_name().get(name)
-        if r is None:
-            raise DebugError(errno.ENOENT, f"no register named {name!r}")
-        hexvalue = self.registers_catalogue.read_register(self.vcpu, r.gdb_regnum)
-        return int.from_bytes(bytes.fromhex(hexvalue.decode()), "little")
+        return self.read_register_at(self._number(name))
 
     def write_register(self, name: str, value: int) -> None:
-        r = self._by_name().get(name)
-        if r is None:
+        self.write_register_at(self._number(name), value)
+
+    def _number(self, name: str) -> int:
+        n = self._by_name.get(name)
+        if n is None:
             raise DebugError(errno.ENOENT, f"no register named {name!r}")
-        try:
-            raw = value.to_bytes(r.bitsize // 8, "little")
-        except OverflowError:
-            raise DebugError(errno.EINVAL, f"{value:#x} does not fit {name} ({r.bitsize} bits)") from None
-        try:
-            self.registers_catalogue.write_register(self.vcpu, r.gdb_regnum, raw.hex().encode())
-        except (ValueError, KeyError) as e:
-            raise DebugError(errno.EINVAL, f"{name}: {e}") from None
+        return n
 
-    def _by_name(self):
-        return {r.name: r for r in self.registers_catalogue.REGISTERS}
+    def _known(self, numbers: Sequence[int]) -> None:
+        for n in numbers:
+            if n not in self._numbers:
+                raise DebugError(errno.ENOENT, f"no register number {n}")
 
-    def snapshot(self, path) -> None:
-        """Save the VM (no debugger state: breakpoint patches are lifted while it is written)."""
+    def read_registers(self, numbers: Sequence[int] | None = None) -> list[int]:
+        """The values of these registers (catalogue numbers), or of all of them in catalogue
+        order (one batch read: a `g` packet)."""
+        if numbers is None:
+            with self._lock:
+                return self._registers.read_all(self.vcpu)
+        self._known(numbers)
+        with self._lock:
+            return self._registers.read(self.vcpu, numbers)
+
+    def read_register_at(self, number: int) -> int:
+        """One register by catalogue number (a `p` packet)."""
+        if number not in self._numbers:
+            raise DebugError(errno.ENOENT, f"no register number {number}")
+        with self._lock:
+            return self._registers.read_one(self.vcpu, number)
+
+    def write_register_at(self, number: int, value: int) -> None:
+        """Write one register by catalogue number (a read-only one only with the value it holds)."""
+        self._known([number])
+        with self._lock:
+            try:
+                self._registers.write(self.vcpu, number, value)
+            except self._registers.RegisterError as e:
+                raise DebugError(errno.EINVAL, str(e)) from None
+
+    def write_all_registers(self, values: Sequence[int]) -> None:
+        """Write every register (catalogue order; those that do not change are not written).
+        Nothing is written if any value is refused."""
+        with self._lock:
+            try:
+                self._registers.write_all(self.vcpu, values)
+            except self._registers.RegisterError as e:
+                raise DebugError(errno.EINVAL, str(e)) from None
+
+    def set_pc(self, pc: int) -> None:
+        """Where the next step or continue starts (`c ADDR`, `s ADDR`)."""
+        if not 0 <= pc < ADDRESS_END:
+            raise DebugError(errno.EINVAL, f"no address {pc:#x}")
+        with self._lock:
+            self._registers.set_pc(self.vcpu, pc)
+
+    # ------------------------------------------------------------------ snapshots and reset
+    def snapshot(self, path: str | Path) -> None:
+        """Save the VM to `path` (no debugger state: breakpoint patches are lifted while it is
+        written). OSError or snapshot.SnapshotError if it cannot be written."""
         from guestdbg import snapshot
-        with self.breakpoints_lifted():
+        with self._lock, self.breakpoints_lifted():
             snapshot.save(self.machine, path)
 
-    def restore(self, path) -> None:
+    def restore(self, path: str | Path) -> None:
         """Restore the VM from a snapshot, keeping this debugger's breakpoints and watchpoints
-        armed over the restored memory. A bad file changes nothing."""
-        self._restore_image(Path(path).read_bytes())
-        # The restored vCPU is stopped where the snapshot was taken: resuming steps over a
-        # breakpoint there, as after any stop.
-        self._last_stop = StopEvent(StopKind.SIGNAL, self.vcpu.pc, signal=signal.SIGTRAP, detail="snapshot restored")
-        self._apply()
+        armed over the restored memory. A bad file changes nothing (OSError or
+        snapshot.SnapshotError)."""
+        data = Path(path).read_bytes()
+        with self._lock:
+            self._restore_image(data)
+            # The restored vCPU is stopped where the snapshot was taken: resuming steps over a
+            # breakpoint there, as after any stop.
+            self._last_stop = StopEvent(StopKind.SIGNAL, self.vcpu.pc, signal=signal.SIGTRAP,
+                                        detail="snapshot restored")
+            self._apply()
 
     def reset(self) -> None:
         """Reset the board: memory, devices and registers as they were when this manager was

@@ -1,74 +1,51 @@
-"""The AArch64 register catalogue the GDB stub serves, as data.
+"""gdb's view of the AArch64 registers: the target description and the packet hex.
 
-One table, `REGISTERS`, in gdb's register numbering, drives everything register-shaped:
-the target description (`target_xml`), the `g`/`G` packets (`encode_g`/`decode_G`), the `p`/`P`
-packets (`read_register`/`write_register`) and the registers expedited in a `T` stop reply.
+The registers themselves (names, numbers, sizes, ONE_REG ids, how to read and write them) are
+`guestdbg.arm.registers`, at integer level; the debug manager reads and writes them. This
+module adds only what gdb needs: each register's target-description type and feature
+(`REGISTERS`, `target_xml`), and the hex of the `g`/`G`/`p`/`P` packets and of the registers
+expedited in a `T` stop reply, from and to the ints the manager deals in.
 
 Theory of operation
 -------------------
-1. Numbering follows gdb's own aarch64 layout: x0..x30 are 0..30, sp 31, pc 32, cpsr 33,
-   v0..v31 34..65, fpsr 66, fpcr 67. The system registers of `org.guestdbg.aarch64.sysregs`
-   follow from 68. gdb numbers its pseudo registers (q0, d0, s0, ...) after all of these.
-2. Every register except `sp` maps to one KVM ONE_REG id and is read and written through
-   `vcpu.get_one_reg` / `vcpu.set_one_reg`, so this module works unchanged on real KVM.
-3. `sp` is the *current* stack pointer, which has no ONE_REG id of its own (`one_reg_id` is None).
-   It reads and writes SP_EL1 (KVM_REG_ARM_CORE_SP_EL1) when PSTATE.SPSel is 1 and PSTATE.EL is
-   1 or more (EL1h), and SP_EL0 (KVM_REG_ARM_CORE_SP) otherwise (EL0, EL1t). This vCPU has no EL2
-   or EL3, so SP_EL1 is the only SP_ELx. `sp` therefore aliases either `sp_el0` or `sp_el1`.
-4. `cpsr` is 32 bits wide, as gdb expects; it is the low half of the 64-bit ONE_REG PSTATE. A
-   write keeps PSTATE's upper half.
-5. Values travel as lowercase hex of the little-endian bytes, each register at its bit size.
-6. Packet decoding validates everything (hex digits, exact lengths, known register numbers,
-   values of read-only registers) before the first write, so a rejected packet changes nothing.
-7. `decode_G` writes only registers whose value differs from the current one: `cpsr` first (it
-   selects the stack pointer `sp` aliases), then the rest in catalogue order, then `sp` last. A G
-   packet built from a `g` reply with one register edited changes exactly that register, and a
-   read-only identification register may appear in a G packet as long as it is unchanged.
+1. Numbering is `arm.registers`' (gdb's own aarch64 layout): x0..x30 are 0..30, sp 31, pc 32,
+   cpsr 33, v0..v31 34..65, fpsr 66, fpcr 67, then the system registers of
+   `org.guestdbg.aarch64.sysregs` from 68. gdb numbers its pseudo registers (q0, d0, s0, ...)
+   after all of these.
+2. Values travel as lowercase hex of the little-endian bytes, each register at its bit size.
+3. Decoding validates everything (hex digits, exact lengths, known register numbers) and
+   raises ValueError (KeyError for an unknown register number) before anything reaches the
+   target; the catalogue then checks values (read-only registers) before its first write.
 """
 
 from __future__ import annotations
 
-import struct
-
 import re
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Sequence
 
-from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm import registers as arm_registers
 
 FEATURE_CORE = "org.gnu.gdb.aarch64.core"
 FEATURE_FPU = "org.gnu.gdb.aarch64.fpu"
 FEATURE_SYSREGS = "org.guestdbg.aarch64.sysregs"
-
-# PSTATE fields that select the stack pointer.
-PSTATE_SPSEL = 1 << 0
-PSTATE_EL_SHIFT = 2
-
-
-class OneRegVcpu(Protocol):
-    """What the catalogue needs from a vCPU: the KVM ONE_REG accessors."""
-
-    def get_one_reg(self, reg_id: int) -> int: ...
-
-    def set_one_reg(self, reg_id: int, value: int) -> None: ...
+FEATURES: tuple[str, ...] = (FEATURE_CORE, FEATURE_FPU, FEATURE_SYSREGS)
+_FEATURE_OF_GROUP = {arm_registers.GROUP_CORE: FEATURE_CORE, arm_registers.GROUP_FPU: FEATURE_FPU,
+                     arm_registers.GROUP_SYSTEM: FEATURE_SYSREGS}
 
 
 @dataclass(frozen=True)
 class RegDef:
-    """One register as gdb sees it.
-
-    `one_reg_id` is None only for `sp`, whose storage depends on PSTATE (see `read_reg`).
-    `type` is a gdb target-description type (predefined, or defined in `target_xml`).
-    `readonly` marks identification registers the vCPU refuses to change.
-    """
+    """One register as gdb sees it. `type` is a gdb target-description type (predefined, or
+    defined in `target_xml`); `xml_group` the register group gdb lists it under, if any."""
 
     name: str
     bitsize: int
     gdb_regnum: int
-    one_reg_id: int | None
     type: str
-    group: str | None
+    xml_group: str | None
     feature: str
     readonly: bool = False
 
@@ -78,100 +55,40 @@ class RegDef:
         return self.bitsize // 4
 
 
-# (name, ONE_REG id, gdb type, read-only) of the system registers, in gdb order.
-_SYSREGS: tuple[tuple[str, int, str, bool], ...] = (
-    ("sctlr_el1", kr.sysreg_id("SCTLR_EL1"), "uint64", False),
-    ("tcr_el1", kr.sysreg_id("TCR_EL1"), "uint64", False),
-    ("ttbr0_el1", kr.sysreg_id("TTBR0_EL1"), "uint64", False),
-    ("ttbr1_el1", kr.sysreg_id("TTBR1_EL1"), "uint64", False),
-    ("mair_el1", kr.sysreg_id("MAIR_EL1"), "uint64", False),
-    ("vbar_el1", kr.sysreg_id("VBAR_EL1"), "code_ptr", False),
-    ("esr_el1", kr.sysreg_id("ESR_EL1"), "uint64", False),
-    ("far_el1", kr.sysreg_id("FAR_EL1"), "data_ptr", False),
-    ("elr_el1", kr.KVM_REG_ARM_CORE_ELR_EL1, "code_ptr", False),
-    ("spsr_el1", kr.KVM_REG_ARM_CORE_SPSR(kr.KVM_SPSR_EL1), "uint64", False),
-    ("sp_el0", kr.KVM_REG_ARM_CORE_SP, "data_ptr", False),
-    ("sp_el1", kr.KVM_REG_ARM_CORE_SP_EL1, "data_ptr", False),
-    ("contextidr_el1", kr.sysreg_id("CONTEXTIDR_EL1"), "uint64", False),
-    ("tpidr_el0", kr.sysreg_id("TPIDR_EL0"), "uint64", False),
-    ("tpidr_el1", kr.sysreg_id("TPIDR_EL1"), "uint64", False),
-    ("cpacr_el1", kr.sysreg_id("CPACR_EL1"), "uint64", False),
-    ("mdscr_el1", kr.sysreg_id("MDSCR_EL1"), "uint64", False),
-    ("id_aa64dfr0_el1", kr.sysreg_id("ID_AA64DFR0_EL1"), "uint64", True),
-    ("midr_el1", kr.sysreg_id("MIDR_EL1"), "uint64", True),
-    ("mpidr_el1", kr.sysreg_id("MPIDR_EL1"), "uint64", True),
-)
+# gdb types of the registers that are not plain integers of their group's default type.
+_TYPES = {"sp": "data_ptr", "pc": "code_ptr", "cpsr": "cpsr_flags", "fpsr": "fpsr_flags",
+          "fpcr": "fpcr_flags", "vbar_el1": "code_ptr", "far_el1": "data_ptr", "elr_el1": "code_ptr",
+          "sp_el0": "data_ptr", "sp_el1": "data_ptr"}
+_DEFAULT_TYPE = {arm_registers.GROUP_CORE: "int", arm_registers.GROUP_FPU: "aarch64v",
+                 arm_registers.GROUP_SYSTEM: "uint64"}
 
-
-def _build_catalogue() -> tuple[RegDef, ...]:
-    regs: list[RegDef] = []
-
-    def add(name, bitsize, one_reg_id, type_, group, feature, readonly=False):
-        regs.append(RegDef(name, bitsize, len(regs), one_reg_id, type_, group, feature, readonly))
-
-    for n in range(31):
-        add(f"x{n}", 64, kr.KVM_REG_ARM_CORE_X(n), "int", None, FEATURE_CORE)
-    add("sp", 64, None, "data_ptr", None, FEATURE_CORE)
-    add("pc", 64, kr.KVM_REG_ARM_CORE_PC, "code_ptr", None, FEATURE_CORE)
-    add("cpsr", 32, kr.KVM_REG_ARM_CORE_PSTATE, "cpsr_flags", None, FEATURE_CORE)
-    for n in range(32):
-        add(f"v{n}", 128, kr.KVM_REG_ARM_CORE_V(n), "aarch64v", None, FEATURE_FPU)
-    add("fpsr", 32, kr.KVM_REG_ARM_CORE_FPSR, "fpsr_flags", None, FEATURE_FPU)
-    add("fpcr", 32, kr.KVM_REG_ARM_CORE_FPCR, "fpcr_flags", None, FEATURE_FPU)
-    for name, reg_id, type_, readonly in _SYSREGS:
-        add(name, 64, reg_id, type_, "system", FEATURE_SYSREGS, readonly)
-    return tuple(regs)
-
-
-REGISTERS: tuple[RegDef, ...] = _build_catalogue()
+REGISTERS: tuple[RegDef, ...] = tuple(
+    RegDef(r.name, r.bitsize, r.gdb_regnum, _TYPES.get(r.name, _DEFAULT_TYPE[r.group]),
+           "system" if r.group == arm_registers.GROUP_SYSTEM else None, _FEATURE_OF_GROUP[r.group], r.readonly)
+    for r in arm_registers.REGISTERS)
 BY_REGNUM: dict[int, RegDef] = {r.gdb_regnum: r for r in REGISTERS}
 BY_NAME: dict[str, RegDef] = {r.name: r for r in REGISTERS}
-FEATURES: tuple[str, ...] = (FEATURE_CORE, FEATURE_FPU, FEATURE_SYSREGS)
 
-REG_FP, REG_SP, REG_PC, REG_CPSR = 29, 31, 32, 33
+REG_FP, REG_SP, REG_PC, REG_CPSR = (arm_registers.REG_FP, arm_registers.REG_SP, arm_registers.REG_PC,
+                                    arm_registers.REG_CPSR)
 # gdbserver's aarch64 port expedites the frame pointer, sp and pc: enough to unwind the stop frame.
 EXPEDITED_REGNUMS: tuple[int, ...] = (REG_FP, REG_SP, REG_PC)
 
 G_PACKET_HEX_LEN = sum(r.hex_len for r in REGISTERS)
-
-# ---------------------------------------------------------------------------------------------
-# Reading and writing one register
-
-
-def _sp_one_reg_id(vcpu: OneRegVcpu) -> int:
-    """ONE_REG id of the stack pointer `sp` currently names (rule 3)."""
-    pstate = vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_PSTATE)
-    el = (pstate >> PSTATE_EL_SHIFT) & 3
-    if el >= 1 and pstate & PSTATE_SPSEL:
-        return kr.KVM_REG_ARM_CORE_SP_EL1
-    return kr.KVM_REG_ARM_CORE_SP
-
-
-def read_reg(vcpu: OneRegVcpu, regdef: RegDef) -> int:
-    """The register's value as an unsigned integer of `regdef.bitsize` bits."""
-    if regdef.one_reg_id is None:  # sp
-        return vcpu.get_one_reg(_sp_one_reg_id(vcpu))
-    value = vcpu.get_one_reg(regdef.one_reg_id)
-    return value & ((1 << regdef.bitsize) - 1)
-
-
-def write_reg(vcpu: OneRegVcpu, regdef: RegDef, value: int) -> None:
-    """Write an unsigned value of `regdef.bitsize` bits (sp: to SP_EL1 or SP_EL0, per PSTATE)."""
-    if not 0 <= value < 1 << regdef.bitsize:
-        raise ValueError(f"{regdef.name}: value {value:#x} does not fit {regdef.bitsize} bits")
-    if regdef.one_reg_id is None:  # sp
-        vcpu.set_one_reg(_sp_one_reg_id(vcpu), value)
-        return
-    if regdef.bitsize < 8 * kr.reg_size_bytes(regdef.one_reg_id):  # cpsr: keep PSTATE[63:32]
-        mask = (1 << regdef.bitsize) - 1
-        value |= vcpu.get_one_reg(regdef.one_reg_id) & ~mask
-    vcpu.set_one_reg(regdef.one_reg_id, value)
-
+_SIZES = {r.gdb_regnum: r.bitsize // 8 for r in REGISTERS}  # bytes, by register number
 
 # ---------------------------------------------------------------------------------------------
 # Packet payloads: g, G, p, P and the expedited registers of a T stop reply
 
 _HEX = re.compile(rb"[0-9a-fA-F]*")
+
+
+def lookup(regnum: int) -> RegDef:
+    """KeyError for a register number the catalogue does not have."""
+    try:
+        return BY_REGNUM[regnum]
+    except KeyError:
+        raise KeyError(f"no register number {regnum}") from None
 
 
 def _to_hex(regdef: RegDef, value: int) -> bytes:
@@ -187,93 +104,53 @@ def _from_hex(regdef: RegDef, hexdata: bytes) -> int:
     return int.from_bytes(bytes.fromhex(hexdata.decode("ascii")), "little")
 
 
-def _check_writable(vcpu: OneRegVcpu, regdef: RegDef, value: int) -> None:
-    if regdef.readonly and value != read_reg(vcpu, regdef):
-        raise ValueError(f"{regdef.name} is read-only")
-
-
 # The `g` layout as one struct (a 128-bit register is two little-endian u64 halves): packing
 # ~90 registers one int.to_bytes at a time was a third of a `g`.
-_G_FIELDS = [(r.bitsize, (1 << r.bitsize) - 1) for r in REGISTERS]
+_WIDE = [r.bitsize == 128 for r in REGISTERS]
 _G_STRUCT = struct.Struct("<" + "".join({32: "I", 64: "Q", 128: "QQ"}[r.bitsize] for r in REGISTERS))
+_LOW64 = (1 << 64) - 1
 
 
-def encode_g(vcpu: OneRegVcpu) -> bytes:
-    """The `g` reply: every register in gdb order, hex of little-endian bytes."""
-    ids = [r.one_reg_id if r.one_reg_id is not None else _sp_one_reg_id(vcpu) for r in REGISTERS]
-    # An optional fast path (the emulated vCPU reads plain registers in one batch); the
-    # result is the same as one get_one_reg per register.
-    read_many = getattr(vcpu, "get_one_regs", None)
-    values = read_many(ids) if read_many else [vcpu.get_one_reg(i) for i in ids]
-    flat = []
-    for (bits, mask), v in zip(_G_FIELDS, values):
-        v &= mask
-        if bits == 128:
-            flat += (v & 0xFFFF_FFFF_FFFF_FFFF, v >> 64)
+def encode_g(values: Sequence[int]) -> bytes:
+    """The `g` reply for every register's value (catalogue order, as `read_all` gives them)."""
+    flat: list[int] = []
+    for wide, v in zip(_WIDE, values):
+        if wide:
+            flat += (v & _LOW64, v >> 64)
         else:
             flat.append(v)
     return _G_STRUCT.pack(*flat).hex().encode("ascii")
 
 
-def decode_G(vcpu: OneRegVcpu, hexdata: bytes) -> None:  # noqa: N802 (packet letter)
-    """Apply a `G` payload. Raises ValueError, writing nothing, on a bad length, bad hex or a
-    change to a read-only register. Writes only changed registers (rule 7)."""
+def decode_G(hexdata: bytes) -> list[int]:  # noqa: N802 (packet letter)
+    """Every register's value from a `G` payload. ValueError for a bad length or bad hex."""
     hexdata = bytes(hexdata)
     if len(hexdata) != G_PACKET_HEX_LEN:
         raise ValueError(f"G packet: expected {G_PACKET_HEX_LEN} hex digits, got {len(hexdata)}")
     if not _HEX.fullmatch(hexdata):
         raise ValueError("G packet: not hex")
-    new: dict[int, int] = {}
-    pos = 0
+    values, pos = [], 0
     for r in REGISTERS:
-        new[r.gdb_regnum] = _from_hex(r, hexdata[pos:pos + r.hex_len])
+        values.append(_from_hex(r, hexdata[pos:pos + r.hex_len]))
         pos += r.hex_len
-    old = {r.gdb_regnum: read_reg(vcpu, r) for r in REGISTERS}
-    for r in REGISTERS:
-        if r.readonly and new[r.gdb_regnum] != old[r.gdb_regnum]:
-            raise ValueError(f"G packet changes read-only register {r.name}")
-    order = [REG_CPSR] + [n for n in BY_REGNUM if n not in (REG_CPSR, REG_SP)] + [REG_SP]
-    for n in order:
-        if new[n] != old[n]:
-            write_reg(vcpu, BY_REGNUM[n], new[n])
+    return values
 
 
-def _lookup(regnum: int) -> RegDef:
-    try:
-        return BY_REGNUM[regnum]
-    except KeyError:
-        raise KeyError(f"no register number {regnum}") from None
+def encode_register(regnum: int, value: int) -> bytes:
+    """The `p` reply for one register's value. KeyError for an unknown number."""
+    return value.to_bytes(_SIZES[regnum], "little").hex().encode("ascii")
 
 
-def read_register(vcpu: OneRegVcpu, regnum: int) -> bytes:
-    """The `p` reply for one register. KeyError for an unknown number."""
-    r = _lookup(regnum)
-    return _to_hex(r, read_reg(vcpu, r))
+def decode_register(regnum: int, hexvalue: bytes) -> int:
+    """The value a `P` packet carries. KeyError for an unknown number; ValueError for bad hex or
+    a wrong length."""
+    return _from_hex(lookup(regnum), bytes(hexvalue))
 
 
-def write_register(vcpu: OneRegVcpu, regnum: int, hexvalue: bytes) -> None:
-    """Apply a `P` packet. KeyError for an unknown number; ValueError for bad hex, a wrong length
-    or a change to a read-only register. Nothing is written on error."""
-    r = _lookup(regnum)
-    value = _from_hex(r, bytes(hexvalue))
-    _check_writable(vcpu, r, value)
-    if r.readonly:
-        return  # unchanged identification register: nothing to do
-    write_reg(vcpu, r, value)
-
-
-def set_pc(vcpu: OneRegVcpu, pc: int) -> None:
-    """Resume address of `c ADDR` / `s ADDR`."""
-    vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, pc)
-
-
-def expedited(vcpu: OneRegVcpu) -> dict[int, bytes]:
-    """Registers to send in a T stop reply, {gdb regnum: hex}: fp (x29), sp and pc."""
-    regdefs = [_lookup(n) for n in EXPEDITED_REGNUMS]
-    ids = [r.one_reg_id if r.one_reg_id is not None else _sp_one_reg_id(vcpu) for r in regdefs]
-    read_many = getattr(vcpu, "get_one_regs", None)  # the same optional fast path as encode_g
-    values = read_many(ids) if read_many else [vcpu.get_one_reg(i) for i in ids]
-    return {r.gdb_regnum: _to_hex(r, v & ((1 << r.bitsize) - 1)) for r, v in zip(regdefs, values)}
+def encode_expedited(values: Sequence[int]) -> dict[int, bytes]:
+    """{gdb regnum: hex} of the registers a T stop reply carries, from the values of
+    EXPEDITED_REGNUMS (in that order): fp (x29), sp and pc."""
+    return {n: _to_hex(BY_REGNUM[n], v) for n, v in zip(EXPEDITED_REGNUMS, values)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +227,8 @@ def target_xml() -> str:
             if r.feature != fname:
                 continue
             attrs = {"name": r.name, "bitsize": str(r.bitsize), "type": r.type, "regnum": str(r.gdb_regnum)}
-            if r.group is not None:
-                attrs["group"] = r.group
+            if r.xml_group is not None:
+                attrs["group"] = r.xml_group
             ET.SubElement(feature, "reg", attrs)
     ET.indent(target)
     return _XML_HEADER + ET.tostring(target, encoding="unicode") + "\n"

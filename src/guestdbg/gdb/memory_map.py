@@ -1,18 +1,23 @@
-"""What guest memory is: the `qXfer:memory-map:read` document for gdb, and the physical layout
-(RAM, ROM, device windows, holes) that `qMemoryRegionInfo` describes for lldb.
+"""gdb's view of guest memory: the `qXfer:memory-map:read` document.
+
+The facts come from the debug manager as plain data (`debug.regions.PhysRegion`: RAM, ROM,
+device windows); lldb's qMemoryRegionInfo answers are formatted from the same data in the
+session.
 
 With a memory map, gdb's default `breakpoint auto-hw on` turns a `break` in ROM or flash into a
 hardware breakpoint instead of failing to write a BRK there, and gdb refuses memory accesses
 outside the listed regions (`mem inaccessible-by-default`). gdb's map cannot say "device" or
 "hole" and is read once per connection, before the guest's MMU is known, so it stays coarse
-(see `regions_for`); lldb asks per address and gets the honest layout (`physical_layout`).
+(see `regions_for`); lldb asks per address and gets the honest layout
+(`GuestDebugManager.memory_region`).
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from typing import Iterable
+
+from guestdbg.debug.regions import PhysRegion
 
 KINDS = ("ram", "rom", "flash")
 # QEMU's pflash on the virt board erases in 256 KiB sectors.
@@ -50,14 +55,15 @@ def memory_map_xml(regions: Iterable[Region]) -> str:
     return _XML_HEADER + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def regions_for(vm, *, open_gaps: bool = False) -> list[Region]:
-    """Regions for a VM's memory slots (`vm.slots`: MemorySlot): read-only slots are "rom".
+def regions_for(layout: Iterable[PhysRegion], *, open_gaps: bool = False) -> list[Region]:
+    """Regions for the memory (RAM and ROM) of a physical layout (`manager.memory_layout()`);
+    device windows are left out.
 
     gdb's addresses are virtual, and with the guest's MMU on they need not lie in any slot;
     with `open_gaps`, every address outside a ROM slot is listed as "ram", so gdb lets the stub
     answer for it (data or an error) instead of refusing it itself. ROM stays "rom", which is
     all gdb needs to choose hardware breakpoints there."""
-    slots = sorted((s.guest_phys_addr, s.memory_size, "rom" if s.readonly else "ram") for s in vm.slots.values())
+    slots = sorted((r.start, r.end - r.start, r.kind) for r in layout if r.kind in ("ram", "rom"))
     if not open_gaps:
         return slots
     regions: list[Region] = []
@@ -71,54 +77,3 @@ def regions_for(vm, *, open_gaps: bool = False) -> list[Region]:
     if pos < top:
         regions.append((pos, top - pos, "ram"))
     return regions
-
-
-# ---------------------------------------------------------------------------------------------
-# The physical layout, holes included (qMemoryRegionInfo)
-
-ADDRESS_END = 1 << 64
-# lldb's region ends are 64-bit: a region reaching 2**64 would end at 0 and send lldb's search
-# for free address space round in circles, so the top hole stops one short, as lldb-server's.
-LAST_ADDRESS = ADDRESS_END - 1
-
-# Permissions each kind gives the guest (the debugger may also write ROM).
-PERMISSIONS = {"ram": "rwx", "rom": "rx", "mmio": "rw", "hole": ""}
-
-
-@dataclass(frozen=True)
-class PhysRegion:
-    start: int
-    end: int        # exclusive
-    kind: str       # "ram", "rom", "mmio" or "hole"
-    name: str = ""
-    allowed: str | None = None  # narrower permissions (the guest's page tables), if any
-
-    @property
-    def permissions(self) -> str:
-        own = PERMISSIONS[self.kind]
-        return own if self.allowed is None else "".join(c for c in own if c in self.allowed)
-
-
-def physical_layout(vm) -> list[PhysRegion]:
-    """Memory slots ("ram"/"rom") and device windows ("mmio", named after the device), sorted;
-    the gaps between them are not listed (see `region_at`)."""
-    regions = [PhysRegion(s.guest_phys_addr, s.guest_phys_addr + s.memory_size,
-                          "rom" if s.readonly else "ram", "rom" if s.readonly else "ram")
-               for s in vm.slots.values()]
-    for dev in getattr(vm, "mmio_devices", ()):
-        name = getattr(dev.device, "name", type(dev.device).__name__.lower())
-        regions.append(PhysRegion(dev.base, dev.base + dev.size, "mmio", name))
-    return sorted(regions, key=lambda r: r.start)
-
-
-def region_at(layout: list[PhysRegion], addr: int) -> PhysRegion:
-    """The region holding `addr`: one of `layout`, or the hole between two of them."""
-    start = 0
-    for r in layout:
-        if r.start <= addr < r.end:
-            return r
-        if r.end <= addr:
-            start = max(start, r.end)
-        elif r.start > addr:
-            return PhysRegion(start, r.start, "hole")
-    return PhysRegion(start, max(LAST_ADDRESS, addr + 1), "hole")

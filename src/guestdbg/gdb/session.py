@@ -1,11 +1,35 @@
 """The GDB session: one packet in, one action out. Sans-IO like the protocol core below it.
 
-`GdbSession.handle(payload)` maps a packet to the guest-debug manager and returns an action:
-a `Reply` to send now, a `Resume` the server carries out on the vCPU thread (its stop comes
-back through `stop_reply`), `Detach` or `Kill`. Errors a client can cause become `Exx`
-replies (one function maps them), with the reason as text for clients that take it (gdb's
-`error-message+`, lldb's QEnableErrorStrings); unknown packets get the empty reply, as the
-protocol asks.
+`GdbSession.handle(payload)` maps a packet to the target and returns an action: a `Reply` to
+send now, a `Resume` the server carries out on the vCPU thread (its stop comes back through
+`stopped`), `Detach` or `Kill`.
+
+The target is the guest-debug manager, and nothing else: every register, memory and run request
+goes through it (under its lock), as ints and bytes; this module only parses packets and formats
+replies. The architecture comes from the manager (`manager.profile`), and with it the register
+packet codec (`aarch64_regs` or `amd64_regs`: target XML and the hex of g/G/p/P).
+
+Dispatch is table-driven: `PACKETS` maps a packet's first byte to its handler; `q`, `Q` and `v`
+packets go on by name (the text before the first `:`, `;` or `,`) through `NAMED_PACKETS`, and
+`qXfer` objects through `XFER_OBJECTS`. A packet no table knows gets the empty reply, as the
+protocol asks. `qSupported` is derived from what the target can do: `hwbreak+` only with
+hardware breakpoint slots, `swbreak+` only with software breakpoints, `ReverseStep+` and
+`ReverseContinue+` only for a target that runs backwards.
+
+Errors: the session's own parse errors (`PacketError`, EINVAL) and the target's refusals
+(`DebugError`, with its errno) become `Exx` replies (one function maps them), with the reason as
+text for clients that take it (gdb's `error-message+`, lldb's QEnableErrorStrings). Nothing else
+is caught: any other exception is a bug, and propagates (the server answers it as a last resort).
+
+Extension points, there even where still empty:
+
+- threads: gdb thread ids are the target's vCPU ids + 1 (`manager.vcpu_ids()`); `qfThreadInfo`,
+  `qC`, `H`, `T`, `vCont` actions and the `thread:` of stop replies use them. One vCPU today,
+  thread 1. `H` records the thread each operation is for (`selected_thread`).
+- reverse execution: `bs`/`bc` go to `_reverse`, which answers the empty reply (unsupported)
+  until the target can run backwards (`manager.can_reverse`); then it returns a reverse Resume.
+- monitor commands: `MONITOR_COMMANDS`, one `MonitorCommand` (words, arguments, help, handler)
+  each; `monitor help` is built from the table.
 
 The session remembers what its client inserted (Z packets), so that a stop at a breakpoint or
 watchpoint a lost client left armed is reported as a plain SIGTRAP rather than as a breakpoint
@@ -16,28 +40,37 @@ removes its breakpoints at every stop (`monitor info slots`).
 from __future__ import annotations
 
 import errno
+import re
 import signal
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 from guestdbg import kvm
-from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind, WatchKind
-from guestdbg.gdb import aarch64_regs as regs
+from guestdbg.debug.manager import DebugError, DebugPoint, GuestDebugManager, StopEvent, StopKind, WatchKind
+from guestdbg.gdb import aarch64_regs, amd64_regs, rsp
 from guestdbg.gdb.memory_map import memory_map_xml, regions_for
+from guestdbg.snapshot import SnapshotError
 
-PACKET_SIZE = 0x4000
-THREAD_ID = 1
-MAX_MEMORY_READ = (PACKET_SIZE - 8) // 2
+# The most memory one `m` answers (its hex, and the reply's framing, fit in PacketSize); gdb
+# asks again for the rest.
+MAX_MEMORY_READ = (rsp.PACKET_SIZE - 8) // 2
+ANY_THREAD, ALL_THREADS = 0, -1
 
 
 @dataclass(frozen=True)
 class Reply:
     payload: bytes
     then: tuple[bytes, ...] = ()  # further packets, e.g. the OK after a monitor's O output
+    # The acknowledgement of QStartNoAckMode: the server switches the connection to no-ack
+    # mode once this reply has gone out with an ack.
+    start_no_ack: bool = False
 
 
 @dataclass(frozen=True)
 class Resume:
     step: bool
+    reverse: bool = False  # run backwards (only ever set when the target can_reverse)
 
 
 @dataclass(frozen=True)
@@ -50,6 +83,11 @@ class Kill:
     reply: bool  # vKill is answered OK; plain `k` with the exit it causes (X09), which lldb waits for
 
 
+Action = Union[Reply, Resume, Detach, Kill]
+EMPTY = Reply(b"")  # "not supported"
+OK = Reply(b"OK")
+
+
 def error_reply(err: int) -> Reply:
     return Reply(b"E%02x" % (err & 0xFF))
 
@@ -58,15 +96,38 @@ class PacketError(Exception):
     """A malformed packet: answered with E22 (EINVAL)."""
 
 
+class RegisterCodec(Protocol):
+    """A register packet codec module (`aarch64_regs`, `amd64_regs`)."""
+
+    @property
+    def BY_REGNUM(self) -> Mapping[int, Any]: ...  # noqa: N802 (module constant)
+
+    @property
+    def EXPEDITED_REGNUMS(self) -> tuple[int, ...]: ...  # noqa: N802 (module constant)
+
+    def target_xml(self) -> str: ...
+
+    def encode_g(self, values: Sequence[int]) -> bytes: ...
+
+    def decode_G(self, hexdata: bytes) -> list[int]: ...  # noqa: N802 (packet letter)
+
+    def encode_register(self, regnum: int, value: int) -> bytes: ...
+
+    def decode_register(self, regnum: int, hexvalue: bytes) -> int: ...
+
+    def encode_expedited(self, values: Sequence[int]) -> dict[int, bytes]: ...
+
+
+# The packet codec of each architecture profile (debug.profile names them).
+CODECS: dict[str, RegisterCodec] = {"aarch64": aarch64_regs, "x86_64": amd64_regs}
+
+
 def _hex_int(text: bytes) -> int:
     # Plain hex digits only: int(x, 16) alone also takes "-4", "+4", "0x4", "4_0" and spaces,
     # which let negative addresses and lengths reach the manager.
-    try:
-        if not text or text.strip(b"0123456789abcdefABCDEF"):
-            raise ValueError
-        return int(text, 16)
-    except ValueError:
-        raise PacketError(f"bad hex number {text!r}") from None
+    if not text or text.strip(b"0123456789abcdefABCDEF"):
+        raise PacketError(f"bad hex number {text!r}")
+    return int(text, 16)
 
 
 def _hex_bytes(text: bytes) -> bytes:
@@ -77,53 +138,72 @@ def _hex_bytes(text: bytes) -> bytes:
 
 
 def _addr_len(text: bytes) -> tuple[int, int]:
-    try:
-        a, n = text.split(b",", 1)
-    except ValueError:
-        raise PacketError(f"expected ADDR,LENGTH, got {text!r}") from None
+    a, comma, n = text.partition(b",")
+    if not comma:
+        raise PacketError(f"expected ADDR,LENGTH, got {text!r}")
     addr, length = _hex_int(a), _hex_int(n)
     if addr >= 1 << 64 or length >= 1 << 32:
         raise PacketError("address or length out of range")
     return addr, length
 
 
+def _thread_id(text: bytes) -> int:
+    """A thread-id of a packet: ANY_THREAD (0), ALL_THREADS (-1) or a thread number; the
+    multiprocess form pPID.TID names thread TID (there is one process)."""
+    tid = text.split(b".")[-1] if text[:1] == b"p" else text
+    if tid == b"-1":
+        return ALL_THREADS
+    return _hex_int(tid.lstrip(b"p"))
+
+
+_NAME_END = re.compile(rb"[:;,]")
+
+
 class GdbSession:
     """State of one client connection: features it announced, last stop, monitor commands."""
 
-    def __init__(self, manager: GuestDebugManager, *, monitor=None, registers=None):
-        """`registers` is the register catalogue module (aarch64_regs API): guestdbg.gdb.
-        aarch64_regs by default, guestdbg.gdb.amd64_regs for an x86-64 machine."""
-        self.regs = registers or regs
-        self.manager = manager
-        self.machine = manager.machine
-        self.vcpu = manager.vcpu
+    def __init__(self, manager: GuestDebugManager, *, monitor: Monitor | None = None,
+                 registers: object = None):
+        """`registers`: ignored (transitional: gdb/server.py still passes it; the register
+        codec follows from manager.profile)."""
+        self.manager = manager  # the target: every request goes through it
+        self.codec = CODECS[manager.profile.name]
         self.peer_features: set[str] = set()
-        self.no_ack_requested = False
+        self.stop_reasons: set[str] = set()   # swbreak/hwbreak: announced by both sides
         self.last_stop: StopEvent | None = None
         self.monitor = monitor or Monitor(self)
-        self._target_xml = self.regs.target_xml().encode()
+        self._target_xml = self.codec.target_xml().encode()
         self.error_strings = False          # lldb's QEnableErrorStrings: "Exx;HEXTEXT" replies
         self.inserted: set[tuple[int, int, int]] = set()  # (Z type, addr, kind) this client holds
         self.armed_at_resume: list[str] = []  # manager.slots_report() at the last continue
         self.last_error: str | None = None   # the last refusal, for clients that cannot show text
+        # Threads: one per vCPU, numbered from 1 (0 and -1 mean "any" and "all" in the protocol).
+        self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
+        # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
+        self.selected_thread = {b"g": self.threads[0], b"c": ANY_THREAD}
 
     # ------------------------------------------------------------------ dispatch
-    def handle(self, payload: bytes):
+    def handle(self, payload: bytes) -> Action:
         try:
             action = self._dispatch(payload)
         except PacketError as e:
             return self._error(errno.EINVAL, str(e), payload)
         except DebugError as e:
             return self._error(e.errno, str(e), payload)
-        except (ValueError, KeyError, IndexError) as e:
-            return self._error(errno.EINVAL, f"bad request ({e})", payload)
-        except OSError as e:
-            return self._error(e.errno or errno.EIO, e.strerror or str(e), payload)
         if isinstance(action, Resume) and not (action.step and self.armed_at_resume):
             # gdb steps over a breakpoint or watchpoint with just that one taken out: the last
             # continue says better what the user armed.
             self.armed_at_resume = self.manager.slots_report()
         return action
+
+    def _dispatch(self, p: bytes) -> Action:
+        handler = PACKETS.get(p[:1])
+        return handler(self, p) if handler is not None else EMPTY
+
+    def _named(self, p: bytes) -> Action:
+        """q, Q and v packets, by name."""
+        handler = NAMED_PACKETS.get(_NAME_END.split(p, 1)[0])
+        return handler(self, p) if handler is not None else EMPTY
 
     def _error(self, err: int, text: str, packet: bytes) -> Reply:
         """Exx, with the text where the client understands it: gdb >= 15 announces
@@ -138,106 +218,133 @@ class GdbSession:
             return Reply(b"E%02x;%s" % (err & 0xFF, clean.encode("ascii").hex().encode()))
         return error_reply(err)
 
-    def _dispatch(self, p: bytes):
-        if not p:
-            return Reply(b"")
-        head = p[:1]
-        if p.startswith(b"qSupported"):
-            return self._q_supported(p)
-        if p == b"QStartNoAckMode":
-            self.no_ack_requested = True
-            return Reply(b"OK")
-        if p == b"QEnableErrorStrings":
-            self.error_strings = True
-            return Reply(b"OK")
-        if p.startswith(b"qMemoryRegionInfo:"):
-            return self._memory_region_info(_hex_int(p[len(b"qMemoryRegionInfo:"):]))
-        if p == b"?":
-            return Reply(self.stop_reply_payload(self.last_stop))
-        if p == b"g":
-            return Reply(self.regs.encode_g(self.vcpu))
-        if head == b"G":
-            self.regs.decode_G(self.vcpu, p[1:])
-            return Reply(b"OK")
-        if head == b"p":
-            return Reply(self.regs.read_register(self.vcpu, _hex_int(p[1:])))
-        if head == b"P":
-            num, _, value = p[1:].partition(b"=")
-            self.regs.write_register(self.vcpu, _hex_int(num), value)
-            return Reply(b"OK")
-        if head == b"m":
-            addr, length = _addr_len(p[1:])
-            if length > MAX_MEMORY_READ:
-                length = MAX_MEMORY_READ  # gdb asks again for the rest
-            return Reply(self.manager.read_memory(addr, length).hex().encode())
-        if head == b"M":
-            spec, _, data = p[1:].partition(b":")
-            addr, length = _addr_len(spec)
-            raw = _hex_bytes(data)
-            if len(raw) != length:
-                raise PacketError("M length does not match its data")
-            self.manager.write_memory(addr, raw)
-            return Reply(b"OK")
-        if head == b"X":
-            spec, _, data = p[1:].partition(b":")
-            addr, length = _addr_len(spec)
-            if len(data) != length:
-                raise PacketError("X length does not match its data")
-            if length:
-                self.manager.write_memory(addr, data)
-            return Reply(b"OK")
-        if head in (b"c", b"s", b"C", b"S"):
-            return self._resume_legacy(p)
-        if p.startswith(b"vCont"):
-            return self._v_cont(p)
-        if head in (b"Z", b"z"):
-            return self._breakpoint_packet(p)
-        if p.startswith(b"qXfer:features:read:"):
-            annex, _, span = p[len(b"qXfer:features:read:"):].partition(b":")
-            if annex != b"target.xml":
-                return error_reply(errno.ENOENT)
-            return self._xfer(self._target_xml, span)
-        if p.startswith(b"qXfer:memory-map:read::"):
-            return self._xfer(memory_map_xml(regions_for(self.machine.vm, open_gaps=True)).encode(),
-                              p[len(b"qXfer:memory-map:read::"):])
-        if p in (b"qfThreadInfo",):
-            return Reply(b"m%x" % THREAD_ID)
-        if p == b"qsThreadInfo":
-            return Reply(b"l")
-        if p == b"qC":
-            return Reply(b"QC%x" % THREAD_ID)
-        if head == b"H":
-            return Reply(b"OK")
-        if head == b"T":
-            return Reply(b"OK" if _hex_int(p[1:]) in (THREAD_ID, 0) else b"E01")
-        if p.startswith(b"qAttached"):
-            return Reply(b"1")
-        if head == b"D":
-            return Detach()
-        if p == b"k":
-            return Kill(reply=False)
-        if p.startswith(b"vKill"):
-            return Kill(reply=True)
-        if p.startswith(b"qRcmd,"):
-            return self.monitor.run(_hex_bytes(p[len(b"qRcmd,"):]).decode("utf-8", "replace"))
-        return Reply(b"")  # not supported: the empty reply
-
     # ------------------------------------------------------------------ features
     def _q_supported(self, p: bytes) -> Reply:
         _, _, features = p.partition(b":")
         self.peer_features = {f.decode("ascii", "replace") for f in features.split(b";") if f}
-        ours = [f"PacketSize={PACKET_SIZE:x}", "qXfer:features:read+", "qXfer:memory-map:read+",
+        target = self.manager
+        ours = [f"PacketSize={rsp.PACKET_SIZE:x}", "qXfer:features:read+", "qXfer:memory-map:read+",
                 "QStartNoAckMode+", "vContSupported+"]
-        if "swbreak+" in self.peer_features:
-            ours.append("swbreak+")
-        if "hwbreak+" in self.peer_features:
-            ours.append("hwbreak+")
+        # Stop reasons both sides know, for the kinds of breakpoint this target can have.
+        self.stop_reasons = set()
+        if "swbreak+" in self.peer_features and target.sw_breakpoints:
+            self.stop_reasons.add("swbreak")
+        if "hwbreak+" in self.peer_features and target.hw_bp_slots > 0:
+            self.stop_reasons.add("hwbreak")
+        ours += [f"{reason}+" for reason in ("swbreak", "hwbreak") if reason in self.stop_reasons]
+        if target.can_reverse:
+            ours += ["ReverseStep+", "ReverseContinue+"]
         return Reply(";".join(ours).encode())
 
-    def _memory_region_info(self, addr: int) -> Reply:
+    def _q_start_no_ack_mode(self, p: bytes) -> Reply:
+        return Reply(b"OK", start_no_ack=True) if p == b"QStartNoAckMode" else EMPTY
+
+    def _q_enable_error_strings(self, p: bytes) -> Reply:
+        if p != b"QEnableErrorStrings":
+            return EMPTY
+        self.error_strings = True
+        return OK
+
+    def _q_attached(self, p: bytes) -> Reply:
+        return Reply(b"1")  # attached to an existing process: detaching leaves it running
+
+    # ------------------------------------------------------------------ documents (qXfer)
+    def _q_xfer(self, p: bytes) -> Reply:
+        """qXfer:OBJECT:read:ANNEX:OFFSET,LENGTH, for the objects of XFER_OBJECTS."""
+        parts = p.split(b":", 4)
+        document = XFER_OBJECTS.get(parts[1]) if len(parts) > 2 and parts[2] == b"read" else None
+        if document is None:
+            return EMPTY
+        if len(parts) != 5:
+            raise PacketError("expected qXfer:OBJECT:read:ANNEX:OFFSET,LENGTH")
+        return self._xfer(document(self, parts[3]), parts[4])
+
+    def _features_document(self, annex: bytes) -> bytes:
+        if annex != b"target.xml":
+            raise DebugError(errno.ENOENT, f"no target description {annex!r}")
+        return self._target_xml
+
+    def _memory_map_document(self, annex: bytes) -> bytes:
+        if annex:
+            raise DebugError(errno.ENOENT, f"no memory map {annex!r}")
+        return memory_map_xml(regions_for(self.manager.memory_layout(), open_gaps=True)).encode()
+
+    @staticmethod
+    def _xfer(document: bytes, span: bytes) -> Reply:
+        offset, length = _addr_len(span)
+        chunk = document[offset:offset + min(length, rsp.PACKET_SIZE - 8)]
+        more = offset + len(chunk) < len(document)
+        # No escaping here: rsp.send_packet escapes '#', '$', '}' and '*' when it frames the reply
+        # (escaping here too would reach gdb as literal '}' bytes).
+        return Reply((b"m" if more else b"l") + chunk)
+
+    # ------------------------------------------------------------------ registers
+    def _decode(self, decode: Callable[..., Any], *args: Any) -> Any:
+        """A codec's decode, its ValueError (bad hex, wrong length) a malformed packet."""
+        try:
+            return decode(*args)
+        except ValueError as e:
+            raise PacketError(str(e)) from None
+
+    def _regnum(self, text: bytes) -> int:
+        n = _hex_int(text)
+        if n not in self.codec.BY_REGNUM:
+            raise PacketError(f"no register number {n}")
+        return n
+
+    def _read_all_registers(self, p: bytes) -> Reply:
+        if p != b"g":
+            return EMPTY
+        return Reply(self.codec.encode_g(self.manager.read_registers()))
+
+    def _write_all_registers(self, p: bytes) -> Reply:
+        values = self._decode(self.codec.decode_G, p[1:])
+        self.manager.write_all_registers(values)
+        return OK
+
+    def _read_register(self, p: bytes) -> Reply:
+        n = _hex_int(p[1:])
+        if n not in self.codec.BY_REGNUM:
+            raise PacketError(f"no register number {n}")
+        return Reply(self.codec.encode_register(n, self.manager.read_register_at(n)))
+
+    def _write_register(self, p: bytes) -> Reply:
+        num, _, value = p[1:].partition(b"=")
+        n = self._regnum(num)
+        self.manager.write_register_at(n, self._decode(self.codec.decode_register, n, value))
+        return OK
+
+    # ------------------------------------------------------------------ memory
+    def _read_memory(self, p: bytes) -> Reply:
+        addr, length = _addr_len(p[1:])
+        length = min(length, MAX_MEMORY_READ)  # gdb asks again for the rest
+        return Reply(self.manager.read_memory(addr, length).hex().encode())
+
+    def _write_memory(self, p: bytes) -> Reply:
+        spec, _, data = p[1:].partition(b":")
+        addr, length = _addr_len(spec)
+        raw = _hex_bytes(data)
+        if len(raw) != length:
+            raise PacketError("M length does not match its data")
+        self.manager.write_memory(addr, raw)
+        return OK
+
+    def _write_memory_binary(self, p: bytes) -> Reply:
+        spec, _, data = p[1:].partition(b":")
+        addr, length = _addr_len(spec)
+        if len(data) != length:
+            raise PacketError("X length does not match its data")
+        if length:  # X with no data is gdb's probe for X support
+            self.manager.write_memory(addr, data)
+        return OK
+
+    def _memory_region_info(self, p: bytes) -> Reply:
         """lldb's region query: RAM, ROM, device windows and holes, each with its extent. lldb
         walks these end to end to find address space no one uses, so every address gets an
         answer, and an unmapped one gets no permissions (as lldb-server answers)."""
+        if p[len(b"qMemoryRegionInfo"):][:1] != b":":
+            raise PacketError("expected qMemoryRegionInfo:ADDR")
+        addr = _hex_int(p[len(b"qMemoryRegionInfo:"):])
         if addr >= 1 << 64:
             raise PacketError("address out of range")
         r = self.manager.memory_region(addr)
@@ -248,47 +355,94 @@ class GdbSession:
             out += b"name:%s;" % r.name.encode().hex().encode()
         return Reply(out)
 
-    @staticmethod
-    def _xfer(document: bytes, span: bytes) -> Reply:
-        offset, length = _addr_len(span)
-        chunk = document[offset:offset + min(length, PACKET_SIZE - 8)]
-        more = offset + len(chunk) < len(document)
-        # No escaping here: rsp.send_packet escapes '#', '$', '}' and '*' when it frames the reply
-        # (escaping here too would reach gdb as literal '}' bytes).
-        return Reply((b"m" if more else b"l") + chunk)
+    # ------------------------------------------------------------------ threads
+    def _known_thread(self, tid: int) -> bool:
+        return tid in (ANY_THREAD, ALL_THREADS) or tid in self.threads
+
+    def _thread_info_first(self, p: bytes) -> Reply:
+        return Reply(b"m" + b",".join(b"%x" % t for t in self.threads))
+
+    def _thread_info_next(self, p: bytes) -> Reply:
+        return Reply(b"l")  # all of them came in the first answer
+
+    def _current_thread(self, p: bytes) -> Reply:
+        return Reply(b"QC%x" % self._stopped_thread())
+
+    def _stopped_thread(self) -> int:
+        return self.last_stop.vcpu_id + 1 if self.last_stop is not None else self.threads[0]
+
+    def _select_thread(self, p: bytes) -> Reply:
+        """Hg/Hc THREAD: the thread later register/memory (g) or resume (c) requests are for."""
+        op, tid = p[1:2], _thread_id(p[2:]) if len(p) > 2 else ANY_THREAD
+        if not self._known_thread(tid):
+            raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
+        self.selected_thread[op] = tid
+        return OK
+
+    def _thread_alive(self, p: bytes) -> Reply:
+        tid = _thread_id(p[1:])
+        if tid not in self.threads and tid != ANY_THREAD:
+            raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
+        return OK
 
     # ------------------------------------------------------------------ resuming
-    def _resume_legacy(self, p: bytes):
+    def _stop_status(self, p: bytes) -> Reply:
+        return Reply(self.stop_reply_payload(self.last_stop)) if p == b"?" else EMPTY
+
+    def _resume_legacy(self, p: bytes) -> Resume:
         step = p[:1] in (b"s", b"S")
         arg = p[1:]
         if p[:1] in (b"C", b"S"):
             _, _, arg = arg.partition(b";")  # the signal is not delivered: guests have no signals
         self.manager.check_runnable()  # after the guest's exit: E03 (ESRCH), nothing runs
         if arg:
-            self._set_pc(_hex_int(arg))
+            self.manager.set_pc(_hex_int(arg))
         return Resume(step=step)
 
-    def _v_cont(self, p: bytes):
-        if p == b"vCont?":
-            return Reply(b"vCont;c;C;s;S")
+    def _v_cont_query(self, p: bytes) -> Reply:
+        return Reply(b"vCont;c;C;s;S") if p == b"vCont?" else EMPTY
+
+    def _v_cont(self, p: bytes) -> Action:
         if not p.startswith(b"vCont;"):
-            return Reply(b"")
-        actions = p[len(b"vCont;"):].split(b";")
-        for action in actions:
+            return EMPTY
+        for action in p[len(b"vCont;"):].split(b";"):
             verb, _, thread = action.partition(b":")
             if not verb or verb[:1] not in b"cCsS":
                 raise PacketError(f"unsupported vCont action {action!r}")
-            if thread and not _thread_matches(thread):
+            if thread and not self._for_us(thread):
                 continue
             self.manager.check_runnable()
             return Resume(step=verb[:1] in b"sS")
         raise PacketError("vCont names no action for our thread")
 
-    def _set_pc(self, pc: int) -> None:
-        self.regs.set_pc(self.vcpu, pc)
+    def _for_us(self, thread: bytes) -> bool:
+        tid = _thread_id(thread)
+        return tid in (ANY_THREAD, ALL_THREADS) or tid == self._stopped_thread()
+
+    def _reverse(self, p: bytes) -> Action:
+        """`bs`/`bc`: reverse step and continue. The empty reply (unsupported) until the target
+        can run backwards (`manager.can_reverse`, offered in qSupported)."""
+        if p not in (b"bs", b"bc") or not self.manager.can_reverse:
+            return EMPTY
+        self.manager.check_runnable("run backwards")
+        return Resume(step=p == b"bs", reverse=True)
+
+    def _detach(self, p: bytes) -> Detach:
+        return Detach()
+
+    def _kill(self, p: bytes) -> Action:
+        return Kill(reply=False) if p == b"k" else EMPTY
+
+    def _v_kill(self, p: bytes) -> Kill:
+        return Kill(reply=True)
+
+    def _monitor(self, p: bytes) -> Reply:
+        if p[len(b"qRcmd"):][:1] != b",":
+            raise PacketError("expected qRcmd,HEX")
+        return self.monitor.run(_hex_bytes(p[len(b"qRcmd,"):]).decode("utf-8", "replace"))
 
     # ------------------------------------------------------------------ breakpoints
-    def _breakpoint_packet(self, p: bytes):
+    def _breakpoint_packet(self, p: bytes) -> Reply:
         insert = p[:1] == b"Z"
         fields = p[1:].split(b";")[0].split(b",")
         if len(fields) != 3:
@@ -299,17 +453,17 @@ class GdbSession:
             m.add_breakpoint(addr) if insert else m.remove_breakpoint(addr)
         elif kind_type == 1:
             m.add_hw_breakpoint(addr) if insert else m.remove_hw_breakpoint(addr)
-        elif kind_type in (2, 3, 4):
+        elif kind_type in Z_WATCH_KINDS:
             kind = Z_WATCH_KINDS[kind_type]
             m.add_watchpoint(addr, length, kind) if insert else m.remove_watchpoint(addr, length, kind)
         else:
-            return Reply(b"")
+            return EMPTY
         key = (kind_type, addr, length if kind_type >= 2 else 0)
         self.inserted.add(key) if insert else self.inserted.discard(key)
-        return Reply(b"OK")
+        return OK
 
-    def owns(self, point) -> bool:
-        """Did this client insert `point` (a manager.DebugPoint)? A Z0 in ROM is an hbreak there."""
+    def owns(self, point: DebugPoint) -> bool:
+        """Did this client insert `point`? A Z0 in ROM is an hbreak there."""
         if point.kind in ("break", "hbreak"):
             return any(t in (0, 1) and a == point.addr for t, a, _ in self.inserted)
         return any(t >= 2 and (Z_WATCH_KINDS[t].value, a, n) == (point.kind, point.addr, point.length)
@@ -322,9 +476,10 @@ class GdbSession:
         if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK):
             hits = [p for p in self.manager.debug_points()
                     if p.kind in ("break", "hbreak") and p.addr == event.pc]
-        elif event.kind is StopKind.WATCH and event.watch_addr is not None:
+        elif event.kind is StopKind.WATCH and event.watch_kind is not None and event.watch_addr is not None:
+            kind, addr = event.watch_kind.value, event.watch_addr
             hits = [p for p in self.manager.debug_points()
-                    if p.kind == event.watch_kind.value and p.addr <= event.watch_addr < p.addr + p.length]
+                    if p.kind == kind and p.addr <= addr < p.addr + p.length]
         else:
             return False
         return bool(hits) and not any(self.owns(p) for p in hits)
@@ -332,21 +487,22 @@ class GdbSession:
     # ------------------------------------------------------------------ stop replies
     def stop_reply_payload(self, event: StopEvent | None) -> bytes:
         if event is None:
-            return b"T%02xthread:%x;" % (signal.SIGTRAP, THREAD_ID)
+            return b"T%02xthread:%x;" % (signal.SIGTRAP, self.threads[0])
         if event.kind is StopKind.EXITED:
-            return b"W%02x" % (event.exit_status & 0xFF)
+            return b"W%02x" % ((event.exit_status or 0) & 0xFF)
         sig = event.signal if event.kind is StopKind.SIGNAL else signal.SIGTRAP
         parts = [b"T%02x" % sig]
-        for regnum, value in sorted(self.regs.expedited(self.vcpu).items()):
+        values = self.manager.read_registers(self.codec.EXPEDITED_REGNUMS)
+        for regnum, value in sorted(self.codec.encode_expedited(values).items()):
             parts.append(b"%02x:%s;" % (regnum, value))
-        parts.append(b"thread:%x;" % THREAD_ID)
+        parts.append(b"thread:%x;" % (event.vcpu_id + 1))
         if self._left_by_another(event):
             pass  # no reason: gdb reports "Program received signal SIGTRAP" (monitor breakpoints)
-        elif event.kind is StopKind.SWBREAK and "swbreak+" in self.peer_features:
+        elif event.kind is StopKind.SWBREAK and "swbreak" in self.stop_reasons:
             parts.append(b"swbreak:;")
-        elif event.kind is StopKind.HWBREAK and "hwbreak+" in self.peer_features:
+        elif event.kind is StopKind.HWBREAK and "hwbreak" in self.stop_reasons:
             parts.append(b"hwbreak:;")
-        elif event.kind is StopKind.WATCH:
+        elif event.kind is StopKind.WATCH and event.watch_kind is not None and event.watch_addr is not None:
             parts.append(b"%s:%x;" % (event.watch_kind.value.encode(), event.watch_addr))
         return b"".join(parts)
 
@@ -355,37 +511,88 @@ class GdbSession:
         return self.stop_reply_payload(event)
 
 
+Handler = Callable[[GdbSession, bytes], Action]
+
+# The dispatch table: a packet's first byte -> its handler. q, Q and v packets are named.
+PACKETS: dict[bytes, Handler] = {
+    b"?": GdbSession._stop_status,
+    b"g": GdbSession._read_all_registers,
+    b"G": GdbSession._write_all_registers,
+    b"p": GdbSession._read_register,
+    b"P": GdbSession._write_register,
+    b"m": GdbSession._read_memory,
+    b"M": GdbSession._write_memory,
+    b"X": GdbSession._write_memory_binary,
+    b"c": GdbSession._resume_legacy,
+    b"C": GdbSession._resume_legacy,
+    b"s": GdbSession._resume_legacy,
+    b"S": GdbSession._resume_legacy,
+    b"b": GdbSession._reverse,
+    b"Z": GdbSession._breakpoint_packet,
+    b"z": GdbSession._breakpoint_packet,
+    b"H": GdbSession._select_thread,
+    b"T": GdbSession._thread_alive,
+    b"D": GdbSession._detach,
+    b"k": GdbSession._kill,
+    b"q": GdbSession._named,
+    b"Q": GdbSession._named,
+    b"v": GdbSession._named,
+}
+
+# q, Q and v packets by name (up to the first ':', ';' or ',').
+NAMED_PACKETS: dict[bytes, Handler] = {
+    b"qSupported": GdbSession._q_supported,
+    b"QStartNoAckMode": GdbSession._q_start_no_ack_mode,
+    b"QEnableErrorStrings": GdbSession._q_enable_error_strings,
+    b"qXfer": GdbSession._q_xfer,
+    b"qMemoryRegionInfo": GdbSession._memory_region_info,
+    b"qfThreadInfo": GdbSession._thread_info_first,
+    b"qsThreadInfo": GdbSession._thread_info_next,
+    b"qC": GdbSession._current_thread,
+    b"qAttached": GdbSession._q_attached,
+    b"qRcmd": GdbSession._monitor,
+    b"vCont?": GdbSession._v_cont_query,
+    b"vCont": GdbSession._v_cont,
+    b"vKill": GdbSession._v_kill,
+}
+
+# qXfer objects we read: object -> (session, annex) -> the whole document.
+XFER_OBJECTS: dict[bytes, Callable[[GdbSession, bytes], bytes]] = {
+    b"features": GdbSession._features_document,
+    b"memory-map": GdbSession._memory_map_document,
+}
+
 Z_WATCH_KINDS = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
 
 
-def _thread_matches(thread: bytes) -> bool:
-    t = thread.split(b".")[-1]
-    return t in (b"-1", b"0") or _hex_int(t.lstrip(b"p")) == THREAD_ID
+# ---------------------------------------------------------------------------------------------
+# Monitor commands (qRcmd)
 
 
-def _escape_binary(data: bytes) -> bytes:
-    out = bytearray()
-    for b in data:
-        if b in (0x23, 0x24, 0x7D, 0x2A):
-            out += bytes((0x7D, b ^ 0x20))
-        else:
-            out.append(b)
-    return bytes(out)
+@dataclass(frozen=True)
+class MonitorCommand:
+    """`monitor WORDS ARGS...`: `run(monitor, args)` returns the text to show."""
+
+    words: tuple[str, ...]
+    args: tuple[str, ...]  # one word each, named for the help
+    help: str
+    run: Callable[[Monitor, list[str]], str]
+    aliases: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def usage(self) -> str:
+        return " ".join(self.words + self.args)
+
+    def match(self, words: list[str]) -> list[str] | None:
+        """The arguments, if `words` is this command."""
+        for name in (self.words, *self.aliases):
+            if tuple(words[:len(name)]) == name and len(words) == len(name) + len(self.args):
+                return words[len(name):]
+        return None
 
 
 class Monitor:
-    """`monitor ...` (qRcmd): help, info caps, info slots, breakpoints [clear], reset,
-    snapshot save/load FILE."""
-
-    HELP = ("monitor commands:\n"
-            "  help                 this text\n"
-            "  info caps            the vCPU's KVM capabilities\n"
-            "  info slots           which breakpoint/watchpoint holds which slot, and which fell back\n"
-            "  breakpoints          every breakpoint/watchpoint armed in the VM, and whose it is\n"
-            "  breakpoints clear    remove those this debugger did not insert (left by a lost client)\n"
-            "  reset                reset the board to its state after loading (alias: system_reset)\n"
-            "  snapshot save FILE   save the VM (registers, memory, devices; no debugger state)\n"
-            "  snapshot load FILE   restore the VM from FILE (same machine configuration)\n")
+    """`monitor ...` (qRcmd), by MONITOR_COMMANDS."""
 
     # gdb caches registers and frames across a monitor command; nothing a stub sends makes it
     # re-read them, so say how (README: "Debugging with GDB").
@@ -394,59 +601,36 @@ class Monitor:
 
     def __init__(self, session: GdbSession):
         self.session = session
+        self.manager = session.manager
 
-    def run(self, command: str):
+    def run(self, command: str) -> Reply:
         words = command.split()
         try:
             text = self._run(words)
         except DebugError as e:
             text = f"error: {e}\n"
-        return Reply(b"O" + text.encode().hex().encode(), then=(b"OK",)) if text else Reply(b"OK")
+        return Reply(b"O" + text.encode().hex().encode(), then=(b"OK",)) if text else OK
 
     def _run(self, words: list[str]) -> str:
-        if not words or words == ["help"]:
-            return self.HELP
-        if words == ["info", "caps"]:
-            vm = self.session.machine.vm
-            return "".join(f"{name:<28} {num:>4}  {vm.check_extension(num):#x}\n"
-                           for num, name in sorted(kvm.CAPABILITY_NAMES.items()))
-        if words == ["info", "slots"]:
-            return self._info_slots()
-        if words == ["breakpoints"]:
-            return self._breakpoints()
-        if words == ["breakpoints", "clear"]:
-            return self._breakpoints_clear()
-        if words in (["reset"], ["system_reset"]):
-            self.session.manager.reset()
-            self.session.last_stop = None
-            return ("board reset: memory, devices and registers as after loading; "
-                    "breakpoints and watchpoints kept\n" + self.STALE_REGISTERS)
-        if len(words) == 3 and words[:2] == ["snapshot", "save"]:
-            from guestdbg import snapshot
-            path = checked_snapshot_path(words[2], for_writing=True)
-            try:
-                with self.session.manager.breakpoints_lifted():  # no BRK patches in the file
-                    snapshot.save(self.session.machine, path)
-            except (OSError, snapshot.SnapshotError) as e:
-                return f"error: snapshot save failed: {e}\n"
-            return f"snapshot saved to {path}\n"
-        if len(words) == 3 and words[:2] == ["snapshot", "load"]:
-            from guestdbg import snapshot
-            path = checked_snapshot_path(words[2], for_writing=False)
-            try:
-                data = path.read_bytes()
-                manager = self.session.manager
-                manager.remove_all()  # the snapshot has no debugger state; the client re-inserts its own
-                self.session.inserted.clear()
-                snapshot.restore_into(self.session.machine, data)
-            except (OSError, snapshot.SnapshotError) as e:
-                return f"error: snapshot load failed: {e}\n"
-            return f"snapshot loaded from {path}\n" + self.STALE_REGISTERS
+        if not words:
+            return self.help([])
+        for command in MONITOR_COMMANDS:
+            args = command.match(words)
+            if args is not None:
+                return command.run(self, args)
         return f"unknown monitor command: {' '.join(words)!r} (try: monitor help)\n"
 
-    def _info_slots(self) -> str:
+    # ------------------------------------------------------------------ the commands
+    def help(self, args: list[str]) -> str:
+        return "monitor commands:\n" + "".join(f"  {c.usage:<20} {c.help}\n" for c in MONITOR_COMMANDS)
+
+    def info_caps(self, args: list[str]) -> str:
+        return "".join(f"{name:<28} {num:>4}  {self.manager.check_extension(num):#x}\n"
+                       for num, name in sorted(kvm.CAPABILITY_NAMES.items()))
+
+    def info_slots(self, args: list[str]) -> str:
         session = self.session
-        now = session.manager.slots_report()
+        now = self.manager.slots_report()
         text = "\n".join(now) + "\n"
         if len(now) == 1:
             # gdb's default (breakpoint always-inserted off) takes everything out at each stop.
@@ -456,12 +640,12 @@ class Monitor:
             text += "while the guest last continued:\n" + "\n".join(session.armed_at_resume) + "\n"
         return text + self._last_error()
 
-    def _foreign(self) -> list:
+    def _foreign(self) -> list[DebugPoint]:
         """Debug points held by the manager that this client did not insert."""
-        return [p for p in self.session.manager.debug_points() if not self.session.owns(p)]
+        return [p for p in self.manager.debug_points() if not self.session.owns(p)]
 
-    def _breakpoints(self) -> str:
-        points = self.session.manager.debug_points()
+    def breakpoints(self, args: list[str]) -> str:
+        points = self.manager.debug_points()
         if not points:
             return "no breakpoints or watchpoints are armed in the VM\n" + self._last_error()
         foreign = set(self._foreign())
@@ -473,25 +657,73 @@ class Monitor:
             lines.append(f"`monitor breakpoints clear` removes the {len(foreign)} not this debugger's")
         return "\n".join(lines) + "\n" + self._last_error()
 
-    def _breakpoints_clear(self) -> str:
+    def breakpoints_clear(self, args: list[str]) -> str:
         foreign = self._foreign()
         for p in foreign:
-            self.session.manager.remove_debug_point(p)
+            self.manager.remove_debug_point(p)
         return f"removed {len(foreign)} breakpoints/watchpoints this debugger did not insert\n"
+
+    def reset(self, args: list[str]) -> str:
+        self.manager.reset()
+        self.session.last_stop = None
+        return ("board reset: memory, devices and registers as after loading; "
+                "breakpoints and watchpoints kept\n" + self.STALE_REGISTERS)
+
+    def snapshot_save(self, args: list[str]) -> str:
+        """manager.snapshot: the image never holds the debugger's breakpoint patches."""
+        path = checked_snapshot_path(args[0], for_writing=True)
+        try:
+            self.manager.snapshot(path)
+        except (OSError, SnapshotError) as e:
+            return f"error: snapshot save failed: {e}\n"
+        return f"snapshot saved to {path}\n"
+
+    def snapshot_load(self, args: list[str]) -> str:
+        """manager.restore: the debugger's breakpoints and watchpoints stay armed over the
+        restored memory (this client's as well as any a lost client left), as after a reset."""
+        path = checked_snapshot_path(args[0], for_writing=False)
+        try:
+            self.manager.restore(path)
+        except (OSError, SnapshotError) as e:
+            return f"error: snapshot load failed: {e}\n"
+        self.session.last_stop = None  # stopped where the snapshot was taken, no event to repeat
+        return (f"snapshot loaded from {path}; breakpoints and watchpoints kept\n"
+                + self.STALE_REGISTERS)
 
     def _last_error(self) -> str:
         err = self.session.last_error
         return f"last refused request: {err}\n" if err else ""
 
 
-def checked_snapshot_path(text: str, *, for_writing: bool):
+MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
+    MonitorCommand(("help",), (), "this text", Monitor.help),
+    MonitorCommand(("info", "caps"), (), "the vCPU's KVM capabilities", Monitor.info_caps),
+    MonitorCommand(("info", "slots"), (), "which breakpoint/watchpoint holds which slot, and which fell back",
+                   Monitor.info_slots),
+    MonitorCommand(("breakpoints",), (), "every breakpoint/watchpoint armed in the VM, and whose it is",
+                   Monitor.breakpoints),
+    MonitorCommand(("breakpoints", "clear"), (),
+                   "remove those this debugger did not insert (left by a lost client)", Monitor.breakpoints_clear),
+    MonitorCommand(("reset",), (), "reset the board to its state after loading (alias: system_reset)",
+                   Monitor.reset, aliases=(("system_reset",),)),
+    MonitorCommand(("snapshot", "save"), ("FILE",), "save the VM (registers, memory, devices; no debugger state)",
+                   Monitor.snapshot_save),
+    MonitorCommand(("snapshot", "load"), ("FILE",),
+                   "restore the VM from FILE (same machine configuration; breakpoints kept)", Monitor.snapshot_load),
+)
+
+
+def checked_snapshot_path(text: str, *, for_writing: bool) -> Path:
     """A snapshot path from a monitor command: resolved, its directory must exist, and the
     target itself must not be a symlink."""
-    from pathlib import Path
-    raw = Path(text).expanduser()
-    if raw.is_symlink():
+    try:
+        raw = Path(text).expanduser()
+        link = raw.is_symlink()
+        path = raw.resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, an unknown ~user, a loop...
+        raise DebugError(errno.EINVAL, f"{text!r}: not a usable path ({e})") from None
+    if link:
         raise DebugError(errno.ELOOP, f"{text}: is a symbolic link; refusing to follow it")
-    path = raw.resolve()
     if not path.parent.is_dir():
         raise DebugError(errno.ENOENT, f"{text}: directory {path.parent} does not exist")
     if not for_writing and not path.is_file():
