@@ -17,7 +17,7 @@ Contenders:
     count       the same with emu_start(..., count=2**62): Unicorn's own instruction counting
     clock       bare plus guestdbg's native block hook and MRS/MSR filter (RunControl, action
                 table all zero, so nothing reaches Python): the cost of the virtual clock
-    guestdbg    Machine.run_to_exit(): the full vCPU, deterministic clock on
+    guestdbg    VirtMachine.run_to_exit(): the full vCPU, deterministic clock on
     cli         `guestdbg run ELF` in a subprocess, Python start-up included (informational)
 
 Every run's exit status and console output are checked against the others, and the
@@ -49,7 +49,7 @@ from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.unicorn import uclib
 
 from guestdbg.board.common import elf_symbols
-from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg.board.virt import VirtMachine, VirtConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ CONTENDER_TITLES = {
     "bare": "bare Unicorn",
     "count": "bare Unicorn, emu_start(count=2**62)",
     "clock": "bare Unicorn + guestdbg block hook (RunControl)",
-    "guestdbg": "guestdbg Machine.run_to_exit()",
+    "guestdbg": "guestdbg VirtMachine.run_to_exit()",
     "cli": "`guestdbg run ELF` (process, incl. start-up)",
 }
 
@@ -354,7 +354,7 @@ def run_bare(elf: Path, mode: str = "bare") -> RunResult:
 
 def run_guestdbg(elf: Path) -> RunResult:
     out = bytearray()
-    m = Machine(MachineConfig(), console=out.extend)
+    m = VirtMachine(VirtConfig(), console=out.extend)
     m.load_elf(elf)
     t0 = time.perf_counter()
     status = m.run_to_exit()

@@ -34,7 +34,7 @@ from guestdbg.board.common import elf_symbols
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.common import ExitStatus
-from guestdbg.board.virt import RAM_BASE, Machine, MachineConfig
+from guestdbg.board.virt import RAM_BASE, VirtMachine, VirtConfig
 
 REPO = Path(__file__).resolve().parent.parent
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
@@ -124,9 +124,9 @@ def debug_arch(bps=(), wps=()) -> kr.kvm_guest_debug_arch:
 class LoopMachine:
     """A guestdbg machine with the loop guest loaded; each trial reruns it from _start."""
 
-    def __init__(self, elf: Path, sym: dict[str, int], config: MachineConfig | None = None):
+    def __init__(self, elf: Path, sym: dict[str, int], config: VirtConfig | None = None):
         self.sym = sym
-        self.machine = Machine(config or MachineConfig(), console=lambda b: None)
+        self.machine = VirtMachine(config or VirtConfig(), console=lambda b: None)
         self.entry = self.machine.load_elf(elf)
         self.n = None
 
@@ -191,7 +191,7 @@ class BreakpointRoundTrip:
     """Hardware breakpoint at loop_body: hit, then the debugger's step-over, then re-arm."""
 
     def __init__(self, elf: Path, sym: dict[str, int]):
-        self.machine = Machine(MachineConfig(), console=lambda b: None)
+        self.machine = VirtMachine(VirtConfig(), console=lambda b: None)
         self.machine.load_elf(elf)
         self.machine.vm.write_phys(sym["loop_iterations"], NEVER_ENDS.to_bytes(8, "little"))
         self.vcpu = self.machine.vcpu
@@ -227,7 +227,7 @@ class BreakpointRoundTrip:
 
 class SingleStepper:
     def __init__(self, elf: Path, sym: dict[str, int]):
-        self.machine = Machine(MachineConfig(), console=lambda b: None)
+        self.machine = VirtMachine(VirtConfig(), console=lambda b: None)
         self.machine.load_elf(elf)
         self.machine.vm.write_phys(sym["loop_iterations"], NEVER_ENDS.to_bytes(8, "little"))
         self.vcpu = self.machine.vcpu
@@ -299,12 +299,12 @@ def main(argv=None) -> int:
 
     # ---- 1/2: free-running MIPS, four configurations
     base = LoopMachine(elf, sym)
-    dbg = LoopMachine(elf, sym, MachineConfig(brps=16, wrps=16))
+    dbg = LoopMachine(elf, sym, VirtConfig(brps=16, wrps=16))
     bps, wps = debugger_slots(sym)
     t0 = time.perf_counter()
     dbg.machine.vcpu.set_guest_debug(HW_DEBUG, debug_arch(bps, wps))
     arm_debugger_s = time.perf_counter() - t0
-    guest = LoopMachine(elf, sym, MachineConfig(brps=16, wrps=16))
+    guest = LoopMachine(elf, sym, VirtConfig(brps=16, wrps=16))
     vcpu = guest.machine.vcpu
     t0 = time.perf_counter()
     for i, (bvr, bcr) in enumerate(bps):

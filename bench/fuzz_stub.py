@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from guestdbg.board.virt import Machine, MachineConfig  # noqa: E402
+from guestdbg.board.virt import VirtMachine, VirtConfig  # noqa: E402
 from guestdbg.debug.manager import GuestDebugManager  # noqa: E402
 from guestdbg.gdb import rsp  # noqa: E402
 from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume  # noqa: E402
@@ -39,7 +39,7 @@ class StubUnderTest:
 
     def __init__(self, elf: Path):
         self.output = bytearray()
-        self.machine = Machine(MachineConfig(ram_size=RAM), console=self.output.extend)
+        self.machine = VirtMachine(VirtConfig(ram_size=RAM), console=self.output.extend)
         self.machine.load_elf(elf)
         self.manager = GuestDebugManager(self.machine)
         self.new_connection()

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-from guestdbg.board.virt import Machine  # noqa: E402
+from guestdbg.board.virt import VirtMachine  # noqa: E402
 from guestdbg.board.common import elf_symbols as symbols  # noqa: E402
 from guestdbg.gdb.client import RspClient  # noqa: E402
 from guestdbg.gdb.server import Endpoint, GdbServer  # noqa: E402
@@ -41,7 +41,7 @@ def soak(guest_dir: Path, *, cycles: int, steps: int, connections: int, log=prin
     elf = guest_dir / "loop.elf"
     sym = symbols(elf)
     out = bytearray()
-    machine = Machine(console=out.extend)
+    machine = VirtMachine(console=out.extend)
     machine.load_elf(elf)
     sock_path = Path(tempfile.mkdtemp()) / "stub.sock"
     server = GdbServer(machine, Endpoint("unix", path=str(sock_path)), wait=True, log=lambda m: None)

@@ -19,7 +19,7 @@ from pathlib import Path
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.board.common import GuestFault, ImageError, read_elf
-from guestdbg.board.virt import ROM_BASE, ROM_SIZE, Machine, MachineConfig
+from guestdbg.board.virt import ROM_BASE, ROM_SIZE, VirtConfig, VirtMachine
 from guestdbg.vmapi import Vm
 
 EXIT_GUEST_FAULT = 1
@@ -118,8 +118,8 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _config(args) -> MachineConfig:
-    return MachineConfig(ram_size=args.ram, brps=args.brps, wrps=args.wrps, ctx_cmps=args.ctx_cmps)
+def _config(args) -> VirtConfig:
+    return VirtConfig(ram_size=args.ram, brps=args.brps, wrps=args.wrps, ctx_cmps=args.ctx_cmps)
 
 
 def demo_image():
@@ -164,7 +164,7 @@ def _serve_gdb(machine, args) -> int:
 def cmd_run(args) -> int:
     if args.arch == "x86_64":
         return cmd_run_x86(args)
-    machine = Machine(_config(args), clock_mode=args.clock or "virtual")
+    machine = VirtMachine(_config(args), clock_mode=args.clock or "virtual")
     if args.rom:
         if _elf_machine(args.rom) is None:
             machine.load_rom(args.rom)
@@ -201,7 +201,7 @@ def _elf_machine(path: str) -> int | None:
     return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
 
 
-def _load_elf(machine: Machine, path: str, *, rom: bool = False) -> None:
+def _load_elf(machine: VirtMachine, path: str, *, rom: bool = False) -> None:
     """An AArch64 ELF at its own addresses. As a ROM, every segment with contents must lie in
     the ROM window (zero-filled ones, a ROM-linked ELF's .bss or stack, may be in RAM)."""
     try:
@@ -225,8 +225,8 @@ def _capabilities(vm: Vm, numbers: tuple[int, ...]) -> list[dict]:
             for number in sorted(numbers)]
 
 
-def caps_report(config: MachineConfig) -> dict:
-    vm = Machine(config).vm
+def caps_report(config: VirtConfig) -> dict:
+    vm = VirtMachine(config).vm
     caps = _capabilities(vm, kvm.DEBUG_CAPABILITIES)
     dfr0 = dr.id_aa64dfr0_el1(config.brps, config.wrps, config.ctx_cmps)
     fields = {name: getattr(dr.ID_AA64DFR0, name).extract(dfr0)

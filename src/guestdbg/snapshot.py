@@ -18,7 +18,7 @@ Loading checks magic, version, length, checksum, machine config and every regist
 it touches the VM, so a bad file changes nothing.
 
 Boards: the header's "board" names the machine kind ("aarch64": the virt board's
-MachineConfig and ONE_REG ids; "x86_64": the pc board's PcConfig and the x86 KVM back end's
+VirtConfig and ONE_REG ids; "x86_64": the pc board's PcConfig and the x86 KVM back end's
 register list, whose group ids guestdbg.backends.kvm_x86.vm defines). A file without it is
 an aarch64 snapshot.
 """
@@ -34,7 +34,9 @@ import zlib
 from pathlib import Path
 
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg import vmapi
+from guestdbg.board.common import Board
+from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.profile import profile_for
 
 MAGIC = b"GDBGSNAP"
@@ -50,7 +52,7 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be written or loaded, with the reason."""
 
 
-def _board(machine: Machine) -> str:
+def _board(machine: Board) -> str:
     """The machine's board kind: its architecture profile's name."""
     return profile_for(machine).name
 
@@ -63,11 +65,11 @@ def _board_kind(board: str):
         from guestdbg.board.pc_probe import create_pc_machine
         return PcConfig, x86vm.reg_size_bytes, create_pc_machine
     if board == "aarch64":
-        return MachineConfig, kr.reg_size_bytes, Machine
+        return VirtConfig, kr.reg_size_bytes, VirtMachine
     raise SnapshotError(f"snapshot of an unknown board {board!r}")
 
 
-def dumps(machine: Machine) -> bytes:
+def dumps(machine: Board) -> bytes:
     vcpu = machine.vcpu
     if vcpu.access_in_flight():
         raise SnapshotError("the vCPU is in the middle of an MMIO or I/O access; run it on first")
@@ -76,14 +78,15 @@ def dumps(machine: Machine) -> bytes:
     reg_ids = vcpu.get_reg_list()
     regs = b"".join(vcpu.get_one_reg(r).to_bytes(reg_size(r), "little") for r in reg_ids)
     memory_meta, memory_blobs = [], []
-    for slot in sorted(machine.vm.slots.values(), key=lambda s: s.slot):
+    slots: list[vmapi.MemorySlot] = sorted(machine.vm.slots.values(), key=lambda s: s.slot)
+    for slot in slots:
         pages, content = _nonzero_pages(machine.vm, slot.guest_phys_addr, slot.memory_size)
         blob = zlib.compress(b"".join(content), 1)
         memory_meta.append({"slot": slot.slot, "guest_phys_addr": slot.guest_phys_addr,
                             "memory_size": slot.memory_size, "flags": slot.flags,
                             "pages": _ranges(pages), "length": len(blob)})
         memory_blobs.append(blob)
-    header_dict = {
+    header_dict: dict[str, object] = {
         "config": machine.config.to_dict(),
         "devices": machine.device_state(),
         "registers": reg_ids,
@@ -114,7 +117,7 @@ def _nonzero_pages(vm, base: int, size: int) -> tuple[list[int], list[bytes]]:
     return pages, content
 
 
-def save(machine: Machine, path: str | os.PathLike) -> None:
+def save(machine: Board, path: str | os.PathLike) -> None:
     """Write atomically: a temporary file in the same directory, fsync, then rename."""
     path = Path(path)
     data = dumps(machine)
@@ -131,7 +134,7 @@ def save(machine: Machine, path: str | os.PathLike) -> None:
 
 
 class _Parsed:
-    def __init__(self, config: MachineConfig, devices: dict, registers: list[tuple[int, int]],
+    def __init__(self, config: VirtConfig, devices: dict, registers: list[tuple[int, int]],
                  memory: list[tuple[dict, dict[int, bytes]]], board: str = "aarch64"):
         self.config, self.devices, self.registers, self.memory = config, devices, registers, memory
         self.board = board
@@ -179,7 +182,7 @@ def _parse(data: bytes) -> _Parsed:
     return _Parsed(config, header["devices"], registers, memory, board)
 
 
-def restore_into(machine: Machine, data: bytes) -> None:
+def restore_into(machine: Board, data: bytes) -> None:
     """Restore a snapshot into a machine of the same configuration, or change nothing."""
     snap = _parse(data)
     if snap.board != _board(machine):
@@ -214,7 +217,7 @@ def restore_into(machine: Machine, data: bytes) -> None:
     machine.restore_device_state(snap.devices)
 
 
-def load(path: str | os.PathLike, console=None) -> Machine:
+def load(path: str | os.PathLike, console=None) -> Board:
     """A new machine, built from the snapshot's own configuration and restored from it."""
     try:
         data = Path(path).read_bytes()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from guestdbg import kvm
 
@@ -118,9 +118,26 @@ class X86Vcpu(Vcpu, Protocol):
         """KVM_GET_VCPU_EVENTS (x86)."""
 
 
+class MemorySlot(Protocol):
+    """A KVM_SET_USER_MEMORY_REGION slot as the VMM set it (struct kvm_userspace_memory_region)."""
+
+    @property
+    def slot(self) -> int: ...
+    @property
+    def guest_phys_addr(self) -> int: ...
+    @property
+    def memory_size(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+
+
 @runtime_checkable
 class Vm(Protocol):
     """One virtual machine (a KVM VM file descriptor's ioctls, plus guest-physical access)."""
+
+    # The memory slots by slot number, as set (snapshots walk them).
+    @property
+    def slots(self) -> Mapping[int, MemorySlot]: ...
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 means "not supported"; KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS give

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers.gdb_harness import Stub, lldb_missing_reason, run_gdb, run_lldb
 from tests.helpers.qemu_runner import missing_tool
 from guestdbg.board.common import GuestFault
-from guestdbg.board.virt import Machine
+from guestdbg.board.virt import VirtMachine
 from guestdbg.gdb.client import RspClient
 from guestdbg.gdb.server import EXIT_KILLED, Endpoint, GdbServer
 from tests.helpers.cli import RAM, _image, guestdbg, hang_image, spin_image
@@ -87,7 +87,7 @@ def test_timeout_counts_only_time_run_with_no_debugger(tmp_path):
 
 def test_serve_raises_the_fault_of_a_guest_running_free(tmp_path):
     """The API the CLI uses: serve() ends with the GuestFault, which the CLI prints as one line."""
-    m = Machine(console=lambda b: None)
+    m = VirtMachine(console=lambda b: None)
     m.load_raw(jump_to_unmapped_image(tmp_path), int(RAM, 16))
     logs: list[str] = []
     server = GdbServer(m, Endpoint("unix", path=str(tmp_path / "s.sock")), wait=False, log=logs.append)

@@ -27,7 +27,7 @@ from tests.helpers.gdb_harness import (
 from tests.helpers.qemu_runner import elf_symbols, missing_tool
 from tests.helpers.support import Guest
 
-from guestdbg.board.virt import Machine
+from guestdbg.board.virt import VirtMachine
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
 from guestdbg.debug.regions import LAST_ADDRESS
 from guestdbg.gdb.session import GdbSession, Reply
@@ -350,7 +350,7 @@ def test_gdb_writes_rom_side_by_side_with_qemu(guest_dir, tmp_path):
 
 def test_rom_writes_through_the_session_and_the_python_api(guest_dir):
     out = bytearray()
-    mch = Machine(console=out.extend)
+    mch = VirtMachine(console=out.extend)
     mch.load_rom(guest_dir / "rom_boot.bin")
     syms = elf_symbols(guest_dir / "rom_boot.elf")
     m = GuestDebugManager(mch)

@@ -10,7 +10,7 @@ from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.common import ExitStatus, elf_symbols
-from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg.board.virt import VirtMachine, VirtConfig
 
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
 
@@ -18,10 +18,10 @@ HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
 class Guest:
     """A machine with one guest loaded and its console captured."""
 
-    def __init__(self, elf: Path, config: MachineConfig | None = None):
+    def __init__(self, elf: Path, config: VirtConfig | None = None):
         self.elf = Path(elf)
         self.output = bytearray()
-        self.machine = Machine(config or MachineConfig(), console=self.output.extend)
+        self.machine = VirtMachine(config or VirtConfig(), console=self.output.extend)
         self.machine.load_elf(self.elf)
         self.vm, self.vcpu = self.machine.vm, self.machine.vcpu
         self.sym = symbols(str(self.elf))

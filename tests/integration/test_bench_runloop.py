@@ -1,5 +1,5 @@
 """A smoke run of bench/bench_runloop.py at its --quick sizes: every contender (bare Unicorn,
-Unicorn with count=, bare Unicorn with guestdbg's RunControl, guestdbg's Machine, the CLI)
+Unicorn with count=, bare Unicorn with guestdbg's RunControl, guestdbg's VirtMachine, the CLI)
 runs each guest to exit status 0 with the same console output, and the two exact instruction
 counts (RunControl's on the bare Unicorn, guestdbg's vcpu.icount) agree. No timing asserts."""
 

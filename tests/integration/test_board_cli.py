@@ -10,7 +10,7 @@ import pytest
 
 from guestdbg import kvm
 from guestdbg.board.common import ImageError
-from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg.board.virt import VirtMachine, VirtConfig
 from guestdbg.cli import caps_report
 from tests.helpers.support import Guest, symbols
 
@@ -58,7 +58,7 @@ def test_rom_boot_and_rom_is_read_only(guest_dir):
 
 def test_rom_write_leaves_rom_unchanged_at_the_vcpu_level(guest_dir):
     out = bytearray()
-    m = Machine(console=out.extend)
+    m = VirtMachine(console=out.extend)
     m.load_rom(guest_dir / "rom_boot.bin")
     sym = symbols(str(guest_dir / "rom_boot.elf"))
     before = m.vm.read_phys(sym["rom_data"], 4)
@@ -115,12 +115,12 @@ def test_bad_images(tmp_path):
     r = guestdbg("run", trunc)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     with pytest.raises(ImageError):
-        Machine(console=lambda b: None).load_elf(trunc)
+        VirtMachine(console=lambda b: None).load_elf(trunc)
 
 
 def test_ram_size_is_honoured(guest_dir):
     # 16 MiB still holds the guest; the board's RAM slot follows the flag.
-    m = Machine(MachineConfig(ram_size=16 << 20), console=lambda b: None)
+    m = VirtMachine(VirtConfig(ram_size=16 << 20), console=lambda b: None)
     assert m.vm.slots[1].memory_size == 16 << 20
     m.load_elf(guest_dir / "hello.elf")
     assert m.run_to_exit() == 7
@@ -163,7 +163,7 @@ def test_caps_lists_the_debug_capabilities_from_the_one_table():
     assert all(getattr(kvm, name) == number for number, name in kvm.CAPABILITY_NAMES.items())
     assert {n for n in dir(kvm) if n.startswith("KVM_CAP_")} == set(kvm.CAPABILITY_NAMES.values())
     assert set(kvm.DEBUG_CAPABILITIES) <= set(kvm.X86_CAPABILITIES) <= set(kvm.CAPABILITY_NAMES)
-    report = caps_report(MachineConfig())
+    report = caps_report(VirtConfig())
     assert [(c["name"], c["number"]) for c in report["capabilities"]] == [
         (kvm.CAPABILITY_NAMES[n], n) for n in sorted(kvm.DEBUG_CAPABILITIES)]
 

@@ -10,7 +10,7 @@ import pytest
 from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.board.common import ExitStatus
-from guestdbg.board.virt import MachineConfig
+from guestdbg.board.virt import VirtConfig
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint, ec
 
 EC_BREAKPOINT_LOWER = 0x30
@@ -171,7 +171,7 @@ def _sixteen_executed_addresses(g: Guest) -> list[int]:
 
 
 def test_all_sixteen_breakpoint_slots(guest_dir):
-    g = _bp_targets(guest_dir, MachineConfig(brps=16, wrps=16, ctx_cmps=2))
+    g = _bp_targets(guest_dir, VirtConfig(brps=16, wrps=16, ctx_cmps=2))
     assert g.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) == 16
     addrs = _sixteen_executed_addresses(g)
     bps = [breakpoint(a) for a in addrs]
@@ -183,7 +183,7 @@ def test_all_sixteen_breakpoint_slots(guest_dir):
 
 @pytest.mark.parametrize("slot", [0, 7, 15])
 def test_single_high_slot_works_with_sixteen_brps(guest_dir, slot):
-    g = _bp_targets(guest_dir, MachineConfig(brps=16, wrps=16, ctx_cmps=2))
+    g = _bp_targets(guest_dir, VirtConfig(brps=16, wrps=16, ctx_cmps=2))
     bps = [(0, 0)] * slot + [breakpoint(g.sym["bp_b"])]
     g.set_debug(bps=bps)
     r = g.run()
@@ -191,7 +191,7 @@ def test_single_high_slot_works_with_sixteen_brps(guest_dir, slot):
 
 
 def test_slots_beyond_brps_are_ignored(guest_dir):
-    cfg = MachineConfig(brps=2, wrps=2, ctx_cmps=1)
+    cfg = VirtConfig(brps=2, wrps=2, ctx_cmps=1)
     bcr = dr.encode_dbgbcr()
     assert dr.decode_breakpoint(2, bcr, 0x40100000, brps=2, ctx_cmps=1) is None
     assert dr.decode_breakpoint(1, bcr, 0x40100000, brps=2, ctx_cmps=1) is not None

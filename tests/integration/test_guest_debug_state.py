@@ -11,7 +11,7 @@ from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.common import ExitStatus
-from guestdbg.board.virt import MachineConfig
+from guestdbg.board.virt import VirtConfig
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint, ec, reg_id
 
 MDSCR_ID = 0x6030000000138012
@@ -251,7 +251,7 @@ def test_one_reg_ids(guest_dir):
 @pytest.mark.parametrize("counts", [(16, 16, 16), (16, 2, 2), (2, 2, 1)])
 def test_dbgbcr_ids_follow_brps(guest_dir, counts):
     brps, wrps, ctx = counts
-    g = _guest(guest_dir, MachineConfig(brps=brps, wrps=wrps, ctx_cmps=ctx))
+    g = _guest(guest_dir, VirtConfig(brps=brps, wrps=wrps, ctx_cmps=ctx))
     v = g.vcpu
     ids = set(v.get_reg_list())
     for n in range(16):
@@ -272,7 +272,7 @@ def test_dbgbcr_ids_follow_brps(guest_dir, counts):
 ])
 def test_id_aa64dfr0_follows_config_in_one_reg_and_guest(guest_dir, counts, dfr0):
     brps, wrps, ctx = counts
-    g = _guest(guest_dir, MachineConfig(brps=brps, wrps=wrps, ctx_cmps=ctx))
+    g = _guest(guest_dir, VirtConfig(brps=brps, wrps=wrps, ctx_cmps=ctx))
     v = g.vcpu
     assert v.get_one_reg(ID_AA64DFR0_ID) == dfr0
     assert g.vm.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) == brps
@@ -286,7 +286,7 @@ def test_id_aa64dfr0_follows_config_in_one_reg_and_guest(guest_dir, counts, dfr0
 
 
 def test_default_machine_dfr0(guest_dir):
-    g = _guest(guest_dir, MachineConfig())
+    g = _guest(guest_dir, VirtConfig())
     assert g.vcpu.get_one_reg(ID_AA64DFR0_ID) == 0x10305106
 
 

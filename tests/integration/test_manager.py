@@ -1,4 +1,4 @@
-"""The guest-debug manager's Python API (GuestDebugManager) over a real Machine and the repo's
+"""The guest-debug manager's Python API (GuestDebugManager) over a real VirtMachine and the repo's
 guests: watch planning, software/hardware breakpoints, watchpoints and their page-trap
 fallback, resuming without dropping anything, re-injection of the guest's own BRK, and guest
 faults as signal stops."""
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guestdbg.arm import debugregs as dr
-from guestdbg.board.virt import Machine, MachineConfig
+from guestdbg.board.virt import VirtMachine, VirtConfig
 from guestdbg.debug.arch import BRK0, plan_watch_pieces
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
 from tests.helpers.support import Guest, reg_id, symbols
@@ -138,7 +138,7 @@ def _state(g: Guest, m: GuestDebugManager):
 
 
 def test_slot_counts_come_from_the_capabilities(guest_dir):
-    g, m = _guest(guest_dir, "bp_targets", MachineConfig(brps=3, wrps=5))
+    g, m = _guest(guest_dir, "bp_targets", VirtConfig(brps=3, wrps=5))
     assert (m.hw_bp_slots, m.hw_wp_slots) == (3, 5)
 
 
@@ -214,7 +214,7 @@ def test_remove_all_and_detach_restore_everything(guest_dir, how):
 
 def _rom_machine(guest_dir):
     out = bytearray()
-    mch = Machine(MachineConfig(), console=out.extend)
+    mch = VirtMachine(VirtConfig(), console=out.extend)
     mch.load_rom(guest_dir / "rom_boot.bin")
     return mch, out, symbols(str(guest_dir / "rom_boot.elf"))
 
@@ -234,7 +234,7 @@ def test_breakpoint_in_rom_uses_a_hw_slot(guest_dir):
 
 
 def test_out_of_hw_breakpoint_slots_is_enospc_and_changes_nothing(guest_dir):
-    g, m = _guest(guest_dir, "bp_targets", MachineConfig(brps=2))
+    g, m = _guest(guest_dir, "bp_targets", VirtConfig(brps=2))
     m.add_breakpoint(g.sym["bp_a"])
     m.add_hw_breakpoint(g.sym["bp_b"])
     m.add_hw_breakpoint(g.sym["bp_c"])
@@ -450,7 +450,7 @@ def test_guest_brk_while_stepping_is_reinjected(guest_dir):
 
 def _raw_machine(tmp_path, code: bytes):
     out = bytearray()
-    mch = Machine(MachineConfig(), console=out.extend)
+    mch = VirtMachine(VirtConfig(), console=out.extend)
     image = tmp_path / "raw.bin"
     image.write_bytes(code)
     mch.load_raw(image, 0x4000_0000)

@@ -13,15 +13,15 @@ import pytest
 
 from guestdbg import kvm
 from guestdbg.board.common import ExitStatus, elf_symbols
-from guestdbg.board.virt import RAM_BASE, Machine, MachineConfig
+from guestdbg.board.virt import RAM_BASE, VirtMachine, VirtConfig
 from tests.helpers.support import HW_DEBUG, breakpoint
 
 SVC_ROUND_TRIPS = 6000
 
 
-def _machine(elf, clock_mode: str = "virtual", **symbol_values: int) -> tuple[Machine, bytearray]:
+def _machine(elf, clock_mode: str = "virtual", **symbol_values: int) -> tuple[VirtMachine, bytearray]:
     out = bytearray()
-    m = Machine(MachineConfig(), console=out.extend, clock_mode=clock_mode)
+    m = VirtMachine(VirtConfig(), console=out.extend, clock_mode=clock_mode)
     m.load_elf(elf)
     syms = elf_symbols(elf)
     for name, value in symbol_values.items():
@@ -29,7 +29,7 @@ def _machine(elf, clock_mode: str = "virtual", **symbol_values: int) -> tuple[Ma
     return m, out
 
 
-def _state(m: Machine, out: bytearray) -> dict:
+def _state(m: VirtMachine, out: bytearray) -> dict:
     """Everything the guest could have computed: registers, RAM, console output, icount."""
     vcpu = m.vcpu
     regs = {r: vcpu.get_one_reg(r) for r in vcpu.get_reg_list()}
@@ -37,13 +37,13 @@ def _state(m: Machine, out: bytearray) -> dict:
     return {"regs": regs, "ram": ram, "output": bytes(out), "icount": vcpu.icount}
 
 
-def _run_uninterrupted(m: Machine) -> ExitStatus:
+def _run_uninterrupted(m: VirtMachine) -> ExitStatus:
     result = m.run_until()
     assert isinstance(result, ExitStatus), result
     return result
 
 
-def _run_with_random_stops(m: Machine, seed: int, max_gap: float = 0.002) -> tuple[ExitStatus, int]:
+def _run_with_random_stops(m: VirtMachine, seed: int, max_gap: float = 0.002) -> tuple[ExitStatus, int]:
     """Kick the vCPU from another thread at random moments until the guest ends."""
     rng = random.Random(seed)
     done = threading.Event()
@@ -205,7 +205,7 @@ def test_icount_survives_a_snapshot(guest_dir, tmp_path):
 
 def test_unknown_clock_mode_is_refused():
     with pytest.raises(ValueError, match="clock must be one of"):
-        Machine(MachineConfig(), clock_mode="wallclock")
+        VirtMachine(VirtConfig(), clock_mode="wallclock")
 
 
 def test_a_kick_while_stopped_is_neither_lost_nor_doubled(guest_dir):

@@ -1,7 +1,7 @@
 """The GDB session layer (GdbSession.handle: one packet in, one action out).
 
 The packet-to-manager mapping is tested against a fake vCPU and a fake manager; memory-fault
-semantics, monitor snapshots and the fuzzing properties against a real Machine."""
+semantics, monitor snapshots and the fuzzing properties against a real VirtMachine."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.arm import registers as areg
-from guestdbg.board.virt import MachineConfig
+from guestdbg.board.virt import VirtConfig
 from guestdbg.debug.arch import BRK0
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind, WatchKind
 from guestdbg.debug.profile import AARCH64
@@ -770,7 +770,7 @@ def _vm_state(g: Guest, m: GuestDebugManager):
 
 @pytest.fixture(scope="module")
 def fuzz_target(guest_dir):
-    g = Guest(guest_dir / "bp_targets.elf", MachineConfig(ram_size=FUZZ_RAM))
+    g = Guest(guest_dir / "bp_targets.elf", VirtConfig(ram_size=FUZZ_RAM))
     m = GuestDebugManager(g.machine)
     m.add_breakpoint(g.sym["bp_a"])
     m.add_watchpoint(g.sym["bp_b_count"], 4, WatchKind.WRITE)
@@ -815,9 +815,9 @@ def test_fuzz_fake_session_never_raises(p):
 
 def test_resume_after_the_guest_exited_is_refused(guest_dir):
     """After W there is nothing to run: c, s and vCont get E03 (ESRCH) and nothing changes."""
-    from guestdbg.board.virt import Machine
+    from guestdbg.board.virt import VirtMachine
     from guestdbg.debug.manager import GuestDebugManager
-    m = Machine(console=lambda b: None)
+    m = VirtMachine(console=lambda b: None)
     m.load_elf(guest_dir / "hello.elf")
     manager = GuestDebugManager(m)
     session = GdbSession(manager)

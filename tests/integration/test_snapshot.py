@@ -13,7 +13,7 @@ import pytest
 
 from guestdbg import kvm, snapshot
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.board.virt import Machine, MachineConfig, RAM_BASE
+from guestdbg.board.virt import VirtMachine, VirtConfig, RAM_BASE
 from guestdbg.snapshot import SnapshotError
 from tests.helpers.support import HW_DEBUG, Guest, breakpoint
 
@@ -82,7 +82,7 @@ def test_snapshot_holds_no_debugger_state(guest_dir):
     parsed = snapshot._parse(data)
     assert all(value != DISTINCTIVE_BVR for _, value in parsed.registers)
     assert len(parsed.registers) == len(g.vcpu.get_reg_list())
-    restored = Machine(console=lambda b: None)
+    restored = VirtMachine(console=lambda b: None)
     snapshot.restore_into(restored, data)
     assert restored.vcpu.guestdbg_control == 0
     assert list(restored.vcpu.guestdbg_arch.dbg_bvr) == [0] * 16
@@ -93,7 +93,7 @@ def test_guest_owned_debug_registers_travel(guest_dir):
     bvr1 = kr.ARM64_SYS_REG(*kr.DBGBVRn_EL1(1))
     g.vcpu.set_one_reg(bvr1, 0x4010_0040)
     g.vcpu.set_one_reg(kr.sysreg_id("MDSCR_EL1"), 0x8000)
-    restored = Machine(console=lambda b: None)
+    restored = VirtMachine(console=lambda b: None)
     snapshot.restore_into(restored, snapshot.dumps(g.machine))
     assert restored.vcpu.get_one_reg(bvr1) == 0x4010_0040
     assert restored.vcpu.get_one_reg(kr.sysreg_id("MDSCR_EL1")) == 0x8000
@@ -131,7 +131,7 @@ def test_bad_snapshots_refused_and_vm_untouched(guest_dir, saved, mangle, needle
 
 
 def test_mismatched_machine_refused_and_untouched(guest_dir, saved):
-    target = Guest(guest_dir / "hello.elf", MachineConfig(brps=8))
+    target = Guest(guest_dir / "hello.elf", VirtConfig(brps=8))
     regs, ram = all_regs(target.vcpu), ram_digest(target.machine)
     with pytest.raises(SnapshotError, match="different machine"):
         snapshot.restore_into(target.machine, saved)

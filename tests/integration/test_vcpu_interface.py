@@ -9,7 +9,7 @@ import pytest
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.backends.unicorn_arm64 import Arm64Vm, DebugConfig
-from guestdbg.board.virt import Machine, MachineConfig, RAM_BASE
+from guestdbg.board.virt import VirtMachine, VirtConfig, RAM_BASE
 from tests.helpers.support import Guest
 
 A64_NOP = bytes.fromhex("1f2003d5")
@@ -29,8 +29,8 @@ BR_X0 = 0xD61F0000      # br x0
 B_SELF = 0x14000000     # b .
 
 
-def machine_with_code(code: bytes, **config) -> Machine:
-    m = Machine(MachineConfig(**config), console=lambda b: None)
+def machine_with_code(code: bytes, **config) -> VirtMachine:
+    m = VirtMachine(VirtConfig(**config), console=lambda b: None)
     m.vm.write_phys(RAM_BASE, code)
     m.reset_cpu(RAM_BASE)
     return m
@@ -83,7 +83,7 @@ def test_documented_one_reg_ids():
 
 
 def test_reg_list_covers_guest_state_and_sizes():
-    vcpu = Machine(console=lambda b: None).vcpu
+    vcpu = VirtMachine(console=lambda b: None).vcpu
     ids = vcpu.get_reg_list()
     assert len(ids) == len(set(ids))
     for must in [kr.KVM_REG_ARM_CORE_X(n) for n in range(31)] + [kr.KVM_REG_ARM_CORE_V(n) for n in range(32)] + [
@@ -109,7 +109,7 @@ IMPLEMENTED_BITS = {
 
 
 def test_one_reg_round_trip_and_errors():
-    vcpu = Machine(console=lambda b: None).vcpu
+    vcpu = VirtMachine(console=lambda b: None).vcpu
     values = {}
     for i, reg in enumerate(vcpu.get_reg_list()):
         if reg in (kr.KVM_REG_ARM_CORE_PSTATE, kr.sysreg_id("ID_AA64DFR0_EL1"), kr.sysreg_id("MIDR_EL1"),
@@ -145,7 +145,7 @@ def test_one_reg_round_trip_and_errors():
 
 
 def test_sp_banking_follows_pstate():
-    vcpu = Machine(console=lambda b: None).vcpu
+    vcpu = VirtMachine(console=lambda b: None).vcpu
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_SP, 0x1000)      # SP_EL0
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_SP_EL1, 0x2000)
     for pstate in (0x3C5, 0x3C4, 0x3C0, 0x3C5):           # EL1h, EL1t, EL0t, back

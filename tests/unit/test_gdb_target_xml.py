@@ -19,7 +19,7 @@ import pytest
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.arm import registers as areg
 from guestdbg.backends.unicorn_arm64 import PSTATE_DAIF, PSTATE_MODE_EL1H
-from guestdbg.board.virt import RAM_BASE, ROM_BASE, ROM_SIZE, Machine
+from guestdbg.board.virt import RAM_BASE, ROM_BASE, ROM_SIZE, VirtMachine
 from guestdbg.debug.regions import physical_layout
 from guestdbg.gdb import aarch64_regs as ar
 from guestdbg.gdb import memory_map as mm
@@ -32,7 +32,7 @@ PSTATE_MODE_EL1T = 0b0100
 
 @pytest.fixture
 def vcpu():
-    return Machine(console=lambda b: None).vcpu
+    return VirtMachine(console=lambda b: None).vcpu
 
 
 def all_one_regs(vcpu) -> dict[int, int]:
@@ -148,7 +148,7 @@ def test_target_xml_well_formed_and_complete():
 
 
 def test_memory_map_document():
-    m = Machine(console=lambda b: None)
+    m = VirtMachine(console=lambda b: None)
     regions = mm.regions_for(physical_layout(m.vm))
     assert regions == [(ROM_BASE, ROM_SIZE, "rom"), (RAM_BASE, m.config.ram_size, "ram")]
     text = mm.memory_map_xml([(0x1000_0000, 0x2000, "flash")] + regions[::-1])  # any order in
@@ -455,7 +455,7 @@ class MiniRsp:
 
 @needs_gdb
 def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp():
-    m = Machine(console=lambda b: None)
+    m = VirtMachine(console=lambda b: None)
     vcpu = m.vcpu
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, RAM_BASE + 0x24)
     vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_X(7), 0x0123456789ABCDEF)

@@ -762,9 +762,9 @@ class SlotRecorder:
 def trap_machine(monkeypatch):
     if _NO_KVM:
         pytest.skip(f"/dev/kvm cannot be used: {_NO_KVM}")
-    from guestdbg.board.pc import PcConfig, X86Machine
+    from guestdbg.board.pc import PcConfig, PcMachine
     rec = SlotRecorder(monkeypatch)
-    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None)
+    m = PcMachine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None)
     # a recognisable pattern over the trapped pages and their neighbours
     pattern = bytes((i * 7 + 3) & 0xFF for i in range(0x10000))
     m.vm.write_phys(0x20_0000, pattern)
@@ -895,8 +895,8 @@ DATA = CODE_PAGE + 0x800
 
 
 def _assist_machine(code_at: int, code: bytes):
-    from guestdbg.board.pc import PcConfig, X86Machine
-    m = X86Machine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None)
+    from guestdbg.board.pc import PcConfig, PcMachine
+    m = PcMachine(config=PcConfig(ram_size=RAM_SIZE), console=lambda b: None)
     m.vm.write_phys(DATA, (41).to_bytes(4, "little"))
     m.vm.write_phys(code_at, code + b"\xe6\xf4\xf4")  # ...; out 0xf4, al; hlt
     m.reset_cpu(code_at)

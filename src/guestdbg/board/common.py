@@ -18,10 +18,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, overload
+from typing import TYPE_CHECKING, Callable, TypeAlias, overload
 
 from guestdbg import kvm
 from guestdbg.vmapi import Vcpu
+
+if TYPE_CHECKING:
+    from guestdbg.board.pc import PcMachine
+    from guestdbg.board.virt import VirtMachine
+
+# Either board: what the debug policy, snapshots and the stub are handed.
+Board: TypeAlias = "VirtMachine | PcMachine"
 
 
 class ImageError(ValueError):

@@ -97,7 +97,7 @@ VECTOR_SIGNALS = {0: 8, 1: 5, 3: 5, 4: 11, 5: 11, 6: 4, 7: 8, 16: 8, 17: 7, 19: 
 
 @dataclass
 class FaultExit(kvm.InternalErrorExit):
-    """A guest exception reported to the debugger (see X86Machine._fault_stop)."""
+    """A guest exception reported to the debugger (see PcMachine._fault_stop)."""
 
     signal: int = 11
     exception: GuestException | None = None
@@ -188,7 +188,7 @@ class Uart16550:
 
 
 @dataclass
-class X86Machine(RunToExit):
+class PcMachine(RunToExit):
     """A KVM VM on the pc board with one vCPU in long mode, loaded and ready to run.
 
     Constructing one only builds the VM (no probing, no other side effects). `debug_facts` is
@@ -222,7 +222,7 @@ class X86Machine(RunToExit):
     def close(self) -> None:
         self.vm.close()
 
-    def __enter__(self) -> X86Machine:
+    def __enter__(self) -> PcMachine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ Each kind of x86 KVM host differs: VMX/SVM hosts deliver DR data watchpoints and
 KVM_EXIT_DEBUG exits; `kvm_pvm` (no VMX/SVM in the CPU) emulates CPL0 code, never fires DR data
 watchpoints, and ends int3 in 64-bit mode with KVM_EXIT_INTERNAL_ERROR. `HostDebugFacts` holds
 the three answers (and what each exit looked like); `guestdbg.board.pc_probe.probe()` measures
-them and `X86Machine.debug_facts` carries them to the debugger (debug/x86_arch.py), which
+them and `PcMachine.debug_facts` carries them to the debugger (debug/x86_arch.py), which
 chooses its mechanisms from them (`mechanisms()`):
 
 - software breakpoints (Z0): int3 when it exits cleanly; otherwise the DR execution slots,

@@ -2,7 +2,7 @@
 
 `create_pc_machine()` is how guestdbg makes an x86-64 machine for a debugger (the CLI's `run`,
 snapshot loading, the tests): it runs `probe()` (once per process; the answer is cached), then
-constructs the X86Machine with `debug_facts` set. X86Machine's own constructor never probes:
+constructs the PcMachine with `debug_facts` set. PcMachine's own constructor never probes:
 it only builds its VM, so the probe's scratch machines are plain X86Machines and nothing
 recurses. `guestdbg caps --arch x86_64` reports `probe()` directly.
 
@@ -24,7 +24,7 @@ import threading
 
 from guestdbg import kvm
 from guestdbg.backends.kvm_x86 import uapi as u
-from guestdbg.board.pc import PcConfig, X86Machine
+from guestdbg.board.pc import PcConfig, PcMachine
 from guestdbg.board.pc_facts import HostDebugFacts
 from guestdbg.vmapi import Console
 
@@ -36,11 +36,11 @@ _lock = threading.Lock()
 _cached: HostDebugFacts | None = None
 
 
-def create_pc_machine(config: PcConfig | None = None, console: Console | None = None) -> X86Machine:
-    """An X86Machine on the pc board with this host's probed debug facts (`debug_facts`).
+def create_pc_machine(config: PcConfig | None = None, console: Console | None = None) -> PcMachine:
+    """An PcMachine on the pc board with this host's probed debug facts (`debug_facts`).
     Raises KvmUnavailable without a usable /dev/kvm."""
     facts = probe()
-    return X86Machine(config if config is not None else PcConfig(), console, debug_facts=facts)
+    return PcMachine(config if config is not None else PcConfig(), console, debug_facts=facts)
 
 
 def probe(*, refresh: bool = False) -> HostDebugFacts:
@@ -52,8 +52,8 @@ def probe(*, refresh: bool = False) -> HostDebugFacts:
         return _cached
 
 
-def _scratch_machine(code: bytes) -> X86Machine:
-    m = X86Machine(PcConfig(ram_size=4 << 20), console=lambda _b: None)
+def _scratch_machine(code: bytes) -> PcMachine:
+    m = PcMachine(PcConfig(ram_size=4 << 20), console=lambda _b: None)
     m.vm.write_phys(CODE, code)
     m.reset_cpu(CODE)
     return m

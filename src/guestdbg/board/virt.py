@@ -39,7 +39,7 @@ B_SELF = (0x14000000).to_bytes(4, "little")  # A64 `b .`
 
 
 @dataclass(frozen=True)
-class MachineConfig:
+class VirtConfig:
     ram_size: int = DEFAULT_RAM_SIZE
     brps: int = 6
     wrps: int = 4
@@ -104,12 +104,12 @@ class ReadAsZero:
 
 
 @dataclass
-class Machine(RunToExit):
+class VirtMachine(RunToExit):
     """A VM on the virt board with one vCPU, loaded and ready to run."""
 
     arch_name = "aarch64"
 
-    config: MachineConfig = field(default_factory=MachineConfig)
+    config: VirtConfig = field(default_factory=VirtConfig)
     console: Console | None = None  # None: the host's standard output
     clock_mode: str = "virtual"  # see guestdbg.board.clock
 

@@ -54,8 +54,7 @@ from typing import Any, Iterator, Sequence
 
 from guestdbg import kvm
 from guestdbg.arm.mmu import TranslationFault
-from guestdbg.board.common import ExitStatus
-from guestdbg.board.virt import Machine
+from guestdbg.board.common import Board, ExitStatus
 from guestdbg.debug.arch import DebugArch
 from guestdbg.debug.profile import ArchProfile, profile_for
 from guestdbg.debug.regions import PhysRegion, physical_layout, region_at
@@ -71,12 +70,6 @@ def _fault_exit(run: kvm.KvmRun) -> bool:
     """run_until() stop predicate: hand guest faults (INTERNAL_ERROR) to _classify, which reports
     them as SIGSEGV/SIGILL stops, instead of letting the board raise GuestFault."""
     return run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
-
-
-def debug_profile(machine: Machine) -> tuple[ArchProfile, None]:
-    """Transitional, for gdb/server.py's current call only (remove with it): the machine's
-    architecture profile, where GuestDebugManager(machine) finds it by itself."""
-    return profile_for(machine), None
 
 
 class DebugError(Exception):
@@ -160,9 +153,9 @@ class Watch:
 class GuestDebugManager:
     """Breakpoints, watchpoints, stepping and resuming for one machine's vCPU."""
 
-    def __init__(self, machine: Machine, profile: ArchProfile | None = None, *, registers: object = None):
+    def __init__(self, machine: Board, profile: ArchProfile | None = None):
         """`profile`: the machine's architecture profile (`debug.profile.profile_for(machine)`
-        by default). `registers`: ignored (transitional, for gdb/server.py's current call)."""
+        by default)."""
         self.machine = machine
         self.vm = machine.vm
         self.vcpu = machine.vcpu

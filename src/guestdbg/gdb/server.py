@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, cast
 
-from guestdbg.board.common import GuestFault
-from guestdbg.board.virt import Machine
-from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind, debug_profile
+from guestdbg.board.common import Board, GuestFault
+from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind
 from guestdbg.gdb import rsp
 from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume, error_reply
 
@@ -122,15 +121,14 @@ class _Refused:
 
 
 class GdbServer:
-    def __init__(self, machine: Machine, endpoint: Endpoint, *, wait: bool = False,
+    def __init__(self, machine: Board, endpoint: Endpoint, *, wait: bool = False,
                  timeout: float | None = None, log: Callable[[str], None] | None = None):
         self.machine = machine
         self.endpoint = endpoint
         self.wait = wait
         self.timeout = timeout  # seconds the guest may run with no debugger attached
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
-        self.debug_arch, self.registers = debug_profile(machine)
-        self.manager = GuestDebugManager(machine, self.debug_arch, registers=self.registers)
+        self.manager = GuestDebugManager(machine)
         self._requests: queue.Queue[str | None] = queue.Queue()
         self._events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -337,7 +335,7 @@ class GdbServer:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = _Client(sock, rsp.RspConnection(packet_size=rsp.PACKET_SIZE),
-                               GdbSession(self.manager, registers=self.registers))
+                               GdbSession(self.manager))
         self._sel.register(sock, selectors.EVENT_READ, "client")
         self._stop_vcpu()  # a debugger attaching to a running guest stops it
         # A previous client that vanished (rather than detached) left its breakpoints and

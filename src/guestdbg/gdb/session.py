@@ -162,10 +162,8 @@ _NAME_END = re.compile(rb"[:;,]")
 class GdbSession:
     """State of one client connection: features it announced, last stop, monitor commands."""
 
-    def __init__(self, manager: GuestDebugManager, *, monitor: Monitor | None = None,
-                 registers: object = None):
-        """`registers`: ignored (transitional: gdb/server.py still passes it; the register
-        codec follows from manager.profile)."""
+    def __init__(self, manager: GuestDebugManager, *, monitor: Monitor | None = None):
+        """The register codec follows from manager.profile."""
         self.manager = manager  # the target: every request goes through it
         self.codec = CODECS[manager.profile.name]
         self.peer_features: set[str] = set()
