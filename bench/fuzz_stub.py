@@ -45,7 +45,7 @@ class StubUnderTest:
         self.new_connection()
 
     def new_connection(self) -> None:
-        self.conn = rsp.RspConnection(packet_size=0x4000)
+        self.conn = rsp.RspConnection(packet_size=rsp.PACKET_SIZE)
         self.session = GdbSession(self.manager)
 
     def state(self):

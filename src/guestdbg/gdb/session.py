@@ -28,7 +28,7 @@ Extension points, there even where still empty:
   thread 1. `H` records the thread each operation is for (`selected_thread`).
 - reverse execution: `bs`/`bc` go to `_reverse`, which answers the empty reply (unsupported)
   until the target can run backwards (`manager.can_reverse`); then it returns a reverse Resume.
-- monitor commands: `MONITOR_COMMANDS`, one `MonitorCommand` (words, arguments, help, handler)
+- monitor commands: `gdb/monitor.py`'s `MONITOR_COMMANDS`, one `MonitorCommand` (words, arguments, help, handler)
   each; `monitor help` is built from the table.
 
 The session remembers what its client inserted (Z packets), so that a stop at a breakpoint or
@@ -43,14 +43,12 @@ import errno
 import re
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
-from guestdbg import kvm
 from guestdbg.debug.manager import DebugError, DebugPoint, GuestDebugManager, StopEvent, StopKind, WatchKind
 from guestdbg.gdb import aarch64_regs, amd64_regs, rsp
 from guestdbg.gdb.memory_map import memory_map_xml, regions_for
-from guestdbg.snapshot import SnapshotError
+from guestdbg.gdb.monitor import Monitor
 
 # The most memory one `m` answers (its hex, and the reply's framing, fit in PacketSize); gdb
 # asks again for the rest.
@@ -437,7 +435,9 @@ class GdbSession:
     def _monitor(self, p: bytes) -> Reply:
         if p[len(b"qRcmd"):][:1] != b",":
             raise PacketError("expected qRcmd,HEX")
-        return self.monitor.run(_hex_bytes(p[len(b"qRcmd,"):]).decode("utf-8", "replace"))
+        text = self.monitor.run(_hex_bytes(p[len(b"qRcmd,"):]).decode("utf-8", "replace"))
+        # Console output ("O" + hex), then the final OK, as gdbserver answers qRcmd.
+        return Reply(b"O" + text.encode().hex().encode(), then=(b"OK",)) if text else OK
 
     # ------------------------------------------------------------------ breakpoints
     def _breakpoint_packet(self, p: bytes) -> Reply:
@@ -561,169 +561,3 @@ XFER_OBJECTS: dict[bytes, Callable[[GdbSession, bytes], bytes]] = {
 }
 
 Z_WATCH_KINDS = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
-
-
-# ---------------------------------------------------------------------------------------------
-# Monitor commands (qRcmd)
-
-
-@dataclass(frozen=True)
-class MonitorCommand:
-    """`monitor WORDS ARGS...`: `run(monitor, args)` returns the text to show."""
-
-    words: tuple[str, ...]
-    args: tuple[str, ...]  # one word each, named for the help
-    help: str
-    run: Callable[[Monitor, list[str]], str]
-    aliases: tuple[tuple[str, ...], ...] = ()
-
-    @property
-    def usage(self) -> str:
-        return " ".join(self.words + self.args)
-
-    def match(self, words: list[str]) -> list[str] | None:
-        """The arguments, if `words` is this command."""
-        for name in (self.words, *self.aliases):
-            if tuple(words[:len(name)]) == name and len(words) == len(name) + len(self.args):
-                return words[len(name):]
-        return None
-
-
-class Monitor:
-    """`monitor ...` (qRcmd), by MONITOR_COMMANDS."""
-
-    # gdb caches registers and frames across a monitor command; nothing a stub sends makes it
-    # re-read them, so say how (README: "Debugging with GDB").
-    STALE_REGISTERS = ("the debugger still shows the registers it had cached: in gdb, "
-                       "`maintenance flush register-cache` re-reads them (lldb: after the next stop)\n")
-
-    def __init__(self, session: GdbSession):
-        self.session = session
-        self.manager = session.manager
-
-    def run(self, command: str) -> Reply:
-        words = command.split()
-        try:
-            text = self._run(words)
-        except DebugError as e:
-            text = f"error: {e}\n"
-        return Reply(b"O" + text.encode().hex().encode(), then=(b"OK",)) if text else OK
-
-    def _run(self, words: list[str]) -> str:
-        if not words:
-            return self.help([])
-        for command in MONITOR_COMMANDS:
-            args = command.match(words)
-            if args is not None:
-                return command.run(self, args)
-        return f"unknown monitor command: {' '.join(words)!r} (try: monitor help)\n"
-
-    # ------------------------------------------------------------------ the commands
-    def help(self, args: list[str]) -> str:
-        return "monitor commands:\n" + "".join(f"  {c.usage:<20} {c.help}\n" for c in MONITOR_COMMANDS)
-
-    def info_caps(self, args: list[str]) -> str:
-        return "".join(f"{name:<28} {num:>4}  {self.manager.check_extension(num):#x}\n"
-                       for num, name in sorted(kvm.CAPABILITY_NAMES.items()))
-
-    def info_slots(self, args: list[str]) -> str:
-        session = self.session
-        now = self.manager.slots_report()
-        text = "\n".join(now) + "\n"
-        if len(now) == 1:
-            # gdb's default (breakpoint always-inserted off) takes everything out at each stop.
-            text += ("(nothing is inserted now: gdb inserts breakpoints and watchpoints only while "
-                     "the guest runs, unless `set breakpoint always-inserted on`)\n")
-        if len(session.armed_at_resume) > 1 and session.armed_at_resume != now:
-            text += "while the guest last continued:\n" + "\n".join(session.armed_at_resume) + "\n"
-        return text + self._last_error()
-
-    def _foreign(self) -> list[DebugPoint]:
-        """Debug points held by the manager that this client did not insert."""
-        return [p for p in self.manager.debug_points() if not self.session.owns(p)]
-
-    def breakpoints(self, args: list[str]) -> str:
-        points = self.manager.debug_points()
-        if not points:
-            return "no breakpoints or watchpoints are armed in the VM\n" + self._last_error()
-        foreign = set(self._foreign())
-        lines = [f"{len(points)} armed in the VM:"]
-        lines += [f"  {p.describe()}  " + ("(not this debugger's: left by an earlier client; "
-                                           "its stops show as SIGTRAP)" if p in foreign else "(this debugger's)")
-                  for p in points]
-        if foreign:
-            lines.append(f"`monitor breakpoints clear` removes the {len(foreign)} not this debugger's")
-        return "\n".join(lines) + "\n" + self._last_error()
-
-    def breakpoints_clear(self, args: list[str]) -> str:
-        foreign = self._foreign()
-        for p in foreign:
-            self.manager.remove_debug_point(p)
-        return f"removed {len(foreign)} breakpoints/watchpoints this debugger did not insert\n"
-
-    def reset(self, args: list[str]) -> str:
-        self.manager.reset()
-        self.session.last_stop = None
-        return ("board reset: memory, devices and registers as after loading; "
-                "breakpoints and watchpoints kept\n" + self.STALE_REGISTERS)
-
-    def snapshot_save(self, args: list[str]) -> str:
-        """manager.snapshot: the image never holds the debugger's breakpoint patches."""
-        path = checked_snapshot_path(args[0], for_writing=True)
-        try:
-            self.manager.snapshot(path)
-        except (OSError, SnapshotError) as e:
-            return f"error: snapshot save failed: {e}\n"
-        return f"snapshot saved to {path}\n"
-
-    def snapshot_load(self, args: list[str]) -> str:
-        """manager.restore: the debugger's breakpoints and watchpoints stay armed over the
-        restored memory (this client's as well as any a lost client left), as after a reset."""
-        path = checked_snapshot_path(args[0], for_writing=False)
-        try:
-            self.manager.restore(path)
-        except (OSError, SnapshotError) as e:
-            return f"error: snapshot load failed: {e}\n"
-        self.session.last_stop = None  # stopped where the snapshot was taken, no event to repeat
-        return (f"snapshot loaded from {path}; breakpoints and watchpoints kept\n"
-                + self.STALE_REGISTERS)
-
-    def _last_error(self) -> str:
-        err = self.session.last_error
-        return f"last refused request: {err}\n" if err else ""
-
-
-MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
-    MonitorCommand(("help",), (), "this text", Monitor.help),
-    MonitorCommand(("info", "caps"), (), "the vCPU's KVM capabilities", Monitor.info_caps),
-    MonitorCommand(("info", "slots"), (), "which breakpoint/watchpoint holds which slot, and which fell back",
-                   Monitor.info_slots),
-    MonitorCommand(("breakpoints",), (), "every breakpoint/watchpoint armed in the VM, and whose it is",
-                   Monitor.breakpoints),
-    MonitorCommand(("breakpoints", "clear"), (),
-                   "remove those this debugger did not insert (left by a lost client)", Monitor.breakpoints_clear),
-    MonitorCommand(("reset",), (), "reset the board to its state after loading (alias: system_reset)",
-                   Monitor.reset, aliases=(("system_reset",),)),
-    MonitorCommand(("snapshot", "save"), ("FILE",), "save the VM (registers, memory, devices; no debugger state)",
-                   Monitor.snapshot_save),
-    MonitorCommand(("snapshot", "load"), ("FILE",),
-                   "restore the VM from FILE (same machine configuration; breakpoints kept)", Monitor.snapshot_load),
-)
-
-
-def checked_snapshot_path(text: str, *, for_writing: bool) -> Path:
-    """A snapshot path from a monitor command: resolved, its directory must exist, and the
-    target itself must not be a symlink."""
-    try:
-        raw = Path(text).expanduser()
-        link = raw.is_symlink()
-        path = raw.resolve()
-    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, an unknown ~user, a loop...
-        raise DebugError(errno.EINVAL, f"{text!r}: not a usable path ({e})") from None
-    if link:
-        raise DebugError(errno.ELOOP, f"{text}: is a symbolic link; refusing to follow it")
-    if not path.parent.is_dir():
-        raise DebugError(errno.ENOENT, f"{text}: directory {path.parent} does not exist")
-    if not for_writing and not path.is_file():
-        raise DebugError(errno.ENOENT, f"{text}: no such file")
-    return path
