@@ -227,6 +227,21 @@ def test_the_constructor_builds_one_vm_and_only_the_factory_probes(monkeypatch):
         assert m.debug_facts == pc_probe.probe()
 
 
+@needs_kvm
+def test_a_directly_built_machine_gets_the_probed_facts_when_debugged():
+    """The debugger never assumes what the host can do: a PcMachine built without the factory
+    is probed when a GuestDebugManager takes it (on this host int3 cannot be used, so the
+    software-breakpoint instruction must follow the probe, not a default)."""
+    from guestdbg.board import pc_probe
+    from guestdbg.debug.manager import GuestDebugManager
+    with PcMachine(console=lambda b: None) as m:
+        assert m.debug_facts is None
+        manager = GuestDebugManager(m)
+        facts = pc_probe.probe()
+        assert m.debug_facts == facts
+        assert (manager.arch.sw_break == b"\xcc") == facts.int3_exits_cleanly
+
+
 # ---------------------------------------------------------------------------- side by side with QEMU
 def _run_qemu(elf: Path, accel: str) -> tuple[str, int]:
     cmd = ["qemu-system-x86_64", "-accel", accel, "-M", "pc", "-m", "128M", "-nodefaults", "-display", "none",

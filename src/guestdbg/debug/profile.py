@@ -70,7 +70,7 @@ class RegisterCatalogue(Protocol):
     def translation_enabled(self, vcpu: Any) -> bool: ...
 
 
-class Board(Protocol):
+class HasArchName(Protocol):
     """What the profile needs of a machine: which architecture it is (a class attribute of
     each board)."""
 
@@ -89,9 +89,13 @@ class ArchProfile:
 
 
 def _x86_debug_arch(machine: Any) -> DebugArch:
+    from guestdbg.board import pc_probe
     from guestdbg.debug.x86_arch import X86DebugArch
-    # The host's probed debug facts (guestdbg.backends.kvm_x86.probe), which the pc board's
-    # factory sets on the machine.
+    # The host's probed debug facts, which the pc board's factory
+    # (guestdbg.board.pc_probe.create_pc_machine) sets on the machine; a PcMachine built
+    # directly gets them here, so the strategy never assumes what the host can do.
+    if machine.debug_facts is None:
+        machine.debug_facts = pc_probe.probe()
     return X86DebugArch(machine.debug_facts)
 
 
@@ -100,7 +104,7 @@ X86_64 = ArchProfile("x86_64", x86_registers, _x86_debug_arch)
 PROFILES: dict[str, ArchProfile] = {p.name: p for p in (AARCH64, X86_64)}
 
 
-def profile_for(machine: Board) -> ArchProfile:
+def profile_for(machine: HasArchName) -> ArchProfile:
     """The profile of a machine, by its board's `arch_name`."""
     try:
         return PROFILES[machine.arch_name]

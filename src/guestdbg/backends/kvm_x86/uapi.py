@@ -3,7 +3,7 @@
 Every structure is named and laid out as in <linux/kvm.h> and <asm/kvm.h> (x86), field for
 field, so a reader can grep either side. Flexible arrays (`entries[]`) are left out of the
 base structure; `msrs_buffer` and `cpuid2_buffer` build a header followed by N entries.
-tests/test_kvm_x86.py compiles a C program against the installed headers and checks every
+tests/integration/test_kvm_x86.py compiles a C program against the installed headers and checks every
 size, the offsets that matter and every ioctl number here.
 """
 
