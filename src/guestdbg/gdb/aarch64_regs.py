@@ -20,12 +20,10 @@ Theory of operation
 
 from __future__ import annotations
 
-import re
-import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Sequence
 
+from guestdbg.gdb.reghex import RegisterHex
 from guestdbg.arm import registers as arm_registers
 
 FEATURE_CORE = "org.gnu.gdb.aarch64.core"
@@ -74,83 +72,14 @@ REG_FP, REG_SP, REG_PC, REG_CPSR = (arm_registers.REG_FP, arm_registers.REG_SP, 
 # gdbserver's aarch64 port expedites the frame pointer, sp and pc: enough to unwind the stop frame.
 EXPEDITED_REGNUMS: tuple[int, ...] = (REG_FP, REG_SP, REG_PC)
 
-G_PACKET_HEX_LEN = sum(r.hex_len for r in REGISTERS)
-_SIZES = {r.gdb_regnum: r.bitsize // 8 for r in REGISTERS}  # bytes, by register number
-
-# ---------------------------------------------------------------------------------------------
-# Packet payloads: g, G, p, P and the expedited registers of a T stop reply
-
-_HEX = re.compile(rb"[0-9a-fA-F]*")
-
-
-def lookup(regnum: int) -> RegDef:
-    """KeyError for a register number the catalogue does not have."""
-    try:
-        return BY_REGNUM[regnum]
-    except KeyError:
-        raise KeyError(f"no register number {regnum}") from None
-
-
-def _to_hex(regdef: RegDef, value: int) -> bytes:
-    return value.to_bytes(regdef.bitsize // 8, "little").hex().encode("ascii")
-
-
-def _from_hex(regdef: RegDef, hexdata: bytes) -> int:
-    """Parse one register's hex (exact length), raising ValueError."""
-    if len(hexdata) != regdef.hex_len:
-        raise ValueError(f"{regdef.name}: expected {regdef.hex_len} hex digits, got {len(hexdata)}")
-    if not _HEX.fullmatch(hexdata):
-        raise ValueError(f"{regdef.name}: not hex: {bytes(hexdata)!r}")
-    return int.from_bytes(bytes.fromhex(hexdata.decode("ascii")), "little")
-
-
-# The `g` layout as one struct (a 128-bit register is two little-endian u64 halves): packing
-# ~90 registers one int.to_bytes at a time was a third of a `g`.
-_WIDE = [r.bitsize == 128 for r in REGISTERS]
-_G_STRUCT = struct.Struct("<" + "".join({32: "I", 64: "Q", 128: "QQ"}[r.bitsize] for r in REGISTERS))
-_LOW64 = (1 << 64) - 1
-
-
-def encode_g(values: Sequence[int]) -> bytes:
-    """The `g` reply for every register's value (catalogue order, as `read_all` gives them)."""
-    flat: list[int] = []
-    for wide, v in zip(_WIDE, values):
-        if wide:
-            flat += (v & _LOW64, v >> 64)
-        else:
-            flat.append(v)
-    return _G_STRUCT.pack(*flat).hex().encode("ascii")
-
-
-def decode_G(hexdata: bytes) -> list[int]:  # noqa: N802 (packet letter)
-    """Every register's value from a `G` payload. ValueError for a bad length or bad hex."""
-    hexdata = bytes(hexdata)
-    if len(hexdata) != G_PACKET_HEX_LEN:
-        raise ValueError(f"G packet: expected {G_PACKET_HEX_LEN} hex digits, got {len(hexdata)}")
-    if not _HEX.fullmatch(hexdata):
-        raise ValueError("G packet: not hex")
-    values, pos = [], 0
-    for r in REGISTERS:
-        values.append(_from_hex(r, hexdata[pos:pos + r.hex_len]))
-        pos += r.hex_len
-    return values
-
-
-def encode_register(regnum: int, value: int) -> bytes:
-    """The `p` reply for one register's value. KeyError for an unknown number."""
-    return value.to_bytes(_SIZES[regnum], "little").hex().encode("ascii")
-
-
-def decode_register(regnum: int, hexvalue: bytes) -> int:
-    """The value a `P` packet carries. KeyError for an unknown number; ValueError for bad hex or
-    a wrong length."""
-    return _from_hex(lookup(regnum), bytes(hexvalue))
-
-
-def encode_expedited(values: Sequence[int]) -> dict[int, bytes]:
-    """{gdb regnum: hex} of the registers a T stop reply carries, from the values of
-    EXPEDITED_REGNUMS (in that order): fp (x29), sp and pc."""
-    return {n: _to_hex(BY_REGNUM[n], v) for n, v in zip(EXPEDITED_REGNUMS, values)}
+# The packet hex (g, G, p, P, and the expedited registers of a T stop reply).
+_HEXCODEC = RegisterHex(REGISTERS, EXPEDITED_REGNUMS)
+G_PACKET_HEX_LEN = _HEXCODEC.g_packet_hex_len
+encode_g = _HEXCODEC.encode_g
+decode_G = _HEXCODEC.decode_G  # noqa: N816 (packet letter)
+encode_register = _HEXCODEC.encode_register
+decode_register = _HEXCODEC.decode_register
+encode_expedited = _HEXCODEC.encode_expedited
 
 
 # ---------------------------------------------------------------------------------------------

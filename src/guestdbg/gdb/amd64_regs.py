@@ -16,11 +16,10 @@ reaches the target.
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Sequence
 
+from guestdbg.gdb.reghex import RegisterHex
 from guestdbg.x86 import registers as x86_registers
 
 FEATURE_CORE = "org.gnu.gdb.i386.core"
@@ -70,68 +69,14 @@ BY_NAME = {r.name: r for r in REGISTERS}
 REG_RBP, REG_RSP, REG_RIP = x86_registers.REG_RBP, x86_registers.REG_RSP, x86_registers.REG_RIP
 # gdbserver's amd64 port expedites rbp, rsp and rip: enough to unwind the stop frame.
 EXPEDITED_REGNUMS = (REG_RBP, REG_RSP, REG_RIP)
-G_PACKET_HEX_LEN = sum(r.hex_len for r in REGISTERS)
-_SIZES = {r.gdb_regnum: r.bitsize // 8 for r in REGISTERS}  # bytes, by register number
-
-_HEX = re.compile(rb"[0-9a-fA-F]*")
-
-
-# ---------------------------------------------------------------------------------------------
-# Packets
-
-def lookup(regnum: int) -> RegDef:
-    """KeyError for a register number the catalogue does not have."""
-    try:
-        return BY_REGNUM[regnum]
-    except KeyError:
-        raise KeyError(f"no register number {regnum}") from None
-
-
-def _to_hex(r: RegDef, value: int) -> bytes:
-    return value.to_bytes(r.bitsize // 8, "little").hex().encode("ascii")
-
-
-def _from_hex(r: RegDef, hexdata: bytes) -> int:
-    if len(hexdata) != r.hex_len:
-        raise ValueError(f"{r.name}: expected {r.hex_len} hex digits, got {len(hexdata)}")
-    if not _HEX.fullmatch(hexdata):
-        raise ValueError(f"{r.name}: not hex")
-    return int.from_bytes(bytes.fromhex(hexdata.decode("ascii")), "little")
-
-
-def encode_g(values: Sequence[int]) -> bytes:
-    """The `g` reply for every register's value (catalogue order, as `read_all` gives them)."""
-    return b"".join(_to_hex(r, v) for r, v in zip(REGISTERS, values))
-
-
-def decode_G(hexdata: bytes) -> list[int]:  # noqa: N802 (packet letter)
-    """Every register's value from a `G` payload. ValueError for a bad length or bad hex."""
-    hexdata = bytes(hexdata)
-    if len(hexdata) != G_PACKET_HEX_LEN:
-        raise ValueError(f"G packet: expected {G_PACKET_HEX_LEN} hex digits, got {len(hexdata)}")
-    if not _HEX.fullmatch(hexdata):
-        raise ValueError("G packet: not hex")
-    values, pos = [], 0
-    for r in REGISTERS:
-        values.append(_from_hex(r, hexdata[pos:pos + r.hex_len]))
-        pos += r.hex_len
-    return values
-
-
-def encode_register(regnum: int, value: int) -> bytes:
-    """The `p` reply for one register's value. KeyError for an unknown number."""
-    return value.to_bytes(_SIZES[regnum], "little").hex().encode("ascii")
-
-
-def decode_register(regnum: int, hexvalue: bytes) -> int:
-    """The value a `P` packet carries. KeyError for an unknown number; ValueError for bad hex or
-    a wrong length."""
-    return _from_hex(lookup(regnum), bytes(hexvalue))
-
-
-def encode_expedited(values: Sequence[int]) -> dict[int, bytes]:
-    """{gdb regnum: hex} for a T stop reply from the values of EXPEDITED_REGNUMS (rbp, rsp, rip)."""
-    return {n: _to_hex(BY_REGNUM[n], v) for n, v in zip(EXPEDITED_REGNUMS, values)}
+# The packet hex (g, G, p, P, and the expedited registers of a T stop reply).
+_HEXCODEC = RegisterHex(REGISTERS, EXPEDITED_REGNUMS)
+G_PACKET_HEX_LEN = _HEXCODEC.g_packet_hex_len
+encode_g = _HEXCODEC.encode_g
+decode_G = _HEXCODEC.decode_G  # noqa: N816 (packet letter)
+encode_register = _HEXCODEC.encode_register
+decode_register = _HEXCODEC.decode_register
+encode_expedited = _HEXCODEC.encode_expedited
 
 
 # ---------------------------------------------------------------------------------------------
