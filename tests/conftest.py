@@ -21,6 +21,7 @@ _MODULE_NEEDS = {
     "test_stub_manners": ("gdb", "lldb", "qemu", "slow"),
     "test_server_manners": ("gdb", "lldb"),
     "test_guests_qemu": ("qemu",),
+    "test_linux_qemu": ("qemu", "slow"),
     "test_qemu_compare": ("qemu",),
     "test_kvm_x86": ("kvm", "qemu"),
     "test_kvm_x86_gdb": ("kvm", "gdb", "slow"),
@@ -56,3 +57,27 @@ def qemu_x86():
 @pytest.fixture(scope="session")
 def guest_dir(tmp_path_factory):
     return build_guests(tmp_path_factory.mktemp("guests"))
+
+
+@pytest.fixture(scope="session")
+def linux_guest(tmp_path_factory):
+    """Debian's arm64 kernel and a busybox initramfs built from busybox-static
+    (tests/helpers/linux_guest.py): skip without them (scripts/setup.sh --test downloads them),
+    fail in CI."""
+    from tests.helpers.linux_guest import GuestMissing, prepare_linux_guest
+    from tests.helpers.qemu_runner import missing_tool
+    try:
+        return prepare_linux_guest(tmp_path_factory.mktemp("linux"))
+    except GuestMissing as e:
+        missing_tool(str(e))
+
+
+@pytest.fixture(scope="session")
+def uboot_bin():
+    """U-Boot for the virt board from u-boot-qemu: skip without it, fail in CI."""
+    from tests.helpers.linux_guest import GuestMissing, find_uboot
+    from tests.helpers.qemu_runner import missing_tool
+    try:
+        return find_uboot()
+    except GuestMissing as e:
+        missing_tool(str(e))
