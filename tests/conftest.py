@@ -21,7 +21,7 @@ _MODULE_NEEDS = {
     "test_stub_manners": ("gdb", "lldb", "qemu", "slow"),
     "test_server_manners": ("gdb", "lldb"),
     "test_guests_qemu": ("qemu",),
-    "test_linux_qemu": ("qemu", "slow"),
+    "test_linux_guests": ("qemu", "slow"),
     "test_qemu_compare": ("qemu",),
     "test_kvm_x86": ("kvm", "qemu"),
     "test_kvm_x86_gdb": ("kvm", "gdb", "slow"),

@@ -87,8 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a guest to its end and exit with its status")
     run.add_argument("image", nargs="?", help="AArch64 ELF, or a raw image with --load-addr "
                                                "(default: the built-in demo guest)")
-    run.add_argument("--rom", metavar="FILE", help="ROM/flash at 0x0: a raw image, or an ELF linked into the ROM "
-                                                    "(0x0-0x7ffffff); boots from it when no IMAGE is given")
+    run.add_argument("--rom", "--bios", dest="rom", metavar="FILE",
+                     help="ROM/flash at 0x0: a raw image, or an ELF linked into the ROM (0x0-0x7ffffff); boots "
+                          "from it when no IMAGE is given, with the board's DTB at the start of RAM (as QEMU's -bios)")
+    run.add_argument("--kernel", metavar="IMAGE", help="boot an arm64 Linux Image (raw or gzip) as QEMU's -kernel: "
+                                                        "x0 = the DTB's address, EL1, MMU off")
+    run.add_argument("--initrd", metavar="FILE", help="with --kernel: an initrd/initramfs, put after the kernel "
+                                                       "and named in /chosen")
+    run.add_argument("--append", metavar="CMDLINE", help="with --kernel: the kernel command line (/chosen/bootargs)")
+    run.add_argument("--dtb", metavar="FILE", help="with --kernel or --rom: this device tree instead of the board's "
+                                                    "(its /memory and /chosen are set as QEMU does)")
+    run.add_argument("--dumpdtb", metavar="FILE", help="write the DTB the guest would get to FILE and exit 0 "
+                                                        "(as QEMU's -machine dumpdtb=)")
     run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
     run.add_argument("--clock", choices=("virtual", "host"), default=None,
                      help="the guest's time: virtual (default: deterministic, 1 instruction = 1 ns, frozen "
@@ -161,15 +171,62 @@ def _serve_gdb(machine, args) -> int:
     return server.serve()
 
 
+def _check_boot_flags(args) -> None:
+    """The Linux/firmware boot flags' combinations, as QEMU allows them."""
+    for flag, given in (("--initrd", args.initrd), ("--append", args.append)):
+        if given is not None and not args.kernel:
+            raise ImageError(f"{flag} needs --kernel")
+    if args.kernel:
+        if args.image:
+            raise ImageError("--kernel and IMAGE both give the guest to run: give one")
+        if args.rom:
+            raise ImageError("--kernel with --rom would hand the kernel to the firmware through fw_cfg, "
+                             "which the board does not model: give one")
+        if args.load_addr is not None:
+            raise ImageError("--load-addr is for a raw IMAGE; --kernel loads where the Image header says")
+    elif args.dtb and not (args.rom and not args.image):
+        raise ImageError("--dtb needs --kernel, or --rom with no IMAGE (firmware boot)")
+
+
 def cmd_run(args) -> int:
     if args.arch == "x86_64":
+        for flag in ("kernel", "initrd", "append", "dtb", "dumpdtb"):
+            if getattr(args, flag) is not None:
+                raise ImageError(f"--{flag} is not supported with --arch x86_64")
         return cmd_run_x86(args)
-    machine = VirtMachine(_config(args), clock_mode=args.clock or "virtual")
+    from guestdbg.board import loader
+    _check_boot_flags(args)
+    config = _config(args)
+    linux = None
+    if args.kernel:
+        linux = loader.plan_linux(config.ram_size, args.kernel, initrd=args.initrd, append=args.append,
+                                  dtb=args.dtb)
+    firmware = bool(args.rom) and not args.image
+    if args.dumpdtb:
+        if linux is not None:
+            blob = linux.dtb
+        else:
+            blob = loader.dtb_for(config.ram_size, dtb_path=args.dtb if firmware else None, bootargs=None,
+                                  initrd=None)
+        try:
+            Path(args.dumpdtb).write_bytes(blob)
+        except OSError as e:
+            raise ImageError(f"--dumpdtb {args.dumpdtb}: {(e.strerror or str(e)).lower()}") from None
+        return 0
+    machine = VirtMachine(config, clock_mode=args.clock or "virtual")
+    if linux is not None:
+        loader.apply_linux(machine, linux)
     if args.rom:
         if _elf_machine(args.rom) is None:
             machine.load_rom(args.rom)
+            ram_segments: tuple[tuple[int, int], ...] = ()
         else:
             _load_elf(machine, args.rom, rom=True)
+            _, segments = read_elf(Path(args.rom), "AArch64", "a little-endian AArch64 ELF64 image")
+            ram_segments = tuple((paddr, paddr + memsz) for paddr, _, memsz in segments if memsz)
+        if firmware:
+            blob = loader.dtb_for(config.ram_size, dtb_path=args.dtb, bootargs=None, initrd=None)
+            loader.firmware_dtb(machine, blob, ram_segments)
     if args.image:
         if _elf_machine(args.image) is not None:
             if args.load_addr is not None:
@@ -179,14 +236,159 @@ def cmd_run(args) -> int:
             raise ImageError(f"{args.image}: not an ELF file; give --load-addr to load it as a raw image")
         else:
             machine.load_raw(args.image, args.load_addr)
-    elif not args.rom:
+    elif not args.rom and linux is None:
         with resources.as_file(demo_image()) as demo:
             machine.load_elf(demo)
     if args.gdb:
         return _serve_gdb(machine, args)
     if args.wait:
         raise ImageError("--wait needs --gdb")
-    return machine.run_to_exit(timeout=args.timeout)
+    return _run_with_console(machine, args.timeout)
+
+
+def _run_with_console(machine: VirtMachine, timeout: float | None) -> int:
+    """`guestdbg run` without --gdb: the guest runs with the host's stdin as its console's input
+    (see _StdinReader). Ctrl-A x on a terminal ends it with status 0, as QEMU's does."""
+    from guestdbg.board.console_input import ConsoleQuit
+    reader = _StdinReader.open(machine.vcpu)
+    if reader is None:
+        return machine.run_to_exit(timeout=timeout)
+    uart, console_input = machine.uart, reader.input
+
+    def service() -> None:  # on the vCPU thread, after the reader's kick
+        console_input.check_quit()
+        uart.pump()
+
+    uart.rx_source, machine.on_intr = console_input.take, service
+    try:
+        with reader:
+            return machine.run_to_exit(timeout=timeout)
+    except ConsoleQuit as e:
+        print(f"\n{e}", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        uart.rx_source, machine.on_intr = None, None
+
+
+class _StdinReader:
+    """The host's stdin, read on a thread of its own into a ConsoleInput, which the UART takes
+    from as the guest reads; the vCPU is kicked when bytes arrive so the VMM loop can deliver
+    them (and raise the UART's interrupt) while the guest waits.
+
+    A pipe or file is passed through as it is, read only as fast as the guest takes it; at its
+    end the line stays idle and the guest runs on. A terminal goes into raw mode as QEMU's
+    -nographic sets it (no echo, no line editing, no signals: Ctrl-C goes to the guest; output
+    post-processing stays on, so the guest's "\\n" starts a new line) with Ctrl-A escapes
+    (board.console_input.EscapeMux), and is restored on every way out: the with-block's end
+    (normal exit or exception), atexit, and SIGTERM/SIGHUP (restored, then the signal's default
+    action). A terminal whose foreground job is not ours is left alone and not read."""
+
+    def __init__(self, fd: int, vcpu, tty: bool):
+        import threading  # noqa: F401 (the annotation below)
+        from guestdbg.board.console_input import ConsoleInput, EscapeMux
+        self.fd, self.vcpu, self.tty = fd, vcpu, tty
+        self.input = ConsoleInput()
+        self.mux = EscapeMux() if tty else None
+        self._saved: list | None = None
+        self._old_handlers: dict[int, object] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, vcpu) -> _StdinReader | None:
+        try:
+            fd = sys.stdin.fileno()
+            os.fstat(fd)
+        except (AttributeError, ValueError, OSError):  # no stdin at all
+            return None
+        tty = os.isatty(fd)
+        if tty:
+            try:
+                if os.tcgetpgrp(fd) != os.getpgrp():
+                    return None  # a background job: reading or setting the terminal would stop us
+            except OSError:
+                return None
+        return cls(fd, vcpu, tty)
+
+    def __enter__(self) -> _StdinReader:
+        import atexit
+        import threading
+        if self.tty:
+            self._raw_mode()
+            atexit.register(self.restore_terminal)
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+        self._thread = threading.Thread(target=self._read_loop, name="guestdbg-stdin", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import atexit
+        self.input.close()
+        os.write(self._wake_w, b"!")
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        self.restore_terminal()
+        if self.tty:
+            atexit.unregister(self.restore_terminal)
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _raw_mode(self) -> None:
+        import termios
+        self._saved = termios.tcgetattr(self.fd)
+        mode = termios.tcgetattr(self.fd)
+        mode[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
+                     | termios.IGNCR | termios.ICRNL | termios.IXON)
+        mode[1] |= termios.OPOST
+        mode[2] = (mode[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+        mode[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN | termios.ISIG)
+        mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(self.fd, termios.TCSAFLUSH, mode)
+
+    def restore_terminal(self) -> None:
+        import termios
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            try:
+                termios.tcsetattr(self.fd, termios.TCSAFLUSH, saved)
+            except termios.error:
+                pass  # the terminal is gone
+
+    def _on_signal(self, signum, frame) -> None:
+        self.restore_terminal()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def _read_loop(self) -> None:
+        import select
+        from guestdbg.board.console_input import ESCAPE_HELP
+        while self.input.wait_for_room() and not self.input.closed:
+            ready, _, _ = select.select([self.fd, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:  # a terminal that went away
+                data = b""
+            if not data:
+                self.input.eof = True  # the line stays idle; the guest runs on
+                return
+            if self.mux is not None:
+                data, commands = self.mux.feed(data)
+                for command in commands:
+                    if command == "help":
+                        try:
+                            os.write(sys.stdout.fileno(), ESCAPE_HELP.encode())
+                        except OSError:
+                            pass
+                    elif command == "quit":
+                        self.input.quit_requested = True
+            if data:
+                self.input.push(data)
+            self.vcpu.kick()
 
 
 def _elf_machine(path: str) -> int | None:

@@ -25,6 +25,7 @@ KVM_CAP_READONLY_MEM = 81
 KVM_CAP_GUEST_DEBUG_HW_BPS = 119
 KVM_CAP_GUEST_DEBUG_HW_WPS = 120
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_ARM_USER_IRQ = 144  # arm64: timer/PMU output levels in kvm_run.s.regs.device_irq_level
 KVM_CAP_SET_GUEST_DEBUG2 = 195
 
 #: Number -> name of every capability above: the one table the CLI and the monitor print from.
@@ -102,6 +103,29 @@ KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 
 KVM_ARM_MAX_DBG_REGS = 16
+
+# KVM_IRQ_LINE's `irq` on arm64 (arch/arm64/include/uapi/asm/kvm.h, Documentation/virt/kvm/
+# api.rst): bits [31:28] vcpu2_index, [27:24] irq_type, [23:16] vcpu_index, [15:0] irq_id.
+# Without an in-kernel irqchip a userspace GIC drives a vCPU's own IRQ/FIQ inputs with type CPU.
+KVM_ARM_IRQ_VCPU2_SHIFT = 28
+KVM_ARM_IRQ_VCPU2_MASK = 0xF
+KVM_ARM_IRQ_TYPE_SHIFT = 24
+KVM_ARM_IRQ_TYPE_MASK = 0xF
+KVM_ARM_IRQ_VCPU_SHIFT = 16
+KVM_ARM_IRQ_VCPU_MASK = 0xFF
+KVM_ARM_IRQ_NUM_SHIFT = 0
+KVM_ARM_IRQ_NUM_MASK = 0xFFFF
+KVM_ARM_IRQ_TYPE_CPU = 0
+KVM_ARM_IRQ_TYPE_SPI = 1
+KVM_ARM_IRQ_TYPE_PPI = 2
+KVM_ARM_IRQ_CPU_IRQ = 0
+KVM_ARM_IRQ_CPU_FIQ = 1
+
+# kvm_run.s.regs.device_irq_level (arm64, KVM_CAP_ARM_USER_IRQ): the output levels of the vCPU's
+# own devices, for a VMM with a userspace interrupt controller to drive its PPIs from.
+KVM_ARM_DEV_EL1_VTIMER = 1 << 0
+KVM_ARM_DEV_EL1_PTIMER = 1 << 1
+KVM_ARM_DEV_PMU = 1 << 2
 
 
 class KvmError(OSError):
@@ -212,6 +236,9 @@ class KvmRun:
     io: IoExit | None = None
     system_event: SystemEventExit | None = None
     internal: InternalErrorExit | None = None
+    # arm64 KVM_CAP_ARM_USER_IRQ: set (to the new kvm_run.s.regs.device_irq_level bits) on the
+    # KVM_EXIT_INTR a change of the timers' output levels causes; None on every other exit.
+    device_irq_level: int | None = None
 
     @property
     def exit_reason_name(self) -> str:

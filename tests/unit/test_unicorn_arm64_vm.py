@@ -10,13 +10,53 @@ from guestdbg import kvm
 from guestdbg.backends.unicorn_arm64 import Arm64Vm
 
 
-def test_irq_line_without_an_interrupt_controller_is_enxio():
-    """KVM_IRQ_LINE before KVM_CREATE_IRQCHIP: KVM answers ENXIO, and so does the emulated VM."""
+def _irq(irq_type: int, vcpu_index: int, num: int) -> int:
+    return (irq_type << kvm.KVM_ARM_IRQ_TYPE_SHIFT) | (vcpu_index << kvm.KVM_ARM_IRQ_VCPU_SHIFT) | num
+
+
+def test_irq_line_spi_and_ppi_need_an_in_kernel_irqchip_enxio():
+    """KVM_IRQ_LINE of an SPI or PPI before KVM_CREATE_IRQCHIP: KVM answers ENXIO, and so does
+    the emulated VM (it has no in-kernel irqchip; a userspace GIC drives the CPU lines)."""
     vm = Arm64Vm()
+    vm.create_vcpu()
+    for irq in (_irq(kvm.KVM_ARM_IRQ_TYPE_SPI, 0, 33), _irq(kvm.KVM_ARM_IRQ_TYPE_PPI, 0, 27)):
+        with pytest.raises(kvm.KvmError) as raised:
+            vm.irq_line(irq, 1)
+        assert raised.value.errno == errno.ENXIO
+        assert "KVM_CREATE_IRQCHIP" in str(raised.value)
+
+
+def test_irq_line_type_cpu_drives_the_vcpu_irq_input():
+    vm = Arm64Vm()
+    vcpu = vm.create_vcpu()
+    irq = _irq(kvm.KVM_ARM_IRQ_TYPE_CPU, 0, kvm.KVM_ARM_IRQ_CPU_IRQ)
+    assert irq == 0
+    vm.irq_line(irq, 1)
+    assert vcpu._irq_level and not vcpu.irq_line_level  # applied by the vCPU thread at its next slice
+    vcpu._apply_irq_line()
+    hcr = vcpu.uc.cpr_read(3, 4, 1, 1, 0)
+    assert hcr & (1 << 31) and hcr & (1 << 4) and hcr & (1 << 7)  # RW, IMO, VI
+    vm.irq_line(irq, 0)
+    vcpu._apply_irq_line()
+    hcr = vcpu.uc.cpr_read(3, 4, 1, 1, 0)
+    assert hcr & (1 << 31) and not hcr & (1 << 7)
+
+
+def test_irq_line_bad_vcpu_or_input():
+    vm = Arm64Vm()
+    with pytest.raises(kvm.KvmError) as raised:  # no vCPU yet
+        vm.irq_line(0, 1)
+    assert raised.value.errno == errno.EINVAL
+    vm.create_vcpu()
     with pytest.raises(kvm.KvmError) as raised:
-        vm.irq_line(33, 1)
+        vm.irq_line(_irq(kvm.KVM_ARM_IRQ_TYPE_CPU, 1, kvm.KVM_ARM_IRQ_CPU_IRQ), 1)
+    assert raised.value.errno == errno.EINVAL
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.irq_line(_irq(kvm.KVM_ARM_IRQ_TYPE_CPU, 0, 2), 1)
+    assert raised.value.errno == errno.EINVAL
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.irq_line(_irq(kvm.KVM_ARM_IRQ_TYPE_CPU, 0, kvm.KVM_ARM_IRQ_CPU_FIQ), 1)
     assert raised.value.errno == errno.ENXIO
-    assert "KVM_CREATE_IRQCHIP" in str(raised.value)
 
 
 def test_the_vm_and_vcpu_have_the_vmapi_shapes():

@@ -7,8 +7,12 @@ not move it. The generic timer's counter (CNTVCT_EL0, CNTPCT_EL0) ticks at 62.5 
 virt's CNTFRQ_EL0: one tick per 16 instructions. The vCPU's native block hook keeps the
 instruction count (Arm64Vcpu.icount) and answers the counter reads itself, without Python.
 
+An idle guest (WFI with a timer armed) skips ahead: the vCPU adds the ticks to the next
+deadline to its counter offset, so the counter reads icount / 16 + offset, time jumps but
+stays monotonic and deterministic, and the offset travels in snapshots with icount.
+
 `mode="host"` (`guestdbg run --clock host`) is for people who want wall-clock time in the
-guest: the counter then reads the host's CLOCK_MONOTONIC (Unicorn's own counter), which keeps
+guest: the counter then reads the host's CLOCK_MONOTONIC in 16 ns ticks, which keeps
 running while the guest is stopped. The instruction count is kept in both modes.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from guestdbg.backends.unicorn_arm64 import COUNTER_FREQUENCY_HZ, INSNS_PER_COUNTER_TICK, NS_PER_INSN, Arm64Vcpu
+from guestdbg.backends.unicorn_arm64 import COUNTER_FREQUENCY_HZ, NS_PER_INSN, Arm64Vcpu
 
 CLOCK_MODES = ("virtual", "host")
 
@@ -36,25 +40,33 @@ class VirtualClock:
         """Instructions retired since reset (or carried in a snapshot)."""
         return self.vcpu.icount
 
+    @property
+    def _offset_ns(self) -> int:
+        """The counter offset (idle skips, TIMER_CNT writes) in nanoseconds, signed."""
+        offset = self.vcpu.counter_offset
+        if offset >= 1 << 63:
+            offset -= 1 << 64
+        return offset * 1_000_000_000 // COUNTER_FREQUENCY_HZ
+
     def now_ns(self) -> int:
-        """The guest's time in nanoseconds."""
+        """The guest's time in nanoseconds (what the counter says, at full resolution)."""
         if self.mode == "host":
-            return time.monotonic_ns()
-        return self.icount * NS_PER_INSN
+            return time.monotonic_ns() + self._offset_ns
+        return self.icount * NS_PER_INSN + self._offset_ns
 
     def counter(self) -> int:
         """What CNTVCT_EL0 reads now."""
-        if self.mode == "host":
-            return time.monotonic_ns() * COUNTER_FREQUENCY_HZ // 1_000_000_000
-        return self.icount // INSNS_PER_COUNTER_TICK
+        return self.vcpu.counter()
 
     def icount_at(self, ns: int) -> int:
         """The instruction count at which virtual time reaches `ns`: where to end a slice for
-        an event due then (a timer, a device completion)."""
-        return -(-ns // NS_PER_INSN)
+        an event due then (a device completion). While the guest idles in WFI no instructions
+        retire: the vCPU skips only to its own timers' deadlines."""
+        return -(-(ns - self._offset_ns) // NS_PER_INSN)
 
     def state(self) -> dict:
-        return {"icount": self.icount}
+        return {"icount": self.icount, "counter_offset": self.vcpu.counter_offset}
 
     def restore(self, state: dict) -> None:
         self.vcpu.set_icount(int(state["icount"]))
+        self.vcpu.counter_offset = int(state.get("counter_offset", 0))

@@ -60,6 +60,10 @@ class RunToExit:
 
     arch_name: str  # the architecture profile a board's guest needs (guestdbg.debug.profile)
     vcpu: Vcpu  # the board's (first) vCPU
+    # The host's services, run by run_to_exit() on the vCPU thread after each KVM_EXIT_INTR
+    # (another thread's kick): the console input that arrived, a quit asked for from the
+    # console. It may raise to end the run.
+    on_intr: Callable[[], None] | None = None
 
     def run_until(self, stop: Callable[[kvm.KvmRun], bool] = _never) -> kvm.KvmRun | ExitStatus:
         """The board's VMM loop: serve exits until the guest ends or an exit `stop` accepts,
@@ -98,6 +102,8 @@ class RunToExit:
                     raise GuestFault(f"guest stopped unexpectedly: {result} at {where}")
                 if taken_over is not None and taken_over():
                     return None
+                if self.on_intr is not None:
+                    self.on_intr()
                 if hang_check and self._spins_forever(pc):
                     raise GuestFault(f"guest hung: {self.SELF_LOOP} at {where} with no interrupt to leave it")
                 if timeout is not None and time.monotonic() - start >= timeout:

@@ -3,8 +3,8 @@
 Memory map (as qemu-system-aarch64 -M virt, so one ELF runs on both):
 
     0x0000_0000  ROM/flash, 128 MiB, read-only to the guest (a KVM_MEM_READONLY slot)
-    0x0800_0000  GIC distributor/CPU interface window: read-as-zero, writes ignored
-    0x0900_0000  PL011 UART: output goes to the console
+    0x0800_0000  GICv2 distributor (board/gic.py); its CPU interface at 0x0801_0000
+    0x0900_0000  PL011 UART (board.pl011): the console, output and input
     0x4000_0000  RAM, `ram_size` bytes
 
 Any other address is unassigned: an access there is a synchronous external abort for the
@@ -22,12 +22,17 @@ from guestdbg.arm.mmu import TranslationFault
 from guestdbg.backends.unicorn_arm64 import Arm64Vcpu, Arm64Vm, DebugConfig, PSTATE_DAIF, PSTATE_MODE_EL1H
 from guestdbg.board.clock import VirtualClock
 from guestdbg.board.common import ExitStatus, GuestFault, ImageError, RunToExit, read_elf, read_image
+from guestdbg.board.gic import Gic
+from guestdbg.board.pl011 import Pl011
 from guestdbg.vmapi import Console, stdout_console
 
 ROM_BASE = 0x0000_0000
 ROM_SIZE = 128 << 20
 GIC_BASE = 0x0800_0000
-GIC_SIZE = 0x0002_0000
+GIC_SIZE = 0x0002_0000  # distributor (64 KiB) then CPU interface (64 KiB), one device
+GICD_BASE, GICC_BASE = GIC_BASE, GIC_BASE + 0x1_0000
+# KVM_IRQ_LINE's `irq` for vCPU 0's IRQ input (type CPU, vcpu_index 0, CPU_IRQ)
+CPU0_IRQ = (kvm.KVM_ARM_IRQ_TYPE_CPU << kvm.KVM_ARM_IRQ_TYPE_SHIFT) | kvm.KVM_ARM_IRQ_CPU_IRQ
 UART_BASE = 0x0900_0000
 UART_SIZE = 0x1000
 RAM_BASE = 0x4000_0000
@@ -36,6 +41,9 @@ MAX_RAM_SIZE = 8 << 30
 
 SLOT_ROM, SLOT_RAM = 0, 1
 B_SELF = (0x14000000).to_bytes(4, "little")  # A64 `b .`
+# The EL1 timers' PPIs, as in QEMU virt's DTB: virtual timer PPI 11, non-secure physical PPI 14.
+VTIMER_INTID, PTIMER_INTID = 27, 30  # PPIs 11 and 14
+UART_INTID = 33  # SPI 1
 
 
 @dataclass(frozen=True)
@@ -58,51 +66,6 @@ class VirtConfig:
         return asdict(self)
 
 
-class Pl011:
-    """PL011 UART, transmit side: DR sends a byte; FR says "TX FIFO empty, RX FIFO empty"."""
-
-    UARTDR, UARTFR = 0x000, 0x018
-    FR_RXFE, FR_TXFE = 1 << 4, 1 << 7
-    # UARTPeriphID0-3 and UARTPCellID0-3, as the TRM gives them.
-    ID_REGS = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
-               0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.regs: dict[int, int] = {}  # control registers the guest wrote (CR, IBRD, LCR_H, ...)
-
-    def read(self, offset: int, size: int) -> int:
-        if offset == self.UARTFR:
-            return self.FR_TXFE | self.FR_RXFE
-        if offset in self.ID_REGS:
-            return self.ID_REGS[offset]
-        if offset == self.UARTDR:
-            return 0
-        return self.regs.get(offset, 0)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if offset == self.UARTDR:
-            self.console(bytes([value & 0xFF]))
-        else:
-            self.regs[offset] = value
-
-    def state(self) -> dict:
-        return {"regs": {str(k): v for k, v in self.regs.items()}}
-
-    def restore(self, state: dict) -> None:
-        self.regs = {int(k): v for k, v in state["regs"].items()}
-
-
-class ReadAsZero:
-    """A window with a device QEMU's virt has and we do not model (the GIC): RAZ/WI."""
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        pass
-
-
 @dataclass
 class VirtMachine(RunToExit):
     """A VM on the virt board with one vCPU, loaded and ready to run."""
@@ -117,12 +80,22 @@ class VirtMachine(RunToExit):
         self.vm = Arm64Vm(self.config.debug, console=self._console)
         self.vm.set_user_memory_region(SLOT_ROM, ROM_BASE, ROM_SIZE, kvm.KVM_MEM_READONLY)
         self.vm.set_user_memory_region(SLOT_RAM, RAM_BASE, self.config.ram_size)
-        self.uart = Pl011(self._console)
+        self._irq_out = False  # vCPU 0's IRQ line as last driven
+        self.gic = Gic(num_cpus=1, listener=self._gic_changed)
+        self.vm.register_mmio_device(GIC_BASE, GIC_SIZE, self.gic)
+        # The PL011's interrupt output is SPI 1 (INTID 33), as in QEMU's DTB.
+        self.uart = Pl011(self._console, on_irq_change=lambda level: self.gic.set_level(UART_INTID, level))
         self.vm.register_mmio_device(UART_BASE, UART_SIZE, self.uart)
-        self.vm.register_mmio_device(GIC_BASE, GIC_SIZE, ReadAsZero())
         self.vcpu: Arm64Vcpu = self.vm.create_vcpu()
         self.clock = VirtualClock(self.vcpu, self.clock_mode)
         self.unassigned_accesses = 0
+
+    def _gic_changed(self) -> None:
+        """After every GIC change: drive vCPU 0's IRQ line (KVM_IRQ_LINE) if its level moved."""
+        level = self.gic.irq_pending(0)
+        if level != self._irq_out:
+            self._irq_out = level
+            self.vm.irq_line(CPU0_IRQ, int(level))
 
     def _console(self, data: bytes) -> None:
         (self.console or stdout_console)(data)
@@ -195,13 +168,25 @@ class VirtMachine(RunToExit):
         instructions (EXIT_ICOUNT_LIMIT), returned as they are."""
         while True:
             run = self.vcpu.run(icount_limit=icount_limit)
-            if stop(run) or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR, kvm.EXIT_ICOUNT_LIMIT):
+            stopped = stop(run)
+            if run.device_irq_level is not None:
+                # The vCPU's timers changed their output levels (KVM_CAP_ARM_USER_IRQ): drive
+                # their PPIs, as QEMU's kvm_arch_post_run does, and go on running.
+                self.gic.set_level(VTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_VTIMER)
+                self.gic.set_level(PTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_PTIMER)
+                if not stopped:
+                    continue
+            if stopped or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR, kvm.EXIT_ICOUNT_LIMIT):
                 return run
             ended = self.handle_exit(run)
             if ended is not None:
                 return ended
 
     def _spins_forever(self, pc: int) -> bool:
+        if self.vcpu.wfi_waiting and self.uart.rx_source is None and not self.gic.irq_pending(0):
+            # In WFI with no timer armed, no interrupt pending and no input to come.
+            self.SELF_LOOP = "WFI with no timer armed"
+            return True
         try:
             return self.vcpu.read_virt(pc, 4) == B_SELF
         except (TranslationFault, kvm.KvmError):  # PC on an unmapped page, or not in RAM/ROM
@@ -209,9 +194,13 @@ class VirtMachine(RunToExit):
 
     # ------------------------------------------------------------------ device state
     def device_state(self) -> dict:
-        return {"pl011": self.uart.state(), "clock": self.clock.state()}
+        return {"pl011": self.uart.state(), "clock": self.clock.state(), "gic": self.gic.state()}
 
     def restore_device_state(self, state: dict) -> None:
         self.uart.restore(state["pl011"])
+        if "gic" in state:  # snapshots from before the GIC: it stays as reset
+            self.gic.restore(state["gic"])
+        self._irq_out = self.gic.irq_pending(0)  # drive the line whatever it was before
+        self.vm.irq_line(CPU0_IRQ, int(self._irq_out))
         if "clock" in state:  # snapshots from before the virtual clock start it at 0
             self.clock.restore(state["clock"])

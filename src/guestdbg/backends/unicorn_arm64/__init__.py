@@ -64,6 +64,22 @@ Unicorn leaves out:
    says which ones go to Python (the guest's debug registers, ID_AA64DFR0_EL1, and, only while
    something is armed that depends on them, writes to CONTEXTIDR_EL1 and the translation
    registers). Everything else (SP_EL0, TPIDR_*, DAIF, CTR_EL0, ...) Unicorn executes itself.
+11. The EL1 generic timers and WFI (timers.py, core.py). Unicorn compiles QEMU's timer logic
+   out, so CNT{V,P}_{CTL,CVAL,TVAL}_EL0 go to Python through the filter (ACTION_VMM) and are
+   vCPU state, as in KVM (ONE_REG: KVM_REG_ARM_TIMER_CTL/CNT/CVAL, KVM_REG_ARM_PTIMER_*). The
+   counter is icount / 16 (or the host's CLOCK_MONOTONIC / 16 ns with `--clock host`) plus
+   a counter offset, answered in C for CNTVCT/CNTPCT. Before each slice the run loop compares
+   the timers' output levels (ENABLE && ISTATUS && !IMASK) with those last reported: a change
+   is a KVM_EXIT_INTR whose `device_irq_level` holds the new KVM_ARM_DEV_EL1_VTIMER/PTIMER bits
+   (KVM_CAP_ARM_USER_IRQ: the VMM drives its interrupt controller's PPIs from them, and reads
+   `vcpu.device_irq_level` for the bits last reported; other exits carry None). Otherwise the
+   slice's instruction limit is lowered to the next deadline (icount = ticks * 16), or a
+   host-time alarm thread calls request_stop() at it; a timer MSR ends its slice. WFI (which
+   ends Unicorn's emu_start when no interrupt is pending) idles the vCPU: the deterministic
+   clock skips the counter offset ahead to the next deadline, the host clock sleeps until it
+   (waking at once on kick()), and with no deadline the thread sleeps until kick() or an IRQ
+   line raised from another thread, with `wfi_waiting` set for the VMM's hang check. WFE is a
+   no-op (Unicorn's YIELD), as QEMU TCG without an event model.
 
 Files
 -----
@@ -78,6 +94,7 @@ debughw.py     DebugHardware: KVM_SET_GUEST_DEBUG, the guest's debug registers, 
 mmio.py        MmioAccess: MMIO exits and their completion, watched devices, set_vcpu_events
 one_reg.py     OneRegTable: KVM_GET/SET_ONE_REG, get_one_regs, KVM_GET_REG_LIST
 runctl.py      RunControl: the native hooks (_runctl.c) installed on a Unicorn instance
+timers.py      GenericTimers: the EL1 virtual and physical timers' registers and levels
 arch.py        constants the parts share
 
 Each vCPU part is a class on the one listed before it (VcpuCore, FirmwareCalls,
@@ -88,7 +105,8 @@ Threads
 -------
 Everything here runs on the one thread that calls run() (the vCPU thread), with two
 exceptions, both from any thread: kick() (KVM_RUN's immediate_exit plus a signal) and reading
-public attributes. kick() sets `immediate_exit` and the C hook's stop word, nothing else; the
+public attributes. kick() sets `immediate_exit` and the C hook's stop word (waking a vCPU
+idle in WFI), nothing else; the `--clock host` timers' alarm thread sets only the stop word; the
 block hook then calls uc_emu_stop() on the vCPU thread at the next block boundary, where PC is
 exact. No other thread ever calls into Unicorn, so an emu_stop() can never land in the middle
 of a hook or just before an emu_start (where Unicorn would lose it), and the run loop's state
@@ -98,7 +116,7 @@ before ending the emu_start) on the same thread.
 
 Architectural choices where the Arm ARM leaves room are listed in guestdbg.arm.debugregs;
 the ones made here: a write to CONTEXTIDR_EL1 takes effect for breakpoints at the next
-instruction (no ISB needed), and WFI completes at once (no interrupt source is modelled).
+instruction (no ISB needed); WFI retires, then the vCPU idles (point 11).
 """
 
 from guestdbg.backends.unicorn_arm64.arch import (

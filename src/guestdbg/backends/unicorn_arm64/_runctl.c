@@ -19,6 +19,7 @@
  * `struct runctl` there; keep the two in step.
  */
 #include <stdint.h>
+#include <time.h>
 
 typedef void uc_engine;
 
@@ -37,7 +38,7 @@ typedef uint32_t (*sysreg_fn)(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp,
 #define UC_ARM64_REG_PC 260
 
 /* sysreg_action values */
-enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2 };
+enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2, ACTION_HOST_COUNTER = 3 };
 
 /* stop_reason bits */
 #define STOP_LIMIT 1u
@@ -62,6 +63,7 @@ struct runctl {
     uint64_t split_pc;     /* a block the limit fell inside, to be entered under the countdown */
     uint64_t split_insns;
     uint64_t countdown_end; /* the countdown hook stops before the instruction with this icount */
+    uint64_t counter_offset; /* added to the counter (mod 2^64): idle skips, TIMER_CNT writes */
     uint32_t in_block;     /* the last counted block may have been left part way */
     uint32_t stop_reason;  /* STOP_* bits, why the hooks ended the slice */
     volatile uint32_t stop_request; /* set from any thread: end the slice at the next block */
@@ -120,6 +122,15 @@ void runctl_countdown_hook(uc_engine *uc, uint64_t address, uint32_t size, void 
     }
 }
 
+/* The host's CLOCK_MONOTONIC in ns (Python's time.monotonic_ns(): the same clock). One
+ * counter tick is 16 ns at 62.5 MHz, so the same shift turns it into ticks. */
+static uint64_t runctl_host_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* The instruction count at the MRS being executed: Unicorn syncs PC before an MRS hook. */
 static uint64_t icount_now(uc_engine *uc, struct runctl *s)
 {
@@ -137,7 +148,12 @@ uint32_t runctl_mrs_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
     case ACTION_UNICORN:
         return 0;
     case ACTION_VIRTUAL_COUNTER:
-        value = icount_now(uc, s) >> INSNS_PER_COUNTER_TICK_SHIFT;
+        value = (icount_now(uc, s) >> INSNS_PER_COUNTER_TICK_SHIFT) + s->counter_offset;
+        if (reg != UC_ARM64_REG_XZR)
+            s->reg_write(uc, reg, &value);
+        return 1;
+    case ACTION_HOST_COUNTER:
+        value = (runctl_host_ns() >> INSNS_PER_COUNTER_TICK_SHIFT) + s->counter_offset;
         if (reg != UC_ARM64_REG_XZR)
             s->reg_write(uc, reg, &value);
         return 1;

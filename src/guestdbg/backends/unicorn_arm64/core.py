@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ from guestdbg.backends.unicorn_arm64.arch import (
     remove_cache,
 )
 from guestdbg.backends.unicorn_arm64.runctl import STOP_LIMIT, RunControl
+from guestdbg.backends.unicorn_arm64.timers import MASK64, GenericTimers
 from guestdbg.kvm import KvmRun
 
 if TYPE_CHECKING:
@@ -44,6 +46,11 @@ if TYPE_CHECKING:
 
 _PSTATE_READ = (uca.UC_ARM64_REG_PSTATE,)
 _SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1)
+# WFI (A64 encoding); Unicorn ends emu_start right after one when no interrupt is pending.
+WFI = 0xD503207F
+# One counter tick is 16 instructions in the virtual clock and 16 ns of the host's clock.
+COUNTER_TICK_SHIFT = 4
+
 _TRANSLATION_READS = (SCTLR_EL1, kr.SYSREG_ENCODINGS["TCR_EL1"], kr.SYSREG_ENCODINGS["TTBR0_EL1"],
                       kr.SYSREG_ENCODINGS["TTBR1_EL1"], uca.UC_ARM64_REG_PSTATE)
 
@@ -106,6 +113,13 @@ class VcpuCore:
         self._suppress_pc: int | None = None  # the instruction being completed already passed its checks
         self._multi_access_pc: int | None = None
         self._probe: list[tuple[bool, int, int, int, int]] | None = None  # (is_write, va, pa, size, value)
+        # The EL1 generic timers (timers.py) and the output levels last reported to the VMM
+        # (kvm_run.s.regs.device_irq_level; see _report_timer_levels).
+        self.timers = GenericTimers()
+        self.device_irq_level = 0
+        # The guest waited in WFI with no timer deadline when run() last returned: only the
+        # VMM (an interrupt, a kick) can wake it. For the VMM's hang detection.
+        self.wfi_waiting = False
 
     # ------------------------------------------------------------------ registers
     @property
@@ -275,6 +289,89 @@ class VcpuCore:
         """The VMM completed an instruction on the guest's behalf (HVC, SMC, semihosting)."""
         self._runctl.state.icount += count
 
+    # ------------------------------------------------------------------ the generic timers
+    # The counter (CNTVCT_EL0 == CNTPCT_EL0: CNTVOFF is 0) is icount / 16 in the virtual clock,
+    # or the host's CLOCK_MONOTONIC in 16 ns ticks with `--clock host`, plus counter_offset:
+    # the ticks WFI skipped while idle, and the VMM's KVM_REG_ARM_TIMER_CNT writes. The C hook
+    # answers the guest's counter reads with the same formula.
+    @property
+    def counter_offset(self) -> int:
+        return self._runctl.state.counter_offset
+
+    @counter_offset.setter
+    def counter_offset(self, value: int) -> None:
+        self._runctl.state.counter_offset = value & MASK64
+
+    def counter(self, pc: int | None = None) -> int:
+        """The counter now (between runs), or at the instruction at `pc` (from an MRS/MSR hook)."""
+        state = self._runctl.state
+        if self._clock_mode == "host":
+            ticks = time.monotonic_ns() >> COUNTER_TICK_SHIFT
+        else:
+            ticks = (state.icount if pc is None else self._runctl.icount_at(pc)) >> COUNTER_TICK_SHIFT
+        return (ticks + state.counter_offset) & MASK64
+
+    def set_counter(self, value: int) -> None:
+        """KVM_REG_ARM_TIMER_CNT: make the counter read `value` now (moves counter_offset)."""
+        self.counter_offset = self.counter_offset + value - self.counter()
+
+    def _report_timer_levels(self, limit: int) -> int | None:
+        """Before a slice: if the timers' output levels differ from what the VMM was last told,
+        record the KVM_EXIT_INTR that tells it (None: run no slice). Otherwise the slice's
+        limit, lowered to the instruction count at which the next enabled, unmasked timer
+        fires (virtual clock), or a host-time alarm set for it (host clock)."""
+        timers = self.timers
+        if not timers.armed and not self.device_irq_level:
+            return limit
+        count = self.counter()
+        level = timers.irq_level(count)
+        if level != self.device_irq_level:
+            self.device_irq_level = level
+            self._exit = KvmRun(kvm.KVM_EXIT_INTR, device_irq_level=level)
+            return None
+        deadline = timers.next_deadline(count)
+        if self._clock_mode == "host":
+            self._runctl.stop_at(None if deadline is None
+                                 else time.monotonic_ns() + ((deadline - count) << COUNTER_TICK_SHIFT))
+        elif deadline is not None:
+            icount = self._runctl.state.icount
+            limit = min(limit, ((icount >> COUNTER_TICK_SHIFT) + deadline - count) << COUNTER_TICK_SHIFT)
+        return limit
+
+    def _after_wfi(self) -> bool:
+        """Did the slice end because of a WFI? Unicorn (QEMU's helper_wfi, EXCP_HLT) ends
+        emu_start right after a WFI when no interrupt is pending, with nothing recorded; the
+        only other unrecorded stops are MSR hooks, which leave PC after the MSR."""
+        try:
+            return self._insn_at(self.pc - 4) == WFI
+        except (mmu.TranslationFault, kvm.KvmError):
+            return False
+
+    def _idle(self) -> None:
+        """The guest waits in WFI and no interrupt is pending (Unicorn completes a WFI at
+        once when HCR_EL2.VI is set). Virtual clock: the counter skips ahead to the next timer
+        deadline (counter_offset grows; time stays monotonic and deterministic). Host clock:
+        the thread sleeps until the deadline. No deadline: the thread sleeps until another
+        thread asks for a stop (kick(), or the VMM raising the IRQ line), as KVM blocks a vCPU
+        in WFI; `wfi_waiting` tells the VMM. Never a spin; and never a skip or a sleep while a
+        stop is already asked for. WFI has retired either way: PC is past it, and the run
+        loop goes round (a timer's level change is then reported, a kick returns)."""
+        if self._runctl.state.stop_request:
+            return
+        count = self.counter()
+        if self.timers.irq_level(count) != self.device_irq_level:
+            return  # the next slice reports it
+        deadline = self.timers.next_deadline(count)
+        if deadline is None:
+            if not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
+                self.wfi_waiting = True
+                self._runctl.wait_for_stop(None)
+            return
+        if self._clock_mode == "host":
+            self._runctl.wait_for_stop(((deadline - count) << COUNTER_TICK_SHIFT) / 1e9)
+        else:
+            self.counter_offset += deadline - count
+
     # ------------------------------------------------------------------ the engine
     def _execute(self, limit: int) -> UcError | None:
         """emu_start from PC until icount reaches `limit` or a hook stops; then settle icount.
@@ -282,20 +379,36 @@ class VcpuCore:
         The block hook (C) ends a slice before a block that would cross the limit. If the limit
         falls inside that block, the block is translated afresh under a countdown code hook
         bounded to it, run once to exactly the limit, and translated afresh again so the
-        instrumented copy does not linger."""
+        instrumented copy does not linger.
+
+        The generic timers come first: a change of their output levels is reported (an exit
+        recorded, nothing run) and the limit is lowered to the next timer deadline. A slice
+        that ends in WFI idles the vCPU (_idle)."""
         state = self._runctl.state
         state.stop_reason = 0
+        if self._suppress_pc is None:  # not completing one instruction (MMIO, a watched pair)
+            timed = self._report_timer_levels(limit)
+            if timed is None:
+                return None
+            limit = timed
+        self.wfi_waiting = False
         if self._step_hook is not None:
             # Single-stepping: every translation calls the countdown already.
             state.limit = NO_LIMIT
             state.countdown_end = limit
             self._counting_down = True
             try:
-                return self._emu(self.pc)
+                fault = self._emu(self.pc)
             finally:
                 self._counting_down = False
+            if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
+                self._idle()
+            return fault
         state.limit = limit
         fault = self._emu(self.pc)
+        if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
+            self._idle()
+            return None
         if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
                 or state.icount >= limit):
             return fault

@@ -46,11 +46,13 @@ from guestdbg.backends.unicorn_arm64.arch import (
 )
 from guestdbg.backends.unicorn_arm64.exceptions import ExceptionEntry
 from guestdbg.backends.unicorn_arm64.runctl import (
+    ACTION_HOST_COUNTER,
     ACTION_UNICORN,
     ACTION_VIRTUAL_COUNTER,
     ACTION_VMM,
     CpReg,
 )
+from guestdbg.backends.unicorn_arm64.timers import TIMER_REGS
 from guestdbg.kvm import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW, KvmRun
 from guestdbg.vmapi import WatchTrap
 
@@ -423,12 +425,15 @@ class DebugHardware(ExceptionEntry):
                 rc.set_action((2, 0, 0, crm, op2), read=ACTION_VMM, write=ACTION_VMM)
         rc.set_action(MDSCR_EL1, read=ACTION_VMM, write=ACTION_VMM)
         rc.set_action(ID_AA64DFR0_EL1, read=ACTION_VMM)
+        # The generic timers' CTL/CVAL/TVAL (timers.py): a few accesses per timer tick.
+        for key in TIMER_REGS:
+            rc.set_action(key, read=ACTION_VMM, write=ACTION_VMM)
         self._update_sysreg_filter()
 
     def _update_sysreg_filter(self) -> None:
         """The registers that go to the VMM depending on the clock and the armed debug state."""
         rc = self._runctl
-        counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_UNICORN
+        counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_HOST_COUNTER
         rc.set_action(CNTVCT_EL0, read=counter)
         rc.set_action(CNTPCT_EL0, read=counter)
         # Writes that change what the armed debug state matches: only while something is armed.
@@ -441,6 +446,10 @@ class DebugHardware(ExceptionEntry):
         """A read of a register the VMM models. Returns 1 when it supplied the value."""
         try:
             key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+            if key in TIMER_REGS:
+                if reg != uca.UC_ARM64_REG_XZR:
+                    self.uc.reg_write(reg, self.timers.read(key, self.counter(self.pc)))
+                return 1
             if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
                 kind = DEBUG_REG_OP2[cp.op2]
                 return self._debug_reg_access(reg, kind, cp.crm, None)
@@ -458,6 +467,12 @@ class DebugHardware(ExceptionEntry):
         """A write to a register the VMM models or watches. Returns 1 when it consumed it."""
         try:
             key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+            if key in TIMER_REGS:
+                self.timers.write(key, cp.val, self.counter(self.pc))
+                # The slice's limit was set for the old deadline, and the level may have
+                # changed: end the slice after this MSR (it ends its block) to re-evaluate.
+                self.uc.emu_stop()
+                return 1
             if key[:3] == (2, 0, 0) and cp.op2 in DEBUG_REG_OP2:
                 return self._debug_reg_access(reg, DEBUG_REG_OP2[cp.op2], cp.crm, cp.val)
             if key == MDSCR_EL1:

@@ -20,6 +20,7 @@ from guestdbg.backends.unicorn_arm64.arch import (
     EXCP_BKPT,
     EXCP_DATA_ABORT,
     EXCP_PREFETCH_ABORT,
+    EXCP_SMC,
     EXCP_SWI,
     EXCP_UDEF,
     PAGE_MASK,
@@ -98,6 +99,10 @@ class ExceptionEntry(FirmwareCalls):
             self._take_exception(dr.esr_instruction_abort(el == 0, fsc), far=pc, preferred_return=pc)
         elif intno == EXCP_DATA_ABORT:
             self._enter_data_abort(pc)
+        elif intno == EXCP_SMC and self._insn_at(pc - 4) & HVC_SMC_MASK in HVC_SMC:
+            # SMC at EL1 with no EL3: QEMU's translator raises EXCP_SMC with PC already past it
+            # (the instruction has retired, as an SVC has); PSCI over SMC, as firmware would.
+            return self._psci(pc - 4, retired=True)
         else:
             return self._internal_error(f"unexpected exception {intno} at PC={pc:#x}", pc)
         return None

@@ -16,15 +16,27 @@ from guestdbg.kvm import KvmRun
 
 # PSCI (DEN0022) and SMCCC function ids and results.
 PSCI_0_2_FN_PSCI_VERSION = 0x84000000
+PSCI_0_2_FN_CPU_SUSPEND = 0x84000001
+PSCI_0_2_FN64_CPU_SUSPEND = 0xC4000001
 PSCI_0_2_FN_CPU_OFF = 0x84000002
 PSCI_0_2_FN_CPU_ON = 0x84000003
 PSCI_0_2_FN64_CPU_ON = 0xC4000003
+PSCI_0_2_FN_MIGRATE_INFO_TYPE = 0x84000006
 PSCI_0_2_FN_SYSTEM_OFF = 0x84000008
 PSCI_0_2_FN_SYSTEM_RESET = 0x84000009
 PSCI_1_0_FN_PSCI_FEATURES = 0x8400000A
-PSCI_VERSION_1_1 = 0x00010001
+# PSCI 1.0, as the board's DTB says ("arm,psci-1.0", "arm,psci-0.2").
+PSCI_VERSION_1_0 = 0x00010000
+PSCI_RET_SUCCESS = 0
 PSCI_RET_NOT_SUPPORTED = -1
 PSCI_RET_INVALID_PARAMS = -2
+# MIGRATE_INFO_TYPE: 2 = no Trusted OS, or one that needs no migration (QEMU's answer).
+PSCI_TOS_NOT_PRESENT_MP = 2
+# What PSCI_FEATURES reports as implemented (0: present, and for CPU_SUSPEND the original
+# power_state format); CPU_ON/CPU_OFF/AFFINITY_INFO come with SMP.
+PSCI_IMPLEMENTED = frozenset({PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_CPU_SUSPEND, PSCI_0_2_FN64_CPU_SUSPEND,
+                              PSCI_0_2_FN_MIGRATE_INFO_TYPE, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
+                              PSCI_1_0_FN_PSCI_FEATURES})
 
 # Arm semihosting (IHI 0016) operations.
 SYS_WRITEC = 0x03
@@ -80,26 +92,34 @@ class FirmwareCalls(VcpuCore):
             va += len(chunk)
         return bytes(out)
 
-    def _psci(self, pc: int) -> KvmRun | None:
-        """A PSCI call (HVC or SMC at `pc`), done for the guest as a hypervisor would."""
+    def _psci(self, pc: int, *, retired: bool = False) -> KvmRun | None:
+        """A PSCI call (HVC or SMC at `pc`), done for the guest as a hypervisor would.
+        `retired`: the instruction count already includes the call."""
         uc = self.uc
         fn = uc.reg_read(uca.UC_ARM64_REG_X0) & 0xFFFFFFFF
         uc.reg_write(uca.UC_ARM64_REG_PC, pc + 4)  # HVC/SMC return past the call
-        self._retire()
+        if not retired:
+            self._retire()
         if fn in (PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET):
+            # SYSTEM_RESET ends the run as SYSTEM_OFF does (exit status 0, reported as a reset
+            # event): the board does not reboot the guest.
             off = fn == PSCI_0_2_FN_SYSTEM_OFF
             event = kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN if off else kvm.KVM_SYSTEM_EVENT_RESET, [0],
                                         "PSCI SYSTEM_OFF" if off else "PSCI SYSTEM_RESET")
             return KvmRun(kvm.KVM_EXIT_SYSTEM_EVENT, system_event=event)
-        known = {PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
-                 PSCI_1_0_FN_PSCI_FEATURES}
         if fn == PSCI_0_2_FN_PSCI_VERSION:
-            result = PSCI_VERSION_1_1
+            result = PSCI_VERSION_1_0
         elif fn == PSCI_1_0_FN_PSCI_FEATURES:
-            result = 0 if uc.reg_read(uca.UC_ARM64_REG_X1) & 0xFFFFFFFF in known else PSCI_RET_NOT_SUPPORTED
+            queried = uc.reg_read(uca.UC_ARM64_REG_X1) & 0xFFFFFFFF
+            result = PSCI_RET_SUCCESS if queried in PSCI_IMPLEMENTED else PSCI_RET_NOT_SUPPORTED
+        elif fn == PSCI_0_2_FN_MIGRATE_INFO_TYPE:
+            result = PSCI_TOS_NOT_PRESENT_MP
+        elif fn in (PSCI_0_2_FN_CPU_SUSPEND, PSCI_0_2_FN64_CPU_SUSPEND):
+            # A standby state may return at once (any wake-up event ends it): as WFI, done.
+            result = PSCI_RET_SUCCESS
         elif fn in (PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON):
             result = PSCI_RET_INVALID_PARAMS  # one vCPU: there is no other CPU to turn on
         else:
-            result = PSCI_RET_NOT_SUPPORTED
+            result = PSCI_RET_NOT_SUPPORTED  # CPU_OFF, AFFINITY_INFO (SMP), SMCCC calls, anything else
         uc.reg_write(uca.UC_ARM64_REG_X0, result & ((1 << 64) - 1))
         return None

@@ -17,6 +17,14 @@ from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.backends.unicorn_arm64.arch import SPSR_EL1, V_REGS, X_REGS, RegKey
 from guestdbg.backends.unicorn_arm64.mmio import MmioAccess
+from guestdbg.backends.unicorn_arm64.timers import (
+    CNTKCTL_EL1,
+    CTL_ENABLE,
+    CTL_IMASK,
+    PTIMER,
+    VTIMER,
+    GenericTimer,
+)
 
 if TYPE_CHECKING:
     from guestdbg.backends.unicorn_arm64.vm import Arm64Vm
@@ -154,4 +162,31 @@ class OneRegTable(MmioAccess):
                                     ("wvr", self.wrps, kr.DBGWVRn_EL1), ("wcr", self.wrps, kr.DBGWCRn_EL1)):
             for n in range(count):
                 regs[kr.ARM64_SYS_REG(*enc_of(n))] = debug_reg(kind, n)
+
+        # The generic timers, under KVM's ids (arch/arm64/include/uapi/asm/kvm.h). The virtual
+        # timer's CNT and CVAL ids carry each other's encodings (KVM's historic swap), and both
+        # CNT ids name the one counter here (CNTVOFF is 0). A CTL write ignores ISTATUS, as KVM.
+        for n, ctl_id, cnt_id, cval_id in (
+                (VTIMER, kr.ARM64_SYS_REG(3, 3, 14, 3, 1), kr.ARM64_SYS_REG(3, 3, 14, 3, 2),
+                 kr.ARM64_SYS_REG(3, 3, 14, 0, 2)),
+                (PTIMER, kr.ARM64_SYS_REG(3, 3, 14, 2, 1), kr.ARM64_SYS_REG(3, 3, 14, 0, 1),
+                 kr.ARM64_SYS_REG(3, 3, 14, 2, 2))):
+            timer = self.timers.timers[n]
+
+            def get_ctl(t: GenericTimer = timer) -> int:
+                return t.read_ctl(self.counter())
+
+            def set_ctl(v: int, t: GenericTimer = timer) -> None:
+                t.ctl = v & (CTL_ENABLE | CTL_IMASK)
+
+            def get_cval(t: GenericTimer = timer) -> int:
+                return t.cval
+
+            def set_cval(v: int, t: GenericTimer = timer) -> None:
+                t.cval = v
+
+            regs[ctl_id] = _OneReg(get_ctl, set_ctl)
+            regs[cnt_id] = _OneReg(self.counter, self.set_counter)
+            regs[cval_id] = _OneReg(get_cval, set_cval)
+        regs.setdefault(kr.ARM64_SYS_REG(*CNTKCTL_EL1), cp(CNTKCTL_EL1))
         return regs

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import threading
+import time
+import weakref
 from collections.abc import Callable
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UcError
 from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.unicorn import Uc, uclib
 
-ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER = 0, 1, 2
+ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER, ACTION_HOST_COUNTER = 0, 1, 2, 3
 STOP_LIMIT, STOP_REQUEST = 1, 2
 
 # Virtual time: 1 instruction = 1 ns; the generic timer's counter ticks every 16 instructions
@@ -46,7 +49,7 @@ class _State(ctypes.Structure):
         ("icount", ctypes.c_uint64), ("limit", ctypes.c_uint64),
         ("block_start", ctypes.c_uint64), ("block_insns", ctypes.c_uint64),
         ("split_pc", ctypes.c_uint64), ("split_insns", ctypes.c_uint64),
-        ("countdown_end", ctypes.c_uint64),
+        ("countdown_end", ctypes.c_uint64), ("counter_offset", ctypes.c_uint64),
         ("in_block", ctypes.c_uint32), ("stop_reason", ctypes.c_uint32),
         ("stop_request", ctypes.c_uint32), ("split_armed", ctypes.c_uint32),
         ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
@@ -98,6 +101,9 @@ class RunControl:
         state.vmm_write = ctypes.cast(self._vmm_write, ctypes.c_void_p).value
         state.limit = (1 << 64) - 1
         self._addr = ctypes.addressof(state)
+        # Wakes a vCPU idle in WFI (wait_for_stop) when another thread calls request_stop().
+        self._wakeup = threading.Event()
+        self._alarm: _Alarm | None = None
         self._hook(UC_HOOK_BLOCK, "runctl_block_hook", 1, 0)
         self._hook(UC_HOOK_INSN, "runctl_mrs_hook", 1, 0, uca.UC_ARM64_INS_MRS)
         self._hook(UC_HOOK_INSN, "runctl_msr_hook", 1, 0, uca.UC_ARM64_INS_MSR)
@@ -146,5 +152,57 @@ class RunControl:
         return s.icount
 
     def request_stop(self) -> None:
-        """From any thread: end the running slice at the next block boundary."""
+        """From any thread: end the running slice at the next block boundary (and wake the
+        vCPU thread if it is idle in wait_for_stop)."""
         self.state.stop_request = 1
+        self._wakeup.set()
+
+    def wait_for_stop(self, timeout: float | None) -> bool:
+        """On the vCPU thread, idle (WFI): sleep until request_stop() or `timeout` seconds.
+        True if woken by a request. Never spins: the thread blocks on an Event."""
+        self._wakeup.clear()
+        if self.state.stop_request:
+            return True
+        return self._wakeup.wait(timeout)
+
+    def stop_at(self, monotonic_ns: int | None) -> None:
+        """Host-time deadline (`--clock host` timers): request_stop() once time.monotonic_ns()
+        reaches `monotonic_ns`, from a helper thread started on first use. None cancels."""
+        if self._alarm is None:
+            if monotonic_ns is None:
+                return
+            self._alarm = _Alarm(self.request_stop)
+        self._alarm.set(monotonic_ns)
+
+
+class _Alarm:
+    """One daemon thread that calls `fire` at a host-time deadline (the timers' kick timer)."""
+
+    def __init__(self, fire: Callable[[], None]):
+        # Weak: an idle alarm thread must not keep its vCPU (and its Unicorn) alive.
+        self._fire = weakref.WeakMethod(fire)
+        self._cond = threading.Condition()
+        self._deadline: int | None = None
+        threading.Thread(target=self._run, name="guestdbg-timer-alarm", daemon=True).start()
+
+    def set(self, monotonic_ns: int | None) -> None:
+        with self._cond:
+            if monotonic_ns != self._deadline:
+                self._deadline = monotonic_ns
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic_ns()
+                if remaining <= 0:
+                    self._deadline = None
+                    fire = self._fire()
+                    if fire is None:
+                        return
+                    fire()
+                else:
+                    self._cond.wait(remaining / 1e9)

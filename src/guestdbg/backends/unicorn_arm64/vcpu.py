@@ -9,6 +9,7 @@ recorded into an exit, an exception entered into the guest, or another slice.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from unicorn import (
@@ -41,6 +42,10 @@ from guestdbg.kvm import KVM_GUESTDBG_SINGLESTEP, KvmRun
 if TYPE_CHECKING:
     from guestdbg.backends.unicorn_arm64.vm import Arm64Vm
 
+# HCR_EL2.IMO (physical IRQs to EL2, which turns virtual IRQs on) and VI (a virtual IRQ is
+# pending): how a hypervisor without a GIC virtual CPU interface gives EL1 an IRQ.
+HCR_EL2_IMO, HCR_EL2_VI = 1 << 4, 1 << 7
+
 
 class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, FirmwareCalls, VcpuCore):
     """One AArch64 vCPU: run(), ONE_REG, KVM_SET_GUEST_DEBUG and KVM_SET_VCPU_EVENTS."""
@@ -59,6 +64,9 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         uc.cpr_write(*SCR_EL3, SCR_EL3_RW | SCR_EL3_NS)
         uc.cpr_write(*HCR_EL2, HCR_EL2_RW)
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
+        self._irq_level = False  # the IRQ input as the VMM last drove it (KVM_IRQ_LINE)
+        self._irq_applied = False  # ... and as HCR_EL2.VI has it
+        self._run_thread: int | None = None  # the thread inside run(), if any
 
     # ------------------------------------------------------------------ run
     def run(self, *, icount_limit: int | None = None) -> KvmRun:
@@ -67,6 +75,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         With `icount_limit`, stop once the vCPU has retired exactly that many instructions (an
         EXIT_ICOUNT_LIMIT exit); this is how the VMM ends slices at points it chose."""
         state = self._runctl.state
+        self._run_thread = threading.get_ident()
         try:
             if self._pending_mmio is not None:
                 done = self._finish_pending_mmio()
@@ -81,6 +90,8 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     return KvmRun(kvm.KVM_EXIT_INTR)
                 if icount_limit is not None and state.icount >= icount_limit:
                     return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
+                if self._irq_level is not self._irq_applied:
+                    self._apply_irq_line()
                 if self._rearm_pending:
                     self._rearm()
                 result = self._check_context_breakpoints() or self._run_slice(icount_limit)
@@ -88,6 +99,8 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     return result
         except FatalGuestState as e:
             return self._internal_error(str(e), self.pc, e.esr)
+        finally:
+            self._run_thread = None
 
     def kick(self, timeout: float = 1.0) -> None:
         """Make a running (or the next) run() return KVM_EXIT_INTR, as immediate_exit plus a
@@ -97,10 +110,40 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         self.immediate_exit = True
         self._runctl.request_stop()
 
+    # ------------------------------------------------------------------ the IRQ input
+    def set_irq_line(self, level: bool) -> None:
+        """Drive the vCPU's IRQ input (Arm64Vm.irq_line, KVM_IRQ_LINE type CPU). Callable from
+        any thread. The level reaches Unicorn as HCR_EL2.VI (with IMO): Unicorn's own interrupt
+        code then takes the IRQ at VBAR_EL1 + 0x280 (from EL1h) once PSTATE.I is clear.
+
+        Raising it is applied between slices, on the vCPU thread: a running slice is asked to
+        end at the next block boundary (without a KVM_EXIT_INTR). Taking an IRQ inside a slice
+        from a level set mid-block would let the block hook count a block that never runs.
+        Lowering it from a device on the vCPU thread (an acknowledge or EOI in an inline MMIO
+        access) is applied at once, so that a stale level is never taken as a spurious IRQ
+        when the guest next unmasks; clearing VI only clears Unicorn's request bit."""
+        self._irq_level = bool(level)
+        if not level and self._run_thread == threading.get_ident():
+            self._apply_irq_line()
+        else:
+            self._runctl.request_stop()
+
+    @property
+    def irq_line_level(self) -> bool:
+        """The IRQ input's level as HCR_EL2.VI has it now."""
+        return self._irq_applied
+
+    def _apply_irq_line(self) -> None:
+        """Make HCR_EL2.VI follow the IRQ input (vCPU thread only). RW stays set."""
+        level = self._irq_level
+        hcr = self.uc.cpr_read(*HCR_EL2) | HCR_EL2_RW | HCR_EL2_IMO
+        self.uc.cpr_write(*HCR_EL2, hcr | HCR_EL2_VI if level else hcr & ~HCR_EL2_VI)
+        self._irq_applied = level
+
     def set_counter_source(self, mode: str) -> None:
         """"virtual": CNTVCT_EL0/CNTPCT_EL0 read icount / 16 (62.5 MHz at 1 instruction per ns),
-        so the guest's time is deterministic and stops with the vCPU. "host": Unicorn's own
-        counter, the host's CLOCK_MONOTONIC in 16 ns ticks."""
+        so the guest's time is deterministic and stops with the vCPU. "host": the host's
+        CLOCK_MONOTONIC in 16 ns ticks (read in C, as Unicorn's own counter reads it)."""
         if mode not in ("virtual", "host"):
             raise ValueError(f"unknown clock mode {mode!r}")
         self._clock_mode = mode

@@ -123,6 +123,7 @@ class Arm64Vm:
             KVM_CAP_GUEST_DEBUG_HW_BPS: self.debug_config.brps,
             KVM_CAP_GUEST_DEBUG_HW_WPS: self.debug_config.wrps,
             KVM_CAP_ONE_REG: 1,
+            kvm.KVM_CAP_ARM_USER_IRQ: 1,  # timer levels in KvmRun.device_irq_level (timers.py)
         }
         return answers.get(cap, 0)
 
@@ -151,9 +152,25 @@ class Arm64Vm:
 
     # KVM_IRQ_LINE
     def irq_line(self, irq: int, level: int) -> None:
-        """Drive an interrupt line. There is no interrupt controller to drive yet: ENXIO, as
-        KVM answers before KVM_CREATE_IRQCHIP."""
-        raise kvm.KvmError(errno.ENXIO, "no interrupt controller: KVM_CREATE_IRQCHIP not modelled yet")
+        """Drive a vCPU's IRQ input, as arm64 KVM does for a userspace interrupt controller:
+        `irq` = (KVM_ARM_IRQ_TYPE_CPU << 24) | (vcpu_index << 16) | KVM_ARM_IRQ_CPU_IRQ.
+        Callable from any thread. SPI and PPI lines belong to an in-kernel irqchip, which is
+        not modelled (KVM_CREATE_IRQCHIP): ENXIO, as KVM answers without one. FIQ: ENXIO."""
+        irq_type = (irq >> kvm.KVM_ARM_IRQ_TYPE_SHIFT) & kvm.KVM_ARM_IRQ_TYPE_MASK
+        index = ((irq >> kvm.KVM_ARM_IRQ_VCPU_SHIFT) & kvm.KVM_ARM_IRQ_VCPU_MASK) | (
+            ((irq >> kvm.KVM_ARM_IRQ_VCPU2_SHIFT) & kvm.KVM_ARM_IRQ_VCPU2_MASK) << 8)
+        num = (irq >> kvm.KVM_ARM_IRQ_NUM_SHIFT) & kvm.KVM_ARM_IRQ_NUM_MASK
+        if irq_type != kvm.KVM_ARM_IRQ_TYPE_CPU:
+            raise kvm.KvmError(errno.ENXIO, f"irq {irq:#x}: type {irq_type} needs an in-kernel irqchip "
+                                            "(KVM_CREATE_IRQCHIP is not modelled; drive the vCPU's IRQ line)")
+        vcpu = self._vcpu
+        if vcpu is None or index != vcpu.vcpu_id:
+            raise kvm.einval(f"irq {irq:#x}: no vCPU {index}")
+        if num == kvm.KVM_ARM_IRQ_CPU_FIQ:
+            raise kvm.KvmError(errno.ENXIO, "the vCPU's FIQ input is not modelled")
+        if num != kvm.KVM_ARM_IRQ_CPU_IRQ:
+            raise kvm.einval(f"irq {irq:#x}: no CPU input {num}")
+        vcpu.set_irq_line(bool(level))
 
     def register_mmio_device(self, base: int, size: int, device: Device) -> None:
         """Claim [base, base+size) for `device` (read(offset, size) -> int, write(offset, size, value)).
