@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Callable, TypeAlias, overload
 
 from guestdbg import kvm
 from guestdbg.vmapi import Vcpu
@@ -90,10 +90,13 @@ class RunToExit:
         None, the vCPU stopped and no check made."""
         start = time.monotonic() - spent
         period = hang_check or timeout
-        ticker = _Ticker(self.vcpu, period) if period else None
+        in_main = threading.current_thread() is threading.main_thread()
+        ticker = _Ticker(self.vcpu, period) if period or in_main else None
         try:
             while True:
                 result = self.run_until()
+                if ticker is not None and ticker.interrupted:
+                    raise KeyboardInterrupt
                 if isinstance(result, ExitStatus):
                     return result.status
                 pc = self.vcpu.pc
@@ -115,28 +118,36 @@ class RunToExit:
 
 
 class _Ticker:
-    """Kicks the vCPU every `period` seconds so the VMM loop can look at what the guest does,
-    and at once on Ctrl-C: Python runs the SIGINT handler (KeyboardInterrupt) only between two
-    runs of the vCPU, so in the main thread a signal also wakes the ticker (set_wakeup_fd)."""
+    """Kicks the vCPU every `period` seconds (None: never) so the VMM loop can look at what the
+    guest does, and at once on Ctrl-C. In the main thread, Ctrl-C only sets `interrupted` (and
+    wakes the ticker through set_wakeup_fd), and run_to_exit raises KeyboardInterrupt after the
+    kicked run returns: Python may run a signal handler inside a device callback that Unicorn
+    called, where an exception would be swallowed by ctypes and the Ctrl-C lost."""
 
-    def __init__(self, vcpu: Vcpu, period: float):
+    def __init__(self, vcpu: Vcpu, period: float | None):
         self._done = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         self._old_wakeup_fd: int | None = None
+        self._old_sigint: Any = None
+        self.interrupted = False
         if threading.current_thread() is threading.main_thread():
             self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self._old_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         self._thread = threading.Thread(target=self._run, args=(vcpu, period), daemon=True)
         self._thread.start()
 
-    def _run(self, vcpu: Vcpu, period: float) -> None:
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+
+    def _run(self, vcpu: Vcpu, period: float | None) -> None:
         while True:
             woken, _, _ = select.select([self._wake_r], [], [], period)
             if self._done.is_set():
                 return
             # The bytes are signal numbers: other signals (the x86 vCPU's own kick) are not Ctrl-C.
             if not woken or signal.SIGINT in self._wake_r.recv(256):
-                vcpu.kick(timeout=period)
+                vcpu.kick(timeout=period or 1.0)
 
     def stop(self) -> None:
         self._done.set()
@@ -144,6 +155,7 @@ class _Ticker:
         self._thread.join()
         if self._old_wakeup_fd is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
+            signal.signal(signal.SIGINT, self._old_sigint)
         self._wake_r.close()
         self._wake_w.close()
 
