@@ -29,6 +29,17 @@ Policy
 11. Snapshots never hold the debugger's state: `snapshot` lifts the breakpoint patches while the
     image is written, and `restore` (like `reset`) keeps every breakpoint and watchpoint armed
     over the restored memory, re-patching over the restored code.
+12. A breakpoint at a virtual address the guest does not map yet (`break *VA` at reset, before
+    the guest turns its MMU on) takes a hardware slot, whose comparator matches virtual
+    addresses whatever the translation, while one is free; with none free it is refused with
+    a message that says so. Its stop is reported as a software breakpoint's (gdb asked for Z0).
+    Removing it frees the slot; gdb re-inserting it once the address is mapped patches BRK.
+13. Single steps (`step`, and the steps that resume past a breakpoint) take no interrupt and
+    let no timer fire by default, as QEMU's gdbstub steps (SSTEP_NOIRQ | SSTEP_NOTIMER): a
+    pending IRQ stays pending and is taken on the next continue. The means is the vCPU's:
+    KVM_GUESTDBG_BLOCKIRQ where KVM_CAP_SET_GUEST_DEBUG2 offers it (x86), else the emulated
+    vCPU's `singlestep_blocks_irq`. `step_irqs = True` (`monitor sstep irq on`) lets steps
+    take them.
 
 The target interface
 --------------------
@@ -178,9 +189,16 @@ class GuestDebugManager:
         self._sw: dict[int, _SwBreakpoint] = {}   # pa -> patch
         self._sw_va: dict[int, int] = {}           # va -> pa
         self._hw_bp: dict[int, int] = {}           # va -> slot
+        self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
         self.watches: list[Watch] = []
         self._last_stop: StopEvent | None = None
         self._lock = threading.Lock()
+        # Policy 12: how this vCPU keeps interrupts out of a single step, if it can.
+        self._blockirq_control = bool(self.vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2)
+                                      & kvm.KVM_GUESTDBG_BLOCKIRQ)
+        self._blockirq_attr = not self._blockirq_control and hasattr(self.vcpu, "singlestep_blocks_irq")
+        self._step_irqs = False
+        self._push_step_irqs()
         self._reset_image = self._take_reset_image()
 
     # ------------------------------------------------------------------ what the target offers
@@ -203,6 +221,37 @@ class GuestDebugManager:
         """KVM_CHECK_EXTENSION on the VM (`monitor info caps`)."""
         return self.vm.check_extension(cap)
 
+    # ------------------------------------------------------------------ stepping and interrupts
+    @property
+    def step_irqs(self) -> bool:
+        """Do single steps take interrupts (and let timers fire)? False by default (policy 12)."""
+        return self._step_irqs
+
+    @step_irqs.setter
+    def step_irqs(self, on: bool) -> None:
+        if not on and not self.can_block_step_irqs:
+            raise DebugError(errno.ENOTSUP, "this vCPU cannot keep interrupts out of a single step "
+                                            "(no KVM_GUESTDBG_BLOCKIRQ): steps take them")
+        with self._lock:
+            self._step_irqs = bool(on)
+            self._push_step_irqs()
+
+    @property
+    def can_block_step_irqs(self) -> bool:
+        return self._blockirq_control or self._blockirq_attr
+
+    def step_irq_mechanism(self) -> str:
+        """How steps are kept free of interrupts here (for `monitor sstep`)."""
+        if self._blockirq_control:
+            return "KVM_GUESTDBG_BLOCKIRQ"
+        if self._blockirq_attr:
+            return "the vCPU's singlestep_blocks_irq (IRQ input held, timer levels deferred)"
+        return "none: this vCPU cannot block interrupts while stepping"
+
+    def _push_step_irqs(self) -> None:
+        if self._blockirq_attr:
+            setattr(self.vcpu, "singlestep_blocks_irq", not self._step_irqs)
+
     def _take_reset_image(self) -> bytes | None:
         """The VM as it is now, for `reset` (registers, devices, the non-zero pages of memory)."""
         from guestdbg import snapshot
@@ -215,10 +264,18 @@ class GuestDebugManager:
     def add_breakpoint(self, va: int) -> str:
         """Z0: software unless the code is in read-only memory, or the architecture has no
         clean software breakpoint on this host (arch.sw_break is None): then a hardware slot.
-        Returns the mechanism used."""
-        pa = self._translate(va)
+        Returns the mechanism used. A VA not mapped yet gets a hardware slot (policy 12)."""
+        try:
+            pa = self._translate(va)
+        except DebugError as e:
+            if not 0 <= va < ADDRESS_END:
+                raise
+            return self._add_unmapped_breakpoint(va, f"{va:#x} is not mapped by the guest's page tables yet ({e})")
         slot = self.vm.slot_for(pa)
         if slot is None:
+            if not self._registers.translation_enabled(self.vcpu):
+                # The MMU is off: the address may well be a virtual one the guest maps later.
+                return self._add_unmapped_breakpoint(va, f"{va:#x} is not mapped yet (no memory there with the guest's MMU off)")
             raise DebugError(errno.EFAULT, f"no memory at {va:#x}")
         if not self._brk:
             if va in self._hw_bp:
@@ -242,6 +299,21 @@ class GuestDebugManager:
         self._sw_va[va] = pa
         self._apply()
         return "sw"
+
+    def _add_unmapped_breakpoint(self, va: int, why: str) -> str:
+        """A breakpoint at a VA with no translation now: a hardware slot, which matches the
+        virtual address once the guest maps and runs it."""
+        if va not in self._hw_bp:
+            try:
+                self.add_hw_breakpoint(va)
+            except DebugError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                raise DebugError(errno.ENOSPC, f"cannot break at {va:#x}: {why}, so the breakpoint needs a "
+                                               "hardware slot (it matches virtual addresses), and none is free: "
+                                               f"{e}; set it once the address is mapped, or free a slot") from None
+            self._unmapped_bp.add(va)  # (an hbreak already there serves it as it is)
+        return "hw"
 
     def remove_breakpoint(self, va: int) -> None:
         if va in self._hw_bp and va not in self._sw_va:
@@ -273,6 +345,7 @@ class GuestDebugManager:
     def remove_hw_breakpoint(self, va: int) -> None:
         if self._hw_bp.pop(va, None) is None:
             raise DebugError(errno.ENOENT, f"no hardware breakpoint at {va:#x}")
+        self._unmapped_bp.discard(va)
         self._apply()
 
     # ------------------------------------------------------------------ watchpoints
@@ -312,6 +385,7 @@ class GuestDebugManager:
         self._sw.clear()
         self._sw_va.clear()
         self._hw_bp.clear()
+        self._unmapped_bp.clear()
         self.watches.clear()
         self._apply()
 
@@ -331,7 +405,9 @@ class GuestDebugManager:
     def debug_points(self) -> list[DebugPoint]:
         """Every breakpoint and watchpoint held, whoever asked for it (a client that vanished
         leaves its own armed for the next one)."""
-        points = [DebugPoint("hbreak", va, len(self._brk) if self._brk else 1, f"slot {slot}")
+        points = [DebugPoint("break", va, len(self._brk) if self._brk else 1, self._hw_mechanism(slot))
+                  if va in self._unmapped_bp else
+                  DebugPoint("hbreak", va, len(self._brk) if self._brk else 1, f"slot {slot}")
                   for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1])]
         points += [DebugPoint("break", va, len(self._brk), f"software ({self.arch.sw_break_name} at pa {pa:#x})")
                    for va, pa in sorted(self._sw_va.items())]
@@ -346,11 +422,18 @@ class GuestDebugManager:
         else:
             self.remove_watchpoint(point.addr, point.length, WatchKind(point.kind))
 
+    @staticmethod
+    def _hw_mechanism(slot: int) -> str:
+        return f"hw (VA not mapped yet): slot {slot}"
+
     def slots_report(self) -> list[str]:
         lines = [f"hardware breakpoints: {len(self._hw_bp)}/{self.hw_bp_slots} used; "
                  f"hardware watchpoints: {sum(len(w.slots) for w in self.watches)}/{self.hw_wp_slots} used"]
         for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1]):
-            lines.append(f"  hbreak  {va:#x}  slot {slot}")
+            if va in self._unmapped_bp:
+                lines.append(f"  break   {va:#x}  {self._hw_mechanism(slot)}")
+            else:
+                lines.append(f"  hbreak  {va:#x}  slot {slot}")
         for va, pa in sorted(self._sw_va.items()):
             lines.append(f"  break   {va:#x}  software ({self.arch.sw_break_name} at pa {pa:#x})")
         for w in self.watches:
@@ -493,6 +576,8 @@ class GuestDebugManager:
                 control |= kvm.KVM_GUESTDBG_USE_HW
             if step:
                 control |= kvm.KVM_GUESTDBG_SINGLESTEP
+                if self._blockirq_control and not self._step_irqs:
+                    control |= kvm.KVM_GUESTDBG_BLOCKIRQ
             if not self._brk:  # no software breakpoints here: the guest's own go to the guest
                 control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
         self.vcpu.set_watch_traps(traps)
@@ -601,7 +686,9 @@ class GuestDebugManager:
         if raw.kind == "step":
             return StopEvent(StopKind.STEP, pc)
         if raw.kind == "hwbreak":
-            return StopEvent(StopKind.HWBREAK, pc)
+            # A Z0 that took a slot because its VA was unmapped is reported as the debugger's
+            # software breakpoint (policy 12).
+            return StopEvent(StopKind.SWBREAK if pc in self._unmapped_bp else StopKind.HWBREAK, pc)
         if raw.kind == "swbreak" and pc in self._sw_va:
             return StopEvent(StopKind.SWBREAK, pc)
         alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None

@@ -142,6 +142,21 @@ class Monitor:
         return (f"snapshot loaded from {path}; breakpoints and watchpoints kept\n"
                 + self.STALE_REGISTERS)
 
+    def sstep(self, args: list[str]) -> str:
+        m = self.manager
+        if m.step_irqs:
+            state = "on: single steps take pending interrupts and let timers fire"
+        else:
+            state = "off: single steps take no interrupt and no timer fires (as QEMU's default)"
+        return f"sstep irq {state}\nmeans: {m.step_irq_mechanism()}\n"
+
+    def sstep_irq(self, args: list[str]) -> str:
+        word = args[0].lower()
+        if word not in ("on", "off"):
+            return f"error: monitor sstep irq takes on or off, not {args[0]!r}\n"
+        self.manager.step_irqs = word == "on"
+        return self.sstep([])
+
     def _last_error(self) -> str:
         err = self.session.last_error
         return f"last refused request: {err}\n" if err else ""
@@ -156,6 +171,10 @@ MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
                    Monitor.breakpoints),
     MonitorCommand(("breakpoints", "clear"), (),
                    "remove those this debugger did not insert (left by a lost client)", Monitor.breakpoints_clear),
+    MonitorCommand(("sstep",), (), "whether single steps take interrupts and let timers fire", Monitor.sstep),
+    MonitorCommand(("sstep", "irq"), ("on|off",),
+                   "on: steps may enter interrupt handlers; off (default): a pending IRQ waits for continue",
+                   Monitor.sstep_irq),
     MonitorCommand(("reset",), (), "reset the board to its state after loading (alias: system_reset)",
                    Monitor.reset, aliases=(("system_reset",),)),
     MonitorCommand(("snapshot", "save"), ("FILE",), "save the VM (registers, memory, devices; no debugger state)",

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 # HCR_EL2.IMO (physical IRQs to EL2, which turns virtual IRQs on) and VI (a virtual IRQ is
 # pending): how a hypervisor without a GIC virtual CPU interface gives EL1 an IRQ.
 HCR_EL2_IMO, HCR_EL2_VI = 1 << 4, 1 << 7
+PSTATE_I = 1 << 7
 
 
 class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, FirmwareCalls, VcpuCore):
@@ -66,6 +67,15 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
         self._irq_level = False  # the IRQ input as the VMM last drove it (KVM_IRQ_LINE)
         self._irq_applied = False  # ... and as HCR_EL2.VI has it
+        # guestdbg extension, the emulated vCPU's counterpart of x86 KVM's KVM_GUESTDBG_BLOCKIRQ
+        # (which arm64 KVM does not accept): while set, a KVM_GUESTDBG_SINGLESTEP run takes no
+        # interrupt. HCR_EL2.VI stays clear for the step (the IRQ input's level is kept and
+        # applies on the next run that is not a step) and the timers' level changes are not
+        # reported until then either, so a step never ends in, or because of, an interrupt.
+        # QEMU's gdbstub steps this way by default (SSTEP_NOIRQ | SSTEP_NOTIMER); the debug
+        # manager sets it per its policy.
+        self.singlestep_blocks_irq = False
+        self._irqs_held = False  # set for the run() in progress: a step with IRQs blocked
         self._run_thread: int | None = None  # the thread inside run(), if any
 
     # ------------------------------------------------------------------ run
@@ -76,6 +86,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         EXIT_ICOUNT_LIMIT exit); this is how the VMM ends slices at points it chose."""
         state = self._runctl.state
         self._run_thread = threading.get_ident()
+        held = self._irqs_held = self.singlestep_blocks_irq and bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
         try:
             if self._pending_mmio is not None:
                 done = self._finish_pending_mmio()
@@ -90,7 +101,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     return KvmRun(kvm.KVM_EXIT_INTR)
                 if icount_limit is not None and state.icount >= icount_limit:
                     return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
-                if self._irq_level is not self._irq_applied:
+                if (self._irq_level and not held) is not self._irq_applied:
                     self._apply_irq_line()
                 if self._rearm_pending:
                     self._rearm()
@@ -101,6 +112,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
             return self._internal_error(str(e), self.pc, e.esr)
         finally:
             self._run_thread = None
+            self._irqs_held = False
 
     def kick(self, timeout: float = 1.0) -> None:
         """Make a running (or the next) run() return KVM_EXIT_INTR, as immediate_exit plus a
@@ -134,11 +146,19 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         return self._irq_applied
 
     def _apply_irq_line(self) -> None:
-        """Make HCR_EL2.VI follow the IRQ input (vCPU thread only). RW stays set."""
-        level = self._irq_level
+        """Make HCR_EL2.VI follow the IRQ input (vCPU thread only), held low during a step
+        with IRQs blocked (singlestep_blocks_irq). RW stays set."""
+        level = self._irq_level and not self._irqs_held
         hcr = self.uc.cpr_read(*HCR_EL2) | HCR_EL2_RW | HCR_EL2_IMO
         self.uc.cpr_write(*HCR_EL2, hcr | HCR_EL2_VI if level else hcr & ~HCR_EL2_VI)
         self._irq_applied = level
+
+    def _report_timer_levels(self, limit: int) -> int | None:
+        """core.VcpuCore's, except during a step with IRQs blocked: no level change is
+        reported and no deadline shortens the step (the next run that is not a step reports it)."""
+        if self._irqs_held:
+            return limit
+        return super()._report_timer_levels(limit)
 
     def set_counter_source(self, mode: str) -> None:
         """"virtual": CNTVCT_EL0/CNTPCT_EL0 read icount / 16 (62.5 MHz at 1 instruction per ns),
@@ -157,6 +177,15 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         self._exit = None
         self._guest_exception = None
         start = self.icount
+        if stepping and self._irq_applied and not self._pstate() & PSTATE_I:
+            # A step that may take the IRQ (singlestep_blocks_irq clear): take it with no
+            # instruction run, so the step ends at the vector, as QEMU's gdbstub does.
+            pc = self.pc
+            fault = self._execute(start)
+            if self._exit is not None:
+                return self._exit
+            if fault is None and self.icount == start and self.pc != pc:
+                return self._softstep_exit()
         limit = start + 1 if stepping else (NO_LIMIT if icount_limit is None else icount_limit)
         fault = self._execute(limit)
         if self._exit is not None:
