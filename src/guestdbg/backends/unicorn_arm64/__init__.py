@@ -80,6 +80,17 @@ Unicorn leaves out:
    (waking at once on kick()), and with no deadline the thread sleeps until kick() or an IRQ
    line raised from another thread, with `wfi_waiting` set for the VMM's hang check. WFE is a
    no-op (Unicorn's YIELD), as QEMU TCG without an event model.
+12. Stores to RAM stay on Unicorn's fast path (core.py install_memory_hooks): the access-fault
+   and unmapped-access hooks cover everything but writable RAM (pages protected for watches or
+   traps get hooks bounded to them), because in Unicorn 2.1.4 a memory hook over a page sends
+   every store there down the slow path (half of a Linux boot's time). The cost: Unicorn then
+   notices rewritten code only through the address it was translated from, and Linux patches
+   its text through other mappings. So the guest's own cache maintenance, which the
+   architecture requires before new code runs, drops stale translations: a C hook on SYS
+   records IC IVAU pages and IC IALLU(IS), the slice ends before the next block, and the pages
+   are invalidated by VA (executable at EL1) or by PA. Pages already known executable are
+   remembered in C (cleared by TLBIs and translation-register writes), so most of a boot's
+   ~44k invalidations cost no stop. tests/integration/test_code_aliases.py pins it.
 
 Files
 -----

@@ -31,18 +31,30 @@ typedef struct uc_arm64_cp_reg {
 typedef int (*uc_emu_stop_fn)(uc_engine *uc);
 typedef int (*uc_reg_read_fn)(uc_engine *uc, int regid, void *value);
 typedef int (*uc_reg_write_fn)(uc_engine *uc, int regid, const void *value);
+typedef int (*uc_ctl_fn)(uc_engine *uc, int control, ...);
 typedef uint32_t (*sysreg_fn)(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user);
 
 /* unicorn/arm64.h */
 #define UC_ARM64_REG_XZR 7
 #define UC_ARM64_REG_PC 260
+#define UC_ARM64_REG_PSTATE 265
+/* uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2), begin, end) */
+#define UC_CTL_TB_REMOVE_CACHE_WRITE2 ((9) | (2 << 26) | (1u << 30))
 
 /* sysreg_action values */
-enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2, ACTION_HOST_COUNTER = 3 };
+enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2, ACTION_HOST_COUNTER = 3,
+       ACTION_IC_VA = 4, ACTION_IC_ALL = 5, ACTION_TLBI = 6,
+       ACTION_XLATE = 7, ACTION_XLATE_TTBR1 = 8 };
 
 /* stop_reason bits */
 #define STOP_LIMIT 1u
 #define STOP_REQUEST 2u
+#define STOP_ICACHE 4u
+
+/* IC IVAU pages remembered before the run loop must drop their translations */
+#define IC_PAGES 64
+/* kernel-half pages known executable at EL1 (the VMM walked the guest's tables) */
+#define EXEC_PAGES 256
 
 /* Virtual time: one instruction is one nanosecond (QEMU's -icount shift=0), and the generic
  * timer counts at 62.5 MHz (CNTFRQ_EL0 on QEMU's virt board): one tick per 16 instructions. */
@@ -68,6 +80,19 @@ struct runctl {
     uint32_t stop_reason;  /* STOP_* bits, why the hooks ended the slice */
     volatile uint32_t stop_request; /* set from any thread: end the slice at the next block */
     uint32_t split_armed;  /* the next block at split_pc is let in despite the limit */
+    uint32_t ic_pending;   /* an IC instruction ran: end the slice before any other block */
+    uint32_t ic_all;       /* ... IC IALLU(IS), or more pages than ic_va holds: drop everything */
+    uint32_t ic_count;     /* pages in ic_va */
+    uint32_t ic_pad;
+    uint64_t tlbi_count;   /* TLBIs executed */
+    uc_ctl_fn ctl;
+    uint64_t exec_gen;     /* bumped by TLBIs of everything and writes to translation registers */
+    uint64_t ic_inline;    /* IC IVAUs served in the hook */
+    uint64_t ttbr1_baddr;  /* TTBR1_EL1's table address last written (an ASID change keeps pages) */
+    uint64_t exec_page[EXEC_PAGES];
+    uint64_t exec_page_gen[EXEC_PAGES]; /* an entry is valid while this equals exec_gen + 1 */
+    uint64_t ic_block;     /* the block the IC instruction is in (a by-line loop stays in it) */
+    uint64_t ic_va[IC_PAGES]; /* virtual pages IC IVAU named */
     uint8_t sysreg_action[2][1 << 16]; /* [is_write][op0:2 op1:3 CRn:4 CRm:4 op2:3] */
 };
 
@@ -84,6 +109,11 @@ void runctl_block_hook(uc_engine *uc, uint64_t address, uint32_t size, void *use
 
     if (s->stop_request) {
         s->stop_reason |= STOP_REQUEST;
+    } else if (s->ic_pending && address != s->ic_block) {
+        /* Code was changed and the instruction cache invalidated: the run loop drops the stale
+         * translations before the guest goes past the invalidating loop (its ISB ends the
+         * block, so the changed code can only run in a later one). */
+        s->stop_reason |= STOP_ICACHE;
     } else if (s->icount + insns > s->limit &&
                !(s->split_armed && address == s->split_pc)) {
         s->split_pc = address;
@@ -166,9 +196,80 @@ uint32_t runctl_msr_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
 {
     struct runctl *s = user;
 
-    if (s->sysreg_action[1][sysreg_key(cp)] == ACTION_UNICORN)
+    unsigned action = s->sysreg_action[1][sysreg_key(cp)];
+
+    if (action == ACTION_UNICORN)
+        return 0;
+    if (action == ACTION_XLATE_TTBR1) {
+        /* Linux writes TTBR1 at every context switch for its ASID (TCR.A1): the kernel's
+         * global pages stay as they were unless the table address moves. */
+        if ((cp->val & 0x0000fffffffffffeull) != s->ttbr1_baddr) {
+            s->ttbr1_baddr = cp->val & 0x0000fffffffffffeull;
+            s->exec_gen++;
+        }
+        return 0;
+    }
+    s->exec_gen++; /* translation registers (and the VMM's ones): known-executable pages lapse */
+    if (action == ACTION_XLATE)
         return 0;
     return s->vmm_write(uc, reg, cp, s->vmm_user);
+}
+
+/* SYS (op0 = 1): IC IVAU / IC IALLU(IS). Unicorn tracks writes to code only through the TLB entry
+ * of the virtual address the code was translated from, so code written through another mapping
+ * (Linux patches its text through the linear map or a fixmap, and fills user pages through the
+ * linear map) would keep running stale; the architecture has the guest say so with IC, and the
+ * run loop then drops the translations (core.py, _sync_icache). Everything else (DC ZVA, DC
+ * CVAU, TLBI, AT ...) Unicorn executes itself. */
+uint32_t runctl_sys_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user)
+{
+    struct runctl *s = user;
+    uint64_t page, pstate = 0;
+    unsigned slot;
+
+    (void)reg;
+    switch (s->sysreg_action[1][sysreg_key(cp)]) {
+    case ACTION_IC_VA:
+        page = cp->val & ~(uint64_t)0xfff;
+        slot = (unsigned)(page >> 12) % EXEC_PAGES;
+        if (s->exec_page[slot] == page && s->exec_page_gen[slot] == s->exec_gen + 1) {
+            /* A kernel page the VMM found executable at EL1, with no TLBI or translation
+             * register write since: Unicorn can find its code by this address without a
+             * fault, so drop it here and let the guest go on. */
+            s->reg_read(uc, UC_ARM64_REG_PSTATE, &pstate);
+            if (((pstate >> 2) & 3) == 1) {
+                s->ctl(uc, UC_CTL_TB_REMOVE_CACHE_WRITE2, page, page + 0x1000);
+                s->ic_inline++;
+                return 0;
+            }
+        }
+        if (s->ic_count == 0 || s->ic_va[s->ic_count - 1] != page) {
+            if (s->ic_count < IC_PAGES)
+                s->ic_va[s->ic_count++] = page;
+            else
+                s->ic_all = 1;
+        }
+        break;
+    case ACTION_IC_ALL:
+        s->ic_all = 1;
+        break;
+    case ACTION_TLBI:
+        s->tlbi_count++;
+        /* TLBI VAE1, VAAE1, VALE1, VAALE1 (IS, OS): one page, VA[55:12] in Xt[43:0]. */
+        if (cp->op1 == 0 && (cp->crm == 1 || cp->crm == 3 || cp->crm == 7) && (cp->op2 & 1)) {
+            slot = (unsigned)(cp->val & 0xfffffffffffull) % EXEC_PAGES;
+            if (((s->exec_page[slot] >> 12) & 0xfffffffffffull) == (cp->val & 0xfffffffffffull))
+                s->exec_page_gen[slot] = 0;
+        } else {
+            s->exec_gen++;
+        }
+        return 0;
+    default:
+        return 0;
+    }
+    s->ic_pending = 1;
+    s->ic_block = s->block_start;
+    return 0; /* Unicorn executes the IC itself (a no-op there) */
 }
 
 /* For the Python mirror to check its layout against. */

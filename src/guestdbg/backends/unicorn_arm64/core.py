@@ -13,9 +13,16 @@ import ctypes
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from unicorn import UcError
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
+    UcError,
+)
 from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -37,7 +44,15 @@ from guestdbg.backends.unicorn_arm64.arch import (
     RegKey,
     remove_cache,
 )
-from guestdbg.backends.unicorn_arm64.runctl import STOP_LIMIT, RunControl
+from guestdbg.backends.unicorn_arm64.runctl import (
+    ACTION_IC_ALL,
+    ACTION_IC_VA,
+    IC_IALLU,
+    IC_IALLUIS,
+    IC_IVAU,
+    STOP_LIMIT,
+    RunControl,
+)
 from guestdbg.backends.unicorn_arm64.timers import MASK64, GenericTimers
 from guestdbg.kvm import KvmRun
 
@@ -117,6 +132,9 @@ class VcpuCore:
         # (kvm_run.s.regs.device_irq_level; see _report_timer_levels).
         self.timers = GenericTimers()
         self.device_irq_level = 0
+        # The memory hooks, kept off RAM (see install_memory_hooks), and the RAM they were set for.
+        self._outside_ram_hooks: list[int] | None = None
+        self._ram_ranges: tuple[tuple[int, int], ...] = ()
         # The guest waited in WFI with no timer deadline when run() last returned: only the
         # VMM (an interrupt, a kick) can wake it. For the VMM's hang detection.
         self.wfi_waiting = False
@@ -372,6 +390,71 @@ class VcpuCore:
         else:
             self.counter_offset += deadline - count
 
+    # ------------------------------------------------------------------ memory hooks
+    # Unicorn 2.1 keeps every store on its slow path (notdirty_write: a region lookup and a
+    # code-page invalidation check per store) on any page a memory hook's range covers, and a
+    # hook over the whole address space covers RAM. So the access-fault and unmapped hooks cover
+    # only what is not writable RAM (ROM, MMIO, holes); the pages a watchpoint or trap protects
+    # get their own bounded hooks (debughw.py). Stores to RAM then go at full speed, and code
+    # written through another mapping than the one it was translated from is dropped when the
+    # guest invalidates the instruction cache (_sync_icache), as the architecture requires.
+    def _on_protected_access(self, uc: Any, access: int, pa: int, size: int, value: int, _user: object) -> bool:
+        raise NotImplementedError  # debughw.py
+
+    def _on_unmapped_access(self, uc: Any, access: int, pa: int, size: int, value: int, _user: object) -> bool:
+        raise NotImplementedError  # mmio.py
+
+    def install_memory_hooks(self) -> None:
+        """Add UC_HOOK_MEM_READ_PROT|WRITE_PROT and UC_HOOK_MEM_UNMAPPED over everything but
+        the writable memory slots (and again whenever the slots change), and start following
+        the guest's instruction-cache maintenance."""
+        self._outside_ram_hooks = []
+        rc = self._runctl
+        rc.set_action(IC_IVAU, write=ACTION_IC_VA)
+        rc.set_action(IC_IALLU, write=ACTION_IC_ALL)
+        rc.set_action(IC_IALLUIS, write=ACTION_IC_ALL)
+        self._sync_memory_hooks()
+
+    def _writable_ranges(self) -> tuple[tuple[int, int], ...]:
+        return tuple(sorted((s.guest_phys_addr, s.guest_phys_addr + s.memory_size)
+                            for s in self.vm.slots.values() if not s.readonly))
+
+    def _in_ram(self, pa: int) -> bool:
+        """Is `pa` in the writable RAM the memory hooks leave out? (Its protected pages need
+        hooks of their own.)"""
+        if self._outside_ram_hooks is None:
+            return False
+        return any(start <= pa < end for start, end in self._ram_ranges)
+
+    def _sync_memory_hooks(self) -> None:
+        hooks = self._outside_ram_hooks
+        if hooks is None:
+            return
+        ram = self._writable_ranges()
+        if ram == self._ram_ranges and hooks:
+            return
+        for handle in hooks:
+            self.uc.hook_del(handle)
+        hooks.clear()
+        gaps, at = [], 0
+        for start, end in ram:
+            if start > at:
+                gaps.append((at, start - 1))
+            at = max(at, end)
+        if at < 1 << 64:
+            gaps.append((at, (1 << 64) - 1))
+        for begin, end in gaps:
+            hooks.append(self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT,
+                                          self._on_protected_access, None, begin, end))
+            hooks.append(self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access, None, begin, end))
+        changed = ram != self._ram_ranges
+        self._ram_ranges = ram
+        if changed:
+            self._ram_changed()
+
+    def _ram_changed(self) -> None:
+        """The writable slots moved: protected pages' own hooks are redone (debughw.py)."""
+
     # ------------------------------------------------------------------ the engine
     def _execute(self, limit: int) -> UcError | None:
         """emu_start from PC until icount reaches `limit` or a hook stops; then settle icount.
@@ -386,6 +469,8 @@ class VcpuCore:
         that ends in WFI idles the vCPU (_idle)."""
         state = self._runctl.state
         state.stop_reason = 0
+        if self._outside_ram_hooks is not None:
+            self._sync_memory_hooks()
         if self._suppress_pc is None:  # not completing one instruction (MMIO, a watched pair)
             timed = self._report_timer_levels(limit)
             if timed is None:
@@ -460,10 +545,60 @@ class VcpuCore:
         except UcError as e:
             fault = e
         self._settle_icount()
+        if self._runctl.state.ic_pending:
+            self._sync_icache()
         if self._hook_error is not None:
             error, self._hook_error = self._hook_error, None
             raise error
         return fault
+
+    def _sync_icache(self) -> None:
+        """The guest ran IC IVAU or IC IALLU(IS) (the C SYS hook recorded them and ended the
+        slice before any block but the invalidating one): drop the translations of the code
+        it changed. Unicorn notices stores to code only through the mapping the code was
+        translated from (see install_memory_hooks), and Linux writes code through others
+        (alternatives and static keys through the linear map or a fixmap, user pages through
+        the linear map), so the architecture's rule is followed: changed code is seen once the
+        guest invalidates the instruction cache. A page executable at the current EL is
+        dropped by its virtual address; any other (the linear map is PXN) by its physical
+        address, found through the guest's tables, with the MMU off for the call."""
+        state = self._runctl.state
+        count, everything = state.ic_count, state.ic_all
+        state.ic_pending = state.ic_all = state.ic_count = 0
+        if everything:
+            self.uc.ctl_flush_tb()
+            return
+        sctlr, tcr, ttbr0, ttbr1, pstate = self._batch_reader(_TRANSLATION_READS)()
+        el = (pstate >> PSTATE_EL_SHIFT) & 3
+        if not sctlr & 1:
+            for va in state.ic_va[:count]:
+                remove_cache(self.uc, va, PAGE_SIZE)
+            return
+        physical = set()
+        for va in state.ic_va[:count]:
+            try:
+                t = mmu.translate(
+                    va, sctlr_el1=sctlr, tcr_el1=tcr, ttbr0_el1=ttbr0, ttbr1_el1=ttbr1,
+                    read_u64=lambda pa: int.from_bytes(self.vm.read_phys(pa, 8), "little"),
+                    access="read", el=el)
+            except (mmu.TranslationFault, kvm.KvmError):
+                continue  # nothing mapped there: no code translated through it
+            if t.allows("exec", el):
+                remove_cache(self.uc, va, PAGE_SIZE)
+                if el == 1 and va >> 55 & 1:
+                    self._runctl.note_executable(va)  # the next IVAUs of it stay in C
+            else:
+                physical.add(t.pa & PAGE_MASK)
+        if not physical:
+            return
+        self.uc.cpr_write(*SCTLR_EL1, sctlr & ~1)
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)  # no virtual entry may answer for a PA
+        try:
+            for pa in physical:
+                remove_cache(self.uc, pa, PAGE_SIZE)
+        finally:
+            self.uc.cpr_write(*SCTLR_EL1, sctlr)
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def _settle_icount(self) -> None:
         """The block hook counted the last block whole when it was entered; if the slice ended

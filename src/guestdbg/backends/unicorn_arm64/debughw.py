@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from unicorn import (
     UC_HOOK_CODE,
     UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_WRITE_PROT,
     UC_MEM_WRITE_PROT,
     UC_PROT_ALL,
     UC_PROT_EXEC,
@@ -50,11 +52,18 @@ from guestdbg.backends.unicorn_arm64.runctl import (
     ACTION_UNICORN,
     ACTION_VIRTUAL_COUNTER,
     ACTION_VMM,
+    ACTION_XLATE,
+    ACTION_XLATE_TTBR1,
     CpReg,
 )
 from guestdbg.backends.unicorn_arm64.timers import TIMER_REGS
 from guestdbg.kvm import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW, KvmRun
 from guestdbg.vmapi import WatchTrap
+
+# Writes of the translation registers while nothing is watched: TTBR0_EL1 never maps the kernel
+# half, and TTBR1_EL1's ASID field changes nothing the C hook knows (see VcpuCore._sync_icache).
+_XLATE_ACTIONS = {kr.SYSREG_ENCODINGS["TTBR0_EL1"]: ACTION_UNICORN,
+                  kr.SYSREG_ENCODINGS["TTBR1_EL1"]: ACTION_XLATE_TTBR1}
 
 if TYPE_CHECKING:
     from guestdbg.backends.unicorn_arm64.vm import Arm64Vm, MemorySlot
@@ -115,6 +124,7 @@ class DebugHardware(ExceptionEntry):
         self._trap_specs: list[WatchTrap] = []
         self._armed_key: tuple[bool, bytes | None] | None = None  # _live_key() at the last _rearm
         self._read_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run -> no-op UC_HOOK_MEM_READ forcing the checked path
+        self._prot_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run in RAM -> its access-fault hook
         self._rearm_pending = False
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
@@ -249,7 +259,23 @@ class DebugHardware(ExceptionEntry):
                 UC_HOOK_MEM_READ, _ignore_access, None, base, base + size - 1)
         if added:
             self.uc.ctl_flush_tb()  # code translated before a hook exists would not call it
+        # The access-fault hook leaves RAM out (VcpuCore.install_memory_hooks): protected RAM
+        # pages get one bounded to them. (Unicorn consults it from its TLB-fill path: no flush.)
+        prot_runs = {(base, size) for base, size, _ in _runs({page: perms for page, perms in want.items()
+                                                              if self._in_ram(page)})}
+        for run in set(self._prot_hooks) - prot_runs:
+            self.uc.hook_del(self._prot_hooks.pop(run))
+        for base, size in prot_runs - set(self._prot_hooks):
+            self._prot_hooks[(base, size)] = self.uc.hook_add(
+                UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access, None, base, base + size - 1)
         self._update_sysreg_filter()
+
+    def _ram_changed(self) -> None:
+        for handle in self._prot_hooks.values():
+            self.uc.hook_del(handle)
+        self._prot_hooks.clear()
+        self._protected = {}  # the slots were mapped afresh, with their own permissions
+        self._rearm()
 
     # ------------------------------------------------------------------ debug events
     def _debug_events_enabled(self, el: int) -> bool:
@@ -440,7 +466,9 @@ class DebugHardware(ExceptionEntry):
         rc.set_action(CONTEXTIDR_EL1, write=ACTION_VMM if self._bp_table else ACTION_UNICORN)
         watching = bool(self._protected or self._wp_table or self._traps)
         for key in TRANSLATION_REGS:
-            rc.set_action(key, write=ACTION_VMM if watching else ACTION_UNICORN)
+            # Otherwise Unicorn writes them, and the C hook forgets the kernel pages it knew
+            # executable (VcpuCore._sync_icache) if kernel-half translation may have changed.
+            rc.set_action(key, write=ACTION_VMM if watching else _XLATE_ACTIONS.get(key, ACTION_XLATE))
 
     def _on_mrs(self, reg: int, cp: CpReg) -> int:
         """A read of a register the VMM models. Returns 1 when it supplied the value."""

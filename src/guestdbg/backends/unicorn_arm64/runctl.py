@@ -20,7 +20,14 @@ from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER, ACTION_HOST_COUNTER = 0, 1, 2, 3
-STOP_LIMIT, STOP_REQUEST = 1, 2
+ACTION_IC_VA, ACTION_IC_ALL, ACTION_TLBI = 4, 5, 6  # SYS (op0 1), write table: IC IVAU, IC IALLU(IS), TLBI
+ACTION_XLATE = 7  # an MSR Unicorn executes that also lapses the hook's known-executable pages
+ACTION_XLATE_TTBR1 = 8  # ... only if it moves TTBR1_EL1's table address
+EXEC_PAGES = 256
+STOP_LIMIT, STOP_REQUEST, STOP_ICACHE = 1, 2, 4
+IC_PAGES = 64
+# (op0, op1, CRn, CRm, op2) of the instruction-cache maintenance instructions
+IC_IALLUIS, IC_IALLU, IC_IVAU = (1, 0, 7, 1, 0), (1, 0, 7, 5, 0), (1, 3, 7, 5, 1)
 
 # Virtual time: 1 instruction = 1 ns; the generic timer's counter ticks every 16 instructions
 # (62.5 MHz, CNTFRQ_EL0 on QEMU's virt board). Keep in step with the C file.
@@ -52,6 +59,12 @@ class _State(ctypes.Structure):
         ("countdown_end", ctypes.c_uint64), ("counter_offset", ctypes.c_uint64),
         ("in_block", ctypes.c_uint32), ("stop_reason", ctypes.c_uint32),
         ("stop_request", ctypes.c_uint32), ("split_armed", ctypes.c_uint32),
+        ("ic_pending", ctypes.c_uint32), ("ic_all", ctypes.c_uint32),
+        ("ic_count", ctypes.c_uint32), ("ic_pad", ctypes.c_uint32), ("tlbi_count", ctypes.c_uint64),
+        ("ctl", ctypes.c_void_p), ("exec_gen", ctypes.c_uint64), ("ic_inline", ctypes.c_uint64),
+        ("ttbr1_baddr", ctypes.c_uint64),
+        ("exec_page", ctypes.c_uint64 * EXEC_PAGES), ("exec_page_gen", ctypes.c_uint64 * EXEC_PAGES),
+        ("ic_block", ctypes.c_uint64), ("ic_va", ctypes.c_uint64 * IC_PAGES),
         ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
     ]
 
@@ -94,6 +107,7 @@ class RunControl:
         state.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+        state.ctl = ctypes.cast(uclib.uc_ctl, ctypes.c_void_p).value
         # ctypes trampolines into Python; kept referenced for the life of the Uc.
         self._vmm_read = SYSREG_CALLBACK(lambda _uc, reg, cp, _u: on_mrs(reg, cp.contents))
         self._vmm_write = SYSREG_CALLBACK(lambda _uc, reg, cp, _u: on_msr(reg, cp.contents))
@@ -107,6 +121,13 @@ class RunControl:
         self._hook(UC_HOOK_BLOCK, "runctl_block_hook", 1, 0)
         self._hook(UC_HOOK_INSN, "runctl_mrs_hook", 1, 0, uca.UC_ARM64_INS_MRS)
         self._hook(UC_HOOK_INSN, "runctl_msr_hook", 1, 0, uca.UC_ARM64_INS_MSR)
+        self._hook(UC_HOOK_INSN, "runctl_sys_hook", 1, 0, uca.UC_ARM64_INS_SYS)
+        # TLBI (SYS, op0 1, CRn 8) only counts (for VcpuCore._sync_icache's cache); the IC
+        # actions are set by VcpuCore.install_memory_hooks.
+        for op1 in range(8):
+            for crm in range(16):
+                for op2 in range(8):
+                    self.set_action((1, op1, 8, crm, op2), write=ACTION_TLBI)
         self.uc.ctl_flush_tb()  # code translated before the hooks existed would not call them
 
     def _hook(self, kind: int, fn: str, begin: int, end: int, *insn: int) -> int:
@@ -142,6 +163,14 @@ class RunControl:
             self.state.sysreg_action[0][k] = read
         if write is not None:
             self.state.sysreg_action[1][k] = write
+
+    def note_executable(self, page: int) -> None:
+        """`page` (kernel half) is executable at EL1 under the current translation: the SYS
+        hook may drop its code itself on IC IVAU until a TLBI or translation-register write."""
+        s = self.state
+        slot = (page >> 12) % EXEC_PAGES
+        s.exec_page[slot] = page
+        s.exec_page_gen[slot] = s.exec_gen + 1
 
     def icount_at(self, pc: int) -> int:
         """The instruction count before the instruction at `pc` of the block being run (from

@@ -12,12 +12,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from unicorn import (
-    UC_HOOK_INTR,
-    UC_HOOK_MEM_READ_PROT,
-    UC_HOOK_MEM_UNMAPPED,
-    UC_HOOK_MEM_WRITE_PROT,
-)
+from unicorn import UC_HOOK_INTR
 
 from guestdbg import kvm
 from guestdbg.backends.unicorn_arm64.arch import (
@@ -55,9 +50,8 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         super().__init__(vm, vcpu_id)
         uc = self.uc
         uc.hook_add(UC_HOOK_INTR, self._on_exception)
-        uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access)
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped_access)
         self._runctl = RunControl(uc, self._on_mrs, self._on_msr)
+        self.install_memory_hooks()  # access-fault and unmapped hooks, kept off RAM (core.py)
         self._init_sysreg_filter()
         # Unicorn's Cortex-A57 implements EL2 and EL3 but resets them to AArch32, which makes
         # every EL1 ERET an illegal return. Configure them as firmware would before entering a
