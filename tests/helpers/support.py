@@ -109,3 +109,15 @@ def kvm_unavailable_reason() -> str | None:
     except kvm_vm.KvmUnavailable as e:
         return str(e)
     return None
+
+
+def machine_with_values(elf, clock_mode: str = "virtual", **symbol_values: int) -> tuple[VirtMachine, bytearray]:
+    """A VirtMachine with `elf` loaded, each named 64-bit guest variable set to its value, and
+    the bytearray its console writes to."""
+    out = bytearray()
+    m = VirtMachine(VirtConfig(), console=out.extend, clock_mode=clock_mode)
+    m.load_elf(elf)
+    syms = elf_symbols(elf)
+    for name, value in symbol_values.items():
+        m.vm.write_phys(syms[name], value.to_bytes(8, "little"))
+    return m, out

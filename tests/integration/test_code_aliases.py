@@ -13,23 +13,14 @@ second rewrite and IC IALLU (3).
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 
 import pytest
 
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.virt import VirtConfig, VirtMachine
-from tests.helpers.qemu_runner import DEFAULT_CROSS, missing_tool
+from tests.helpers.mmu_guest import MMU_ASM_HEADER, MMU_ASM_TABLES, assemble
 
-GUEST_S = r"""
-    .equ HIGH_BASE, 0xFFFFFF8000000000
-    .equ RAM, 0x40000000
-    .equ BLOCK_NORMAL, 0x705      // AF | SH inner | AttrIndx 1 | block
-    .equ BLOCK_DEVICE, 0x401      // AF | AttrIndx 0 | block
-    .equ TCR, (25 | (1 << 8) | (1 << 10) | (3 << 12) | (25 << 16) | (1 << 24) | (1 << 26) | (3 << 28) | (2 << 30) | (2 << 32))
-    .equ MAIR, 0xff00
+GUEST_S = MMU_ASM_HEADER + r"""
 
     .text
     .global _start, patchme
@@ -79,30 +70,12 @@ _start:
 patchme:
     mov     x2, #1
     ret
-
-    .data
-    .balign 4096
-ttbr0_l1:
-    .quad   0x00000000 | BLOCK_DEVICE
-    .quad   RAM | BLOCK_NORMAL
-    .fill   510, 8, 0
-ttbr1_l1:
-    .quad   RAM | BLOCK_NORMAL
-    .fill   511, 8, 0
-"""
+""" + MMU_ASM_TABLES
 
 
 @pytest.fixture(scope="module")
 def alias_guest(tmp_path_factory):
-    cross = os.environ.get("CROSS", DEFAULT_CROSS)
-    if shutil.which(cross + "gcc") is None:
-        missing_tool(f"{cross}gcc is not installed (apt install gcc-aarch64-linux-gnu)")
-    d = tmp_path_factory.mktemp("alias")
-    src, elf = d / "alias.S", d / "alias.elf"
-    src.write_text(GUEST_S)
-    subprocess.run([cross + "gcc", "-nostdlib", "-static", "-Wl,-Ttext=0x40080000", "-Wl,--build-id=none",
-                    "-o", str(elf), str(src)], check=True, capture_output=True, text=True)
-    return elf
+    return assemble(tmp_path_factory.mktemp("alias"), "alias", GUEST_S)
 
 
 def test_code_rewritten_through_an_alias_runs_after_the_invalidation(alias_guest):

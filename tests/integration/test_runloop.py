@@ -14,19 +14,9 @@ import pytest
 from guestdbg import kvm
 from guestdbg.board.common import ExitStatus, elf_symbols
 from guestdbg.board.virt import RAM_BASE, VirtMachine, VirtConfig
-from tests.helpers.support import HW_DEBUG, breakpoint
+from tests.helpers.support import HW_DEBUG, breakpoint, machine_with_values
 
 SVC_ROUND_TRIPS = 6000
-
-
-def _machine(elf, clock_mode: str = "virtual", **symbol_values: int) -> tuple[VirtMachine, bytearray]:
-    out = bytearray()
-    m = VirtMachine(VirtConfig(), console=out.extend, clock_mode=clock_mode)
-    m.load_elf(elf)
-    syms = elf_symbols(elf)
-    for name, value in symbol_values.items():
-        m.vm.write_phys(syms[name], value.to_bytes(8, "little"))
-    return m, out
 
 
 def _state(m: VirtMachine, out: bytearray) -> dict:
@@ -72,12 +62,12 @@ def test_random_stops_leave_the_guest_state_identical(guest_dir):
     stop from another thread every ~1 ms. Before the fix an instruction stretch was re-executed
     (a doubled console byte, a wrong round-trip count)."""
     elf = guest_dir / "svcloop.elf"
-    m, out = _machine(elf, svc_iterations=SVC_ROUND_TRIPS)
+    m, out = machine_with_values(elf, svc_iterations=SVC_ROUND_TRIPS)
     status = _run_uninterrupted(m)
     assert status.status == 0 and f"svcloop: {SVC_ROUND_TRIPS} round trips".encode() in out
     expected = _state(m, out)
 
-    m2, out2 = _machine(elf, svc_iterations=SVC_ROUND_TRIPS)
+    m2, out2 = machine_with_values(elf, svc_iterations=SVC_ROUND_TRIPS)
     status2, stops = _run_with_random_stops(m2, seed=8)
     assert stops >= 100, f"only {stops} stops: the test did not exercise the run loop"
     assert status2 == status
@@ -92,11 +82,11 @@ def test_slices_end_exactly_at_the_requested_instruction_counts(guest_dir):
     """run(icount_limit=N) stops with exactly N instructions retired, wherever N falls inside a
     translation block, and slicing a run changes nothing the guest computes."""
     elf = guest_dir / "svcloop.elf"
-    m, out = _machine(elf, svc_iterations=1000)
+    m, out = machine_with_values(elf, svc_iterations=1000)
     _run_uninterrupted(m)
     expected = _state(m, out)
 
-    m2, out2 = _machine(elf, svc_iterations=1000)
+    m2, out2 = machine_with_values(elf, svc_iterations=1000)
     rng = random.Random(3)
     limits = 0
     while True:
@@ -113,7 +103,7 @@ def test_slices_end_exactly_at_the_requested_instruction_counts(guest_dir):
 
 def test_single_steps_count_one_instruction_each(guest_dir):
     """Stepping the loop guest: every step retires exactly one instruction."""
-    m, _ = _machine(guest_dir / "loop.elf", loop_iterations=50)
+    m, _ = machine_with_values(guest_dir / "loop.elf", loop_iterations=50)
     syms = elf_symbols(guest_dir / "loop.elf")
     m.vcpu.set_guest_debug(HW_DEBUG, _bp_arch(syms["loop_body"]))
     assert m.run_until().exit_reason == kvm.KVM_EXIT_DEBUG
@@ -141,7 +131,7 @@ def _clock_samples(out: bytes) -> list[int]:
 def test_counter_reads_are_deterministic_and_follow_the_instruction_count(guest_dir):
     """CNTVCT_EL0 = retired instructions / 16, the same in every run, stops or not."""
     elf = guest_dir / "clock.elf"
-    m, out = _machine(elf)
+    m, out = machine_with_values(elf)
     _run_uninterrupted(m)
     samples = _clock_samples(out)
     # Between the first two reads: mov-free loop of 2 x 1000 instructions plus the str and
@@ -149,7 +139,7 @@ def test_counter_reads_are_deterministic_and_follow_the_instruction_count(guest_
     assert samples[1] - samples[0] in (125, 126)
     assert samples[3] - samples[2] in (0, 1)
 
-    m2, out2 = _machine(elf)
+    m2, out2 = machine_with_values(elf)
     _run_with_random_stops(m2, seed=1, max_gap=0.0005)
     assert bytes(out2) == bytes(out)
 
@@ -160,7 +150,7 @@ def test_counter_value_is_the_instruction_count_at_the_read(guest_dir):
     the counter."""
     elf = guest_dir / "clock.elf"
     syms = elf_symbols(elf)
-    m, out = _machine(elf)
+    m, out = machine_with_values(elf)
     expected = []
     for label in ("clock_read0", "clock_read1", "clock_read2", "clock_read3"):
         m.vcpu.set_guest_debug(HW_DEBUG, _bp_arch(syms[label]))
@@ -177,7 +167,7 @@ def test_counter_value_is_the_instruction_count_at_the_read(guest_dir):
 
 
 def test_host_clock_follows_the_host(guest_dir):
-    m, out = _machine(guest_dir / "clock.elf", clock_mode="host")
+    m, out = machine_with_values(guest_dir / "clock.elf", clock_mode="host")
     before = time.monotonic_ns() * 62_500_000 // 1_000_000_000
     _run_uninterrupted(m)
     after = time.monotonic_ns() * 62_500_000 // 1_000_000_000
@@ -188,7 +178,7 @@ def test_host_clock_follows_the_host(guest_dir):
 def test_icount_survives_a_snapshot(guest_dir, tmp_path):
     from guestdbg import snapshot
     elf = guest_dir / "clock.elf"
-    m, out = _machine(elf)
+    m, out = machine_with_values(elf)
     m.run_until(icount_limit=500)
     assert m.vcpu.icount == 500
     path = tmp_path / "s.snap"
@@ -211,7 +201,7 @@ def test_unknown_clock_mode_is_refused():
 def test_a_kick_while_stopped_is_neither_lost_nor_doubled(guest_dir):
     """KVM's immediate_exit semantics: kicks that arrive while no run() is going make the next
     run() return KVM_EXIT_INTR at once, however many there were, and only that one run()."""
-    m, out = _machine(guest_dir / "clock.elf")
+    m, out = machine_with_values(guest_dir / "clock.elf")
     m.vcpu.kick()
     m.vcpu.kick()
     before = m.vcpu.icount

@@ -14,6 +14,7 @@ from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.common import ExitStatus, GuestFault, elf_symbols
 from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
+from tests.helpers.support import machine_with_values
 
 TIMER_CTL = kr.ARM64_SYS_REG(3, 3, 14, 3, 1)
 TIMER_CNT = kr.ARM64_SYS_REG(3, 3, 14, 3, 2)  # KVM's swapped encodings: this id is the counter
@@ -25,16 +26,6 @@ CNTKCTL_EL1 = kr.ARM64_SYS_REG(3, 0, 14, 1, 0)
 
 VTIMER, PTIMER = kvm.KVM_ARM_DEV_EL1_VTIMER, kvm.KVM_ARM_DEV_EL1_PTIMER
 WFI_DEFAULT_TICKS = 625_000_000  # the guest's timer_wfi_ticks: 10 s at 62.5 MHz
-
-
-def _machine(elf, clock_mode: str = "virtual", **symbol_values: int) -> tuple[VirtMachine, bytearray]:
-    out = bytearray()
-    m = VirtMachine(VirtConfig(), console=out.extend, clock_mode=clock_mode)
-    m.load_elf(elf)
-    syms = elf_symbols(elf)
-    for name, value in symbol_values.items():
-        m.vm.write_phys(syms[name], value.to_bytes(8, "little"))
-    return m, out
 
 
 def _level_change(run: kvm.KvmRun) -> bool:
@@ -60,7 +51,7 @@ def _lines(out: bytearray) -> list[str]:
 
 def test_guest_sees_architected_timer_registers_and_two_runs_are_identical(guest_dir):
     elf = guest_dir / "timer.elf"
-    m, out = _machine(elf)
+    m, out = machine_with_values(elf)
     status, changes = _run(m)
     assert status.status == 0, out.decode()
     assert "FAILED" not in out.decode()
@@ -68,7 +59,7 @@ def test_guest_sees_architected_timer_registers_and_two_runs_are_identical(guest
     # Up and down for timer_fire, the virtual WFI, the physical WFI and the IRQ taken.
     assert [c[0] for c in changes] == [VTIMER, 0, VTIMER, 0, PTIMER, 0, VTIMER, 0]
 
-    m2, out2 = _machine(elf)
+    m2, out2 = machine_with_values(elf)
     status2, changes2 = _run(m2)
     assert (status2.status, changes2, bytes(out2), m2.vcpu.icount, m2.vcpu.counter_offset) == \
         (status.status, changes, bytes(out), m.vcpu.icount, m.vcpu.counter_offset)
@@ -77,7 +68,7 @@ def test_guest_sees_architected_timer_registers_and_two_runs_are_identical(guest
 def test_level_rises_at_the_exact_instruction_count_and_falls_at_the_mask(guest_dir):
     elf = guest_dir / "timer.elf"
     syms = elf_symbols(elf)
-    m, _ = _machine(elf)
+    m, _ = machine_with_values(elf)
     run = m.run_until(_level_change)
     assert not isinstance(run, ExitStatus)
     assert run.exit_reason == kvm.KVM_EXIT_INTR and run.device_irq_level == VTIMER
@@ -90,7 +81,7 @@ def test_level_rises_at_the_exact_instruction_count_and_falls_at_the_mask(guest_
     assert syms["timer_fire_spin"] <= vcpu.pc < syms["timer_fire_mask"]
     assert vcpu.get_one_reg(TIMER_CTL) == 0b101  # ENABLE | ISTATUS, unmasked
     # The same instruction count one instruction earlier: no level yet.
-    m2, _ = _machine(elf)
+    m2, _ = machine_with_values(elf)
     assert m2.vcpu.run(icount_limit=cval * 16 - 1).exit_reason == kvm.EXIT_ICOUNT_LIMIT
     assert m2.vcpu.device_irq_level == 0 and m2.vcpu.counter() == cval - 1
 
@@ -105,7 +96,7 @@ def test_wfi_skips_ahead_deterministically_and_fast(guest_dir):
     elf = guest_dir / "timer.elf"
     results = []
     for _ in range(2):
-        m, out = _machine(elf)
+        m, out = machine_with_values(elf)
         start = time.monotonic()
         status, _ = _run(m)
         elapsed = time.monotonic() - start
@@ -170,10 +161,10 @@ def test_timer_registers_through_one_reg():
 def test_snapshot_carries_the_timer_state(guest_dir, tmp_path):
     from guestdbg import snapshot
     elf = guest_dir / "timer.elf"
-    reference, out_ref = _machine(elf)
+    reference, out_ref = machine_with_values(elf)
     _, changes_ref = _run(reference)
 
-    m, out = _machine(elf)
+    m, out = machine_with_values(elf)
     changes = []
     while len(changes) < 3:  # inside the WFI phase: the counter has skipped, the timer is up
         run = m.run_until(_level_change)
@@ -199,7 +190,7 @@ def test_snapshot_carries_the_timer_state(guest_dir, tmp_path):
 
 def test_host_clock_wfi_sleeps_instead_of_spinning(guest_dir):
     elf = guest_dir / "timer.elf"
-    m, out = _machine(elf, clock_mode="host", timer_wfi_ticks=62_500_000 * 3 // 10)  # 0.3 s
+    m, out = machine_with_values(elf, clock_mode="host", timer_wfi_ticks=62_500_000 * 3 // 10)  # 0.3 s
     wall, cpu = time.monotonic(), time.thread_time()
     status, changes = _run(m)
     wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
@@ -212,7 +203,7 @@ def test_host_clock_wfi_sleeps_instead_of_spinning(guest_dir):
 
 def test_host_clock_wfi_wakes_at_once_on_kick(guest_dir):
     elf = guest_dir / "timer.elf"
-    m, _ = _machine(elf, clock_mode="host", timer_wfi_ticks=62_500_000 * 60)  # a minute
+    m, _ = machine_with_values(elf, clock_mode="host", timer_wfi_ticks=62_500_000 * 60)  # a minute
     for _ in range(2):  # timer_fire's rise and fall
         run = m.run_until(_level_change)
         assert not isinstance(run, ExitStatus) and run.device_irq_level is not None
@@ -230,7 +221,7 @@ def test_host_clock_wfi_wakes_at_once_on_kick(guest_dir):
 def test_the_board_drives_the_timer_ppis(guest_dir):
     """VirtMachine.run_until serves level changes itself: virtual timer -> INTID 27, physical
     -> INTID 30 (QEMU virt's DTB), and the guest runs on."""
-    m, _ = _machine(guest_dir / "timer.elf")
+    m, _ = machine_with_values(guest_dir / "timer.elf")
 
     def ppi_levels() -> tuple[bool, bool]:
         level = m.gic.banked[0]["level"]

@@ -10,9 +10,6 @@ HIGH_BASE through TTBR1 (a kernel's layout), and branches to `high_code` at its 
 from __future__ import annotations
 
 import errno
-import os
-import shutil
-import subprocess
 
 import pytest
 
@@ -21,18 +18,9 @@ from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind
 from guestdbg.gdb.session import GdbSession
 from tests.helpers.gdb_harness import Stub, require_gdb, run_gdb
-from tests.helpers.qemu_runner import DEFAULT_CROSS, missing_tool
+from tests.helpers.mmu_guest import HIGH_BASE, MMU_ASM_HEADER, MMU_ASM_TABLES, RAM, assemble
 
-RAM = 0x4000_0000
-HIGH_BASE = 0xFFFF_FF80_0000_0000  # TTBR1, T1SZ = 25: VA[38:30] = 0 -> the RAM gigabyte
-
-GUEST_S = r"""
-    .equ HIGH_BASE, 0xFFFFFF8000000000
-    .equ RAM, 0x40000000
-    .equ BLOCK_NORMAL, 0x705      // AF | SH inner | AttrIndx 1 | block
-    .equ BLOCK_DEVICE, 0x401      // AF | AttrIndx 0 | block
-    .equ TCR, (25 | (1 << 8) | (1 << 10) | (3 << 12) | (25 << 16) | (1 << 24) | (1 << 26) | (3 << 28) | (2 << 30) | (2 << 32))
-    .equ MAIR, 0xff00
+GUEST_S = MMU_ASM_HEADER + r"""
 
     .text
     .global _start, mmu_on, high_code, high_done
@@ -60,30 +48,12 @@ high_done:
     ldr     x0, =0x84000008   // PSCI SYSTEM_OFF
     hvc     #0
     b       .
-
-    .data
-    .balign 4096
-ttbr0_l1:
-    .quad   0x00000000 | BLOCK_DEVICE
-    .quad   RAM | BLOCK_NORMAL
-    .fill   510, 8, 0
-ttbr1_l1:
-    .quad   RAM | BLOCK_NORMAL
-    .fill   511, 8, 0
-"""
+""" + MMU_ASM_TABLES
 
 
 @pytest.fixture(scope="module")
 def high_guest(tmp_path_factory):
-    cross = os.environ.get("CROSS", DEFAULT_CROSS)
-    if shutil.which(cross + "gcc") is None:
-        missing_tool(f"{cross}gcc is not installed (apt install gcc-aarch64-linux-gnu)")
-    d = tmp_path_factory.mktemp("high")
-    src, elf = d / "high.S", d / "high.elf"
-    src.write_text(GUEST_S)
-    subprocess.run([cross + "gcc", "-nostdlib", "-static", "-Wl,-Ttext=0x40080000", "-Wl,--build-id=none",
-                    "-o", str(elf), str(src)], check=True, capture_output=True, text=True)
-    return elf
+    return assemble(tmp_path_factory.mktemp("high"), "high", GUEST_S)
 
 
 def _high(sym: dict[str, int], name: str) -> int:

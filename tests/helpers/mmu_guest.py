@@ -1,0 +1,49 @@
+"""Tiny AArch64 guests written in the tests themselves, with RAM mapped twice: identity through
+TTBR0 and at HIGH_BASE through TTBR1 (a kernel's layout). `MMU_ASM_HEADER` gives the constants,
+`MMU_ASM_TABLES` the two level-1 tables (static data, so the guest builds nothing with the MMU
+off), and `assemble` builds the ELF with the aarch64 cross gcc (linked at 0x40080000)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.helpers.qemu_runner import DEFAULT_CROSS, missing_tool
+
+RAM = 0x4000_0000
+HIGH_BASE = 0xFFFF_FF80_0000_0000  # TTBR1, T1SZ = 25: VA[38:30] = 0 -> the RAM gigabyte
+
+MMU_ASM_HEADER = r"""
+    .equ HIGH_BASE, 0xFFFFFF8000000000
+    .equ RAM, 0x40000000
+    .equ BLOCK_NORMAL, 0x705      // AF | SH inner | AttrIndx 1 | block
+    .equ BLOCK_DEVICE, 0x401      // AF | AttrIndx 0 | block
+    .equ TCR, (25 | (1 << 8) | (1 << 10) | (3 << 12) | (25 << 16) | (1 << 24) | (1 << 26) | (3 << 28) | (2 << 30) | (2 << 32))
+    .equ MAIR, 0xff00
+"""
+
+MMU_ASM_TABLES = r"""
+    .data
+    .balign 4096
+ttbr0_l1:
+    .quad   0x00000000 | BLOCK_DEVICE
+    .quad   RAM | BLOCK_NORMAL
+    .fill   510, 8, 0
+ttbr1_l1:
+    .quad   RAM | BLOCK_NORMAL
+    .fill   511, 8, 0
+"""
+
+
+def assemble(directory: Path, name: str, source: str) -> Path:
+    """`directory`/`name`.elf from `source` (fails under CI without the cross gcc, else skips)."""
+    cross = os.environ.get("CROSS", DEFAULT_CROSS)
+    if shutil.which(cross + "gcc") is None:
+        missing_tool(f"{cross}gcc is not installed (apt install gcc-aarch64-linux-gnu)")
+    src, elf = directory / f"{name}.S", directory / f"{name}.elf"
+    src.write_text(source)
+    subprocess.run([cross + "gcc", "-nostdlib", "-static", "-Wl,-Ttext=0x40080000", "-Wl,--build-id=none",
+                    "-o", str(elf), str(src)], check=True, capture_output=True, text=True)
+    return elf
