@@ -135,6 +135,7 @@ class VcpuCore:
         # The memory hooks, kept off RAM (see install_memory_hooks), and the RAM they were set for.
         self._outside_ram_hooks: list[int] | None = None
         self._ram_ranges: tuple[tuple[int, int], ...] = ()
+        self._hooked_slots_version = -1  # the vm.slots_version the hooks were laid out for
         # The guest waited in WFI with no timer deadline when run() last returned: only the
         # VMM (an interrupt, a kick) can wake it. For the VMM's hang detection.
         self.wfi_waiting = False
@@ -251,14 +252,19 @@ class VcpuCore:
     # ------------------------------------------------------------------ guest memory
     def translate(self, va: int, access: str = "read") -> int:
         """Guest virtual to physical, through the guest's stage-1 tables when its MMU is on."""
-        sctlr, tcr, ttbr0, ttbr1, pstate = self._batch_reader(_TRANSLATION_READS)()
-        if not sctlr & 1:
+        regs = self._batch_reader(_TRANSLATION_READS)()
+        if not regs[0] & 1:
             return va
-        t = mmu.translate(
+        return self._walk(va, access, regs).pa
+
+    def _walk(self, va: int, access: str, regs: list[int]) -> mmu.Translation:
+        """The stage-1 walk of `va` with the MMU on, for `regs` = the _TRANSLATION_READS values
+        (read once by callers that walk many addresses). Raises mmu.TranslationFault."""
+        sctlr, tcr, ttbr0, ttbr1, pstate = regs
+        return mmu.translate(
             va, sctlr_el1=sctlr, tcr_el1=tcr, ttbr0_el1=ttbr0, ttbr1_el1=ttbr1,
             read_u64=lambda pa: int.from_bytes(self.vm.read_phys(pa, 8), "little"),
             access=access, el=(pstate >> PSTATE_EL_SHIFT) & 3)
-        return t.pa
 
     def read_virt(self, va: int, size: int) -> bytes:
         out = bytearray()
@@ -428,8 +434,9 @@ class VcpuCore:
 
     def _sync_memory_hooks(self) -> None:
         hooks = self._outside_ram_hooks
-        if hooks is None:
-            return
+        if hooks is None or self.vm.slots_version == self._hooked_slots_version:
+            return  # once per slot change, not once per slice
+        self._hooked_slots_version = self.vm.slots_version
         ram = self._writable_ranges()
         if ram == self._ram_ranges and hooks:
             return
@@ -568,8 +575,8 @@ class VcpuCore:
         if everything:
             self.uc.ctl_flush_tb()
             return
-        sctlr, tcr, ttbr0, ttbr1, pstate = self._batch_reader(_TRANSLATION_READS)()
-        el = (pstate >> PSTATE_EL_SHIFT) & 3
+        regs = self._batch_reader(_TRANSLATION_READS)()
+        sctlr, el = regs[0], (regs[4] >> PSTATE_EL_SHIFT) & 3
         if not sctlr & 1:
             for va in state.ic_va[:count]:
                 remove_cache(self.uc, va, PAGE_SIZE)
@@ -577,10 +584,7 @@ class VcpuCore:
         physical = set()
         for va in state.ic_va[:count]:
             try:
-                t = mmu.translate(
-                    va, sctlr_el1=sctlr, tcr_el1=tcr, ttbr0_el1=ttbr0, ttbr1_el1=ttbr1,
-                    read_u64=lambda pa: int.from_bytes(self.vm.read_phys(pa, 8), "little"),
-                    access="read", el=el)
+                t = self._walk(va, "read", regs)
             except (mmu.TranslationFault, kvm.KvmError):
                 continue  # nothing mapped there: no code translated through it
             if t.allows("exec", el):

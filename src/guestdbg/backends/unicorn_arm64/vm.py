@@ -111,6 +111,7 @@ class Arm64Vm:
         self.uc.ctl_exits_enabled(True)
         self.uc.ctl_set_exits([])
         self.slots: dict[int, MemorySlot] = {}
+        self.slots_version = 0  # bumped by every slot change: the vCPU redoes its memory hooks
         self.mmio_devices: list[MmioDevice] = []
         self.console = console or stdout_console
         self._vcpu: Arm64Vcpu | None = None
@@ -134,6 +135,7 @@ class Arm64Vm:
         if flags & ~(kvm.KVM_MEM_READONLY | kvm.KVM_MEM_LOG_DIRTY_PAGES):
             raise kvm.einval(f"unknown memory region flags {flags:#x}")
         old = self.slots.pop(slot, None)
+        self.slots_version += 1
         if old is not None:
             for base, size in _chunks(old.guest_phys_addr, old.memory_size):
                 self.uc.mem_unmap(base, size)
