@@ -187,6 +187,7 @@ class VirtMachine(RunToExit):
             # In WFI with no timer armed, no interrupt pending and no input to come.
             self.SELF_LOOP = "WFI with no timer armed"
             return True
+        self.SELF_LOOP = type(self).SELF_LOOP  # not a WFI left from an earlier check
         try:
             return self.vcpu.read_virt(pc, 4) == B_SELF
         except (TranslationFault, kvm.KvmError):  # PC on an unmapped page, or not in RAM/ROM
