@@ -64,3 +64,21 @@ def test_the_vm_and_vcpu_have_the_vmapi_shapes():
     vm = Arm64Vm()
     assert isinstance(vm, vmapi.Vm)
     assert isinstance(vm.create_vcpu(), vmapi.Arm64Vcpu)
+
+
+def test_overlapping_memory_region_is_eexist_and_loses_nothing():
+    """KVM_SET_USER_MEMORY_REGION that would overlap another slot fails with EEXIST and leaves
+    both slots as they were, the moved one included (and its contents)."""
+    vm = Arm64Vm()
+    vm.set_user_memory_region(0, 0x4000_0000, 0x10000)
+    vm.set_user_memory_region(1, 0x5000_0000, 0x10000)
+    vm.write_phys(0x5000_0000, b"kept")
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.set_user_memory_region(1, 0x4000_8000, 0x10000)  # move slot 1 onto slot 0
+    assert raised.value.errno == errno.EEXIST
+    assert sorted((s.slot, s.guest_phys_addr, s.memory_size) for s in vm.slots.values()) == [
+        (0, 0x4000_0000, 0x10000), (1, 0x5000_0000, 0x10000)]
+    assert vm.read_phys(0x5000_0000, 4) == b"kept"
+    # Moving a slot over its own old range is no overlap.
+    vm.set_user_memory_region(1, 0x5000_8000, 0x10000)
+    assert vm.slots[1].guest_phys_addr == 0x5000_8000

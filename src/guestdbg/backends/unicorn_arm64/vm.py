@@ -134,6 +134,12 @@ class Arm64Vm:
             raise kvm.einval("memory region must be page aligned")
         if flags & ~(kvm.KVM_MEM_READONLY | kvm.KVM_MEM_LOG_DIRTY_PAGES):
             raise kvm.einval(f"unknown memory region flags {flags:#x}")
+        # Refuse an overlap before touching the old slot: a failed call changes nothing, as on KVM.
+        if memory_size:
+            for other in self.slots.values():
+                if other.slot != slot and other.guest_phys_addr < guest_phys_addr + memory_size \
+                        and guest_phys_addr < other.guest_phys_addr + other.memory_size:
+                    raise KvmErrorExists(f"memory slot overlaps slot {other.slot}")
         old = self.slots.pop(slot, None)
         self.slots_version += 1
         if old is not None:
@@ -142,9 +148,6 @@ class Arm64Vm:
         if memory_size == 0:
             return
         new = MemorySlot(slot, guest_phys_addr, memory_size, flags)
-        for other in self.slots.values():
-            if other.guest_phys_addr < guest_phys_addr + memory_size and guest_phys_addr < other.guest_phys_addr + other.memory_size:
-                raise KvmErrorExists(f"memory slot overlaps slot {other.slot}")
         perms = UC_PROT_READ | UC_PROT_EXEC if new.readonly else UC_PROT_ALL
         # Many small Unicorn regions, not one: mem_protect on part of a region copies the whole
         # region, which made arming a watchpoint on 128 MiB of RAM cost ~180 ms per page.
