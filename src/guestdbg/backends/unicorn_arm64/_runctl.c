@@ -12,6 +12,12 @@
  *   fills. Registers it does not model go straight back to Unicorn (return 0: Unicorn executes
  *   the instruction itself); CNTVCT_EL0/CNTPCT_EL0 read the virtual clock here; modelled ones
  *   call the VMM's callback.
+ * - runctl_sys_hook (UC_HOOK_INSN, SYS): IC and TLBI bookkeeping, see below.
+ *
+ * Watchpoints are placed by physical page (the VMM translates each watched virtual page once),
+ * so a translation change under a watched page must end the slice for the VMM to re-place
+ * them (STOP_XLATE): a write to a translation register whose half of the address space holds
+ * a watched page, or a TLBI that may cover one. The VMM lists the watched pages in watch_va.
  *
  * No Unicorn or Python headers or libraries are needed: the few Unicorn entry points used are
  * passed in as function pointers, and the struct layouts are Unicorn 2.1's public ones.
@@ -44,12 +50,20 @@ typedef uint32_t (*sysreg_fn)(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp,
 /* sysreg_action values */
 enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2, ACTION_HOST_COUNTER = 3,
        ACTION_IC_VA = 4, ACTION_IC_ALL = 5, ACTION_TLBI = 6,
-       ACTION_XLATE = 7, ACTION_XLATE_TTBR1 = 8 };
+       ACTION_XLATE = 7, ACTION_XLATE_TTBR1 = 8, ACTION_XLATE_TTBR0 = 9 };
 
 /* stop_reason bits */
 #define STOP_LIMIT 1u
 #define STOP_REQUEST 2u
 #define STOP_ICACHE 4u
+#define STOP_XLATE 8u
+
+/* watch_flags: which halves of the address space hold watched pages (VA bit 55 picks the
+ * TTBR), and whether watch_va lists them all */
+#define WATCH_LOW 1u
+#define WATCH_HIGH 2u
+#define WATCH_OVERFLOW 4u
+#define WATCH_PAGES 64
 
 /* IC IVAU pages remembered before the run loop must drop their translations */
 #define IC_PAGES 64
@@ -93,6 +107,9 @@ struct runctl {
     uint64_t exec_page_gen[EXEC_PAGES]; /* an entry is valid while this equals exec_gen + 1 */
     uint64_t ic_block;     /* the block the IC instruction is in (a by-line loop stays in it) */
     uint64_t ic_va[IC_PAGES]; /* virtual pages IC IVAU named */
+    uint32_t watch_flags;  /* WATCH_* bits; 0: nothing watched, translation changes go unseen */
+    uint32_t watch_count;  /* pages in watch_va */
+    uint64_t watch_va[WATCH_PAGES]; /* watched virtual pages as TLBI names them: VA[55:12] */
     uint8_t sysreg_action[2][1 << 16]; /* [is_write][op0:2 op1:3 CRn:4 CRm:4 op2:3] */
 };
 
@@ -192,6 +209,38 @@ uint32_t runctl_mrs_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
     }
 }
 
+/* The write or TLBI being executed may move a watched page: end the slice after it (an MSR or
+ * SYS write ends its translation block) so that the VMM re-places the watchpoints before the
+ * guest's next access. */
+static void stop_for_xlate(uc_engine *uc, struct runctl *s)
+{
+    s->stop_reason |= STOP_XLATE;
+    s->emu_stop(uc);
+}
+
+/* May this TLBI (EL1&0 forms, op1 0) change the translation of a watched page? */
+static int tlbi_hits_watch(const struct runctl *s, const uc_arm64_cp_reg *cp)
+{
+    unsigned i;
+    uint64_t page;
+
+    if (!s->watch_flags || cp->op1 != 0)
+        return 0; /* EL2/EL3 forms never change the EL1&0 regime's tables */
+    if ((cp->crm == 1 || cp->crm == 3 || cp->crm == 7) && (cp->op2 & 1)) {
+        /* VAE1, VAAE1, VALE1, VAALE1 (OS, IS, local): one page, VA[55:12] in Xt[43:0] */
+        if (s->watch_flags & WATCH_OVERFLOW)
+            return 1;
+        page = cp->val & 0xfffffffffffull;
+        for (i = 0; i < s->watch_count; i++)
+            if (s->watch_va[i] == page)
+                return 1;
+        return 0;
+    }
+    if ((cp->crm == 1 || cp->crm == 3 || cp->crm == 7) && cp->op2 == 2)
+        return (s->watch_flags & WATCH_LOW) != 0; /* ASIDE1: non-global (user) entries only */
+    return 1; /* VMALLE1 and the range forms (RVA*): anything may have moved */
+}
+
 uint32_t runctl_msr_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user)
 {
     struct runctl *s = user;
@@ -200,18 +249,30 @@ uint32_t runctl_msr_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
 
     if (action == ACTION_UNICORN)
         return 0;
+    if (action == ACTION_XLATE_TTBR0) {
+        /* TTBR0 never maps the kernel half; Linux writes it at every uaccess (SW_TTBR0_PAN)
+         * and context switch, so only a watched page in the lower half makes it matter. */
+        if (s->watch_flags & WATCH_LOW)
+            stop_for_xlate(uc, s);
+        return 0;
+    }
     if (action == ACTION_XLATE_TTBR1) {
         /* Linux writes TTBR1 at every context switch for its ASID (TCR.A1): the kernel's
          * global pages stay as they were unless the table address moves. */
         if ((cp->val & 0x0000fffffffffffeull) != s->ttbr1_baddr) {
             s->ttbr1_baddr = cp->val & 0x0000fffffffffffeull;
             s->exec_gen++;
+            if (s->watch_flags & WATCH_HIGH)
+                stop_for_xlate(uc, s);
         }
         return 0;
     }
     s->exec_gen++; /* translation registers (and the VMM's ones): known-executable pages lapse */
-    if (action == ACTION_XLATE)
+    if (action == ACTION_XLATE) {
+        if (s->watch_flags)
+            stop_for_xlate(uc, s); /* SCTLR_EL1 (the MMU on or off), TCR_EL1 */
         return 0;
+    }
     return s->vmm_write(uc, reg, cp, s->vmm_user);
 }
 
@@ -219,8 +280,9 @@ uint32_t runctl_msr_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
  * of the virtual address the code was translated from, so code written through another mapping
  * (Linux patches its text through the linear map or a fixmap, and fills user pages through the
  * linear map) would keep running stale; the architecture has the guest say so with IC, and the
- * run loop then drops the translations (core.py, _sync_icache). Everything else (DC ZVA, DC
- * CVAU, TLBI, AT ...) Unicorn executes itself. */
+ * run loop then drops the translations (core.py, _sync_icache). TLBIs lapse the known-
+ * executable pages they name and may move a watched page. Unicorn executes every SYS itself
+ * (DC ZVA, DC CVAU, TLBI, AT ...). */
 uint32_t runctl_sys_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user)
 {
     struct runctl *s = user;
@@ -255,6 +317,8 @@ uint32_t runctl_sys_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
         break;
     case ACTION_TLBI:
         s->tlbi_count++;
+        if (tlbi_hits_watch(s, cp))
+            stop_for_xlate(uc, s);
         /* TLBI VAE1, VAAE1, VALE1, VAALE1 (IS, OS): one page, VA[55:12] in Xt[43:0]. */
         if (cp->op1 == 0 && (cp->crm == 1 || cp->crm == 3 || cp->crm == 7) && (cp->op2 & 1)) {
             slot = (unsigned)(cp->val & 0xfffffffffffull) % EXEC_PAGES;

@@ -51,6 +51,7 @@ from guestdbg.backends.unicorn_arm64.runctl import (
     IC_IALLUIS,
     IC_IVAU,
     STOP_LIMIT,
+    STOP_XLATE,
     RunControl,
 )
 from guestdbg.backends.unicorn_arm64.timers import MASK64, GenericTimers
@@ -462,6 +463,9 @@ class VcpuCore:
     def _ram_changed(self) -> None:
         """The writable slots moved: protected pages' own hooks are redone (debughw.py)."""
 
+    def _translation_changed(self) -> None:
+        """A translation under a watched page may have changed (debughw.py re-places them)."""
+
     # ------------------------------------------------------------------ the engine
     def _execute(self, limit: int) -> UcError | None:
         """emu_start from PC until icount reaches `limit` or a hook stops; then settle icount.
@@ -554,6 +558,8 @@ class VcpuCore:
         self._settle_icount()
         if self._runctl.state.ic_pending:
             self._sync_icache()
+        if self._runctl.state.stop_reason & STOP_XLATE:
+            self._translation_changed()
         if self._hook_error is not None:
             error, self._hook_error = self._hook_error, None
             raise error

@@ -53,6 +53,7 @@ from guestdbg.backends.unicorn_arm64.runctl import (
     ACTION_VIRTUAL_COUNTER,
     ACTION_VMM,
     ACTION_XLATE,
+    ACTION_XLATE_TTBR0,
     ACTION_XLATE_TTBR1,
     CpReg,
 )
@@ -60,9 +61,10 @@ from guestdbg.backends.unicorn_arm64.timers import TIMER_REGS
 from guestdbg.kvm import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW, KvmRun
 from guestdbg.vmapi import WatchTrap
 
-# Writes of the translation registers while nothing is watched: TTBR0_EL1 never maps the kernel
-# half, and TTBR1_EL1's ASID field changes nothing the C hook knows (see VcpuCore._sync_icache).
-_XLATE_ACTIONS = {kr.SYSREG_ENCODINGS["TTBR0_EL1"]: ACTION_UNICORN,
+# Writes of the translation registers, all executed by Unicorn; the C hook notes what they may
+# change: TTBR0_EL1 never maps the kernel half, and TTBR1_EL1's ASID field changes nothing it
+# knows (see VcpuCore._sync_icache). Any of them may move a watched page (STOP_XLATE).
+_XLATE_ACTIONS = {kr.SYSREG_ENCODINGS["TTBR0_EL1"]: ACTION_XLATE_TTBR0,
                   kr.SYSREG_ENCODINGS["TTBR1_EL1"]: ACTION_XLATE_TTBR1}
 
 if TYPE_CHECKING:
@@ -126,6 +128,7 @@ class DebugHardware(ExceptionEntry):
         self._read_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run -> no-op UC_HOOK_MEM_READ forcing the checked path
         self._prot_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run in RAM -> its access-fault hook
         self._rearm_pending = False
+        self._reprotect_pending = False  # a translation under a watched page may have changed
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
     def set_guest_debug(self, control: int, arch: kr.kvm_guest_debug_arch | None = None) -> None:
@@ -217,13 +220,17 @@ class DebugHardware(ExceptionEntry):
 
     def _reprotect(self) -> None:
         """Take read/write permission away from exactly the pages live watchpoints cover, and
-        take the devices they cover off Unicorn's inline path."""
+        take the devices they cover off Unicorn's inline path. Done again whenever the guest
+        may have moved a watched page (_translation_changed)."""
+        self._reprotect_pending = False
         want: dict[int, int] = {}
         watched_devices: set[int] = set()
+        watched_vas: set[int] = set()
         for wp in self._wp_table + self._traps:
             if wp is None:
                 continue
             for va_page in wp.pages(PAGE_SIZE):
+                watched_vas.add(va_page)
                 pa_page = self._translate_page(va_page)
                 if pa_page is None:
                     continue
@@ -263,12 +270,18 @@ class DebugHardware(ExceptionEntry):
         # pages get one bounded to them. (Unicorn consults it from its TLB-fill path: no flush.)
         prot_runs = {(base, size) for base, size, _ in _runs({page: perms for page, perms in want.items()
                                                               if self._in_ram(page)})}
+        self._runctl.set_watched_pages(watched_vas)
         for run in set(self._prot_hooks) - prot_runs:
             self.uc.hook_del(self._prot_hooks.pop(run))
         for base, size in prot_runs - set(self._prot_hooks):
             self._prot_hooks[(base, size)] = self.uc.hook_add(
                 UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_protected_access, None, base, base + size - 1)
         self._update_sysreg_filter()
+
+    def _translation_changed(self) -> None:
+        """The C hooks ended the slice at a translation-register write or TLBI that may move a
+        watched page (STOP_XLATE): place the watchpoints afresh before the guest goes on."""
+        self._reprotect_pending = True
 
     def _ram_changed(self) -> None:
         for handle in self._prot_hooks.values():
@@ -464,11 +477,8 @@ class DebugHardware(ExceptionEntry):
         rc.set_action(CNTPCT_EL0, read=counter)
         # Writes that change what the armed debug state matches: only while something is armed.
         rc.set_action(CONTEXTIDR_EL1, write=ACTION_VMM if self._bp_table else ACTION_UNICORN)
-        watching = bool(self._protected or self._wp_table or self._traps)
         for key in TRANSLATION_REGS:
-            # Otherwise Unicorn writes them, and the C hook forgets the kernel pages it knew
-            # executable (VcpuCore._sync_icache) if kernel-half translation may have changed.
-            rc.set_action(key, write=ACTION_VMM if watching else _XLATE_ACTIONS.get(key, ACTION_XLATE))
+            rc.set_action(key, write=_XLATE_ACTIONS.get(key, ACTION_XLATE))
 
     def _on_mrs(self, reg: int, cp: CpReg) -> int:
         """A read of a register the VMM models. Returns 1 when it supplied the value."""
@@ -510,10 +520,6 @@ class DebugHardware(ExceptionEntry):
                 return 1
             if key == CONTEXTIDR_EL1:
                 self.uc.emu_stop()  # let the write happen, then re-check context-ID breakpoints
-            elif key in TRANSLATION_REGS:
-                # Watched virtual pages may now be other physical pages: re-protect after it.
-                self._rearm_pending = True
-                self.uc.emu_stop()
             return 0
         except BaseException as e:  # noqa: BLE001 - a ctypes callback must not raise: run() re-raises it
             return self._hook_failed(e)

@@ -23,9 +23,12 @@ ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER, ACTION_HOST_COUNTER = 0, 1, 
 ACTION_IC_VA, ACTION_IC_ALL, ACTION_TLBI = 4, 5, 6  # SYS (op0 1), write table: IC IVAU, IC IALLU(IS), TLBI
 ACTION_XLATE = 7  # an MSR Unicorn executes that also lapses the hook's known-executable pages
 ACTION_XLATE_TTBR1 = 8  # ... only if it moves TTBR1_EL1's table address
+ACTION_XLATE_TTBR0 = 9  # TTBR0_EL1: Unicorn executes it; it ends the slice while a lower-half page is watched
 EXEC_PAGES = 256
-STOP_LIMIT, STOP_REQUEST, STOP_ICACHE = 1, 2, 4
+STOP_LIMIT, STOP_REQUEST, STOP_ICACHE, STOP_XLATE = 1, 2, 4, 8
 IC_PAGES = 64
+WATCH_LOW, WATCH_HIGH, WATCH_OVERFLOW = 1, 2, 4
+WATCH_PAGES = 64
 # (op0, op1, CRn, CRm, op2) of the instruction-cache maintenance instructions
 IC_IALLUIS, IC_IALLU, IC_IVAU = (1, 0, 7, 1, 0), (1, 0, 7, 5, 0), (1, 3, 7, 5, 1)
 
@@ -65,6 +68,8 @@ class _State(ctypes.Structure):
         ("ttbr1_baddr", ctypes.c_uint64),
         ("exec_page", ctypes.c_uint64 * EXEC_PAGES), ("exec_page_gen", ctypes.c_uint64 * EXEC_PAGES),
         ("ic_block", ctypes.c_uint64), ("ic_va", ctypes.c_uint64 * IC_PAGES),
+        ("watch_flags", ctypes.c_uint32), ("watch_count", ctypes.c_uint32),
+        ("watch_va", ctypes.c_uint64 * WATCH_PAGES),
         ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
     ]
 
@@ -171,6 +176,19 @@ class RunControl:
         slot = (page >> 12) % EXEC_PAGES
         s.exec_page[slot] = page
         s.exec_page_gen[slot] = s.exec_gen + 1
+
+    def set_watched_pages(self, pages: set[int]) -> None:
+        """The virtual pages watchpoints cover: translation-register writes and TLBIs that
+        may move one of them end the slice with STOP_XLATE (see the C file)."""
+        s = self.state
+        flags = 0
+        for va in pages:
+            flags |= WATCH_HIGH if va >> 55 & 1 else WATCH_LOW
+        listed = sorted(pages)[:WATCH_PAGES]
+        for i, va in enumerate(listed):
+            s.watch_va[i] = (va >> 12) & 0xFFF_FFFF_FFFF  # VA[55:12], as a TLBI by VA names it
+        s.watch_count = len(listed)
+        s.watch_flags = flags | (WATCH_OVERFLOW if len(pages) > WATCH_PAGES else 0)
 
     def icount_at(self, pc: int) -> int:
         """The instruction count before the instruction at `pc` of the block being run (from

@@ -99,6 +99,8 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     self._apply_irq_line()
                 if self._rearm_pending:
                     self._rearm()
+                elif self._reprotect_pending:
+                    self._reprotect()
                 result = self._check_context_breakpoints() or self._run_slice(icount_limit)
                 if result is not None:
                     return result
