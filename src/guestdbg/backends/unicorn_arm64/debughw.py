@@ -475,8 +475,10 @@ class DebugHardware(ExceptionEntry):
         counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_HOST_COUNTER
         rc.set_action(CNTVCT_EL0, read=counter)
         rc.set_action(CNTPCT_EL0, read=counter)
-        # Writes that change what the armed debug state matches: only while something is armed.
-        rc.set_action(CONTEXTIDR_EL1, write=ACTION_VMM if self._bp_table else ACTION_UNICORN)
+        # A CONTEXTIDR_EL1 write can start an unlinked context-ID breakpoint's match, which is
+        # checked between slices; linked ones read it when their address matches. Linux writes
+        # it at every context switch (PID_IN_CONTEXTIDR): only end the slice when it matters.
+        rc.set_action(CONTEXTIDR_EL1, write=ACTION_VMM if self._context_bps else ACTION_UNICORN)
         for key in TRANSLATION_REGS:
             rc.set_action(key, write=_XLATE_ACTIONS.get(key, ACTION_XLATE))
 
