@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from guestdbg import kvm
+from guestdbg.arm import kvm_regs
 from guestdbg.backends.unicorn_arm64 import Arm64Vm
 
 
@@ -82,3 +83,111 @@ def test_overlapping_memory_region_is_eexist_and_loses_nothing():
     # Moving a slot over its own old range is no overlap.
     vm.set_user_memory_region(1, 0x5000_8000, 0x10000)
     assert vm.slots[1].guest_phys_addr == 0x5000_8000
+
+
+# -- several vCPUs: one Unicorn engine each, over the VM's one copy of guest memory ----------
+
+MRS_X0_MPIDR = 0xD53800A0
+STR_X1_X2 = 0xF9000041      # str x1, [x2]
+LDR_X3_X2 = 0xF9400043      # ldr x3, [x2]
+MOV_X0_1, MOV_X0_2 = 0xD2800020, 0xD2800040
+NOP = 0xD503201F
+
+
+def _code(*words: int) -> bytes:
+    return b"".join(w.to_bytes(4, "little") for w in words)
+
+
+def _vm_with_ram(n_vcpus: int) -> tuple[Arm64Vm, list]:
+    vm = Arm64Vm()
+    vm.set_user_memory_region(0, 0x4000_0000, 0x10000)
+    return vm, [vm.create_vcpu(i) for i in range(n_vcpus)]
+
+
+def _run_at(vcpu, pc: int, insns: int) -> None:
+    from unicorn import arm64_const as uca
+    vcpu.uc.reg_write(uca.UC_ARM64_REG_PC, pc)
+    assert vcpu.run(icount_limit=vcpu.icount + insns).exit_reason == kvm.EXIT_ICOUNT_LIMIT
+
+
+def test_vcpus_have_their_own_mpidr_aff0():
+    from unicorn import arm64_const as uca
+    vm, vcpus = _vm_with_ram(3)
+    vm.write_phys(0x4000_0000, _code(MRS_X0_MPIDR, NOP))
+    for i, vcpu in enumerate(vcpus):
+        _run_at(vcpu, 0x4000_0000, 1)
+        assert vcpu.uc.reg_read(uca.UC_ARM64_REG_X0) == 0x8000_0000 | i
+        assert vcpu.get_one_reg(kvm_regs.sysreg_id("MPIDR_EL1")) == 0x8000_0000 | i
+    vcpus[2].set_one_reg(kvm_regs.sysreg_id("MPIDR_EL1"), 0x8000_0107)  # settable, as on KVM
+    _run_at(vcpus[2], 0x4000_0000, 1)
+    assert vcpus[2].uc.reg_read(uca.UC_ARM64_REG_X0) == 0x8000_0107
+
+
+def test_vcpus_share_guest_memory_without_copies():
+    from unicorn import arm64_const as uca
+    vm, (a, b) = _vm_with_ram(2)
+    vm.write_phys(0x4000_0000, _code(STR_X1_X2, NOP, LDR_X3_X2, NOP))
+    a.uc.reg_write(uca.UC_ARM64_REG_X1, 0x1122_3344_5566_7788)
+    a.uc.reg_write(uca.UC_ARM64_REG_X2, 0x4000_8000)
+    b.uc.reg_write(uca.UC_ARM64_REG_X2, 0x4000_8000)
+    _run_at(a, 0x4000_0000, 1)      # vCPU 0 stores ...
+    _run_at(b, 0x4000_0008, 1)      # ... vCPU 1 loads it
+    assert b.uc.reg_read(uca.UC_ARM64_REG_X3) == 0x1122_3344_5566_7788
+    assert vm.read_phys(0x4000_8000, 8) == (0x1122_3344_5566_7788).to_bytes(8, "little")
+
+
+def test_write_phys_is_seen_by_every_vcpus_translated_code():
+    """The debugger patches code through write_phys: no vCPU may keep running its old
+    translation (here: `mov x0, #1` replaced by `mov x0, #2` after both ran it)."""
+    from unicorn import arm64_const as uca
+    vm, vcpus = _vm_with_ram(2)
+    vm.write_phys(0x4000_0000, _code(MOV_X0_1, NOP))
+    for vcpu in vcpus:
+        _run_at(vcpu, 0x4000_0000, 1)
+        assert vcpu.uc.reg_read(uca.UC_ARM64_REG_X0) == 1
+    vm.write_phys(0x4000_0000, _code(MOV_X0_2))
+    for vcpu in vcpus:
+        _run_at(vcpu, 0x4000_0000, 1)
+        assert vcpu.uc.reg_read(uca.UC_ARM64_REG_X0) == 2
+
+
+def test_rom_slot_drops_guest_stores_on_every_vcpu():
+    from unicorn import arm64_const as uca
+    vm = Arm64Vm()
+    vm.set_user_memory_region(0, 0x0, 0x10000, kvm.KVM_MEM_READONLY)
+    vm.set_user_memory_region(1, 0x4000_0000, 0x10000)
+    vcpus = [vm.create_vcpu(i) for i in range(2)]
+    vm.write_phys(0x100, b"\xaa" * 8)
+    vm.write_phys(0x4000_0000, _code(STR_X1_X2, NOP))
+    for vcpu in vcpus:
+        vcpu.uc.reg_write(uca.UC_ARM64_REG_X1, 0x55)
+        vcpu.uc.reg_write(uca.UC_ARM64_REG_X2, 0x100)
+        vcpu.uc.reg_write(uca.UC_ARM64_REG_PC, 0x4000_0000)
+        run = vcpu.run()
+        assert run.exit_reason == kvm.KVM_EXIT_MMIO and run.mmio.is_write and run.mmio.phys_addr == 0x100
+        _run_at(vcpu, vcpu.pc, 1)  # completes the exit; the store is dropped
+    assert vm.read_phys(0x100, 8) == b"\xaa" * 8
+
+
+def test_read_and_write_phys_span_adjacent_slots():
+    vm = Arm64Vm()
+    vm.set_user_memory_region(0, 0x4000_0000, 0x1000)
+    vm.set_user_memory_region(1, 0x4000_1000, 0x1000)
+    vm.write_phys(0x4000_0ffc, b"abcdefgh")
+    assert vm.read_phys(0x4000_0ffc, 8) == b"abcdefgh"
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.read_phys(0x4000_1ffc, 8)  # runs off the end of RAM: no partial read
+    assert raised.value.errno == errno.EFAULT
+
+
+def test_create_vcpu_ids():
+    vm = Arm64Vm()
+    vm.create_vcpu(0)
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.create_vcpu(0)
+    assert raised.value.errno == errno.EEXIST
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.create_vcpu(8)
+    assert raised.value.errno == errno.EINVAL
+    vm.create_vcpu(7)
+    assert sorted(vm.vcpus) == [0, 7]

@@ -39,6 +39,9 @@ TPIDR_EL1 = kr.SYSREG_ENCODINGS["TPIDR_EL1"]
 SCTLR_EL1 = kr.SYSREG_ENCODINGS["SCTLR_EL1"]
 SCR_EL3, SCR_EL3_NS, SCR_EL3_RW = (3, 6, 1, 1, 0), 1 << 0, 1 << 10
 HCR_EL2, HCR_EL2_RW = (3, 4, 1, 1, 0), 1 << 31
+# What MPIDR_EL1 reads at EL1 while EL2 is implemented: each vCPU's own affinity lives here
+# (every Unicorn engine is CPU 0 to itself). Bit 31 is RES1; Aff0 is the vCPU index, as QEMU.
+VMPIDR_EL2, MPIDR_RES1 = (3, 4, 0, 0, 5), 1 << 31
 TRANSLATION_REGS = {SCTLR_EL1, kr.SYSREG_ENCODINGS["TTBR0_EL1"], kr.SYSREG_ENCODINGS["TTBR1_EL1"],
                     kr.SYSREG_ENCODINGS["TCR_EL1"]}
 DEBUG_REG_OP2 = {4: "bvr", 5: "bcr", 6: "wvr", 7: "wcr"}

@@ -99,8 +99,8 @@ class VcpuCore:
 
     def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
         self.vm = vm
-        self.uc = vm.uc
-        self._uch = vm.uc._uch
+        self.uc = vm.new_engine()  # this vCPU's own engine, over the VM's shared memory
+        self._uch = self.uc._uch
         self._pc_buf = ctypes.c_uint64()
         self._pc_ref = ctypes.byref(self._pc_buf)
         self.vcpu_id = vcpu_id

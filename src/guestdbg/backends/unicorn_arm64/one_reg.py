@@ -15,7 +15,7 @@ from unicorn import arm64_const as uca
 
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.backends.unicorn_arm64.arch import SPSR_EL1, V_REGS, X_REGS, RegKey
+from guestdbg.backends.unicorn_arm64.arch import SPSR_EL1, V_REGS, VMPIDR_EL2, X_REGS, RegKey
 from guestdbg.backends.unicorn_arm64.mmio import MmioAccess
 from guestdbg.backends.unicorn_arm64.timers import (
     CNTKCTL_EL1,
@@ -149,8 +149,11 @@ class OneRegTable(MmioAccess):
             reg_id = kr.ARM64_SYS_REG(*enc)
             if name == "ID_AA64DFR0_EL1":
                 regs[reg_id] = _OneReg(lambda: self.id_aa64dfr0, None)
-            elif name in ("MIDR_EL1", "MPIDR_EL1"):
+            elif name == "MIDR_EL1":
                 regs[reg_id] = cp_with(enc, None)
+            elif name == "MPIDR_EL1":  # settable, as on KVM (userspace chooses the topology)
+                regs[reg_id] = _OneReg(lambda: uc.cpr_read(*VMPIDR_EL2), lambda v: uc.cpr_write(*VMPIDR_EL2, v),
+                                       cp_enc=enc)
             elif name == "MDSCR_EL1":
                 regs[reg_id] = _OneReg(lambda: self.guest_debug_regs.mdscr,
                                        lambda v: self._write_guest_debug_reg("mdscr", 0, v))

@@ -18,12 +18,14 @@ from guestdbg import kvm
 from guestdbg.backends.unicorn_arm64.arch import (
     HCR_EL2,
     HCR_EL2_RW,
+    MPIDR_RES1,
     NO_LIMIT,
     PSTATE_DAIF,
     PSTATE_MODE_EL1H,
     SCR_EL3,
     SCR_EL3_NS,
     SCR_EL3_RW,
+    VMPIDR_EL2,
 )
 from guestdbg.backends.unicorn_arm64.core import VcpuCore
 from guestdbg.backends.unicorn_arm64.debughw import DebugHardware
@@ -58,6 +60,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         # Non-secure AArch64 EL1 (QEMU's -kernel boot does the same).
         uc.cpr_write(*SCR_EL3, SCR_EL3_RW | SCR_EL3_NS)
         uc.cpr_write(*HCR_EL2, HCR_EL2_RW)
+        uc.cpr_write(*VMPIDR_EL2, MPIDR_RES1 | vcpu_id)
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
         self._irq_level = False  # the IRQ input as the VMM last drove it (KVM_IRQ_LINE)
         self._irq_applied = False  # ... and as HCR_EL2.VI has it

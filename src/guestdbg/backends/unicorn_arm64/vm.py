@@ -1,8 +1,15 @@
-"""The VM (KVM's VM file descriptor): capabilities, guest memory slots, in-kernel devices."""
+"""The VM (KVM's VM file descriptor): capabilities, guest memory slots, in-kernel devices.
+
+Guest memory is host memory the VM owns (one anonymous mapping per slot, zero pages until
+touched), mapped with uc_mem_map_ptr into the Unicorn engine of every vCPU: each vCPU is its
+own engine over the same RAM, with no copies, as vCPU threads share a KVM VM's memory.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +37,9 @@ from guestdbg.vmapi import Console, stdout_console
 
 MAP_CHUNK = 1 << 20
 TCG_BUFFER_SIZE = 32 << 20
+# GICv2 addresses at most 8 CPUs (GICD_ITARGETSR is a byte per interrupt), so QEMU's virt
+# board with GICv2 stops at 8 too.
+MAX_VCPUS = 8
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,12 @@ class MemorySlot:
     guest_phys_addr: int
     memory_size: int
     flags: int
+    host: mmap.mmap | None = None  # the guest memory itself (the VM's userspace_addr)
+
+    @property
+    def host_address(self) -> int:
+        assert self.host is not None
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.host))
 
     @property
     def readonly(self) -> bool:
@@ -101,20 +117,32 @@ class Arm64Vm:
 
     def __init__(self, debug: DebugConfig | None = None, console: Console | None = None):
         self.debug_config = debug or DebugConfig()
-        # UcAArch64 is the class Uc() returns for UC_ARCH_ARM64; named here for the type checker.
-        self.uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM, uca.UC_CPU_ARM64_A57)
-        # Unicorn's default 1 GiB translation buffer fills only slowly (single steps translate
-        # afresh), so a long debugging session's RSS would creep towards 1 GiB before the first
-        # flush. 32 MiB bounds it and still holds far more code than a guest's working set.
-        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
-        # No "until" address: guests may legitimately execute at 0 (ROM).
-        self.uc.ctl_exits_enabled(True)
-        self.uc.ctl_set_exits([])
         self.slots: dict[int, MemorySlot] = {}
         self.slots_version = 0  # bumped by every slot change: the vCPU redoes its memory hooks
         self.mmio_devices: list[MmioDevice] = []
         self.console = console or stdout_console
-        self._vcpu: Arm64Vcpu | None = None
+        self.vcpus: dict[int, Arm64Vcpu] = {}  # by vcpu_id, in creation order
+
+    def new_engine(self) -> UcAArch64:
+        """A Unicorn engine for a new vCPU, with every memory slot and inline device mapped."""
+        # UcAArch64 is the class Uc() returns for UC_ARCH_ARM64; named here for the type checker.
+        uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM, uca.UC_CPU_ARM64_A57)
+        # Unicorn's default 1 GiB translation buffer fills only slowly (single steps translate
+        # afresh), so a long debugging session's RSS would creep towards 1 GiB before the first
+        # flush. 32 MiB bounds it and still holds far more code than a guest's working set.
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
+        # No "until" address: guests may legitimately execute at 0 (ROM).
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        for slot in self.slots.values():
+            _map_slot(uc, slot)
+        for dev in self.mmio_devices:
+            if dev.inline:
+                _map_inline(uc, dev)
+        return uc
+
+    def _engines(self) -> list[UcAArch64]:
+        return [vcpu.uc for vcpu in self.vcpus.values()]
 
     # KVM_CHECK_EXTENSION
     def check_extension(self, cap: int) -> int:
@@ -143,16 +171,14 @@ class Arm64Vm:
         old = self.slots.pop(slot, None)
         self.slots_version += 1
         if old is not None:
-            for base, size in _chunks(old.guest_phys_addr, old.memory_size):
-                self.uc.mem_unmap(base, size)
+            for uc in self._engines():
+                for base, size in _chunks(old.guest_phys_addr, old.memory_size):
+                    uc.mem_unmap(base, size)
         if memory_size == 0:
             return
-        new = MemorySlot(slot, guest_phys_addr, memory_size, flags)
-        perms = UC_PROT_READ | UC_PROT_EXEC if new.readonly else UC_PROT_ALL
-        # Many small Unicorn regions, not one: mem_protect on part of a region copies the whole
-        # region, which made arming a watchpoint on 128 MiB of RAM cost ~180 ms per page.
-        for base, size in _chunks(guest_phys_addr, memory_size):
-            self.uc.mem_map(base, size, perms)
+        new = MemorySlot(slot, guest_phys_addr, memory_size, flags, mmap.mmap(-1, memory_size))
+        for uc in self._engines():
+            _map_slot(uc, new)
         self.slots[slot] = new
 
     # KVM_IRQ_LINE
@@ -168,8 +194,8 @@ class Arm64Vm:
         if irq_type != kvm.KVM_ARM_IRQ_TYPE_CPU:
             raise kvm.KvmError(errno.ENXIO, f"irq {irq:#x}: type {irq_type} needs an in-kernel irqchip "
                                             "(KVM_CREATE_IRQCHIP is not modelled; drive the vCPU's IRQ line)")
-        vcpu = self._vcpu
-        if vcpu is None or index != vcpu.vcpu_id:
+        vcpu = self.vcpus.get(index)
+        if vcpu is None:
             raise kvm.einval(f"irq {irq:#x}: no vCPU {index}")
         if num == kvm.KVM_ARM_IRQ_CPU_FIQ:
             raise kvm.KvmError(errno.ENXIO, "the vCPU's FIQ input is not modelled")
@@ -188,18 +214,15 @@ class Arm64Vm:
     def map_device(self, dev: MmioDevice, inline: bool) -> None:
         """Serve `dev` inline (Unicorn calls it mid-instruction), or unmap it so that its
         accesses fault before they happen: the vCPU then checks watchpoints first and does the
-        access itself (see mmio.py). Watching device memory needs the latter."""
+        access itself (see mmio.py). Watching device memory needs the latter. (The debugger's
+        watchpoints are the same on every vCPU, so this is decided for all of them.)"""
         if dev.inline == inline:
             return
-        if inline:
-            device = dev.device
-            self.uc.mmio_map(
-                dev.base, dev.size,
-                lambda _uc, off, sz, _ud: device.read(off, sz), None,
-                lambda _uc, off, sz, val, _ud: device.write(off, sz, val), None,
-            )
-        else:
-            self.uc.mem_unmap(dev.base, dev.size)
+        for uc in self._engines():
+            if inline:
+                _map_inline(uc, dev)
+            else:
+                uc.mem_unmap(dev.base, dev.size)
         dev.inline = inline
 
     def device_at(self, pa: int) -> MmioDevice | None:
@@ -216,37 +239,69 @@ class Arm64Vm:
 
     def read_phys(self, pa: int, size: int) -> bytes:
         """Read guest RAM/ROM. Anything outside a memory slot is an error, never a partial read."""
-        self._check_phys_range(pa, size)
-        return bytes(self.uc.mem_read(pa, size))
+        return b"".join(bytes(slot.host[off:off + n]) for slot, off, n in self._spans(pa, size))  # type: ignore[index]
 
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
-        self._check_phys_range(pa, len(data))
-        self.uc.mem_write(pa, bytes(data))
+        at = 0
+        for slot, off, n in self._spans(pa, len(data)):
+            slot.host[off:off + n] = data[at:at + n]  # type: ignore[index]
+            at += n
         self._drop_translations(pa, len(data))
 
     def _drop_translations(self, pa: int, size: int) -> None:
-        """Forget code translated from [pa, pa+size): Unicorn's mem_write does not (a debugger's
-        BRK patch or its restore would otherwise be ignored for code that already ran).
-        ctl_remove_cache takes a virtual address (Unicorn translates it through the guest's
-        MMU), so it is exact only while the MMU is off; otherwise flush everything."""
+        """Forget code translated from [pa, pa+size) on every vCPU: a write to the host memory
+        is seen by no engine (a debugger's BRK patch or its restore would otherwise be ignored
+        for code that already ran). ctl_remove_cache takes a virtual address (Unicorn
+        translates it through the guest's MMU), so it is exact only while the MMU is off;
+        otherwise flush everything."""
         if size == 0:
             return
-        if size <= 16 * PAGE_SIZE and not self.uc.cpr_read(*SCTLR_EL1) & 1:
-            remove_cache(self.uc, pa, size)
-        else:
-            self.uc.ctl_flush_tb()
+        for uc in self._engines():
+            if size <= 16 * PAGE_SIZE and not uc.cpr_read(*SCTLR_EL1) & 1:
+                remove_cache(uc, pa, size)
+            else:
+                uc.ctl_flush_tb()
 
-    def _check_phys_range(self, pa: int, size: int) -> None:
-        end = pa + size
+    def _spans(self, pa: int, size: int) -> list[tuple[MemorySlot, int, int]]:
+        """(slot, offset, length) pieces of [pa, pa+size); EFAULT if any byte is in no slot."""
+        spans, end = [], pa + size
         while pa < end:
             s = self.slot_for(pa)
             if s is None:
                 raise kvm.KvmError(errno.EFAULT, f"guest physical address {pa:#x} is not RAM or ROM")
-            pa = s.guest_phys_addr + s.memory_size
+            n = min(end, s.guest_phys_addr + s.memory_size) - pa
+            spans.append((s, pa - s.guest_phys_addr, n))
+            pa += n
+        return spans
 
     def create_vcpu(self, vcpu_id: int = 0) -> Arm64Vcpu:
-        if self._vcpu is not None:
-            raise kvm.KvmError(errno.EEXIST, "this VM has one vCPU")
-        self._vcpu = Arm64Vcpu(self, vcpu_id)
-        return self._vcpu
+        """KVM_CREATE_VCPU: ids 0..MAX_VCPUS-1, each once. MPIDR_EL1's Aff0 is the id (QEMU's
+        virt numbering up to 8 CPUs)."""
+        if vcpu_id in self.vcpus:
+            raise kvm.KvmError(errno.EEXIST, f"vCPU {vcpu_id} exists")
+        if not 0 <= vcpu_id < MAX_VCPUS:
+            raise kvm.einval(f"vCPU id {vcpu_id} is out of range (0..{MAX_VCPUS - 1})")
+        vcpu = Arm64Vcpu(self, vcpu_id)
+        self.vcpus[vcpu_id] = vcpu
+        return vcpu
+
+
+def _map_slot(uc: UcAArch64, slot: MemorySlot) -> None:
+    perms = UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL
+    host = slot.host_address
+    # Many small Unicorn regions, not one: mem_protect on part of a region copies the whole
+    # region's bookkeeping, which made arming a watchpoint on 128 MiB of RAM cost ~180 ms.
+    for base, size in _chunks(slot.guest_phys_addr, slot.memory_size):
+        uc.mem_map_ptr(base, size, perms, host + base - slot.guest_phys_addr)
+        if slot.readonly:
+            # mem_map_ptr alone leaves the region writable to a store whose write-protection
+            # hook lets it go on; mem_protect marks it read-only, so such stores are dropped.
+            uc.mem_protect(base, size, perms)
+
+
+def _map_inline(uc: UcAArch64, dev: MmioDevice) -> None:
+    device = dev.device
+    uc.mmio_map(dev.base, dev.size,
+                lambda _uc, off, sz, _ud: device.read(off, sz), None,
+                lambda _uc, off, sz, val, _ud: device.write(off, sz, val), None)
