@@ -110,6 +110,8 @@ struct runctl {
     uint32_t watch_flags;  /* WATCH_* bits; 0: nothing watched, translation changes go unseen */
     uint32_t watch_count;  /* pages in watch_va */
     uint64_t watch_va[WATCH_PAGES]; /* watched virtual pages as TLBI names them: VA[55:12] */
+    uint64_t time_offset;  /* icount + time_offset = the machine's virtual time (several vCPUs
+                            * share one clock: the board sets it before each vCPU's slice) */
     uint8_t sysreg_action[2][1 << 16]; /* [is_write][op0:2 op1:3 CRn:4 CRm:4 op2:3] */
 };
 
@@ -195,7 +197,7 @@ uint32_t runctl_mrs_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
     case ACTION_UNICORN:
         return 0;
     case ACTION_VIRTUAL_COUNTER:
-        value = (icount_now(uc, s) >> INSNS_PER_COUNTER_TICK_SHIFT) + s->counter_offset;
+        value = ((icount_now(uc, s) + s->time_offset) >> INSNS_PER_COUNTER_TICK_SHIFT) + s->counter_offset;
         if (reg != UC_ARM64_REG_XZR)
             s->reg_write(uc, reg, &value);
         return 1;

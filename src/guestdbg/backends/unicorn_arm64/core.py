@@ -140,6 +140,10 @@ class VcpuCore:
         # The guest waited in WFI with no timer deadline when run() last returned: only the
         # VMM (an interrupt, a kick) can wake it. For the VMM's hang detection.
         self.wfi_waiting = False
+        # guestdbg extension for boards with several vCPUs: a WFI with nothing pending ends
+        # run() with KVM_EXIT_HLT (PC past the WFI) instead of idling inside it.
+        self.halt_exits = False
+        self._tlb_generation = 0  # vm.tlb_generation this engine's TLB is in step with
 
     # ------------------------------------------------------------------ registers
     @property
@@ -315,10 +319,13 @@ class VcpuCore:
         self._runctl.state.icount += count
 
     # ------------------------------------------------------------------ the generic timers
-    # The counter (CNTVCT_EL0 == CNTPCT_EL0: CNTVOFF is 0) is icount / 16 in the virtual clock,
-    # or the host's CLOCK_MONOTONIC in 16 ns ticks with `--clock host`, plus counter_offset:
-    # the ticks WFI skipped while idle, and the VMM's KVM_REG_ARM_TIMER_CNT writes. The C hook
-    # answers the guest's counter reads with the same formula.
+    # The counter (CNTVCT_EL0 == CNTPCT_EL0: CNTVOFF is 0) is the virtual time / 16 in the
+    # virtual clock, or the host's CLOCK_MONOTONIC in 16 ns ticks with `--clock host`, plus
+    # counter_offset: the ticks WFI skipped while idle, and the VMM's KVM_REG_ARM_TIMER_CNT
+    # writes. The virtual time is icount + time_offset: 0 for a lone vCPU; with several, the
+    # board sets it before each vCPU's slice so that all read one clock (the instructions of
+    # every vCPU, as QEMU's -icount round-robin counts). The C hook answers the guest's counter
+    # reads with the same formula.
     @property
     def counter_offset(self) -> int:
         return self._runctl.state.counter_offset
@@ -327,14 +334,37 @@ class VcpuCore:
     def counter_offset(self, value: int) -> None:
         self._runctl.state.counter_offset = value & MASK64
 
+    @property
+    def time_offset(self) -> int:
+        return self._runctl.state.time_offset
+
+    @time_offset.setter
+    def time_offset(self, value: int) -> None:
+        self._runctl.state.time_offset = value & MASK64
+
+    def virtual_time(self, pc: int | None = None) -> int:
+        """The machine's virtual time (instructions, 1 ns each) now, or at the instruction at
+        `pc` (from an MRS/MSR hook)."""
+        state = self._runctl.state
+        return ((state.icount if pc is None else self._runctl.icount_at(pc)) + state.time_offset) & MASK64
+
     def counter(self, pc: int | None = None) -> int:
         """The counter now (between runs), or at the instruction at `pc` (from an MRS/MSR hook)."""
-        state = self._runctl.state
         if self._clock_mode == "host":
             ticks = time.monotonic_ns() >> COUNTER_TICK_SHIFT
         else:
-            ticks = (state.icount if pc is None else self._runctl.icount_at(pc)) >> COUNTER_TICK_SHIFT
-        return (ticks + state.counter_offset) & MASK64
+            ticks = self.virtual_time(pc) >> COUNTER_TICK_SHIFT
+        return (ticks + self._runctl.state.counter_offset) & MASK64
+
+    def next_timer_event(self) -> int | None:
+        """The virtual time at which this vCPU's timers next raise their output (None: no
+        enabled, unmasked timer). For a board that runs several vCPUs: a halted one (see
+        halt_exits) is due to run again then."""
+        count = self.counter()
+        deadline = self.timers.next_deadline(count)
+        if deadline is None:
+            return None
+        return ((self.virtual_time() >> COUNTER_TICK_SHIFT) + deadline - count) << COUNTER_TICK_SHIFT
 
     def set_counter(self, value: int) -> None:
         """KVM_REG_ARM_TIMER_CNT: make the counter read `value` now (moves counter_offset)."""
@@ -359,8 +389,8 @@ class VcpuCore:
             self._runctl.stop_at(None if deadline is None
                                  else time.monotonic_ns() + ((deadline - count) << COUNTER_TICK_SHIFT))
         elif deadline is not None:
-            icount = self._runctl.state.icount
-            limit = min(limit, ((icount >> COUNTER_TICK_SHIFT) + deadline - count) << COUNTER_TICK_SHIFT)
+            due = ((self.virtual_time() >> COUNTER_TICK_SHIFT) + deadline - count) << COUNTER_TICK_SHIFT
+            limit = min(limit, due - self.time_offset)
         return limit
 
     def _after_wfi(self) -> bool:
@@ -386,6 +416,11 @@ class VcpuCore:
         count = self.counter()
         if self.timers.irq_level(count) != self.device_irq_level:
             return  # the next slice reports it
+        if self.halt_exits and not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
+            # Several vCPUs: the others may run meanwhile, so the board (which knows when each
+            # is due: next_timer_event) decides, as a VMM with a userspace irqchip does on HLT.
+            self._exit = KvmRun(kvm.KVM_EXIT_HLT)
+            return
         deadline = self.timers.next_deadline(count)
         if deadline is None:
             if not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
@@ -549,6 +584,8 @@ class VcpuCore:
         """One emu_start, never with count= (which instruments every instruction and, once
         dropped, flushes every translation); then correct icount for a block left part way."""
         self._stopped_at = None
+        state = self._runctl.state
+        tlbis = state.tlbi_count
         fault: UcError | None
         try:
             self.uc.emu_start(pc, 0)
@@ -556,9 +593,12 @@ class VcpuCore:
         except UcError as e:
             fault = e
         self._settle_icount()
-        if self._runctl.state.ic_pending:
+        if state.ic_pending:
             self._sync_icache()
-        if self._runctl.state.stop_reason & STOP_XLATE:
+        if state.tlbi_count != tlbis and len(self.vm.vcpus) > 1:
+            self.vm.tlb_generation += 1  # the other vCPUs flush their TLBs before they run again
+            self._tlb_generation = self.vm.tlb_generation
+        if state.stop_reason & STOP_XLATE:
             self._translation_changed()
         if self._hook_error is not None:
             error, self._hook_error = self._hook_error, None
@@ -578,37 +618,71 @@ class VcpuCore:
         state = self._runctl.state
         count, everything = state.ic_count, state.ic_all
         state.ic_pending = state.ic_all = state.ic_count = 0
+        shared = len(self.vm.vcpus) > 1
         if everything:
             self.uc.ctl_flush_tb()
+            if shared:
+                self.vm.invalidate_icache(self.vcpu_id, None)
             return
         regs = self._batch_reader(_TRANSLATION_READS)()
         sctlr, el = regs[0], (regs[4] >> PSTATE_EL_SHIFT) & 3
         if not sctlr & 1:
             for va in state.ic_va[:count]:
                 remove_cache(self.uc, va, PAGE_SIZE)
+            if shared:
+                self.vm.invalidate_icache(self.vcpu_id, {va & PAGE_MASK for va in state.ic_va[:count]})
             return
-        physical = set()
+        physical, everywhere = set(), set()
         for va in state.ic_va[:count]:
             try:
                 t = self._walk(va, "read", regs)
             except (mmu.TranslationFault, kvm.KvmError):
                 continue  # nothing mapped there: no code translated through it
+            everywhere.add(t.pa & PAGE_MASK)
             if t.allows("exec", el):
                 remove_cache(self.uc, va, PAGE_SIZE)
-                if el == 1 and va >> 55 & 1:
-                    self._runctl.note_executable(va)  # the next IVAUs of it stay in C
+                if el == 1 and va >> 55 & 1 and not shared:
+                    # The next IVAUs of it stay in C (not with several vCPUs: each IVAU must
+                    # reach the others' engines too).
+                    self._runctl.note_executable(va)
             else:
                 physical.add(t.pa & PAGE_MASK)
-        if not physical:
+        self.drop_physical_code(physical)
+        if shared and everywhere:
+            self.vm.invalidate_icache(self.vcpu_id, everywhere)
+
+    def drop_physical_code(self, pages: set[int]) -> None:
+        """Drop this engine's translations of code in these physical pages, by physical
+        address: with the MMU off for the call, as ctl_remove_cache translates its argument."""
+        if not pages:
             return
+        sctlr = self.uc.cpr_read(*SCTLR_EL1)
         self.uc.cpr_write(*SCTLR_EL1, sctlr & ~1)
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)  # no virtual entry may answer for a PA
         try:
-            for pa in physical:
+            for pa in pages:
                 remove_cache(self.uc, pa, PAGE_SIZE)
         finally:
             self.uc.cpr_write(*SCTLR_EL1, sctlr)
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def apply_remote_maintenance(self) -> None:
+        """Before a slice, with several vCPUs: what the others' TLBIs and IC invalidations
+        (Inner Shareable on Linux: broadcast) mean for this engine. A TLBI elsewhere flushes
+        this engine's TLB (and the C hook's known-executable pages; watched pages are placed
+        again); code changed elsewhere is dropped here by physical page."""
+        vm = self.vm
+        if self._tlb_generation != vm.tlb_generation:
+            self._tlb_generation = vm.tlb_generation
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+            self._runctl.state.exec_gen += 1
+            if self._runctl.state.watch_flags:
+                self._translation_changed()
+        everything, pages = vm.take_icache_invalidations(self.vcpu_id)
+        if everything:
+            self.uc.ctl_flush_tb()
+        else:
+            self.drop_physical_code(pages)
 
     def _settle_icount(self) -> None:
         """The block hook counted the last block whole when it was entered; if the slice ended

@@ -69,7 +69,7 @@ class _State(ctypes.Structure):
         ("exec_page", ctypes.c_uint64 * EXEC_PAGES), ("exec_page_gen", ctypes.c_uint64 * EXEC_PAGES),
         ("ic_block", ctypes.c_uint64), ("ic_va", ctypes.c_uint64 * IC_PAGES),
         ("watch_flags", ctypes.c_uint32), ("watch_count", ctypes.c_uint32),
-        ("watch_va", ctypes.c_uint64 * WATCH_PAGES),
+        ("watch_va", ctypes.c_uint64 * WATCH_PAGES), ("time_offset", ctypes.c_uint64),
         ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
     ]
 

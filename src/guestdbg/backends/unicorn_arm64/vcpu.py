@@ -100,6 +100,8 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
                 if (self._irq_level and not held) is not self._irq_applied:
                     self._apply_irq_line()
+                if len(self.vm.vcpus) > 1:
+                    self.apply_remote_maintenance()
                 if self._rearm_pending:
                     self._rearm()
                 elif self._reprotect_pending:

@@ -122,6 +122,10 @@ class Arm64Vm:
         self.mmio_devices: list[MmioDevice] = []
         self.console = console or stdout_console
         self.vcpus: dict[int, Arm64Vcpu] = {}  # by vcpu_id, in creation order
+        # Maintenance one vCPU does that the others' engines must follow (VcpuCore.
+        # apply_remote_maintenance): TLBIs (a generation count) and IC invalidations.
+        self.tlb_generation = 0
+        self._icache_pending: dict[int, set[int] | None] = {}  # vcpu_id -> code pages to drop (None: all)
 
     def new_engine(self) -> UcAArch64:
         """A Unicorn engine for a new vCPU, with every memory slot and inline device mapped."""
@@ -274,6 +278,25 @@ class Arm64Vm:
             spans.append((s, pa - s.guest_phys_addr, n))
             pa += n
         return spans
+
+    def invalidate_icache(self, source_id: int, pages: set[int] | None) -> None:
+        """vCPU `source_id` invalidated its instruction cache for these physical pages (None:
+        all of it): every other vCPU drops that code before it runs again."""
+        for vcpu_id in self.vcpus:
+            if vcpu_id == source_id:
+                continue
+            pending = self._icache_pending.get(vcpu_id, set())
+            if pending is None or pages is None:
+                self._icache_pending[vcpu_id] = None
+            else:
+                self._icache_pending[vcpu_id] = pending | pages
+
+    def take_icache_invalidations(self, vcpu_id: int) -> tuple[bool, set[int]]:
+        """(drop everything, else these physical pages) that others asked of this vCPU."""
+        if vcpu_id not in self._icache_pending:
+            return False, set()
+        pages = self._icache_pending.pop(vcpu_id)
+        return (True, set()) if pages is None else (False, pages)
 
     def create_vcpu(self, vcpu_id: int = 0) -> Arm64Vcpu:
         """KVM_CREATE_VCPU: ids 0..MAX_VCPUS-1, each once. MPIDR_EL1's Aff0 is the id (QEMU's
