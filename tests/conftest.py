@@ -20,6 +20,7 @@ _MODULE_NEEDS = {
     "test_debugger_correctness": ("gdb", "qemu"),
     "test_stub_manners": ("gdb", "lldb", "qemu", "slow"),
     "test_server_manners": ("gdb", "lldb"),
+    "test_gdb_phys_console": ("gdb",),
     "test_guests_qemu": ("qemu",),
     "test_linux_guests": ("qemu", "slow"),
     "test_qemu_compare": ("qemu",),

@@ -168,6 +168,8 @@ def _serve_gdb(machine, args) -> int:
         server.listen()
     except OSError as e:
         raise ImageError(f"cannot listen on {args.gdb}: {e.strerror or e}") from None
+    if isinstance(machine, VirtMachine):  # the PL011 takes console input (the PC's 16550 does not yet)
+        return _run_with_console(machine, args.timeout, server)
     return server.serve()
 
 
@@ -246,13 +248,19 @@ def cmd_run(args) -> int:
     return _run_with_console(machine, args.timeout)
 
 
-def _run_with_console(machine: VirtMachine, timeout: float | None) -> int:
-    """`guestdbg run` without --gdb: the guest runs with the host's stdin as its console's input
-    (see _StdinReader). Ctrl-A x on a terminal ends it with status 0, as QEMU's does."""
+def _run_with_console(machine: VirtMachine, timeout: float | None, server=None) -> int:
+    """`guestdbg run`: the guest runs with the host's stdin as its console's input (see
+    _StdinReader). Ctrl-A x on a terminal ends it with status 0, as QEMU's does. With --gdb the
+    `server` runs the guest, and the reader wakes its vCPU through server.wake(), which the
+    debugger never sees as a stop."""
     from guestdbg.board.console_input import ConsoleQuit
-    reader = _StdinReader.open(machine.vcpu)
+    reader = _StdinReader.open(server.wake if server is not None else machine.vcpu.kick)
+
+    def run() -> int:
+        return server.serve() if server is not None else machine.run_to_exit(timeout=timeout)
+
     if reader is None:
-        return machine.run_to_exit(timeout=timeout)
+        return run()
     uart, console_input = machine.uart, reader.input
 
     def service() -> None:  # on the vCPU thread, after the reader's kick
@@ -262,7 +270,7 @@ def _run_with_console(machine: VirtMachine, timeout: float | None) -> int:
     uart.rx_source, machine.on_intr = console_input.take, service
     try:
         with reader:
-            return machine.run_to_exit(timeout=timeout)
+            return run()
     except ConsoleQuit as e:
         print(f"\n{e}", file=sys.stderr, flush=True)
         return 0
@@ -283,10 +291,10 @@ class _StdinReader:
     (normal exit or exception), atexit, and SIGTERM/SIGHUP (restored, then the signal's default
     action). A terminal whose foreground job is not ours is left alone and not read."""
 
-    def __init__(self, fd: int, vcpu, tty: bool):
+    def __init__(self, fd: int, wake, tty: bool):
         import threading  # noqa: F401 (the annotation below)
         from guestdbg.board.console_input import ConsoleInput, EscapeMux
-        self.fd, self.vcpu, self.tty = fd, vcpu, tty
+        self.fd, self.wake, self.tty = fd, wake, tty  # wake(): kicks the vCPU, from this thread
         self.input = ConsoleInput()
         self.mux = EscapeMux() if tty else None
         self._saved: list | None = None
@@ -295,7 +303,7 @@ class _StdinReader:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def open(cls, vcpu) -> _StdinReader | None:
+    def open(cls, wake) -> _StdinReader | None:
         try:
             fd = sys.stdin.fileno()
             os.fstat(fd)
@@ -308,7 +316,7 @@ class _StdinReader:
                     return None  # a background job: reading or setting the terminal would stop us
             except OSError:
                 return None
-        return cls(fd, vcpu, tty)
+        return cls(fd, wake, tty)
 
     def __enter__(self) -> _StdinReader:
         import atexit
@@ -388,7 +396,7 @@ class _StdinReader:
                         self.input.quit_requested = True
             if data:
                 self.input.push(data)
-            self.vcpu.kick()
+            self.wake()
 
 
 def _elf_machine(path: str) -> int | None:

@@ -139,11 +139,11 @@ class FakeManager:
         if not (0x1000 <= addr and addr + n <= 0x3000):
             raise DebugError(errno.EFAULT, "unmapped")
 
-    def read_memory(self, addr, n):
+    def read_memory(self, addr, n, *, physical=False):
         self._check(addr, n)
         return bytes(self.mem[addr - 0x1000:addr - 0x1000 + n])
 
-    def write_memory(self, addr, data):
+    def write_memory(self, addr, data, *, physical=False):
         self._check(addr, len(data))
         self.mem[addr - 0x1000:addr - 0x1000 + len(data)] = data
 

@@ -40,6 +40,11 @@ Policy
     KVM_GUESTDBG_BLOCKIRQ where KVM_CAP_SET_GUEST_DEBUG2 offers it (x86), else the emulated
     vCPU's `singlestep_blocks_irq`. `step_irqs = True` (`monitor sstep irq on`) lets steps
     take them.
+14. Only `interrupt()` stops a running cont()/step(). Any other KVM_EXIT_INTR is another
+    thread's kick for the host's services (console input, `wake()`): the board's `on_intr` runs
+    and the guest runs on, so typed input never looks like a stop to the debugger.
+15. Memory requests take `physical=True` for guest-physical addresses (QEMU's PhyMemMode):
+    no translation, the same originals under breakpoints. Breakpoints stay virtual.
 
 The target interface
 --------------------
@@ -193,6 +198,7 @@ class GuestDebugManager:
         self.watches: list[Watch] = []
         self._last_stop: StopEvent | None = None
         self._lock = threading.Lock()
+        self._interrupt_requested = False  # policy 14: the next KVM_EXIT_INTR is a stop
         # Policy 12: how this vCPU keeps interrupts out of a single step, if it can.
         self._blockirq_control = bool(self.vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2)
                                       & kvm.KVM_GUESTDBG_BLOCKIRQ)
@@ -445,18 +451,18 @@ class GuestDebugManager:
         """The board's physical memory: RAM, ROM and device windows, sorted (no holes)."""
         return physical_layout(self.vm)
 
-    def memory_region(self, va: int) -> PhysRegion:
+    def memory_region(self, va: int, *, physical: bool = False) -> PhysRegion:
         """The memory around guest virtual address `va` (regions.PhysRegion: start, end, kind
         "ram"/"rom"/"mmio"/"hole", permissions), for lldb's qMemoryRegionInfo. With the guest's
         MMU off it is the board's physical layout; with it on, the pages around `va` through the
         guest's translation (at most 1 MiB per answer), unmapped pages being a hole and the
         permissions those of both the page tables and the memory behind them."""
         with self._lock:
-            return self._memory_region(va)
+            return self._memory_region(va, physical)
 
-    def _memory_region(self, va: int) -> PhysRegion:
+    def _memory_region(self, va: int, physical: bool = False) -> PhysRegion:
         layout = physical_layout(self.vm)
-        if not self._registers.translation_enabled(self.vcpu):
+        if physical or not self._registers.translation_enabled(self.vcpu):
             return region_at(layout, va)
         page = 4096
         start = va - va % page
@@ -498,18 +504,26 @@ class GuestDebugManager:
         except TRANSLATION_FAULTS as e:
             raise DebugError(errno.EFAULT, f"cannot translate {va:#x}: {e}") from None
 
-    def read_memory(self, va: int, length: int) -> bytes:
+    def read_memory(self, va: int, length: int, *, physical: bool = False) -> bytes:
         """Guest virtual memory as the guest's program has it: originals under breakpoints.
-        All of it or DebugError (EFAULT), never part."""
+        All of it or DebugError (EFAULT), never part. `physical`: `va` is a guest-physical
+        address (policy 15)."""
         with self._lock:
-            return self._read_memory(va, length)
+            return self._read_memory(va, length, physical)
 
-    def _read_memory(self, va: int, length: int) -> bytes:
+    def _to_phys(self, addr: int, physical: bool) -> int:
+        if not physical:
+            return self._translate(addr)
+        if not 0 <= addr < ADDRESS_END:
+            raise DebugError(errno.EFAULT, f"no address {addr:#x}")
+        return addr
+
+    def _read_memory(self, va: int, length: int, physical: bool = False) -> bytes:
         out = bytearray()
         pos, end = va, va + length
         while pos < end:
             chunk = min(end - pos, 4096 - pos % 4096)
-            pa = self._translate(pos)
+            pa = self._to_phys(pos, physical)
             try:
                 out += self.vm.read_phys(pa, chunk)
             except OSError as e:
@@ -522,18 +536,19 @@ class GuestDebugManager:
             pos += chunk
         return bytes(out)
 
-    def write_memory(self, va: int, data: bytes) -> None:
+    def write_memory(self, va: int, data: bytes, *, physical: bool = False) -> None:
         """Write guest memory; all of it or none (every page is checked first). Bytes under a
-        software breakpoint go into its saved original, so the breakpoint stays."""
+        software breakpoint go into its saved original, so the breakpoint stays. `physical`:
+        `va` is a guest-physical address (policy 15)."""
         with self._lock:
-            self._write_memory(va, data)
+            self._write_memory(va, data, physical)
 
-    def _write_memory(self, va: int, data: bytes) -> None:
+    def _write_memory(self, va: int, data: bytes, physical: bool = False) -> None:
         spans = []
         pos, end, off = va, va + len(data), 0
         while pos < end:
             chunk = min(end - pos, 4096 - pos % 4096)
-            pa = self._translate(pos, "read")
+            pa = self._to_phys(pos, physical)
             slot = self.vm.slot_for(pa)
             if slot is None or pa + chunk > slot.guest_phys_addr + slot.memory_size:
                 raise DebugError(errno.EFAULT, f"no RAM or ROM at {pos:#x}")
@@ -589,7 +604,18 @@ class GuestDebugManager:
     # ------------------------------------------------------------------ running
     def interrupt(self) -> None:
         """Stop a running cont()/step() soon; callable from any thread."""
+        self._interrupt_requested = True  # before the kick: its KVM_EXIT_INTR must see it
         self.vcpu.kick()
+
+    def wake(self) -> None:
+        """Have a running cont()/step() serve the host's services (the board's `on_intr`:
+        console input) and run on, without stopping (policy 14); callable from any thread."""
+        self.vcpu.kick()
+
+    def discard_interrupt(self) -> None:
+        """Forget an interrupt() that raced with the stop it asked for (the guest stopped for
+        something else first): it must not stop the next resume. Only while nothing runs."""
+        self._interrupt_requested = False
 
     def step(self) -> StopEvent:
         """Execute exactly one guest instruction (stepping off any breakpoint at PC)."""
@@ -679,6 +705,13 @@ class GuestDebugManager:
         if isinstance(result, ExitStatus):
             return StopEvent(StopKind.EXITED, pc, exit_status=result.status, detail=result.how)
         if result.exit_reason == kvm.KVM_EXIT_INTR:
+            if not self._interrupt_requested:
+                # A kick for the host's services (policy 14): serve them and run on; a step
+                # goes on to its instruction.
+                if self.machine.on_intr is not None:
+                    self.machine.on_intr()
+                return None
+            self._interrupt_requested = False
             return StopEvent(StopKind.SIGNAL, pc, signal=signal.SIGINT)
         if result.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR:
             return self._fault_event(result, pc)

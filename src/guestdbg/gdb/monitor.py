@@ -157,6 +157,19 @@ class Monitor:
         self.manager.step_irqs = word == "on"
         return self.sstep([])
 
+    def phys(self, args: list[str]) -> str:
+        if self.session.phys_memory:
+            return ("phys on: memory reads and writes take guest-physical addresses "
+                    "(breakpoints and watchpoints stay virtual)\n")
+        return "phys off: memory reads and writes go through the guest's translation (default)\n"
+
+    def phys_set(self, args: list[str]) -> str:
+        word = args[0].lower()
+        if word not in ("on", "off"):
+            return f"error: monitor phys takes on or off, not {args[0]!r}\n"
+        self.session.phys_memory = word == "on"
+        return self.phys([])
+
     def _last_error(self) -> str:
         err = self.session.last_error
         return f"last refused request: {err}\n" if err else ""
@@ -175,6 +188,10 @@ MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
     MonitorCommand(("sstep", "irq"), ("on|off",),
                    "on: steps may enter interrupt handlers; off (default): a pending IRQ waits for continue",
                    Monitor.sstep_irq),
+    MonitorCommand(("phys",), (), "whether memory reads and writes use physical addresses", Monitor.phys),
+    MonitorCommand(("phys",), ("on|off",),
+                   "on: gdb's memory accesses take guest-physical addresses (QEMU's PhyMemMode); off (default)",
+                   Monitor.phys_set),
     MonitorCommand(("reset",), (), "reset the board to its state after loading (alias: system_reset)",
                    Monitor.reset, aliases=(("system_reset",),)),
     MonitorCommand(("snapshot", "save"), ("FILE",), "save the VM (registers, memory, devices; no debugger state)",

@@ -7,6 +7,12 @@ it takes resume requests from a queue and posts stop events back, waking the sel
 a socketpair. Ctrl-C, a lost client and a new client all stop a running guest with
 `manager.interrupt()` (KVM_RUN's immediate_exit + a kick).
 
+Console input: a third thread, the CLI's stdin reader, pushes bytes for the UART and calls
+`wake()`. That kick is not a stop: the manager serves the board's `on_intr` (the UART takes the
+input) and runs on, so gdb sees a stop reply only for what it asked (Ctrl-C, a step)
+or what the guest hit. An interrupt() that raced with another stop is discarded once the vCPU
+has reported, so it cannot stop the next continue.
+
 Session lifetime: a lost connection leaves the VM stopped, breakpoints and all, for the next
 client; a detach removes all debugger state and lets the guest run free; a second client while
 one is attached is refused with a message. The guest ending ends the server with its status,
@@ -213,6 +219,11 @@ class GdbServer:
         assert self._exit_status is not None  # the loop ends with one or the other
         return self._exit_status
 
+    def wake(self) -> None:
+        """From any thread: the host has work for the vCPU thread (console input). The guest
+        runs on; no debugger sees a stop."""
+        self.manager.wake()
+
     # ------------------------------------------------------------------ vCPU thread
     def _vcpu_loop(self) -> None:
         while True:
@@ -290,6 +301,7 @@ class GdbServer:
         kind, payload = item
         free = self._free_running
         self._vcpu_busy = False
+        self.manager.discard_interrupt()  # a Ctrl-C that lost the race to this stop is moot
         self._free_running = False
         if kind == "fatal" or (free and kind == "fault"):
             self._error = cast(BaseException, payload)  # no debugger to show it to: serve() raises it

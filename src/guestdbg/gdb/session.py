@@ -28,6 +28,9 @@ Extension points, there even where still empty:
   thread 1. `H` records the thread each operation is for (`selected_thread`).
 - reverse execution: `bs`/`bc` go to `_reverse`, which answers the empty reply (unsupported)
   until the target can run backwards (`manager.can_reverse`); then it returns a reverse Resume.
+- physical memory: QEMU's PhyMemMode (`Qqemu.PhyMemMode:0|1`, `qqemu.PhyMemMode`, or
+  `monitor phys on|off`) makes m, M, X and qMemoryRegionInfo take guest-physical addresses for
+  this client (`phys_memory`); Z packets stay virtual, as on QEMU.
 - monitor commands: `gdb/monitor.py`'s `MONITOR_COMMANDS`, one `MonitorCommand` (words, arguments, help, handler)
   each; `monitor help` is built from the table.
 
@@ -173,6 +176,7 @@ class GdbSession:
         self.inserted: set[tuple[int, int, int]] = set()  # (Z type, addr, kind) this client holds
         self.armed_at_resume: list[str] = []  # manager.slots_report() at the last continue
         self.last_error: str | None = None   # the last refusal, for clients that cannot show text
+        self.phys_memory = False  # QEMU's PhyMemMode: m/M/X addresses are guest-physical
         # Threads: one per vCPU, numbered from 1 (0 and -1 mean "any" and "all" in the protocol).
         self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
         # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
@@ -239,6 +243,18 @@ class GdbSession:
         if p != b"QEnableErrorStrings":
             return EMPTY
         self.error_strings = True
+        return OK
+
+    def _q_phy_mem_mode(self, p: bytes) -> Reply:
+        """qqemu.PhyMemMode: "1" while memory requests are physical, else "0" (as QEMU)."""
+        return Reply(b"1" if self.phys_memory else b"0") if p == b"qqemu.PhyMemMode" else EMPTY
+
+    def _set_phy_mem_mode(self, p: bytes) -> Reply:
+        """Qqemu.PhyMemMode:0|1 (QEMU's `maintenance packet Qqemu.PhyMemMode:1`)."""
+        value = p[len(b"Qqemu.PhyMemMode:"):] if p.startswith(b"Qqemu.PhyMemMode:") else b""
+        if value not in (b"0", b"1"):
+            raise PacketError("expected Qqemu.PhyMemMode:0 or :1")
+        self.phys_memory = value == b"1"
         return OK
 
     def _q_attached(self, p: bytes) -> Reply:
@@ -314,7 +330,7 @@ class GdbSession:
     def _read_memory(self, p: bytes) -> Reply:
         addr, length = _addr_len(p[1:])
         length = min(length, MAX_MEMORY_READ)  # gdb asks again for the rest
-        return Reply(self.manager.read_memory(addr, length).hex().encode())
+        return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
 
     def _write_memory(self, p: bytes) -> Reply:
         spec, _, data = p[1:].partition(b":")
@@ -322,7 +338,7 @@ class GdbSession:
         raw = _hex_bytes(data)
         if len(raw) != length:
             raise PacketError("M length does not match its data")
-        self.manager.write_memory(addr, raw)
+        self.manager.write_memory(addr, raw, physical=self.phys_memory)
         return OK
 
     def _write_memory_binary(self, p: bytes) -> Reply:
@@ -331,7 +347,7 @@ class GdbSession:
         if len(data) != length:
             raise PacketError("X length does not match its data")
         if length:  # X with no data is gdb's probe for X support
-            self.manager.write_memory(addr, data)
+            self.manager.write_memory(addr, data, physical=self.phys_memory)
         return OK
 
     def _memory_region_info(self, p: bytes) -> Reply:
@@ -343,7 +359,7 @@ class GdbSession:
         addr = _hex_int(p[len(b"qMemoryRegionInfo:"):])
         if addr >= 1 << 64:
             raise PacketError("address out of range")
-        r = self.manager.memory_region(addr)
+        r = self.manager.memory_region(addr, physical=self.phys_memory)
         out = b"start:%x;size:%x;" % (r.start, r.end - r.start)
         if r.permissions:
             out += b"permissions:%s;" % r.permissions.encode()
@@ -548,6 +564,8 @@ NAMED_PACKETS: dict[bytes, Handler] = {
     b"qsThreadInfo": GdbSession._thread_info_next,
     b"qC": GdbSession._current_thread,
     b"qAttached": GdbSession._q_attached,
+    b"qqemu.PhyMemMode": GdbSession._q_phy_mem_mode,
+    b"Qqemu.PhyMemMode": GdbSession._set_phy_mem_mode,
     b"qRcmd": GdbSession._monitor,
     b"vCont?": GdbSession._v_cont_query,
     b"vCont": GdbSession._v_cont,
