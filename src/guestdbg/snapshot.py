@@ -69,7 +69,10 @@ def _board_kind(board: str):
     raise SnapshotError(f"snapshot of an unknown board {board!r}")
 
 
-def dumps(machine: Board) -> bytes:
+def dumps(machine: Board, *, compress: bool = True) -> bytes:
+    """The machine as snapshot bytes. `compress=False` stores the memory pages as they are
+    (still a valid zlib stream): for a snapshot kept in memory, such as the debugger's reset
+    point taken at every start, where compressing the loaded kernel cost most of a second."""
     vcpu = machine.vcpu
     if vcpu.access_in_flight():
         raise SnapshotError("the vCPU is in the middle of an MMIO or I/O access; run it on first")
@@ -81,7 +84,7 @@ def dumps(machine: Board) -> bytes:
     slots: list[vmapi.MemorySlot] = sorted(machine.vm.slots.values(), key=lambda s: s.slot)
     for slot in slots:
         pages, content = _nonzero_pages(machine.vm, slot.guest_phys_addr, slot.memory_size)
-        blob = zlib.compress(b"".join(content), 1)
+        blob = zlib.compress(b"".join(content), 1 if compress else 0)
         memory_meta.append({"slot": slot.slot, "guest_phys_addr": slot.guest_phys_addr,
                             "memory_size": slot.memory_size, "flags": slot.flags,
                             "pages": _ranges(pages), "length": len(blob)})
@@ -102,10 +105,15 @@ def dumps(machine: Board) -> bytes:
 def _nonzero_pages(vm, base: int, size: int) -> tuple[list[int], list[bytes]]:
     """(page indexes, their bytes) of the non-zero pages of [base, base+size). Read in chunks
     that are skipped whole when zero: one 128 MiB read costs several times more (the manager
-    takes one of these at every start, for `reset`)."""
+    takes one of these at every start, for `reset`). Chunks the VM knows are still untouched
+    (`written_ranges`: before any vCPU ran, only what the host wrote) are not even read: the
+    first read of a fresh anonymous mapping costs a page fault per page."""
     pages, content = [], []
+    written = getattr(vm, "written_ranges", lambda: None)()
     for off in range(0, size, _CHUNK):
         n = min(_CHUNK, size - off)
+        if written is not None and not any(lo < base + off + n and base + off < hi for lo, hi in written):
+            continue
         data = vm.read_phys(base + off, n)
         if data == _ZERO_CHUNK[:n]:
             continue

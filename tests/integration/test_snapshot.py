@@ -156,3 +156,20 @@ def test_save_is_atomic(guest_dir, tmp_path, saved, monkeypatch):
 def test_load_missing_file(tmp_path):
     with pytest.raises(SnapshotError, match="no such file"):
         snapshot.load(tmp_path / "nope.snap")
+
+
+def test_uncompressed_snapshot_of_a_loaded_but_unrun_machine_restores(guest_dir):
+    """The debugger's reset point: dumps(compress=False) right after loading, before the guest
+    ran, reads only what the loader wrote, and restores to the same output as a fresh run."""
+    out = bytearray()
+    m = VirtMachine(VirtConfig(), console=out.extend)
+    m.load_elf(guest_dir / "hello.elf")
+    image = snapshot.dumps(m, compress=False)
+    status = m.run_to_exit(timeout=30)
+    first = bytes(out)
+    out.clear()
+    m.vm.write_phys(0x4000_0000 + (8 << 20), b"dirt")  # memory the image says is zero
+    snapshot.restore_into(m, image)
+    assert m.vm.read_phys(0x4000_0000 + (8 << 20), 4) == bytes(4)
+    assert m.run_to_exit(timeout=30) == status
+    assert bytes(out) == first and first

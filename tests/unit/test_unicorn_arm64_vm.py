@@ -191,3 +191,14 @@ def test_create_vcpu_ids():
     assert raised.value.errno == errno.EINVAL
     vm.create_vcpu(7)
     assert sorted(vm.vcpus) == [0, 7]
+
+
+def test_written_ranges_until_a_vcpu_runs():
+    """Before any vCPU ran, guest memory is zero except where the host wrote (snapshots skip
+    the rest unread); afterwards the VM cannot tell."""
+    vm, (vcpu,) = _vm_with_ram(1)
+    assert vm.written_ranges() == []
+    vm.write_phys(0x4000_0000, _code(NOP, NOP))
+    assert vm.written_ranges() == [(0x4000_0000, 0x4000_0008)]
+    _run_at(vcpu, 0x4000_0000, 1)
+    assert vm.written_ranges() is None

@@ -126,6 +126,8 @@ class Arm64Vm:
         # apply_remote_maintenance): TLBIs (a generation count) and IC invalidations.
         self.tlb_generation = 0
         self._icache_pending: dict[int, set[int] | None] = {}  # vcpu_id -> code pages to drop (None: all)
+        # Where guest memory may be non-zero, while no vCPU has run: what the host wrote.
+        self._host_writes: list[tuple[int, int]] | None = []
 
     def new_engine(self) -> UcAArch64:
         """A Unicorn engine for a new vCPU, with every memory slot and inline device mapped."""
@@ -247,11 +249,20 @@ class Arm64Vm:
 
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
+        if self._host_writes is not None and data:
+            self._host_writes.append((pa, pa + len(data)))
         at = 0
         for slot, off, n in self._spans(pa, len(data)):
             slot.host[off:off + n] = data[at:at + n]  # type: ignore[index]
             at += n
         self._drop_translations(pa, len(data))
+
+    def written_ranges(self) -> list[tuple[int, int]] | None:
+        """Physical ranges outside which guest memory is still all zero (None: unknown, once a
+        vCPU has run). Lets a snapshot skip memory nothing has touched."""
+        if any(vcpu.icount for vcpu in self.vcpus.values()):
+            self._host_writes = None
+        return None if self._host_writes is None else list(self._host_writes)
 
     def _drop_translations(self, pa: int, size: int) -> None:
         """Forget code translated from [pa, pa+size) on every vCPU: a write to the host memory
