@@ -262,7 +262,7 @@ class GuestDebugManager:
         """The VM as it is now, for `reset` (registers, devices, the non-zero pages of memory)."""
         from guestdbg import snapshot
         try:
-            return snapshot.dumps(self.machine)
+            return snapshot.dumps(self.machine, compress=False)  # kept in memory: no zlib
         except snapshot.SnapshotError:  # created mid-access (an MMIO exit not yet completed)
             return None
 
