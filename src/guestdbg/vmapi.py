@@ -39,7 +39,8 @@ class WatchTrap:
     """Trap loads and/or stores to exactly [start, end) (guest virtual) by protecting just the
     pages they touch: a guestdbg vCPU extension (page protection on the emulated vCPU,
     read-only memory slots on KVM). A hit comes back as a KVM_EXIT_DEBUG watchpoint exit.
-    `code` marks traps the manager keeps on its software breakpoints."""
+    `code` marks traps the manager keeps on its software breakpoints: the emulated vCPU also
+    traps stores to the same physical bytes through any other virtual address."""
 
     start: int
     end: int

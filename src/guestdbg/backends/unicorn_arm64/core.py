@@ -144,6 +144,7 @@ class VcpuCore:
         # run() with KVM_EXIT_HLT (PC past the WFI) instead of idling inside it.
         self.halt_exits = False
         self._tlb_generation = 0  # vm.tlb_generation this engine's TLB is in step with
+        self._rewritten_code: set[int] = set()  # physical code pages a hook stored to (debughw._store)
 
     # ------------------------------------------------------------------ registers
     @property
@@ -595,6 +596,9 @@ class VcpuCore:
         self._settle_icount()
         if state.ic_pending:
             self._sync_icache()
+        if self._rewritten_code:
+            self.drop_physical_code(self._rewritten_code)
+            self._rewritten_code = set()
         if state.tlbi_count != tlbis and len(self.vm.vcpus) > 1:
             self.vm.tlb_generation += 1  # the other vCPUs flush their TLBs before they run again
             self._tlb_generation = self.vm.tlb_generation
@@ -650,6 +654,27 @@ class VcpuCore:
         self.drop_physical_code(physical)
         if shared and everywhere:
             self.vm.invalidate_icache(self.vcpu_id, everywhere)
+
+    def _drop_code_at(self, va: int) -> None:
+        """Forget translations of the instruction at `va` (a breakpoint hook added or removed
+        there). Unicorn's remove_cache walks `va` as an instruction fetch, and a walk that
+        faults raises a prefetch abort in the guest, so: by `va` only when the MMU is off or
+        `va` is executable at the current EL; by physical page when it is mapped but not
+        executable; and when it is unmapped, every translation (code translated through it
+        before it was unmapped cannot be found any other way)."""
+        regs = self._batch_reader(_TRANSLATION_READS)()
+        if not regs[0] & 1:
+            remove_cache(self.uc, va, 4)
+            return
+        try:
+            t = self._walk(va, "read", regs)
+        except (mmu.TranslationFault, kvm.KvmError):
+            self.uc.ctl_flush_tb()
+            return
+        if t.allows("exec", (regs[4] >> PSTATE_EL_SHIFT) & 3):
+            remove_cache(self.uc, va, 4)
+        else:
+            self.drop_physical_code({t.pa & PAGE_MASK})
 
     def drop_physical_code(self, pages: set[int]) -> None:
         """Drop this engine's translations of code in these physical pages, by physical

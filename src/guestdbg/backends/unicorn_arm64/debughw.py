@@ -44,7 +44,6 @@ from guestdbg.backends.unicorn_arm64.arch import (
     TRANSLATION_REGS,
     UNICORN_BRPS,
     UNICORN_WRPS,
-    remove_cache,
 )
 from guestdbg.backends.unicorn_arm64.exceptions import ExceptionEntry
 from guestdbg.backends.unicorn_arm64.runctl import (
@@ -129,6 +128,8 @@ class DebugHardware(ExceptionEntry):
         self._prot_hooks: dict[tuple[int, int], int] = {}  # (pa, size) run in RAM -> its access-fault hook
         self._rearm_pending = False
         self._reprotect_pending = False  # a translation under a watched page may have changed
+        self._code_trap_words: list[tuple[int, int, int]] = []  # (pa, va, length) of the debugger's code traps
+        self._code_trap_pages: set[int] = set()  # ... and their physical pages
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
     def set_guest_debug(self, control: int, arch: kr.kvm_guest_debug_arch | None = None) -> None:
@@ -158,6 +159,10 @@ class DebugHardware(ExceptionEntry):
         if traps == self._trap_specs:
             return
         self._trap_specs = traps
+        # Code traps (over software breakpoints) trap stores only. Trapping loads too would
+        # let a guest that reads its own code (Linux's ftrace checks each instruction before
+        # it patches it) be shown the original, but any UC_HOOK_MEM_READ, even bounded to one
+        # page, makes every load in the guest take Unicorn's slow path (1.8x on a Linux boot).
         self._traps = [dr.Watchpoint(index=-1 - i, ranges=((t.start, t.end),), loads=t.loads, stores=t.stores,
                                      el0=True, el1=True, linked=False, lbn=0) for i, t in enumerate(traps)]
         self._reprotect()
@@ -210,11 +215,11 @@ class DebugHardware(ExceptionEntry):
         wanted = {bp.address for bp in self._bp_table if bp and bp.bt in address_kinds}
         for addr in set(self._bp_hooks) - wanted:
             self.uc.hook_del(self._bp_hooks.pop(addr))
-            remove_cache(self.uc, addr, 4)
+            self._drop_code_at(addr)
         for addr in wanted - set(self._bp_hooks):
             self._bp_hooks[addr] = self.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint_address, None, addr, addr)
             # Code translated before the hook existed would never call it.
-            remove_cache(self.uc, addr, 4)
+            self._drop_code_at(addr)
         self._context_bps = [bp for bp in self._bp_table if bp and bp.bt == dr.BT_UNLINKED_CONTEXT]
         self._reprotect()
 
@@ -226,6 +231,11 @@ class DebugHardware(ExceptionEntry):
         want: dict[int, int] = {}
         watched_devices: set[int] = set()
         watched_vas: set[int] = set()
+        # The physical words under the code traps (a BRK never crosses a page), and their pages.
+        self._code_trap_words = [(page | trap.start % PAGE_SIZE, trap.start, trap.end - trap.start)
+                                 for trap in self._trap_specs if trap.code
+                                 if (page := self._translate_page(trap.start & ~(PAGE_SIZE - 1))) is not None]
+        self._code_trap_pages = {pa & ~(PAGE_SIZE - 1) for pa, _, _ in self._code_trap_words}
         for wp in self._wp_table + self._traps:
             if wp is None:
                 continue
@@ -379,6 +389,19 @@ class DebugHardware(ExceptionEntry):
                 return self._owner
         return None
 
+    def _hit(self, is_write: bool, va: int, pa: int, size: int) -> tuple[str | None, int]:
+        """(_watch_hit's owner, the address to report). A store over one of the debugger's
+        software breakpoints through another virtual address (Linux patches its text through
+        the fixmap or the linear map) is the debugger's too, reported at the breakpoint's own
+        address, so that the manager keeps its breakpoint over the new code."""
+        owner = self._watch_hit(is_write, va, size)
+        if owner is not None or not is_write:
+            return owner, va
+        for trap_pa, trap_va, length in self._code_trap_words:
+            if trap_pa < pa + size and pa < trap_pa + length:
+                return "debugger", trap_va + max(0, pa - trap_pa)
+        return None, va
+
     def _on_protected_access(self, uc: Any, access: int, pa: int, size: int, value: int, _user: object) -> bool:
         is_write = access == UC_MEM_WRITE_PROT
         va = self._va_of_access(pa)
@@ -391,9 +414,9 @@ class DebugHardware(ExceptionEntry):
             if is_multi_access(self._insn_at(pc)):
                 self._multi_access_pc = pc
                 return False
-            owner = self._watch_hit(is_write, va, size)
+            owner, far = self._hit(is_write, va, pa, size)
             if owner is not None:
-                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=far, at_pc=pc,
                                   owner=owner)
                 return False
         if is_write and slot is not None and slot.readonly:
@@ -406,9 +429,20 @@ class DebugHardware(ExceptionEntry):
         return True
 
     def _store(self, va: int, pa: int, size: int, value: int) -> None:
-        """Do a store Unicorn was not allowed to do, as the guest would have (code included)."""
+        """Do a store Unicorn was not allowed to do, as the guest would have. Over one of the
+        debugger's software breakpoints (a code trap) the guest is rewriting code: the slice
+        ends at the next block and the page's translations are dropped by physical address
+        (_emu). Never
+        by `va`: remove_cache walks its argument as an instruction fetch, and a data address
+        (the fixmap Linux patches text through is PXN) made Unicorn raise a prefetch abort in
+        the guest."""
         self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
-        remove_cache(self.uc, va, size)  # the guest may be rewriting code
+        page = pa & ~(PAGE_SIZE - 1)
+        if page in self._code_trap_pages:
+            self._rewritten_code.add(page)
+            # End the slice at the next block: emu_stop() from a memory hook makes Unicorn
+            # run the store again.
+            self._runctl.state.stop_request = 1
 
     def _run_multi_access_instruction(self) -> KvmRun | None:
         """Run a pair/SIMD access on a watched page once with its stores held back, then either
@@ -423,14 +457,14 @@ class DebugHardware(ExceptionEntry):
             fault = self._execute(saved_icount + 1)
         finally:
             accesses, self._probe, self._suppress_pc = self._probe, None, None
-        for is_write, va, _pa, size, _ in accesses:
-            owner = self._watch_hit(is_write, va, size)
+        for is_write, va, pa, size, _ in accesses:
+            owner, hit_at = self._hit(is_write, va, pa, size)
             if owner is not None:
                 self.uc.context_restore(saved)
                 self.set_icount(saved_icount)
                 self._pending_exception = None
                 self._exit = None
-                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=va, at_pc=pc,
+                self._debug_event(lambda lower: dr.esr_watchpoint(lower, wnr=is_write), far=hit_at, at_pc=pc,
                                   owner=owner)
                 if self._exit is not None:
                     return self._exit
