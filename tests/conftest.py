@@ -23,6 +23,7 @@ _MODULE_NEEDS = {
     "test_gdb_phys_console": ("gdb",),
     "test_guests_qemu": ("qemu",),
     "test_linux_guests": ("qemu", "slow"),
+    "test_linux_gdb": ("gdb", "qemu", "slow"),
     "test_qemu_compare": ("qemu",),
     "test_kvm_x86": ("kvm", "qemu"),
     "test_kvm_x86_gdb": ("kvm", "gdb", "slow"),

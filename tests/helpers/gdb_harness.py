@@ -17,6 +17,8 @@ Prelude helpers available to a body:
   placeholder in the results (output is bracketed by markers on gdb's stdout);
 * ``exs(cmd)``: ``gdb.execute(cmd, to_string=True)``, for use inside the script;
 * ``try_ex(cmd)``: ``ex`` returning ``{"ok": bool, "out"|"error": str}`` instead of raising;
+* ``try_ex_within(seconds, cmd="continue")``: ``try_ex`` of a resuming command, interrupting
+  the target if it has not stopped within ``seconds``;
 * ``val(expr)``: ``int(gdb.parse_and_eval(expr))``; ``sym(name)``: the address of a symbol;
 * ``pc()``: the selected frame's PC; ``connect()``: ``target remote`` to the stub;
 * ``check(name, value)``: record a JSON-serialisable value under ``name``;
@@ -112,6 +114,22 @@ def try_ex(cmd):
 
 def val(expr):
     return int(gdb.parse_and_eval(expr))
+
+
+def try_ex_within(seconds, cmd="continue"):
+    """try_ex(cmd) for a command that resumes the target, interrupting it (SIGINT) if it has
+    not stopped after `seconds`: a run that should stop soon fails fast instead of timing out."""
+    import threading
+    done = threading.Event()
+
+    def watchdog():
+        if not done.wait(seconds):
+            gdb.post_event(lambda: done.is_set() or gdb.execute("interrupt"))
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        return try_ex(cmd)
+    finally:
+        done.set()
 
 
 def sym(name):
@@ -304,10 +322,11 @@ class GdbRun:
         assert "_error" not in self.results, self.describe()
 
 
-def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: str = "gdb",
+def run_gdb(stub: Stub, elf: Path | None, body: str, *, timeout: float = 60.0, name: str = "gdb",
             gdb_args=()) -> GdbRun:
     """Run gdb-multiarch in batch mode on `elf` with a script made of the prelude and `body`
-    (Python source for gdb's interpreter; `ENDPOINT` is the stub's address)."""
+    (Python source for gdb's interpreter; `ENDPOINT` is the stub's address). elf=None: no file,
+    gdb learns the architecture from the stub's target description (e.g. a Linux Image)."""
     require_gdb()
     workdir = stub.workdir
     results_path = workdir / f"{name}.json"
@@ -316,7 +335,7 @@ def run_gdb(stub: Stub, elf: Path, body: str, *, timeout: float = 60.0, name: st
     script.write_text(PRELUDE.replace("@RESULTS_PATH@", repr(str(results_path)))
                       .replace("@ENDPOINT@", repr(stub.gdb_endpoint))
                       .replace("@BODY@", textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")))
-    argv = [GDB, "-q", "-batch", "-nx", *gdb_args, str(elf), "-x", str(script)]
+    argv = [GDB, "-q", "-batch", "-nx", *gdb_args, *([str(elf)] if elf is not None else []), "-x", str(script)]
     # stderr goes into the same pipe, so warnings and errors land inside their command's markers
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=REPO, start_new_session=True)
@@ -377,6 +396,18 @@ def run_lldb(stub: Stub, elf: Path, commands: list[str], *, timeout: float = 60.
                              f"\nstderr:\n{err.decode(errors='replace')}") from None
     return subprocess.CompletedProcess(argv, proc.returncode, out.decode(errors="replace"),
                                        err.decode(errors="replace"))
+
+
+class QemuLinuxStub(QemuStub):
+    """QemuStub booting a Linux Image and initramfs (``-kernel/-initrd/-append``, as
+    tests.helpers.linux_guest.qemu_linux_command), held at reset by ``-S``; the guest's console
+    goes to the stdout file."""
+
+    def __init__(self, workdir: Path, guest, *, name: str = "qemu", memory_mb: int = 512):
+        from tests.helpers.linux_guest import qemu_linux_command
+        super().__init__(workdir, guest.kernel, name=name)
+        self.argv = qemu_linux_command(guest, memory_mb, extra_args=[
+            "-gdb", f"unix:{self.sock_path},server=on,wait=off", "-S"])
 
 
 class QemuBiosStub(QemuStub):

@@ -185,6 +185,39 @@ def qemu_uboot_command(uboot: Path = UBOOT_BIN, extra_args=()) -> list[str]:
             "-serial", "stdio", "-no-reboot", "-nic", "none", "-bios", str(uboot), *extra_args]
 
 
+def guestdbg_linux_command(guest: LinuxGuest, memory_mb: int = 512, extra_args=()) -> list[str]:
+    """``guestdbg run`` booting the same kernel, initramfs and command line (console on stdio)."""
+    return [sys.executable, "-m", "guestdbg.cli", "run", "--kernel", str(guest.kernel), "--initrd",
+            str(guest.initrd), "--append", guest.append, "--ram", f"{memory_mb}M", *extra_args]
+
+
+def read_kallsyms(command: list[str], names, timeout: float = 180.0) -> dict[str, int]:
+    """Boot once with `command` (a VMM with the guest's console on stdio, e.g.
+    qemu_linux_command(guest)), wait for the shell's prompt, and read the named symbols' addresses
+    from the guest's /proc/kallsyms (Debian's System.map is a stub; LINUX_APPEND has nokaslr, so
+    they are the same in every boot of the same kernel). Debian's kernel lists text symbols only
+    (no CONFIG_KALLSYMS_ALL: jiffies is not there). The first entry wins if a name repeats.
+    Raises LookupError naming the symbols that are not there, and tests.helpers.console's
+    ConsoleTimeout if the prompt does not come within `timeout` seconds (the grep: 60 s)."""
+    import re
+    from tests.helpers.console import Console
+    names = list(names)
+    with Console(command) as con:
+        con.expect(re.escape(PROMPT), timeout)
+        pattern = " ".join(f"-e ' {n}$'" for n in names)
+        # the echoed command line says END-$((40+2)); only the shell's answer says END-42
+        con.send(f"grep {pattern} /proc/kallsyms; echo END-$((40+2))")
+        m = con.expect(r"((?:[0-9a-f]{16} \w \w+\n)*)END-42", 60)
+    found: dict[str, int] = {}
+    for line in m[1].splitlines():
+        addr, _, name = line.split()
+        found.setdefault(name, int(addr, 16))
+    missing = set(names) - set(found)
+    if missing:
+        raise LookupError(f"not in the guest's /proc/kallsyms: {sorted(missing)}")
+    return found
+
+
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     out_dir.mkdir(parents=True, exist_ok=True)
