@@ -55,11 +55,11 @@ from guestdbg.gdb.client import RspClient
 from tests.helpers.console import Console, ConsoleTimeout
 from tests.helpers.linux_guest import (
     BANNER,
-    PROMPT,
     QEMU,
     LinuxGuest,
     prepare_linux_guest,
     qemu_linux_command,
+    read_kallsyms,
 )
 
 MEMORY_MB = 512
@@ -83,19 +83,10 @@ def guestdbg_command(guest: LinuxGuest, *extra: str) -> list[str]:
 
 def kallsyms(command: list[str], names: list[str]) -> dict[str, int]:
     """Boot once (untimed) and read the named text symbols from the guest's /proc/kallsyms."""
-    with Console(command) as con:
-        con.expect(re.escape(PROMPT), BOOT_TIMEOUT)
-        pattern = " ".join(f"-e ' {n}$'" for n in names)
-        con.send(f"grep {pattern} /proc/kallsyms; echo END-$((40+2))")
-        m = con.expect(r"((?:[0-9a-f]{16} \w \w+\n)*)END-42", 60)
-    found = {}
-    for line in m[1].splitlines():
-        addr, _, name = line.split()
-        found[name] = int(addr, 16)
-    missing = set(names) - set(found)
-    if missing:
-        raise SystemExit(f"not in the guest's /proc/kallsyms: {sorted(missing)}")
-    return found
+    try:
+        return read_kallsyms(command, names, timeout=BOOT_TIMEOUT)
+    except LookupError as e:
+        raise SystemExit(str(e)) from None
 
 
 def kernel_entry(guest: LinuxGuest) -> int:
