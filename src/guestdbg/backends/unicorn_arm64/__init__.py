@@ -24,8 +24,10 @@ Unicorn leaves out:
    one address; a watchpoint removes read or write permission from just the pages it covers, so
    accesses to other pages run at full speed (a load watchpoint also puts a no-op
    UC_HOOK_MEM_READ on its pages: Unicorn checks read permission only on its slow path, which a
-   cached TLB entry skips). Both are set up between emu_start calls only: hooks deleted inside a
-   long emu_start keep costing until it returns.
+   cached TLB entry skips; while one exists, every load in the guest calls into the hook
+   machinery, 1.8x on a Linux boot, so load watchpoints are the one kind that costs when not
+   hit). Both are set up between emu_start calls only: hooks deleted inside a long emu_start
+   keep costing until it returns.
 4. Before-the-access watchpoints (debughw.py). A store to a write-protected page faults
    precisely in Unicorn (PC on the store, base register not written back, memory unchanged), so
    a hit is reported with the access not done. Accesses that miss are done by hand and the
@@ -91,6 +93,11 @@ Unicorn leaves out:
    are invalidated by VA (executable at EL1) or by PA. Pages already known executable are
    remembered in C (cleared by TLBIs and translation-register writes), so most of a boot's
    ~44k invalidations cost no stop. tests/integration/test_code_aliases.py pins it.
+13. Several vCPUs (vm.py, core.py): one Unicorn engine each over the VM's host memory; TLBIs
+   and IC invalidations are carried to the other engines before they run again (with more
+   than one vCPU the C hook's inline IC path is off, so every invalidation reaches Python);
+   one virtual clock through `time_offset`; WFI ends run() with KVM_EXIT_HLT under
+   `halt_exits`, for the board's scheduler. tests/integration/test_smp_engines.py pins it.
 
 Files
 -----
