@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dumpdtb", metavar="FILE", help="write the DTB the guest would get to FILE and exit 0 "
                                                         "(as QEMU's -machine dumpdtb=)")
     run.add_argument("--load-addr", type=parse_addr, metavar="ADDR", help="load a raw IMAGE here and start at it")
+    run.add_argument("--no-reboot", action="store_true",
+                     help="end the run (status 0) when the guest resets the board (PSCI SYSTEM_RESET), "
+                          "as QEMU's -no-reboot; by default the board reboots")
+    run.add_argument("--pflash1", metavar="FILE",
+                     help="keep flash1 (0x4000000, U-Boot's environment) in FILE, a 64 MiB file the guest's "
+                          "flash writes go to (as QEMU's -drive if=pflash,unit=1,format=raw,file=FILE)")
     run.add_argument("--clock", choices=("virtual", "host"), default=None,
                      help="the guest's time: virtual (default: deterministic, 1 instruction = 1 ns, frozen "
                           "while stopped) or host (the host's monotonic clock)")
@@ -129,7 +135,8 @@ def _version() -> str:
 
 
 def _config(args) -> VirtConfig:
-    return VirtConfig(ram_size=args.ram, brps=args.brps, wrps=args.wrps, ctx_cmps=args.ctx_cmps)
+    return VirtConfig(ram_size=args.ram, brps=args.brps, wrps=args.wrps, ctx_cmps=args.ctx_cmps,
+                      no_reboot=getattr(args, "no_reboot", False), pflash1=getattr(args, "pflash1", None))
 
 
 def demo_image():
@@ -142,7 +149,7 @@ def cmd_run_x86(args) -> int:
     from guestdbg.board.pc import PcConfig
     from guestdbg.board.pc_probe import create_pc_machine
     for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None),
-                        ("--clock", args.clock is not None)):
+                        ("--clock", args.clock is not None), ("--pflash1", args.pflash1 is not None)):
         if given:
             raise ImageError(f"{flag} is not supported with --arch x86_64 yet")
     if args.wait and not args.gdb:

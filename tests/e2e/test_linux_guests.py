@@ -10,6 +10,7 @@ qemu-system-aarch64 -M virt with the same images.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -26,13 +27,14 @@ from tests.helpers.qemu_runner import missing_tool, qemu_missing_reason
 GUESTDBG = [sys.executable, "-m", "guestdbg.cli", "run"]
 
 
+# --no-reboot wherever the QEMU command line has -no-reboot (panic=-1, U-Boot's reset).
 def guestdbg_linux_command(guest: LinuxGuest, memory_mb: int = 512) -> list[str]:
     return GUESTDBG + ["--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--append", guest.append,
-                       "--ram", f"{memory_mb}M"]
+                       "--ram", f"{memory_mb}M", "--no-reboot"]
 
 
 def guestdbg_uboot_command(uboot: Path) -> list[str]:
-    return GUESTDBG + ["--rom", str(uboot)]
+    return GUESTDBG + ["--rom", str(uboot), "--no-reboot"]
 
 
 # name -> (command line for a LinuxGuest, command line for U-Boot as firmware)
@@ -105,6 +107,94 @@ def test_uboot_prompt_version_poweroff(vmm, uboot_bin):
             assert m[1] == expected  # Debian's u-boot-qemu prints its package version
         else:
             assert re.match(r"20\d\d\.\d\d", m[1]), m[1]
+        con.expect(r"=> ", 10)
+        con.send("poweroff")
+        assert con.wait(10) == 0
+
+
+def uboot_prompt(con: Console) -> None:
+    con.expect(r"Hit any key to stop autoboot", BOOT_TIMEOUT)
+    con.send("")  # stop the autoboot countdown
+    con.expect(r"=> ", 10)
+
+
+def test_uboot_probes_the_cfi_flash_as_on_qemu(vmm, uboot_bin):
+    """U-Boot's CFI driver finds flash0 and flash1 from the DTB, reads their query tables and
+    IDs; `flinfo` prints what it learnt (size, sectors, command set, IDs, timeouts, buffer)."""
+    _, uboot_command = vmm
+    with Console(uboot_command(uboot_bin)) as con:
+        banner = con.expect(r"\nFlash: (.*?)\r?\n", BOOT_TIMEOUT)
+        assert banner[1] == "64 MiB"  # what QEMU's U-Boot prints: flash0, the bank holding U-Boot
+        uboot_prompt(con)
+        con.send("flinfo")
+        m = con.expect(r"(?s)(Bank # 1:.*?)\n=> ", 120)
+    # As QEMU's U-Boot prints it: U-Boot takes each bank for one x16 chip on a 16-bit port (32 MB
+    # of 128 KiB sectors at the chip's addresses).
+    bank = ("CFI conformant flash (16 x 16)  Size: 32 MB in 256 Sectors\n"
+            "  Intel Extended command set, Manufacturer ID: 0x89, Device ID: 0x0018\n"
+            "  Erase timeout: 16384 ms, write timeout: 3 ms\n"
+            "  Buffer write timeout: 3 ms, buffer size: 2048 bytes\n")
+    info = m[1].replace("\r\n", "\n")
+    assert info.startswith("Bank # 1: " + bank), info
+    assert "\nBank # 2: " + bank in info, info
+    # U-Boot write-protects its own image's sectors in flash0, and its environment's in flash1.
+    assert "  00000000   RO   00020000   RO" in info and "  000E0000   RO   00100000      " in info, info
+    assert "  04000000   RO   04020000   RO   04040000      " in info and "  05FE0000" in info, info
+
+
+def test_uboot_flash_write_survives_reset(uboot_bin, tmp_path):
+    """U-Boot erases a flash1 sector and programs it (`cp` to flash: a buffered write); `reset`
+    is PSCI SYSTEM_RESET, which reboots the board (no --no-reboot): U-Boot starts again and
+    reads what it wrote. With --pflash1 the flash is a host file, which a second run reads;
+    there --no-reboot makes the reset end the run with status 0."""
+    pflash1 = tmp_path / "flash1.img"
+    pflash1.write_bytes(bytes(64 << 20))
+    with Console(GUESTDBG + ["--rom", str(uboot_bin), "--pflash1", str(pflash1)]) as con:
+        uboot_prompt(con)
+        con.send("mw.l 0x40200000 0x5eedf1a5 4")
+        con.expect(r"=> ", 60)
+        con.send("erase 0x5000000 +0x20000")
+        con.expect(r"Erased 1 sectors", 300)  # each flash access in I/O mode exits: slow
+        con.expect(r"=> ", 60)
+        con.send("cp.l 0x40200000 0x5000000 4")
+        con.expect(r"Copy to Flash\.\.\. *done", 300)
+        con.expect(r"=> ", 60)
+        con.send("reset")
+        con.expect(r"resetting \.\.\.", 60)
+        con.expect(r"\nU-Boot 20", BOOT_TIMEOUT)  # the board rebooted: U-Boot starts again
+        uboot_prompt(con)
+        con.send("md.l 0x5000000 5")
+        con.expect(r"\n05000000: 5eedf1a5 5eedf1a5 5eedf1a5 5eedf1a5 .*\n05000010: ffffffff", 60)
+        con.expect(r"=> ", 60)
+        con.send("poweroff")
+        assert con.wait(10) == 0
+    data = pflash1.read_bytes()
+    assert data[0x100_0000:0x100_0014] == bytes.fromhex("a5f1ed5e") * 4 + b"\xff" * 4
+    with Console(GUESTDBG + ["--rom", str(uboot_bin), "--pflash1", str(pflash1), "--no-reboot"]) as con:
+        uboot_prompt(con)
+        con.send("md.l 0x5000000 1")
+        con.expect(r"\n05000000: 5eedf1a5 ", 60)
+        con.expect(r"=> ", 60)
+        con.send("reset")
+        assert con.wait(10) == 0  # --no-reboot: the reset ends the run, status 0
+
+
+@pytest.mark.skipif(not os.environ.get("GUESTDBG_SLOW_FLASH"),
+                    reason="~10 min: 128K flash writes, each a KVM_EXIT_MMIO (~5 ms); set GUESTDBG_SLOW_FLASH=1")
+def test_uboot_saveenv_survives_reset(uboot_bin):
+    """U-Boot's environment in flash1: `saveenv` erases its sectors and writes 256 KiB
+    (buffered writes); after `reset` (a reboot) U-Boot loads it with a good CRC."""
+    with Console(GUESTDBG + ["--rom", str(uboot_bin)]) as con:
+        uboot_prompt(con)
+        con.send("setenv foo bar; saveenv")
+        con.expect(r"Writing to Flash\.\.\. *done\r?\nOK", 900)
+        con.expect(r"=> ", 10)
+        con.send("reset")
+        con.expect(r"\nU-Boot 20", BOOT_TIMEOUT)
+        con.expect(r"Loading Environment from Flash\.\.\. OK", BOOT_TIMEOUT)  # no "bad CRC" now
+        uboot_prompt(con)
+        con.send("printenv foo")
+        con.expect(r"\nfoo=bar\r?\n", 10)
         con.expect(r"=> ", 10)
         con.send("poweroff")
         assert con.wait(10) == 0

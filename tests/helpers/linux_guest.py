@@ -186,9 +186,10 @@ def qemu_uboot_command(uboot: Path = UBOOT_BIN, extra_args=()) -> list[str]:
 
 
 def guestdbg_linux_command(guest: LinuxGuest, memory_mb: int = 512, extra_args=()) -> list[str]:
-    """``guestdbg run`` booting the same kernel, initramfs and command line (console on stdio)."""
+    """``guestdbg run`` booting the same kernel, initramfs and command line (console on stdio),
+    ending at a reset as QEMU's command line does with -no-reboot (panic=-1 resets at once)."""
     return [sys.executable, "-m", "guestdbg.cli", "run", "--kernel", str(guest.kernel), "--initrd",
-            str(guest.initrd), "--append", guest.append, "--ram", f"{memory_mb}M", *extra_args]
+            str(guest.initrd), "--append", guest.append, "--ram", f"{memory_mb}M", "--no-reboot", *extra_args]
 
 
 def read_kallsyms(command: list[str], names, timeout: float = 180.0) -> dict[str, int]:

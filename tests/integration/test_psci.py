@@ -14,7 +14,7 @@ from guestdbg.arm import kvm_regs as kr
 from guestdbg.backends.unicorn_arm64 import firmware as fw
 from guestdbg.board import devicetree
 from guestdbg.board.common import ExitStatus
-from guestdbg.board.virt import RAM_BASE, VirtMachine
+from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
 
 HVC0, SMC0, B_SELF = 0xD4000002, 0xD4000003, 0x14000000
 
@@ -25,9 +25,9 @@ def mov64(rd: int, value: int) -> list[int]:
             for hw in range(4)]
 
 
-def call(fn: int, arg: int = 0, *, insn: int = HVC0) -> int | ExitStatus:
+def call(fn: int, arg: int = 0, *, insn: int = HVC0, config: VirtConfig | None = None) -> int | ExitStatus:
     """The guest's x0 after the call (as a signed 64-bit value), or how the run ended."""
-    m = VirtMachine()
+    m = VirtMachine(config or VirtConfig())
     words = mov64(0, fn) + mov64(1, arg) + [insn, B_SELF]
     m.vm.write_phys(RAM_BASE, b"".join(struct.pack("<I", w) for w in words))
     m.reset_cpu(RAM_BASE)
@@ -88,9 +88,10 @@ def test_system_off_ends_with_status_0():
     assert ended == ExitStatus(0, "PSCI SYSTEM_OFF")
 
 
-def test_system_reset_ends_the_run():
-    """No reboot: the run ends with status 0, reported as a reset."""
-    ended = call(fw.PSCI_0_2_FN_SYSTEM_RESET)
+def test_system_reset_with_no_reboot_ends_the_run():
+    """no_reboot (QEMU's -no-reboot): the run ends with status 0, reported as a reset.
+    Without it the board reboots (test_reset.py)."""
+    ended = call(fw.PSCI_0_2_FN_SYSTEM_RESET, config=VirtConfig(no_reboot=True))
     assert ended == ExitStatus(0, "PSCI SYSTEM_RESET")
 
 

@@ -36,6 +36,8 @@ EXPECTED = {
     "/": {"#address-cells": [2], "#size-cells": [2], "compatible": ["linux,dummy-virt"],
           "model": ["linux,dummy-virt"], "interrupt-parent": [0x8002]},
     "/memory@40000000": {"device_type": ["memory"], "reg": [0, 0x4000_0000, 0, RAM]},
+    "/flash@0": {"compatible": ["cfi-flash"], "bank-width": [4],
+                 "reg": [0, 0, 0, 0x0400_0000, 0, 0x0400_0000, 0, 0x0400_0000]},
     "/cpus": {"#address-cells": [1], "#size-cells": [0]},
     "/cpus/cpu@0": {"device_type": ["cpu"], "compatible": ["arm,cortex-a57"], "reg": [0],
                     "enable-method": ["psci"], "phandle": [0x8001]},
@@ -62,7 +64,7 @@ def test_node_properties(tree, path):
 
 
 def test_exactly_the_modelled_nodes(tree):
-    """Nothing the board lacks: no flash (a plain ROM, not CFI), no v2m frame, pl031, fw-cfg,
+    """Nothing the board lacks: no v2m frame, pl031, fw-cfg,
     virtio-mmio, PCIe, PMU or gpio; no rng/kaslr seeds."""
     paths = sorted(path for path, _, _ in tree.walk())
     assert paths == sorted(["/", *(p for p in EXPECTED if p != "/")])
@@ -163,5 +165,5 @@ def test_qemu_has_more_nodes_we_do_not_model(tree, qemu_tree):
     theirs = {p for p, _, _ in qemu_tree.walk()}
     assert ours - theirs == set()
     extra = {p.split("/")[1].split("@")[0] for p in theirs - ours}
-    assert extra == {"flash", "pcie", "pl031", "pl061", "fw-cfg", "virtio_mmio", "platform-bus", "pmu",
+    assert extra == {"pcie", "pl031", "pl061", "fw-cfg", "virtio_mmio", "platform-bus", "pmu",
                      "gpio-keys", "intc", "cpus"}  # intc: its v2m@8020000 child; cpus: cpu-map

@@ -19,7 +19,7 @@ import pytest
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.arm import registers as areg
 from guestdbg.backends.unicorn_arm64 import PSTATE_DAIF, PSTATE_MODE_EL1H
-from guestdbg.board.virt import RAM_BASE, ROM_BASE, ROM_SIZE, VirtMachine
+from guestdbg.board.virt import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, RAM_BASE, VirtMachine
 from guestdbg.debug.regions import physical_layout
 from guestdbg.gdb import aarch64_regs as ar
 from guestdbg.gdb import memory_map as mm
@@ -150,13 +150,16 @@ def test_target_xml_well_formed_and_complete():
 def test_memory_map_document():
     m = VirtMachine(console=lambda b: None)
     regions = mm.regions_for(physical_layout(m.vm))
-    assert regions == [(ROM_BASE, ROM_SIZE, "rom"), (RAM_BASE, m.config.ram_size, "ram")]
+    # the two CFI flash banks are read-only memory slots to the guest (writes are commands)
+    assert regions == [(FLASH0_BASE, FLASH_BANK_SIZE, "rom"), (FLASH1_BASE, FLASH_BANK_SIZE, "rom"),
+                       (RAM_BASE, m.config.ram_size, "ram")]
     text = mm.memory_map_xml([(0x1000_0000, 0x2000, "flash")] + regions[::-1])  # any order in
     assert '<!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD GDB Memory Map V1.0//EN"' in text
     root = ET.fromstring(text)
     assert root.tag == "memory-map"
     mems = [(e.get("type"), int(e.get("start"), 16), int(e.get("length"), 16)) for e in root]
-    assert mems == [("rom", 0, ROM_SIZE), ("flash", 0x1000_0000, 0x2000), ("ram", RAM_BASE, m.config.ram_size)]
+    assert mems == [("rom", FLASH0_BASE, FLASH_BANK_SIZE), ("rom", FLASH1_BASE, FLASH_BANK_SIZE),
+                    ("flash", 0x1000_0000, 0x2000), ("ram", RAM_BASE, m.config.ram_size)]
     flash = root.find("memory[@type='flash']")
     assert flash.find("property[@name='blocksize']").text == "0x40000"
     assert root.find("memory[@type='ram']").find("property") is None
@@ -471,7 +474,8 @@ def test_gdb_reads_target_xml_memory_map_and_registers_over_rsp():
     assert any(p.startswith(b"qXfer:features:read:target.xml:") for p in server.packets), server.packets
     assert any(p.startswith(b"qXfer:memory-map:read::") for p in server.packets), server.packets
     # info mem: gdb parsed our memory map
-    assert re.search(r"\d+\s+y\s+0x0+\s+0x0*8000000\s+ro\s+nocache", out), out
+    assert re.search(r"\d+\s+y\s+0x0+\s+0x0*4000000\s+ro\s+nocache", out), out
+    assert re.search(r"\d+\s+y\s+0x0*4000000\s+0x0*8000000\s+ro\s+nocache", out), out
     assert re.search(r"\d+\s+y\s+0x0*40000000\s+0x0*48000000\s+rw\s+nocache", out), out
     # ... and so turns a breakpoint in ROM into a hardware one
     assert "automatically using hardware breakpoints for read-only addresses" in out, out

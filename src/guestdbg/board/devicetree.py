@@ -6,6 +6,7 @@ phandles and interrupt specifiers (`qemu-system-aarch64 -M virt,dumpdtb=F -cpu c
 so a guest that boots there finds the same devices here:
 
     /memory@40000000   RAM, its size from the VirtConfig
+    /flash@0           cfi-flash, both 64 MiB banks (flash0, flash1), bank-width 4 (board/flash.py)
     /cpus/cpu@0        arm,cortex-a57, enable-method "psci"
     /psci              arm,psci-1.0 + arm,psci-0.2, method "hvc" (firmware.py answers PSCI 1.0)
     /timer             arm,armv8-timer, the four PPIs (secure/non-secure phys, virt, hyp)
@@ -15,8 +16,7 @@ so a guest that boots there finds the same devices here:
 
 Left out, because the board does not model them (a listed device the board lacks makes Linux
 or U-Boot probe it and abort): the PMU, pl031, pl061 + gpio-keys, fw-cfg, virtio-mmio, PCIe,
-the platform bus, the GICv2m frame, and the flash at 0x0 (a read-only ROM here, which does not
-answer CFI queries, so it is not "cfi-flash"). /chosen has no rng-seed or kaslr-seed: the
+the platform bus and the GICv2m frame. /chosen has no rng-seed or kaslr-seed: the
 guest's boot stays deterministic and its kernel addresses fixed for the debugger.
 """
 
@@ -28,7 +28,8 @@ from typing import Any
 import fdt
 
 from guestdbg.board.common import ImageError
-from guestdbg.board.virt import GIC_BASE, RAM_BASE, UART_BASE, UART_SIZE
+from guestdbg.board.flash import VIRT_FLASH_BANK_WIDTH
+from guestdbg.board.virt import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, GIC_BASE, RAM_BASE, UART_BASE, UART_SIZE
 
 FDT_MAGIC = 0xD00DFEED
 FDT_MAGIC_BYTES = struct.pack(">I", FDT_MAGIC)
@@ -125,6 +126,8 @@ def virt_fdt(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, i
         _set(root, key, value)
     root.append(_node("psci", method="hvc", compatible=("arm,psci-1.0", "arm,psci-0.2")))
     root.append(_node(f"memory@{RAM_BASE:x}", reg=_cells64(RAM_BASE, ram_size), device_type="memory"))
+    root.append(_node(f"flash@{FLASH0_BASE:x}", bank_width=VIRT_FLASH_BANK_WIDTH, compatible="cfi-flash",
+                      reg=_cells64(FLASH0_BASE, FLASH_BANK_SIZE, FLASH1_BASE, FLASH_BANK_SIZE)))
     root.append(_node(UART_NODE, clock_names=("uartclk", "apb_pclk"), clocks=[PHANDLE_CLK, PHANDLE_CLK],
                       interrupts=[GIC_SPI, UART_SPI, IRQ_TYPE_LEVEL_HIGH], reg=_cells64(UART_BASE, UART_SIZE),
                       compatible=("arm,pl011", "arm,primecell")))

@@ -153,15 +153,11 @@ def plan_linux(ram_size: int, kernel: str, *, initrd: str | None = None, append:
 
 def apply_linux(machine: VirtMachine, boot: LinuxBoot) -> None:
     """Write the kernel, initrd and DTB; the vCPU at the Image's entry with x0 = DTB, x1-x3 = 0."""
-    from guestdbg.arm import kvm_regs as kr
-    machine.vm.write_phys(boot.entry, boot.kernel.data)
+    machine.load_image(boot.entry, boot.kernel.data)
     if boot.initrd is not None:
-        machine.vm.write_phys(boot.initrd_start, boot.initrd)
-    machine.vm.write_phys(boot.dtb_start, boot.dtb)
-    machine.reset_cpu(boot.entry)
-    machine.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_X(0), boot.dtb_start)
-    for n in (1, 2, 3):
-        machine.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_X(n), 0)
+        machine.load_image(boot.initrd_start, boot.initrd)
+    machine.load_image(boot.dtb_start, boot.dtb)
+    machine.reset_cpu(boot.entry, (boot.dtb_start, 0, 0, 0))
 
 
 def firmware_dtb(machine: VirtMachine, blob: bytes, ram_segments: tuple[tuple[int, int], ...] = ()) -> int:
@@ -174,6 +170,6 @@ def firmware_dtb(machine: VirtMachine, blob: bytes, ram_segments: tuple[tuple[in
         if start < end and RAM_BASE < stop:
             raise ImageError(f"the ROM's segment at {start:#x}-{stop - 1:#x} overlaps the DTB at "
                              f"{RAM_BASE:#x}-{end - 1:#x} (firmware gets its DTB at the start of RAM)")
-    machine.vm.write_phys(RAM_BASE, blob)
+    machine.load_image(RAM_BASE, blob)
     return RAM_BASE
 

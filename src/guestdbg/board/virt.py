@@ -2,32 +2,45 @@
 
 Memory map (as qemu-system-aarch64 -M virt, so one ELF runs on both):
 
-    0x0000_0000  ROM/flash, 128 MiB, read-only to the guest (a KVM_MEM_READONLY slot)
+    0x0000_0000  flash0, 64 MiB CFI flash (board/flash.py): the firmware from --rom/--bios
+    0x0400_0000  flash1, 64 MiB CFI flash: U-Boot's environment; --pflash1 keeps it in a file
     0x0800_0000  GICv2 distributor (board/gic.py); its CPU interface at 0x0801_0000
     0x0900_0000  PL011 UART (board.pl011): the console, output and input
     0x4000_0000  RAM, `ram_size` bytes
 
 Any other address is unassigned: an access there is a synchronous external abort for the
 guest, as on QEMU's TCG.
+
+PSCI SYSTEM_RESET reboots the board, as QEMU's does (`no_reboot`: the run ends instead, as
+with QEMU's -no-reboot): the vCPU gets its power-on registers back, the GIC, UART and flash
+reset, and every image loaded at start (firmware, kernel, initrd, DTB, ELF) is written again.
+RAM is otherwise left as it was, the clock runs on, and the flash keeps what the guest wrote
+(U-Boot's `saveenv; reset` keeps its environment).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from guestdbg import kvm
+from guestdbg.arm import kvm_regs as kr
 from guestdbg.arm.mmu import TranslationFault
 from guestdbg.backends.unicorn_arm64 import Arm64Vcpu, Arm64Vm, DebugConfig, PSTATE_DAIF, PSTATE_MODE_EL1H
 from guestdbg.board.clock import VirtualClock
 from guestdbg.board.common import ExitStatus, GuestFault, ImageError, RunToExit, read_elf, read_image
+from guestdbg.board.flash import VIRT_FLASH_BANK_SIZE, CfiFlash
 from guestdbg.board.gic import Gic
 from guestdbg.board.pl011 import Pl011
 from guestdbg.vmapi import Console, stdout_console
 
-ROM_BASE = 0x0000_0000
-ROM_SIZE = 128 << 20
+FLASH_BANK_SIZE = VIRT_FLASH_BANK_SIZE
+FLASH0_BASE, FLASH1_BASE = 0x0000_0000, 0x0400_0000
+# The flash window, both banks: what the guest can execute from below RAM.
+ROM_BASE = FLASH0_BASE
+ROM_SIZE = 2 * FLASH_BANK_SIZE
 GIC_BASE = 0x0800_0000
 GIC_SIZE = 0x0002_0000  # distributor (64 KiB) then CPU interface (64 KiB), one device
 GICD_BASE, GICC_BASE = GIC_BASE, GIC_BASE + 0x1_0000
@@ -39,7 +52,9 @@ RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 MAX_RAM_SIZE = 8 << 30
 
-SLOT_ROM, SLOT_RAM = 0, 1
+SLOT_FLASH0, SLOT_RAM, SLOT_FLASH1 = 0, 1, 2
+# The generic timers' counter keeps counting through a reset, as QEMU's virtual clock.
+COUNTER_REGS = frozenset({kr.ARM64_SYS_REG(3, 3, 14, 3, 2), kr.ARM64_SYS_REG(3, 3, 14, 0, 1)})  # TIMER_CNT, CNTPCT
 B_SELF = (0x14000000).to_bytes(4, "little")  # A64 `b .`
 # The EL1 timers' PPIs, as in QEMU virt's DTB: virtual timer PPI 11, non-secure physical PPI 14.
 VTIMER_INTID, PTIMER_INTID = 27, 30  # PPIs 11 and 14
@@ -52,6 +67,8 @@ class VirtConfig:
     brps: int = 6
     wrps: int = 4
     ctx_cmps: int = 2
+    no_reboot: bool = False  # PSCI SYSTEM_RESET ends the run (QEMU's -no-reboot)
+    pflash1: str | None = None  # a 64 MiB host file holding flash1 (QEMU's -drive if=pflash,unit=1)
 
     def __post_init__(self):
         if self.ram_size % 4096 or not 4096 <= self.ram_size <= MAX_RAM_SIZE:
@@ -78,8 +95,10 @@ class VirtMachine(RunToExit):
 
     def __post_init__(self) -> None:
         self.vm = Arm64Vm(self.config.debug, console=self._console)
-        self.vm.set_user_memory_region(SLOT_ROM, ROM_BASE, ROM_SIZE, kvm.KVM_MEM_READONLY)
+        self.flash = (CfiFlash(self.vm, SLOT_FLASH0, FLASH0_BASE), CfiFlash(self.vm, SLOT_FLASH1, FLASH1_BASE))
         self.vm.set_user_memory_region(SLOT_RAM, RAM_BASE, self.config.ram_size)
+        if self.config.pflash1 is not None:
+            self._open_pflash1(self.config.pflash1)
         self._irq_out = False  # vCPU 0's IRQ line as last driven
         self.gic = Gic(num_cpus=1, listener=self._gic_changed)
         self.vm.register_mmio_device(GIC_BASE, GIC_SIZE, self.gic)
@@ -89,6 +108,31 @@ class VirtMachine(RunToExit):
         self.vcpu: Arm64Vcpu = self.vm.create_vcpu()
         self.clock = VirtualClock(self.vcpu, self.clock_mode)
         self.unassigned_accesses = 0
+        # What a reboot restores: the vCPU's power-on registers, then the images and entry
+        # registers the loaders gave it.
+        self._power_on_regs = [(r, self.vcpu.get_one_reg(r)) for r in self.vcpu.get_reg_list()
+                               if r not in COUNTER_REGS]
+        self._boot_images: list[tuple[int, bytes]] = []
+        self._boot_regs: dict[int, int] = {}
+        self.reboots = 0
+        self._last_flash_write: tuple[int, int, int, bytes] | None = None
+
+    def _open_pflash1(self, path: str) -> None:
+        """flash1's contents from `path`, written back to it as the guest programs and erases."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as e:
+            raise ImageError(f"--pflash1 {path}: {(e.strerror or str(e)).lower()}") from None
+        size = os.fstat(fd).st_size
+        if size != FLASH_BANK_SIZE:
+            os.close(fd)
+            raise ImageError(f"--pflash1 {path}: {size} bytes; flash1 needs a file of exactly "
+                             f"{FLASH_BANK_SIZE >> 20} MiB (create one with: truncate -s 64M {path})")
+        self.flash[1].load(0, os.pread(fd, size, 0))
+
+        def write_back(offset: int, data: bytes) -> None:
+            os.pwrite(fd, data, offset)
+        self.flash[1].on_change = write_back
 
     def _gic_changed(self) -> None:
         """After every GIC change: drive vCPU 0's IRQ line (KVM_IRQ_LINE) if its level moved."""
@@ -108,22 +152,37 @@ class VirtMachine(RunToExit):
         for paddr, data, memsz in segments:
             self._check_fits(path, paddr, memsz)
         for paddr, data, memsz in segments:
-            self.vm.write_phys(paddr, data + bytes(memsz - len(data)))
+            self.load_image(paddr, data + bytes(memsz - len(data)))
         self.reset_cpu(entry)
         return entry
 
     def load_raw(self, path: str | Path, load_addr: int) -> None:
         data = read_image(path)
         self._check_fits(path, load_addr, len(data))
-        self.vm.write_phys(load_addr, data)
+        self.load_image(load_addr, data)
         self.reset_cpu(load_addr)
 
     def load_rom(self, path: str | Path) -> None:
+        """Firmware in flash0, as QEMU's -bios."""
         data = read_image(path)
-        if len(data) > ROM_SIZE:
-            raise ImageError(f"{path}: {len(data)} bytes do not fit the {ROM_SIZE >> 20} MiB ROM")
-        self.vm.write_phys(ROM_BASE, data)
-        self.reset_cpu(ROM_BASE)
+        if len(data) > FLASH_BANK_SIZE:
+            raise ImageError(f"{path}: {len(data)} bytes do not fit the {FLASH_BANK_SIZE >> 20} MiB flash0")
+        self.load_image(FLASH0_BASE, data)
+        self.reset_cpu(FLASH0_BASE)
+
+    def load_image(self, pa: int, data: bytes) -> None:
+        """Write an image into RAM or flash, and again at every reboot (QEMU's ROM blobs)."""
+        self._write_image(pa, data)
+        self._boot_images.append((pa, data))
+
+    def _write_image(self, pa: int, data: bytes) -> None:
+        for bank in self.flash:  # a bank in I/O mode has no slot: through the flash model
+            start, end = max(pa, bank.base), min(pa + len(data), bank.base + bank.size)
+            if start < end:
+                bank.load(start - bank.base, data[start - pa:end - pa])
+        if pa + len(data) > RAM_BASE:
+            start = max(pa, RAM_BASE)
+            self.vm.write_phys(start, data[start - pa:])
 
     def _check_fits(self, path, addr: int, size: int) -> None:
         for base, length in ((ROM_BASE, ROM_SIZE), (RAM_BASE, self.config.ram_size)):
@@ -131,13 +190,31 @@ class VirtMachine(RunToExit):
                 return
         raise ImageError(
             f"{path}: {size:#x} bytes at {addr:#x} are outside RAM "
-            f"({RAM_BASE:#x}-{RAM_BASE + self.config.ram_size - 1:#x}) and ROM ({ROM_BASE:#x}-{ROM_SIZE - 1:#x})")
+            f"({RAM_BASE:#x}-{RAM_BASE + self.config.ram_size - 1:#x}) and flash ({ROM_BASE:#x}-{ROM_SIZE - 1:#x})")
 
-    def reset_cpu(self, entry: int) -> None:
-        """The state QEMU gives a bare-metal -kernel image: EL1h, interrupts masked, PC = entry."""
-        from guestdbg.arm import kvm_regs as kr
-        self.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PSTATE, PSTATE_DAIF | PSTATE_MODE_EL1H)
-        self.vcpu.set_one_reg(kr.KVM_REG_ARM_CORE_PC, entry)
+    def reset_cpu(self, entry: int, args: tuple[int, ...] = ()) -> None:
+        """The state QEMU gives a bare-metal -kernel image: EL1h, interrupts masked, PC = entry,
+        x0, x1, ... = `args`; a reboot starts the vCPU here again."""
+        self._boot_regs = {kr.KVM_REG_ARM_CORE_PSTATE: PSTATE_DAIF | PSTATE_MODE_EL1H, kr.KVM_REG_ARM_CORE_PC: entry}
+        self._boot_regs.update((kr.KVM_REG_ARM_CORE_X(n), value) for n, value in enumerate(args))
+        for reg_id, value in self._boot_regs.items():
+            self.vcpu.set_one_reg(reg_id, value)
+
+    def reboot(self) -> None:
+        """PSCI SYSTEM_RESET: the board as at power-on, with its images loaded again (see the
+        module docstring)."""
+        for bank in self.flash:
+            bank.reset()
+        self.gic.reset()
+        self.uart.reset()
+        self._gic_changed()
+        for pa, data in self._boot_images:
+            self._write_image(pa, data)
+        for reg_id, value in self._power_on_regs:
+            self.vcpu.set_one_reg(reg_id, value)
+        for reg_id, value in self._boot_regs.items():
+            self.vcpu.set_one_reg(reg_id, value)
+        self.reboots += 1
 
     # ------------------------------------------------------------------ running
     def handle_exit(self, run: kvm.KvmRun) -> ExitStatus | None:
@@ -145,16 +222,33 @@ class VirtMachine(RunToExit):
         raises GuestFault for exits no one can serve. DEBUG exits are the debugger's: they
         are returned to the caller untouched by run_until()."""
         if run.exit_reason == kvm.KVM_EXIT_MMIO and run.mmio is not None:
-            # Only unassigned addresses and ROM writes get here: devices are claimed inline.
-            slot = self.vm.slot_for(run.mmio.phys_addr)
-            if slot is not None and slot.readonly and run.mmio.is_write:
-                return None  # ROM: the write is dropped when the vCPU completes it
+            # Only the flash (a write in read-array mode, anything in I/O mode) and unassigned
+            # addresses get here: the other devices are claimed inline.
+            mmio = run.mmio
+            for bank in self.flash:
+                if bank.contains(mmio.phys_addr):
+                    if mmio.is_write:
+                        # The vCPU reports a write again when a kick (KVM_EXIT_INTR) lands between
+                        # the exit and its completion after the flash took its slot away: the same
+                        # instruction, not yet retired. A command must not be taken twice.
+                        access = (self.vcpu.icount, self.vcpu.pc, mmio.phys_addr, bytes(mmio.data[:mmio.len]))
+                        if access == self._last_flash_write:
+                            return None
+                        self._last_flash_write = access
+                    value = bank.mmio(mmio.phys_addr - bank.base, mmio.len, mmio.is_write,
+                                      int.from_bytes(mmio.data[:mmio.len], "little"))
+                    if not mmio.is_write:
+                        mmio.data[:mmio.len] = value.to_bytes(mmio.len, "little")
+                    return None
             self.unassigned_accesses += 1
             self.vcpu.set_vcpu_events(ext_dabt_pending=True)
             return None
         if run.exit_reason == kvm.KVM_EXIT_SYSTEM_EVENT and run.system_event is not None:
             ev = run.system_event
             status = ev.data[0] if ev.ndata else 0
+            if ev.type == kvm.KVM_SYSTEM_EVENT_RESET and not self.config.no_reboot:
+                self.reboot()
+                return None
             if ev.type in (kvm.KVM_SYSTEM_EVENT_SHUTDOWN, kvm.KVM_SYSTEM_EVENT_RESET):
                 return ExitStatus(status, ev.source)
         if run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR and run.internal is not None:
@@ -195,10 +289,13 @@ class VirtMachine(RunToExit):
 
     # ------------------------------------------------------------------ device state
     def device_state(self) -> dict:
-        return {"pl011": self.uart.state(), "clock": self.clock.state(), "gic": self.gic.state()}
+        return {"pl011": self.uart.state(), "clock": self.clock.state(), "gic": self.gic.state(),
+                "flash": [bank.state() for bank in self.flash]}
 
     def restore_device_state(self, state: dict) -> None:
         self.uart.restore(state["pl011"])
+        for bank, bank_state in zip(self.flash, state.get("flash", ())):  # none before the flash model
+            bank.restore(bank_state)
         if "gic" in state:  # snapshots from before the GIC: it stays as reset
             self.gic.restore(state["gic"])
         self._irq_out = self.gic.irq_pending(0)  # drive the line whatever it was before

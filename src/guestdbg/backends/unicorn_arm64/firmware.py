@@ -1,8 +1,10 @@
 """Firmware services the hypervisor provides: PSCI over HVC/SMC and Arm semihosting (HLT #0xF000).
 
-A guest's power-off or exit is a KVM_EXIT_SYSTEM_EVENT carrying its exit status. Both are
-reached from exception dispatch (exceptions.py): Unicorn reports HVC, SMC and HLT as undefined
-instructions, and the VMM completes them for the guest.
+A guest's power-off or exit is a KVM_EXIT_SYSTEM_EVENT carrying its exit status, and PSCI
+SYSTEM_RESET one of type KVM_SYSTEM_EVENT_RESET, as KVM reports them: the board decides whether
+a reset reboots or ends the run. All are reached from exception dispatch (exceptions.py):
+Unicorn reports HVC, SMC and HLT as undefined instructions, and the VMM completes them for the
+guest.
 """
 
 from __future__ import annotations
@@ -101,8 +103,7 @@ class FirmwareCalls(VcpuCore):
         if not retired:
             self._retire()
         if fn in (PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET):
-            # SYSTEM_RESET ends the run as SYSTEM_OFF does (exit status 0, reported as a reset
-            # event): the board does not reboot the guest.
+            # Reported to the VMM, as KVM does; for a reset, the board reboots or ends the run.
             off = fn == PSCI_0_2_FN_SYSTEM_OFF
             event = kvm.SystemEventExit(kvm.KVM_SYSTEM_EVENT_SHUTDOWN if off else kvm.KVM_SYSTEM_EVENT_RESET, [0],
                                         "PSCI SYSTEM_OFF" if off else "PSCI SYSTEM_RESET")
