@@ -202,3 +202,27 @@ def test_written_ranges_until_a_vcpu_runs():
     assert vm.written_ranges() == [(0x4000_0000, 0x4000_0008)]
     _run_at(vcpu, 0x4000_0000, 1)
     assert vm.written_ranges() is None
+
+
+def test_userspace_addr_memory_is_the_callers_and_outlives_its_slot():
+    """KVM_SET_USER_MEMORY_REGION with the VMM's own memory: the guest and read_phys see it,
+    deleting the slot leaves it (a flash bank leaving read-array mode), mapping it again
+    brings the same bytes back, with no copy."""
+    import ctypes
+    import mmap
+    memory = mmap.mmap(-1, 0x10000)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    memory[0x100:0x104] = b"host"
+    vm = Arm64Vm()
+    vm.set_user_memory_region(0, 0x4000_0000, 0x10000, userspace_addr=address)
+    assert vm.read_phys(0x4000_0100, 4) == b"host"
+    vm.write_phys(0x4000_0200, b"vm")
+    assert memory[0x200:0x202] == b"vm"
+    vm.set_user_memory_region(0, 0x4000_0000, 0)
+    assert memory[0x100:0x104] == b"host"
+    memory[0x300:0x302] = b"ok"
+    vm.set_user_memory_region(0, 0x4000_0000, 0x10000, userspace_addr=address)
+    assert vm.read_phys(0x4000_0300, 2) == b"ok"
+    with pytest.raises(kvm.KvmError) as raised:
+        vm.set_user_memory_region(1, 0x5000_0000, 0x1000, userspace_addr=address + 8)
+    assert raised.value.errno == errno.EINVAL

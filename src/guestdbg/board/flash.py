@@ -7,9 +7,11 @@ addresses are the bank's divided by the bank width (CFI offset 0x10 is bank offs
 Like QEMU's ROM device under KVM, a bank has two modes. In read-array ("ROMD") mode it is a
 KVM_MEM_READONLY memory slot: reads and instruction fetches run at full speed, and a write
 comes out as KVM_EXIT_MMIO. A command write switches it to I/O mode: the slot is removed, so
-every access exits and `mmio()` answers it (status, ID, CFI query). After read-array (0xFF)
-the array is served from `_data`, where the contents live while the slot is away, and the slot
-comes back once the guest goes on reading (ARRAY_READS_BEFORE_ROMD), or at reset.
+every access exits and `mmio()` answers it (status, ID, CFI query). The contents are the
+bank's own memory, which the slot maps (KVM's userspace_addr) and which stays while the slot is
+away: no copies either way. After read-array (0xFF) the array is served from it by exits, and
+the slot comes back once the guest goes on reading (ARRAY_READS_BEFORE_ROMD: a mode switch
+remaps 64 MiB in every vCPU's engine), or at reset.
 
 Commands (what U-Boot's drivers/mtd/cfi_flash.c and Linux's cfi_probe/cfi_cmdset_0001 use):
 0xFF/0xF0/0x00 read array, 0x70 read status, 0x50 clear status, 0x90 read ID, 0x98 CFI query,
@@ -21,6 +23,8 @@ the status register always reads ready (SR.7).
 from __future__ import annotations
 
 import base64
+import ctypes
+import mmap
 import zlib
 from typing import Callable, Protocol
 
@@ -61,13 +65,12 @@ VIRT_FLASH_BANK_WIDTH = 4
 VIRT_FLASH_DEVICE_WIDTH = 2
 VIRT_FLASH_IDS = (0x89, 0x18)
 WRITE_BUFFER_BITS = 11  # CFI 0x2A: 2 KiB write buffer per chip (a bank width above 1)
-CHUNK = 1 << 20
 # Read-array mode is served through MMIO exits for this many reads before the memory slot comes
-# back. QEMU's ROM device switches at once, but a slot change costs ~0.1-0.3 s here (64 MiB in and
-# out of Unicorn) and U-Boot's probe alone does 512 command/read-array pairs (a lock-status read
-# per sector); guests that go on reading the array (U-Boot loading its environment) get the slot.
+# back. QEMU's ROM device switches at once, but a slot change costs ~70 ms here (Unicorn unmaps
+# and maps 64 MiB page by page, in every vCPU's engine) and U-Boot's probe alone does 512
+# command/read-array pairs (a lock-status read per sector); guests that go on reading the array
+# (U-Boot loading its environment) get the slot.
 ARRAY_READS_BEFORE_ROMD = 256
-ZERO_CHUNK = bytes(CHUNK)
 
 
 def cfi_table(size: int, sector_size: int, bank_width: int, device_width: int) -> bytes:
@@ -98,7 +101,8 @@ def cfi_table(size: int, sector_size: int, bank_width: int, device_width: int) -
 class FlashVm(Protocol):
     """What a bank needs of the VM: its memory slot and the slot's contents."""
 
-    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0) -> None: ...
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0,
+                               userspace_addr: int = 0) -> None: ...
 
     def read_phys(self, pa: int, size: int) -> bytes: ...
 
@@ -114,12 +118,14 @@ class CfiFlash:
         self.vm, self.slot, self.base, self.size = vm, slot, base, size
         self.sector_size, self.bank_width, self.device_width, self.ids = sector_size, bank_width, device_width, ids
         self.cfi = cfi_table(size, sector_size, bank_width, device_width)
-        self._data: bytearray | None = None  # the contents while in I/O mode
+        self._memory = mmap.mmap(-1, size)  # the contents, in either mode
+        self._address = ctypes.addressof(ctypes.c_char.from_buffer(self._memory))
+        self._romd = True
         # Told (offset, bytes) of what each program or erase changed, when it completes: a host
         # file behind the flash (QEMU's -drive if=pflash) is written through.
         self.on_change: Callable[[int, bytes], None] | None = None
         self._dirty: tuple[int, int] | None = None  # what the operation in progress changed
-        self.vm.set_user_memory_region(slot, base, size, kvm.KVM_MEM_READONLY)
+        self.vm.set_user_memory_region(slot, base, size, kvm.KVM_MEM_READONLY, userspace_addr=self._address)
         self.reset()
 
     def reset(self) -> None:
@@ -133,41 +139,31 @@ class CfiFlash:
 
     @property
     def romd(self) -> bool:
-        return self._data is None
+        return self._romd
 
     def contains(self, pa: int) -> bool:
         return self.base <= pa < self.base + self.size
 
     # ------------------------------------------------------------------ contents
     def contents(self) -> bytes:
-        return bytes(self._data) if self._data is not None else self.vm.read_phys(self.base, self.size)
+        return bytes(self._memory)
 
     def load(self, offset: int, data: bytes) -> None:
         """Put `data` in the flash at `offset` (a loader's or host file's write, not the guest's)."""
-        if self._data is not None:
-            self._data[offset:offset + len(data)] = data
+        if self._romd:
+            self.vm.write_phys(self.base + offset, data)  # and every vCPU forgets code translated there
         else:
-            self.vm.write_phys(self.base + offset, data)
+            self._memory[offset:offset + len(data)] = data
 
     def _set_romd(self, romd: bool) -> None:
         if romd == self.romd:
             return
-        # The slot's memory goes with the slot (Unicorn frees it): the contents are copied out
-        # and back, a chunk at a time (one large Unicorn read costs several times more).
         if romd:
-            data, self._data = self._data, None
-            assert data is not None
-            self.vm.set_user_memory_region(self.slot, self.base, self.size, kvm.KVM_MEM_READONLY)
-            for off in range(0, self.size, CHUNK):
-                piece = bytes(data[off:off + CHUNK])
-                if piece != ZERO_CHUNK:  # the new slot is zeroed already
-                    self.vm.write_phys(self.base + off, piece)
+            self.vm.set_user_memory_region(self.slot, self.base, self.size, kvm.KVM_MEM_READONLY,
+                                           userspace_addr=self._address)
         else:
-            data = bytearray(self.size)
-            for off in range(0, self.size, CHUNK):
-                data[off:off + CHUNK] = self.vm.read_phys(self.base + off, CHUNK)
-            self._data = data
             self.vm.set_user_memory_region(self.slot, self.base, 0)
+        self._romd = romd
 
     # ------------------------------------------------------------------ guest accesses
     def mmio(self, offset: int, size: int, is_write: bool, value: int) -> int:
@@ -195,9 +191,9 @@ class CfiFlash:
             return self._replicate(self.ids[index] if index < len(self.ids) else 0, size)
         if self.cmd == CMD_CFI_QUERY:
             return self._replicate(self.cfi[chip_offset] if chip_offset < len(self.cfi) else 0, size)
-        if self._data is None:
-            return int.from_bytes(self.vm.read_phys(self.base + offset, size), "little")
-        value = int.from_bytes(self._data[offset:offset + size], "little")
+        value = int.from_bytes(self._memory[offset:offset + size], "little")
+        if self._romd:
+            return value
         self.array_reads += 1
         if self.array_reads >= ARRAY_READS_BEFORE_ROMD:
             self._set_romd(True)
@@ -207,8 +203,8 @@ class CfiFlash:
         self._fill(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
     def _fill(self, offset: int, data: bytes) -> None:
-        assert self._data is not None  # commands run in I/O mode
-        self._data[offset:offset + len(data)] = data
+        assert not self._romd  # commands run in I/O mode
+        self._memory[offset:offset + len(data)] = data
         end = offset + len(data)
         self._dirty = (offset, end) if self._dirty is None else (min(self._dirty[0], offset), max(self._dirty[1], end))
 
@@ -216,9 +212,9 @@ class CfiFlash:
         """An operation completed: status ready, the next write is a command, changes written through."""
         self.status |= SR_READY
         self.wcycle = 0
-        if self._dirty is not None and self.on_change is not None and self._data is not None:
+        if self._dirty is not None and self.on_change is not None:
             start, end = self._dirty
-            self.on_change(start, bytes(self._data[start:end]))
+            self.on_change(start, bytes(self._memory[start:end]))
         self._dirty = None
 
     def _read_array(self) -> None:
@@ -276,8 +272,8 @@ class CfiFlash:
     def state(self) -> dict:
         out: dict[str, object] = {"cmd": self.cmd, "wcycle": self.wcycle, "status": self.status,
                                   "counter": self.counter, "romd": self.romd}
-        if self._data is not None:  # in read-array mode the memory slot holds the contents
-            out["data"] = base64.b64encode(zlib.compress(bytes(self._data), 1)).decode()
+        if not self._romd:  # in read-array mode the memory slot (in the snapshot) holds the contents
+            out["data"] = base64.b64encode(zlib.compress(bytes(self._memory), 1)).decode()
         return out
 
     def restore(self, state: dict) -> None:
@@ -287,4 +283,4 @@ class CfiFlash:
             self._set_romd(True)
         else:
             self._set_romd(False)
-            self._data = bytearray(zlib.decompress(base64.b64decode(state["data"])))
+            self._memory[:] = zlib.decompress(base64.b64decode(state["data"]))

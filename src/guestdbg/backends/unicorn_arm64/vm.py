@@ -1,8 +1,9 @@
 """The VM (KVM's VM file descriptor): capabilities, guest memory slots, in-kernel devices.
 
-Guest memory is host memory the VM owns (one anonymous mapping per slot, zero pages until
-touched), mapped with uc_mem_map_ptr into the Unicorn engine of every vCPU: each vCPU is its
-own engine over the same RAM, with no copies, as vCPU threads share a KVM VM's memory.
+Guest memory is host memory (one anonymous mapping per slot the VM allocates, zero pages until
+touched, or the VMM's own at `userspace_addr`, as on KVM), mapped with uc_mem_map_ptr into the
+Unicorn engine of every vCPU: each vCPU is its own engine over the same RAM, with no copies, as
+vCPU threads share a KVM VM's memory.
 """
 
 from __future__ import annotations
@@ -83,12 +84,8 @@ class MemorySlot:
     guest_phys_addr: int
     memory_size: int
     flags: int
-    host: mmap.mmap | None = None  # the guest memory itself (the VM's userspace_addr)
-
-    @property
-    def host_address(self) -> int:
-        assert self.host is not None
-        return ctypes.addressof(ctypes.c_char.from_buffer(self.host))
+    userspace_addr: int = 0  # where the guest memory is in this process
+    owned: mmap.mmap | None = None  # the mapping behind it when the VM allocated it
 
     @property
     def readonly(self) -> bool:
@@ -163,8 +160,13 @@ class Arm64Vm:
         return answers.get(cap, 0)
 
     # KVM_SET_USER_MEMORY_REGION: guest RAM/ROM. memory_size 0 deletes the slot, as in KVM.
-    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0) -> None:
-        if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE:
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, flags: int = 0,
+                               userspace_addr: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION. `userspace_addr`: memory of the caller's (page aligned,
+        alive and `memory_size` long while the slot maps it), which survives the slot's
+        deletion as on KVM (a flash bank leaving read-array mode); 0: the VM allocates zeroed
+        memory that goes with the slot."""
+        if guest_phys_addr % PAGE_SIZE or memory_size % PAGE_SIZE or userspace_addr % PAGE_SIZE:
             raise kvm.einval("memory region must be page aligned")
         if flags & ~(kvm.KVM_MEM_READONLY | kvm.KVM_MEM_LOG_DIRTY_PAGES):
             raise kvm.einval(f"unknown memory region flags {flags:#x}")
@@ -182,7 +184,11 @@ class Arm64Vm:
                     uc.mem_unmap(base, size)
         if memory_size == 0:
             return
-        new = MemorySlot(slot, guest_phys_addr, memory_size, flags, mmap.mmap(-1, memory_size))
+        owned = None
+        if not userspace_addr:
+            owned = mmap.mmap(-1, memory_size)
+            userspace_addr = ctypes.addressof(ctypes.c_char.from_buffer(owned))
+        new = MemorySlot(slot, guest_phys_addr, memory_size, flags, userspace_addr, owned)
         for uc in self._engines():
             _map_slot(uc, new)
         self.slots[slot] = new
@@ -245,7 +251,7 @@ class Arm64Vm:
 
     def read_phys(self, pa: int, size: int) -> bytes:
         """Read guest RAM/ROM. Anything outside a memory slot is an error, never a partial read."""
-        return b"".join(bytes(slot.host[off:off + n]) for slot, off, n in self._spans(pa, size))  # type: ignore[index]
+        return b"".join(ctypes.string_at(slot.userspace_addr + off, n) for slot, off, n in self._spans(pa, size))
 
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
@@ -253,7 +259,7 @@ class Arm64Vm:
             self._host_writes.append((pa, pa + len(data)))
         at = 0
         for slot, off, n in self._spans(pa, len(data)):
-            slot.host[off:off + n] = data[at:at + n]  # type: ignore[index]
+            ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
             at += n
         self._drop_translations(pa, len(data))
 
@@ -323,7 +329,7 @@ class Arm64Vm:
 
 def _map_slot(uc: UcAArch64, slot: MemorySlot) -> None:
     perms = UC_PROT_READ | UC_PROT_EXEC if slot.readonly else UC_PROT_ALL
-    host = slot.host_address
+    host = slot.userspace_addr
     # Many small Unicorn regions, not one: mem_protect on part of a region copies the whole
     # region's bookkeeping, which made arming a watchpoint on 128 MiB of RAM cost ~180 ms.
     for base, size in _chunks(slot.guest_phys_addr, slot.memory_size):
