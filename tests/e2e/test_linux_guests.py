@@ -10,7 +10,6 @@ qemu-system-aarch64 -M virt with the same images.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -177,27 +176,6 @@ def test_uboot_flash_write_survives_reset(uboot_bin, tmp_path):
         con.expect(r"=> ", 60)
         con.send("reset")
         assert con.wait(10) == 0  # --no-reboot: the reset ends the run, status 0
-
-
-@pytest.mark.skipif(not os.environ.get("GUESTDBG_SLOW_FLASH"),
-                    reason="~10 min: 128K flash writes, each a KVM_EXIT_MMIO (~5 ms); set GUESTDBG_SLOW_FLASH=1")
-def test_uboot_saveenv_survives_reset(uboot_bin):
-    """U-Boot's environment in flash1: `saveenv` erases its sectors and writes 256 KiB
-    (buffered writes); after `reset` (a reboot) U-Boot loads it with a good CRC."""
-    with Console(GUESTDBG + ["--rom", str(uboot_bin)]) as con:
-        uboot_prompt(con)
-        con.send("setenv foo bar; saveenv")
-        con.expect(r"Writing to Flash\.\.\. *done\r?\nOK", 900)
-        con.expect(r"=> ", 10)
-        con.send("reset")
-        con.expect(r"\nU-Boot 20", BOOT_TIMEOUT)
-        con.expect(r"Loading Environment from Flash\.\.\. OK", BOOT_TIMEOUT)  # no "bad CRC" now
-        uboot_prompt(con)
-        con.send("printenv foo")
-        con.expect(r"\nfoo=bar\r?\n", 10)
-        con.expect(r"=> ", 10)
-        con.send("poweroff")
-        assert con.wait(10) == 0
 
 
 RESTORE_AND_TALK = r"""
