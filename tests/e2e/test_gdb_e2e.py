@@ -160,7 +160,9 @@ def test_break_in_rom_becomes_hardware(guest_dir, tmp_path):
     r.assert_ok()
     assert r["entry_pc"] == 0
     # ROM is read-only; everything else is left to the stub (RAM, MMIO, virtual aliases).
-    assert re.search(r"0x0{16}\s+0x0{8}08000000\s+ro\b", r["memmap"]), r["memmap"]
+    # the two CFI flash banks (read-only to the guest: its writes are flash commands)
+    assert re.search(r"0x0{16}\s+0x0{8}04000000\s+ro\b", r["memmap"]), r["memmap"]
+    assert re.search(r"0x0{8}04000000\s+0x0{8}08000000\s+ro\b", r["memmap"]), r["memmap"]
     assert re.search(r"0x0{8}08000000\s+0xf{16}\s+rw\b", r["memmap"]), r["memmap"]
     assert "automatically using hardware breakpoints for read-only addresses" in r["break"], r["break"]
     assert "hardware breakpoints: 1/6 used" in r["slots"]

@@ -85,7 +85,7 @@ def test_lldb_expressions_print_no_region_assertion_like_qemu(guest_dir, tmp_pat
         assert re.search(r"\$0 = 1\b", out) and re.search(r"\$1 = 2\b", out), (name, out)
         assert "0x40101080: 0x00000001" in out, (name, out)
     out = outputs["guestdbg"]
-    assert "[0x0000000000000000-0x0000000008000000) r-x rom" in out, out
+    assert "[0x0000000000000000-0x0000000004000000) r-x rom" in out, out  # flash0
     assert "[0x0000000008000000-0x0000000008020000) rw- gic" in out, out   # the GIC
     assert "[0x0000000008020000-0x0000000009000000) ---" in out, out                # a hole
     assert "[0x0000000009000000-0x0000000009001000) rw- pl011" in out, out
@@ -106,7 +106,7 @@ def test_memory_regions_tile_the_address_space_as_lldb_walks_it(guest_dir):
         addr = r["start"] + r["size"]
         if addr >= LAST_ADDRESS:
             break
-    assert seen == [(0, "rom", "rx"), (0x0800_0000, "gic", "rw"), (0x0802_0000, "", ""),
+    assert seen == [(0, "rom", "rx"), (0x0400_0000, "rom", "rx"), (0x0800_0000, "gic", "rw"), (0x0802_0000, "", ""),
                     (0x0900_0000, "pl011", "rw"), (0x0900_1000, "", ""), (0x4000_0000, "ram", "rwx"),
                     (0x4800_0000, "", "")]
     assert _region(s, 0x0900_0800)["start"] == 0x0900_0000              # any address inside
