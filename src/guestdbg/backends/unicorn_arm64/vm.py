@@ -256,7 +256,10 @@ class Arm64Vm:
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
         if self._host_writes is not None and data:
-            self._host_writes.append((pa, pa + len(data)))
+            if any(vcpu.icount for vcpu in self.vcpus.values()):
+                self._host_writes = None  # the guest ran: no longer known (and no list to grow)
+            else:
+                self._host_writes.append((pa, pa + len(data)))
         at = 0
         for slot, off, n in self._spans(pa, len(data)):
             ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
