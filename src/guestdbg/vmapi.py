@@ -95,9 +95,10 @@ class Vcpu(Protocol):
 class Arm64Vcpu(Vcpu, Protocol):
     """An arm64 vCPU: KVM_SET_VCPU_EVENTS carries only an external data abort."""
 
-    def run(self, *, icount_limit: int | None = None) -> kvm.KvmRun:
+    def run(self, *, icount_limit: int | None = None, turn_end: int | None = None) -> kvm.KvmRun:
         """KVM_RUN; with `icount_limit`, stop after exactly that many retired instructions
-        (EXIT_ICOUNT_LIMIT), which only the emulated back end can do."""
+        (EXIT_ICOUNT_LIMIT), which only the emulated back end can do; with `turn_end`, at the
+        last block boundary before that count (a scheduler's turn, cheaper)."""
 
     def set_vcpu_events(self, *, ext_dabt_pending: bool = False) -> None:
         """KVM_SET_VCPU_EVENTS (arm64): inject an external data abort for an MMIO access the

@@ -167,3 +167,29 @@ def test_wfi_with_nothing_pending_is_a_hlt_exit_when_asked():
     run = cpu.run()
     assert run.exit_reason == kvm.KVM_EXIT_HLT
     assert cpu.pc == RAM + 4 and cpu.icount == 1
+
+
+def test_turn_end_stops_at_a_block_boundary_short_of_it():
+    """run(turn_end=N): EXIT_ICOUNT_LIMIT before the first block that would pass N (no exact
+    split of the block); the same counts every time, and the next turn goes on from there."""
+    # a loop of 7-instruction blocks: 6 adds and a branch back
+    add_x0 = 0x91000400  # add x0, x0, #1
+    loop = [add_x0] * 6 + [0x17FFFFFA]  # b .-24
+    counts = []
+    for _ in range(2):
+        vm = Arm64Vm()
+        vm.set_user_memory_region(0, RAM, 0x10000)
+        vm.write_phys(RAM, b"".join(w.to_bytes(4, "little") for w in loop))
+        cpu = vm.create_vcpu(0)
+        cpu.uc.reg_write(uca.UC_ARM64_REG_PC, RAM)
+        seen = []
+        for turn in range(3):
+            run = cpu.run(turn_end=cpu.icount + 1000)
+            assert run.exit_reason == kvm.EXIT_ICOUNT_LIMIT
+            seen.append(cpu.icount)
+        counts.append(seen)
+        assert cpu.uc.reg_read(uca.UC_ARM64_REG_X0) == cpu.icount // 7 * 6 + cpu.icount % 7
+    assert counts[0] == counts[1]
+    first = counts[0][0]
+    assert first % 7 == 0 and 1000 - 7 < first <= 1000   # whole blocks, at most one short
+    assert counts[0][1] - first > 1000 - 7

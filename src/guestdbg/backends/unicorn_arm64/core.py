@@ -145,6 +145,8 @@ class VcpuCore:
         self.halt_exits = False
         self._tlb_generation = 0  # vm.tlb_generation this engine's TLB is in step with
         self._rewritten_code: set[int] = set()  # physical code pages a hook stored to (debughw._store)
+        self._turn_end: int | None = None  # run()'s turn_end, for _execute
+        self._turn_ended = False  # the last _execute ended the turn at a block boundary
 
     # ------------------------------------------------------------------ registers
     @property
@@ -537,12 +539,18 @@ class VcpuCore:
                 self._idle()
             return fault
         state.limit = limit
+        self._turn_ended = False
         fault = self._emu(self.pc)
         if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
             self._idle()
             return None
         if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
                 or state.icount >= limit):
+            return fault
+        if self._turn_end is not None and limit >= self._turn_end:
+            # The scheduler's turn (not a timer deadline, which stays exact): end at this block
+            # boundary, short of the limit (Arm64Vcpu.run's turn_end).
+            self._turn_ended = True
             return fault
         start, insns = state.split_pc, state.split_insns
         hook = self._runctl.add_countdown(start, insns, limit)
