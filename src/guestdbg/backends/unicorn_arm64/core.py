@@ -607,7 +607,7 @@ class VcpuCore:
         if self._rewritten_code:
             self.drop_physical_code(self._rewritten_code)
             self._rewritten_code = set()
-        if state.tlbi_count != tlbis and len(self.vm.vcpus) > 1:
+        if state.tlbi_count != tlbis and self.vm.shared:
             self.vm.tlb_generation += 1  # the other vCPUs flush their TLBs before they run again
             self._tlb_generation = self.vm.tlb_generation
         if state.stop_reason & STOP_XLATE:
@@ -630,7 +630,7 @@ class VcpuCore:
         state = self._runctl.state
         count, everything = state.ic_count, state.ic_all
         state.ic_pending = state.ic_all = state.ic_count = 0
-        shared = len(self.vm.vcpus) > 1
+        shared = self.vm.shared
         if everything:
             self.uc.ctl_flush_tb()
             if shared:
@@ -683,6 +683,10 @@ class VcpuCore:
             remove_cache(self.uc, va, 4)
         else:
             self.drop_physical_code({t.pa & PAGE_MASK})
+
+    def forget_executable_pages(self) -> None:
+        """Lapse the C hook's known-executable pages: its IC IVAUs all come to Python again."""
+        self._runctl.state.exec_gen += 1
 
     def drop_physical_code(self, pages: set[int]) -> None:
         """Drop this engine's translations of code in these physical pages, by physical

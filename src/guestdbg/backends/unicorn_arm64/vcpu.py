@@ -88,6 +88,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         block the limit falls in (most of a turn's cost with 100k-instruction turns)."""
         state = self._runctl.state
         self._turn_end = turn_end
+        self.vm.note_running(self.vcpu_id)
         self._run_thread = threading.get_ident()
         held = self._irqs_held = self.singlestep_blocks_irq and bool(self.guestdbg_control & KVM_GUESTDBG_SINGLESTEP)
         try:
@@ -108,7 +109,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
                 if (self._irq_level and not held) is not self._irq_applied:
                     self._apply_irq_line()
-                if len(self.vm.vcpus) > 1:
+                if self.vm.shared:
                     self.apply_remote_maintenance()
                 if self._rearm_pending:
                     self._rearm()

@@ -122,6 +122,11 @@ class Arm64Vm:
         # Maintenance one vCPU does that the others' engines must follow (VcpuCore.
         # apply_remote_maintenance): TLBIs (a generation count) and IC invalidations.
         self.tlb_generation = 0
+        # Which vCPUs have run: until a second one does, the first keeps the C hook's inline
+        # IC IVAU path (a Linux boot's secondaries start late, and Debian's ftrace patching
+        # alone is ~44k invalidations), since nothing else has translated code to go stale.
+        self._ran: set[int] = set()
+        self.shared = False  # more than one vCPU has run: maintenance must be carried over
         self._icache_pending: dict[int, set[int] | None] = {}  # vcpu_id -> code pages to drop (None: all)
         # Where guest memory may be non-zero, while no vCPU has run: what the host wrote.
         self._host_writes: list[tuple[int, int]] | None = []
@@ -298,6 +303,18 @@ class Arm64Vm:
             spans.append((s, pa - s.guest_phys_addr, n))
             pa += n
         return spans
+
+    def note_running(self, vcpu_id: int) -> None:
+        """vCPU `vcpu_id` enters run(). The second vCPU to run makes the VM shared: every
+        vCPU's inline IC IVAU cache is dropped, so that from now on each invalidation reaches
+        the others (VcpuCore._sync_icache)."""
+        if vcpu_id in self._ran:
+            return
+        self._ran.add(vcpu_id)
+        if len(self._ran) > 1 and not self.shared:
+            self.shared = True
+            for vcpu in self.vcpus.values():
+                vcpu.forget_executable_pages()
 
     def invalidate_icache(self, source_id: int, pages: set[int] | None) -> None:
         """vCPU `source_id` invalidated its instruction cache for these physical pages (None:
