@@ -56,6 +56,16 @@ def parse_timeout(text: str) -> float:
     return value
 
 
+def parse_smp(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"invalid vCPU count {text!r} (1..8)")
+    return value
+
+
 def parse_addr(text: str) -> int:
     try:
         value = int(text, 0)
@@ -106,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pflash1", metavar="FILE",
                      help="keep flash1 (0x4000000, U-Boot's environment) in FILE, a 64 MiB file the guest's "
                           "flash writes go to (as QEMU's -drive if=pflash,unit=1,format=raw,file=FILE)")
+    run.add_argument("--smp", type=parse_smp, default=1, metavar="N",
+                     help="vCPUs, 1..8 (default 1); the secondaries start off (PSCI CPU_ON), as QEMU's -smp")
     run.add_argument("--clock", choices=("virtual", "host"), default=None,
                      help="the guest's time: virtual (default: deterministic, 1 instruction = 1 ns, frozen "
                           "while stopped) or host (the host's monotonic clock)")
@@ -136,7 +148,8 @@ def _version() -> str:
 
 def _config(args) -> VirtConfig:
     return VirtConfig(ram_size=args.ram, brps=args.brps, wrps=args.wrps, ctx_cmps=args.ctx_cmps,
-                      no_reboot=getattr(args, "no_reboot", False), pflash1=getattr(args, "pflash1", None))
+                      no_reboot=getattr(args, "no_reboot", False), pflash1=getattr(args, "pflash1", None),
+                      smp=getattr(args, "smp", 1))
 
 
 def demo_image():
@@ -149,7 +162,8 @@ def cmd_run_x86(args) -> int:
     from guestdbg.board.pc import PcConfig
     from guestdbg.board.pc_probe import create_pc_machine
     for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None),
-                        ("--clock", args.clock is not None), ("--pflash1", args.pflash1 is not None)):
+                        ("--clock", args.clock is not None), ("--pflash1", args.pflash1 is not None),
+                        ("--smp greater than 1", args.smp > 1)):
         if given:
             raise ImageError(f"{flag} is not supported with --arch x86_64 yet")
     if args.wait and not args.gdb:
@@ -209,14 +223,14 @@ def cmd_run(args) -> int:
     linux = None
     if args.kernel:
         linux = loader.plan_linux(config.ram_size, args.kernel, initrd=args.initrd, append=args.append,
-                                  dtb=args.dtb)
+                                  dtb=args.dtb, cpus=config.smp)
     firmware = bool(args.rom) and not args.image
     if args.dumpdtb:
         if linux is not None:
             blob = linux.dtb
         else:
             blob = loader.dtb_for(config.ram_size, dtb_path=args.dtb if firmware else None, bootargs=None,
-                                  initrd=None)
+                                  initrd=None, cpus=config.smp)
         try:
             Path(args.dumpdtb).write_bytes(blob)
         except OSError as e:
@@ -234,7 +248,7 @@ def cmd_run(args) -> int:
             _, segments = read_elf(Path(args.rom), "AArch64", "a little-endian AArch64 ELF64 image")
             ram_segments = tuple((paddr, paddr + memsz) for paddr, _, memsz in segments if memsz)
         if firmware:
-            blob = loader.dtb_for(config.ram_size, dtb_path=args.dtb, bootargs=None, initrd=None)
+            blob = loader.dtb_for(config.ram_size, dtb_path=args.dtb, bootargs=None, initrd=None, cpus=config.smp)
             loader.firmware_dtb(machine, blob, ram_segments)
     if args.image:
         if _elf_machine(args.image) is not None:

@@ -11,7 +11,10 @@ File layout (all integers little-endian):
     sha256   32 bytes  of body
     body:
       header_len u32, header (JSON: machine config, device state, register ids, memory layout)
-      registers  each value in its ONE_REG size, in header["registers"] order
+      registers  each value in its ONE_REG size, in header["registers"] order (vCPU 0), then
+                 for a machine with several vCPUs each other vCPU's, in header["vcpus"][i - 1]
+                 order (their icount, counter offset and power state are in the board's
+                 device state, "smp")
       memory     per memory slot: zlib stream of its non-zero 4 KiB pages, listed in the header
 
 Loading checks magic, version, length, checksum, machine config and every register id before
@@ -73,13 +76,14 @@ def dumps(machine: Board, *, compress: bool = True) -> bytes:
     """The machine as snapshot bytes. `compress=False` stores the memory pages as they are
     (still a valid zlib stream): for a snapshot kept in memory, such as the debugger's reset
     point taken at every start, where compressing the loaded kernel cost most of a second."""
-    vcpu = machine.vcpu
-    if vcpu.access_in_flight():
+    vcpus = _vcpus(machine)
+    if any(v.access_in_flight() for v in vcpus):
         raise SnapshotError("the vCPU is in the middle of an MMIO or I/O access; run it on first")
     board = _board(machine)
     reg_size = _board_kind(board)[1]
-    reg_ids = vcpu.get_reg_list()
-    regs = b"".join(vcpu.get_one_reg(r).to_bytes(reg_size(r), "little") for r in reg_ids)
+    reg_lists = [v.get_reg_list() for v in vcpus]
+    regs = b"".join(v.get_one_reg(r).to_bytes(reg_size(r), "little") for v, ids in zip(vcpus, reg_lists) for r in ids)
+    reg_ids = reg_lists[0]
     memory_meta, memory_blobs = [], []
     slots: list[vmapi.MemorySlot] = sorted(machine.vm.slots.values(), key=lambda s: s.slot)
     for slot in slots:
@@ -95,11 +99,18 @@ def dumps(machine: Board, *, compress: bool = True) -> bytes:
         "registers": reg_ids,
         "memory": memory_meta,
     }
+    if len(vcpus) > 1:
+        header_dict["vcpus"] = reg_lists[1:]
     if board != "aarch64":
         header_dict["board"] = board
     header = json.dumps(header_dict, sort_keys=True).encode()
     body = struct.pack("<I", len(header)) + header + regs + b"".join(memory_blobs)
     return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest()) + body
+
+
+def _vcpus(machine: Board) -> list:
+    """Every vCPU of the machine, vCPU 0 first (a board without `vcpus` has its one `vcpu`)."""
+    return list(getattr(machine, "vcpus", None) or [machine.vcpu])
 
 
 def _nonzero_pages(vm, base: int, size: int) -> tuple[list[int], list[bytes]]:
@@ -143,9 +154,11 @@ def save(machine: Board, path: str | os.PathLike) -> None:
 
 class _Parsed:
     def __init__(self, config: VirtConfig, devices: dict, registers: list[tuple[int, int]],
-                 memory: list[tuple[dict, dict[int, bytes]]], board: str = "aarch64"):
+                 memory: list[tuple[dict, dict[int, bytes]]], board: str = "aarch64",
+                 more_vcpus: list[list[tuple[int, int]]] | None = None):
         self.config, self.devices, self.registers, self.memory = config, devices, registers, memory
         self.board = board
+        self.more_vcpus = more_vcpus or []  # the registers of vCPUs 1, 2, ...
 
 
 def _parse(data: bytes) -> _Parsed:
@@ -168,11 +181,15 @@ def _parse(data: bytes) -> _Parsed:
         config_class, reg_size, _ = _board_kind(board)
         config = config_class(**header["config"])
         offset = 4 + hlen
-        registers = []
-        for reg_id in header["registers"]:
-            size = reg_size(reg_id)
-            registers.append((reg_id, int.from_bytes(body[offset:offset + size], "little")))
-            offset += size
+        per_vcpu: list[list[tuple[int, int]]] = []
+        for ids in [header["registers"]] + list(header.get("vcpus", [])):
+            registers = []
+            for reg_id in ids:
+                size = reg_size(reg_id)
+                registers.append((reg_id, int.from_bytes(body[offset:offset + size], "little")))
+                offset += size
+            per_vcpu.append(registers)
+        registers = per_vcpu[0]
         memory = []
         for meta in header["memory"]:
             raw = zlib.decompress(body[offset:offset + meta["length"]])
@@ -187,7 +204,7 @@ def _parse(data: bytes) -> _Parsed:
         raise
     except (KeyError, TypeError, ValueError, struct.error, zlib.error) as e:
         raise SnapshotError(f"malformed snapshot: {e}") from None
-    return _Parsed(config, header["devices"], registers, memory, board)
+    return _Parsed(config, header["devices"], registers, memory, board, per_vcpu[1:])
 
 
 def restore_into(machine: Board, data: bytes) -> None:
@@ -197,10 +214,15 @@ def restore_into(machine: Board, data: bytes) -> None:
         raise SnapshotError(f"snapshot is of a {snap.board} machine, this one is {_board(machine)}")
     if snap.config != machine.config:
         raise SnapshotError(f"snapshot is of a different machine: {snap.config} vs {machine.config}")
-    known = set(machine.vcpu.get_reg_list())
-    unknown = [r for r, _ in snap.registers if r not in known]
-    if unknown:
-        raise SnapshotError(f"snapshot has registers this vCPU lacks: {', '.join(hex(r) for r in unknown[:4])}")
+    vcpus = _vcpus(machine)
+    saved = [snap.registers] + snap.more_vcpus
+    if len(saved) != len(vcpus):
+        raise SnapshotError(f"snapshot has {len(saved)} vCPUs, this machine {len(vcpus)}")
+    for vcpu, registers in zip(vcpus, saved):
+        known = set(vcpu.get_reg_list())
+        unknown = [r for r, _ in registers if r not in known]
+        if unknown:
+            raise SnapshotError(f"snapshot has registers this vCPU lacks: {', '.join(hex(r) for r in unknown[:4])}")
     for meta, _ in snap.memory:
         slot = machine.vm.slots.get(meta["slot"])
         if slot is None or (slot.guest_phys_addr, slot.memory_size) != (meta["guest_phys_addr"], meta["memory_size"]):
@@ -220,8 +242,9 @@ def restore_into(machine: Board, data: bytes) -> None:
                     chunk[(p - first) * PAGE:(p - first + 1) * PAGE] = content
             if machine.vm.read_phys(base + off, n) != chunk:
                 machine.vm.write_phys(base + off, bytes(chunk))
-    for reg_id, value in snap.registers:
-        machine.vcpu.set_one_reg(reg_id, value)
+    for vcpu, registers in zip(vcpus, saved):
+        for reg_id, value in registers:
+            vcpu.set_one_reg(reg_id, value)
     machine.restore_device_state(snap.devices)
 
 

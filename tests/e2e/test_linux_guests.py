@@ -225,3 +225,15 @@ def test_linux_snapshot_restores_in_a_fresh_process(linux_guest, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "\nrestored-42" in r.stdout, r.stdout[-500:]
+
+
+def test_linux_smp4_boots_with_four_processors(linux_guest):
+    """`--smp 4` (issue 11): Debian's kernel brings the three secondaries up with PSCI CPU_ON,
+    and /proc/cpuinfo lists 4 processors."""
+    with Console(guestdbg_linux_command(linux_guest) + ["--smp", "4"]) as con:
+        con.expect(r"SMP: Total of 4 processors activated", 2 * BOOT_TIMEOUT)
+        con.expect(re.escape(BANNER), BOOT_TIMEOUT)
+        print(f"--smp 4: boot to the initramfs banner: {time.monotonic() - con.started:.2f} s wall")
+        con.expect(re.escape(PROMPT), 10)
+        run(con, "grep -c ^processor /proc/cpuinfo", r"\n4\n")
+        run(con, "cat /sys/devices/system/cpu/online", r"\n0-3\n")

@@ -64,9 +64,11 @@ def test_cpu_suspend_returns_success(fn):
     (fw.PSCI_0_2_FN_SYSTEM_OFF, 0),
     (fw.PSCI_0_2_FN_SYSTEM_RESET, 0),
     (fw.PSCI_1_0_FN_PSCI_FEATURES, 0),
-    (fw.PSCI_0_2_FN_CPU_ON, -1),  # SMP: not yet
-    (fw.PSCI_0_2_FN_CPU_OFF, -1),
-    (0x84000004, -1),  # AFFINITY_INFO
+    (fw.PSCI_0_2_FN_CPU_ON, 0),  # the board's power control, even with one vCPU (as QEMU -smp 1)
+    (fw.PSCI_0_2_FN64_CPU_ON, 0),
+    (fw.PSCI_0_2_FN_CPU_OFF, 0),
+    (fw.PSCI_0_2_FN_AFFINITY_INFO, 0),
+    (fw.PSCI_0_2_FN64_AFFINITY_INFO, 0),
     (0x80000000, -1),  # SMCCC_VERSION
     (0x8400FFFF, -1),
 ])
@@ -74,13 +76,31 @@ def test_features(queried, expected):
     assert call(fw.PSCI_1_0_FN_PSCI_FEATURES, queried) == expected
 
 
-@pytest.mark.parametrize("fn", [0x84000004, 0x84000005, 0x8400000B, 0x80000000, 0xC400FFFF, 0x12345678])
+@pytest.mark.parametrize("fn", [0x84000005, 0x8400000B, 0x80000000, 0xC400FFFF, 0x12345678])
 def test_unknown_is_not_supported(fn):
     assert call(fn) == -1
 
 
 def test_cpu_on_with_one_vcpu_is_invalid_params():
-    assert call(fw.PSCI_0_2_FN64_CPU_ON, 1) == -2
+    assert call(fw.PSCI_0_2_FN64_CPU_ON, 1) == -2  # no CPU 1 (board/smp.py has the rest)
+    assert call(fw.PSCI_0_2_FN64_CPU_ON, 0) == -4  # itself: ALREADY_ON
+
+
+def test_affinity_info_with_one_vcpu():
+    assert call(fw.PSCI_0_2_FN64_AFFINITY_INFO, 0) == 0  # ON
+    assert call(fw.PSCI_0_2_FN64_AFFINITY_INFO, 1) == -2
+
+
+def test_without_the_boards_power_control_cpu_on_is_refused():
+    """The back end alone (no board callback): CPU_ON refused, the others NOT_SUPPORTED."""
+    m = VirtMachine(VirtConfig())
+    m.vcpu.power_control = None
+    words = mov64(0, fw.PSCI_0_2_FN64_CPU_ON) + mov64(1, 0) + [HVC0] + mov64(0, fw.PSCI_1_0_FN_PSCI_FEATURES) + \
+        mov64(1, fw.PSCI_0_2_FN_CPU_OFF) + [HVC0, B_SELF]
+    m.vm.write_phys(RAM_BASE, b"".join(struct.pack("<I", w) for w in words))
+    m.reset_cpu(RAM_BASE)
+    m.run_until(icount_limit=len(words) + 5)
+    assert m.vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_X(0)) == (1 << 64) - 1  # FEATURES(CPU_OFF): -1
 
 
 def test_system_off_ends_with_status_0():

@@ -7,10 +7,12 @@ so a guest that boots there finds the same devices here:
 
     /memory@40000000   RAM, its size from the VirtConfig
     /flash@0           cfi-flash, both 64 MiB banks (flash0, flash1), bank-width 4 (board/flash.py)
-    /cpus/cpu@0        arm,cortex-a57, enable-method "psci"
+    /cpus/cpu@N        one per vCPU: arm,cortex-a57, reg = MPIDR Aff0, enable-method "psci";
+                       with several, /cpus/cpu-map puts them in socket0/cluster0 as QEMU does
     /psci              arm,psci-1.0 + arm,psci-0.2, method "hvc" (firmware.py answers PSCI 1.0)
-    /timer             arm,armv8-timer, the four PPIs (secure/non-secure phys, virt, hyp)
-    /intc@8000000      GICv2 distributor + CPU interface, no v2m frame (not modelled)
+    /timer             arm,armv8-timer, the four PPIs (secure/non-secure phys, virt, hyp),
+                       wired to every CPU (GIC_CPU_MASK_SIMPLE(N) in their flags)
+    /intc@8000000      GICv2 distributor + CPU interfaces, no v2m frame (not modelled)
     /pl011@9000000     the UART, SPI 1, clocked by /apb-pclk (24 MHz fixed clock)
     /chosen            stdout-path, and bootargs / the initrd range when given
 
@@ -34,10 +36,19 @@ from guestdbg.board.virt import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, GIC_B
 FDT_MAGIC = 0xD00DFEED
 FDT_MAGIC_BYTES = struct.pack(">I", FDT_MAGIC)
 
-# Phandles as QEMU's virt numbers them.
+# Phandles as QEMU's virt numbers them: the clock, then the CPUs from the last one down (its
+# fdt_add_cpu_nodes goes backwards), then the GIC. One CPU: CPU0 0x8001, GIC 0x8002.
 PHANDLE_CLK = 0x8000
 PHANDLE_CPU0 = 0x8001
 PHANDLE_GIC = 0x8002
+
+
+def phandle_cpu(index: int, cpus: int) -> int:
+    return PHANDLE_CLK + cpus - index
+
+
+def phandle_gic(cpus: int) -> int:
+    return PHANDLE_CLK + cpus + 1
 
 # GIC interrupt specifier cells (Linux's arm,gic binding).
 GIC_SPI, GIC_PPI = 0, 1
@@ -115,13 +126,17 @@ def set_memory(tree: fdt.FDT, ram_size: int) -> None:
     tree.root.append(_node(f"memory@{RAM_BASE:x}", device_type="memory", reg=_cells64(RAM_BASE, ram_size)))
 
 
-def virt_fdt(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, int] | None = None) -> fdt.FDT:
-    """The virt board's device tree (see the module docstring)."""
+def virt_fdt(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, int] | None = None,
+             cpus: int = 1) -> fdt.FDT:
+    """The virt board's device tree for `cpus` vCPUs (see the module docstring)."""
+    if not 1 <= cpus <= 8:
+        raise ValueError(f"the virt board's GICv2 serves 1-8 CPUs, not {cpus}")
+    gic_phandle = phandle_gic(cpus)
     tree = fdt.FDT(entries=[])
     tree.header.version = 17
     tree.header.last_comp_version = 16
     root = tree.root
-    for key, value in (("interrupt-parent", PHANDLE_GIC), ("model", "linux,dummy-virt"),
+    for key, value in (("interrupt-parent", gic_phandle), ("model", "linux,dummy-virt"),
                        ("#size-cells", 2), ("#address-cells", 2), ("compatible", "linux,dummy-virt")):
         _set(root, key, value)
     root.append(_node("psci", method="hvc", compatible=("arm,psci-1.0", "arm,psci-0.2")))
@@ -131,15 +146,25 @@ def virt_fdt(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, i
     root.append(_node(UART_NODE, clock_names=("uartclk", "apb_pclk"), clocks=[PHANDLE_CLK, PHANDLE_CLK],
                       interrupts=[GIC_SPI, UART_SPI, IRQ_TYPE_LEVEL_HIGH], reg=_cells64(UART_BASE, UART_SIZE),
                       compatible=("arm,pl011", "arm,primecell")))
-    root.append(_node(GIC_NODE, phandle=PHANDLE_GIC,
+    root.append(_node(GIC_NODE, phandle=gic_phandle,
                       reg=_cells64(GIC_BASE, GICD_SIZE, GICC_BASE, GICC_SIZE),
                       compatible="arm,cortex-a15-gic", ranges=True, HASHsize_cells=2, HASHaddress_cells=2,
                       interrupt_controller=True, HASHinterrupt_cells=3))
-    cpus = _node("cpus", HASHsize_cells=0, HASHaddress_cells=1)
-    cpus.append(_node("cpu@0", phandle=PHANDLE_CPU0, reg=0, enable_method="psci", compatible="arm,cortex-a57",
-                      device_type="cpu"))
-    root.append(cpus)
-    ppi_flags = (1 << PPI_CPU_MASK_SHIFT) | IRQ_TYPE_LEVEL_HIGH  # one CPU
+    cpus_node = _node("cpus", HASHsize_cells=0, HASHaddress_cells=1)
+    if cpus > 1:
+        cluster = fdt.Node("cluster0")
+        for i in range(cpus):
+            cluster.append(_node(f"core{i}", cpu=phandle_cpu(i, cpus)))
+        socket = fdt.Node("socket0")
+        socket.append(cluster)
+        cpu_map = fdt.Node("cpu-map")
+        cpu_map.append(socket)
+        cpus_node.append(cpu_map)
+    for i in range(cpus):
+        cpus_node.append(_node(f"cpu@{i:x}", phandle=phandle_cpu(i, cpus), reg=i, enable_method="psci",
+                               compatible="arm,cortex-a57", device_type="cpu"))
+    root.append(cpus_node)
+    ppi_flags = (((1 << cpus) - 1) << PPI_CPU_MASK_SHIFT) | IRQ_TYPE_LEVEL_HIGH  # GIC_CPU_MASK_SIMPLE(cpus)
     timer_irqs = [cell for ppi in TIMER_PPIS for cell in (GIC_PPI, ppi, ppi_flags)]
     root.append(_node("timer", interrupts=timer_irqs, always_on=True,
                       compatible=("arm,armv8-timer", "arm,armv7-timer")))
@@ -150,8 +175,9 @@ def virt_fdt(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, i
     return tree
 
 
-def virt_dtb(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, int] | None = None) -> bytes:
-    return encode(virt_fdt(ram_size, bootargs=bootargs, initrd=initrd))
+def virt_dtb(ram_size: int, *, bootargs: str | None = None, initrd: tuple[int, int] | None = None,
+             cpus: int = 1) -> bytes:
+    return encode(virt_fdt(ram_size, bootargs=bootargs, initrd=initrd, cpus=cpus))
 
 
 def encode(tree: fdt.FDT) -> bytes:

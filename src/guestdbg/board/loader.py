@@ -118,10 +118,11 @@ def _too_big(what: str, path, size: int, start: int, ram_end: int) -> ImageError
 
 
 def dtb_for(ram_size: int, *, dtb_path: str | None, bootargs: str | None,
-            initrd: tuple[int, int] | None) -> bytes:
-    """The generated DTB, or the user's (--dtb) with /memory and /chosen set as QEMU does."""
+            initrd: tuple[int, int] | None, cpus: int = 1) -> bytes:
+    """The generated DTB (for `cpus` vCPUs), or the user's (--dtb) with /memory and /chosen set
+    as QEMU does."""
     if dtb_path is None:
-        return devicetree.virt_dtb(ram_size, bootargs=bootargs, initrd=initrd)
+        return devicetree.virt_dtb(ram_size, bootargs=bootargs, initrd=initrd, cpus=cpus)
     tree = devicetree.parse(read_file(dtb_path, "--dtb"), f"--dtb {dtb_path}")
     devicetree.set_memory(tree, ram_size)
     devicetree.set_chosen(tree, bootargs=bootargs, initrd=initrd)
@@ -129,7 +130,7 @@ def dtb_for(ram_size: int, *, dtb_path: str | None, bootargs: str | None,
 
 
 def plan_linux(ram_size: int, kernel: str, *, initrd: str | None = None, append: str | None = None,
-               dtb: str | None = None) -> LinuxBoot:
+               dtb: str | None = None, cpus: int = 1) -> LinuxBoot:
     ram_end = RAM_BASE + ram_size
     image = read_arm64_image(kernel)
     entry = RAM_BASE + kernel_load_offset(image)
@@ -143,7 +144,7 @@ def plan_linux(ram_size: int, kernel: str, *, initrd: str | None = None, append:
         if initrd_start + len(initrd_data) > ram_end:
             raise _too_big("--initrd", initrd, len(initrd_data), initrd_start, ram_end)
     rng = None if initrd_data is None else (initrd_start, initrd_start + len(initrd_data))
-    blob = dtb_for(ram_size, dtb_path=dtb, bootargs=append, initrd=rng)
+    blob = dtb_for(ram_size, dtb_path=dtb, bootargs=append, initrd=rng, cpus=cpus)
     dtb_start = _align_up(initrd_start + (len(initrd_data) if initrd_data is not None else 0), DTB_ALIGN)
     if dtb_start + len(blob) > ram_end:
         raise ImageError(f"no room for the {len(blob)}-byte DTB after the kernel and initrd "

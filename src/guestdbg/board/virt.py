@@ -11,9 +11,14 @@ Memory map (as qemu-system-aarch64 -M virt, so one ELF runs on both):
 Any other address is unassigned: an access there is a synchronous external abort for the
 guest, as on QEMU's TCG.
 
+`VirtConfig(smp=N)` gives it N vCPUs (1-8, as QEMU's virt with GICv2): board/smp.py runs them
+round-robin on one virtual clock and answers PSCI CPU_ON/CPU_OFF/AFFINITY_INFO; the secondaries
+start powered off. With one vCPU the run loop is the single-vCPU one it always was.
+
 PSCI SYSTEM_RESET reboots the board, as QEMU's does (`no_reboot`: the run ends instead, as
-with QEMU's -no-reboot): the vCPU gets its power-on registers back, the GIC, UART and flash
-reset, and every image loaded at start (firmware, kernel, initrd, DTB, ELF) is written again.
+with QEMU's -no-reboot): the vCPU gets its power-on registers back (the secondaries theirs,
+and they are off again), the GIC, UART and flash reset, and every image loaded at start
+(firmware, kernel, initrd, DTB, ELF) is written again.
 RAM is otherwise left as it was, the clock runs on, and the flash keeps what the guest wrote
 (U-Boot's `saveenv; reset` keeps its environment).
 """
@@ -34,6 +39,7 @@ from guestdbg.board.common import ExitStatus, GuestFault, ImageError, RunToExit,
 from guestdbg.board.flash import VIRT_FLASH_BANK_SIZE, CfiFlash
 from guestdbg.board.gic import Gic
 from guestdbg.board.pl011 import Pl011
+from guestdbg.board.smp import MAX_CPUS, OFF, ON, SmpMachine
 from guestdbg.vmapi import Console, stdout_console
 
 FLASH_BANK_SIZE = VIRT_FLASH_BANK_SIZE
@@ -61,6 +67,12 @@ VTIMER_INTID, PTIMER_INTID = 27, 30  # PPIs 11 and 14
 UART_INTID = 33  # SPI 1
 
 
+def _power_on_regs(vcpu: Arm64Vcpu) -> list[tuple[int, int]]:
+    """A vCPU's registers as created (what a reboot or PSCI CPU_ON resets it to), but the
+    generic timers' counter, which keeps counting."""
+    return [(r, vcpu.get_one_reg(r)) for r in vcpu.get_reg_list() if r not in COUNTER_REGS]
+
+
 @dataclass(frozen=True)
 class VirtConfig:
     ram_size: int = DEFAULT_RAM_SIZE
@@ -69,11 +81,14 @@ class VirtConfig:
     ctx_cmps: int = 2
     no_reboot: bool = False  # PSCI SYSTEM_RESET ends the run (QEMU's -no-reboot)
     pflash1: str | None = None  # a 64 MiB host file holding flash1 (QEMU's -drive if=pflash,unit=1)
+    smp: int = 1  # vCPUs (QEMU's -smp)
 
     def __post_init__(self):
         if self.ram_size % 4096 or not 4096 <= self.ram_size <= MAX_RAM_SIZE:
             raise ValueError(f"RAM size must be a multiple of 4 KiB between 4 KiB and 8 GiB, got {self.ram_size}")
         DebugConfig(self.brps, self.wrps, self.ctx_cmps)  # validates the counts
+        if isinstance(self.smp, bool) or not isinstance(self.smp, int) or not 1 <= self.smp <= MAX_CPUS:
+            raise ValueError(f"the number of vCPUs must be 1..{MAX_CPUS}, got {self.smp!r}")
 
     @property
     def debug(self) -> DebugConfig:
@@ -84,8 +99,8 @@ class VirtConfig:
 
 
 @dataclass
-class VirtMachine(RunToExit):
-    """A VM on the virt board with one vCPU, loaded and ready to run."""
+class VirtMachine(SmpMachine, RunToExit):
+    """A VM on the virt board with `config.smp` vCPUs, loaded and ready to run."""
 
     arch_name = "aarch64"
 
@@ -99,8 +114,9 @@ class VirtMachine(RunToExit):
         self.vm.set_user_memory_region(SLOT_RAM, RAM_BASE, self.config.ram_size)
         if self.config.pflash1 is not None:
             self._open_pflash1(self.config.pflash1)
-        self._irq_out = False  # vCPU 0's IRQ line as last driven
-        self.gic = Gic(num_cpus=1, listener=self._gic_changed)
+        if self.config.smp > 1 and self.clock_mode != "virtual":
+            raise ValueError("several vCPUs run on the virtual clock only (--clock host needs --smp 1)")
+        self.gic = Gic(num_cpus=self.config.smp, listener=self._gic_changed)
         self.vm.register_mmio_device(GIC_BASE, GIC_SIZE, self.gic)
         # The PL011's interrupt output is SPI 1 (INTID 33), as in QEMU's DTB.
         self.uart = Pl011(self._console, on_irq_change=lambda level: self.gic.set_level(UART_INTID, level))
@@ -110,8 +126,8 @@ class VirtMachine(RunToExit):
         self.unassigned_accesses = 0
         # What a reboot restores: the vCPU's power-on registers, then the images and entry
         # registers the loaders gave it.
-        self._power_on_regs = [(r, self.vcpu.get_one_reg(r)) for r in self.vcpu.get_reg_list()
-                               if r not in COUNTER_REGS]
+        self._smp_init(self.config.smp, _power_on_regs)
+        self._power_on_regs = self._vcpu_power_on[0]
         self._boot_images: list[tuple[int, bytes]] = []
         self._boot_regs: dict[int, int] = {}
         self.reboots = 0
@@ -135,11 +151,14 @@ class VirtMachine(RunToExit):
         self.flash[1].on_change = write_back
 
     def _gic_changed(self) -> None:
-        """After every GIC change: drive vCPU 0's IRQ line (KVM_IRQ_LINE) if its level moved."""
-        level = self.gic.irq_pending(0)
-        if level != self._irq_out:
-            self._irq_out = level
-            self.vm.irq_line(CPU0_IRQ, int(level))
+        """After every GIC change: drive each vCPU's IRQ line (KVM_IRQ_LINE) whose level moved."""
+        if len(self._irq_outs) == 1:
+            level = self.gic.irq_pending(0)
+            if level != self._irq_outs[0]:
+                self._irq_outs[0] = level
+                self.vm.irq_line(CPU0_IRQ, int(level))
+        else:
+            self.drive_irq_lines()
 
     def _console(self, data: bytes) -> None:
         (self.console or stdout_console)(data)
@@ -207,6 +226,7 @@ class VirtMachine(RunToExit):
             bank.reset()
         self.gic.reset()
         self.uart.reset()
+        self._smp_reset()
         self._gic_changed()
         for pa, data in self._boot_images:
             self._write_image(pa, data)
@@ -241,7 +261,7 @@ class VirtMachine(RunToExit):
                         mmio.data[:mmio.len] = value.to_bytes(mmio.len, "little")
                     return None
             self.unassigned_accesses += 1
-            self.vcpu.set_vcpu_events(ext_dabt_pending=True)
+            self.vcpus[self.last_vcpu_id].set_vcpu_events(ext_dabt_pending=True)
             return None
         if run.exit_reason == kvm.KVM_EXIT_SYSTEM_EVENT and run.system_event is not None:
             ev = run.system_event
@@ -256,10 +276,16 @@ class VirtMachine(RunToExit):
         return None
 
     def run_until(self, stop: Callable[[kvm.KvmRun], bool] = lambda r: False, *,
-                  icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
+                  only: int | None = None, icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
         """Run the VMM loop until the guest ends (ExitStatus) or an exit `stop` accepts, or
         any DEBUG or INTR exit, or (with `icount_limit`) the vCPU has retired exactly that many
-        instructions (EXIT_ICOUNT_LIMIT), returned as they are."""
+        instructions (EXIT_ICOUNT_LIMIT), returned as they are. With several vCPUs: the
+        powered-on ones round-robin (board/smp.py), or only vCPU `only`; `last_vcpu_id` names
+        the vCPU the exit came from, and `icount_limit` counts vCPU `only` (else vCPU 0)."""
+        if len(self.vcpus) > 1 or self.power[0] != ON:
+            return self._run_smp(stop, only, icount_limit)
+        if only not in (None, 0):
+            raise ValueError(f"no vCPU {only}")
         while True:
             run = self.vcpu.run(icount_limit=icount_limit)
             stopped = stop(run)
@@ -272,11 +298,21 @@ class VirtMachine(RunToExit):
                     continue
             if stopped or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR, kvm.EXIT_ICOUNT_LIMIT):
                 return run
+            if run.exit_reason == kvm.KVM_EXIT_HLT:  # PSCI CPU_OFF of the only vCPU
+                return self._run_smp(stop, only, icount_limit)
             ended = self.handle_exit(run)
             if ended is not None:
                 return ended
 
+    def cpu_state(self, index: int) -> str:
+        """"running", "halted" (in WFI with nothing pending) or "off" (PSCI)."""
+        if len(self.vcpus) == 1 and self.power[0] == ON:
+            return "halted" if self.vcpu.wfi_waiting else "running"
+        return super().cpu_state(index)
+
     def _spins_forever(self, pc: int) -> bool:
+        if len(self.vcpus) > 1 or self.power[0] != ON:
+            return self._smp_spins_forever()
         if self.vcpu.wfi_waiting and self.uart.rx_source is None and not self.gic.irq_pending(0):
             # In WFI with no timer armed, no interrupt pending and no input to come.
             self.SELF_LOOP = "WFI with no timer armed"
@@ -287,10 +323,35 @@ class VirtMachine(RunToExit):
         except (TranslationFault, kvm.KvmError):  # PC on an unmapped page, or not in RAM/ROM
             return False
 
+    def _smp_spins_forever(self) -> bool:
+        """Several vCPUs: hung when no input is to come and every powered-on vCPU either waits
+        with nothing to wake it or spins on a branch to itself with no IRQ signalled."""
+        if self.uart.rx_source is not None:
+            return False
+        spinning = False
+        for i, v in enumerate(self.vcpus):
+            if self.power[i] == OFF:
+                continue
+            if self.gic.irq_pending(i) or (self.halted[i] and v.next_timer_event() is not None):
+                return False
+            if not self.halted[i]:
+                try:
+                    if v.read_virt(v.pc, 4) != B_SELF:
+                        return False
+                except (TranslationFault, kvm.KvmError):
+                    return False
+                spinning = True
+        self.SELF_LOOP = ("every CPU off, in WFI with no timer armed, or branching to itself" if spinning
+                          else "every CPU off or in WFI with no timer armed")
+        return True
+
     # ------------------------------------------------------------------ device state
     def device_state(self) -> dict:
-        return {"pl011": self.uart.state(), "clock": self.clock.state(), "gic": self.gic.state(),
-                "flash": [bank.state() for bank in self.flash]}
+        state = {"pl011": self.uart.state(), "clock": self.clock.state(), "gic": self.gic.state(),
+                 "flash": [bank.state() for bank in self.flash]}
+        if len(self.vcpus) > 1 or self.power[0] != ON:
+            state["smp"] = self.smp_state()
+        return state
 
     def restore_device_state(self, state: dict) -> None:
         self.uart.restore(state["pl011"])
@@ -298,7 +359,10 @@ class VirtMachine(RunToExit):
             bank.restore(bank_state)
         if "gic" in state:  # snapshots from before the GIC: it stays as reset
             self.gic.restore(state["gic"])
-        self._irq_out = self.gic.irq_pending(0)  # drive the line whatever it was before
-        self.vm.irq_line(CPU0_IRQ, int(self._irq_out))
+        self._force_irq_lines()  # drive the lines whatever they were before
         if "clock" in state:  # snapshots from before the virtual clock start it at 0
             self.clock.restore(state["clock"])
+        if "smp" in state:
+            self.restore_smp_state(state["smp"])
+        elif len(self.vcpus) == 1:  # one vCPU, on (its snapshots have no "smp")
+            self.power[0], self.halted[0] = ON, False

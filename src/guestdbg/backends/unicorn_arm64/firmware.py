@@ -1,5 +1,11 @@
 """Firmware services the hypervisor provides: PSCI over HVC/SMC and Arm semihosting (HLT #0xF000).
 
+PSCI CPU_ON, CPU_OFF and AFFINITY_INFO are the board's: it installs a power-control callback
+on each vCPU (`power_control`, as a VMM handles the PSCI calls KVM forwards to it), which
+answers them; a successful CPU_OFF then ends the caller's run() with KVM_EXIT_HLT (the board
+knows it is off and runs it no more until a CPU_ON). Without a callback CPU_ON is refused and
+the others are NOT_SUPPORTED, as for a machine of one CPU with no power control.
+
 A guest's power-off or exit is a KVM_EXIT_SYSTEM_EVENT carrying its exit status, and PSCI
 SYSTEM_RESET one of type KVM_SYSTEM_EVENT_RESET, as KVM reports them: the board decides whether
 a reset reboots or ends the run. All are reached from exception dispatch (exceptions.py):
@@ -8,6 +14,8 @@ guest.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from unicorn import arm64_const as uca
 
@@ -23,6 +31,8 @@ PSCI_0_2_FN64_CPU_SUSPEND = 0xC4000001
 PSCI_0_2_FN_CPU_OFF = 0x84000002
 PSCI_0_2_FN_CPU_ON = 0x84000003
 PSCI_0_2_FN64_CPU_ON = 0xC4000003
+PSCI_0_2_FN_AFFINITY_INFO = 0x84000004
+PSCI_0_2_FN64_AFFINITY_INFO = 0xC4000004
 PSCI_0_2_FN_MIGRATE_INFO_TYPE = 0x84000006
 PSCI_0_2_FN_SYSTEM_OFF = 0x84000008
 PSCI_0_2_FN_SYSTEM_RESET = 0x84000009
@@ -32,13 +42,21 @@ PSCI_VERSION_1_0 = 0x00010000
 PSCI_RET_SUCCESS = 0
 PSCI_RET_NOT_SUPPORTED = -1
 PSCI_RET_INVALID_PARAMS = -2
+PSCI_RET_DENIED = -3
+PSCI_RET_ALREADY_ON = -4
+PSCI_RET_ON_PENDING = -5
 # MIGRATE_INFO_TYPE: 2 = no Trusted OS, or one that needs no migration (QEMU's answer).
 PSCI_TOS_NOT_PRESENT_MP = 2
 # What PSCI_FEATURES reports as implemented (0: present, and for CPU_SUSPEND the original
-# power_state format); CPU_ON/CPU_OFF/AFFINITY_INFO come with SMP.
+# power_state format); POWER_CONTROL_FNS too when the board answers them.
 PSCI_IMPLEMENTED = frozenset({PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_CPU_SUSPEND, PSCI_0_2_FN64_CPU_SUSPEND,
                               PSCI_0_2_FN_MIGRATE_INFO_TYPE, PSCI_0_2_FN_SYSTEM_OFF, PSCI_0_2_FN_SYSTEM_RESET,
                               PSCI_1_0_FN_PSCI_FEATURES})
+# The calls the board's power-control callback answers.
+POWER_CONTROL_FNS = frozenset({PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON, PSCI_0_2_FN_CPU_OFF,
+                               PSCI_0_2_FN_AFFINITY_INFO, PSCI_0_2_FN64_AFFINITY_INFO})
+# (calling vCPU id, function id, x1, x2, x3) -> the PSCI result for x0.
+PowerControl = Callable[[int, int, int, int, int], int]
 
 # Arm semihosting (IHI 0016) operations.
 SYS_WRITEC = 0x03
@@ -56,6 +74,9 @@ HVC_SMC = (0xD4000002, 0xD4000003)
 
 class FirmwareCalls(VcpuCore):
     """PSCI and semihosting, done for the guest as a hypervisor would."""
+
+    # The board's answer to CPU_ON/CPU_OFF/AFFINITY_INFO (see the module docstring).
+    power_control: PowerControl | None = None
 
     def _semihosting(self, pc: int) -> KvmRun | None:
         """HLT #0xF000 at `pc`, done for the guest; it then returns past the HLT."""
@@ -112,14 +133,20 @@ class FirmwareCalls(VcpuCore):
             result = PSCI_VERSION_1_0
         elif fn == PSCI_1_0_FN_PSCI_FEATURES:
             queried = uc.reg_read(uca.UC_ARM64_REG_X1) & 0xFFFFFFFF
-            result = PSCI_RET_SUCCESS if queried in PSCI_IMPLEMENTED else PSCI_RET_NOT_SUPPORTED
+            implemented = queried in PSCI_IMPLEMENTED or (self.power_control is not None and queried in POWER_CONTROL_FNS)
+            result = PSCI_RET_SUCCESS if implemented else PSCI_RET_NOT_SUPPORTED
+        elif fn in POWER_CONTROL_FNS and self.power_control is not None:
+            args = [uc.reg_read(r) for r in (uca.UC_ARM64_REG_X1, uca.UC_ARM64_REG_X2, uca.UC_ARM64_REG_X3)]
+            result = self.power_control(self.vcpu_id, fn, *args)
+            if fn == PSCI_0_2_FN_CPU_OFF and result == PSCI_RET_SUCCESS:
+                return KvmRun(kvm.KVM_EXIT_HLT)  # off: the board runs it no more
         elif fn == PSCI_0_2_FN_MIGRATE_INFO_TYPE:
             result = PSCI_TOS_NOT_PRESENT_MP
         elif fn in (PSCI_0_2_FN_CPU_SUSPEND, PSCI_0_2_FN64_CPU_SUSPEND):
             # A standby state may return at once (any wake-up event ends it): as WFI, done.
             result = PSCI_RET_SUCCESS
         elif fn in (PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON):
-            result = PSCI_RET_INVALID_PARAMS  # one vCPU: there is no other CPU to turn on
+            result = PSCI_RET_INVALID_PARAMS  # no power control from the board: no other CPU
         else:
             result = PSCI_RET_NOT_SUPPORTED  # CPU_OFF, AFFINITY_INFO (SMP), SMCCC calls, anything else
         uc.reg_write(uca.UC_ARM64_REG_X0, result & ((1 << 64) - 1))

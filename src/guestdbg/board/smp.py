@@ -1,0 +1,356 @@
+"""Several vCPUs on the virt board (`--smp N`): PSCI power control and the round-robin scheduler.
+
+`SmpMachine` is the part of `board.virt.VirtMachine` that knows about more than one vCPU. One
+thread runs every vCPU (each its own Unicorn engine over the shared RAM, see
+backends/unicorn_arm64/vm.py), one at a time, in a fixed order, as QEMU's single-threaded TCG
+round-robin does with `-icount`:
+
+- **Turns.** The powered-on vCPUs take turns in index order (0, 1, ..., N-1, 0, ...). A turn
+  ends when the vCPU has retired QUANTUM instructions in it, or halts (WFI with nothing pending:
+  the vCPU's `halt_exits` makes run() return KVM_EXIT_HLT with PC past the WFI), or turns itself
+  off (PSCI CPU_OFF). Exits the board serves inside a turn (the flash, a timer level change) do
+  not end it; exits that go to the caller (DEBUG, INTR, an exit `stop` accepts, the guest's end)
+  leave the rest of the turn for the next run_until(), so a debugger stop does not move the
+  interleaving either.
+- **Time.** The machine has one virtual clock, `machine_time`, in instructions (1 ns each):
+  every instruction any vCPU retires advances it, as QEMU's -icount counts them. Before a
+  vCPU's turn its `time_offset` is set to `machine_time - icount`, so its counter reads
+  (machine_time + the instructions it has run in this turn) / 16 (62.5 MHz). Everything the
+  schedule depends on (instruction counts, the clock, the order) is guest state, so two runs of
+  the same guest with the same input interleave identically.
+- **Halts.** A halted vCPU is skipped until its GIC CPU interface signals an IRQ
+  (`Gic.irq_pending(cpu)`) or the machine time reaches its next timer event
+  (`vcpu.next_timer_event()`); it then resumes past its WFI (a WFI may end early; guests loop
+  on it). When every powered-on vCPU is halted, the clock skips ahead to the earliest timer
+  event, as one vCPU's idle WFI does. With no event at all the thread blocks until another
+  thread kicks vCPU 0 (the console reader, a debugger's interrupt), as a lone vCPU blocks in
+  WFI; `run_to_exit`'s hang check then sees "every CPU waiting with nothing to wake it".
+- **QUANTUM = 100 000 instructions** (100 us of virtual time). Short against what guests wait
+  for (Linux's tick is 4 ms; a CPU spinning on a lock or an IPI answer that a descheduled CPU
+  owes wastes at most one turn, and an IPI reaches a halted CPU within one round), and long
+  against a turn's fixed cost on the host: switching engines costs about 0.3-0.45 ms a turn
+  (two emu_starts, the exact-limit countdown and the translation it drops, Python), measured
+  on the CPU-bound guests/smp: 4 vCPUs ran 0.24x one vCPU's MIPS with 20 000-instruction turns,
+  0.43x with 50 000, 0.60x with 100 000, 0.8x with 200 000 (bench/bench_smp.py).
+
+PSCI (DEN0022, as QEMU's target/arm/psci.c and arm-powerctl.c answer it): the vCPU's firmware
+layer calls `psci_power` (installed as each vCPU's `power_control`) for CPU_ON, CPU_OFF and
+AFFINITY_INFO.
+
+- CPU_ON(target MPIDR, entry, context_id): the target must be a vCPU's MPIDR affinity (Aff0 =
+  index, nothing else set), else INVALID_PARAMETERS; a misaligned entry is INVALID_PARAMETERS
+  (checked first, as QEMU does); a CPU that is on is ALREADY_ON, one turned on and not yet run
+  ON_PENDING. The target is reset to its power-on registers and starts at `entry` in EL1h, MMU
+  and caches off, DAIF masked, x0 = context_id (QEMU virt without EL2 starts secondaries at
+  EL1). It is ON_PENDING until its first turn.
+- CPU_OFF: the caller is off from its next instruction (its run() ends with KVM_EXIT_HLT).
+- AFFINITY_INFO(target, level): 0 ON, 1 OFF, 2 ON_PENDING; levels above 0 are always ON (0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from guestdbg import kvm
+from guestdbg.arm import kvm_regs as kr
+from guestdbg.backends.unicorn_arm64 import PSTATE_DAIF, PSTATE_MODE_EL1H, Arm64Vcpu
+from guestdbg.backends.unicorn_arm64.firmware import (
+    PSCI_0_2_FN64_AFFINITY_INFO,
+    PSCI_0_2_FN64_CPU_ON,
+    PSCI_0_2_FN_AFFINITY_INFO,
+    PSCI_0_2_FN_CPU_OFF,
+    PSCI_0_2_FN_CPU_ON,
+    PSCI_RET_ALREADY_ON,
+    PSCI_RET_INVALID_PARAMS,
+    PSCI_RET_NOT_SUPPORTED,
+    PSCI_RET_ON_PENDING,
+    PSCI_RET_SUCCESS,
+)
+from guestdbg.board.common import ExitStatus
+
+if TYPE_CHECKING:
+    from guestdbg.board.gic import Gic
+
+MAX_CPUS = 8
+QUANTUM = 100_000
+# AFFINITY_INFO's answers, and the power states they name.
+ON, OFF, ON_PENDING = 0, 1, 2
+_STATE_NAMES = {ON: "on", OFF: "off", ON_PENDING: "on_pending"}
+_STATE_VALUES = {name: value for value, name in _STATE_NAMES.items()}
+# What vCPU i's IRQ input is for KVM_IRQ_LINE (type CPU, vcpu_index i, CPU_IRQ).
+VTIMER_INTID, PTIMER_INTID = 27, 30  # PPIs 11 and 14
+
+
+def cpu_irq(index: int) -> int:
+    return ((kvm.KVM_ARM_IRQ_TYPE_CPU << kvm.KVM_ARM_IRQ_TYPE_SHIFT) | (index << kvm.KVM_ARM_IRQ_VCPU_SHIFT)
+            | kvm.KVM_ARM_IRQ_CPU_IRQ)
+
+
+def _never(run: kvm.KvmRun) -> bool:
+    return False
+
+
+class SmpMachine:
+    """The vCPUs, their power states and the scheduler (see the module docstring). The board
+    gives it `vm`, `gic`, `vcpu` (vCPU 0) and `handle_exit`, then calls `_smp_init`."""
+
+    vcpu: Arm64Vcpu
+    gic: Gic
+    handle_exit: Callable[[kvm.KvmRun], ExitStatus | None]
+    quantum: int = QUANTUM
+
+    def _smp_init(self, n: int, power_on_regs: Callable[[Arm64Vcpu], list[tuple[int, int]]]) -> None:
+        if not 1 <= n <= MAX_CPUS:
+            raise ValueError(f"--smp must be 1..{MAX_CPUS}, got {n}")
+        vm = self.vcpu.vm
+        self.vcpus: list[Arm64Vcpu] = [self.vcpu] + [vm.create_vcpu(i) for i in range(1, n)]
+        # Every vCPU's power-on registers: what CPU_ON (and a reboot) resets it to.
+        self._vcpu_power_on = [power_on_regs(v) for v in self.vcpus]
+        self.power = [ON] + [OFF] * (n - 1)  # secondaries start off, as on QEMU's virt
+        self.halted = [False] * n
+        self.machine_time = 0
+        self.last_vcpu_id = 0
+        self._turn = 0  # whose turn it is (or is next)
+        self._turn_end: int | None = None  # icount at which that vCPU's turn ends, while it lasts
+        self._irq_outs = [False] * n
+        self.all_waiting = False  # every powered-on vCPU halted with nothing due to wake it
+        for v in self.vcpus:
+            v.power_control = self.psci_power
+            v.halt_exits = n > 1
+
+    # ------------------------------------------------------------------ state
+    def cpu_state(self, index: int) -> str:
+        """"running", "halted" (in WFI with nothing pending) or "off" (PSCI)."""
+        if self.power[index] == OFF:
+            return "off"
+        return "halted" if self.halted[index] else "running"
+
+    def drive_irq_lines(self) -> None:
+        """Each CPU interface's IRQ output to its vCPU's IRQ input, where the level moved."""
+        for i in range(len(self.vcpus)):
+            level = self.gic.irq_pending(i)
+            if level != self._irq_outs[i]:
+                self._irq_outs[i] = level
+                self.vcpu.vm.irq_line(cpu_irq(i), int(level))
+
+    def _force_irq_lines(self) -> None:
+        for i in range(len(self.vcpus)):
+            self._irq_outs[i] = self.gic.irq_pending(i)
+            self.vcpu.vm.irq_line(cpu_irq(i), int(self._irq_outs[i]))
+
+    def smp_state(self) -> dict:
+        """What a snapshot needs beyond the registers: per vCPU its instruction count, counter
+        and time offsets (its counter's reading) and power state, and the scheduler's position."""
+        return {"machine_time": self.machine_time, "turn": self._turn, "turn_end": self._turn_end,
+                "last_vcpu_id": self.last_vcpu_id,
+                "vcpus": [{"icount": v.icount, "counter_offset": v.counter_offset, "time_offset": v.time_offset,
+                           "power": _STATE_NAMES[p], "halted": h}
+                          for v, p, h in zip(self.vcpus, self.power, self.halted)]}
+
+    def restore_smp_state(self, state: dict) -> None:
+        cpus = state["vcpus"]
+        if len(cpus) != len(self.vcpus):
+            raise ValueError(f"state for {len(cpus)} vCPUs, this machine has {len(self.vcpus)}")
+        for v, s in zip(self.vcpus, cpus):
+            v.set_icount(int(s["icount"]))
+            v.counter_offset = int(s["counter_offset"])
+            v.time_offset = int(s["time_offset"])
+        self.power = [_STATE_VALUES[s["power"]] for s in cpus]
+        self.halted = [bool(s["halted"]) for s in cpus]
+        self.machine_time = int(state["machine_time"])
+        self._turn = int(state["turn"])
+        self._turn_end = None if state["turn_end"] is None else int(state["turn_end"])
+        self.last_vcpu_id = int(state.get("last_vcpu_id", 0))
+
+    def _smp_reset(self) -> None:
+        """A reboot: every secondary off at its power-on registers; vCPU 0 runs."""
+        for i, v in enumerate(self.vcpus):
+            if i:
+                self._reset_vcpu(i)
+        self.power = [ON] + [OFF] * (len(self.vcpus) - 1)
+        self.halted = [False] * len(self.vcpus)
+        self._turn, self._turn_end = 0, None
+
+    def _reset_vcpu(self, index: int) -> None:
+        v = self.vcpus[index]
+        for reg_id, value in self._vcpu_power_on[index]:
+            v.set_one_reg(reg_id, value)
+
+    # ------------------------------------------------------------------ PSCI
+    def psci_power(self, caller: int, fn: int, target: int, entry: int, context_id: int) -> int:
+        """PSCI CPU_ON, CPU_OFF and AFFINITY_INFO for vCPU `caller` (see the module docstring)."""
+        if fn in (PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON):
+            if entry & 3:
+                return PSCI_RET_INVALID_PARAMS
+            index = self._mpidr_index(target)
+            if index is None:
+                return PSCI_RET_INVALID_PARAMS
+            if self.power[index] == ON:
+                return PSCI_RET_ALREADY_ON
+            if self.power[index] == ON_PENDING:
+                return PSCI_RET_ON_PENDING
+            self._reset_vcpu(index)
+            v = self.vcpus[index]
+            v.set_one_reg(kr.KVM_REG_ARM_CORE_PSTATE, PSTATE_DAIF | PSTATE_MODE_EL1H)
+            v.set_one_reg(kr.KVM_REG_ARM_CORE_PC, entry)
+            v.set_one_reg(kr.KVM_REG_ARM_CORE_X(0), context_id)
+            self.power[index] = ON_PENDING
+            self.halted[index] = False
+            return PSCI_RET_SUCCESS
+        if fn == PSCI_0_2_FN_CPU_OFF:
+            self.power[caller] = OFF
+            self.halted[caller] = False
+            return PSCI_RET_SUCCESS
+        if fn in (PSCI_0_2_FN_AFFINITY_INFO, PSCI_0_2_FN64_AFFINITY_INFO):
+            if entry != 0:  # lowest affinity level: above 0 everything is on
+                return ON
+            index = self._mpidr_index(target)
+            return PSCI_RET_INVALID_PARAMS if index is None else self.power[index]
+        return PSCI_RET_NOT_SUPPORTED
+
+    def _mpidr_index(self, mpidr: int) -> int | None:
+        """The vCPU whose MPIDR affinity is `mpidr` (QEMU's arm_get_cpu_by_id: an exact match)."""
+        return mpidr if 0 <= mpidr < len(self.vcpus) else None
+
+    # ------------------------------------------------------------------ the scheduler
+    def _wakes(self, index: int) -> bool:
+        """Is halted vCPU `index` due to run: an IRQ signalled to it, or a timer event due?"""
+        if self.gic.irq_pending(index):
+            return True
+        due = self.vcpus[index].next_timer_event()
+        return due is not None and due <= self.machine_time
+
+    def _pick(self, only: int | None) -> int | None:
+        """The vCPU to run next (its turn starts now unless it is the one whose turn lasts)."""
+        n = len(self.vcpus)
+        order = [only] if only is not None else [(self._turn + k) % n for k in range(n)]
+        for i in order:
+            if self.power[i] == OFF:
+                continue
+            if self.halted[i]:
+                if not self._wakes(i):
+                    continue
+                self.halted[i] = False
+            return i
+        return None
+
+    def _idle_until_event(self, only: int | None) -> bool:
+        """Nothing can run: skip the clock to the earliest timer event of a halted vCPU (True),
+        or say there is none (False)."""
+        candidates = [only] if only is not None else range(len(self.vcpus))
+        events = [e for i in candidates if self.power[i] != OFF and self.halted[i]
+                  and (e := self.vcpus[i].next_timer_event()) is not None]
+        if not events:
+            return False
+        self.machine_time = max(self.machine_time, min(events))
+        return True
+
+    def _kicked(self) -> bool:
+        """Did another thread kick a vCPU (immediate_exit)? Clears every vCPU's request: one
+        KVM_EXIT_INTR answers them all (the machine stops as a whole)."""
+        if not any(v.immediate_exit for v in self.vcpus):
+            return False
+        for v in self.vcpus:
+            v.immediate_exit = False
+        return True
+
+    def _block(self) -> None:
+        """Every vCPU waits with nothing due: sleep until another thread kicks vCPU 0 (or
+        raises its IRQ line), as a lone vCPU sleeps in WFI."""
+        self.all_waiting = True
+        try:
+            runctl = self.vcpu._runctl
+            runctl.state.stop_request = 0
+            if not self.vcpu.immediate_exit:
+                runctl.wait_for_stop(None)
+        finally:
+            self.all_waiting = False
+
+    def _run_smp(self, stop: Callable[[kvm.KvmRun], bool] = _never, only: int | None = None,
+                 icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
+        """run_until() with several vCPUs (see the module docstring). `icount_limit` applies to
+        the vCPU `only` (vCPU 0 without it)."""
+        limited = 0 if only is None else only
+        n = len(self.vcpus)
+        while True:
+            if self._kicked():
+                return kvm.KvmRun(kvm.KVM_EXIT_INTR)
+            i = self._pick(only)
+            if i is None:
+                if self._idle_until_event(only):
+                    continue
+                if any(self.gic.irq_pending(k) for k in range(n) if self.power[k] != OFF):
+                    continue  # raised from another thread since _pick looked
+                self._block()
+                continue
+            vcpu = self.vcpus[i]
+            if self.power[i] == ON_PENDING:
+                self.power[i] = ON
+            if only is None and (i != self._turn or self._turn_end is None or vcpu.icount >= self._turn_end):
+                self._turn, self._turn_end = i, vcpu.icount + self.quantum
+            end = self._turn_end if only is None and self._turn_end is not None else vcpu.icount + self.quantum
+            if icount_limit is not None and i == limited:
+                end = min(end, icount_limit)
+            self.last_vcpu_id = i
+            self.gic.current_cpu = i
+            result = self._turn_of(i, end, stop, icount_limit if i == limited else None)
+            if result is not None:
+                return result
+            if only is None:
+                self._turn, self._turn_end = (i + 1) % n, None
+
+    def _turn_of(self, i: int, end: int, stop: Callable[[kvm.KvmRun], bool],
+                 icount_limit: int | None) -> kvm.KvmRun | ExitStatus | None:
+        """Run vCPU `i` until `end` (its icount), a halt or CPU_OFF (None: the turn is over), or
+        an exit that goes to the caller."""
+        vcpu = self.vcpus[i]
+        while True:
+            before = vcpu.icount
+            vcpu.time_offset = self.machine_time - before
+            # A turn ends at a block boundary short of `end` (turn_end: no exact split, which
+            # cost most of a turn); an icount_limit the caller asked for stays exact.
+            exact = icount_limit is not None and end == icount_limit
+            run = vcpu.run(icount_limit=end) if exact else vcpu.run(turn_end=end)
+            self.machine_time += vcpu.icount - before
+            stopped = stop(run)
+            if run.device_irq_level is not None:
+                # Its timers' outputs moved: its own PPIs (KVM_CAP_ARM_USER_IRQ, as QEMU's
+                # kvm_arch_post_run drives them).
+                self.gic.set_level(VTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_VTIMER, cpu=i)
+                self.gic.set_level(PTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_PTIMER, cpu=i)
+                if not stopped:
+                    continue
+            reason = run.exit_reason
+            if reason == kvm.EXIT_ICOUNT_LIMIT and not stopped:
+                if icount_limit is not None and vcpu.icount >= icount_limit:
+                    return run
+                return None
+            if reason == kvm.KVM_EXIT_HLT and not stopped:
+                if self.power[i] != OFF:
+                    self.halted[i] = True
+                return None
+            if stopped or reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+                if reason == kvm.KVM_EXIT_INTR:
+                    for v in self.vcpus:  # one stop answers every vCPU's kick
+                        v.immediate_exit = False
+                return run
+            ended = self.handle_exit(run)
+            if ended is not None:
+                return ended
+            if self.power[i] == OFF:  # a reboot (SYSTEM_RESET) turned it off
+                return None
+
+    def _smp_hung(self) -> bool:
+        """For the hang check: no vCPU can ever run again without input (every powered-on one
+        halted with no timer armed and no IRQ signalled, or all off) and none is to come."""
+        for i, v in enumerate(self.vcpus):
+            if self.power[i] == OFF:
+                continue
+            if not self.halted[i] or self.gic.irq_pending(i) or v.next_timer_event() is not None:
+                return False
+        return True
+
+    def kick_all(self) -> None:
+        """From any thread: stop the machine (every vCPU's immediate_exit)."""
+        for v in self.vcpus:
+            v.kick()
