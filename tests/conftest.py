@@ -21,6 +21,7 @@ _MODULE_NEEDS = {
     "test_stub_manners": ("gdb", "lldb", "qemu", "slow"),
     "test_server_manners": ("gdb", "lldb"),
     "test_gdb_phys_console": ("gdb",),
+    "test_smp_gdb": ("gdb", "lldb"),
     "test_guests_qemu": ("qemu",),
     "test_linux_guests": ("qemu", "slow"),
     "test_linux_gdb": ("gdb", "qemu", "slow"),

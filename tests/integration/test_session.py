@@ -96,23 +96,41 @@ class FakeManager:
     hw_bp_slots = 2
     can_reverse = False
 
-    def __init__(self):
+    def __init__(self, n_vcpus=1):
         self.machine = FakeMachine()
-        self.vcpu = FakeVcpu()
+        self.vcpus = [FakeVcpu() for _ in range(n_vcpus)]
+        for i, v in enumerate(self.vcpus):
+            v.regs[kr.KVM_REG_ARM_CORE_PC] += 0x100 * i  # each vCPU somewhere else
+        self.current_vcpu = 0
+        self.states = ["running"] * n_vcpus
         self.mem = bytearray(range(256)) * 32
         self.calls: list[tuple] = []
 
+    @property
+    def vcpu(self):
+        return self.vcpus[self.current_vcpu]
+
     def vcpu_ids(self):
-        return [0]
+        return list(range(len(self.vcpus)))
+
+    def select_vcpu(self, vcpu_id):
+        if not 0 <= vcpu_id < len(self.vcpus):
+            raise DebugError(errno.ESRCH, "no such vCPU")
+        self.current_vcpu = vcpu_id
+
+    def vcpu_state(self, vcpu_id):
+        return self.states[vcpu_id]
 
     def check_extension(self, cap):
         return self.machine.vm.check_extension(cap)
 
-    def check_runnable(self, what="continue"):
-        pass  # the fake guest never exits
+    def check_runnable(self, what="continue", vcpu=None):
+        if vcpu is not None and self.states[vcpu] == "off":
+            raise DebugError(errno.ESRCH, "off")  # the fake guest never exits
 
-    def read_registers(self, numbers=None):
-        return areg.read_all(self.vcpu) if numbers is None else areg.read(self.vcpu, numbers)
+    def read_registers(self, numbers=None, *, vcpu=None):
+        v = self.vcpus[self.current_vcpu if vcpu is None else vcpu]
+        return areg.read_all(v) if numbers is None else areg.read(v, numbers)
 
     def read_register_at(self, number):
         return areg.read_one(self.vcpu, number)
@@ -377,15 +395,15 @@ def test_Z_malformed(fake, packet):
 
 def test_vcont_query_and_actions(fake):
     s, m = fake
-    assert payload(s.handle(b"vCont?")) == b"vCont;c;C;s;S"
+    assert payload(s.handle(b"vCont?")) == b"vCont;c;C;s;S;t"
     assert s.handle(b"vCont;c") == Resume(step=False)
-    assert s.handle(b"vCont;s:1") == Resume(step=True)
-    assert s.handle(b"vCont;s:p1.1;c") == Resume(step=True)
-    assert s.handle(b"vCont;s:2;c") == Resume(step=False)  # the step is for another thread
+    assert s.handle(b"vCont;s:1") == Resume(step=True, vcpu=0, alone=True)
+    assert s.handle(b"vCont;s:p1.1;c") == Resume(step=True, vcpu=0, alone=True)  # no other thread to run
     assert s.handle(b"vCont;C05:1") == Resume(step=False)
-    assert s.handle(b"vCont;S05") == Resume(step=True)
+    assert s.handle(b"vCont;S05") == Resume(step=True, vcpu=0, alone=True)
     assert s.handle(b"vCont;c:-1") == Resume(step=False)
-    for bad in (b"vCont;x", b"vCont;", b"vCont;s:2", b"vCont;t"):
+    assert payload(s.handle(b"vCont;t")) == b"OK"  # all-stop: stopped already
+    for bad in (b"vCont;x", b"vCont;", b"vCont;s:2", b"vCont;s:2;c"):  # no thread 2
         assert ERR.fullmatch(payload(s.handle(bad))), bad
     assert m.vcpu.pc == 0x1000
 
@@ -459,6 +477,65 @@ def test_thread_packets(fake):
     assert ERR.fullmatch(payload(s.handle(b"Tzz")))
     assert payload(s.handle(b"qAttached")) == b"1"
     assert payload(s.handle(b"qAttached:1")) == b"1"
+
+
+def test_smp_thread_packets():
+    """Four vCPUs: one thread each (vCPU id + 1), Hg/Hc checked, QEMU's qThreadExtraInfo."""
+    m = FakeManager(n_vcpus=4)
+    s = GdbSession(m)
+    assert payload(s.handle(b"qfThreadInfo")) == b"m1,2,3,4"
+    assert payload(s.handle(b"qsThreadInfo")) == b"l"
+    m.states[1] = "halted"
+    assert bytes.fromhex(payload(s.handle(b"qThreadExtraInfo,1")).decode()) == b"CPU#0 [running]"
+    assert bytes.fromhex(payload(s.handle(b"qThreadExtraInfo,2")).decode()) == b"CPU#1 [halted ]"
+    for bad in (b"qThreadExtraInfo,5", b"qThreadExtraInfo,0", b"qThreadExtraInfo", b"T5", b"T0x",
+                b"Hg5", b"Hc5", b"Hx1", b"Hgzz"):
+        assert ERR.fullmatch(payload(s.handle(bad))), bad
+    assert m.current_vcpu == 0 and payload(s.handle(b"qC")) == b"QC1"
+    assert payload(s.handle(b"Hg3")) == b"OK" and m.current_vcpu == 2
+    assert payload(s.handle(b"g")) == regs.encode_g(areg.read_all(m.vcpus[2]))
+    assert payload(s.handle(b"Hg7")) != b"OK" and m.current_vcpu == 2  # nothing changes
+    for any_thread in (b"Hg0", b"Hg-1"):
+        assert payload(s.handle(any_thread)) == b"OK" and m.current_vcpu == 2
+    assert payload(s.handle(b"Hgp1.4")) == b"OK" and m.current_vcpu == 3
+    assert payload(s.handle(b"T4")) == b"OK"
+
+
+def test_smp_vcont_actions():
+    m = FakeManager(n_vcpus=4)
+    s = GdbSession(m)
+    assert s.handle(b"vCont;s:3;c") == Resume(step=True, vcpu=2, alone=False)
+    assert s.handle(b"vCont;s:p1.3;c:-1") == Resume(step=True, vcpu=2, alone=False)
+    assert s.handle(b"vCont;s:3") == Resume(step=True, vcpu=2, alone=True)
+    assert s.handle(b"vCont;c:2") == Resume(step=False, vcpu=1, alone=True)
+    assert s.handle(b"vCont;c:2;t") == Resume(step=False, vcpu=1, alone=True)
+    assert s.handle(b"vCont;c") == Resume(step=False)
+    assert s.handle(b"vCont;C05") == Resume(step=False)
+    # `s` for every thread: the current one steps, the others wait.
+    m.current_vcpu = 1
+    assert s.handle(b"vCont;s") == Resume(step=True, vcpu=1, alone=True)
+    assert payload(s.handle(b"vCont;t")) == b"OK"
+    m.states[3] = "off"
+    for bad in (b"vCont;s:5", b"vCont;c:9;c", b"vCont;s:4", b"vCont;c:4"):
+        assert ERR.fullmatch(payload(s.handle(bad))), bad
+    # Plain c/s act on the Hc thread: one thread alone, or (Hc0/Hc-1) all of them.
+    assert payload(s.handle(b"Hc2")) == b"OK"
+    assert s.handle(b"s") == Resume(step=True, vcpu=1, alone=True)
+    assert s.handle(b"c") == Resume(step=False, vcpu=1, alone=True)
+    assert payload(s.handle(b"Hc0")) == b"OK"
+    assert s.handle(b"s") == Resume(step=True) and s.handle(b"c") == Resume(step=False)
+
+
+def test_smp_stop_reply_names_the_thread_and_makes_it_current():
+    m = FakeManager(n_vcpus=3)
+    s = GdbSession(m)
+    p = s.stopped(StopEvent(StopKind.SIGNAL, m.vcpus[2].pc, signal=signal.SIGINT, vcpu_id=2))
+    assert p.startswith(b"T02") and b"thread:3;" in p
+    # The expedited registers are that vCPU's, whichever one is current.
+    for n, hexval in regs.encode_expedited(areg.read(m.vcpus[2], regs.EXPEDITED_REGNUMS)).items():
+        assert b"%02x:%s;" % (n, hexval) in p
+    assert s.selected_thread[b"g"] == 3
+    assert payload(s.handle(b"?")) == p
 
 
 def test_session_ending_packets(fake):

@@ -45,6 +45,16 @@ Policy
     and the guest runs on, so typed input never looks like a stop to the debugger.
 15. Memory requests take `physical=True` for guest-physical addresses (QEMU's PhyMemMode):
     no translation, the same originals under breakpoints. Breakpoints stay virtual.
+16. Several vCPUs (a board with `vcpus`, `run_until(..., only=)`, `last_vcpu_id` and
+    `cpu_state`): every breakpoint and watchpoint is armed on every vCPU, as QEMU's gdbstub
+    does (the BRK patches are in shared RAM; the slots and page traps go to each vCPU's
+    KVM_SET_GUEST_DEBUG and set_watch_traps), SINGLESTEP only on the vCPU being stepped. One
+    vCPU is current (gdb's Hg): registers, and the translation of memory requests and
+    breakpoint addresses, are its; a stop makes the vCPU that stopped current and names it
+    (`StopEvent.vcpu_id`). All-stop: the board runs the vCPUs on one thread, so when one stops
+    they all have. A vCPU is stepped over the breakpoint or watchpoint it last stopped at
+    (alone, with the others stopped: the patch is lifted in shared RAM) before it runs again,
+    as long as it has not run since.
 
 The target interface
 --------------------
@@ -52,9 +62,11 @@ Everything a debugger front end needs goes through this class, under its lock: r
 ints (`read_register(name)`/`write_register(name, value)`/`registers()` for the Python API;
 `read_registers(numbers)`, `write_register_at`, `write_all_registers` and `set_pc` by catalogue
 number for the GDB session), memory (`read_memory`, `write_memory`, `memory_region`,
-`memory_layout`), running (`check_runnable`, `step`, `cont`, `interrupt`), snapshots and what the
-target can do (`profile`, `hw_bp_slots`, `sw_breakpoints`, `vcpu_ids`, `can_reverse`,
-`check_extension`). The architecture comes from `debug.profile`, chosen once per machine.
+`memory_layout`), running (`check_runnable`, `step`, `cont`, `interrupt`), the vCPUs
+(`vcpu_ids`, `current_vcpu`, `select_vcpu`, `vcpu_state`; `step(vcpu, others_run=)` and
+`cont(vcpu)` for gdb's per-thread vCont actions), snapshots and what the target can do
+(`profile`, `hw_bp_slots`, `sw_breakpoints`, `can_reverse`, `check_extension`). The
+architecture comes from `debug.profile`, chosen once per machine.
 """
 
 from __future__ import annotations
@@ -63,10 +75,10 @@ import contextlib
 import errno
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, cast
 
 from guestdbg import kvm
 from guestdbg.arm.mmu import TranslationFault
@@ -74,7 +86,7 @@ from guestdbg.board.common import Board, ExitStatus
 from guestdbg.debug.arch import DebugArch
 from guestdbg.debug.profile import ArchProfile, profile_for
 from guestdbg.debug.regions import PhysRegion, physical_layout, region_at
-from guestdbg.vmapi import WatchTrap
+from guestdbg.vmapi import Vcpu, WatchTrap
 
 # What the back ends' translate() raises for an address the guest's tables do not map: the
 # emulated vCPU's stage-1 walk (or a table outside RAM: KvmError EFAULT), KVM_TRANSLATE on x86.
@@ -125,7 +137,7 @@ class StopEvent:
     exit_status: int | None = None
     detail: str = ""
     completed: bool = False  # a watch reported after its access (x86): no step-over on resume
-    vcpu_id: int = 0         # the vCPU that stopped (one per machine today)
+    vcpu_id: int = 0         # the vCPU that stopped (KVM vcpu id; gdb's thread id - 1)
 
 
 @dataclass(frozen=True)
@@ -166,15 +178,30 @@ class Watch:
         return addr < self.addr + self.length and self.addr < addr + size
 
 
+class MultiVcpuBoard(Protocol):
+    """What the manager uses of a board with several vCPUs (policy 16)."""
+
+    vcpus: Sequence[Vcpu]  # index = vCPU id
+    last_vcpu_id: int      # the vCPU the last exit run_until() returned came from
+
+    def cpu_state(self, vcpu_id: int) -> str: ...  # "running", "halted" or "off"
+
+    def run_until(self, stop: Callable[[kvm.KvmRun], bool] = ..., *,
+                  only: int | None = None) -> kvm.KvmRun | ExitStatus: ...
+
+
 class GuestDebugManager:
-    """Breakpoints, watchpoints, stepping and resuming for one machine's vCPU."""
+    """Breakpoints, watchpoints, stepping and resuming for one machine's vCPUs."""
 
     def __init__(self, machine: Board, profile: ArchProfile | None = None):
         """`profile`: the machine's architecture profile (`debug.profile.profile_for(machine)`
         by default)."""
         self.machine = machine
         self.vm = machine.vm
-        self.vcpu = machine.vcpu
+        # Every vCPU, index = vCPU id (a board without `vcpus` has its one `vcpu`).
+        self._vcpus: list[Any] = list(getattr(machine, "vcpus", None) or [machine.vcpu])
+        self._current = 0  # gdb's Hg: registers and address translation are this vCPU's
+        self._step_vcpu: int | None = None  # the vCPU a resume in progress single-steps
         self.profile = profile or profile_for(machine)
         self.arch: DebugArch = self.profile.debug_arch(machine)
         self._registers = self.profile.registers  # the integer-level register catalogue
@@ -197,12 +224,15 @@ class GuestDebugManager:
         self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
         self.watches: list[Watch] = []
         self._last_stop: StopEvent | None = None
+        # Each vCPU's last stop and its icount then (None without one): while the vCPU has not
+        # run since, resuming it steps over the breakpoint or watchpoint it stopped at.
+        self._stops: dict[int, tuple[StopEvent, int | None]] = {}
         self._lock = threading.Lock()
         self._interrupt_requested = False  # policy 14: the next KVM_EXIT_INTR is a stop
         # Policy 12: how this vCPU keeps interrupts out of a single step, if it can.
         self._blockirq_control = bool(self.vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2)
                                       & kvm.KVM_GUESTDBG_BLOCKIRQ)
-        self._blockirq_attr = not self._blockirq_control and hasattr(self.vcpu, "singlestep_blocks_irq")
+        self._blockirq_attr = not self._blockirq_control and hasattr(self._vcpus[0], "singlestep_blocks_irq")
         self._step_irqs = False
         self._push_step_irqs()
         self._reset_image = self._take_reset_image()
@@ -221,7 +251,42 @@ class GuestDebugManager:
 
     def vcpu_ids(self) -> list[int]:
         """The machine's vCPUs (KVM vcpu ids); the GDB session numbers its threads from them."""
-        return [self.vcpu.vcpu_id]
+        return list(range(len(self._vcpus)))
+
+    @property
+    def vcpu(self) -> Any:
+        """The current vCPU (gdb's Hg thread)."""
+        return self._vcpus[self._current]
+
+    @property
+    def current_vcpu(self) -> int:
+        """The current vCPU's id: the one that last stopped, or the one `select_vcpu` chose."""
+        return self._current
+
+    def select_vcpu(self, vcpu_id: int) -> None:
+        """Make `vcpu_id` current (gdb's Hg): registers, memory translation and breakpoint
+        addresses go through it. ESRCH for no such vCPU, and nothing changes."""
+        self._check_vcpu(vcpu_id)
+        with self._lock:
+            self._current = vcpu_id
+
+    def _check_vcpu(self, vcpu_id: int) -> None:
+        if not 0 <= vcpu_id < len(self._vcpus):
+            raise DebugError(errno.ESRCH, f"no vCPU {vcpu_id} (the machine has {len(self._vcpus)})")
+
+    def vcpu_pc(self, vcpu_id: int) -> int:
+        """Where vCPU `vcpu_id` is (`monitor info cpus`)."""
+        self._check_vcpu(vcpu_id)
+        with self._lock:
+            return int(self._vcpus[vcpu_id].pc)
+
+    def vcpu_state(self, vcpu_id: int) -> str:
+        """"running", "halted" (in WFI) or "off" (PSCI CPU_OFF, or not started yet)."""
+        self._check_vcpu(vcpu_id)
+        cpu_state = getattr(self.machine, "cpu_state", None)
+        if cpu_state is not None:
+            return str(cpu_state(vcpu_id))
+        return "halted" if getattr(self._vcpus[vcpu_id], "wfi_waiting", False) else "running"
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM (`monitor info caps`)."""
@@ -256,7 +321,8 @@ class GuestDebugManager:
 
     def _push_step_irqs(self) -> None:
         if self._blockirq_attr:
-            setattr(self.vcpu, "singlestep_blocks_irq", not self._step_irqs)
+            for vcpu in self._vcpus:
+                setattr(vcpu, "singlestep_blocks_irq", not self._step_irqs)
 
     def _take_reset_image(self) -> bytes | None:
         """The VM as it is now, for `reset` (registers, devices, the non-zero pages of memory)."""
@@ -569,7 +635,10 @@ class GuestDebugManager:
 
     # ------------------------------------------------------------------ debug state
     def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False) -> None:
-        """Push the whole debug state to the vCPU (as QEMU does after every change)."""
+        """Push the whole debug state to every vCPU (as QEMU does after every change).
+        SINGLESTEP goes only to the vCPU stepping: the current one with `step` (the step-overs,
+        which run it alone), else the one a resume in progress steps (`_step_vcpu`)."""
+        stepper = self._current if step else self._step_vcpu
         breakpoints = {va: slot for va, slot in self._hw_bp.items() if va != skip_bp_at}
         watch_slots: dict[int, tuple[int, int]] = {}
         traps = []
@@ -584,83 +653,138 @@ class GuestDebugManager:
         for pa, patch in self._sw.items():
             for va in patch.vas:
                 traps.append(WatchTrap(va, va + len(self._brk), loads=False, stores=True, code=True))
-        control = 0
-        if self._sw or self._hw_bp or self.watches or step:
-            control = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_SW_BP
-            if self._hw_bp or any(w.slots for w in self.watches):
-                control |= kvm.KVM_GUESTDBG_USE_HW
-            if step:
-                control |= kvm.KVM_GUESTDBG_SINGLESTEP
-                if self._blockirq_control and not self._step_irqs:
-                    control |= kvm.KVM_GUESTDBG_BLOCKIRQ
-            if not self._brk:  # no software breakpoints here: the guest's own go to the guest
-                control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
-        self.vcpu.set_watch_traps(traps)
         key = (tuple(sorted(breakpoints.items())), tuple(sorted(watch_slots.items())))
         if key != self._arch_key:  # stepping toggles only SINGLESTEP: keep the same registers
             self._arch_key, self._arch_regs = key, self.arch.debug_arch(breakpoints, watch_slots)
-        self.vcpu.set_guest_debug(control, self._arch_regs)
+        armed = bool(self._sw or self._hw_bp or self.watches)
+        for vcpu_id, vcpu in enumerate(self._vcpus):
+            stepping = vcpu_id == stepper
+            control = 0
+            if armed or stepping:
+                control = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_SW_BP
+                if self._hw_bp or any(w.slots for w in self.watches):
+                    control |= kvm.KVM_GUESTDBG_USE_HW
+                if stepping:
+                    control |= kvm.KVM_GUESTDBG_SINGLESTEP
+                    if self._blockirq_control and not self._step_irqs:
+                        control |= kvm.KVM_GUESTDBG_BLOCKIRQ
+                if not self._brk:  # no software breakpoints here: the guest's own go to the guest
+                    control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
+            vcpu.set_watch_traps(traps)
+            vcpu.set_guest_debug(control, self._arch_regs)
 
     # ------------------------------------------------------------------ running
     def interrupt(self) -> None:
         """Stop a running cont()/step() soon; callable from any thread."""
         self._interrupt_requested = True  # before the kick: its KVM_EXIT_INTR must see it
-        self.vcpu.kick()
+        self._kick_all()
 
     def wake(self) -> None:
         """Have a running cont()/step() serve the host's services (the board's `on_intr`:
         console input) and run on, without stopping (policy 14); callable from any thread."""
-        self.vcpu.kick()
+        self._kick_all()
+
+    def _kick_all(self) -> None:
+        # Whichever vCPU the board's loop runs now: a kick of one that is not running only
+        # makes its next run() return KVM_EXIT_INTR, which policy 14 runs on from.
+        for vcpu in self._vcpus:
+            vcpu.kick()
 
     def discard_interrupt(self) -> None:
         """Forget an interrupt() that raced with the stop it asked for (the guest stopped for
         something else first): it must not stop the next resume. Only while nothing runs."""
         self._interrupt_requested = False
 
-    def step(self) -> StopEvent:
-        """Execute exactly one guest instruction (stepping off any breakpoint at PC)."""
-        return self._resume(step=True)
+    def step(self, vcpu: int | None = None, *, others_run: bool = False) -> StopEvent:
+        """Execute exactly one guest instruction on `vcpu` (the current one by default),
+        stepping off any breakpoint at its PC. The other vCPUs stay stopped (gdb's `vCont;s:N`,
+        scheduler-locking), or with `others_run` run meanwhile (`vCont;s:N;c`): then a stop on
+        one of them may come first, and is the one returned."""
+        return self._resume(step=True, vcpu=vcpu, alone=not others_run)
 
-    def cont(self) -> StopEvent:
-        """Run until a breakpoint, watchpoint, signal or the guest's end."""
-        return self._resume(step=False)
+    def cont(self, vcpu: int | None = None) -> StopEvent:
+        """Run until a breakpoint, watchpoint, signal or the guest's end: every vCPU, or only
+        `vcpu` (gdb's `vCont;c:N`, scheduler-locking)."""
+        return self._resume(step=False, vcpu=vcpu, alone=vcpu is not None)
 
     @property
     def exited(self) -> bool:
         """Has the guest ended (until a snapshot is restored)?"""
         return self._last_stop is not None and self._last_stop.kind is StopKind.EXITED
 
-    def check_runnable(self, what: str = "continue") -> None:
-        """DebugError (ESRCH) if the guest has exited: there is nothing left to run."""
+    def check_runnable(self, what: str = "continue", vcpu: int | None = None) -> None:
+        """DebugError (ESRCH) if the guest has exited: there is nothing left to run; with
+        `vcpu` (one to step, or to run alone), also if there is no such vCPU or it is off."""
         last = self._last_stop
         if last is not None and last.kind is StopKind.EXITED:
             raise DebugError(errno.ESRCH, f"the guest has exited (status {last.exit_status}, "
                                           f"{last.detail or 'exit'}): nothing to {what}; "
                                           "restore a snapshot to run it again")
+        if vcpu is not None:
+            self._check_vcpu(vcpu)
+            if len(self._vcpus) > 1 and self.vcpu_state(vcpu) == "off":
+                # It would never execute anything (PSCI CPU_ON starts it).
+                raise DebugError(errno.ESRCH, f"CPU#{vcpu} is off (not started, or PSCI CPU_OFF): nothing to {what}")
 
-    def _resume(self, step: bool) -> StopEvent:
+    def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
         with self._lock:
-            self.check_runnable("step" if step else "continue")
-            pc = self.vcpu.pc
-            last = self._last_stop
-            # Step over a breakpoint only where the vCPU last stopped, as gdb itself does: a PC
-            # the debugger moved (a jump, P/G) must meet the breakpoint there, as on hardware.
-            need_step_over = last is not None and last.pc == pc and (
-                pc in self._sw_va or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed))
-            if need_step_over:
-                event = self._step_over(pc)
-                if event is not None or step:
+            target = self._current if vcpu is None else vcpu
+            self.check_runnable("step" if step else "continue", vcpu=target if step or alone else None)
+            runners = [target] if alone else [target] + [v for v in range(len(self._vcpus)) if v != target]
+            for v in runners:
+                self._current = v
+                last = self._pending_step_over(v)
+                self._stops.pop(v, None)  # it runs now: what it stopped at is behind it
+                if last is None:
+                    continue
+                event = self._step_over(last.pc, last=last)
+                if event is not None or (step and v == target):
                     return self._stopped(event or StopEvent(StopKind.STEP, self.vcpu.pc))
-            self._apply(step=step)
-            while True:
-                result = self.machine.run_until(_fault_exit)
-                event = self._classify(result, stepping=step)
-                if event is not None:
-                    self._apply()
-                    return self._stopped(event)
+            self._current = target
+            self._step_vcpu = target if step else None
+            try:
+                self._apply()
+                while True:
+                    result = self._run(target if alone else None)
+                    event = self._classify(result, stepping=step and self._current == target)
+                    if event is not None:
+                        return self._stopped(event)
+            finally:
+                self._step_vcpu = None
+                self._apply()
+
+    def _pending_step_over(self, vcpu_id: int) -> StopEvent | None:
+        """The stop `vcpu_id` must be stepped over before it runs: a breakpoint or a watched
+        access it stopped at and has not run from since. Only where it stopped, as gdb itself
+        does: a PC the debugger moved (a jump, P/G) must meet the breakpoint there, as on
+        hardware."""
+        record = self._stops.get(vcpu_id)
+        if record is None:
+            return None
+        last, icount = record
+        vcpu = self._vcpus[vcpu_id]
+        if vcpu.pc != last.pc or getattr(vcpu, "icount", None) != icount:
+            return None
+        pc = last.pc
+        if pc in self._sw_va or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed):
+            return last
+        return None
+
+    def _run(self, only: int | None) -> kvm.KvmRun | ExitStatus:
+        """The board's run_until (all vCPUs, or `only` one); the vCPU the exit came from
+        becomes current."""
+        if len(self._vcpus) == 1:
+            return self.machine.run_until(_fault_exit)
+        board = cast(MultiVcpuBoard, self.machine)
+        try:
+            return board.run_until(_fault_exit, only=only)
+        finally:  # a GuestFault the board raises is that vCPU's too
+            self._current = board.last_vcpu_id
 
     def _stopped(self, event: StopEvent) -> StopEvent:
+        event = replace(event, vcpu_id=self._current)
         self._last_stop = event
+        self._stops[self._current] = (event, getattr(self.vcpu, "icount", None))
         return event
 
     def _patch_at(self, va: int) -> _SwBreakpoint | None:
@@ -670,8 +794,9 @@ class GuestDebugManager:
         except DebugError:
             return None
 
-    def _step_over(self, pc: int, patch: _SwBreakpoint | None = None) -> StopEvent | None:
-        """One instruction with the breakpoint at PC (or the watch just hit) out of the way."""
+    def _step_over(self, pc: int, patch: _SwBreakpoint | None = None, last: StopEvent | None = None) -> StopEvent | None:
+        """One instruction of the current vCPU, alone, with the breakpoint at PC (or the watch
+        `last` stopped at) out of the way."""
         if patch is None:
             pa = self._sw_va.get(pc)
             patch = self._sw.get(pa) if pa is not None else None
@@ -680,11 +805,11 @@ class GuestDebugManager:
         # After a watch hit, step the access with every watch out of the way: one access can
         # hit several watches (an unaligned store over two ranges), and skipping only the one
         # reported would re-stop on the same instruction forever.
-        skip_watch = True if self._last_stop and self._last_stop.kind is StopKind.WATCH else None
+        skip_watch = True if last is not None and last.kind is StopKind.WATCH else None
         try:
             self._apply(skip_bp_at=pc, skip_watch=skip_watch, step=True)
             while True:
-                result = self.machine.run_until(_fault_exit)
+                result = self._run(self._current)
                 event = self._classify(result, stepping=True)
                 if event is not None:
                     return None if event.kind is StopKind.STEP else event
@@ -774,12 +899,12 @@ class GuestDebugManager:
         saved_sw, self._sw = self._sw, {}
         try:
             self._apply(skip_bp_at=pc, step=True)
-            result = self.machine.run_until(_fault_exit)
+            result = self._run(self._current)
         finally:
             self._sw = saved_sw
             for patch in patches:
                 self._repatch(patch)
-            self._apply(step=stepping)
+            self._apply()
         event = self._classify(result, stepping=True)
         if event is not None and event.kind is not StopKind.STEP:
             return event
@@ -822,15 +947,18 @@ class GuestDebugManager:
             if n not in self._numbers:
                 raise DebugError(errno.ENOENT, f"no register number {n}")
 
-    def read_registers(self, numbers: Sequence[int] | None = None) -> list[int]:
+    def read_registers(self, numbers: Sequence[int] | None = None, *, vcpu: int | None = None) -> list[int]:
         """The values of these registers (catalogue numbers), or of all of them in catalogue
-        order (one batch read: a `g` packet)."""
+        order (one batch read: a `g` packet), of the current vCPU or of `vcpu`."""
+        if vcpu is not None:
+            self._check_vcpu(vcpu)
+        target = self._vcpus[self._current if vcpu is None else vcpu]
         if numbers is None:
             with self._lock:
-                return self._registers.read_all(self.vcpu)
+                return self._registers.read_all(target)
         self._known(numbers)
         with self._lock:
-            return self._registers.read(self.vcpu, numbers)
+            return self._registers.read(target, numbers)
 
     def read_register_at(self, number: int) -> int:
         """One register by catalogue number (a `p` packet)."""
@@ -881,8 +1009,11 @@ class GuestDebugManager:
             self._restore_image(data)
             # The restored vCPU is stopped where the snapshot was taken: resuming steps over a
             # breakpoint there, as after any stop.
-            self._last_stop = StopEvent(StopKind.SIGNAL, self.vcpu.pc, signal=signal.SIGTRAP,
-                                        detail="snapshot restored")
+            self._stops = {
+                i: (StopEvent(StopKind.SIGNAL, v.pc, signal=signal.SIGTRAP, detail="snapshot restored", vcpu_id=i),
+                    getattr(v, "icount", None))
+                for i, v in enumerate(self._vcpus)}
+            self._last_stop = self._stops[self._current][0]
             self._apply()
 
     def reset(self) -> None:
@@ -894,6 +1025,7 @@ class GuestDebugManager:
         with self._lock:
             self._restore_image(self._reset_image)
             self._last_stop = None  # not stopped *at* anything: resuming meets a breakpoint here
+            self._stops.clear()
             self._apply()
 
     def _restore_image(self, data: bytes) -> None:
@@ -907,3 +1039,4 @@ class GuestDebugManager:
         """Remove every trace of the debugger; the guest runs on as if never debugged."""
         self.remove_all()
         self._last_stop = None
+        self._stops.clear()

@@ -80,6 +80,23 @@ class Monitor:
         return "".join(f"{kvm.CAPABILITY_NAMES[num]:<28} {num:>4}  {self.manager.check_extension(num):#x}\n"
                        for num in sorted(kvm.DEBUG_CAPABILITIES))
 
+    def info_version(self, args: list[str]) -> str:
+        # QEMU's monitor answers its version here; Linux's scripts/gdb (utils.get_gdbserver_type)
+        # takes any non-empty answer for a QEMU gdbstub, and then counts on thread N = CPU N-1.
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            ours = version("guestdbg")
+        except PackageNotFoundError:  # run from a source tree
+            ours = "unknown"
+        return f"guestdbg {ours} (a QEMU-like gdbstub: thread N is CPU N-1)\n"
+
+    def info_cpus(self, args: list[str]) -> str:
+        """As QEMU's `info cpus`: one line a vCPU, `*` on the current one (gdb's thread N is
+        CPU #N-1)."""
+        m = self.manager
+        return "".join(f"{'*' if i == m.current_vcpu else ' '} CPU #{i}: pc={m.vcpu_pc(i):#x} ({m.vcpu_state(i)}) "
+                       f"thread {i + 1}\n" for i in m.vcpu_ids())
+
     def info_slots(self, args: list[str]) -> str:
         session = self.session
         now = self.manager.slots_report()
@@ -178,6 +195,10 @@ class Monitor:
 MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
     MonitorCommand(("help",), (), "this text", Monitor.help),
     MonitorCommand(("info", "caps"), (), "the vCPU's KVM capabilities", Monitor.info_caps),
+    MonitorCommand(("info", "cpus"), (), "each vCPU: its PC and state, * on the current one (QEMU's info cpus)",
+                   Monitor.info_cpus),
+    MonitorCommand(("info", "version"), (), "the stub's version (as QEMU's, for Linux's scripts/gdb)",
+                   Monitor.info_version),
     MonitorCommand(("info", "slots"), (), "which breakpoint/watchpoint holds which slot, and which fell back",
                    Monitor.info_slots),
     MonitorCommand(("breakpoints",), (), "every breakpoint/watchpoint armed in the VM, and whose it is",

@@ -135,7 +135,7 @@ class GdbServer:
         self.timeout = timeout  # seconds the guest may run with no debugger attached
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
         self.manager = GuestDebugManager(machine)
-        self._requests: queue.Queue[str | None] = queue.Queue()
+        self._requests: queue.Queue[Resume | str | None] = queue.Queue()  # a Resume, or "free"
         self._events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel = selectors.DefaultSelector()
@@ -236,15 +236,16 @@ class GdbServer:
                 outcome = ("fatal", e)
             self._post(outcome)
 
-    def _perform(self, what: str) -> tuple[str, object]:
-        """Run "free", "step" or "cont" and say how it ended, as ("free"|"stop"|"fault"|"fatal",
-        payload). Steps run on the selector thread (one instruction needs no interrupting), the
-        others on the vCPU thread. What the guest or the host can cause is reported here; a
-        bug propagates."""
+    def _perform(self, what: Resume | str) -> tuple[str, object]:
+        """Run "free" or a client's Resume (a step or continue) and say how it ended, as
+        ("free"|"stop"|"fault"|"fatal", payload). A step of one vCPU alone runs on the selector
+        thread (one instruction needs no interrupting), the rest on the vCPU thread. What the
+        guest or the host can cause is reported here; a bug propagates."""
         try:
             if what == "free":
                 return ("free", self._free_run())
-            return ("stop", self.manager.step() if what == "step" else self.manager.cont())
+            assert isinstance(what, Resume)
+            return ("stop", what.run(self.manager))
         except GuestFault as e:
             return ("fault", e)
         except BrokenPipeError as e:  # the guest's console is gone (`| head`): the end, as for the CLI
@@ -313,7 +314,9 @@ class GdbServer:
             return  # a debugger took over: stay stopped
         if kind == "fault":
             self.log(f"guest fault: {payload}")
-            event = StopEvent(StopKind.SIGNAL, self.machine.vcpu.pc, signal=11, detail=str(payload))
+            # On the vCPU that ran last (the manager makes it current at every exit).
+            event = StopEvent(StopKind.SIGNAL, self.manager.vcpu.pc, signal=11, detail=str(payload),
+                              vcpu_id=self.manager.current_vcpu)
         else:
             event = cast(StopEvent, payload)
         client = self._client
@@ -419,13 +422,13 @@ class GdbServer:
                 conn.start_no_ack()
         elif isinstance(action, Resume):
             conn.resumed()
-            if action.step:
+            if action.step and self._bounded(action):
                 # One instruction is bounded: step here rather than hand it to the vCPU thread
                 # and back (two thread switches and a socketpair wake-up, most of a step's cost).
-                self._handle_event(self._perform("step"), deliver=True)
+                self._handle_event(self._perform(action), deliver=True)
                 return
             self._vcpu_busy = True
-            self._requests.put("cont")
+            self._requests.put(action)
         elif isinstance(action, Detach):
             conn.send_packet(b"OK")
             self._flush()
@@ -440,6 +443,16 @@ class GdbServer:
             self.log("killed by the debugger")
             self._exit_status = EXIT_KILLED
             self._drop_client()
+
+    def _bounded(self, action: Resume) -> bool:
+        """Does this step end after one instruction whatever the guest does? Not with other
+        vCPUs running (one may run on, or stop first), nor for a vCPU halted in WFI, which
+        steps once something wakes it: those go to the vCPU thread, where Ctrl-C reaches them."""
+        m = self.manager
+        if len(m.vcpu_ids()) == 1:
+            return True
+        vcpu = m.current_vcpu if action.vcpu is None else action.vcpu
+        return action.alone and m.vcpu_state(vcpu) == "running"
 
     def _flush(self) -> None:
         client = self._client

@@ -23,9 +23,13 @@ is caught: any other exception is a bug, and propagates (the server answers it a
 
 Extension points, there even where still empty:
 
-- threads: gdb thread ids are the target's vCPU ids + 1 (`manager.vcpu_ids()`); `qfThreadInfo`,
-  `qC`, `H`, `T`, `vCont` actions and the `thread:` of stop replies use them. One vCPU today,
-  thread 1. `H` records the thread each operation is for (`selected_thread`).
+- threads: one per vCPU, gdb thread id = vCPU id + 1 (QEMU's cpu_index + 1; Linux's
+  scripts/gdb takes thread N for CPU N-1). `qfThreadInfo` lists them, `qThreadExtraInfo` says
+  "CPU#n [running]" (QEMU's wording), `T` is alive for each, `Hg` makes one current in the
+  manager (registers, memory translation), `Hc` picks the thread plain `c`/`s` resume, and
+  `vCont` takes per-thread actions: `vCont;s:N;c` steps vCPU N-1 with the others running,
+  `vCont;s:N` (or `c:N`) runs it alone (gdb's scheduler-locking). All-stop: a stop reply names
+  the thread that stopped, which becomes the current one (gdb assumes so: record_currthread).
 - reverse execution: `bs`/`bc` go to `_reverse`, which answers the empty reply (unsupported)
   until the target can run backwards (`manager.can_reverse`); then it returns a reverse Resume.
 - physical memory: QEMU's PhyMemMode (`Qqemu.PhyMemMode:0|1`, `qqemu.PhyMemMode`, or
@@ -72,6 +76,16 @@ class Reply:
 class Resume:
     step: bool
     reverse: bool = False  # run backwards (only ever set when the target can_reverse)
+    vcpu: int | None = None  # the vCPU to step, or the only one to run (None: the current one)
+    alone: bool = False      # only `vcpu` runs (scheduler-locking); else every vCPU does
+
+    def run(self, manager: GuestDebugManager) -> StopEvent:
+        """Carry it out (on the server's vCPU thread, or inline for a bounded step)."""
+        if self.step:
+            if self.vcpu is None and self.alone:
+                return manager.step()
+            return manager.step(self.vcpu, others_run=not self.alone)
+        return manager.cont(self.vcpu) if self.alone else manager.cont()
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,7 @@ class GdbSession:
         # Threads: one per vCPU, numbered from 1 (0 and -1 mean "any" and "all" in the protocol).
         self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
         # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
-        self.selected_thread = {b"g": self.threads[0], b"c": ANY_THREAD}
+        self.selected_thread = {b"g": manager.current_vcpu + 1, b"c": ANY_THREAD}
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, payload: bytes) -> Action:
@@ -378,16 +392,18 @@ class GdbSession:
         return Reply(b"l")  # all of them came in the first answer
 
     def _current_thread(self, p: bytes) -> Reply:
-        return Reply(b"QC%x" % self._stopped_thread())
-
-    def _stopped_thread(self) -> int:
-        return self.last_stop.vcpu_id + 1 if self.last_stop is not None else self.threads[0]
+        return Reply(b"QC%x" % (self.manager.current_vcpu + 1))
 
     def _select_thread(self, p: bytes) -> Reply:
-        """Hg/Hc THREAD: the thread later register/memory (g) or resume (c) requests are for."""
+        """Hg/Hc THREAD: the thread later register/memory (g) or resume (c) requests are for.
+        Hg to a thread makes its vCPU the manager's current one; Hg0/Hg-1 (any) keep it."""
         op, tid = p[1:2], _thread_id(p[2:]) if len(p) > 2 else ANY_THREAD
+        if op not in (b"g", b"c"):
+            raise PacketError(f"unknown H operation {op!r}")
         if not self._known_thread(tid):
             raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
+        if op == b"g" and tid not in (ANY_THREAD, ALL_THREADS):
+            self.manager.select_vcpu(tid - 1)
         self.selected_thread[op] = tid
         return OK
 
@@ -396,6 +412,18 @@ class GdbSession:
         if tid not in self.threads and tid != ANY_THREAD:
             raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
         return OK
+
+    def _thread_extra_info(self, p: bytes) -> Reply:
+        """qThreadExtraInfo,ID: hex of "CPU#n [state]", as QEMU's gdbstub words it (its states
+        padded to one width: "running", "halted ", and "off    " for a CPU not powered on)."""
+        _, comma, text = p.partition(b",")
+        if not comma:
+            raise PacketError("expected qThreadExtraInfo,ID")
+        tid = _thread_id(text)
+        if tid not in self.threads:
+            raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
+        state = self.manager.vcpu_state(tid - 1)
+        return Reply(f"CPU#{tid - 1} [{state:<7}]".encode().hex().encode())
 
     # ------------------------------------------------------------------ resuming
     def _stop_status(self, p: bytes) -> Reply:
@@ -406,30 +434,58 @@ class GdbSession:
         arg = p[1:]
         if p[:1] in (b"C", b"S"):
             _, _, arg = arg.partition(b";")  # the signal is not delivered: guests have no signals
-        self.manager.check_runnable()  # after the guest's exit: E03 (ESRCH), nothing runs
+        # Hc names the one thread to resume (gdb sends it for scheduler-locking); Hc0/Hc-1
+        # resume them all, stepping the current one.
+        hc = self.selected_thread[b"c"]
+        vcpu, alone = (None, False) if hc in (ANY_THREAD, ALL_THREADS) else (hc - 1, True)
+        # After the guest's exit: E03 (ESRCH), nothing runs; a CPU that is off cannot step.
+        self.manager.check_runnable(vcpu=vcpu if step or alone else None)
         if arg:
             self.manager.set_pc(_hex_int(arg))
-        return Resume(step=step)
+        return Resume(step=step, vcpu=vcpu, alone=alone)
 
     def _v_cont_query(self, p: bytes) -> Reply:
-        return Reply(b"vCont;c;C;s;S") if p == b"vCont?" else EMPTY
+        return Reply(b"vCont;c;C;s;S;t") if p == b"vCont?" else EMPTY
 
     def _v_cont(self, p: bytes) -> Action:
+        """vCont;ACTION[:THREAD]...: each thread takes the first action that names it (or names
+        no thread). All-stop on one scheduler thread: one vCPU steps at most, and the others
+        either all run (a `c` applies to them) or all stay stopped."""
         if not p.startswith(b"vCont;"):
             return EMPTY
+        actions: list[tuple[bytes, int | None]] = []
         for action in p[len(b"vCont;"):].split(b";"):
             verb, _, thread = action.partition(b":")
-            if not verb or verb[:1] not in b"cCsS":
+            if not verb or verb[:1] not in b"cCsSt":
                 raise PacketError(f"unsupported vCont action {action!r}")
-            if thread and not self._for_us(thread):
-                continue
-            self.manager.check_runnable()
-            return Resume(step=verb[:1] in b"sS")
-        raise PacketError("vCont names no action for our thread")
-
-    def _for_us(self, thread: bytes) -> bool:
-        tid = _thread_id(thread)
-        return tid in (ANY_THREAD, ALL_THREADS) or tid == self._stopped_thread()
+            tid = _thread_id(thread) if thread else None
+            if tid is not None and not self._known_thread(tid):
+                raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
+            if tid == ANY_THREAD:
+                tid = self.manager.current_vcpu + 1
+            actions.append((verb[:1], None if tid == ALL_THREADS else tid))
+        chosen: dict[int, bytes] = {}
+        for t in self.threads:
+            verbs = [v for v, tid in actions if tid is None or tid == t]
+            if verbs and verbs[0] != b"t":  # `t` (stop): all-stop, it is stopped already
+                chosen[t] = verbs[0]
+        if not chosen:
+            return OK
+        steppers = [t for t, verb in chosen.items() if verb in b"sS"]
+        current = self.manager.current_vcpu + 1
+        if steppers:
+            # Several (`vCont;s` for all): the current thread steps, the others wait.
+            stepper = steppers[0] if len(steppers) == 1 else (current if current in steppers else steppers[0])
+            alone = len(steppers) > 1 or len(chosen) == 1
+            self.manager.check_runnable("step", vcpu=stepper - 1)
+            return Resume(step=True, vcpu=stepper - 1, alone=alone)
+        if len(chosen) == 1 and len(self.threads) > 1:
+            (only,) = chosen
+            self.manager.check_runnable(vcpu=only - 1)
+            return Resume(step=False, vcpu=only - 1, alone=True)
+        # Every thread, or several but not all: the board runs all of them or one.
+        self.manager.check_runnable()
+        return Resume(step=False)
 
     def _reverse(self, p: bytes) -> Action:
         """`bs`/`bc`: reverse step and continue. The empty reply (unsupported) until the target
@@ -506,7 +562,7 @@ class GdbSession:
             return b"W%02x" % ((event.exit_status or 0) & 0xFF)
         sig = event.signal if event.kind is StopKind.SIGNAL else signal.SIGTRAP
         parts = [b"T%02x" % sig]
-        values = self.manager.read_registers(self.codec.EXPEDITED_REGNUMS)
+        values = self.manager.read_registers(self.codec.EXPEDITED_REGNUMS, vcpu=event.vcpu_id)
         for regnum, value in sorted(self.codec.encode_expedited(values).items()):
             parts.append(b"%02x:%s;" % (regnum, value))
         parts.append(b"thread:%x;" % (event.vcpu_id + 1))
@@ -521,7 +577,11 @@ class GdbSession:
         return b"".join(parts)
 
     def stopped(self, event: StopEvent) -> bytes:
+        """The stop reply for `event`; its thread becomes the current (Hg) thread, as gdb
+        assumes after every stop reply."""
         self.last_stop = event
+        if event.kind is not StopKind.EXITED:
+            self.selected_thread[b"g"] = event.vcpu_id + 1
         return self.stop_reply_payload(event)
 
 
@@ -563,6 +623,7 @@ NAMED_PACKETS: dict[bytes, Handler] = {
     b"qfThreadInfo": GdbSession._thread_info_first,
     b"qsThreadInfo": GdbSession._thread_info_next,
     b"qC": GdbSession._current_thread,
+    b"qThreadExtraInfo": GdbSession._thread_extra_info,
     b"qAttached": GdbSession._q_attached,
     b"qqemu.PhyMemMode": GdbSession._q_phy_mem_mode,
     b"Qqemu.PhyMemMode": GdbSession._set_phy_mem_mode,
