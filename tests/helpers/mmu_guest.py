@@ -1,6 +1,6 @@
 """Tiny AArch64 guests written in the tests themselves, with RAM mapped twice: identity through
-TTBR0 and at HIGH_BASE through TTBR1 (a kernel's layout). `MMU_ASM_HEADER` gives the constants,
-`MMU_ASM_TABLES` the two level-1 tables (static data, so the guest builds nothing with the MMU
+TTBR0 and at HIGH_BASE through TTBR1 (a kernel's layout). `MMU_ASM_HEADER` gives the constants
+and the `enable_mmu TTBR0_TABLE, TTBR1_TABLE[, SCTLR_BITS]` macro, `MMU_ASM_TABLES` the two level-1 tables (static data, so the guest builds nothing with the MMU
 off), and `assemble` builds the ELF with the aarch64 cross gcc (linked at 0x40080000)."""
 
 from __future__ import annotations
@@ -22,6 +22,25 @@ MMU_ASM_HEADER = r"""
     .equ BLOCK_DEVICE, 0x401      // AF | AttrIndx 0 | block
     .equ TCR, (25 | (1 << 8) | (1 << 10) | (3 << 12) | (25 << 16) | (1 << 24) | (1 << 26) | (3 << 28) | (2 << 30) | (2 << 32))
     .equ MAIR, 0xff00
+
+    // Turn the MMU on with these level-1 tables (labels), TCR and MAIR as above; `sctlr` ORs
+    // more SCTLR_EL1 bits than M (bit 0). Clobbers x0 and x1.
+    .macro enable_mmu ttbr0, ttbr1, sctlr=0
+    ldr     x0, =\ttbr0
+    msr     ttbr0_el1, x0
+    ldr     x0, =\ttbr1
+    msr     ttbr1_el1, x0
+    ldr     x0, =TCR
+    msr     tcr_el1, x0
+    ldr     x0, =MAIR
+    msr     mair_el1, x0
+    isb
+    mrs     x0, sctlr_el1
+    ldr     x1, =1 | \sctlr
+    orr     x0, x0, x1
+    msr     sctlr_el1, x0
+    isb
+    .endm
 """
 
 MMU_ASM_TABLES = r"""

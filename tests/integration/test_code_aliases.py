@@ -25,21 +25,7 @@ GUEST_S = MMU_ASM_HEADER + r"""
     .text
     .global _start, patchme
 _start:
-    ldr     x0, =ttbr0_l1
-    msr     ttbr0_el1, x0
-    ldr     x0, =ttbr1_l1
-    msr     ttbr1_el1, x0
-    ldr     x0, =TCR
-    msr     tcr_el1, x0
-    ldr     x0, =MAIR
-    msr     mair_el1, x0
-    isb
-    mrs     x0, sctlr_el1
-    orr     x0, x0, #(1 << 0)          // M
-    orr     x0, x0, #(1 << 2)          // C
-    orr     x0, x0, #(1 << 12)         // I
-    msr     sctlr_el1, x0
-    isb
+    enable_mmu ttbr0_l1, ttbr1_l1, (1<<2)|(1<<12)  // and the C and I caches
     ldr     x20, =patchme - RAM + HIGH_BASE   // where the code runs
     ldr     x21, =patchme                     // its identity alias, where it is rewritten
     blr     x20

@@ -32,19 +32,7 @@ GUEST_S = MMU_ASM_HEADER + rf"""
     .text
     .global _start, patchme, neighbour_store, watched_store, alias_code_store, data
 _start:
-    ldr     x0, =ttbr0_l1
-    msr     ttbr0_el1, x0
-    ldr     x0, =ttbr1_l1_xn
-    msr     ttbr1_el1, x0
-    ldr     x0, =TCR
-    msr     tcr_el1, x0
-    ldr     x0, =MAIR
-    msr     mair_el1, x0
-    isb
-    mrs     x0, sctlr_el1
-    orr     x0, x0, #1
-    msr     sctlr_el1, x0
-    isb
+    enable_mmu ttbr0_l1, ttbr1_l1_xn
     ldr     x10, =data - RAM + {ALIAS:#x}
     mov     x1, #1
 neighbour_store:

@@ -24,18 +24,7 @@ SWAP_GUEST_S = MMU_ASM_HEADER + r"""
     .text
     .global _start, marked
 _start:
-    ldr     x0, =l1
-    msr     ttbr0_el1, x0
-    msr     ttbr1_el1, x0
-    ldr     x0, =TCR
-    msr     tcr_el1, x0
-    ldr     x0, =MAIR
-    msr     mair_el1, x0
-    isb
-    mrs     x0, sctlr_el1
-    orr     x0, x0, #1
-    msr     sctlr_el1, x0
-    isb
+    enable_mmu l1, l1
     ldr     x1, =RAM + 0x200000
     ldr     x2, =0xAAAA0001AAAA0002
     str     x2, [x1]

@@ -36,20 +36,7 @@ GUEST_S = MMU_ASM_HEADER + rf"""
     .text
     .global _start, patchme
 _start:
-    ldr     x0, =ttbr0_l1
-    msr     ttbr0_el1, x0
-    ldr     x0, =ttbr1_l1
-    msr     ttbr1_el1, x0
-    ldr     x0, =TCR
-    msr     tcr_el1, x0
-    ldr     x0, =MAIR
-    msr     mair_el1, x0
-    isb
-    mrs     x0, sctlr_el1
-    orr     x0, x0, #1
-    orr     x0, x0, #(1 << 12)
-    msr     sctlr_el1, x0
-    isb
+    enable_mmu ttbr0_l1, ttbr1_l1, 1<<12  // and the I cache
     ldr     x9, ={VA:#x}
     mrs     x0, mpidr_el1
     and     x0, x0, #0xff

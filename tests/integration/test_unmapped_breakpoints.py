@@ -25,19 +25,7 @@ GUEST_S = MMU_ASM_HEADER + r"""
     .text
     .global _start, mmu_on, high_code, high_done
 _start:
-    ldr     x0, =ttbr0_l1
-    msr     ttbr0_el1, x0
-    ldr     x0, =ttbr1_l1
-    msr     ttbr1_el1, x0
-    ldr     x0, =TCR
-    msr     tcr_el1, x0
-    ldr     x0, =MAIR
-    msr     mair_el1, x0
-    isb
-    mrs     x0, sctlr_el1
-    orr     x0, x0, #1
-    msr     sctlr_el1, x0
-    isb
+    enable_mmu ttbr0_l1, ttbr1_l1
 mmu_on:
     ldr     x1, =high_code - RAM + HIGH_BASE
     br      x1

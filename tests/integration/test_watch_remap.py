@@ -44,19 +44,7 @@ GUEST_S = MMU_ASM_HEADER + rf"""
     .global _start, first_store, store_after_tlbi_va, store_after_vmalle1, store_after_ttbr1
     .global store_low, store_after_ttbr0
 _start:
-    ldr     x0, =ttbr0_l1
-    msr     ttbr0_el1, x0
-    ldr     x0, =ttbr1_l1
-    msr     ttbr1_el1, x0
-    ldr     x0, =TCR
-    msr     tcr_el1, x0
-    ldr     x0, =MAIR
-    msr     mair_el1, x0
-    isb
-    mrs     x0, sctlr_el1
-    orr     x0, x0, #1
-    msr     sctlr_el1, x0
-    isb
+    enable_mmu ttbr0_l1, ttbr1_l1
     ldr     x9, ={WATCH_VA:#x}
     ldr     x10, =l2_table + 8 * {WATCH_ENTRY}
     mov     x1, #1
