@@ -3,6 +3,7 @@ echoes each line uppercased, powers off on "q"), from a pipe and from a terminal
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -69,7 +70,10 @@ def _read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
     return got
 
 
+@contextlib.contextmanager
 def _on_a_terminal(guest_dir):
+    """guests/echo under `guestdbg run` with a pty as its controlling terminal: yields (master,
+    slave, the terminal's attributes before, the process); kills it and closes all on the way out."""
     master, slave = os.openpty()
 
     def become_foreground():  # a session of its own with the pty as its controlling terminal
@@ -79,12 +83,19 @@ def _on_a_terminal(guest_dir):
     before = termios.tcgetattr(slave)
     proc = subprocess.Popen(GUESTDBG + ["run", str(guest_dir / "echo.elf"), "--timeout", "60"], stdin=slave,
                             stdout=slave, stderr=subprocess.PIPE, preexec_fn=become_foreground)
-    return master, slave, before, proc
+    try:
+        yield master, slave, before, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        os.close(master)
+        os.close(slave)
 
 
 def test_terminal_raw_mode_escapes_and_restore(guest_dir):
-    master, slave, before, proc = _on_a_terminal(guest_dir)
-    try:
+    with _on_a_terminal(guest_dir) as (master, slave, before, proc):
         _read_until(master, b"> ")
         raw = termios.tcgetattr(slave)
         assert not raw[3] & (termios.ECHO | termios.ICANON | termios.ISIG)  # raw, Ctrl-C goes to the guest
@@ -97,30 +108,15 @@ def test_terminal_raw_mode_escapes_and_restore(guest_dir):
         assert proc.wait(timeout=30) == 0
         assert b"guestdbg: terminated (C-a x)" in proc.stderr.read()
         assert termios.tcgetattr(slave) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-        os.close(master)
-        os.close(slave)
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGHUP, -signal.SIGHUP),
                                              (signal.SIGINT, 130)])
 def test_terminal_restored_on_signals(guest_dir, signum, status):
-    master, slave, before, proc = _on_a_terminal(guest_dir)
-    try:
+    with _on_a_terminal(guest_dir) as (master, slave, before, proc):
         _read_until(master, b"> ")
         assert termios.tcgetattr(slave) != before
         proc.send_signal(signum)
         assert proc.wait(timeout=30) == status
         assert termios.tcgetattr(slave) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-        os.close(master)
-        os.close(slave)
 
