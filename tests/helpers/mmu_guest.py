@@ -43,6 +43,15 @@ MMU_ASM_HEADER = r"""
     .endm
 """
 
+BLOCK_2M = 2 << 20
+
+
+def level2_table(label: str, descriptor_of) -> str:
+    """A level-2 table of 512 2 MiB block descriptors (normal memory, AF, inner shareable), entry n
+    = descriptor_of(n) | 0x705: the output address and any upper attributes (XN) it adds."""
+    return f"{label}:\n" + "".join(f"    .quad   {descriptor_of(n):#x} | 0x705\n" for n in range(512))
+
+
 MMU_ASM_TABLES = r"""
     .data
     .balign 4096

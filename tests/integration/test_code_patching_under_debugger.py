@@ -20,9 +20,8 @@ from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.common import elf_symbols
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
-from tests.helpers.mmu_guest import HIGH_BASE, MMU_ASM_HEADER, MMU_ASM_TABLES, RAM, assemble
+from tests.helpers.mmu_guest import BLOCK_2M as BLOCK, HIGH_BASE, MMU_ASM_HEADER, MMU_ASM_TABLES, RAM, assemble, level2_table
 
-BLOCK = 2 << 20
 ALIAS_ENTRY = 10
 ALIAS = HIGH_BASE + ALIAS_ENTRY * BLOCK     # RAM + 0, execute-never
 XN = (1 << 53) | (1 << 54)
@@ -71,9 +70,7 @@ data:
 ttbr1_l1_xn:
     .quad   l2 + 3
     .fill   511, 8, 0
-l2:
-""" + "".join(f"    .quad   {RAM + n * BLOCK:#x} | 0x705\n" if n != ALIAS_ENTRY else f"    .quad   {RAM | XN:#x} | 0x705\n"
-              for n in range(512)) + MMU_ASM_TABLES
+""" + level2_table("l2", lambda n: RAM | XN if n == ALIAS_ENTRY else RAM + n * BLOCK) + MMU_ASM_TABLES
 
 
 @pytest.fixture(scope="module")

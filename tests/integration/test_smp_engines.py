@@ -20,16 +20,11 @@ from unicorn import arm64_const as uca
 
 from guestdbg import kvm
 from guestdbg.backends.unicorn_arm64 import Arm64Vm
-from tests.helpers.mmu_guest import HIGH_BASE, MMU_ASM_HEADER, RAM, assemble
+from tests.helpers.mmu_guest import BLOCK_2M as BLOCK, HIGH_BASE, MMU_ASM_HEADER, RAM, assemble, level2_table
 
-BLOCK = 2 << 20
 ENTRY = 8
 VA = HIGH_BASE + ENTRY * BLOCK + 0x40
 BLOCK_A, BLOCK_B = RAM + ENTRY * BLOCK, RAM + (ENTRY + 1) * BLOCK
-
-
-def _level2(name: str) -> str:
-    return f"{name}:\n" + "".join(f"    .quad   {RAM + n * BLOCK:#x} | 0x705\n" for n in range(512))
 
 
 GUEST_S = MMU_ASM_HEADER + rf"""
@@ -86,7 +81,7 @@ ttbr0_l1:
 ttbr1_l1:
     .quad   l2 + 3
     .fill   511, 8, 0
-""" + _level2("l2")
+""" + level2_table("l2", lambda n: RAM + n * BLOCK)
 
 
 @pytest.fixture(scope="module")

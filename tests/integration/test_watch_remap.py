@@ -24,19 +24,14 @@ import pytest
 from guestdbg.board.common import elf_symbols
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
-from tests.helpers.mmu_guest import HIGH_BASE, MMU_ASM_HEADER, RAM, assemble
+from tests.helpers.mmu_guest import BLOCK_2M as BLOCK, HIGH_BASE, MMU_ASM_HEADER, RAM, assemble, level2_table
 
-BLOCK = 2 << 20
 WATCH_ENTRY = 8                               # level-2 entry of the watched block
 WATCH_VA = HIGH_BASE + WATCH_ENTRY * BLOCK + 0x1230
 BLOCK_A, BLOCK_B = RAM + WATCH_ENTRY * BLOCK, RAM + (WATCH_ENTRY + 1) * BLOCK
 LOW_VA = 0x8000_4560                          # TTBR0 gigabyte 2: RAM + 0x4560, later RAM + 2 MiB + 0x4560
 LOW_PA_BEFORE, LOW_PA_AFTER = RAM + 0x4560, RAM + BLOCK + 0x4560
 FILLERS = [RAM + 0x100 + 8 * i for i in range(4)]  # never written: they take the hardware slots
-
-
-def _level2(name: str, pa_of_entry) -> str:
-    return f"{name}:\n" + "".join(f"    .quad   {pa_of_entry(n):#x} | 0x705\n" for n in range(512))
 
 
 GUEST_S = MMU_ASM_HEADER + rf"""
@@ -110,9 +105,9 @@ ttbr1_l1_b:
     .quad   l2_table_b + 3
     .fill   511, 8, 0
     .balign 4096
-""" + _level2("l2_table", lambda n: RAM + n * BLOCK) \
-    + _level2("l2_table_b", lambda n: BLOCK_B if n == WATCH_ENTRY else RAM + n * BLOCK) \
-    + _level2("l2_low", lambda n: RAM + (n + 1) * BLOCK)
+""" + level2_table("l2_table", lambda n: RAM + n * BLOCK) \
+    + level2_table("l2_table_b", lambda n: BLOCK_B if n == WATCH_ENTRY else RAM + n * BLOCK) \
+    + level2_table("l2_low", lambda n: RAM + (n + 1) * BLOCK)
 
 # The stores that must stop, in order (label, watched address).
 EXPECTED_HITS = [("first_store", WATCH_VA), ("store_after_tlbi_va", WATCH_VA), ("store_after_vmalle1", WATCH_VA),
