@@ -77,11 +77,11 @@ QUANTUM = 100_000
 ON, OFF, ON_PENDING = 0, 1, 2
 _STATE_NAMES = {ON: "on", OFF: "off", ON_PENDING: "on_pending"}
 _STATE_VALUES = {name: value for value, name in _STATE_NAMES.items()}
-# What vCPU i's IRQ input is for KVM_IRQ_LINE (type CPU, vcpu_index i, CPU_IRQ).
-VTIMER_INTID, PTIMER_INTID = 27, 30  # PPIs 11 and 14
+VTIMER_INTID, PTIMER_INTID = 27, 30  # the EL1 timers' PPIs (11 and 14), as in QEMU's DTB
 
 
 def cpu_irq(index: int) -> int:
+    """What vCPU `index`'s IRQ input is for KVM_IRQ_LINE (type CPU, vcpu_index, CPU_IRQ)."""
     return ((kvm.KVM_ARM_IRQ_TYPE_CPU << kvm.KVM_ARM_IRQ_TYPE_SHIFT) | (index << kvm.KVM_ARM_IRQ_VCPU_SHIFT)
             | kvm.KVM_ARM_IRQ_CPU_IRQ)
 
@@ -132,6 +132,12 @@ class SmpMachine:
             if level != self._irq_outs[i]:
                 self._irq_outs[i] = level
                 self.vcpu.vm.irq_line(cpu_irq(i), int(level))
+
+    def drive_timer_ppis(self, cpu: int, device_irq_level: int) -> None:
+        """A vCPU's timers changed their output levels (KVM_CAP_ARM_USER_IRQ's
+        kvm_run.s.regs.device_irq_level): drive that CPU's PPIs, as QEMU's kvm_arch_post_run."""
+        self.gic.set_level(VTIMER_INTID, device_irq_level & kvm.KVM_ARM_DEV_EL1_VTIMER, cpu=cpu)
+        self.gic.set_level(PTIMER_INTID, device_irq_level & kvm.KVM_ARM_DEV_EL1_PTIMER, cpu=cpu)
 
     def _force_irq_lines(self) -> None:
         for i in range(len(self.vcpus)):
@@ -259,10 +265,7 @@ class SmpMachine:
         raises its IRQ line), as a lone vCPU sleeps in WFI."""
         self.all_waiting = True
         try:
-            runctl = self.vcpu._runctl
-            runctl.state.stop_request = 0
-            if not self.vcpu.immediate_exit:
-                runctl.wait_for_stop(None)
+            self.vcpu.wait_for_kick()
         finally:
             self.all_waiting = False
 
@@ -314,10 +317,7 @@ class SmpMachine:
             self.machine_time += vcpu.icount - before
             stopped = stop(run)
             if run.device_irq_level is not None:
-                # Its timers' outputs moved: its own PPIs (KVM_CAP_ARM_USER_IRQ, as QEMU's
-                # kvm_arch_post_run drives them).
-                self.gic.set_level(VTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_VTIMER, cpu=i)
-                self.gic.set_level(PTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_PTIMER, cpu=i)
+                self.drive_timer_ppis(i, run.device_irq_level)
                 if not stopped:
                     continue
             reason = run.exit_reason

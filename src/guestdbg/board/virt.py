@@ -39,7 +39,7 @@ from guestdbg.board.common import ExitStatus, GuestFault, ImageError, RunToExit,
 from guestdbg.board.flash import VIRT_FLASH_BANK_SIZE, CfiFlash
 from guestdbg.board.gic import Gic
 from guestdbg.board.pl011 import Pl011
-from guestdbg.board.smp import MAX_CPUS, OFF, ON, SmpMachine
+from guestdbg.board.smp import MAX_CPUS, OFF, ON, SmpMachine, cpu_irq
 from guestdbg.vmapi import Console, stdout_console
 
 FLASH_BANK_SIZE = VIRT_FLASH_BANK_SIZE
@@ -51,7 +51,7 @@ GIC_BASE = 0x0800_0000
 GIC_SIZE = 0x0002_0000  # distributor (64 KiB) then CPU interface (64 KiB), one device
 GICD_BASE, GICC_BASE = GIC_BASE, GIC_BASE + 0x1_0000
 # KVM_IRQ_LINE's `irq` for vCPU 0's IRQ input (type CPU, vcpu_index 0, CPU_IRQ)
-CPU0_IRQ = (kvm.KVM_ARM_IRQ_TYPE_CPU << kvm.KVM_ARM_IRQ_TYPE_SHIFT) | kvm.KVM_ARM_IRQ_CPU_IRQ
+CPU0_IRQ = cpu_irq(0)
 UART_BASE = 0x0900_0000
 UART_SIZE = 0x1000
 RAM_BASE = 0x4000_0000
@@ -63,7 +63,6 @@ SLOT_FLASH0, SLOT_RAM, SLOT_FLASH1 = 0, 1, 2
 COUNTER_REGS = frozenset({kr.ARM64_SYS_REG(3, 3, 14, 3, 2), kr.ARM64_SYS_REG(3, 3, 14, 0, 1)})  # TIMER_CNT, CNTPCT
 B_SELF = (0x14000000).to_bytes(4, "little")  # A64 `b .`
 # The EL1 timers' PPIs, as in QEMU virt's DTB: virtual timer PPI 11, non-secure physical PPI 14.
-VTIMER_INTID, PTIMER_INTID = 27, 30  # PPIs 11 and 14
 UART_INTID = 33  # SPI 1
 
 
@@ -152,13 +151,7 @@ class VirtMachine(SmpMachine, RunToExit):
 
     def _gic_changed(self) -> None:
         """After every GIC change: drive each vCPU's IRQ line (KVM_IRQ_LINE) whose level moved."""
-        if len(self._irq_outs) == 1:
-            level = self.gic.irq_pending(0)
-            if level != self._irq_outs[0]:
-                self._irq_outs[0] = level
-                self.vm.irq_line(CPU0_IRQ, int(level))
-        else:
-            self.drive_irq_lines()
+        self.drive_irq_lines()
 
     def _console(self, data: bytes) -> None:
         (self.console or stdout_console)(data)
@@ -290,10 +283,7 @@ class VirtMachine(SmpMachine, RunToExit):
             run = self.vcpu.run(icount_limit=icount_limit)
             stopped = stop(run)
             if run.device_irq_level is not None:
-                # The vCPU's timers changed their output levels (KVM_CAP_ARM_USER_IRQ): drive
-                # their PPIs, as QEMU's kvm_arch_post_run does, and go on running.
-                self.gic.set_level(VTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_VTIMER)
-                self.gic.set_level(PTIMER_INTID, run.device_irq_level & kvm.KVM_ARM_DEV_EL1_PTIMER)
+                self.drive_timer_ppis(0, run.device_irq_level)  # and go on running
                 if not stopped:
                     continue
             if stopped or run.exit_reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR, kvm.EXIT_ICOUNT_LIMIT):

@@ -134,6 +134,14 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         self.immediate_exit = True
         self._runctl.request_stop()
 
+    def wait_for_kick(self) -> None:
+        """Block the calling (vCPU) thread until another thread kicks this vCPU or raises its
+        IRQ line, as run() blocks in a WFI nothing else can end: for a board whose vCPUs all
+        wait with nothing due (board/smp.py). Never spins."""
+        self._runctl.state.stop_request = 0
+        if not self.immediate_exit:
+            self._runctl.wait_for_stop(None)
+
     # ------------------------------------------------------------------ the IRQ input
     def set_irq_line(self, level: bool) -> None:
         """Drive the vCPU's IRQ input (Arm64Vm.irq_line, KVM_IRQ_LINE type CPU). Callable from
