@@ -126,10 +126,15 @@ class Arm64Vm:
         # IC IVAU path (a Linux boot's secondaries start late, and Debian's ftrace patching
         # alone is ~44k invalidations), since nothing else has translated code to go stale.
         self._ran: set[int] = set()
-        self.shared = False  # more than one vCPU has run: maintenance must be carried over
         self._icache_pending: dict[int, set[int] | None] = {}  # vcpu_id -> code pages to drop (None: all)
-        # Where guest memory may be non-zero, while no vCPU has run: what the host wrote.
+        # Where guest memory may be non-zero, while no vCPU has run: what the host wrote
+        # (None once one has).
         self._host_writes: list[tuple[int, int]] | None = []
+
+    @property
+    def shared(self) -> bool:
+        """More than one vCPU has run: maintenance must be carried between their engines."""
+        return len(self._ran) > 1
 
     def new_engine(self) -> UcAArch64:
         """A Unicorn engine for a new vCPU, with every memory slot and inline device mapped."""
@@ -261,10 +266,7 @@ class Arm64Vm:
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
         if self._host_writes is not None and data:
-            if any(vcpu.icount for vcpu in self.vcpus.values()):
-                self._host_writes = None  # the guest ran: no longer known (and no list to grow)
-            else:
-                self._host_writes.append((pa, pa + len(data)))
+            self._host_writes.append((pa, pa + len(data)))
         at = 0
         for slot, off, n in self._spans(pa, len(data)):
             ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
@@ -274,8 +276,6 @@ class Arm64Vm:
     def written_ranges(self) -> list[tuple[int, int]] | None:
         """Physical ranges outside which guest memory is still all zero (None: unknown, once a
         vCPU has run). Lets a snapshot skip memory nothing has touched."""
-        if any(vcpu.icount for vcpu in self.vcpus.values()):
-            self._host_writes = None
         return None if self._host_writes is None else list(self._host_writes)
 
     def _drop_translations(self, pa: int, size: int) -> None:
@@ -305,14 +305,15 @@ class Arm64Vm:
         return spans
 
     def note_running(self, vcpu_id: int) -> None:
-        """vCPU `vcpu_id` enters run(). The second vCPU to run makes the VM shared: every
-        vCPU's inline IC IVAU cache is dropped, so that from now on each invalidation reaches
-        the others (VcpuCore._sync_icache)."""
+        """vCPU `vcpu_id` enters run(). From then guest memory may be anything (no more list of
+        host writes). The second vCPU to run makes the VM shared: every vCPU's inline IC IVAU
+        cache is dropped, so that from now on each invalidation reaches the others
+        (VcpuCore._sync_icache)."""
         if vcpu_id in self._ran:
             return
         self._ran.add(vcpu_id)
-        if len(self._ran) > 1 and not self.shared:
-            self.shared = True
+        self._host_writes = None
+        if len(self._ran) == 2:
             for vcpu in self.vcpus.values():
                 vcpu.forget_executable_pages()
 
