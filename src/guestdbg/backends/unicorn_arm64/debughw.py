@@ -129,7 +129,6 @@ class DebugHardware(ExceptionEntry):
         self._rearm_pending = False
         self._reprotect_pending = False  # a translation under a watched page may have changed
         self._code_trap_words: list[tuple[int, int, int]] = []  # (pa, va, length) of the debugger's code traps
-        self._code_trap_pages: set[int] = set()  # ... and their physical pages
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
     def set_guest_debug(self, control: int, arch: kr.kvm_guest_debug_arch | None = None) -> None:
@@ -231,11 +230,10 @@ class DebugHardware(ExceptionEntry):
         want: dict[int, int] = {}
         watched_devices: set[int] = set()
         watched_vas: set[int] = set()
-        # The physical words under the code traps (a BRK never crosses a page), and their pages.
+        # The physical words under the code traps (a BRK never crosses a page).
         self._code_trap_words = [(page | trap.start % PAGE_SIZE, trap.start, trap.end - trap.start)
                                  for trap in self._trap_specs if trap.code
                                  if (page := self._translate_page(trap.start & ~(PAGE_SIZE - 1))) is not None]
-        self._code_trap_pages = {pa & ~(PAGE_SIZE - 1) for pa, _, _ in self._code_trap_words}
         for wp in self._wp_table + self._traps:
             if wp is None:
                 continue
@@ -438,7 +436,7 @@ class DebugHardware(ExceptionEntry):
         the guest."""
         self.uc.mem_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         page = pa & ~(PAGE_SIZE - 1)
-        if page in self._code_trap_pages:
+        if any(trap_pa & ~(PAGE_SIZE - 1) == page for trap_pa, _, _ in self._code_trap_words):
             self._rewritten_code.add(page)
             # End the slice at the next block: emu_stop() from a memory hook makes Unicorn
             # run the store again.
