@@ -656,22 +656,19 @@ class GuestDebugManager:
         key = (tuple(sorted(breakpoints.items())), tuple(sorted(watch_slots.items())))
         if key != self._arch_key:  # stepping toggles only SINGLESTEP: keep the same registers
             self._arch_key, self._arch_regs = key, self.arch.debug_arch(breakpoints, watch_slots)
-        armed = bool(self._sw or self._hw_bp or self.watches)
+        # What every vCPU gets while anything is armed, and the stepping one in any case.
+        enabled = kvm.KVM_GUESTDBG_ENABLE
+        if self._brk:  # else no software breakpoints here: the guest's own go to the guest
+            enabled |= kvm.KVM_GUESTDBG_USE_SW_BP
+        if self._hw_bp or any(w.slots for w in self.watches):
+            enabled |= kvm.KVM_GUESTDBG_USE_HW
+        stepping = enabled | kvm.KVM_GUESTDBG_SINGLESTEP
+        if self._blockirq_control and not self._step_irqs:
+            stepping |= kvm.KVM_GUESTDBG_BLOCKIRQ
+        armed = enabled if self._sw or self._hw_bp or self.watches else 0
         for vcpu_id, vcpu in enumerate(self._vcpus):
-            stepping = vcpu_id == stepper
-            control = 0
-            if armed or stepping:
-                control = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_SW_BP
-                if self._hw_bp or any(w.slots for w in self.watches):
-                    control |= kvm.KVM_GUESTDBG_USE_HW
-                if stepping:
-                    control |= kvm.KVM_GUESTDBG_SINGLESTEP
-                    if self._blockirq_control and not self._step_irqs:
-                        control |= kvm.KVM_GUESTDBG_BLOCKIRQ
-                if not self._brk:  # no software breakpoints here: the guest's own go to the guest
-                    control &= ~kvm.KVM_GUESTDBG_USE_SW_BP
             vcpu.set_watch_traps(traps)
-            vcpu.set_guest_debug(control, self._arch_regs)
+            vcpu.set_guest_debug(stepping if vcpu_id == stepper else armed, self._arch_regs)
 
     # ------------------------------------------------------------------ running
     def interrupt(self) -> None:
