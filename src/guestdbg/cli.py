@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --gdb: hold the vCPU at its entry until a debugger attaches and resumes it")
     run.add_argument("--gdb-allow-remote", action="store_true",
                      help="with --gdb: allow listening on a non-loopback address (prints a warning)")
+    run.add_argument("--record", action="store_true",
+                     help="with --gdb: keep the run's history from the start, for gdb's reverse-stepi, "
+                          "reverse-continue, reverse-finish (needs --smp 1 and the virtual clock)")
+    run.add_argument("--record-mem", type=parse_size, default=1 << 30, metavar="SIZE",
+                     help="the most memory the history may use (default 1G); older checkpoints thin out")
     _add_arch_flag(run)
     _add_config_flags(run)
     caps = sub.add_parser("caps", help="print the vCPU's capabilities and the ID_AA64DFR0_EL1 a guest reads")
@@ -163,7 +168,7 @@ def cmd_run_x86(args) -> int:
     from guestdbg.board.pc_probe import create_pc_machine
     for flag, given in (("--rom", args.rom), ("--load-addr", args.load_addr is not None),
                         ("--clock", args.clock is not None), ("--pflash1", args.pflash1 is not None),
-                        ("--smp greater than 1", args.smp > 1)):
+                        ("--smp greater than 1", args.smp > 1), ("--record", args.record)):
         if given:
             raise ImageError(f"{flag} is not supported with --arch x86_64 yet")
     if args.wait and not args.gdb:
@@ -182,9 +187,16 @@ def cmd_run_x86(args) -> int:
 
 
 def _serve_gdb(machine, args) -> int:
+    from guestdbg.debug.manager import DebugError
     from guestdbg.gdb.server import GdbServer, parse_endpoint
     server = GdbServer(machine, parse_endpoint(args.gdb, allow_remote=args.gdb_allow_remote), wait=args.wait,
                        timeout=args.timeout)
+    server.manager.record_mem_limit = args.record_mem
+    if args.record:
+        try:
+            server.manager.start_recording()
+        except DebugError as e:
+            raise ImageError(f"--record: {e}") from None
     try:
         server.listen()
     except OSError as e:
@@ -266,6 +278,8 @@ def cmd_run(args) -> int:
         return _serve_gdb(machine, args)
     if args.wait:
         raise ImageError("--wait needs --gdb")
+    if args.record:
+        raise ImageError("--record needs --gdb (the history is for a debugger to run backwards through)")
     return _run_with_console(machine, args.timeout)
 
 

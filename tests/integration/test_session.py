@@ -94,7 +94,8 @@ class FakeManager:
     profile = AARCH64
     sw_breakpoints = True
     hw_bp_slots = 2
-    can_reverse = False
+    can_reverse = False  # recording now
+    can_record = False   # could record
 
     def __init__(self, n_vcpus=1):
         self.machine = FakeMachine()
@@ -240,9 +241,13 @@ def test_qsupported_follows_the_target(fake):
     assert b"hwbreak:" not in s.stopped(StopEvent(StopKind.HWBREAK, 0x1000))
     m.hw_bp_slots = 4
     assert b"hwbreak+" in payload(s.handle(b"qSupported:swbreak+;hwbreak+")).split(b";")
-    m.can_reverse = True
+    m.can_record = True  # offered as soon as the target could record, so `monitor record on` works later
     features = payload(s.handle(b"qSupported:swbreak+;hwbreak+")).split(b";")
     assert b"ReverseStep+" in features and b"ReverseContinue+" in features
+    calls = list(m.calls)
+    assert payload(s.handle(b"bs")).startswith(b"E")  # not recording yet: an error, nothing done
+    assert m.calls == calls
+    m.can_reverse = True
     assert s.handle(b"bs") == Resume(step=True, reverse=True)
     assert s.handle(b"bc") == Resume(step=False, reverse=True)
 

@@ -84,6 +84,7 @@ from guestdbg import kvm
 from guestdbg.arm.mmu import TranslationFault
 from guestdbg.board.common import Board, ExitStatus
 from guestdbg.debug.arch import DebugArch
+from guestdbg.debug.history import History, HistoryError
 from guestdbg.debug.profile import ArchProfile, profile_for
 from guestdbg.debug.regions import PhysRegion, physical_layout, region_at
 from guestdbg.vmapi import Vcpu, WatchTrap
@@ -92,6 +93,15 @@ from guestdbg.vmapi import Vcpu, WatchTrap
 # emulated vCPU's stage-1 walk (or a table outside RAM: KvmError EFAULT), KVM_TRANSLATE on x86.
 TRANSLATION_FAULTS = (TranslationFault, kvm.KvmError)
 ADDRESS_END = 1 << 64
+
+
+class _ReplayEnd:
+    """What a run returns when replaying reached the live end of the history (policy 17)."""
+
+
+REPLAY_END = _ReplayEnd()
+# A seek that replays more than this many instructions inserts checkpoints on the way.
+SEEK_CHECKPOINT_GAP = 100_000
 
 
 def _fault_exit(run: kvm.KvmRun) -> bool:
@@ -138,6 +148,7 @@ class StopEvent:
     detail: str = ""
     completed: bool = False  # a watch reported after its access (x86): no step-over on resume
     vcpu_id: int = 0         # the vCPU that stopped (KVM vcpu id; gdb's thread id - 1)
+    history_edge: str | None = None  # "begin"/"end": the recorded history ran out here (policy 17)
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,7 @@ class MultiVcpuBoard(Protocol):
     def cpu_state(self, vcpu_id: int) -> str: ...  # "running", "halted" or "off"
 
     def run_until(self, stop: Callable[[kvm.KvmRun], bool] = ..., *,
-                  only: int | None = None) -> kvm.KvmRun | ExitStatus: ...
+                  only: int | None = None, icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus: ...
 
 
 class GuestDebugManager:
@@ -236,6 +247,12 @@ class GuestDebugManager:
         self._step_irqs = False
         self._push_step_irqs()
         self._reset_image = self._take_reset_image()
+        self._history: History | None = None  # while recording (policy 17)
+        self.record_mem_limit = 1 << 30  # --record-mem
+        self._record_options: dict[str, Any] = {}
+        self._console_pulls = 0  # the guest's reads of console input so far (policy 17)
+        self._console_replay: dict[int, bytes] = {}  # pull number -> bytes, while replaying
+        self._serving_intr = False
 
     # ------------------------------------------------------------------ what the target offers
     @property
@@ -245,9 +262,9 @@ class GuestDebugManager:
 
     @property
     def can_reverse(self) -> bool:
-        """Can the target run backwards (reverse step/continue)? Not yet: the extension point
-        the GDB session's `bs`/`bc` handler asks."""
-        return False
+        """Can the target run backwards (reverse step/continue)? While recording (policy 17):
+        the GDB session offers `bs`/`bc` then."""
+        return self._history is not None
 
     def vcpu_ids(self) -> list[int]:
         """The machine's vCPUs (KVM vcpu ids); the GDB session numbers its threads from them."""
@@ -300,6 +317,10 @@ class GuestDebugManager:
 
     @step_irqs.setter
     def step_irqs(self, on: bool) -> None:
+        if not on and self._history is not None:
+            raise DebugError(errno.ENOTSUP, "while recording, steps take interrupts (as QEMU's gdbstub "
+                                            "in record/replay mode): an interrupt held back by a step "
+                                            "could not be replayed")
         if not on and not self.can_block_step_irqs:
             raise DebugError(errno.ENOTSUP, "this vCPU cannot keep interrupts out of a single step "
                                             "(no KVM_GUESTDBG_BLOCKIRQ): steps take them")
@@ -605,8 +626,10 @@ class GuestDebugManager:
     def write_memory(self, va: int, data: bytes, *, physical: bool = False) -> None:
         """Write guest memory; all of it or none (every page is checked first). Bytes under a
         software breakpoint go into its saved original, so the breakpoint stays. `physical`:
-        `va` is a guest-physical address (policy 15)."""
+        `va` is a guest-physical address (policy 15). While recording, an input to the history
+        (refused in the recorded past: policy 17)."""
         with self._lock:
+            self._check_writable()
             self._write_memory(va, data, physical)
 
     def _write_memory(self, va: int, data: bytes, physical: bool = False) -> None:
@@ -623,6 +646,7 @@ class GuestDebugManager:
             spans.append((pa, data[off:off + chunk]))
             pos, off = pos + chunk, off + chunk
         for pa, part in spans:
+            self._log_input("memory", (pa, part))
             buf = bytearray(part)
             for patch in self._sw.values():
                 lo, hi = max(pa, patch.pa), min(pa + len(part), patch.pa + len(patch.original))
@@ -767,9 +791,11 @@ class GuestDebugManager:
             return last
         return None
 
-    def _run(self, only: int | None) -> kvm.KvmRun | ExitStatus:
+    def _run(self, only: int | None) -> kvm.KvmRun | ExitStatus | _ReplayEnd:
         """The board's run_until (all vCPUs, or `only` one); the vCPU the exit came from
-        becomes current."""
+        becomes current. While recording, through the history (policy 17)."""
+        if self._history is not None:
+            return self._run_recorded()
         if len(self._vcpus) == 1:
             return self.machine.run_until(_fault_exit)
         board = cast(MultiVcpuBoard, self.machine)
@@ -824,14 +850,15 @@ class GuestDebugManager:
     def _classify(self, result, stepping: bool) -> StopEvent | None:
         """Turn one exit into a stop, or None for exits handled here (and run on)."""
         pc = self.vcpu.pc
+        if isinstance(result, _ReplayEnd):
+            return StopEvent(StopKind.SIGNAL, pc, detail="the end of the recorded history", history_edge="end")
         if isinstance(result, ExitStatus):
             return StopEvent(StopKind.EXITED, pc, exit_status=result.status, detail=result.how)
         if result.exit_reason == kvm.KVM_EXIT_INTR:
             if not self._interrupt_requested:
                 # A kick for the host's services (policy 14): serve them and run on; a step
                 # goes on to its instruction.
-                if self.machine.on_intr is not None:
-                    self.machine.on_intr()
+                self._serve_host()
                 return None
             self._interrupt_requested = False
             return StopEvent(StopKind.SIGNAL, pc, signal=signal.SIGINT)
@@ -916,6 +943,302 @@ class GuestDebugManager:
             sig = signal.SIGILL
         return StopEvent(StopKind.SIGNAL, pc, signal=sig, detail=message)
 
+    # ------------------------------------------------------------------ reverse execution
+    @property
+    def recording(self) -> bool:
+        return self._history is not None
+
+    @property
+    def can_record(self) -> bool:
+        """Can this target keep a replayable history (the emulated back end, one vCPU, the
+        virtual clock)?"""
+        return (getattr(self.vm, "write_phys_pages", None) is not None and len(self._vcpus) == 1
+                and getattr(self.machine, "clock_mode", "virtual") == "virtual")
+
+    def start_recording(self, *, mem_limit: int | None = None, interval: int | None = None) -> None:
+        """Keep the run's history from now on (policy 17), so that it can run backwards, in
+        `mem_limit` bytes (`record_mem_limit` by default: --record-mem). ENOTSUP where it
+        cannot be replayed (several vCPUs, the host's clock, the x86 back end)."""
+        mem_limit = self.record_mem_limit if mem_limit is None else mem_limit
+        with self._lock:
+            if self._history is not None:
+                return
+            if getattr(self.vm, "write_phys_pages", None) is None:
+                raise DebugError(errno.ENOTSUP, "reverse execution needs the emulated back end")
+            try:
+                self._history = History(self.machine, mem_limit=mem_limit, interval=interval,
+                                        guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
+                                        restore_extra=self._restore_recorder_state)
+            except HistoryError as e:
+                raise DebugError(errno.ENOTSUP, str(e)) from None
+            self._record_options = {"step_irqs": self._step_irqs}
+            self._step_irqs = True
+            self._push_step_irqs()
+
+    def stop_recording(self) -> None:
+        """Forget the history. In the past, the run goes on live from here (the rest of the
+        recorded run is dropped)."""
+        with self._lock:
+            if self._history is None:
+                return
+            self._history = None
+            self._console_replay.clear()
+            if self.can_block_step_irqs:
+                self._step_irqs = self._record_options.get("step_irqs", False)
+                self._push_step_irqs()
+
+    def record_status(self) -> dict[str, Any] | None:
+        """The history's extent and cost (`monitor record status`), None when not recording."""
+        with self._lock:
+            return None if self._history is None else self._history.status()
+
+    def _restart_history(self) -> None:
+        """A snapshot load or reset starts a new history (what came before cannot be replayed
+        into the loaded state)."""
+        old = self._history
+        if old is not None:
+            self._console_replay.clear()
+            self._history = History(self.machine, mem_limit=old.mem_limit, interval=old._fixed_interval,
+                                    guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
+                                    restore_extra=self._restore_recorder_state)
+
+    def _guest_bytes(self) -> list[tuple[int, bytes]]:
+        """The guest's own bytes under the breakpoint patches (what a checkpoint holds)."""
+        return [(patch.pa, patch.original) for patch in self._sw.values()]
+
+    def _recorder_state(self) -> dict[str, Any]:
+        return {"console_pulls": self._console_pulls}
+
+    def _restore_recorder_state(self, state: dict[str, Any]) -> None:
+        self._console_pulls = int(state.get("console_pulls", 0))
+
+    def _check_writable(self) -> None:
+        """The debugger's writes are inputs: logged at the live end, refused in the past."""
+        h = self._history
+        if h is not None and h.replaying:
+            raise DebugError(errno.EROFS, f"the machine is in its recorded past (instruction {h.now} of "
+                                          f"{h.end}): a write would change what was recorded; run forward "
+                                          "to the end of the history first, or stop recording")
+
+    def _log_input(self, kind: str, data: Any) -> None:
+        if self._history is not None and not self._history.replaying:
+            self._history.log(kind, data)
+
+    def _serve_host(self) -> None:
+        """The board's on_intr (console input) after a kick; while recording, what the console
+        delivers is logged with the instruction count it arrived at."""
+        if self.machine.on_intr is None:
+            return
+        self._wrap_console()
+        self._serving_intr = True
+        try:
+            self.machine.on_intr()
+        finally:
+            self._serving_intr = False
+
+    def _wrap_console(self) -> None:
+        """While recording: the UART's input source logged (live) or answered from the log
+        (replaying). Its pulls come from the guest's register reads (deterministic: numbered)
+        or from a host kick (`_serve_host`: logged at its instruction count)."""
+        uart = getattr(self.machine, "uart", None)
+        source = getattr(uart, "rx_source", None)
+        if uart is None or source is None or getattr(source, "recorded", False):
+            return
+
+        def recorded_source(room: int) -> bytes:
+            h = self._history
+            if h is None:
+                return bytes(source(room))
+            if self._serving_intr:
+                if h.replaying:
+                    return b""  # live input waits for the live end; the log gives the past's
+                data = bytes(source(room))
+                if data:
+                    h.log("console", data)
+                return data
+            self._console_pulls += 1
+            if h.replaying:
+                return self._console_replay.pop(self._console_pulls, b"")
+            data = bytes(source(room))
+            if data:
+                h.log("console_pull", (self._console_pulls, data))
+            return data
+        recorded_source.recorded = True  # type: ignore[attr-defined]
+        uart.rx_source = recorded_source
+
+    def _apply_event(self, kind: str, data: Any) -> None:
+        """Give a logged input again, while replaying."""
+        if kind == "memory":
+            pa, content = data
+            self._write_memory(pa, content, physical=True)
+        elif kind == "pc":
+            vcpu_id, pc = data
+            self._registers.set_pc(self._vcpus[vcpu_id], pc)
+        elif kind == "register":
+            vcpu_id, number, value = data
+            self._registers.write(self._vcpus[vcpu_id], number, value)
+        elif kind == "registers":
+            vcpu_id, values = data
+            self._registers.write_all(self._vcpus[vcpu_id], values)
+        elif kind == "console":
+            getattr(self.machine, "uart").feed(data)
+        elif kind == "console_pull":
+            number, content = data
+            self._console_replay[number] = content
+
+    def _run_recorded(self) -> kvm.KvmRun | ExitStatus | _ReplayEnd:
+        """One run through the history: at the live end, stopping to take checkpoints; in the
+        past, replaying the log, up to the live end at most (policy 17)."""
+        h = self._history
+        assert h is not None
+        self._wrap_console()
+        while True:
+            if h.replaying:
+                for entry in h.due_events():
+                    self._apply_event(entry.kind, entry.data)
+                if not h.replaying:
+                    return REPLAY_END
+                result = self._run_to(h.next_stop())
+                if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                    if not h.replaying:
+                        for entry in h.due_events():
+                            self._apply_event(entry.kind, entry.data)
+                        return REPLAY_END
+                    continue
+                if not h.replaying:  # a step onto the live end
+                    h.at_live_end()
+                return result
+            if h.checkpoint_due():
+                h.take()
+            result = self._run_to(h.next_stop())
+            h.at_live_end()
+            if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                continue
+            return result
+
+    def _run_to(self, icount_limit: int) -> kvm.KvmRun | ExitStatus:
+        """The board's run_until, stopping at instruction count `icount_limit` at the latest."""
+        return cast(MultiVcpuBoard, self.machine).run_until(_fault_exit, icount_limit=icount_limit)
+
+    def _history_or_error(self) -> History:
+        if self._history is None:
+            raise DebugError(errno.ENOTSUP, "not recording: reverse execution needs `monitor record on` "
+                                            "or `guestdbg run --record`")
+        return self._history
+
+    def reverse_step(self, vcpu: int | None = None) -> StopEvent:
+        """Back one instruction (gdb's `bs`): the machine as it was before the last instruction
+        retired. At the history's start: a stop there with history_edge "begin"."""
+        with self._lock:
+            h = self._history_or_error()
+            if vcpu is not None:
+                self._check_vcpu(vcpu)
+            if h.now <= h.begin:
+                return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, history_edge="begin"))
+            self._seek(h.now - 1)
+            return self._stopped(StopEvent(StopKind.STEP, self.vcpu.pc))
+
+    def reverse_cont(self) -> StopEvent:
+        """Back to the most recent breakpoint hit, watchpoint trigger or guest fault before now
+        (gdb's `bc`), or to the history's start (history_edge "begin"). Each checkpoint interval,
+        newest first, is replayed with everything armed, its hits noted; the machine is then put
+        where the last one happened."""
+        with self._lock:
+            h = self._history_or_error()
+            hi = h.now
+            while hi > h.begin:
+                index = h.index_at_or_before(hi - 1)
+                lo = h.checkpoints[index].time
+                with self._patches_lifted():
+                    h.restore(index)
+                hits, interrupted = self._replay_collecting(hi)
+                if hits:
+                    when, event = hits[-1]
+                    self._seek(when)
+                    return self._stopped(replace(event, pc=self.vcpu.pc))
+                if interrupted is not None:
+                    return self._stopped(interrupted)
+                hi = lo
+            self._seek(h.begin)
+            return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, history_edge="begin"))
+
+    def _replay_collecting(self, until: int) -> tuple[list[tuple[int, StopEvent]], StopEvent | None]:
+        """Replay to instruction count `until` with every breakpoint and watchpoint armed: the
+        (instruction count, stop) of each hit, stepping over each. A Ctrl-C ends it early."""
+        h = self._history
+        assert h is not None
+        hits: list[tuple[int, StopEvent]] = []
+        self._apply()
+        while h.now < until:
+            for entry in h.due_events():
+                self._apply_event(entry.kind, entry.data)
+            result = self._run_to(min(until, h.next_stop()))
+            if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                continue
+            when = h.now
+            event = self._classify(result, stepping=False)
+            if event is None:
+                continue
+            if event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT:
+                return hits, event
+            if event.kind is StopKind.EXITED:
+                break
+            hits.append((when, event))
+            if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH):
+                stepped = self._step_over(event.pc, last=event)
+                while stepped is not None and h.now < until:  # a second stop inside the step
+                    hits.append((h.now, stepped))
+                    stepped = self._step_over(stepped.pc, last=stepped) if stepped.kind in (
+                        StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH) else None
+            else:
+                break  # a fault: nothing runs past it
+        return hits, None
+
+    def _seek(self, target: int) -> None:
+        """The machine as it was at instruction count `target`: the newest checkpoint at or
+        before it restored (unless the machine is already between the two), then a replay with
+        nothing armed. Checkpoints are inserted on the way, ever closer to `target`, so that the
+        reverse steps that usually follow replay little."""
+        h = self._history
+        assert h is not None
+        with self._patches_lifted():
+            index = h.index_at_or_before(target)
+            if not h.checkpoints[index].time <= h.now <= target:
+                h.restore(index)
+            for vcpu in self._vcpus:
+                vcpu.set_watch_traps([])
+                vcpu.set_guest_debug(0, None)
+            self._arch_key = None
+            while h.now < target:
+                for entry in h.due_events():
+                    self._apply_event(entry.kind, entry.data)
+                gap = target - h.now
+                stop = min(target, h.next_stop(), h.now + gap // 2 if gap > SEEK_CHECKPOINT_GAP else target)
+                result = self._run_to(stop)
+                if not (isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT):
+                    if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.KVM_EXIT_INTR:
+                        self._serve_host()
+                        continue
+                    break  # the recorded run stopped here too (a fault or the guest's end)
+                if h.now < target and target - h.now <= gap // 2 + 1:
+                    h.insert()
+            for entry in h.due_events():
+                self._apply_event(entry.kind, entry.data)
+        self._apply()
+
+    @contextlib.contextmanager
+    def _patches_lifted(self) -> Iterator[None]:
+        """The guest's own bytes under the breakpoint patches while the history rewrites memory
+        and replays; then the patches go back over whatever the code is by then."""
+        for patch in self._sw.values():
+            self.vm.write_phys(patch.pa, patch.original)
+        try:
+            yield
+        finally:
+            for patch in self._sw.values():
+                patch.original = self.vm.read_phys(patch.pa, len(patch.original))
+                self.vm.write_phys(patch.pa, self._brk)
+
     # ------------------------------------------------------------------ registers
     # Registers are ints. By name for the Python API; by number (the catalogue's, which is gdb's
     # numbering) for the GDB session. Unknown registers are ENOENT, values the vCPU cannot take
@@ -968,26 +1291,34 @@ class GuestDebugManager:
         """Write one register by catalogue number (a read-only one only with the value it holds)."""
         self._known([number])
         with self._lock:
+            self._check_writable()
             try:
                 self._registers.write(self.vcpu, number, value)
             except self._registers.RegisterError as e:
                 raise DebugError(errno.EINVAL, str(e)) from None
+            self._log_input("register", (self._current, number, value))
 
     def write_all_registers(self, values: Sequence[int]) -> None:
         """Write every register (catalogue order; those that do not change are not written).
         Nothing is written if any value is refused."""
         with self._lock:
+            self._check_writable()
             try:
                 self._registers.write_all(self.vcpu, values)
             except self._registers.RegisterError as e:
                 raise DebugError(errno.EINVAL, str(e)) from None
+            self._log_input("registers", (self._current, list(values)))
 
     def set_pc(self, pc: int) -> None:
         """Where the next step or continue starts (`c ADDR`, `s ADDR`)."""
         if not 0 <= pc < ADDRESS_END:
             raise DebugError(errno.EINVAL, f"no address {pc:#x}")
         with self._lock:
+            if pc == self.vcpu.pc:
+                return  # gdb's `c ADDR` at the PC it stopped at: nothing changes
+            self._check_writable()
             self._registers.set_pc(self.vcpu, pc)
+            self._log_input("pc", (self._current, pc))
 
     # ------------------------------------------------------------------ snapshots and reset
     def snapshot(self, path: str | Path) -> None:
@@ -1011,6 +1342,7 @@ class GuestDebugManager:
                     getattr(v, "icount", None))
                 for i, v in enumerate(self._vcpus)}
             self._last_stop = self._stops[self._current][0]
+            self._restart_history()
             self._apply()
 
     def reset(self) -> None:
@@ -1023,6 +1355,7 @@ class GuestDebugManager:
             self._restore_image(self._reset_image)
             self._last_stop = None  # not stopped *at* anything: resuming meets a breakpoint here
             self._stops.clear()
+            self._restart_history()
             self._apply()
 
     def _restore_image(self, data: bytes) -> None:

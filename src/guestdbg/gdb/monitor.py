@@ -187,6 +187,35 @@ class Monitor:
         self.session.phys_memory = word == "on"
         return self.phys([])
 
+    def record(self, args: list[str]) -> str:
+        """`monitor record status`: what the history holds and costs."""
+        status = self.manager.record_status()
+        if status is None:
+            can = self.manager.can_record
+            return ("record off" + ("" if can else " (this target cannot record: it needs the emulated "
+                                    "back end, one vCPU and the virtual clock)") + "\n")
+        mib = 1 << 20
+        where = "live end" if status["now"] >= status["end"] else f"replaying (instruction {status['now']})"
+        return (f"record on: history from instruction {status['begin']} to {status['end']}, now at the {where}\n"
+                f"checkpoints: {status['checkpoints']} (taken {status['taken']}, inserted {status['inserted']}, "
+                f"thinned {status['thinned']}, history start moved {status['dropped_start']} times), "
+                f"one every {status['interval']} instructions at the live end\n"
+                f"memory: {status['memory'] / mib:.1f} MiB of {status['limit'] / mib:.0f} MiB "
+                f"(a copy of guest memory, and the pages each checkpoint changed)\n"
+                f"logged inputs: {status['events']} (console input, the debugger's writes)\n"
+                f"time in checkpoints: {status['take_seconds']:.2f} s taken, "
+                f"{status['restore_seconds']:.2f} s restoring ({status['restored']} restores)\n")
+
+    def record_set(self, args: list[str]) -> str:
+        word = args[0].lower()
+        if word == "on":
+            self.manager.start_recording()
+        elif word == "off":
+            self.manager.stop_recording()
+        elif word != "status":
+            return f"error: monitor record takes on, off or status, not {args[0]!r}\n"
+        return self.record([])
+
     def _last_error(self) -> str:
         err = self.session.last_error
         return f"last refused request: {err}\n" if err else ""
@@ -213,6 +242,10 @@ MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
     MonitorCommand(("phys",), ("on|off",),
                    "on: gdb's memory accesses take guest-physical addresses (QEMU's PhyMemMode); off (default)",
                    Monitor.phys_set),
+    MonitorCommand(("record",), (), "whether the run's history is kept for reverse execution", Monitor.record),
+    MonitorCommand(("record",), ("on|off|status",),
+                   "on: keep the history from now (gdb's reverse-stepi, reverse-continue...); off: forget it",
+                   Monitor.record_set),
     MonitorCommand(("reset",), (), "reset the board to its state after loading (alias: system_reset)",
                    Monitor.reset, aliases=(("system_reset",),)),
     MonitorCommand(("snapshot", "save"), ("FILE",), "save the VM (registers, memory, devices; no debugger state)",

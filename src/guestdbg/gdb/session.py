@@ -81,6 +81,8 @@ class Resume:
 
     def run(self, manager: GuestDebugManager) -> StopEvent:
         """Carry it out (on the server's vCPU thread, or inline for a bounded step)."""
+        if self.reverse:
+            return manager.reverse_step(self.vcpu) if self.step else manager.reverse_cont()
         if self.step:
             if self.vcpu is None and self.alone:
                 return manager.step()
@@ -246,7 +248,7 @@ class GdbSession:
         if "hwbreak+" in self.peer_features and target.hw_bp_slots > 0:
             self.stop_reasons.add("hwbreak")
         ours += [f"{reason}+" for reason in ("swbreak", "hwbreak") if reason in self.stop_reasons]
-        if target.can_reverse:
+        if target.can_record:  # recording may start later (monitor record on): bs/bc say if not
             ours += ["ReverseStep+", "ReverseContinue+"]
         return Reply(";".join(ours).encode())
 
@@ -488,11 +490,13 @@ class GdbSession:
         return Resume(step=False)
 
     def _reverse(self, p: bytes) -> Action:
-        """`bs`/`bc`: reverse step and continue. The empty reply (unsupported) until the target
-        can run backwards (`manager.can_reverse`, offered in qSupported)."""
-        if p not in (b"bs", b"bc") or not self.manager.can_reverse:
+        """`bs`/`bc`: reverse step and continue, offered in qSupported where the target can
+        record (`manager.can_record`); an error saying how to start recording until it does."""
+        if p not in (b"bs", b"bc") or not self.manager.can_record:
             return EMPTY
-        self.manager.check_runnable("run backwards")
+        if not self.manager.can_reverse:
+            raise DebugError(errno.ENOTSUP, "not recording: `monitor record on` (or guestdbg run --record) "
+                                            "keeps the history that reverse execution needs")
         return Resume(step=p == b"bs", reverse=True)
 
     def _detach(self, p: bytes) -> Detach:
@@ -574,6 +578,8 @@ class GdbSession:
             parts.append(b"hwbreak:;")
         elif event.kind is StopKind.WATCH and event.watch_kind is not None and event.watch_addr is not None:
             parts.append(b"%s:%x;" % (event.watch_kind.value.encode(), event.watch_addr))
+        if event.history_edge is not None:  # gdb: "No more reverse-execution history."
+            parts.append(b"replaylog:%s;" % event.history_edge.encode())
         return b"".join(parts)
 
     def stopped(self, event: StopEvent) -> bytes:

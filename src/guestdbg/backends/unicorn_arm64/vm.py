@@ -273,6 +273,18 @@ class Arm64Vm:
             at += n
         self._drop_translations(pa, len(data))
 
+    def write_phys_pages(self, pieces: list[tuple[int, bytes]]) -> None:
+        """write_phys for many pieces (a reverse-execution checkpoint's pages), with translated
+        code dropped once for all of them rather than per piece."""
+        for pa, data in pieces:
+            at = 0
+            for slot, off, n in self._spans(pa, len(data)):
+                ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
+                at += n
+        if pieces:
+            for uc in self._engines():
+                uc.ctl_flush_tb()
+
     def written_ranges(self) -> list[tuple[int, int]] | None:
         """Physical ranges outside which guest memory is still all zero (None: unknown, once a
         vCPU has run). Lets a snapshot skip memory nothing has touched."""

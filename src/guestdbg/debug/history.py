@@ -1,0 +1,388 @@
+"""A run's history, for reverse execution: checkpoints of the machine, and the log of what the
+guest could not compute by itself.
+
+The emulated board is deterministic: from a given state, the guest computes the same thing
+every time, because its clock is its instruction count (board/clock.py). So the machine at any
+past instruction count can be rebuilt by restoring an earlier checkpoint and running forward
+again ("replay"), provided whatever came from outside is given again at the same points. That
+outside is the *input log*: console input, the debugger's own writes to registers and memory,
+and single steps that held back an interrupt (a step that keeps IRQs out, as gdb's steps do by
+default, delays an IRQ by an instruction, which the guest can see).
+
+Time is vCPU 0's instruction count (`Arm64Vcpu.icount`); one vCPU only (`--smp 1`).
+
+Checkpoints
+-----------
+Each holds every vCPU's register list (KVM_GET_REG_LIST/ONE_REG, as migration does), the
+board's device state, and for memory only an *undo set*: the pages that changed since the
+previous checkpoint, as they were at that previous checkpoint. A full copy of guest memory as
+of the newest checkpoint (the *shadow*) finds those pages: the next checkpoint compares memory
+with it (64 KiB at a time with memcmp, then page by page where a chunk differs: about 20 ms for
+128 MiB here), stores the old contents of the pages that differ, and copies the new ones in. No
+page is copied unless it changed, and a guest that writes little costs little memory.
+
+The memory at checkpoint j, for a page: the undo set of the first checkpoint after j that has
+it, else the shadow. Restoring j writes every page that differs from that: the pages of the
+undo sets after j, and the pages written since the newest checkpoint.
+
+Checkpoints are taken every `interval` instructions at the live end of the history, an interval
+chosen from what the last checkpoint cost so that they take about 2% of the run time. Within
+`mem_limit` bytes (the shadow, the undo sets and the registers): when it is exceeded, the
+checkpoint whose removal leaves the smallest gap relative to its age goes (its undo set merges
+into the next one's), so that checkpoints stay dense near the present and thin out into the
+past; when two are left, the oldest goes and the history's start moves forward.
+
+Checkpoints can also be inserted in the past, while replaying towards a point (`insert`): that
+needs only the pages of the next checkpoint's undo set, and makes the next reverse step from
+around there short.
+
+The debugger's breakpoint patches are not guest memory: checkpoints hold the guest's own bytes
+under them (`guest_bytes`), and the caller lifts its patches while a checkpoint is restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import mmap
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+PAGE = 4096
+CHUNK = 64 << 10
+_libc = ctypes.CDLL(None, use_errno=True)
+_memcmp = _libc.memcmp
+_memcmp.restype = ctypes.c_int
+_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+
+PageKey = tuple[int, int]  # (memory slot id, page index in the slot)
+
+
+class HistoryError(Exception):
+    """The history cannot do what was asked (with the reason)."""
+
+
+@dataclass
+class Event:
+    """One logged input, applied when replay reaches `time` (after the checkpoints and events
+    already there)."""
+
+    time: int
+    kind: str  # "blocked_step", "console", "memory", "register", "registers", "pc"
+    data: Any = None
+
+
+@dataclass
+class Checkpoint:
+    time: int
+    registers: list[list[tuple[int, int]]]  # per vCPU: (ONE_REG id, value)
+    devices: dict
+    undo: dict[PageKey, bytes] = field(default_factory=dict)  # page -> its bytes at the previous checkpoint
+    events: int = 0  # how many log entries came before it
+    extra: dict = field(default_factory=dict)  # the recorder's own state (console input positions)
+
+    @property
+    def size(self) -> int:
+        return len(self.undo) * (PAGE + 64) + 16 * sum(len(r) for r in self.registers) + 4096
+
+
+class _Region:
+    """One memory slot: its host memory and the shadow copy (the newest checkpoint's memory)."""
+
+    def __init__(self, slot: Any):
+        self.slot_id: int = slot.slot
+        self.base: int = slot.guest_phys_addr
+        self.size: int = slot.memory_size
+        self.addr: int = slot.userspace_addr
+        self.shadow = mmap.mmap(-1, self.size)
+        self.shadow_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.shadow))
+        ctypes.memmove(self.shadow_addr, self.addr, self.size)
+
+    def same_slot(self, slot: Any) -> bool:
+        return (slot.guest_phys_addr, slot.memory_size, getattr(slot, "userspace_addr", None)) == (
+            self.base, self.size, self.addr)
+
+    def changed_pages(self) -> list[int]:
+        """Pages whose memory differs from the shadow."""
+        pages = []
+        for off in range(0, self.size, CHUNK):
+            n = min(CHUNK, self.size - off)
+            if _memcmp(self.addr + off, self.shadow_addr + off, n):
+                for p in range(off, off + n, PAGE):
+                    if _memcmp(self.addr + p, self.shadow_addr + p, PAGE):
+                        pages.append(p // PAGE)
+        return pages
+
+    def live(self, page: int) -> bytes:
+        return ctypes.string_at(self.addr + page * PAGE, PAGE)
+
+    def shadow_page(self, page: int) -> bytes:
+        return self.shadow[page * PAGE:(page + 1) * PAGE]
+
+    def set_shadow(self, page: int, data: bytes) -> None:
+        self.shadow[page * PAGE:(page + 1) * PAGE] = data
+
+
+class History:
+    """Checkpoints and the input log of one machine's run (see the module docstring).
+
+    The caller (the debug manager) runs the machine; this class says where to stop
+    (`next_stop`), takes and restores checkpoints, and keeps the log."""
+
+    def __init__(self, machine: Any, *, mem_limit: int = 1 << 30, interval: int | None = None,
+                 guest_bytes: Callable[[], Sequence[tuple[int, bytes]]] = lambda: (),
+                 extra_state: Callable[[], dict] = dict, restore_extra: Callable[[dict], None] = lambda s: None):
+        self.machine = machine
+        self.vm = machine.vm
+        self.vcpus: list[Any] = list(getattr(machine, "vcpus", None) or [machine.vcpu])
+        if len(self.vcpus) != 1:
+            raise HistoryError("reverse execution needs one vCPU (--smp 1)")
+        if getattr(machine, "clock_mode", "virtual") != "virtual":
+            raise HistoryError("reverse execution needs the virtual clock (not --clock host): "
+                               "the host's clock cannot be replayed")
+        self.mem_limit = mem_limit
+        self._fixed_interval = interval
+        self.interval = interval or 2_000_000
+        self.guest_bytes = guest_bytes
+        self.extra_state, self.restore_extra = extra_state, restore_extra
+        self.regions = [_Region(s) for s in sorted(self.vm.slots.values(), key=lambda s: s.slot)]
+        self._by_slot = {r.slot_id: r for r in self.regions}
+        self._fix_shadow()
+        self.events: list[Event] = []
+        self.checkpoints: list[Checkpoint] = [self._capture(self.now, {})]
+        self.end = self.now  # the live end: the furthest point the run has reached
+        self.next_event = 0  # while replaying: the first log entry not yet applied
+        self.stats = {"taken": 1, "inserted": 0, "thinned": 0, "restored": 0, "skipped": 0,
+                      "take_seconds": 0.0, "restore_seconds": 0.0, "dropped_start": 0}
+        self._last_take = (time.perf_counter(), self.now)
+
+    # ------------------------------------------------------------------ where we are
+    @property
+    def now(self) -> int:
+        return int(self.vcpus[0].icount)
+
+    @property
+    def begin(self) -> int:
+        return self.checkpoints[0].time
+
+    @property
+    def replaying(self) -> bool:
+        """Is the machine in the past (forward execution replays the log)?"""
+        return self.now < self.end
+
+    def memory_used(self) -> int:
+        return sum(r.size for r in self.regions) + sum(c.size for c in self.checkpoints)
+
+    def next_stop(self) -> int:
+        """The instruction count at which the run must stop next: the next log entry or the live
+        end while replaying, else the next checkpoint."""
+        now = self.now
+        if now < self.end:
+            stop = self.end
+            if self.next_event < len(self.events):
+                stop = min(stop, self.events[self.next_event].time)
+            return stop
+        return max(self.checkpoints[-1].time + self.interval, now + 1)
+
+    def due_events(self) -> list[Event]:
+        """The log entries due now (while replaying), marked applied."""
+        due = []
+        while self.next_event < len(self.events) and self.events[self.next_event].time <= self.now:
+            due.append(self.events[self.next_event])
+            self.next_event += 1
+        return due
+
+    def blocked_step_at(self, t: int) -> bool:
+        """Did the recorded run single-step with IRQs held at `t`?"""
+        return any(e.time == t and e.kind == "blocked_step" for e in self.events)
+
+    # ------------------------------------------------------------------ the log
+    def log(self, kind: str, data: Any = None) -> None:
+        """Record an input at the live end (the caller refuses inputs while replaying)."""
+        if self.replaying:
+            raise HistoryError("the machine is in the past: an input now would change the recorded history")
+        self.events.append(Event(self.now, kind, data))
+        self.next_event = len(self.events)
+
+    # ------------------------------------------------------------------ checkpoints
+    def at_live_end(self) -> None:
+        """The run reached a new live end."""
+        self.end = max(self.end, self.now)
+        self.next_event = len(self.events)
+
+    def checkpoint_due(self) -> bool:
+        return self.now >= self.end and self.now >= self.checkpoints[-1].time + self.interval
+
+    def take(self) -> bool:
+        """A checkpoint now, at the live end. False (none taken) while a memory slot is not what
+        it was (a flash bank in command mode): the next stop tries again."""
+        if self.now < self.end or self.now <= self.checkpoints[-1].time:
+            return False
+        started = time.perf_counter()
+        if not self._slots_unchanged():
+            self.stats["skipped"] += 1
+            return False
+        undo: dict[PageKey, bytes] = {}
+        for region in self.regions:
+            for page in region.changed_pages():
+                undo[(region.slot_id, page)] = region.shadow_page(page)
+                region.set_shadow(page, region.live(page))
+        self._fix_shadow()
+        # A patched page is "changed" at every checkpoint; keep only real changes.
+        undo = {k: v for k, v in undo.items() if self._by_slot[k[0]].shadow_page(k[1]) != v}
+        self.checkpoints.append(self._capture(self.now, undo))
+        self.stats["taken"] += 1
+        self._thin()
+        cost = time.perf_counter() - started
+        self.stats["take_seconds"] += cost
+        self._adapt_interval(cost, started)
+        return True
+
+    def _adapt_interval(self, cost: float, started: float) -> None:
+        """About 2% of the run time in checkpoints: the next interval from this one's cost and
+        the instruction rate since the last."""
+        last_wall, last_time = self._last_take
+        self._last_take = (time.perf_counter(), self.now)
+        if self._fixed_interval is not None:
+            return
+        wall = started - last_wall
+        if wall <= 0 or self.now <= last_time:
+            return
+        rate = (self.now - last_time) / wall
+        self.interval = int(min(max(rate * cost * 50, 200_000), 200_000_000))
+
+    def _capture(self, t: int, undo: dict[PageKey, bytes]) -> Checkpoint:
+        registers = [[(r, v.get_one_reg(r)) for r in v.get_reg_list()] for v in self.vcpus]
+        devices = copy.deepcopy(self.machine.device_state())
+        return Checkpoint(t, registers, devices, undo, len(self.events), dict(self.extra_state()))
+
+    def _fix_shadow(self) -> None:
+        """The shadow holds the guest's bytes, not the debugger's patches."""
+        for pa, data in self.guest_bytes():
+            for region in self.regions:
+                if region.base <= pa < region.base + region.size:
+                    off = pa - region.base
+                    region.shadow[off:off + len(data)] = data
+
+    def _slots_unchanged(self) -> bool:
+        slots = self.vm.slots
+        return len(slots) == len(self.regions) and all(
+            r.slot_id in slots and r.same_slot(slots[r.slot_id]) for r in self.regions)
+
+    def _thin(self) -> None:
+        while self.memory_used() > self.mem_limit and len(self.checkpoints) > 1:
+            cps = self.checkpoints
+            if len(cps) <= 2:
+                self._drop_first()
+                continue
+            now = cps[-1].time
+            # Remove the one whose removal leaves the smallest gap for its age.
+            i = min(range(1, len(cps) - 1),
+                    key=lambda k: (cps[k + 1].time - cps[k - 1].time) / max(1, now - cps[k].time))
+            merged = dict(cps[i + 1].undo)
+            merged.update(cps[i].undo)
+            cps[i + 1].undo = merged
+            del cps[i]
+            self.stats["thinned"] += 1
+
+    def _drop_first(self) -> None:
+        """The oldest checkpoint goes: the history starts at the next one."""
+        del self.checkpoints[0]
+        self.checkpoints[0].undo = {}
+        first = self.checkpoints[0]
+        self.events = self.events[first.events:]
+        for c in self.checkpoints:
+            c.events -= first.events
+        self.next_event = max(0, self.next_event - first.events)
+        self.stats["dropped_start"] += 1
+
+    def index_at_or_before(self, t: int) -> int:
+        for i in range(len(self.checkpoints) - 1, -1, -1):
+            if self.checkpoints[i].time <= t:
+                return i
+        raise HistoryError(f"instruction {t} is before the history's start ({self.begin})")
+
+    def restore(self, index: int) -> int:
+        """Put the machine back to checkpoint `index` (the caller has lifted its breakpoint
+        patches). Returns its time."""
+        started = time.perf_counter()
+        target = self.checkpoints[index]
+        contents: dict[PageKey, bytes] = {}
+        for cp in reversed(self.checkpoints[index + 1:]):
+            contents.update(cp.undo)
+        for region in self.regions:
+            for page in region.changed_pages():
+                contents.setdefault((region.slot_id, page), region.shadow_page(page))
+        pieces = []
+        for (slot_id, page), data in contents.items():
+            region = self._by_slot[slot_id]
+            if region.live(page) != data:
+                pieces.append((region.base + page * PAGE, data))
+        self.vm.write_phys_pages(pieces)
+        for vcpu, registers in zip(self.vcpus, target.registers):
+            for reg_id, value in registers:
+                vcpu.set_one_reg(reg_id, value)
+        self.machine.restore_device_state(copy.deepcopy(target.devices))
+        self.restore_extra(dict(target.extra))
+        self.next_event = target.events
+        self.stats["restored"] += 1
+        self.stats["restore_seconds"] += time.perf_counter() - started
+        return target.time
+
+    def insert(self) -> bool:
+        """A checkpoint now, in the past between two others (while replaying): so the next
+        reverse step from around here replays little. Cheap: only the pages of the next
+        checkpoint's undo set can differ."""
+        now = self.now
+        cps = self.checkpoints
+        j = self.index_at_or_before(now)
+        if cps[j].time == now or j + 1 >= len(cps) or not self._slots_unchanged():
+            return False
+        after = cps[j + 1]
+        later: dict[PageKey, bytes] = {}  # each page's bytes at checkpoint j+1
+        for cp in reversed(cps[j + 2:]):
+            later.update(cp.undo)
+        guest = self._guest_view()
+        undo_new, undo_next = {}, {}
+        for key, at_j in after.undo.items():
+            region = self._by_slot[key[0]]
+            live = guest(key)
+            if live != at_j:
+                undo_new[key] = at_j
+            at_next = later.get(key)
+            if at_next is None:
+                at_next = region.shadow_page(key[1])
+            if live != at_next:
+                undo_next[key] = live
+        cp = self._capture(now, undo_new)
+        cp.events = self.next_event
+        after.undo = undo_next
+        cps.insert(j + 1, cp)
+        self.stats["inserted"] += 1
+        self._thin()
+        return True
+
+    def _guest_view(self) -> Callable[[PageKey], bytes]:
+        """A page's live bytes with the debugger's patches replaced by the guest's own."""
+        fixes = list(self.guest_bytes())
+
+        def page(key: PageKey) -> bytes:
+            region = self._by_slot[key[0]]
+            data = region.live(key[1])
+            lo = region.base + key[1] * PAGE
+            if not fixes:
+                return data
+            buf = None
+            for pa, orig in fixes:
+                if lo <= pa < lo + PAGE:
+                    buf = buf or bytearray(data)
+                    buf[pa - lo:pa - lo + len(orig)] = orig
+            return bytes(buf) if buf is not None else data
+        return page
+
+    def status(self) -> dict:
+        return {"begin": self.begin, "end": self.end, "now": self.now, "checkpoints": len(self.checkpoints),
+                "events": len(self.events), "memory": self.memory_used(), "limit": self.mem_limit,
+                "interval": self.interval, **self.stats}
+
