@@ -152,6 +152,7 @@ class History:
         self.events: list[Event] = []
         self.checkpoints: list[Checkpoint] = [self._capture(self.now, {})]
         self.end = self.now  # the live end: the furthest point the run has reached
+        self.ended: Any = None  # the guest's own end there (the board's ExitStatus), if it ended
         self.next_event = 0  # while replaying: the first log entry not yet applied
         self.stats = {"taken": 1, "inserted": 0, "thinned": 0, "restored": 0, "skipped": 0,
                       "take_seconds": 0.0, "restore_seconds": 0.0, "dropped_start": 0}

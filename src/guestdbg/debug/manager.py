@@ -1041,8 +1041,18 @@ class GuestDebugManager:
         (replaying). Its pulls come from the guest's register reads (deterministic: numbered)
         or from a host kick (`_serve_host`: logged at its instruction count)."""
         uart = getattr(self.machine, "uart", None)
+        if uart is None:
+            return
+        console = uart.console
+        if not getattr(console, "recorded", False):
+            def recorded_console(data: bytes) -> None:
+                h = self._history
+                if h is None or not h.replaying:  # replayed output was shown when it was recorded
+                    console(data)
+            recorded_console.recorded = True  # type: ignore[attr-defined]
+            uart.console = recorded_console
         source = getattr(uart, "rx_source", None)
-        if uart is None or source is None or getattr(source, "recorded", False):
+        if source is None or getattr(source, "recorded", False):
             return
 
         def recorded_source(room: int) -> bytes:
@@ -1097,13 +1107,13 @@ class GuestDebugManager:
                 for entry in h.due_events():
                     self._apply_event(entry.kind, entry.data)
                 if not h.replaying:
-                    return REPLAY_END
+                    return h.ended or REPLAY_END
                 result = self._run_to(h.next_stop())
                 if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
                     if not h.replaying:
                         for entry in h.due_events():
                             self._apply_event(entry.kind, entry.data)
-                        return REPLAY_END
+                        return h.ended or REPLAY_END
                     continue
                 if not h.replaying:  # a step onto the live end
                     h.at_live_end()
@@ -1114,10 +1124,13 @@ class GuestDebugManager:
             h.at_live_end()
             if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
                 continue
+            if isinstance(result, ExitStatus):
+                h.ended = result  # replay reaching the end ends the same way
             return result
 
     def _run_to(self, icount_limit: int) -> kvm.KvmRun | ExitStatus:
         """The board's run_until, stopping at instruction count `icount_limit` at the latest."""
+        self._wrap_console()
         return cast(MultiVcpuBoard, self.machine).run_until(_fault_exit, icount_limit=icount_limit)
 
     def _history_or_error(self) -> History:
@@ -1137,6 +1150,16 @@ class GuestDebugManager:
                 return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, history_edge="begin"))
             self._seek(h.now - 1)
             return self._stopped(StopEvent(StopKind.STEP, self.vcpu.pc))
+
+    def seek_to(self, icount: int) -> StopEvent:
+        """The machine as it was at instruction count `icount`, anywhere in the history
+        (`monitor record goto`; the Python API's way to any point of the run)."""
+        with self._lock:
+            h = self._history_or_error()
+            if not h.begin <= icount <= h.end:
+                raise DebugError(errno.EINVAL, f"instruction {icount} is outside the history ({h.begin}..{h.end})")
+            self._seek(icount)
+            return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, detail=f"at instruction {icount}"))
 
     def reverse_cont(self) -> StopEvent:
         """Back to the most recent breakpoint hit, watchpoint trigger or guest fault before now

@@ -1,0 +1,331 @@
+"""Reverse execution (issue 12) on the emulated board: the recorded history, replay, and the
+manager's reverse_step / reverse_cont / seek_to.
+
+The reference for "the state at instruction N" is a *straight run*: a fresh machine, no
+debugger, run with the board's icount limit to N. Every check compares a whole fingerprint
+(vCPU 0's full ONE_REG list, the device state, and a hash of the guest's memory) with it.
+
+The guest (guests/history) takes a timer interrupt every 1600 instructions and folds the
+interrupt count into what it computes, so an interrupt replayed one instruction early or late
+changes the memory it writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import random
+import threading
+
+import pytest
+
+from guestdbg import kvm
+from guestdbg.board.console_input import ConsoleInput
+from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
+from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
+from tests.helpers.support import symbols
+
+IMAGE_SPAN = 4 << 20  # the guests' image, data, bss and stack: the memory a fingerprint hashes
+
+
+def machine(elf, out: list[bytes] | None = None, **config) -> VirtMachine:
+    m = VirtMachine(VirtConfig(**config), console=(out.append if out is not None else lambda b: None))
+    m.load_elf(elf)
+    return m
+
+
+def fingerprint(m: VirtMachine) -> tuple:
+    v = m.vcpu
+    regs = tuple(v.get_one_reg(r) for r in v.get_reg_list())
+    devices = json.dumps(m.device_state(), sort_keys=True)
+    memory = hashlib.sha256(m.vm.read_phys(RAM_BASE, IMAGE_SPAN)).hexdigest()
+    return (v.icount, v.pc, hashlib.sha256(repr(regs).encode()).hexdigest(), devices, memory)
+
+
+def straight_run(elf, points: list[int]) -> dict[int, tuple]:
+    """The fingerprint at each of `points` (instruction counts) of a run with no debugger."""
+    m = machine(elf)
+    out = {}
+    for t in sorted(set(points)):
+        while m.vcpu.icount < t:
+            run = m.run_until(icount_limit=t)
+            assert not isinstance(run, kvm.KvmRun) or run.exit_reason in (kvm.EXIT_ICOUNT_LIMIT, kvm.KVM_EXIT_INTR), run
+        out[t] = fingerprint(m)
+    return out
+
+
+@pytest.fixture(scope="module")
+def history_elf(guest_dir):
+    return guest_dir / "history.elf"
+
+
+@pytest.fixture(scope="module")
+def syms(history_elf):
+    return symbols(str(history_elf))
+
+
+def recorded(elf, *, interval: int | None = 5000, mem_limit: int | None = None, out=None):
+    m = machine(elf, out)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=interval, mem_limit=mem_limit)
+    return m, mgr
+
+
+def run_to_exit(mgr: GuestDebugManager):
+    event = mgr.cont()
+    assert event.kind is StopKind.EXITED, event
+    return event
+
+
+def test_the_guest_depends_on_where_its_interrupts_land(history_elf):
+    """Sanity: the guest's result changes if its timer interrupts move (a checksum and an
+    interrupt count that a straight run prints; a different tick period would change both)."""
+    out: list[bytes] = []
+    m = machine(history_elf, out)
+    assert m.run_to_exit() == 0
+    text = b"".join(out).decode()
+    assert text.startswith("history: 0x") and int(text.split("ticks ")[1]) > 30, text
+
+
+def test_seek_reaches_the_state_of_a_straight_run_everywhere(history_elf, syms):
+    """The whole run recorded (with the debugger stopping in it on the way: breakpoint hits
+    stepped over, single steps), then 40 points of the history visited in random order: each
+    one's fingerprint is the straight run's, including the start, checkpoint times and the end."""
+    m, mgr = recorded(history_elf)
+    mgr.add_breakpoint(syms["mix"])
+    for _ in range(5):
+        assert mgr.cont().kind is StopKind.SWBREAK
+        for _ in range(3):
+            mgr.step()
+    mgr.remove_breakpoint(syms["mix"])
+    run_to_exit(mgr)
+    status = mgr.record_status()
+    assert status["checkpoints"] > 5
+    end = status["end"]
+    rng = random.Random(12)
+    checkpoint_times = [c.time for c in mgr._history.checkpoints]
+    points = [0, end, *rng.sample(checkpoint_times, 4), *[c + 1 for c in checkpoint_times[:3]],
+              *(rng.randrange(end) for _ in range(31))]
+    reference = straight_run(history_elf, points)
+    rng.shuffle(points)
+    for t in points:
+        mgr.seek_to(t)
+        assert fingerprint(m) == reference[t], t
+
+
+def test_reverse_steps_retrace_the_forward_steps(history_elf, syms):
+    """60 forward steps through an interrupt (steps take interrupts while recording), then 60
+    reverse steps: each lands on the state the forward steps passed, and stepping forward again
+    passes them once more."""
+    m, mgr = recorded(history_elf)
+    mgr.add_hw_breakpoint(syms["exception_handler"])
+    for _ in range(3):
+        assert mgr.cont().kind is StopKind.HWBREAK
+    mgr.remove_hw_breakpoint(syms["exception_handler"])
+    for _ in range(30):  # leave the handler's first instructions behind, into mix's loop
+        mgr.step()
+    trace = [fingerprint(m)]
+    for _ in range(60):
+        assert mgr.step().kind is StopKind.STEP
+        trace.append(fingerprint(m))
+    assert len({t[0] for t in trace}) > 50  # icounts move on
+    for expected in reversed(trace[:-1]):
+        event = mgr.reverse_step()
+        assert event.kind is StopKind.STEP and event.history_edge is None
+        assert fingerprint(m) == expected
+    for expected in trace[1:]:
+        mgr.step()
+        assert fingerprint(m) == expected
+
+
+def test_reverse_continue_returns_to_every_breakpoint_hit_newest_first(history_elf, syms):
+    """Every hit of a breakpoint on the interrupt handler, noted on the way forward, is where
+    reverse_cont stops, newest first; past the first one: the history's start, with
+    history_edge "begin" (gdb's replaylog:begin)."""
+    m, mgr = recorded(history_elf)
+    handler = syms["exception_handler"]
+    mgr.add_breakpoint(handler)
+    hits = []
+    while (event := mgr.cont()).kind is StopKind.SWBREAK:
+        assert event.pc == handler
+        hits.append(fingerprint(m))
+    assert event.kind is StopKind.EXITED and len(hits) > 30
+    for expected in reversed(hits):
+        event = mgr.reverse_cont()
+        assert (event.kind, event.pc, event.history_edge) == (StopKind.SWBREAK, handler, None)
+        assert fingerprint(m) == expected
+    event = mgr.reverse_cont()
+    assert event.history_edge == "begin" and m.vcpu.icount == 0
+    assert mgr.reverse_step().history_edge == "begin"
+
+
+def test_reverse_continue_to_a_watchpoint_stops_before_the_store(history_elf, syms):
+    """`watch ticks` from the end: reverse_cont stops at the handler's store to `ticks`, before
+    it (the old value in memory, PC on the store), as a forward watchpoint stops on Arm."""
+    m, mgr = recorded(history_elf)
+    run_to_exit(mgr)
+    ticks = syms["ticks"]
+    final = int.from_bytes(mgr.read_memory(ticks, 8), "little")
+    mgr.add_watchpoint(ticks, 8, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert event.kind is StopKind.WATCH and event.watch_addr == ticks
+    assert int.from_bytes(mgr.read_memory(ticks, 8), "little") == final - 1
+    insn = int.from_bytes(mgr.read_memory(event.pc, 4), "little")
+    assert insn & 0x3B000000 == 0x39000000 or insn & 0x3B000000 == 0x38000000  # a load/store
+    at = m.vcpu.icount
+    assert mgr.step().kind is StopKind.STEP
+    assert int.from_bytes(mgr.read_memory(ticks, 8), "little") == final
+    mgr.reverse_step()
+    assert m.vcpu.icount == at
+    event = mgr.reverse_cont()  # the store before it
+    assert event.kind is StopKind.WATCH
+    assert int.from_bytes(mgr.read_memory(ticks, 8), "little") == final - 2
+
+
+def test_forward_in_the_past_stops_at_the_live_end_then_runs_live(history_elf, syms):
+    """Continuing in the past replays up to where the run had got to, and stops there (gdb's
+    replaylog:end: "No more reverse-execution history"); the next continue runs live."""
+    m, mgr = recorded(history_elf)
+    mgr.add_breakpoint(syms["mix"])
+    for _ in range(40):
+        mgr.cont()
+    mgr.remove_breakpoint(syms["mix"])
+    live_end = fingerprint(m)
+    for _ in range(3):
+        mgr.reverse_step()
+    mgr.seek_to(100)
+    event = mgr.cont()
+    assert event.history_edge == "end" and fingerprint(m) == live_end
+    assert mgr.cont().kind is StopKind.EXITED
+
+
+def test_writes_are_logged_at_the_live_end_and_refused_in_the_past(history_elf, syms):
+    """The debugger's writes are inputs: made at the live end they are replayed at the same
+    instruction (the end state after going back and forth is the same), made in the past they
+    are refused (EROFS) and change nothing."""
+    m, mgr = recorded(history_elf)
+    mgr.add_breakpoint(syms["mix"])
+    for _ in range(20):
+        mgr.cont()
+    written_at = m.vcpu.icount
+    mgr.write_memory(syms["state"], (12345).to_bytes(8, "little"))
+    mgr.write_register("x0", 777)  # mix(i): i is x0
+    for _ in range(5):
+        mgr.cont()
+    mgr.remove_breakpoint(syms["mix"])
+    run_to_exit(mgr)
+    end = fingerprint(m)
+    mgr.seek_to(written_at - 5)
+    before = fingerprint(m)
+    with pytest.raises(DebugError) as e:
+        mgr.write_memory(syms["state"], b"\0" * 8)
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(DebugError):
+        mgr.write_register("x0", 1)
+    assert fingerprint(m) == before
+    mgr.seek_to(written_at)
+    assert int.from_bytes(mgr.read_memory(syms["state"], 8), "little") == 12345
+    assert mgr.read_register("x0") == 777
+    assert mgr.cont().kind is StopKind.EXITED  # the recorded run's end was the guest's exit: again
+    assert fingerprint(m) == end
+
+
+@pytest.mark.parametrize("extra, start_moves", [(96 << 10, False), (8 << 10, True)])
+def test_the_history_stays_within_its_memory_and_thins_out_into_the_past(history_elf, extra, start_moves):
+    """A limit a little above the copy of guest memory: checkpoints are thinned (more near the
+    present); with too little for even that, the oldest go and the history's start moves
+    forward. Every point still in the history is reached exactly."""
+    probe = GuestDebugManager(machine(history_elf))
+    probe.start_recording(interval=2000)
+    base = probe.record_status()["memory"]
+    m, mgr = recorded(history_elf, interval=2000, mem_limit=base + extra)
+    run_to_exit(mgr)
+    status = mgr.record_status()
+    assert status["memory"] <= status["limit"]
+    assert status["thinned" if not start_moves else "dropped_start"] > 0
+    assert (status["begin"] > 0) == start_moves
+    times = [c.time for c in mgr._history.checkpoints]
+    if len(times) > 3:
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert gaps[-1] <= gaps[0]  # denser near the present
+    rng = random.Random(3)
+    points = [status["begin"], *(rng.randrange(status["begin"], status["end"]) for _ in range(8))]
+    reference = straight_run(history_elf, points)
+    for t in points:
+        mgr.seek_to(t)
+        assert fingerprint(m) == reference[t]
+    if start_moves:
+        with pytest.raises(DebugError):
+            mgr.seek_to(status["begin"] - 1)
+        assert mgr.seek_to(status["begin"]) and mgr.reverse_step().history_edge == "begin"
+
+
+def test_console_input_is_replayed_and_replayed_output_not_shown_again(guest_dir):
+    """The echo guest under recording, with input typed (from another thread) while it runs:
+    a trip back to the start and forward to the end gives the same state, and the console shows
+    the guest's output once."""
+    out: list[bytes] = []
+    m, mgr = recorded(guest_dir / "echo.elf", out=out)
+    typed = ConsoleInput()
+    m.uart.rx_source = typed.take
+
+    def service() -> None:
+        m.uart.pump()
+    m.on_intr = service
+    stop = threading.Event()
+
+    def typist() -> None:
+        for line in (b"hello\n", b"reverse\n", b"q\n"):
+            if stop.wait(0.05):
+                return
+            typed.push(line)
+            mgr.wake()
+    t = threading.Thread(target=typist)
+    t.start()
+    event = mgr.cont()
+    stop.set()
+    t.join()
+    assert event.kind is StopKind.EXITED, event
+    shown = b"".join(out)
+    assert b"HELLO" in shown and b"REVERSE" in shown
+    end = fingerprint(m)
+    status = mgr.record_status()
+    assert status["events"] >= 1  # the input, logged as it arrived (lines may arrive together)
+    mgr.seek_to(0)
+    assert mgr.cont().kind is StopKind.EXITED  # replayed to the guest's own end (its "q")
+    assert fingerprint(m) == end
+    assert b"".join(out) == shown  # nothing shown twice
+
+
+def test_what_cannot_be_recorded_is_refused(history_elf, guest_dir):
+    """Several vCPUs, the host's clock: ENOTSUP, nothing changes. While recording, steps take
+    interrupts (as QEMU's gdbstub in record/replay mode): `sstep irq off` is refused."""
+    for config, clock in (({"smp": 2}, "virtual"), ({}, "host")):
+        m = VirtMachine(VirtConfig(**config), console=lambda b: None, clock_mode=clock)
+        m.load_elf(history_elf)
+        mgr = GuestDebugManager(m)
+        assert not mgr.can_record
+        with pytest.raises(DebugError) as e:
+            mgr.start_recording()
+        assert e.value.errno == errno.ENOTSUP and not mgr.recording
+    m, mgr = recorded(history_elf)
+    assert mgr.step_irqs
+    with pytest.raises(DebugError):
+        mgr.step_irqs = False
+    with pytest.raises(DebugError):
+        GuestDebugManager(machine(history_elf)).reverse_step()
+    mgr.stop_recording()
+    mgr.step_irqs = False  # the user's setting is back
+
+
+def test_a_snapshot_load_starts_a_new_history(history_elf, tmp_path):
+    m, mgr = recorded(history_elf)
+    for _ in range(3):
+        mgr.step()
+    mgr.snapshot(tmp_path / "s")
+    mgr.cont()
+    mgr.restore(tmp_path / "s")
+    status = mgr.record_status()
+    assert status["begin"] == status["end"] == status["now"] == 3
+    assert mgr.reverse_step().history_edge == "begin"
