@@ -245,7 +245,7 @@ def test_qsupported_follows_the_target(fake):
     features = payload(s.handle(b"qSupported:swbreak+;hwbreak+")).split(b";")
     assert b"ReverseStep+" in features and b"ReverseContinue+" in features
     calls = list(m.calls)
-    assert payload(s.handle(b"bs")).startswith(b"E")  # not recording yet: an error, nothing done
+    assert payload(s.handle(b"bs")).startswith(b"E.not recording")  # an error gdb shows, nothing done
     assert m.calls == calls
     m.can_reverse = True
     assert s.handle(b"bs") == Resume(step=True, reverse=True)

@@ -1175,6 +1175,9 @@ class GuestDebugManager:
                 with self._patches_lifted():
                     h.restore(index)
                 hits, interrupted = self._replay_collecting(hi)
+                # At the history's start nothing is known of what came before: a breakpoint
+                # there is the start, reported as such (replaylog:begin).
+                hits = [(when, event) for when, event in hits if when > h.begin]
                 if hits:
                     when, event = hits[-1]
                     self._seek(when)

@@ -495,8 +495,9 @@ class GdbSession:
         if p not in (b"bs", b"bc") or not self.manager.can_record:
             return EMPTY
         if not self.manager.can_reverse:
-            raise DebugError(errno.ENOTSUP, "not recording: `monitor record on` (or guestdbg run --record) "
-                                            "keeps the history that reverse execution needs")
+            # E.errtext: gdb shows the text ("Remote failure reply: E.not recording...")
+            return Reply(b"E.not recording: `monitor record on` (or guestdbg run --record) keeps the "
+                         b"history that reverse execution needs")
         return Resume(step=p == b"bs", reverse=True)
 
     def _detach(self, p: bytes) -> Detach:
