@@ -26,7 +26,8 @@ it, else the shadow. Restoring j writes every page that differs from that: the p
 undo sets after j, and the pages written since the newest checkpoint.
 
 Checkpoints are taken every `interval` instructions at the live end of the history, an interval
-chosen from what the last checkpoint cost so that they take about 2% of the run time. Within
+chosen from what the last checkpoint cost so that they take about 5% of the run time (between 1
+and 50 million instructions: a reverse step replays at most one interval). Within
 `mem_limit` bytes (the shadow, the undo sets and the registers): when it is exceeded, the
 checkpoint whose removal leaves the smallest gap relative to its age goes (its undo set merges
 into the next one's), so that checkpoints stay dense near the present and thin out into the
@@ -50,7 +51,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 PAGE = 4096
-CHUNK = 64 << 10
+CHUNK = 256 << 10
+KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY = 1 << 0, 1 << 1
+# Checkpoint intervals (instructions): chosen so checkpoints take about OVERHEAD of the run
+# time, within these bounds (a reverse step replays at most one interval).
+OVERHEAD = 0.05
+MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 50_000_000
 _libc = ctypes.CDLL(None, use_errno=True)
 _memcmp = _libc.memcmp
 _memcmp.restype = ctypes.c_int
@@ -88,13 +94,28 @@ class Checkpoint:
 
 
 class _Region:
-    """One memory slot: its host memory and the shadow copy (the newest checkpoint's memory)."""
+    """One memory slot: its host memory and the shadow copy (the newest checkpoint's memory).
+    RAM is dirty-logged where the VM can (KVM_MEM_LOG_DIRTY_PAGES, KVM_GET_DIRTY_LOG): only the
+    pages written since the last look are compared with the shadow, not the whole slot."""
 
-    def __init__(self, slot: Any):
+    def __init__(self, vm: Any, slot: Any):
+        self.vm = vm
         self.slot_id: int = slot.slot
         self.base: int = slot.guest_phys_addr
         self.size: int = slot.memory_size
         self.addr: int = slot.userspace_addr
+        # Read-only memory (ROM, flash) changes only by a host write or a new mapping: compared
+        # only after one (`changes_seen`), which spares a 64 MiB flash bank's compare each time.
+        self.readonly = bool(slot.flags & KVM_MEM_READONLY)
+        self.changes_seen: tuple[int, int] | None = None
+        self.logged = False
+        self.pending: set[int] = set()  # pages the log named that may still differ from the shadow
+        if not self.readonly and hasattr(vm, "get_dirty_log"):
+            if not slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
+                vm.set_user_memory_region(slot.slot, slot.guest_phys_addr, slot.memory_size,
+                                          slot.flags | KVM_MEM_LOG_DIRTY_PAGES, userspace_addr=slot.userspace_addr)
+            vm.get_dirty_log(self.slot_id)  # from now on
+            self.logged = True
         self.shadow = mmap.mmap(-1, self.size)
         self.shadow_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.shadow))
         ctypes.memmove(self.shadow_addr, self.addr, self.size)
@@ -103,9 +124,25 @@ class _Region:
         return (slot.guest_phys_addr, slot.memory_size, getattr(slot, "userspace_addr", None)) == (
             self.base, self.size, self.addr)
 
+    def close(self) -> None:
+        """Dirty logging off (the history is dropped)."""
+        slot = self.vm.slots.get(self.slot_id)
+        if self.logged and slot is not None and slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            self.vm.set_user_memory_region(slot.slot, slot.guest_phys_addr, slot.memory_size,
+                                           slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES, userspace_addr=slot.userspace_addr)
+        self.logged = False
+
     def changed_pages(self) -> list[int]:
         """Pages whose memory differs from the shadow."""
-        pages = []
+        if self.logged:
+            log = self.vm.get_dirty_log(self.slot_id)
+            for i, byte in enumerate(log):
+                if byte:
+                    base = i * 8
+                    self.pending.update(base + b for b in range(8) if byte >> b & 1)
+            return sorted(p for p in self.pending
+                          if _memcmp(self.addr + p * PAGE, self.shadow_addr + p * PAGE, PAGE))
+        pages: list[int] = []
         for off in range(0, self.size, CHUNK):
             n = min(CHUNK, self.size - off)
             if _memcmp(self.addr + off, self.shadow_addr + off, n):
@@ -143,13 +180,14 @@ class History:
                                "the host's clock cannot be replayed")
         self.mem_limit = mem_limit
         self._fixed_interval = interval
-        self.interval = interval or 2_000_000
+        self.interval = interval or MIN_INTERVAL
         self.guest_bytes = guest_bytes
         self.extra_state, self.restore_extra = extra_state, restore_extra
-        self.regions = [_Region(s) for s in sorted(self.vm.slots.values(), key=lambda s: s.slot)]
+        self.regions = [_Region(self.vm, s) for s in sorted(self.vm.slots.values(), key=lambda s: s.slot)]
         self._by_slot = {r.slot_id: r for r in self.regions}
         self._fix_shadow()
         self.events: list[Event] = []
+        self.console_pulls: dict[int, bytes] = {}  # the guest's n-th read of console input -> what it got
         self.checkpoints: list[Checkpoint] = [self._capture(self.now, {})]
         self.end = self.now  # the live end: the furthest point the run has reached
         self.ended: Any = None  # the guest's own end there (the board's ExitStatus), if it ended
@@ -225,10 +263,15 @@ class History:
             self.stats["skipped"] += 1
             return False
         undo: dict[PageKey, bytes] = {}
+        changes = (getattr(self.vm, "host_write_count", None), getattr(self.vm, "slots_version", None))
         for region in self.regions:
+            if region.readonly and changes[0] is not None and region.changes_seen == changes:
+                continue
+            region.changes_seen = changes
             for page in region.changed_pages():
                 undo[(region.slot_id, page)] = region.shadow_page(page)
                 region.set_shadow(page, region.live(page))
+            region.pending.clear()  # the shadow holds every page the log named now
         self._fix_shadow()
         # A patched page is "changed" at every checkpoint; keep only real changes.
         undo = {k: v for k, v in undo.items() if self._by_slot[k[0]].shadow_page(k[1]) != v}
@@ -241,8 +284,8 @@ class History:
         return True
 
     def _adapt_interval(self, cost: float, started: float) -> None:
-        """About 2% of the run time in checkpoints: the next interval from this one's cost and
-        the instruction rate since the last."""
+        """About OVERHEAD of the run time in checkpoints: the next interval from this one's cost
+        and the instruction rate since the last."""
         last_wall, last_time = self._last_take
         self._last_take = (time.perf_counter(), self.now)
         if self._fixed_interval is not None:
@@ -251,7 +294,7 @@ class History:
         if wall <= 0 or self.now <= last_time:
             return
         rate = (self.now - last_time) / wall
-        self.interval = int(min(max(rate * cost * 50, 200_000), 200_000_000))
+        self.interval = int(min(max(rate * cost / OVERHEAD, MIN_INTERVAL), MAX_INTERVAL))
 
     def _capture(self, t: int, undo: dict[PageKey, bytes]) -> Checkpoint:
         registers = [[(r, v.get_one_reg(r)) for r in v.get_reg_list()] for v in self.vcpus]
@@ -382,8 +425,12 @@ class History:
             return bytes(buf) if buf is not None else data
         return page
 
+    def close(self) -> None:
+        for region in self.regions:
+            region.close()
+
     def status(self) -> dict:
         return {"begin": self.begin, "end": self.end, "now": self.now, "checkpoints": len(self.checkpoints),
-                "events": len(self.events), "memory": self.memory_used(), "limit": self.mem_limit,
+                "events": len(self.events), "inputs": len(self.events) + len(self.console_pulls), "memory": self.memory_used(), "limit": self.mem_limit,
                 "interval": self.interval, **self.stats}
 

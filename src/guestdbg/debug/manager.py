@@ -251,8 +251,8 @@ class GuestDebugManager:
         self.record_mem_limit = 1 << 30  # --record-mem
         self._record_options: dict[str, Any] = {}
         self._console_pulls = 0  # the guest's reads of console input so far (policy 17)
-        self._console_replay: dict[int, bytes] = {}  # pull number -> bytes, while replaying
         self._serving_intr = False
+        self._replay_run = False  # the run in progress replays the history (inputs from the log)
 
     # ------------------------------------------------------------------ what the target offers
     @property
@@ -981,8 +981,8 @@ class GuestDebugManager:
         with self._lock:
             if self._history is None:
                 return
+            self._history.close()
             self._history = None
-            self._console_replay.clear()
             if self.can_block_step_irqs:
                 self._step_irqs = self._record_options.get("step_irqs", False)
                 self._push_step_irqs()
@@ -997,7 +997,7 @@ class GuestDebugManager:
         into the loaded state)."""
         old = self._history
         if old is not None:
-            self._console_replay.clear()
+            old.close()
             self._history = History(self.machine, mem_limit=old.mem_limit, interval=old._fixed_interval,
                                     guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
                                     restore_extra=self._restore_recorder_state)
@@ -1046,8 +1046,7 @@ class GuestDebugManager:
         console = uart.console
         if not getattr(console, "recorded", False):
             def recorded_console(data: bytes) -> None:
-                h = self._history
-                if h is None or not h.replaying:  # replayed output was shown when it was recorded
+                if not self._replay_run:  # replayed output was shown when it was recorded
                     console(data)
             recorded_console.recorded = True  # type: ignore[attr-defined]
             uart.console = recorded_console
@@ -1066,12 +1065,14 @@ class GuestDebugManager:
                 if data:
                     h.log("console", data)
                 return data
+            # Numbered, not timed: an MMIO access happens inside a slice, where the instruction
+            # count is not exact, but the guest's n-th pull is the n-th in every replay.
             self._console_pulls += 1
-            if h.replaying:
-                return self._console_replay.pop(self._console_pulls, b"")
+            if self._replay_run:
+                return h.console_pulls.get(self._console_pulls, b"")
             data = bytes(source(room))
             if data:
-                h.log("console_pull", (self._console_pulls, data))
+                h.console_pulls[self._console_pulls] = data
             return data
         recorded_source.recorded = True  # type: ignore[attr-defined]
         uart.rx_source = recorded_source
@@ -1092,9 +1093,6 @@ class GuestDebugManager:
             self._registers.write_all(self._vcpus[vcpu_id], values)
         elif kind == "console":
             getattr(self.machine, "uart").feed(data)
-        elif kind == "console_pull":
-            number, content = data
-            self._console_replay[number] = content
 
     def _run_recorded(self) -> kvm.KvmRun | ExitStatus | _ReplayEnd:
         """One run through the history: at the live end, stopping to take checkpoints; in the
@@ -1131,7 +1129,15 @@ class GuestDebugManager:
     def _run_to(self, icount_limit: int) -> kvm.KvmRun | ExitStatus:
         """The board's run_until, stopping at instruction count `icount_limit` at the latest."""
         self._wrap_console()
-        return cast(MultiVcpuBoard, self.machine).run_until(_fault_exit, icount_limit=icount_limit)
+        h = self._history
+        # Decided here, between runs, where the instruction count is exact (inside a slice it
+        # runs ahead to the end of the block), and it holds for the whole run: a replay's
+        # limit is the live end at the latest.
+        self._replay_run = h is not None and h.now < h.end
+        try:
+            return cast(MultiVcpuBoard, self.machine).run_until(_fault_exit, icount_limit=icount_limit)
+        finally:
+            self._replay_run = False
 
     def _history_or_error(self) -> History:
         if self._history is None:

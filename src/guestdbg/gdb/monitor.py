@@ -202,7 +202,7 @@ class Monitor:
                 f"one every {status['interval']} instructions at the live end\n"
                 f"memory: {status['memory'] / mib:.1f} MiB of {status['limit'] / mib:.0f} MiB "
                 f"(a copy of guest memory, and the pages each checkpoint changed)\n"
-                f"logged inputs: {status['events']} (console input, the debugger's writes)\n"
+                f"logged inputs: {status['inputs']} (console input, the debugger's writes)\n"
                 f"time in checkpoints: {status['take_seconds']:.2f} s taken, "
                 f"{status['restore_seconds']:.2f} s restoring ({status['restored']} restores)\n")
 

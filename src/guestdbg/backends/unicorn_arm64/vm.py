@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,7 @@ from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.arch.arm64 import UcAArch64
 
 from guestdbg import kvm
+from guestdbg.backends.unicorn_arm64 import dirtylog
 from guestdbg.backends.unicorn_arm64.arch import (
     KVM_GUESTDBG_VALID_MASK,
     PAGE_SIZE,
@@ -86,6 +88,7 @@ class MemorySlot:
     flags: int
     userspace_addr: int = 0  # where the guest memory is in this process
     owned: mmap.mmap | None = None  # the mapping behind it when the VM allocated it
+    log_finalizer: weakref.finalize | None = None  # ends dirty logging with the mapping
 
     @property
     def readonly(self) -> bool:
@@ -130,6 +133,9 @@ class Arm64Vm:
         # Where guest memory may be non-zero, while no vCPU has run: what the host wrote
         # (None once one has).
         self._host_writes: list[tuple[int, int]] | None = []
+        # How many host writes (write_phys, write_phys_pages) there have been: a read-only slot
+        # (ROM, flash) changes only by these or by being mapped again (slots_version).
+        self.host_write_count = 0
 
     @property
     def shared(self) -> bool:
@@ -180,6 +186,14 @@ class Arm64Vm:
             raise kvm.einval("memory region must be page aligned")
         if flags & ~(kvm.KVM_MEM_READONLY | kvm.KVM_MEM_LOG_DIRTY_PAGES):
             raise kvm.einval(f"unknown memory region flags {flags:#x}")
+        current = self.slots.get(slot)
+        if (current is not None and (current.guest_phys_addr, current.memory_size) == (guest_phys_addr, memory_size)
+                and userspace_addr in (0, current.userspace_addr)
+                and current.flags ^ flags == kvm.KVM_MEM_LOG_DIRTY_PAGES):
+            # KVM_MR_FLAGS_ONLY: dirty logging on or off; the memory stays as it is.
+            self._log_dirty(current, bool(flags & kvm.KVM_MEM_LOG_DIRTY_PAGES))
+            current.flags = flags
+            return
         # Refuse an overlap before touching the old slot: a failed call changes nothing, as on KVM.
         if memory_size:
             for other in self.slots.values():
@@ -189,6 +203,7 @@ class Arm64Vm:
         old = self.slots.pop(slot, None)
         self.slots_version += 1
         if old is not None:
+            self._log_dirty(old, False)
             for uc in self._engines():
                 for base, size in _chunks(old.guest_phys_addr, old.memory_size):
                     uc.mem_unmap(base, size)
@@ -198,10 +213,41 @@ class Arm64Vm:
         if not userspace_addr:
             owned = mmap.mmap(-1, memory_size)
             userspace_addr = ctypes.addressof(ctypes.c_char.from_buffer(owned))
-        new = MemorySlot(slot, guest_phys_addr, memory_size, flags, userspace_addr, owned)
+        new = MemorySlot(slot, guest_phys_addr, memory_size, flags & ~kvm.KVM_MEM_LOG_DIRTY_PAGES,
+                         userspace_addr, owned)
         for uc in self._engines():
             _map_slot(uc, new)
         self.slots[slot] = new
+        if flags & kvm.KVM_MEM_LOG_DIRTY_PAGES:
+            self._log_dirty(new, True)
+            new.flags = flags
+
+    def _log_dirty(self, slot: MemorySlot, on: bool) -> None:
+        if bool(slot.flags & kvm.KVM_MEM_LOG_DIRTY_PAGES) == on:
+            return
+        if slot.readonly:
+            raise kvm.einval("dirty logging of a read-only slot (nothing the guest does can dirty it)")
+        if on:
+            dirtylog.start(slot.userspace_addr, slot.memory_size)
+            if slot.owned is not None:
+                # The log must end before the memory is unmapped, however the VM goes (its
+                # address may be mapped again, by anything).
+                slot.log_finalizer = weakref.finalize(slot.owned, dirtylog.forget, slot.userspace_addr)
+        else:
+            if slot.log_finalizer is not None:
+                slot.log_finalizer.detach()
+                slot.log_finalizer = None
+            dirtylog.stop(slot.userspace_addr)
+
+    # KVM_GET_DIRTY_LOG
+    def get_dirty_log(self, slot: int) -> bytes:
+        """The pages of memory slot `slot` written since the last call (or since logging began):
+        one bit per page, bit n of byte n // 8 for page n, as KVM_GET_DIRTY_LOG fills its bitmap.
+        The slot must have KVM_MEM_LOG_DIRTY_PAGES (ENOENT otherwise, as KVM answers)."""
+        s = self.slots.get(slot)
+        if s is None or not s.flags & kvm.KVM_MEM_LOG_DIRTY_PAGES:
+            raise kvm.KvmError(errno.ENOENT, f"memory slot {slot} does not log dirty pages")
+        return dirtylog.collect(s.userspace_addr, s.memory_size)
 
     # KVM_IRQ_LINE
     def irq_line(self, irq: int, level: int) -> None:
@@ -267,6 +313,7 @@ class Arm64Vm:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
         if self._host_writes is not None and data:
             self._host_writes.append((pa, pa + len(data)))
+        self.host_write_count += 1
         at = 0
         for slot, off, n in self._spans(pa, len(data)):
             ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
@@ -276,6 +323,7 @@ class Arm64Vm:
     def write_phys_pages(self, pieces: list[tuple[int, bytes]]) -> None:
         """write_phys for many pieces (a reverse-execution checkpoint's pages), with translated
         code dropped once for all of them rather than per piece."""
+        self.host_write_count += 1
         for pa, data in pieces:
             at = 0
             for slot, off, n in self._spans(pa, len(data)):
