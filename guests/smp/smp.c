@@ -6,9 +6,13 @@
  * entry: INVALID_PARAMETERS; AFFINITY_INFO of the others: OFF; PSCI_FEATURES), and starts
  * every other CPU with PSCI CPU_ON (entry secondary_entry, context_id = its index). Then:
  *
+ * 0. CPU 0 holds the spinlock while it starts the others, until each has arrived (an exclusive
+ *    increment) and then for HANDOFF_ROUNDS more rounds of work: the others wait for the lock in
+ *    WFE (smp_asm.S), and take it in turn once CPU 0 releases it.
  * 1. Every CPU takes the spinlock (LDAXR/STLXR) SMP_ITERS times to increment a shared counter,
  *    then prints a line when its turn comes (CPU 0 first, then 1, 2, ...: the output does not
- *    depend on how the CPUs interleave); CPU 0 prints the total.
+ *    depend on how the CPUs interleave), waiting for it in WFE: each turn's end is a store and
+ *    an SEV; CPU 0 prints the total.
  * 2. CPU 0 sends each secondary i SGI i (GICD_SGIR, target list), then SGI 13 to all but itself,
  *    and SGI 12 to itself; the secondaries acknowledge them (GICC_IAR: SGI and source CPU).
  * 3. SPI 40, routed to the last CPU with GICD_ITARGETSR and pended by CPU 0, is taken there.
@@ -50,10 +54,12 @@
 #define SGI_WAKE      14
 #define SGI_REPLY     15
 #define SPI_ROUTED    40
+#define HANDOFF_ROUNDS 300000
 
 void secondary_entry(uint64_t cpu);
 void spin_lock(volatile uint32_t *lock);
 void spin_unlock(volatile uint32_t *lock);
+void atomic_inc(volatile uint32_t *p);
 
 __attribute__((section(".data"))) volatile uint64_t smp_work = 0;
 
@@ -61,6 +67,8 @@ volatile uint32_t smp_lock;
 volatile uint64_t smp_counter;
 volatile uint32_t smp_turn;
 volatile uint32_t smp_release;
+volatile uint32_t smp_arrived;
+volatile uint64_t smp_handoff_result;
 volatile uint64_t smp_work_result[MAX_CPUS];
 /* Per CPU, written by its IRQ handler: SGIs taken, the last IAR, SPIs taken. */
 volatile uint32_t sgi_count[MAX_CPUS];
@@ -122,6 +130,13 @@ static void wait_until(volatile uint32_t *p, uint32_t n)
         ;
 }
 
+/* Until *p >= n, waiting for an event (the writer's SEV) in between. */
+static void wait_event_until(volatile uint32_t *p, uint32_t n)
+{
+    while (*p < n)
+        __asm__ volatile("wfe" ::: "memory");
+}
+
 static void send_sgi(uint32_t filter, uint32_t targets, uint32_t sgi)
 {
     __asm__ volatile("dmb ish" ::: "memory");
@@ -143,7 +158,7 @@ static void count_and_report(unsigned cpu)
         smp_counter = smp_counter + 1;
         spin_unlock(&smp_lock);
     }
-    wait_until(&smp_turn, cpu);
+    wait_event_until(&smp_turn, cpu);
     uart_puts("cpu ");
     uart_put_dec(cpu);
     uart_puts(": ");
@@ -151,11 +166,15 @@ static void count_and_report(unsigned cpu)
     uart_puts(" increments under the lock\n");
     __asm__ volatile("dmb ish" ::: "memory");
     smp_turn = cpu + 1;
+    __asm__ volatile("dsb ish; sev" ::: "memory");
 }
 
 void secondary_main(uint64_t cpu)
 {
     gic_cpu_init();
+    atomic_inc(&smp_arrived);
+    spin_lock(&smp_lock);               /* held by CPU 0 until everyone has arrived */
+    spin_unlock(&smp_lock);
     count_and_report(cpu);
     smp_work_result[cpu] = crunch(cpu, smp_work);
     wait_irq_until(&smp_release, 1);
@@ -192,14 +211,18 @@ int main(void)
         show("psci: CPU_ON misaligned entry=", psci_call(PSCI_CPU_ON64, 1, entry + 2, 0));
         show("psci: AFFINITY_INFO cpu 1 before CPU_ON=", psci_call(PSCI_AFFINITY_INFO64, 1, 0, 0));
     }
+    spin_lock(&smp_lock);
     for (unsigned i = 1; i < n; i++) {
         uart_puts("psci: CPU_ON cpu ");
         uart_put_dec(i);
         show("=", psci_call(PSCI_CPU_ON64, i, entry, i));
     }
+    wait_until(&smp_arrived, n - 1);
+    smp_handoff_result = crunch(0, HANDOFF_ROUNDS);
+    spin_unlock(&smp_lock);
 
     count_and_report(0);
-    wait_until(&smp_turn, n);
+    wait_event_until(&smp_turn, n);
     uart_puts("counter: ");
     uart_put_dec(smp_counter);
     uart_puts(smp_counter == (uint64_t)n * SMP_ITERS ? " (ok)\n" : " (WRONG)\n");

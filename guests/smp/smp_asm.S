@@ -1,6 +1,8 @@
 /*
  * smp: the secondary CPUs' entry point (PSCI CPU_ON's entry, context_id = the CPU's index in
- * x0) and the spinlock (LDAXR/STLXR acquire, STLR release).
+ * x0) and the spinlock (LDAXR/STLXR acquire, STLR release), which waits for the lock in WFE as
+ * Linux's arm64 spinlocks did before qspinlock: the release's store to the lock clears the
+ * waiter's exclusive monitor, an event that ends its WFE (no SEV needed).
  *
  * A secondary starts at EL1h with the MMU off and DAIF masked, as QEMU's virt powers it on:
  * it takes its own 4 KiB stack from smp_stacks (CPU i: the i-th slot; CPU 0 keeps the common
@@ -32,13 +34,26 @@ secondary_entry:
     .type spin_lock, %function
 spin_lock:                      /* x0 = &lock (u32): 0 free, 1 taken */
     mov     w2, #1
+    sevl                            /* the first WFE falls through */
+spin_lock_wait:
+    wfe
 spin_lock_retry:
     ldaxr   w1, [x0]
-    cbnz    w1, spin_lock_retry
+    cbnz    w1, spin_lock_wait      /* taken: wait for an event (the holder's release) */
     stlxr   w1, w2, [x0]
     cbnz    w1, spin_lock_retry
     ret
     .size spin_lock, . - spin_lock
+
+    .global atomic_inc
+    .type atomic_inc, %function
+atomic_inc:                     /* x0 = &counter (u32) */
+    ldxr    w1, [x0]
+    add     w1, w1, #1
+    stxr    w2, w1, [x0]
+    cbnz    w2, atomic_inc
+    ret
+    .size atomic_inc, . - atomic_inc
 
     .global spin_unlock
     .type spin_unlock, %function

@@ -7,24 +7,50 @@ round-robin does with `-icount`:
 
 - **Turns.** The powered-on vCPUs take turns in index order (0, 1, ..., N-1, 0, ...). A turn
   ends when the vCPU has retired QUANTUM instructions in it, or halts (WFI with nothing pending:
-  the vCPU's `halt_exits` makes run() return KVM_EXIT_HLT with PC past the WFI), or turns itself
-  off (PSCI CPU_OFF). Exits the board serves inside a turn (the flash, a timer level change) do
-  not end it; exits that go to the caller (DEBUG, INTR, an exit `stop` accepts, the guest's end)
-  leave the rest of the turn for the next run_until(), so a debugger stop does not move the
-  interleaving either.
+  the vCPU's `halt_exits` makes run() return KVM_EXIT_HLT with PC past the WFI), or waits in
+  WFE (below), or turns itself off (PSCI CPU_OFF). Exits the board serves inside a turn (the
+  flash, a timer level change) do not end it; exits that go to the caller (DEBUG, INTR, an exit
+  `stop` accepts, the guest's end) leave the rest of the turn for the next run_until(), so a
+  debugger stop does not move the interleaving either.
 - **Time.** The machine has one virtual clock, `machine_time`, in instructions (1 ns each):
   every instruction any vCPU retires advances it, as QEMU's -icount counts them. Before a
   vCPU's turn its `time_offset` is set to `machine_time - icount`, so its counter reads
   (machine_time + the instructions it has run in this turn) / 16 (62.5 MHz). Everything the
   schedule depends on (instruction counts, the clock, the order) is guest state, so two runs of
   the same guest with the same input interleave identically.
-- **Halts.** A halted vCPU is skipped until its GIC CPU interface signals an IRQ
+- **Halts.** A halted vCPU (in WFI) is skipped until its GIC CPU interface signals an IRQ
   (`Gic.irq_pending(cpu)`) or the machine time reaches its next timer event
   (`vcpu.next_timer_event()`); it then resumes past its WFI (a WFI may end early; guests loop
   on it). When every powered-on vCPU is halted, the clock skips ahead to the earliest timer
   event, as one vCPU's idle WFI does. With no event at all the thread blocks until another
   thread kicks vCPU 0 (the console reader, a debugger's interrupt), as a lone vCPU blocks in
   WFI; `run_to_exit`'s hang check then sees "every CPU waiting with nothing to wake it".
+- **Exclusive monitors.** When a vCPU's turn starts and another vCPU ran since its last one,
+  its local exclusive monitor is cleared, as a context switch on hardware would (Arm lets a
+  local monitor be cleared at any time): a STXR whose LDXR came before the switch fails and
+  the LDXR/STXR loop goes round. Without this, Unicorn's store-exclusive (QEMU TCG's: a
+  compare-and-swap against the value the LDXR loaded) would succeed after another vCPU changed
+  the word and changed it back (ABA). Within a turn the monitor is Unicorn's: a store by the same vCPU to
+  the monitored word does not clear it, and nothing tracks granules. The monitor lives in
+  Unicorn's CPU state, where no register reaches it: `VcpuCore.clear_exclusive_monitor`
+  edits it through uc_context_save/restore at an offset found once by running LDXR on a
+  scratch engine (backends/unicorn_arm64/core.py, `exclusive_monitor_offset`).
+- **WFE and SEV.** A WFE with the event register clear ends the vCPU's turn (its run() ends
+  with KVM_EXIT_HLT, `vcpu.wfe_exit`, PC past the WFE) and it waits, skipped like a halted
+  vCPU, until an event: an SEV executed by any vCPU since its event register was last
+  cleared; its exclusive monitor lost (the word at the physical address its last LDXR loaded
+  no longer holds the value loaded: another vCPU stored there, which on hardware clears the
+  global monitor and sends the event; checked between turns); an IRQ signalled to it or its
+  timer due (as for WFI); or WFE_MAX_WAIT (1 ms) of machine time, a bound for an event the
+  model misses (an ABA store, a store without SEV). An SEV or SEVL executed before the WFE
+  sets the event register, so `SEVL; WFE` falls through and a WFE after an SEV does not wait;
+  the exception-return and event-stream (CNTKCTL_EL1.EVNTEN) events are not modelled. A vCPU
+  in WFE shows as "running" (it is not halted: it loops on its own). When every powered-on
+  vCPU halts or waits, the clock skips to the earliest timer event or WFE_MAX_WAIT. With one
+  vCPU, or while single-stepping, WFE and SEV stay Unicorn's no-ops. The run loop finds WFE,
+  SEV and SEVL as code is translated and hooks only those instructions (_runctl.c,
+  runctl_edge_hook), so blocks without them cost nothing more; the first block an engine
+  translates is not looked at, and past 128 such instructions per vCPU the rest stay no-ops.
 - **QUANTUM = 100 000 instructions** (100 us of virtual time). Short against what guests wait
   for (Linux's tick is 4 ms; a CPU spinning on a lock or an IPI answer that a descheduled CPU
   owes wastes at most one turn, and an IPI reaches a halted CPU within one round), and long
@@ -53,6 +79,7 @@ from typing import TYPE_CHECKING, Callable
 
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
+from guestdbg.arm.mmu import TranslationFault
 from guestdbg.backends.unicorn_arm64 import PSTATE_DAIF, PSTATE_MODE_EL1H, Arm64Vcpu
 from guestdbg.backends.unicorn_arm64.firmware import (
     PSCI_0_2_FN64_AFFINITY_INFO,
@@ -73,6 +100,10 @@ if TYPE_CHECKING:
 
 MAX_CPUS = 8
 QUANTUM = 100_000
+# The longest a WFE waits for an event (virtual ns; 1 ms, ten turns). A WFE may complete at any
+# time, so this only bounds the wait for an event the model does not see (an ABA store to the
+# monitored word, a plain store with no SEV, an exception return, a site past the hook limit).
+WFE_MAX_WAIT = 1_000_000
 # AFFINITY_INFO's answers, and the power states they name.
 ON, OFF, ON_PENDING = 0, 1, 2
 _STATE_NAMES = {ON: "on", OFF: "off", ON_PENDING: "on_pending"}
@@ -114,6 +145,10 @@ class SmpMachine:
         self._turn_end: int | None = None  # icount at which that vCPU's turn ends, while it lasts
         self._irq_outs = [False] * n
         self.all_waiting = False  # every powered-on vCPU halted with nothing due to wake it
+        # A vCPU waiting in WFE: (the SEV total it waits past, its exclusive monitor (physical
+        # address, value) or None, the machine time its wait ends by); None when not waiting.
+        self._wfe_wait: list[tuple[int, tuple[int, int] | None, int] | None] = [None] * n
+        self._sev_seen = [0] * n  # the SEV total when each vCPU's event register was last cleared
         for v in self.vcpus:
             v.power_control = self.psci_power
             v.halt_exits = n > 1
@@ -150,8 +185,11 @@ class SmpMachine:
         return {"machine_time": self.machine_time, "turn": self._turn, "turn_end": self._turn_end,
                 "last_vcpu_id": self.last_vcpu_id,
                 "vcpus": [{"icount": v.icount, "counter_offset": v.counter_offset, "time_offset": v.time_offset,
-                           "power": _STATE_NAMES[p], "halted": h}
-                          for v, p, h in zip(self.vcpus, self.power, self.halted)]}
+                           "power": _STATE_NAMES[p], "halted": h, "sev_count": v.sev_count,
+                           "sev_seen": seen, "event_register": v.event_register,
+                           "wfe": None if w is None else [w[0], None if w[1] is None else list(w[1]), w[2]]}
+                          for v, p, h, seen, w in zip(self.vcpus, self.power, self.halted, self._sev_seen,
+                                                      self._wfe_wait)]}
 
     def restore_smp_state(self, state: dict) -> None:
         cpus = state["vcpus"]
@@ -161,6 +199,14 @@ class SmpMachine:
             v.set_icount(int(s["icount"]))
             v.counter_offset = int(s["counter_offset"])
             v.time_offset = int(s["time_offset"])
+            v.sev_count = int(s.get("sev_count", 0))
+            v.event_register = bool(s.get("event_register", False))
+        self._sev_seen = [int(s.get("sev_seen", 0)) for s in cpus]
+        self._wfe_wait = [None if s.get("wfe") is None
+                          else (int(s["wfe"][0]), None if s["wfe"][1] is None else (int(s["wfe"][1][0]),
+                                                                                    int(s["wfe"][1][1])),
+                                int(s["wfe"][2]))
+                          for s in cpus]
         self.power = [_STATE_VALUES[s["power"]] for s in cpus]
         self.halted = [bool(s["halted"]) for s in cpus]
         self.machine_time = int(state["machine_time"])
@@ -175,6 +221,7 @@ class SmpMachine:
                 self._reset_vcpu(i)
         self.power = [ON] + [OFF] * (len(self.vcpus) - 1)
         self.halted = [False] * len(self.vcpus)
+        self._wfe_wait = [None] * len(self.vcpus)
         self._turn, self._turn_end = 0, None
 
     def _reset_vcpu(self, index: int) -> None:
@@ -202,10 +249,12 @@ class SmpMachine:
             v.set_one_reg(kr.KVM_REG_ARM_CORE_X(0), context_id)
             self.power[index] = ON_PENDING
             self.halted[index] = False
+            self._wfe_wait[index] = None
             return PSCI_RET_SUCCESS
         if fn == PSCI_0_2_FN_CPU_OFF:
             self.power[caller] = OFF
             self.halted[caller] = False
+            self._wfe_wait[caller] = None
             return PSCI_RET_SUCCESS
         if fn in (PSCI_0_2_FN_AFFINITY_INFO, PSCI_0_2_FN64_AFFINITY_INFO):
             if entry != 0:  # lowest affinity level: above 0 everything is on
@@ -226,6 +275,61 @@ class SmpMachine:
         due = self.vcpus[index].next_timer_event()
         return due is not None and due <= self.machine_time
 
+    def _sev_total(self) -> int:
+        return sum(v.sev_count for v in self.vcpus)
+
+    def _event_pending(self, sev_seen: int, watch: tuple[int, int] | None) -> bool:
+        """Is a waiting vCPU's event register set: an SEV (any vCPU's) since `sev_seen`, or its
+        exclusive monitor lost: `watch` is (physical address, value) of its last exclusive
+        load, and the word there no longer holds that value (another vCPU stored to it, which
+        clears the global monitor)?"""
+        if self._sev_total() > sev_seen:
+            return True
+        if watch is None:
+            return False
+        pa, value = watch
+        try:
+            data = self.vcpu.vm.read_phys(pa, 8)
+        except kvm.KvmError:
+            try:
+                data = self.vcpu.vm.read_phys(pa, 4)  # at the end of RAM: a 32-bit load's word
+            except kvm.KvmError:
+                return True
+        # The load's size is not kept: the monitor holds if any size the value fits in matches.
+        for size in (1, 2, 4, 8):
+            if value >> (8 * size) == 0 and int.from_bytes(data[:size], "little") == value:
+                return False
+        return True
+
+    def _wfe(self, i: int) -> bool:
+        """vCPU `i` ran a WFE (its run() ended with KVM_EXIT_HLT, wfe_exit): True if it waits
+        now (its turn is over), False if its event register was set (the WFE completes at once
+        and clears it). The monitor's address is translated once, here: the waiter's own
+        translation cannot change while it waits."""
+        total = self._sev_total()
+        v = self.vcpus[i]
+        monitor = v.exclusive_monitor()
+        watch = None
+        lost = False
+        if monitor is not None:
+            try:
+                watch = (v.translate(monitor[0]), monitor[1])
+            except (TranslationFault, kvm.KvmError):
+                lost = True  # not mapped: no store can reach it, treat it as an event
+        if lost or self._event_pending(self._sev_seen[i], watch):
+            self._sev_seen[i] = total
+            return False
+        self._wfe_wait[i] = (total, watch, self.machine_time + WFE_MAX_WAIT)
+        return True
+
+    def _wfe_wakes(self, index: int) -> bool:
+        """Is vCPU `index`, waiting in WFE, due to run: an event (SEV, its monitor lost), an IRQ
+        or timer event as for a halted vCPU, or its longest wait over?"""
+        wait = self._wfe_wait[index]
+        assert wait is not None
+        sev_seen, watch, deadline = wait
+        return self.machine_time >= deadline or self._wakes(index) or self._event_pending(sev_seen, watch)
+
     def _pick(self, only: int | None) -> int | None:
         """The vCPU to run next (its turn starts now unless it is the one whose turn lasts)."""
         n = len(self.vcpus)
@@ -237,15 +341,25 @@ class SmpMachine:
                 if not self._wakes(i):
                     continue
                 self.halted[i] = False
+            elif self._wfe_wait[i] is not None:
+                if not self._wfe_wakes(i):
+                    continue
+                self._wfe_wait[i] = None
+                self._sev_seen[i] = self._sev_total()  # the WFE completes: its event is consumed
             return i
         return None
 
     def _idle_until_event(self, only: int | None) -> bool:
-        """Nothing can run: skip the clock to the earliest timer event of a halted vCPU (True),
-        or say there is none (False)."""
+        """Nothing can run: skip the clock to the earliest timer event of a halted vCPU, or the
+        end of a WFE's longest wait (True), or say there is none (False)."""
         candidates = [only] if only is not None else range(len(self.vcpus))
         events = [e for i in candidates if self.power[i] != OFF and self.halted[i]
                   and (e := self.vcpus[i].next_timer_event()) is not None]
+        for i in candidates:
+            wait = self._wfe_wait[i]
+            if self.power[i] != OFF and wait is not None:
+                timer = self.vcpus[i].next_timer_event()
+                events.append(wait[2] if timer is None else min(wait[2], timer))
         if not events:
             return False
         self.machine_time = max(self.machine_time, min(events))
@@ -294,6 +408,11 @@ class SmpMachine:
             end = self._turn_end if only is None and self._turn_end is not None else vcpu.icount + self.quantum
             if icount_limit is not None and i == limited:
                 end = min(end, icount_limit)
+            if i != self.last_vcpu_id:
+                # Another vCPU ran since this one last did: its local exclusive monitor is
+                # cleared (as a context switch would), so a STXR whose LDXR came before that
+                # fails, even if the value it loaded is back (ABA), and the loop goes round.
+                vcpu.clear_exclusive_monitor()
             self.last_vcpu_id = i
             self.gic.current_cpu = i
             result = self._turn_of(i, end, stop, icount_limit if i == limited else None)
@@ -326,6 +445,10 @@ class SmpMachine:
                     return run
                 return None
             if reason == kvm.KVM_EXIT_HLT and not stopped:
+                if vcpu.wfe_exit and self.power[i] != OFF:
+                    if self._wfe(i):
+                        return None
+                    continue  # its event register was set: the WFE completed
                 if self.power[i] != OFF:
                     self.halted[i] = True
                 return None
@@ -347,7 +470,7 @@ class SmpMachine:
             if self.power[i] == OFF:
                 continue
             if not self.halted[i] or self.gic.irq_pending(i) or v.next_timer_event() is not None:
-                return False
+                return False  # a vCPU in WFE is not halted: its wait ends by WFE_MAX_WAIT
         return True
 
     def kick_all(self) -> None:

@@ -107,7 +107,7 @@ class _Region:
         # Read-only memory (ROM, flash) changes only by a host write or a new mapping: compared
         # only after one (`changes_seen`), which spares a 64 MiB flash bank's compare each time.
         self.readonly = bool(slot.flags & KVM_MEM_READONLY)
-        self.changes_seen: tuple[int, int] | None = None
+        self.changes_seen: tuple[Any, Any] | None = None
         self.logged = False
         self.pending: set[int] = set()  # pages the log named that may still differ from the shadow
         if not self.readonly and hasattr(vm, "get_dirty_log"):

@@ -84,6 +84,7 @@ from guestdbg import kvm
 from guestdbg.arm.mmu import TranslationFault
 from guestdbg.board.common import Board, ExitStatus
 from guestdbg.debug.arch import DebugArch
+from guestdbg.debug.conditions import ConditionSpec, ConditionTable, PointKey, StopView
 from guestdbg.debug.history import History, HistoryError
 from guestdbg.debug.profile import ArchProfile, profile_for
 from guestdbg.debug.regions import PhysRegion, physical_layout, region_at
@@ -234,6 +235,9 @@ class GuestDebugManager:
         self._hw_bp: dict[int, int] = {}           # va -> slot
         self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
         self.watches: list[Watch] = []
+        # Conditions and commands of breakpoints and watchpoints, evaluated at their stops
+        # (gdb's target-side conditions and dprintf, `condition=` in the Python API).
+        self.conditions = ConditionTable()
         self._last_stop: StopEvent | None = None
         # Each vCPU's last stop and its icount then (None without one): while the vCPU has not
         # run since, resuming it steps over the breakpoint or watchpoint it stopped at.
@@ -354,10 +358,18 @@ class GuestDebugManager:
             return None
 
     # ------------------------------------------------------------------ breakpoints
-    def add_breakpoint(self, va: int) -> str:
+    def add_breakpoint(self, va: int, condition: ConditionSpec | None = None) -> str:
         """Z0: software unless the code is in read-only memory, or the architecture has no
         clean software breakpoint on this host (arch.sw_break is None): then a hardware slot.
-        Returns the mechanism used. A VA not mapped yet gets a hardware slot (policy 12)."""
+        Returns the mechanism used. A VA not mapped yet gets a hardware slot (policy 12).
+        `condition`: a callable taking a `conditions.StopView`, or `conditions.StopConditions`
+        (tests OR-ed, commands), evaluated at each hit: a false one runs on without a stop. It
+        replaces the breakpoint's condition (None: it always stops)."""
+        mechanism = self._add_breakpoint(va)
+        self.conditions.set(("break", va, 0), condition)
+        return mechanism
+
+    def _add_breakpoint(self, va: int) -> str:
         try:
             pa = self._translate(va)
         except DebugError as e:
@@ -414,6 +426,7 @@ class GuestDebugManager:
         pa = self._sw_va.pop(va, None)
         if pa is None:
             raise DebugError(errno.ENOENT, f"no breakpoint at {va:#x}")
+        self.conditions.remove(("break", va, 0))
         patch = self._sw[pa]
         patch.vas.discard(va)
         if not patch.vas:
@@ -421,7 +434,12 @@ class GuestDebugManager:
             del self._sw[pa]
         self._apply()
 
-    def add_hw_breakpoint(self, va: int) -> None:
+    def add_hw_breakpoint(self, va: int, condition: ConditionSpec | None = None) -> None:
+        """Z1 (`condition` as for add_breakpoint)."""
+        self._add_hw_breakpoint(va)
+        self.conditions.set(("break", va, 0), condition)
+
+    def _add_hw_breakpoint(self, va: int) -> None:
         if not 0 <= va < ADDRESS_END:
             raise DebugError(errno.EINVAL, f"no address {va:#x}")
         if va in self._hw_bp:
@@ -438,11 +456,19 @@ class GuestDebugManager:
     def remove_hw_breakpoint(self, va: int) -> None:
         if self._hw_bp.pop(va, None) is None:
             raise DebugError(errno.ENOENT, f"no hardware breakpoint at {va:#x}")
+        self.conditions.remove(("break", va, 0))
         self._unmapped_bp.discard(va)
         self._apply()
 
     # ------------------------------------------------------------------ watchpoints
-    def add_watchpoint(self, addr: int, length: int, kind: WatchKind) -> Watch:
+    def add_watchpoint(self, addr: int, length: int, kind: WatchKind,
+                       condition: ConditionSpec | None = None) -> Watch:
+        """Z2-Z4 (`condition` as for add_breakpoint)."""
+        watch = self._add_watchpoint(addr, length, kind)
+        self.conditions.set((kind.value, addr, length), condition)
+        return watch
+
+    def _add_watchpoint(self, addr: int, length: int, kind: WatchKind) -> Watch:
         if length <= 0 or length > self.arch.max_watch or addr + length > 1 << 64:
             raise DebugError(errno.EINVAL, f"cannot watch {length} bytes at {addr:#x}")
         for w in self.watches:
@@ -467,6 +493,7 @@ class GuestDebugManager:
         for w in self.watches:
             if (w.addr, w.length, w.kind) == (addr, length, kind):
                 self.watches.remove(w)
+                self.conditions.remove((kind.value, addr, length))
                 self._apply()
                 return
         raise DebugError(errno.ENOENT, f"no {kind.value} of {length} bytes at {addr:#x}")
@@ -480,6 +507,7 @@ class GuestDebugManager:
         self._hw_bp.clear()
         self._unmapped_bp.clear()
         self.watches.clear()
+        self.conditions.clear()
         self._apply()
 
     @contextlib.contextmanager
@@ -768,11 +796,35 @@ class GuestDebugManager:
                 while True:
                     result = self._run(target if alone else None)
                     event = self._classify(result, stepping=step and self._current == target)
+                    while event is not None and self._runs_on(event, stepping=step and self._current == target):
+                        # Its conditions are false (or its commands ran: dprintf): step over it,
+                        # as a resume from it would, and run on with no stop reported.
+                        last = self._pending_step_over(self._stopped(event).vcpu_id)
+                        self._stops.pop(self._current, None)
+                        event = self._step_over(last.pc, last=last) if last is not None else None
                     if event is not None:
                         return self._stopped(event)
             finally:
                 self._step_vcpu = None
                 self._apply()
+
+    def _runs_on(self, event: StopEvent, stepping: bool) -> bool:
+        """Is `event` a breakpoint or watchpoint stop whose conditions say not to report it?
+        Never for the vCPU a step is for: its stop is the step's."""
+        if stepping or not self.conditions:
+            return False
+        if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK):
+            keys: list[PointKey] = [("break", event.pc, 0)]
+        elif event.kind is StopKind.WATCH and event.watch_addr is not None and event.watch_kind is not None:
+            # Every watch the access may have hit: a store hits watch and awatch alike.
+            kinds = set(WatchKind) if event.watch_kind is WatchKind.ACCESS else {event.watch_kind, WatchKind.ACCESS}
+            keys = [(w.kind.value, w.addr, w.length) for w in self.watches
+                    if w.kind in kinds and w.overlaps(event.watch_addr, 1)]
+        else:
+            return False
+        view = StopView(event.pc, self._current, lambda n: self._registers.read_one(self.vcpu, n),
+                        self._read_memory, self._number, self.conditions.output)
+        return not self.conditions.should_stop(keys, view)
 
     def _pending_step_over(self, vcpu_id: int) -> StopEvent | None:
         """The stop `vcpu_id` must be stepped over before it runs: a breakpoint or a watched
@@ -1215,6 +1267,11 @@ class GuestDebugManager:
                 return hits, event
             if event.kind is StopKind.EXITED:
                 break
+            if self._false_in_replay(event):
+                stepped = self._step_over(event.pc, last=event)
+                if stepped is None:
+                    continue
+                when, event = h.now, stepped
             hits.append((when, event))
             if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH):
                 stepped = self._step_over(event.pc, last=event)
@@ -1225,6 +1282,17 @@ class GuestDebugManager:
             else:
                 break  # a fault: nothing runs past it
         return hits, None
+
+    def _false_in_replay(self, event: StopEvent) -> bool:
+        """A breakpoint or watchpoint hit whose conditions are false is no hit for reverse_cont
+        either; its commands (dprintf) printed when the run was recorded, not again."""
+        if not self.conditions:
+            return False
+        output, self.conditions.output = self.conditions.output, lambda text: None
+        try:
+            return self._runs_on(event, stepping=False)
+        finally:
+            self.conditions.output = output
 
     def _seek(self, target: int) -> None:
         """The machine as it was at instruction count `target`: the newest checkpoint at or

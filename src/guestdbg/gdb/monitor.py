@@ -107,6 +107,15 @@ class Monitor:
                      "the guest runs, unless `set breakpoint always-inserted on`)\n")
         if len(session.armed_at_resume) > 1 and session.armed_at_resume != now:
             text += "while the guest last continued:\n" + "\n".join(session.armed_at_resume) + "\n"
+        # Each conditional breakpoint's tests (gdb's bytecode, listed) and what they did: gdb
+        # takes its breakpoints out at every stop, so those not inserted now are listed too.
+        conditions = getattr(self.manager, "conditions", None)
+        report = conditions.report() if conditions is not None else []
+        if report:
+            text += "\n".join(report) + "\n"
+        ignored = getattr(session, "ignored_options", None)
+        if ignored:
+            text += f"last breakpoint conditions ignored (they do not parse; the breakpoint always stops): {ignored}\n"
         return text + self._last_error()
 
     def _foreign(self) -> list[DebugPoint]:
@@ -228,7 +237,8 @@ MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
                    Monitor.info_cpus),
     MonitorCommand(("info", "version"), (), "the stub's version (as QEMU's, for Linux's scripts/gdb)",
                    Monitor.info_version),
-    MonitorCommand(("info", "slots"), (), "which breakpoint/watchpoint holds which slot, and which fell back",
+    MonitorCommand(("info", "slots"), (), "which breakpoint/watchpoint holds which slot, and which fell back; "
+                   "conditions with their hit and evaluation counts",
                    Monitor.info_slots),
     MonitorCommand(("breakpoints",), (), "every breakpoint/watchpoint armed in the VM, and whose it is",
                    Monitor.breakpoints),

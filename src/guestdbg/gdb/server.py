@@ -135,6 +135,8 @@ class GdbServer:
         self.timeout = timeout  # seconds the guest may run with no debugger attached
         self.log = log or (lambda msg: print(f"guestdbg: {msg}", file=sys.stderr, flush=True))
         self.manager = GuestDebugManager(machine)
+        # dprintf's agent printf runs on the vCPU thread: its text reaches gdb as O packets.
+        self.manager.conditions.output = lambda text: self._post(("output", text))
         self._requests: queue.Queue[Resume | str | None] = queue.Queue()  # a Resume, or "free"
         self._events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -300,6 +302,16 @@ class GdbServer:
 
     def _handle_event(self, item: tuple[str, object], *, deliver: bool) -> None:
         kind, payload = item
+        if kind == "output":  # console output while the guest runs, ahead of its stop reply
+            client = self._client
+            if client is not None and deliver and client.conn.state is rsp.ConnectionState.RUNNING:
+                text = str(payload).encode()
+                for i in range(0, len(text), 1024):  # each O packet well inside PacketSize
+                    client.conn.send_packet(b"O" + text[i:i + 1024].hex().encode())
+                self._flush()
+            else:
+                self.log(f"output with no debugger waiting: {str(payload)!r}")
+            return
         free = self._free_running
         self._vcpu_busy = False
         self.manager.discard_interrupt()  # a Ctrl-C that lost the race to this stop is moot

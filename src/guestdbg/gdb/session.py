@@ -38,6 +38,11 @@ Extension points, there even where still empty:
 - monitor commands: `gdb/monitor.py`'s `MONITOR_COMMANDS`, one `MonitorCommand` (words, arguments, help, handler)
   each; `monitor help` is built from the table.
 
+Conditional breakpoints and dprintf (`ConditionalBreakpoints+`, `BreakpointCommands+`): a Z
+packet's `;X len,bytecode` conditions and `;cmds:` commands are parsed here
+(`debug.agent_expr.parse_point_options`) and handed to the manager with the breakpoint, which
+evaluates them at each hit; dprintf's text reaches gdb as O packets the server sends.
+
 The session remembers what its client inserted (Z packets), so that a stop at a breakpoint or
 watchpoint a lost client left armed is reported as a plain SIGTRAP rather than as a breakpoint
 hit, which gdb would silently resume from, and what was armed at the last resume, since gdb
@@ -52,6 +57,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
+from guestdbg.debug.agent_expr import OptionsError, parse_point_options
+from guestdbg.debug.conditions import StopConditions
 from guestdbg.debug.manager import DebugError, DebugPoint, GuestDebugManager, StopEvent, StopKind, WatchKind
 from guestdbg.gdb import aarch64_regs, amd64_regs, rsp
 from guestdbg.gdb.memory_map import memory_map_xml, regions_for
@@ -193,6 +200,7 @@ class GdbSession:
         self.armed_at_resume: list[str] = []  # manager.slots_report() at the last continue
         self.last_error: str | None = None   # the last refusal, for clients that cannot show text
         self.phys_memory = False  # QEMU's PhyMemMode: m/M/X addresses are guest-physical
+        self.ignored_options: str | None = None  # the last Z options that did not parse
         # Threads: one per vCPU, numbered from 1 (0 and -1 mean "any" and "all" in the protocol).
         self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
         # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
@@ -240,7 +248,9 @@ class GdbSession:
         self.peer_features = {f.decode("ascii", "replace") for f in features.split(b";") if f}
         target = self.manager
         ours = [f"PacketSize={rsp.PACKET_SIZE:x}", "qXfer:features:read+", "qXfer:memory-map:read+",
-                "QStartNoAckMode+", "vContSupported+"]
+                "QStartNoAckMode+", "vContSupported+",
+                # Conditions and dprintf commands evaluated in the stub (agent expressions).
+                "ConditionalBreakpoints+", "BreakpointCommands+"]
         # Stop reasons both sides know, for the kinds of breakpoint this target can have.
         self.stop_reasons = set()
         if "swbreak+" in self.peer_features and target.sw_breakpoints:
@@ -518,24 +528,42 @@ class GdbSession:
 
     # ------------------------------------------------------------------ breakpoints
     def _breakpoint_packet(self, p: bytes) -> Reply:
+        """Z/z TYPE,ADDR,KIND; a Z's options (`;X len,bytecode` conditions, OR-ed, and
+        `;cmds:persist,X len,bytecode` commands: ConditionalBreakpoints+, BreakpointCommands+)
+        go to the manager, which evaluates them at each hit. A Z again at the same place
+        replaces them (none: the point stops unconditionally again), as gdbserver does.
+        Options that do not parse are ignored, as gdbserver skips them: the point stops at
+        every hit, as a condition that cannot be evaluated does."""
         insert = p[:1] == b"Z"
-        fields = p[1:].split(b";")[0].split(b",")
+        spec, _, options = p[1:].partition(b";")
+        fields = spec.split(b",")
         if len(fields) != 3:
             raise PacketError("expected TYPE,ADDR,KIND")
         kind_type, addr, length = _hex_int(fields[0]), _hex_int(fields[1]), _hex_int(fields[2])
+        # Only with options: a plain Z is the plain call (any target's add_* takes it).
+        condition = self._point_conditions(options) if insert and options else None
+        extra = {"condition": condition} if condition is not None else {}
         m = self.manager
         if kind_type == 0:
-            m.add_breakpoint(addr) if insert else m.remove_breakpoint(addr)
+            m.add_breakpoint(addr, **extra) if insert else m.remove_breakpoint(addr)
         elif kind_type == 1:
-            m.add_hw_breakpoint(addr) if insert else m.remove_hw_breakpoint(addr)
+            m.add_hw_breakpoint(addr, **extra) if insert else m.remove_hw_breakpoint(addr)
         elif kind_type in Z_WATCH_KINDS:
             kind = Z_WATCH_KINDS[kind_type]
-            m.add_watchpoint(addr, length, kind) if insert else m.remove_watchpoint(addr, length, kind)
+            m.add_watchpoint(addr, length, kind, **extra) if insert else m.remove_watchpoint(addr, length, kind)
         else:
             return EMPTY
         key = (kind_type, addr, length if kind_type >= 2 else 0)
         self.inserted.add(key) if insert else self.inserted.discard(key)
         return OK
+
+    def _point_conditions(self, options: bytes) -> StopConditions | None:
+        try:
+            parsed = parse_point_options(options.decode("ascii"))
+        except (OptionsError, UnicodeDecodeError) as e:
+            self.ignored_options = f"{options[:40].decode('ascii', 'replace')}: {e}"
+            return None
+        return StopConditions.from_agent(parsed.conditions, parsed.commands) or None
 
     def owns(self, point: DebugPoint) -> bool:
         """Did this client insert `point`? A Z0 in ROM is an hbreak there."""

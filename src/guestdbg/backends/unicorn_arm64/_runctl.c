@@ -13,6 +13,8 @@
  *   the instruction itself); CNTVCT_EL0/CNTPCT_EL0 read the virtual clock here; modelled ones
  *   call the VMM's callback.
  * - runctl_sys_hook (UC_HOOK_INSN, SYS): IC and TLBI bookkeeping, see below.
+ * - runctl_edge_hook (UC_HOOK_EDGE_GENERATED, once per translated block) and runctl_event_hook
+ *   (UC_HOOK_CODE on single WFE/SEV/SEVL instructions), with several vCPUs: see near the end.
  *
  * Watchpoints are placed by physical page (the VMM translates each watched virtual page once),
  * so a translation change under a watched page must end the slice for the VMM to re-place
@@ -24,6 +26,7 @@
  * Python loads this file with ctypes (guestdbg.backends.unicorn_arm64.runctl) and mirrors
  * `struct runctl` there; keep the two in step.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -39,6 +42,7 @@ typedef int (*uc_reg_read_fn)(uc_engine *uc, int regid, void *value);
 typedef int (*uc_reg_write_fn)(uc_engine *uc, int regid, const void *value);
 typedef int (*uc_ctl_fn)(uc_engine *uc, int control, ...);
 typedef uint32_t (*sysreg_fn)(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void *user);
+typedef int (*uc_vmem_read_fn)(uc_engine *uc, uint64_t address, int prot, void *bytes, size_t size);
 
 /* unicorn/arm64.h */
 #define UC_ARM64_REG_XZR 7
@@ -57,6 +61,24 @@ enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2, ACTION_HO
 #define STOP_REQUEST 2u
 #define STOP_ICACHE 4u
 #define STOP_XLATE 8u
+#define STOP_WFE 16u
+#define STOP_SITES 32u
+
+/* WFE, SEV and SEVL (several vCPUs): see runctl_edge_hook and runctl_event_hook */
+#define UC_PROT_EXEC 4
+#define INSN_WFE 0xD503205Fu
+#define INSN_SEV 0xD503209Fu
+#define INSN_SEVL 0xD50320BFu
+#define TB_MAX_BYTES 2048  /* 512 instructions: QEMU's longest block */
+#define SITES_NEW 32       /* sites found and not yet hooked by the VMM */
+#define SITES_MAX 128      /* sites hooked at most (each code hook costs every translation a check) */
+#define SITES_TABLE 256    /* open-addressing set of the sites found */
+
+typedef struct uc_tb {
+    uint64_t pc;
+    uint16_t icount;
+    uint16_t size;
+} uc_tb;
 
 /* watch_flags: which halves of the address space hold watched pages (VA bit 55 picks the
  * TTBR), and whether watch_va lists them all */
@@ -97,7 +119,7 @@ struct runctl {
     uint32_t ic_pending;   /* an IC instruction ran: end the slice before any other block */
     uint32_t ic_all;       /* ... IC IALLU(IS), or more pages than ic_va holds: drop everything */
     uint32_t ic_count;     /* pages in ic_va */
-    uint32_t ic_pad;
+    uint32_t wfe_armed;    /* a WFE is about to run: the next block, if at wfe_after, ends the slice */
     uint64_t tlbi_count;   /* TLBIs executed */
     uc_ctl_fn ctl;
     uint64_t exec_gen;     /* bumped by TLBIs of everything and writes to translation registers */
@@ -112,6 +134,16 @@ struct runctl {
     uint64_t watch_va[WATCH_PAGES]; /* watched virtual pages as TLBI names them: VA[55:12] */
     uint64_t time_offset;  /* icount + time_offset = the machine's virtual time (several vCPUs
                             * share one clock: the board sets it before each vCPU's slice) */
+    uint32_t events;       /* WFE ends the slice, SEV and SEVL count (a board with several vCPUs) */
+    uint32_t local_event;  /* the event register as SEVL sets it (WFE clears it) */
+    uint64_t wfe_after;    /* the address after the armed WFE */
+    uint64_t sev_count;    /* SEVs executed */
+    uint64_t wfe_count;    /* WFEs that ended the slice */
+    uc_vmem_read_fn vmem_read;
+    uint32_t site_new;     /* sites in site_va the VMM is still to hook */
+    uint32_t site_count;   /* sites in site_table */
+    uint64_t site_va[SITES_NEW];
+    uint64_t site_table[SITES_TABLE]; /* every site found (virtual address; 0: empty) */
     uint8_t sysreg_action[2][1 << 16]; /* [is_write][op0:2 op1:3 CRn:4 CRm:4 op2:3] */
 };
 
@@ -126,6 +158,20 @@ void runctl_block_hook(uc_engine *uc, uint64_t address, uint32_t size, void *use
     struct runctl *s = user;
     uint64_t insns = size >> 2;
 
+    if (s->wfe_armed) {
+        /* The event hook saw a WFE about to run: if this block is the one after it, the WFE
+         * ran (Unicorn's WFE yields to its loop and goes on here) and the slice ends before
+         * this block, for the VMM to let another vCPU run. Anything else (an IRQ taken, a stop
+         * before the WFE) disarms it. */
+        s->wfe_armed = 0;
+        if (address == s->wfe_after) {
+            s->stop_reason |= STOP_WFE;
+            s->wfe_count++;
+            s->in_block = 0;
+            s->emu_stop(uc);
+            return;
+        }
+    }
     if (s->stop_request) {
         s->stop_reason |= STOP_REQUEST;
     } else if (s->ic_pending && address != s->ic_block) {
@@ -336,6 +382,86 @@ uint32_t runctl_sys_hook(uc_engine *uc, int reg, const uc_arm64_cp_reg *cp, void
     s->ic_pending = 1;
     s->ic_block = s->block_start;
     return 0; /* Unicorn executes the IC itself (a no-op there) */
+}
+
+/* WFE, SEV and SEVL, for a board with several vCPUs. Unicorn treats WFE as a yield to its own
+ * loop (QEMU's helper_wfe, EXCP_YIELD), which no hook sees, and SEV and SEVL as no-ops; and
+ * UC_HOOK_INSN does not cover hints. So the sites are found as code is translated:
+ * runctl_edge_hook (UC_HOOK_EDGE_GENERATED: once per new block) reads the block's code and,
+ * for a WFE, SEV or SEVL not seen before, lists it in site_va and ends the slice before the
+ * block runs (STOP_SITES); the VMM puts runctl_event_hook on each (a UC_HOOK_CODE bounded to
+ * the one instruction) and drops the block, so the code is translated again with the hook
+ * before it ever runs. Nothing is added to the blocks without such an instruction: the run
+ * loop's per-block cost is unchanged. Unicorn skips the edge hook for the first block an engine
+ * translates (no previous block); past SITES_MAX sites, WFE stays a no-op. */
+static int site_known_or_add(struct runctl *s, uint64_t va)
+{
+    unsigned i, slot = (unsigned)(va >> 2) % SITES_TABLE;
+
+    for (i = 0; i < SITES_TABLE; i++, slot = (slot + 1) % SITES_TABLE) {
+        if (s->site_table[slot] == va)
+            return 1;
+        if (s->site_table[slot] == 0)
+            break;
+    }
+    if (s->site_count >= SITES_MAX || s->site_new >= SITES_NEW || i == SITES_TABLE)
+        return 1; /* no room (now): left unhooked, a no-op */
+    s->site_table[slot] = va;
+    s->site_count++;
+    s->site_va[s->site_new++] = va;
+    return 0;
+}
+
+void runctl_edge_hook(uc_engine *uc, uc_tb *cur, uc_tb *prev, void *user)
+{
+    struct runctl *s = user;
+    uint32_t code[TB_MAX_BYTES / 4];
+    unsigned i, n, added = 0;
+
+    (void)prev;
+    if (cur->size < 4 || cur->size > TB_MAX_BYTES ||
+        s->vmem_read(uc, cur->pc, UC_PROT_EXEC, code, cur->size) != 0)
+        return;
+    n = cur->size >> 2;
+    for (i = 0; i < n; i++)
+        if ((code[i] == INSN_WFE || code[i] == INSN_SEV || code[i] == INSN_SEVL) &&
+                cur->pc + 4 * i != 0 && !site_known_or_add(s, cur->pc + 4 * i))
+            added = 1;
+    if (added) {
+        /* The block will not run (Unicorn checks for a stop at its start, and calls no block
+         * hook once a stop is asked for); the one before it ran whole. */
+        s->stop_reason |= STOP_SITES;
+        s->in_block = 0;
+        s->emu_stop(uc);
+    }
+}
+
+void runctl_event_hook(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct runctl *s = user;
+    uint32_t insn;
+
+    (void)size;
+    if (!s->events || s->vmem_read(uc, address, UC_PROT_EXEC, &insn, 4) != 0)
+        return; /* the code at a site may have changed since: look at what is there now */
+    switch (insn) {
+    case INSN_SEV:
+        s->sev_count++;
+        break;
+    case INSN_SEVL:
+        s->local_event = 1;
+        break;
+    case INSN_WFE:
+        if (s->local_event) {
+            s->local_event = 0; /* the event register was set: this WFE completes at once */
+            break;
+        }
+        /* No stop here: a code hook that stops keeps the hooks after it (a breakpoint's, the
+         * countdown) from running. The block hook ends the slice once the WFE has run. */
+        s->wfe_armed = 1;
+        s->wfe_after = address + 4;
+        break;
+    }
 }
 
 /* For the Python mirror to check its layout against. */

@@ -10,6 +10,7 @@ and settles the instruction count.
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from guestdbg.backends.unicorn_arm64.runctl import (
     IC_IALLUIS,
     IC_IVAU,
     STOP_LIMIT,
+    STOP_WFE,
     STOP_XLATE,
     RunControl,
 )
@@ -69,6 +71,61 @@ COUNTER_TICK_SHIFT = 4
 
 _TRANSLATION_READS = (SCTLR_EL1, kr.SYSREG_ENCODINGS["TCR_EL1"], kr.SYSREG_ENCODINGS["TTBR0_EL1"],
                       kr.SYSREG_ENCODINGS["TTBR1_EL1"], uca.UC_ARM64_REG_PSTATE)
+
+
+# The exclusive monitor. Unicorn (QEMU's TCG) keeps it as env->exclusive_addr/exclusive_val:
+# LDXR records the address and the value loaded, STXR succeeds if the address matches and
+# memory still holds that value (a compare-and-swap), and CLREX sets the address to -1. The API
+# has no register for it, but uc_context_save/restore copy env, the whole CPU state, as it is;
+# so the monitor's place in a context is found once, by running LDXR on a scratch engine and
+# looking for the address and value it recorded (and checking that CLREX clears it and that a
+# monitor cleared through a context makes STXR fail). None: not found (the monitor is then
+# never cleared by the VMM; STXR keeps Unicorn's value comparison).
+_LDXR_X0_X1, _STXR_W3_X2_X1, _CLREX, _NOP = 0xC85F7C20, 0xC8037C22, 0xD503305F, 0xD503201F
+NO_EXCLUSIVE = (1 << 64) - 1  # exclusive_addr when the monitor is open
+
+
+@functools.cache
+def exclusive_monitor_offset() -> int | None:
+    """The byte offset of exclusive_addr (exclusive_val follows) in a uc_context, or None."""
+    from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, Uc
+    from unicorn.unicorn_py3.arch.types import uc_context
+    try:
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        base, addr, value = 0x10000, 0x18008, 0x5EC7_10AD_1DEA_C0DE
+        uc.mem_map(base, 0x10000)
+        uc.mem_write(base, struct.pack("<4I", _LDXR_X0_X1, _CLREX, _STXR_W3_X2_X1, _NOP))
+        uc.mem_write(addr, value.to_bytes(8, "little"))
+        uc.reg_write(uca.UC_ARM64_REG_X1, addr)
+        uc.reg_write(uca.UC_ARM64_REG_X2, 0)
+        uc.emu_start(base, base + 4)  # LDXR
+        ctx = uc_context()
+        if uclib.uc_context_alloc(uc._uch, ctypes.byref(ctx)):
+            return None
+        try:
+            size = uclib.uc_context_size(uc._uch)
+            uclib.uc_context_save(uc._uch, ctx)
+            data = ctypes.string_at(ctx, size)
+            hits = [o for o in range(0, size - 15, 8) if struct.unpack_from("<QQ", data, o) == (addr, value)]
+            if len(hits) != 1:
+                return None
+            offset = hits[0]
+            at = ctypes.c_uint64.from_address((ctypes.cast(ctx, ctypes.c_void_p).value or 0) + offset)
+            at.value = NO_EXCLUSIVE  # cleared through a context: STXR must fail
+            uclib.uc_context_restore(uc._uch, ctx)
+            uc.reg_write(uca.UC_ARM64_REG_X3, 7)
+            uc.emu_start(base + 8, base + 12)
+            if uc.reg_read(uca.UC_ARM64_REG_X3) != 1:
+                return None
+            uc.emu_start(base, base + 8)  # LDXR, CLREX
+            uclib.uc_context_save(uc._uch, ctx)
+            if at.value != NO_EXCLUSIVE:
+                return None
+            return offset
+        finally:
+            uclib.uc_context_free(ctx)
+    except UcError:
+        return None
 
 
 def _register_slots(keys: tuple[RegKey, ...]) -> tuple[ctypes.Array[ctypes.c_int], ctypes.Array[ctypes.c_uint64],
@@ -141,12 +198,20 @@ class VcpuCore:
         # VMM (an interrupt, a kick) can wake it. For the VMM's hang detection.
         self.wfi_waiting = False
         # guestdbg extension for boards with several vCPUs: a WFI with nothing pending ends
-        # run() with KVM_EXIT_HLT (PC past the WFI) instead of idling inside it.
+        # run() with KVM_EXIT_HLT (PC past the WFI) instead of idling inside it, and so does a
+        # WFE with the event register clear (PC past the WFE, wfe_exit set; not while stepping).
         self.halt_exits = False
         self._tlb_generation = 0  # vm.tlb_generation this engine's TLB is in step with
         self._rewritten_code: set[int] = set()  # physical code pages a hook stored to (debughw._store)
         self._turn_end: int | None = None  # run()'s turn_end, for _execute
         self._turn_ended = False  # the last _execute ended the turn at a block boundary
+        # With halt_exits: a WFE ends run() with KVM_EXIT_HLT too, and wfe_exit says so (False
+        # for a WFI). The edge and event hooks find WFE, SEV and SEVL (_runctl.c).
+        self.wfe_exit = False
+        self._watching_events = False  # the edge hook looks for WFE/SEV/SEVL (from halt_exits' first run)
+        self._events_on = False  # the event hooks act (state.events)
+        self._monitor_ctx: Any = None  # a uc_context for reaching the exclusive monitor
+        self._monitor_at: ctypes.c_uint64 | None = None
 
     # ------------------------------------------------------------------ registers
     @property
@@ -313,6 +378,24 @@ class VcpuCore:
         completes, has not retired."""
         return self._runctl.state.icount
 
+    @property
+    def sev_count(self) -> int:
+        """SEVs this vCPU has executed (the event hook counts them while halt_exits is set)."""
+        return self._runctl.state.sev_count
+
+    @sev_count.setter
+    def sev_count(self, value: int) -> None:
+        self._runctl.state.sev_count = value
+
+    @property
+    def event_register(self) -> bool:
+        """The event register as SEVL set it (a WFE clears it); SEVs are the board's to count."""
+        return bool(self._runctl.state.local_event)
+
+    @event_register.setter
+    def event_register(self, value: bool) -> None:
+        self._runctl.state.local_event = int(value)
+
     def set_icount(self, value: int) -> None:
         """Restore the instruction count (snapshots)."""
         self._runctl.state.icount = value
@@ -320,6 +403,43 @@ class VcpuCore:
     def _retire(self, count: int = 1) -> None:
         """The VMM completed an instruction on the guest's behalf (HVC, SMC, semihosting)."""
         self._runctl.state.icount += count
+
+    # ------------------------------------------------------------------ the exclusive monitor
+    def _monitor_slot(self) -> ctypes.c_uint64 | None:
+        """exclusive_addr in this vCPU's saved context (exclusive_val is the next word), or
+        None if the monitor cannot be reached (see exclusive_monitor_offset)."""
+        if self._monitor_ctx is None:
+            offset = exclusive_monitor_offset()
+            if offset is None:
+                return None
+            from unicorn.unicorn_py3.arch.types import uc_context
+            ctx = uc_context()
+            if uclib.uc_context_alloc(self._uch, ctypes.byref(ctx)):
+                return None
+            self._monitor_ctx = ctx
+            address = ctypes.cast(ctx, ctypes.c_void_p).value
+            assert address is not None
+            self._monitor_at = ctypes.c_uint64.from_address(address + offset)
+        uclib.uc_context_save(self._uch, self._monitor_ctx)
+        return self._monitor_at
+
+    def exclusive_monitor(self) -> tuple[int, int] | None:
+        """The local exclusive monitor: (virtual address, value loaded) of the last LDXR (for
+        LDXP, the first word), or None when it is open (CLREX, a successful STXR, or cleared)."""
+        slot = self._monitor_slot()
+        if slot is None or slot.value == NO_EXCLUSIVE:
+            return None
+        nxt = ctypes.c_uint64.from_address(ctypes.addressof(slot) + 8)
+        return slot.value, nxt.value
+
+    def clear_exclusive_monitor(self) -> None:
+        """CLREX on the guest's behalf, with no instruction run: its next store-exclusive fails
+        unless it loads exclusively again (a board clears it when another vCPU has run since)."""
+        slot = self._monitor_slot()
+        if slot is None or slot.value == NO_EXCLUSIVE:
+            return
+        slot.value = NO_EXCLUSIVE
+        uclib.uc_context_restore(self._uch, self._monitor_ctx)
 
     # ------------------------------------------------------------------ the generic timers
     # The counter (CNTVCT_EL0 == CNTPCT_EL0: CNTVOFF is 0) is the virtual time / 16 in the
@@ -518,6 +638,11 @@ class VcpuCore:
         that ends in WFI idles the vCPU (_idle)."""
         state = self._runctl.state
         state.stop_reason = 0
+        self.wfe_exit = False
+        # WFE ends the run only with several vCPUs, and never a single step.
+        events = self.halt_exits and not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP
+        if events is not self._events_on:
+            self._set_events(events)
         if self._outside_ram_hooks is not None:
             self._sync_memory_hooks()
         if self._suppress_pc is None:  # not completing one instruction (MMIO, a watched pair)
@@ -544,6 +669,12 @@ class VcpuCore:
         if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
             self._idle()
             return None
+        if self._events_on and state.stop_reason == STOP_WFE and fault is None and not self._stop_pending():
+            # A WFE with the event register clear ran (PC is past it): the board lets the other
+            # vCPUs run until an event (board/smp.py).
+            self.wfe_exit = True
+            self._exit = KvmRun(kvm.KVM_EXIT_HLT)
+            return None
         if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
                 or state.icount >= limit):
             return fault
@@ -566,6 +697,15 @@ class VcpuCore:
             self._runctl.remove_hook(hook)
             remove_cache(self.uc, start, 4 * insns)
         return fault
+
+    def _set_events(self, on: bool) -> None:
+        """WFE ends the run and SEV/SEVL count (halt_exits, not stepping), or they are no-ops."""
+        if on and not self._watching_events:
+            self._watching_events = True
+            self._runctl.watch_events()
+        self._events_on = on
+        self._runctl.state.events = int(on)
+        self._runctl.state.wfe_armed = 0
 
     def _set_step_hook(self, stepping: bool) -> None:
         """From the second single step in a row, keep the countdown hook on every instruction:
@@ -604,6 +744,11 @@ class VcpuCore:
         self._settle_icount()
         if state.ic_pending:
             self._sync_icache()
+        if self._watching_events and state.site_new:
+            # New WFE/SEV/SEVL sites: hook each and drop its block, which has not run yet.
+            for va in self._runctl.take_event_sites():
+                self._runctl.add_event_hook(va)
+                self._drop_code_at(va)
         if self._rewritten_code:
             self.drop_physical_code(self._rewritten_code)
             self._rewritten_code = set()

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UcError
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INSN, UcError
 from unicorn import arm64_const as uca
 from unicorn.unicorn_py3.unicorn import Uc, uclib
 
@@ -25,7 +25,8 @@ ACTION_XLATE = 7  # an MSR Unicorn executes that also lapses the hook's known-ex
 ACTION_XLATE_TTBR1 = 8  # ... only if it moves TTBR1_EL1's table address
 ACTION_XLATE_TTBR0 = 9  # TTBR0_EL1: Unicorn executes it; it ends the slice while a lower-half page is watched
 EXEC_PAGES = 256
-STOP_LIMIT, STOP_REQUEST, STOP_ICACHE, STOP_XLATE = 1, 2, 4, 8
+STOP_LIMIT, STOP_REQUEST, STOP_ICACHE, STOP_XLATE, STOP_WFE, STOP_SITES = 1, 2, 4, 8, 16, 32
+SITES_NEW, SITES_TABLE = 32, 256  # WFE/SEV/SEVL sites: found and not yet hooked; the set of all found
 IC_PAGES = 64
 WATCH_LOW, WATCH_HIGH, WATCH_OVERFLOW = 1, 2, 4
 WATCH_PAGES = 64
@@ -63,13 +64,17 @@ class _State(ctypes.Structure):
         ("in_block", ctypes.c_uint32), ("stop_reason", ctypes.c_uint32),
         ("stop_request", ctypes.c_uint32), ("split_armed", ctypes.c_uint32),
         ("ic_pending", ctypes.c_uint32), ("ic_all", ctypes.c_uint32),
-        ("ic_count", ctypes.c_uint32), ("ic_pad", ctypes.c_uint32), ("tlbi_count", ctypes.c_uint64),
+        ("ic_count", ctypes.c_uint32), ("wfe_armed", ctypes.c_uint32), ("tlbi_count", ctypes.c_uint64),
         ("ctl", ctypes.c_void_p), ("exec_gen", ctypes.c_uint64), ("ic_inline", ctypes.c_uint64),
         ("ttbr1_baddr", ctypes.c_uint64),
         ("exec_page", ctypes.c_uint64 * EXEC_PAGES), ("exec_page_gen", ctypes.c_uint64 * EXEC_PAGES),
         ("ic_block", ctypes.c_uint64), ("ic_va", ctypes.c_uint64 * IC_PAGES),
         ("watch_flags", ctypes.c_uint32), ("watch_count", ctypes.c_uint32),
         ("watch_va", ctypes.c_uint64 * WATCH_PAGES), ("time_offset", ctypes.c_uint64),
+        ("events", ctypes.c_uint32), ("local_event", ctypes.c_uint32), ("wfe_after", ctypes.c_uint64),
+        ("sev_count", ctypes.c_uint64), ("wfe_count", ctypes.c_uint64), ("vmem_read", ctypes.c_void_p),
+        ("site_new", ctypes.c_uint32), ("site_count", ctypes.c_uint32),
+        ("site_va", ctypes.c_uint64 * SITES_NEW), ("site_table", ctypes.c_uint64 * SITES_TABLE),
         ("sysreg_action", (ctypes.c_uint8 * (1 << 16)) * 2),
     ]
 
@@ -113,6 +118,7 @@ class RunControl:
         state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
         state.ctl = ctypes.cast(uclib.uc_ctl, ctypes.c_void_p).value
+        state.vmem_read = ctypes.cast(uclib.uc_vmem_read, ctypes.c_void_p).value
         # ctypes trampolines into Python; kept referenced for the life of the Uc.
         self._vmm_read = SYSREG_CALLBACK(lambda _uc, reg, cp, _u: on_mrs(reg, cp.contents))
         self._vmm_write = SYSREG_CALLBACK(lambda _uc, reg, cp, _u: on_msr(reg, cp.contents))
@@ -155,6 +161,23 @@ class RunControl:
         handle = self._hook(UC_HOOK_CODE, "runctl_countdown_hook", 1, 0)
         self.uc.ctl_flush_tb()
         return handle
+
+    def watch_events(self) -> None:
+        """Find WFE, SEV and SEVL as code is translated (the edge hook; see the C file), from
+        now on: everything translated before is dropped, to be found."""
+        self._hook(UC_HOOK_EDGE_GENERATED, "runctl_edge_hook", 1, 0)
+        self.uc.ctl_flush_tb()
+
+    def take_event_sites(self) -> list[int]:
+        """The sites the edge hook found since the last call, each to get add_event_hook."""
+        s = self.state
+        sites = list(s.site_va[:s.site_new])
+        s.site_new = 0
+        return sites
+
+    def add_event_hook(self, va: int) -> int:
+        """The event hook on the one instruction at `va` (blocks translated from now on)."""
+        return self._hook(UC_HOOK_CODE, "runctl_event_hook", va, va + 3)
 
     def remove_hook(self, handle: int) -> None:
         status = uclib.uc_hook_del(self.uc._uch, ctypes.c_size_t(handle))
