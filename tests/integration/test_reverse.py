@@ -329,3 +329,16 @@ def test_a_snapshot_load_starts_a_new_history(history_elf, tmp_path):
     status = mgr.record_status()
     assert status["begin"] == status["end"] == status["now"] == 3
     assert mgr.reverse_step().history_edge == "begin"
+
+
+def test_reverse_continue_honours_breakpoint_conditions(history_elf, syms):
+    """A conditional breakpoint (issue 13's, evaluated in the stub) stops reverse_cont only
+    where its condition held when the hit was recorded."""
+    m, mgr = recorded(history_elf)
+    run_to_exit(mgr)
+    mgr.add_breakpoint(syms["mix"], condition=lambda view: view.read_register("x0") % 500 == 7)
+    seen = []
+    while (event := mgr.reverse_cont()).history_edge is None:
+        assert event.kind is StopKind.SWBREAK
+        seen.append(mgr.read_register("x0"))
+    assert seen == [2507, 2007, 1507, 1007, 507, 7]

@@ -27,7 +27,7 @@ undo sets after j, and the pages written since the newest checkpoint.
 
 Checkpoints are taken every `interval` instructions at the live end of the history, an interval
 chosen from what the last checkpoint cost so that they take about 5% of the run time (between 1
-and 50 million instructions: a reverse step replays at most one interval). Within
+and 20 million instructions: a reverse step replays at most one interval). Within
 `mem_limit` bytes (the shadow, the undo sets and the registers): when it is exceeded, the
 checkpoint whose removal leaves the smallest gap relative to its age goes (its undo set merges
 into the next one's), so that checkpoints stay dense near the present and thin out into the
@@ -56,7 +56,7 @@ KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY = 1 << 0, 1 << 1
 # Checkpoint intervals (instructions): chosen so checkpoints take about OVERHEAD of the run
 # time, within these bounds (a reverse step replays at most one interval).
 OVERHEAD = 0.05
-MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 50_000_000
+MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 20_000_000
 _libc = ctypes.CDLL(None, use_errno=True)
 _memcmp = _libc.memcmp
 _memcmp.restype = ctypes.c_int
@@ -259,6 +259,18 @@ class History:
         if self.now < self.end or self.now <= self.checkpoints[-1].time:
             return False
         started = time.perf_counter()
+        if not self._append():
+            return False
+        self.stats["taken"] += 1
+        self._thin()
+        cost = time.perf_counter() - started
+        self.stats["take_seconds"] += cost
+        self._adapt_interval(cost, started)
+        return True
+
+    def _append(self) -> bool:
+        """A checkpoint now, after the newest (at the live end, or in the past beyond the newest
+        checkpoint: the end is then reached by replay from it)."""
         if not self._slots_unchanged():
             self.stats["skipped"] += 1
             return False
@@ -275,12 +287,9 @@ class History:
         self._fix_shadow()
         # A patched page is "changed" at every checkpoint; keep only real changes.
         undo = {k: v for k, v in undo.items() if self._by_slot[k[0]].shadow_page(k[1]) != v}
-        self.checkpoints.append(self._capture(self.now, undo))
-        self.stats["taken"] += 1
-        self._thin()
-        cost = time.perf_counter() - started
-        self.stats["take_seconds"] += cost
-        self._adapt_interval(cost, started)
+        checkpoint = self._capture(self.now, undo)
+        checkpoint.events = self.next_event
+        self.checkpoints.append(checkpoint)
         return True
 
     def _adapt_interval(self, cost: float, started: float) -> None:
@@ -355,7 +364,10 @@ class History:
         contents: dict[PageKey, bytes] = {}
         for cp in reversed(self.checkpoints[index + 1:]):
             contents.update(cp.undo)
+        changes = (getattr(self.vm, "host_write_count", None), getattr(self.vm, "slots_version", None))
         for region in self.regions:
+            if region.readonly and changes[0] is not None and region.changes_seen == changes:
+                continue  # nothing wrote it since the shadow took it
             for page in region.changed_pages():
                 contents.setdefault((region.slot_id, page), region.shadow_page(page))
         pieces = []
@@ -381,8 +393,13 @@ class History:
         now = self.now
         cps = self.checkpoints
         j = self.index_at_or_before(now)
-        if cps[j].time == now or j + 1 >= len(cps) or not self._slots_unchanged():
+        if cps[j].time == now or not self._slots_unchanged():
             return False
+        if j + 1 >= len(cps):  # past the newest checkpoint: one after it
+            if self._append():
+                self.stats["inserted"] += 1
+                self._thin()
+            return True
         after = cps[j + 1]
         later: dict[PageKey, bytes] = {}  # each page's bytes at checkpoint j+1
         for cp in reversed(cps[j + 2:]):

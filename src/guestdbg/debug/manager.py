@@ -101,8 +101,10 @@ class _ReplayEnd:
 
 
 REPLAY_END = _ReplayEnd()
-# A seek that replays more than this many instructions inserts checkpoints on the way.
-SEEK_CHECKPOINT_GAP = 100_000
+# A seek inserts checkpoints on its way, each a quarter of the remaining distance from the
+# target, until one is within this many instructions of it: the reverse steps that usually
+# follow then replay at most this much.
+SEEK_NEAR = 4_000
 
 
 def _fault_exit(run: kvm.KvmRun) -> bool:
@@ -1309,18 +1311,23 @@ class GuestDebugManager:
                 vcpu.set_watch_traps([])
                 vcpu.set_guest_debug(0, None)
             self._arch_key = None
+            points, at = [], h.now
+            while target - at > SEEK_NEAR:
+                at += 3 * (target - at) // 4
+                points.append(at)
             while h.now < target:
                 for entry in h.due_events():
                     self._apply_event(entry.kind, entry.data)
-                gap = target - h.now
-                stop = min(target, h.next_stop(), h.now + gap // 2 if gap > SEEK_CHECKPOINT_GAP else target)
+                while points and points[0] <= h.now:
+                    points.pop(0)
+                stop = min(target, h.next_stop(), points[0] if points else target)
                 result = self._run_to(stop)
                 if not (isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT):
                     if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.KVM_EXIT_INTR:
                         self._serve_host()
                         continue
                     break  # the recorded run stopped here too (a fault or the guest's end)
-                if h.now < target and target - h.now <= gap // 2 + 1:
+                if points and h.now == points[0]:
                     h.insert()
             for entry in h.due_events():
                 self._apply_event(entry.kind, entry.data)

@@ -1,0 +1,174 @@
+"""Reverse execution's costs (issue 12): what recording costs a run, and how long going back takes.
+
+`python -m bench.bench_reverse [--repeat N] [--no-qemu] [--json FILE]`
+
+Rows, each measured in-process through the debug manager (the path `guestdbg run --gdb
+--record` takes), recording off and on interleaved in the same run:
+
+- **linux**: Debian's arm64 kernel and the busybox initramfs (512 MiB RAM) from reset to the
+  initramfs banner; the ratio recording-on / recording-off of the wall time, and what the
+  history holds then (checkpoints, memory, time spent taking them).
+- **crunch**: guests/crunch (CPU-bound, little memory written) to its exit.
+- **going back** (after the recorded Linux boot): the first reverse step from the live end,
+  then 20 more (median), and seeks to the middle and the start of the history.
+- **qemu** (peer): QEMU's own record mode on the same boot (`-icount shift=0,rr=record`) against
+  QEMU with `-icount shift=0` and no recording: its recording overhead, for comparison. (QEMU
+  reverse-steps only in a second, replaying process; it is not timed here.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.helpers.console import Console  # noqa: E402
+from tests.helpers.linux_guest import BANNER, QEMU, prepare_linux_guest, qemu_linux_command  # noqa: E402
+
+MEMORY_MB = 512
+BOOT_TIMEOUT = 300.0
+
+
+def linux_machine(guest, out: bytearray):
+    from guestdbg.board import loader
+    from guestdbg.board.virt import VirtConfig, VirtMachine
+    machine = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20), console=out.extend)
+    loader.apply_linux(machine, loader.plan_linux(MEMORY_MB << 20, str(guest.kernel), initrd=str(guest.initrd),
+                                                  append=guest.append))
+    return machine
+
+
+def boot_to_banner(guest, record: bool):
+    """(seconds, manager) for one boot to the banner through the debug manager."""
+    from guestdbg.debug.manager import GuestDebugManager
+    out = bytearray()
+    machine = linux_machine(guest, out)
+    manager = GuestDebugManager(machine)
+    if record:
+        manager.start_recording()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            if BANNER.encode() in out:
+                manager.interrupt()
+                return
+    watcher = threading.Thread(target=watch, daemon=True)
+    start = time.perf_counter()
+    watcher.start()
+    event = manager.cont()
+    seconds = time.perf_counter() - start
+    done.set()
+    if BANNER.encode() not in out:
+        raise SystemExit(f"no banner: {event}\n{out[-2000:].decode(errors='replace')}")
+    return seconds, manager
+
+
+def crunch_run(elf: Path, record: bool) -> float:
+    from guestdbg.board.virt import VirtConfig, VirtMachine
+    from guestdbg.debug.manager import GuestDebugManager, StopKind
+    machine = VirtMachine(VirtConfig(), console=lambda b: None)
+    machine.load_elf(elf)
+    manager = GuestDebugManager(machine)
+    if record:
+        manager.start_recording()
+    start = time.perf_counter()
+    event = manager.cont()
+    seconds = time.perf_counter() - start
+    assert event.kind is StopKind.EXITED, event
+    return seconds
+
+
+def going_back(manager) -> dict:
+    h = manager.record_status()
+    out: dict = {}
+    start = time.perf_counter()
+    manager.reverse_step()
+    out["first_reverse_step_s"] = time.perf_counter() - start
+    steps = []
+    for _ in range(20):
+        start = time.perf_counter()
+        manager.reverse_step()
+        steps.append(time.perf_counter() - start)
+    out["reverse_step_median_s"] = statistics.median(steps)
+    for name, target in (("seek_middle_s", (h["begin"] + h["end"]) // 2), ("seek_start_s", h["begin"])):
+        start = time.perf_counter()
+        manager.seek_to(target)
+        out[name] = time.perf_counter() - start
+    return out
+
+
+def qemu_boot(guest, extra: tuple[str, ...]) -> float:
+    with Console(qemu_linux_command(guest, MEMORY_MB, extra_args=extra)) as con:
+        con.expect(re.escape(BANNER), BOOT_TIMEOUT)
+        return time.monotonic() - con.started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--no-qemu", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+    from tests.helpers.qemu_runner import build_guests
+    work = Path(tempfile.mkdtemp(prefix="bench_reverse_"))
+    guest = prepare_linux_guest(work)
+    crunch = build_guests(work / "guests") / "crunch.elf"
+    rows: dict[str, list] = {"linux_off": [], "linux_on": [], "crunch_off": [], "crunch_on": [],
+                             "qemu_plain": [], "qemu_record": []}
+    history: dict = {}
+    back: dict = {}
+    for r in range(args.repeat):
+        for record in ((False, True) if r % 2 == 0 else (True, False)):
+            seconds, manager = boot_to_banner(guest, record)
+            rows["linux_on" if record else "linux_off"].append(seconds)
+            print(f"  round {r + 1}: linux, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
+            if record and not history:
+                history = manager.record_status()
+                back = going_back(manager)
+            del manager
+        for record in ((False, True) if r % 2 == 0 else (True, False)):
+            seconds = crunch_run(crunch, record)
+            rows["crunch_on" if record else "crunch_off"].append(seconds)
+            print(f"  round {r + 1}: crunch, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
+        if not args.no_qemu and shutil.which(QEMU):
+            rrfile = work / "qemu.rr"
+            for name, extra in (("qemu_plain", ("-icount", "shift=0")),
+                                ("qemu_record", ("-icount", f"shift=0,rr=record,rrfile={rrfile}"))):
+                try:
+                    seconds = qemu_boot(guest, extra)
+                except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+                    print(f"  {name}: failed: {e}", flush=True)
+                    continue
+                rows[name].append(seconds)
+                print(f"  round {r + 1}: {name}: {seconds:6.2f} s", flush=True)
+
+    def ratio(on: str, off: str) -> float | None:
+        return statistics.median(rows[on]) / statistics.median(rows[off]) if rows[on] and rows[off] else None
+    result = {
+        "linux_record_ratio": ratio("linux_on", "linux_off"),
+        "crunch_record_ratio": ratio("crunch_on", "crunch_off"),
+        "qemu_record_ratio": ratio("qemu_record", "qemu_plain"),
+        "history": {k: history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds", "interval")},
+        "going_back": back,
+        "rows": rows,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
