@@ -56,6 +56,10 @@ ex("delete")
 check("to_start", ex("reverse-continue"))
 check("start_pc", pc())
 check("status", exs("monitor record status"))
+check("goto", exs("monitor record goto 300"))
+gdb.execute("maintenance flush register-cache")
+ex("stepi")
+check("status_after_goto", exs("monitor record status"))
 check("to_end", ex("continue"))
 check("live", ex("continue"))
 '''
@@ -79,7 +83,8 @@ def test_reverse_execution_with_gdb(tmp_path, elf):
     assert r["last_i_back"] == 1 and "watchpoint" in r["wrc"].lower()
     assert "No more reverse-execution history" in r["to_start"]
     assert r["start_pc"] == syms["_start"]
-    assert "record on" in r["status"]
+    assert "record on" in r["status"] and "replaying it at instruction 0" in r["status"]
+    assert "at instruction 300" in r["goto"] and "replaying it at instruction 301" in r["status_after_goto"]
     assert "No more reverse-execution history" in r["to_end"]
     assert "exited normally" in r["live"]
     assert "history: 0x" in stub.stdout  # printed once, live

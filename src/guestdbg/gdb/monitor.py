@@ -204,8 +204,9 @@ class Monitor:
             return ("record off" + ("" if can else " (this target cannot record: it needs the emulated "
                                     "back end, one vCPU and the virtual clock)") + "\n")
         mib = 1 << 20
-        where = "live end" if status["now"] >= status["end"] else f"replaying (instruction {status['now']})"
-        return (f"record on: history from instruction {status['begin']} to {status['end']}, now at the {where}\n"
+        where = ("at its live end" if status["now"] >= status["end"]
+                 else f"replaying it at instruction {status['now']}")
+        return (f"record on: history from instruction {status['begin']} to {status['end']}, {where}\n"
                 f"checkpoints: {status['checkpoints']} (taken {status['taken']}, inserted {status['inserted']}, "
                 f"thinned {status['thinned']}, history start moved {status['dropped_start']} times), "
                 f"one every {status['interval']} instructions at the live end\n"
@@ -214,6 +215,16 @@ class Monitor:
                 f"logged inputs: {status['inputs']} (console input, the debugger's writes)\n"
                 f"time in checkpoints: {status['take_seconds']:.2f} s taken, "
                 f"{status['restore_seconds']:.2f} s restoring ({status['restored']} restores)\n")
+
+    def record_goto(self, args: list[str]) -> str:
+        """`monitor record goto N`: the machine as at instruction N of the history."""
+        try:
+            icount = int(args[0], 0)
+        except ValueError:
+            return f"error: monitor record goto takes an instruction count, not {args[0]!r}\n"
+        event = self.manager.seek_to(icount)
+        self.session.last_stop = event
+        return f"at instruction {icount}, PC {event.pc:#x}\n" + self.STALE_REGISTERS
 
     def record_set(self, args: list[str]) -> str:
         word = args[0].lower()
@@ -256,6 +267,8 @@ MONITOR_COMMANDS: tuple[MonitorCommand, ...] = (
     MonitorCommand(("record",), ("on|off|status",),
                    "on: keep the history from now (gdb's reverse-stepi, reverse-continue...); off: forget it",
                    Monitor.record_set),
+    MonitorCommand(("record", "goto"), ("N",), "go to instruction N of the history (see record status)",
+                   Monitor.record_goto),
     MonitorCommand(("reset",), (), "reset the board to its state after loading (alias: system_reset)",
                    Monitor.reset, aliases=(("system_reset",),)),
     MonitorCommand(("snapshot", "save"), ("FILE",), "save the VM (registers, memory, devices; no debugger state)",
