@@ -55,6 +55,14 @@ Policy
     they all have. A vCPU is stepped over the breakpoint or watchpoint it last stopped at
     (alone, with the others stopped: the patch is lifted in shared RAM) before it runs again,
     as long as it has not run since.
+17. Reverse execution (`start_recording`; debug/history.py keeps the checkpoints and the input
+    log): runs go through the history, which stops them to take checkpoints at the live end and,
+    in the past, replays its log and ends the run at the live end (a stop with history_edge
+    "end"; the next resume is live). `reverse_step`, `reverse_cont` and `seek_to` restore a
+    checkpoint and replay with the breakpoint patches lifted. The debugger's writes are inputs:
+    logged at the live end, refused (EROFS) in the past. Console input is logged as it reaches
+    the UART; replayed console output is not shown again. While recording, steps take
+    interrupts (a held-back IRQ could not be replayed), as QEMU's gdbstub in record/replay mode.
 
 The target interface
 --------------------
@@ -64,8 +72,9 @@ ints (`read_register(name)`/`write_register(name, value)`/`registers()` for the 
 number for the GDB session), memory (`read_memory`, `write_memory`, `memory_region`,
 `memory_layout`), running (`check_runnable`, `step`, `cont`, `interrupt`), the vCPUs
 (`vcpu_ids`, `current_vcpu`, `select_vcpu`, `vcpu_state`; `step(vcpu, others_run=)` and
-`cont(vcpu)` for gdb's per-thread vCont actions), snapshots and what the target can do
-(`profile`, `hw_bp_slots`, `sw_breakpoints`, `can_reverse`, `check_extension`). The
+`cont(vcpu)` for gdb's per-thread vCont actions), reverse execution (`start_recording`,
+`reverse_step`, `reverse_cont`, `seek_to`, `record_status`), snapshots and what the target can
+do (`profile`, `hw_bp_slots`, `sw_breakpoints`, `can_record`, `can_reverse`, `check_extension`). The
 architecture comes from `debug.profile`, chosen once per machine.
 """
 
