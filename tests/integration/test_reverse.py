@@ -342,3 +342,18 @@ def test_reverse_continue_honours_breakpoint_conditions(history_elf, syms):
         assert event.kind is StopKind.SWBREAK
         seen.append(mgr.read_register("x0"))
     assert seen == [2507, 2007, 1507, 1007, 507, 7]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--record"], "--record needs --gdb"),
+    (["--record", "--gdb", "unix:{sock}", "--smp", "2"], "--record: reverse execution needs one vCPU (--smp 1)"),
+    (["--record", "--gdb", "unix:{sock}", "--clock", "host"], "--record: reverse execution needs the virtual clock"),
+    (["--record", "--gdb", "unix:{sock}", "--record-mem", "64M"], "--record: the history needs more than a copy"),
+    (["--record", "--arch", "x86_64"], "--record is not supported with --arch x86_64"),
+])
+def test_the_command_line_refuses_what_cannot_be_recorded(tmp_path, history_elf, args, needle):
+    from tests.helpers.cli import assert_one_line, guestdbg
+    args = [a.format(sock=tmp_path / "s") for a in args]
+    r = guestdbg("run", history_elf, *args)
+    assert r.returncode != 0
+    assert_one_line(r.stderr, needle, after_log=True)

@@ -1033,7 +1033,7 @@ class GuestDebugManager:
                                         guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
                                         restore_extra=self._restore_recorder_state)
             except HistoryError as e:
-                raise DebugError(errno.ENOTSUP, str(e)) from None
+                raise DebugError(errno.ENOTSUP if self.can_record else errno.EINVAL, str(e)) from None
             self._record_options = {"step_irqs": self._step_irqs}
             self._step_irqs = True
             self._push_step_irqs()
