@@ -34,6 +34,9 @@ _MODULE_NEEDS = {
     "test_soak": ("slow",),
     "test_fuzz_stub": ("slow",),
     "test_bench_runloop": ("slow",),
+    "test_gdb_reverse": ("gdb",),
+    "test_gdb_conditions": ("gdb",),
+    "test_linux_reverse": ("slow",),
 }
 
 
