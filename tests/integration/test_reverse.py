@@ -357,3 +357,24 @@ def test_the_command_line_refuses_what_cannot_be_recorded(tmp_path, history_elf,
     r = guestdbg("run", history_elf, *args)
     assert r.returncode != 0
     assert_one_line(r.stderr, needle, after_log=True)
+
+
+def test_a_run_without_the_debugger_starts_the_history_again(history_elf, syms):
+    """The guest running free (before a debugger attaches to `--record` without --wait, or
+    after a detach) is not recorded: the history starts again where the debugger takes over,
+    rather than replaying a past that did not happen that way."""
+    m, mgr = recorded(history_elf)
+    m.run_until(icount_limit=5000)  # the server's free run goes straight to the board
+    status = mgr.record_status()
+    assert status["begin"] == status["end"] == 5000
+    assert mgr.reverse_step().history_edge == "begin"
+    mgr.add_breakpoint(syms["mix"])
+    mgr.cont()
+    mgr.detach()
+    m.run_until(icount_limit=m.vcpu.icount + 100)
+    at = m.vcpu.icount
+    assert mgr.reverse_step().history_edge == "begin" and m.vcpu.icount == at
+    for _ in range(3):
+        mgr.step()
+    mgr.reverse_step()
+    assert m.vcpu.icount == at + 2

@@ -186,10 +186,10 @@ class History:
         self.interval = interval or MIN_INTERVAL
         self.guest_bytes = guest_bytes
         self.extra_state, self.restore_extra = extra_state, restore_extra
-        needed = sum(s.memory_size for s in self.vm.slots.values()) + (1 << 20)
+        needed = sum(s.memory_size for s in self.vm.slots.values()) + PAGE
         if mem_limit < needed:
-            raise HistoryError(f"the history needs more than a copy of guest memory: at least {needed >> 20} MiB "
-                               f"(--record-mem), got {mem_limit >> 20} MiB")
+            raise HistoryError(f"the history needs more than a copy of guest memory ({needed >> 20} MiB) "
+                               f"to hold checkpoints: --record-mem {mem_limit >> 20} MiB is too little")
         self.regions = [_Region(self.vm, s) for s in sorted(self.vm.slots.values(), key=lambda s: s.slot)]
         self._by_slot = {r.slot_id: r for r in self.regions}
         self._fix_shadow()

@@ -268,6 +268,7 @@ class GuestDebugManager:
         self._console_pulls = 0  # the guest's reads of console input so far (policy 17)
         self._serving_intr = False
         self._replay_run = False  # the run in progress replays the history (inputs from the log)
+        self._history_stale = False  # the guest ran without the manager since (a detach)
 
     # ------------------------------------------------------------------ what the target offers
     @property
@@ -1033,7 +1034,7 @@ class GuestDebugManager:
                                         guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
                                         restore_extra=self._restore_recorder_state)
             except HistoryError as e:
-                raise DebugError(errno.ENOTSUP if self.can_record else errno.EINVAL, str(e)) from None
+                raise DebugError(errno.EINVAL if self.can_record else errno.ENOTSUP, str(e)) from None
             self._record_options = {"step_irqs": self._step_irqs}
             self._step_irqs = True
             self._push_step_irqs()
@@ -1053,7 +1054,8 @@ class GuestDebugManager:
     def record_status(self) -> dict[str, Any] | None:
         """The history's extent and cost (`monitor record status`), None when not recording."""
         with self._lock:
-            return None if self._history is None else self._history.status()
+            h = self._current_history()
+            return None if h is None else h.status()
 
     def _restart_history(self) -> None:
         """A snapshot load or reset starts a new history (what came before cannot be replayed
@@ -1157,10 +1159,21 @@ class GuestDebugManager:
         elif kind == "console":
             getattr(self.machine, "uart").feed(data)
 
+    def _current_history(self) -> History | None:
+        """The history, started again if the guest ran without the manager since it was last
+        used (after a detach, or before the first debugger attached to `--record` without
+        --wait): what ran then was not recorded, so nothing before it can be replayed."""
+        h = self._history
+        if h is not None and (self._history_stale or h.now > h.end):
+            self._history_stale = False
+            self._restart_history()
+            h = self._history
+        return h
+
     def _run_recorded(self) -> kvm.KvmRun | ExitStatus | _ReplayEnd:
         """One run through the history: at the live end, stopping to take checkpoints; in the
         past, replaying the log, up to the live end at most (policy 17)."""
-        h = self._history
+        h = self._current_history()
         assert h is not None
         self._wrap_console()
         while True:
@@ -1203,10 +1216,11 @@ class GuestDebugManager:
             self._replay_run = False
 
     def _history_or_error(self) -> History:
-        if self._history is None:
+        h = self._current_history()
+        if h is None:
             raise DebugError(errno.ENOTSUP, "not recording: reverse execution needs `monitor record on` "
                                             "or `guestdbg run --record`")
-        return self._history
+        return h
 
     def reverse_step(self, vcpu: int | None = None) -> StopEvent:
         """Back one instruction (gdb's `bs`): the machine as it was before the last instruction
@@ -1482,7 +1496,9 @@ class GuestDebugManager:
                 patch.original = self.vm.read_phys(patch.pa, len(patch.original))
 
     def detach(self) -> None:
-        """Remove every trace of the debugger; the guest runs on as if never debugged."""
+        """Remove every trace of the debugger; the guest runs on as if never debugged (and
+        unrecorded: a history being kept starts again when a debugger next resumes)."""
         self.remove_all()
         self._last_stop = None
         self._stops.clear()
+        self._history_stale = self._history is not None
