@@ -378,3 +378,21 @@ def test_a_run_without_the_debugger_starts_the_history_again(history_elf, syms):
         mgr.step()
     mgr.reverse_step()
     assert m.vcpu.icount == at + 2
+
+
+def test_ctrl_c_stops_a_long_reverse_continue_in_the_past(guest_dir):
+    """A reverse_cont with nothing to find replays the whole history; interrupt() stops it
+    where the replay is (SIGINT), in the past, from where forward execution replays to the end."""
+    import signal
+    m, mgr = recorded(guest_dir / "crunch.elf", interval=None)
+    run_to_exit(mgr)
+    end = m.vcpu.icount
+    assert end > 5_000_000
+    mgr.add_breakpoint(0x40000000)  # never reached
+    timer = threading.Timer(0.05, mgr.interrupt)
+    timer.start()
+    event = mgr.reverse_cont()
+    timer.join()
+    assert event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT and event.history_edge is None
+    assert 0 < m.vcpu.icount < end and mgr.record_status()["now"] == m.vcpu.icount
+    assert mgr.cont().kind is StopKind.EXITED and m.vcpu.icount == end
