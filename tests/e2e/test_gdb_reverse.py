@@ -53,6 +53,14 @@ check("last_i_forward", val("last_i"))
 check("wrc", ex("reverse-continue"))
 check("last_i_back", val("last_i"))
 ex("delete")
+ex("break history.c:59")  # after the call to mix (-O2: the loop's line)
+check("to_live_end", ex("continue"))  # replays up to the live end: inside mix, after the store
+check("at_bp", ex("continue"))  # live from there, to the breakpoint back in main
+check("before_rn", val("last_i"))
+check("rn", ex("reverse-next"))  # back over one call to mix, not into it
+check("rn_function", gdb.selected_frame().name())
+check("rn_last_i", val("last_i"))
+ex("delete")
 check("to_start", ex("reverse-continue"))
 check("start_pc", pc())
 check("status", exs("monitor record status"))
@@ -81,6 +89,8 @@ def test_reverse_execution_with_gdb(tmp_path, elf):
     assert "No more reverse-execution history" in r["replayed_to_end"]
     assert r["last_i_forward"] == 2 and "New value = 2" in r["wc"]
     assert r["last_i_back"] == 1 and "watchpoint" in r["wrc"].lower()
+    assert "No more reverse-execution history" in r["to_live_end"] and "Breakpoint" in r["at_bp"]
+    assert r["rn_function"] == "main" and r["rn_last_i"] == r["before_rn"] - 1 and "mix (" not in r["rn"]
     assert "No more reverse-execution history" in r["to_start"]
     assert r["start_pc"] == syms["_start"]
     assert "record on" in r["status"] and "replaying it at instruction 0" in r["status"]
