@@ -78,7 +78,7 @@ class Event:
     already there)."""
 
     time: int
-    kind: str  # "blocked_step", "console", "memory", "register", "registers", "pc"
+    kind: str  # "console" (input a kick delivered), "memory", "register", "registers", "pc"
     data: Any = None
 
 
@@ -239,10 +239,6 @@ class History:
             due.append(self.events[self.next_event])
             self.next_event += 1
         return due
-
-    def blocked_step_at(self, t: int) -> bool:
-        """Did the recorded run single-step with IRQs held at `t`?"""
-        return any(e.time == t and e.kind == "blocked_step" for e in self.events)
 
     # ------------------------------------------------------------------ the log
     def log(self, kind: str, data: Any = None) -> None:
