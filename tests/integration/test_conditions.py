@@ -11,28 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestdbg.debug.agent_expr import OPCODES, AgentExpr
+from guestdbg.debug.agent_expr import AgentExpr
 from guestdbg.debug.conditions import StopConditions
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from guestdbg.gdb.session import GdbSession, Reply, Resume
 from tests.helpers.support import Guest, kvm_unavailable_reason
+from tests.unit.test_agent_expr import asm  # the one bytecode assembler the tests share
 
 CONDLOOP_OUT = "condloop: calls={n} total={total}\n"
 
 
-def asm(*items) -> bytes:
-    out = bytearray()
-    for item in items:
-        name, *args = (item,) if isinstance(item, str) else item
-        op, size = OPCODES[name]
-        out.append(op)
-        if name == "printf":
-            nargs, fmt = args[0]
-            raw = fmt.encode() + b"\0"
-            out += bytes([nargs]) + len(raw).to_bytes(2, "big") + raw
-        elif size:
-            out += args[0].to_bytes(size, "big")
-    return bytes(out)
 
 
 def x0_equals(n: int) -> bytes:
