@@ -9,6 +9,12 @@ Rows, each measured in-process through the debug manager (the path `guestdbg run
   initramfs banner; the ratio recording-on / recording-off of the wall time, and what the
   history holds then (checkpoints, memory, time spent taking them).
 - **crunch**: guests/crunch (CPU-bound, little memory written) to its exit.
+- **stores**: a store-heavy guest (assembled here): 25 passes of 64-bit stores, one every 64
+  bytes, over 64 MiB (every page written in every pass, 100 M instructions); also the memory the
+  history holds per 10^8 instructions of it.
+- **search**: the store-heavy guest with `target` written once at the start, then 10^8
+  instructions later `watch target` and `reverse_cont` (the last write, 10^8 back), and
+  `reverse_step` latency at 10 random points of that history (after a `seek_to` there).
 - **going back** (after the recorded Linux boot): the first reverse step from the live end,
   then 20 more (median), and seeks to the middle and the start of the history.
 - **qemu** (peer): QEMU's own record mode on the same boot (`-icount shift=0,rr=record`) against
@@ -90,6 +96,86 @@ def crunch_run(elf: Path, record: bool) -> float:
     return seconds
 
 
+STORES_S = r"""
+    .text
+    .global _start
+_start:
+    ldr     x6, =target
+    mov     x7, #0x77
+    str     x7, [x6]                   // the write the search looks for
+    ldr     x2, ={passes}
+    mov     x5, #0
+outer:
+    ldr     x3, =0x40200000
+    ldr     x4, =0x44200000            // 64 MiB
+inner:
+    str     x5, [x3], #64
+    cmp     x3, x4
+    b.lo    inner
+    add     x5, x5, #1
+    subs    x2, x2, #1
+    b.ne    outer
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+    .data
+    .balign 8
+target: .quad 0
+"""
+
+
+def stores_elf(work: Path, passes: int) -> Path:
+    from tests.helpers.mmu_guest import assemble
+    return assemble(work, f"stores{passes}", STORES_S.format(passes=passes))
+
+
+def stores_run(elf: Path, record: bool) -> tuple[float, dict | None]:
+    from guestdbg.board.virt import VirtConfig, VirtMachine
+    from guestdbg.debug.manager import GuestDebugManager, StopKind
+    machine = VirtMachine(VirtConfig(), console=lambda b: None)
+    machine.load_elf(elf)
+    manager = GuestDebugManager(machine)
+    if record:
+        manager.start_recording()
+    start = time.perf_counter()
+    event = manager.cont()
+    seconds = time.perf_counter() - start
+    assert event.kind is StopKind.EXITED, event
+    return seconds, manager.record_status()
+
+
+def search(elf: Path) -> dict:
+    """reverse_cont to the one write of `target`, 10^8 instructions back; then reverse_step at
+    10 random points of the history."""
+    import random
+    from guestdbg.board.common import elf_symbols
+    from guestdbg.board.virt import VirtConfig, VirtMachine
+    from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
+    machine = VirtMachine(VirtConfig(), console=lambda b: None)
+    machine.load_elf(elf)
+    manager = GuestDebugManager(machine)
+    manager.start_recording()
+    event = manager.cont()
+    assert event.kind is StopKind.EXITED, event
+    end = machine.vcpu.icount
+    manager.add_watchpoint(elf_symbols(elf)["target"], 8, WatchKind.WRITE)
+    start = time.perf_counter()
+    event = manager.reverse_cont()
+    seconds = time.perf_counter() - start
+    assert event.kind is StopKind.WATCH and machine.vcpu.icount < 10, (event, machine.vcpu.icount)
+    manager.remove_watchpoint(elf_symbols(elf)["target"], 8, WatchKind.WRITE)
+    rng = random.Random(5)
+    steps = []
+    for _ in range(10):
+        manager.seek_to(rng.randrange(1000, end))
+        t0 = time.perf_counter()
+        manager.reverse_step()
+        steps.append(time.perf_counter() - t0)
+    return {"history_instructions": end, "reverse_cont_to_write_s": seconds,
+            "reverse_step_anywhere_median_s": statistics.median(steps), "reverse_step_anywhere_max_s": max(steps),
+            "checkpoints": manager.record_status()["checkpoints"]}
+
+
 def going_back(manager) -> dict:
     h = manager.record_status()
     out: dict = {}
@@ -125,8 +211,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_reverse_"))
     guest = prepare_linux_guest(work)
     crunch = build_guests(work / "guests") / "crunch.elf"
+    stores = stores_elf(work, 25)
     rows: dict[str, list] = {"linux_off": [], "linux_on": [], "crunch_off": [], "crunch_on": [],
-                             "qemu_plain": [], "qemu_record": []}
+                             "stores_off": [], "stores_on": [], "qemu_plain": [], "qemu_record": []}
+    stores_history: dict = {}
     history: dict = {}
     back: dict = {}
     for r in range(args.repeat):
@@ -142,6 +230,12 @@ def main() -> int:
             seconds = crunch_run(crunch, record)
             rows["crunch_on" if record else "crunch_off"].append(seconds)
             print(f"  round {r + 1}: crunch, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
+        for record in ((False, True) if r % 2 == 0 else (True, False)):
+            seconds, status = stores_run(stores, record)
+            rows["stores_on" if record else "stores_off"].append(seconds)
+            if status is not None:
+                stores_history = status
+            print(f"  round {r + 1}: stores, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
         if not args.no_qemu and shutil.which(QEMU):
             rrfile = work / "qemu.rr"
             for name, extra in (("qemu_plain", ("-icount", "shift=0")),
@@ -156,9 +250,15 @@ def main() -> int:
 
     def ratio(on: str, off: str) -> float | None:
         return statistics.median(rows[on]) / statistics.median(rows[off]) if rows[on] and rows[off] else None
+    found = search(stores)
+    print(f"  search: {found}", flush=True)
     result = {
         "linux_record_ratio": ratio("linux_on", "linux_off"),
         "crunch_record_ratio": ratio("crunch_on", "crunch_off"),
+        "stores_record_ratio": ratio("stores_on", "stores_off"),
+        "stores_history": {k: stores_history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds",
+                                                              "interval", "thinned", "dropped_start", "begin")},
+        "search": found,
         "qemu_record_ratio": ratio("qemu_record", "qemu_plain"),
         "history": {k: history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds", "interval")},
         "going_back": back,

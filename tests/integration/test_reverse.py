@@ -396,3 +396,26 @@ def test_ctrl_c_stops_a_long_reverse_continue_in_the_past(guest_dir):
     assert event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT and event.history_edge is None
     assert 0 < m.vcpu.icount < end and mgr.record_status()["now"] == m.vcpu.icount
     assert mgr.cont().kind is StopKind.EXITED and m.vcpu.icount == end
+
+
+def test_reverse_continue_to_a_store_skips_intervals_no_store_touched(tmp_path):
+    """With only write watches armed and the MMU off, reverse_cont replays no interval in which
+    the dirty log saw no store to a watched page: the one write, millions of instructions back,
+    is found with almost nothing replayed, and where it is found is exactly right."""
+    from tests.helpers.mmu_guest import assemble
+    from bench.bench_reverse import STORES_S
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", STORES_S.format(passes=3))
+    m, mgr = recorded(elf, interval=1_000_000)
+    run_to_exit(mgr)
+    target = elf_symbols(elf)["target"]
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    restored = mgr.record_status()["restored"]
+    event = mgr.reverse_cont()
+    assert event.kind is StopKind.WATCH and event.watch_addr == target
+    assert m.vcpu.icount == 2 and mgr.read_memory(target, 8) == bytes(8)  # before the str
+    assert mgr.record_status()["restored"] - restored <= 3  # not one per checkpoint interval
+    # the same answer without the shortcut: a breakpoint somewhere makes it replay everything
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_hw_breakpoint(0x40000000)
+    assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2

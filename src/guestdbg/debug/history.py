@@ -27,7 +27,7 @@ undo sets after j, and the pages written since the newest checkpoint.
 
 Checkpoints are taken every `interval` instructions at the live end of the history, an interval
 chosen from what the last checkpoint cost so that they take about 5% of the run time (between 1
-and 20 million instructions: a reverse step replays at most one interval). Within
+and 100 million instructions: a reverse step replays at most one interval). Within
 `mem_limit` bytes (the shadow, the undo sets and the registers): when it is exceeded, the
 checkpoint whose removal leaves the smallest gap relative to its age goes (its undo set merges
 into the next one's), so that checkpoints stay dense near the present and thin out into the
@@ -59,7 +59,7 @@ OVERHEAD = 0.05
 # What the dirty log's first write to a page costs after each checkpoint (a SIGSEGV and an
 # mprotect: about 8 us measured here), counted in a checkpoint's cost.
 FAULT_SECONDS = 8e-6
-MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 20_000_000
+MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 100_000_000
 _libc = ctypes.CDLL(None, use_errno=True)
 _memcmp = _libc.memcmp
 _memcmp.restype = ctypes.c_int
@@ -89,6 +89,9 @@ class Checkpoint:
     devices: dict
     undo: dict[PageKey, bytes] = field(default_factory=dict)  # page -> its bytes at the previous checkpoint
     events: int = 0  # how many log entries came before it
+    # The pages any store touched since the previous checkpoint (a superset; None: not known),
+    # so that reverse_cont can skip an interval in which no watched page was written.
+    written: frozenset[PageKey] | None = None
     extra: dict = field(default_factory=dict)  # the recorder's own state (console input positions)
 
     @property
@@ -135,14 +138,23 @@ class _Region:
                                            slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES, userspace_addr=slot.userspace_addr)
         self.logged = False
 
+    def written_pages(self) -> set[int] | None:
+        """Pages stored to since the newest checkpoint (None: not known, no dirty log)."""
+        if self.readonly:
+            return set()
+        if not self.logged:
+            return None
+        log = self.vm.get_dirty_log(self.slot_id)
+        for i, byte in enumerate(log):
+            if byte:
+                base = i * 8
+                self.pending.update(base + b for b in range(8) if byte >> b & 1)
+        return set(self.pending)
+
     def changed_pages(self) -> list[int]:
         """Pages whose memory differs from the shadow."""
         if self.logged:
-            log = self.vm.get_dirty_log(self.slot_id)
-            for i, byte in enumerate(log):
-                if byte:
-                    base = i * 8
-                    self.pending.update(base + b for b in range(8) if byte >> b & 1)
+            self.written_pages()
             return sorted(p for p in self.pending
                           if _memcmp(self.addr + p * PAGE, self.shadow_addr + p * PAGE, PAGE))
         pages: list[int] = []
@@ -280,6 +292,7 @@ class History:
             self.stats["skipped"] += 1
             return False
         undo: dict[PageKey, bytes] = {}
+        written = self.written_since_newest()
         changes = (getattr(self.vm, "host_write_count", None), getattr(self.vm, "slots_version", None))
         for region in self.regions:
             if region.readonly and changes[0] is not None and region.changes_seen == changes:
@@ -295,8 +308,26 @@ class History:
         undo = {k: v for k, v in undo.items() if self._by_slot[k[0]].shadow_page(k[1]) != v}
         checkpoint = self._capture(self.now, undo)
         checkpoint.events = self.next_event
+        checkpoint.written = written
         self.checkpoints.append(checkpoint)
         return True
+
+    def written_since_newest(self) -> frozenset[PageKey] | None:
+        """The pages stored to since the newest checkpoint (a superset), None if not known."""
+        out: set[PageKey] = set()
+        for region in self.regions:
+            pages = region.written_pages()
+            if pages is None:
+                return None
+            out.update((region.slot_id, p) for p in pages)
+        return frozenset(out)
+
+    def written_in(self, index: int, until: int) -> frozenset[PageKey] | None:
+        """The pages stored to between checkpoint `index` and instruction count `until` (at most
+        the next checkpoint's time), as a superset; None if not known."""
+        if index + 1 < len(self.checkpoints):
+            return self.checkpoints[index + 1].written
+        return self.written_since_newest()
 
     def _adapt_interval(self, cost: float, started: float) -> None:
         """About OVERHEAD of the run time in checkpoints: the next interval from this one's cost
@@ -314,7 +345,7 @@ class History:
     def _capture(self, t: int, undo: dict[PageKey, bytes]) -> Checkpoint:
         registers = [[(r, v.get_one_reg(r)) for r in v.get_reg_list()] for v in self.vcpus]
         devices = copy.deepcopy(self.machine.device_state())
-        return Checkpoint(t, registers, devices, undo, len(self.events), dict(self.extra_state()))
+        return Checkpoint(t, registers, devices, undo, events=len(self.events), extra=dict(self.extra_state()))
 
     def _fix_shadow(self) -> None:
         """The shadow holds the guest's bytes, not the debugger's patches."""
@@ -342,6 +373,8 @@ class History:
             merged = dict(cps[i + 1].undo)
             merged.update(cps[i].undo)
             cps[i + 1].undo = merged
+            a, b = cps[i].written, cps[i + 1].written
+            cps[i + 1].written = None if a is None or b is None else a | b
             del cps[i]
             self.stats["thinned"] += 1
 
@@ -424,6 +457,7 @@ class History:
                 undo_next[key] = live
         cp = self._capture(now, undo_new)
         cp.events = self.next_event
+        cp.written = after.written  # both halves: what the whole interval wrote (a superset)
         after.undo = undo_next
         cps.insert(j + 1, cp)
         self.stats["inserted"] += 1

@@ -105,6 +105,16 @@ TRANSLATION_FAULTS = (TranslationFault, kvm.KvmError)
 ADDRESS_END = 1 << 64
 
 
+class _SavedRegisters:
+    """A checkpoint's register list, read as a vCPU's ONE_REG (for the register catalogue)."""
+
+    def __init__(self, registers: list[tuple[int, int]]):
+        self._values = dict(registers)
+
+    def get_one_reg(self, reg_id: int) -> int:
+        return self._values[reg_id]
+
+
 class _ReplayEnd:
     """What a run returns when replaying reached the live end of the history (policy 17)."""
 
@@ -1255,6 +1265,9 @@ class GuestDebugManager:
             while hi > h.begin:
                 index = h.index_at_or_before(hi - 1)
                 lo = h.checkpoints[index].time
+                if self._nothing_to_find(h, index, hi):
+                    hi = lo
+                    continue
                 with self._patches_lifted():
                     h.restore(index)
                 hits, interrupted = self._replay_collecting(hi)
@@ -1270,6 +1283,27 @@ class GuestDebugManager:
                 hi = lo
             self._seek(h.begin)
             return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, history_edge="begin"))
+
+    def _nothing_to_find(self, h: History, index: int, until: int) -> bool:
+        """Can reverse_cont skip replaying from checkpoint `index` to `until`? Only when all it
+        looks for is stores to watched memory (no breakpoints, no read or access watches), the
+        MMU is off (watched addresses are physical) now and at both ends, and the dirty log says
+        no store touched a watched page in between."""
+        if self._sw or self._hw_bp or not self.watches or any(w.kind is not WatchKind.WRITE for w in self.watches):
+            return False
+        ends = [h.checkpoints[index]] + ([h.checkpoints[index + 1]] if index + 1 < len(h.checkpoints) else [])
+        if self._registers.translation_enabled(self.vcpu) or any(
+                self._registers.translation_enabled(_SavedRegisters(c.registers[0])) for c in ends):
+            return False
+        written = h.written_in(index, until)
+        if written is None:
+            return False
+        for w in self.watches:
+            for page in range(w.addr >> 12, (w.addr + w.length - 1 >> 12) + 1):
+                slot = self.vm.slot_for(page << 12)
+                if slot is None or (slot.slot, page - (slot.guest_phys_addr >> 12)) in written:
+                    return False
+        return True
 
     def _replay_collecting(self, until: int) -> tuple[list[tuple[int, StopEvent]], StopEvent | None]:
         """Replay to instruction count `until` with every breakpoint and watchpoint armed: the
