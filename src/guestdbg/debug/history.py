@@ -116,6 +116,7 @@ class _Region:
         self.changes_seen: tuple[Any, Any] | None = None
         self.logged = False
         self.pending: set[int] = set()  # pages the log named that may still differ from the shadow
+        self.since_mark: set[int] = set()  # pages the log named since History._mark
         if not self.readonly and hasattr(vm, "get_dirty_log"):
             if not slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
                 vm.set_user_memory_region(slot.slot, slot.guest_phys_addr, slot.memory_size,
@@ -125,6 +126,16 @@ class _Region:
         self.shadow = mmap.mmap(-1, self.size)
         self.shadow_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.shadow))
         ctypes.memmove(self.shadow_addr, self.addr, self.size)
+        self.changes_seen = self.changes()
+
+    def changes(self) -> tuple[Any, Any]:
+        """What says whether a read-only slot may have changed: its host writes, the mappings."""
+        counts = getattr(self.vm, "host_writes_by_slot", None)
+        return (None if counts is None else counts.get(self.slot_id, 0), getattr(self.vm, "slots_version", None))
+
+    def unchanged(self) -> bool:
+        """A read-only slot nothing wrote or mapped again since the shadow took it."""
+        return self.readonly and self.changes()[0] is not None and self.changes_seen == self.changes()
 
     def same_slot(self, slot: Any) -> bool:
         return (slot.guest_phys_addr, slot.memory_size, getattr(slot, "userspace_addr", None)) == (
@@ -148,8 +159,13 @@ class _Region:
         for i, byte in enumerate(log):
             if byte:
                 base = i * 8
-                self.pending.update(base + b for b in range(8) if byte >> b & 1)
+                new = [base + b for b in range(8) if byte >> b & 1]
+                self.pending.update(new)
+                self.since_mark.update(new)
         return set(self.pending)
+
+    def differs(self, page: int, data: bytes) -> bool:
+        return bool(_memcmp(self.addr + page * PAGE, data, PAGE))
 
     def changed_pages(self) -> list[int]:
         """Pages whose memory differs from the shadow."""
@@ -215,6 +231,7 @@ class History:
                       "take_seconds": 0.0, "restore_seconds": 0.0, "dropped_start": 0}
         self._last_take = (time.perf_counter(), self.now)
         self._faults = 0  # pages the dirty log marked for the checkpoint being taken
+        self._mark_time = self.now  # since when each region's since_mark holds the stores
 
     # ------------------------------------------------------------------ where we are
     @property
@@ -293,16 +310,16 @@ class History:
             return False
         undo: dict[PageKey, bytes] = {}
         written = self.written_since_newest()
-        changes = (getattr(self.vm, "host_write_count", None), getattr(self.vm, "slots_version", None))
         for region in self.regions:
-            if region.readonly and changes[0] is not None and region.changes_seen == changes:
+            if region.unchanged():
                 continue
-            region.changes_seen = changes
+            region.changes_seen = region.changes()
             for page in region.changed_pages():
                 undo[(region.slot_id, page)] = region.shadow_page(page)
                 region.set_shadow(page, region.live(page))
             self._faults += len(region.pending) if region.logged else 0
             region.pending.clear()  # the shadow holds every page the log named now
+        self._mark()
         self._fix_shadow()
         # A patched page is "changed" at every checkpoint; keep only real changes.
         undo = {k: v for k, v in undo.items() if self._by_slot[k[0]].shadow_page(k[1]) != v}
@@ -311,6 +328,37 @@ class History:
         checkpoint.written = written
         self.checkpoints.append(checkpoint)
         return True
+
+    def _mark(self) -> None:
+        """From now on, count stores afresh (each region's since_mark)."""
+        for region in self.regions:
+            region.written_pages()
+            region.since_mark.clear()
+        self._mark_time = self.now
+
+    def _since_mark(self) -> frozenset[PageKey] | None:
+        out: set[PageKey] = set()
+        for region in self.regions:
+            if region.written_pages() is None:
+                return None
+            out.update((region.slot_id, p) for p in region.since_mark)
+        return frozenset(out)
+
+    def written_between(self, a: int, b: int) -> frozenset[PageKey] | None:
+        """The pages stored to between instruction counts a <= b (a superset, from the written
+        sets of the checkpoints covering the span), None if not known."""
+        out: set[PageKey] = set()
+        cps = self.checkpoints
+        k = self.index_at_or_before(a) + 1
+        while a < b:
+            written = cps[k].written if k < len(cps) else self.written_since_newest()
+            if written is None:
+                return None
+            out |= written
+            if k >= len(cps) or cps[k].time >= b:
+                break
+            k += 1
+        return frozenset(out)
 
     def written_since_newest(self) -> frozenset[PageKey] | None:
         """The pages stored to since the newest checkpoint (a superset), None if not known."""
@@ -400,19 +448,20 @@ class History:
         patches). Returns its time."""
         started = time.perf_counter()
         target = self.checkpoints[index]
-        contents: dict[PageKey, bytes] = {}
-        for cp in reversed(self.checkpoints[index + 1:]):
-            contents.update(cp.undo)
-        changes = (getattr(self.vm, "host_write_count", None), getattr(self.vm, "slots_version", None))
-        for region in self.regions:
-            if region.readonly and changes[0] is not None and region.changes_seen == changes:
-                continue  # nothing wrote it since the shadow took it
-            for page in region.changed_pages():
-                contents.setdefault((region.slot_id, page), region.shadow_page(page))
+        contents = self._contents_near(index)
+        if contents is None:
+            contents = {}
+            for cp in reversed(self.checkpoints[index + 1:]):
+                contents.update(cp.undo)
+            for region in self.regions:
+                if region.unchanged():
+                    continue  # nothing wrote it since the shadow took it
+                for page in region.changed_pages():
+                    contents.setdefault((region.slot_id, page), region.shadow_page(page))
         pieces = []
         for (slot_id, page), data in contents.items():
             region = self._by_slot[slot_id]
-            if region.live(page) != data:
+            if region.differs(page, data):
                 pieces.append((region.base + page * PAGE, data))
         self.vm.write_phys_pages(pieces)
         for vcpu, registers in zip(self.vcpus, target.registers):
@@ -421,9 +470,37 @@ class History:
         self.machine.restore_device_state(copy.deepcopy(target.devices))
         self.restore_extra(dict(target.extra))
         self.next_event = target.events
+        self._mark()
         self.stats["restored"] += 1
         self.stats["restore_seconds"] += time.perf_counter() - started
         return target.time
+
+    def _contents_near(self, index: int) -> dict[PageKey, bytes] | None:
+        """Checkpoint `index`'s bytes of just the pages that can differ from memory now: those
+        stored to between now and its time (the written sets). None when those are not known, or
+        read-only memory was written since (the caller then looks at every changed page)."""
+        if any(r.readonly and not r.unchanged() for r in self.regions):
+            return None
+        t = self.checkpoints[index].time
+        if self._mark_time <= t <= self.now:
+            # Memory has run forward since a mark at or before t (the usual reverse step: back to
+            # the checkpoint a seek just left): only what it stored since can differ.
+            candidates = self._since_mark()
+        else:
+            candidates = self.written_between(min(t, self.now), max(t, self.now))
+        if candidates is None:
+            return None
+        later = self.checkpoints[index + 1:]
+        contents: dict[PageKey, bytes] = {}
+        for key in candidates:
+            for cp in later:
+                data = cp.undo.get(key)
+                if data is not None:
+                    break
+            else:
+                data = self._by_slot[key[0]].shadow_page(key[1])
+            contents[key] = data
+        return contents
 
     def insert(self) -> bool:
         """A checkpoint now, in the past between two others (while replaying): so the next
@@ -457,9 +534,13 @@ class History:
                 undo_next[key] = live
         cp = self._capture(now, undo_new)
         cp.events = self.next_event
-        cp.written = after.written  # both halves: what the whole interval wrote (a superset)
+        # What the stores since the last mark touched, if that was at checkpoint j or before
+        # (a restore there, or an insertion): else the whole interval's (a superset).
+        since = self._since_mark() if self._mark_time <= cps[j].time else None
+        cp.written = since if since is not None else after.written
         after.undo = undo_next
         cps.insert(j + 1, cp)
+        self._mark()
         self.stats["inserted"] += 1
         self._thin()
         return True
