@@ -218,11 +218,15 @@ class Target:
 
 class GuestdbgTarget(Target):
     name = "guestdbg"
+    src: Path | None = None  # another tree's src/ to run instead (a baseline)
 
     def start(self) -> RspClient:
+        env = None
+        if self.src is not None:
+            env = {**os.environ, "PYTHONPATH": str(self.src)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "guestdbg.cli", "run", str(self.elf), "--gdb", ":0", "--wait"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         for line in self.proc.stderr:  # "guestdbg: waiting for a GDB connection on tcp:127.0.0.1:PORT"
             text = line.decode(errors="replace")
             if "waiting for a GDB connection on tcp:" in text:
@@ -235,6 +239,12 @@ class GuestdbgTarget(Target):
         threading.Thread(target=lambda p=self.proc: [None for _ in p.stderr], daemon=True).start()
         self.client = RspClient(port)
         return self.client
+
+
+class BaselineTarget(GuestdbgTarget):
+    """guestdbg from another source tree (--baseline-src): before/after in the same run."""
+
+    name = "baseline"
 
 
 class QemuTarget(Target):
@@ -285,6 +295,8 @@ class Session:
         expect_stop(c.resume(b"c"), "run to loop_body")
         c.ok(b"z0,%x,4" % bp)
         self.mem_chunk = self._probe_mem_chunk()
+        # The thread id as the stub spells it (QEMU "p01.01" with multiprocess+, guestdbg "1").
+        self.thread_id = c.request(b"qfThreadInfo")[1:].split(b",")[0]
         self.cpu_us: dict[str, list[float]] = {}  # method name -> stub CPU µs per operation
 
     def _probe_mem_chunk(self) -> int:
@@ -403,6 +415,69 @@ class Session:
         return self.timed(self.mem_reader(self.mem_chunk), seconds) * self.mem_chunk / 1e6
 
 
+    # -- per-packet latency: what gdb sends around each stop, every packet timed on its own --
+    def latency_cycle(self, seconds: float, samples: dict[str, list[float]]) -> None:
+        """Repeat, for `seconds`, the packets real gdb-multiarch 13 sends for a `stepi` and a
+        `continue` to a breakpoint (traced with `set debug remote 1`, the same against both
+        stubs): the step and the continue (vCont, up to the stop reply), Z0/z0 around them, the
+        small `m` reads around PC (gdb repeats the same ones), its 64-byte prologue read, the
+        thread list, and the `g` and `p` a client without expedited registers needs. Each
+        packet's round trip goes into samples[key], in µs."""
+        c = self.c
+        bp = self.sym["loop_body"]
+        tid = self.thread_id
+        z, Z = b"z0,%x,4" % bp, b"Z0,%x,4" % bp
+        m4 = b"m%x,4" % bp
+        m4b = b"m%x,4" % (bp + 4)
+        m64 = b"m%x,40" % (bp & ~0x3F)
+        step = b"vCont;s:%s" % tid
+        cont = b"vCont;c"
+        clock = time.perf_counter
+        c.ok(Z)
+        expect_stop(c.resume(b"c"), "first hit")
+
+        def timed(key: str, payload: bytes, stop: bool = False) -> bytes:
+            t0 = clock()
+            reply = c.resume(payload) if stop else c.request(payload)
+            samples.setdefault(key, []).append((clock() - t0) * 1e6)
+            return reply
+
+        deadline = clock() + seconds
+        try:
+            while clock() < deadline:
+                timed("z", z)
+                expect_stop(timed("step", step, stop=True), "vCont;s")
+                timed("m4", m4b)
+                timed("m4", m4)
+                timed("m4", m4b)
+                timed("m64", m64)
+                timed("g", b"g")
+                timed("p", b"p20")
+                timed("qfThreadInfo", b"qfThreadInfo")
+                timed("qsThreadInfo", b"qsThreadInfo")
+                timed("Z", Z)
+                expect_stop(timed("cont", cont, stop=True), "vCont;c")
+                timed("m4", m4)
+                timed("m4", m4)
+        finally:
+            c.ok(z)
+
+
+# Per-packet latency rows (Session.latency_cycle keys): key, label.
+LATENCY_ROWS = [
+    ("m4", "`m` 4 bytes (around PC)"),
+    ("m64", "`m` 64 bytes"),
+    ("g", "`g`"),
+    ("p", "`p` (pc)"),
+    ("qfThreadInfo", "`qfThreadInfo`"),
+    ("qsThreadInfo", "`qsThreadInfo`"),
+    ("Z", "`Z0`"),
+    ("z", "`z0`"),
+    ("step", "`vCont;s` + stop reply"),
+    ("cont", "`vCont;c` + stop reply (bp 3 insns on)"),
+]
+
+
 PROTOCOL_ROWS = [
     # key, label, method, unit
     ("empty", "empty packet (qC) round trips/s", "empty", "/s"),
@@ -482,6 +557,13 @@ def main(argv=None) -> int:
     ap.add_argument("--qemu", default="qemu-system-aarch64", help="QEMU binary (skipped if not found)")
     ap.add_argument("--udbserver-python", metavar="PYTHON",
                     help="a Python with `udbserver`, `unicorn` and `pyelftools` installed; adds udbserver rows")
+    ap.add_argument("--baseline-src", type=Path, metavar="DIR",
+                    help="also run guestdbg from DIR (another tree's src/, e.g. from `git archive`) "
+                         "as the contender `baseline`")
+    ap.add_argument("--latency-seconds", type=float, default=1.0,
+                    help="length of one per-packet latency round (default 1.0; 0 skips them)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the per-packet latency rows (no throughput or free-run rows)")
     ap.add_argument("--json", type=Path, help="write every sample, medians and ratios here")
     args = ap.parse_args(argv)
 
@@ -496,6 +578,9 @@ def main(argv=None) -> int:
     sym = elf_symbols(elf)
 
     kinds: list[type[Target]] = [GuestdbgTarget]
+    if args.baseline_src:
+        BaselineTarget.src = args.baseline_src.resolve()
+        kinds.append(BaselineTarget)
     QemuTarget.binary = args.qemu
     if shutil.which(args.qemu):
         kinds.append(QemuTarget)
@@ -516,10 +601,30 @@ def main(argv=None) -> int:
                            "features": s.c.features.decode(errors="replace")}
     proto: dict[str, dict[str, list[float]]] = {k: {n: [] for n in names} for k, *_ in PROTOCOL_ROWS}
     failed: dict[str, str] = {}
+    # latency[name][key]: per round, the median µs of that packet in the round
+    latency: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    rows_wanted = [] if args.latency_only else PROTOCOL_ROWS
+    if args.latency_only:
+        args.no_mips = True
     try:
         for rnd in range(args.repeat):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
-            for key, _, method, _ in PROTOCOL_ROWS:
+            if args.latency_seconds > 0:
+                # Contenders interleaved in slices of a tenth of a round each, so that a burst of
+                # load on the shared machine hits both.
+                for _ in range(10):
+                    for name in order:
+                        if (name, "latency") in failed:
+                            continue
+                        samples: dict[str, list[float]] = {}
+                        try:
+                            sessions[name].latency_cycle(args.latency_seconds / 10, samples)
+                        except (RspError, OSError) as e:
+                            failed[(name, "latency")] = f"{type(e).__name__}: {e}"
+                            print(f"note: {name} latency: {e}", file=sys.stderr)
+                        for key, v in samples.items():
+                            latency[name].setdefault(key, []).extend(v)
+            for key, _, method, _ in rows_wanted:
                 for name in order:
                     if (name, key) in failed:
                         continue
@@ -540,8 +645,8 @@ def main(argv=None) -> int:
     if not args.no_mips:
         plans = {}
         for kind in kinds:
-            bps = guestdbg_breakpoints(sym) if kind is GuestdbgTarget else one_breakpoint(sym)
-            probe_n = 25_000_000 if kind is GuestdbgTarget else 2_500_000
+            bps = guestdbg_breakpoints(sym) if issubclass(kind, GuestdbgTarget) else one_breakpoint(sym)
+            probe_n = 25_000_000 if issubclass(kind, GuestdbgTarget) else 2_500_000
             try:
                 speed = mips_trial(kind(elf), sym, probe_n, bps)  # also warms up the caches
             except (RspError, OSError, RuntimeError) as e:
@@ -560,7 +665,7 @@ def main(argv=None) -> int:
 
     # ---- report
     rows = []
-    for key, label, _, unit in PROTOCOL_ROWS:
+    for key, label, _, unit in rows_wanted:
         rows.append((key, label, {n: proto[key][n] for n in names if proto[key][n]}))
     if mips:
         label = (f"free-run MIPS, guestdbg {HW_BPS} hw + {SW_BPS} sw bp armed; "
@@ -588,8 +693,33 @@ def main(argv=None) -> int:
             entry["ratio_guestdbg_udbserver"] = entry["guestdbg"]["median"] / entry["udbserver"]["median"]
         print(line)
         results[key] = {"label": label, **entry}
+    if any(latency.values()):
+        print()
+        head = f"{'per packet, median µs (client included)':<44}" + "".join(f"{n:>14}" for n in names)
+        if "qemu" in names:
+            head += f"{'guestdbg/qemu':>15}" + (f"{'baseline/qemu':>15}" if "baseline" in names else "")
+        print(head)
+        print("-" * len(head))
+        lat_results = {}
+        for key, label in LATENCY_ROWS:
+            meds = {n: statistics.median(latency[n][key]) for n in names if latency[n].get(key)}
+            line = f"{label[:43]:<44}" + "".join(f"{meds[n]:>14.1f}" if n in meds else f"{'n/a':>14}"
+                                                   for n in names)
+            entry: dict = {n: {"median_us": v, "count": len(latency[n][key]),
+                               "p10_us": statistics.quantiles(latency[n][key], n=10)[0],
+                               "p90_us": statistics.quantiles(latency[n][key], n=10)[-1]}
+                           for n, v in meds.items()}
+            if "guestdbg" in meds and "qemu" in meds:
+                entry["ratio_guestdbg_qemu"] = meds["guestdbg"] / meds["qemu"]
+                line += f"{entry['ratio_guestdbg_qemu']:>15.2f}"
+                if "baseline" in meds:
+                    entry["ratio_baseline_qemu"] = meds["baseline"] / meds["qemu"]
+                    line += f"{entry['ratio_baseline_qemu']:>15.2f}"
+            print(line)
+            lat_results[key] = {"label": label, **entry}
+        results["latency"] = lat_results
     print()
-    methods = [(method, label) for _, label, method, _ in PROTOCOL_ROWS]
+    methods = [(method, label) for _, label, method, _ in rows_wanted]
     print("stub CPU per operation, µs (median; the client's own time excluded)")
     for method, label in methods:
         cells = [cpu_per_op.get(n, {}).get(method) for n in names]

@@ -90,7 +90,7 @@ def _fits_grammar(packet: bytes, reply: bytes) -> bool:
         return bool(re.fullmatch(rb"m[0-9a-f]+(,[0-9a-f]+)*", reply))
     if packet == b"qsThreadInfo":
         return reply == b"l"
-    if packet == b"qAttached":
+    if packet in (b"qAttached", b"qqemu.PhyMemMode"):
         return reply in (b"0", b"1")
     if packet.startswith(b"qXfer:"):
         return reply[:1] in (b"l", b"m")

@@ -908,3 +908,76 @@ def test_resume_after_the_guest_exited_is_refused(guest_dir):
     for packet in (b"c", b"s", b"vCont;c", b"vCont;s:1", b"C05"):
         assert session.handle(packet).payload == b"E03", packet
     assert m.vcpu.pc == pc
+
+
+# ---------------------------------------------------------------------------------------------
+# Read caches: reads while stopped are served from what this stop read already, never stale
+
+
+def test_read_caches_follow_every_write_resume_and_monitor_command(real):
+    g, m, s = real
+    a = g.sym["bp_a"]
+    orig = g.read(a, 8)
+    m4 = b"m%x,4" % a
+    assert payload(s.handle(m4)) == orig[:4].hex().encode()
+    assert payload(s.handle(b"m%x,8" % a)) == orig.hex().encode()  # from the same block
+    # Writes through the session: M, X, then the new bytes
+    assert payload(s.handle(b"M%x,4:1f2003d5" % a)) == b"OK"
+    assert payload(s.handle(m4)) == b"1f2003d5"
+    assert payload(s.handle(b"X%x,1:\x11" % a)) == b"OK"
+    assert payload(s.handle(m4)) == b"112003d5"
+    # A write that bypasses the session (the Python API): the VM's write count drops the block.
+    m.write_memory(a, bytes.fromhex("22334455"))
+    assert payload(s.handle(m4)) == b"22334455"
+    # monitor reset restores the loaded image: the next read shows it again.
+    assert not ERR.fullmatch(payload(s.handle(b"qRcmd," + b"reset".hex().encode())))
+    assert payload(s.handle(m4)) == orig[:4].hex().encode()
+    # Registers: g, then P, then g and p see the write.
+    g0 = payload(s.handle(b"g"))
+    assert payload(s.handle(b"p0")) == g0[:16]
+    assert payload(s.handle(b"P0=efbeadde00000000")) == b"OK"
+    assert payload(s.handle(b"p0")) == b"efbeadde00000000"
+    assert payload(s.handle(b"g"))[:16] == b"efbeadde00000000"
+    assert payload(s.handle(b"G" + g0)) == b"OK"
+    assert payload(s.handle(b"g")) == g0
+    # A step: the stop reply and later reads are of the new state.
+    pc0 = int.from_bytes(bytes.fromhex(payload(s.handle(b"p20")).decode()), "little")
+    action = s.handle(b"vCont;s:1")
+    assert isinstance(action, Resume)
+    stop = s.stopped(action.run(m))
+    pc1 = m.vcpu.pc
+    assert pc1 != pc0
+    assert b"20:%s;" % pc1.to_bytes(8, "little").hex().encode() in stop
+    assert payload(s.handle(b"p20")) == pc1.to_bytes(8, "little").hex().encode()
+    assert payload(s.handle(b"g")) == regs.encode_g(m.read_registers())
+    assert b"thread:1;core:0;" in stop
+
+
+def test_read_caches_are_per_vcpu():
+    m = FakeManager(n_vcpus=3)
+    s = GdbSession(m)
+    g1 = payload(s.handle(b"g"))
+    assert payload(s.handle(b"Hg2")) == b"OK"
+    g2 = payload(s.handle(b"g"))
+    assert g2 != g1 and g2 == regs.encode_g(areg.read_all(m.vcpus[1]))
+    assert payload(s.handle(b"p20")) == regs.encode_register(32, m.vcpus[1].pc)
+    assert payload(s.handle(b"Hg1")) == b"OK"
+    assert payload(s.handle(b"g")) == g1
+    assert payload(s.handle(b"p20")) == regs.encode_register(32, m.vcpus[0].pc)
+
+
+def test_small_m_reads_of_a_block_that_is_partly_not_memory_still_work():
+    """A small read whose 256-byte block runs off mapped memory is read as asked."""
+    m = FakeManager()
+    s = GdbSession(m)
+    m.read_memory = _only_exact(m.read_memory)  # any block read beyond the request fails
+    assert payload(s.handle(b"m1010,4")) == bytes(m.mem[0x10:0x14]).hex().encode()
+    assert ERR.fullmatch(payload(s.handle(b"m3000,4")))
+
+
+def _only_exact(read):
+    def only_small(addr, n, *, physical=False):
+        if n > 8:
+            raise DebugError(errno.EFAULT, "not all of it")
+        return read(addr, n, physical=physical)
+    return only_small

@@ -57,3 +57,13 @@ def test_expedited_registers_are_those_of_the_stop_reply(codec):
     assert list(out) == list(codec.EXPEDITED_REGNUMS)
     for n, v in zip(codec.EXPEDITED_REGNUMS, values):
         assert out[n] == codec.encode_register(n, v)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("seed", range(10))
+def test_expedited_reply_is_the_expedited_registers_in_number_order(codec, seed):
+    all_values = _values(codec, seed)
+    values = [all_values[n] for n in codec.EXPEDITED_REGNUMS]
+    pieces = codec.encode_expedited(values)
+    assert codec.encode_expedited_reply(values) == b"".join(
+        b"%02x:%s;" % (n, pieces[n]) for n in sorted(pieces))

@@ -77,6 +77,7 @@ decode_G = _HEXCODEC.decode_G  # noqa: N816 (packet letter)
 encode_register = _HEXCODEC.encode_register
 decode_register = _HEXCODEC.decode_register
 encode_expedited = _HEXCODEC.encode_expedited
+encode_expedited_reply = _HEXCODEC.encode_expedited_reply
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,19 @@ class RegisterHex:
         # was a third of a `g`. Registers wider than 64 bits are split into their chunks.
         self._split = [r.bitsize > 64 for r in self.registers]
         self._g_struct = struct.Struct("<" + "".join(_CHUNKS[r.bitsize] for r in self.registers))
+        # A stop reply's "NN:hex;" for each expedited register, in register-number order: one
+        # struct and one format for all of them (the reply is built at every stop).
+        order = sorted(range(len(self.expedited)), key=lambda i: self.expedited[i])
+        self._expedited_order = tuple(order)
+        self._expedited_sizes = tuple(self.by_regnum[self.expedited[i]].bitsize // 8 for i in order)
+        self._expedited_format = "".join(f"{self.expedited[i]:02x}:%s;" for i in order).encode("ascii")
+
+    def encode_expedited_reply(self, values: Sequence[int]) -> bytes:
+        """The expedited registers' part of a T stop reply ("NN:hex;" each, by register number),
+        from their values in `expedited` order: the same text as encode_expedited's pieces."""
+        return self._expedited_format % tuple(
+            values[i].to_bytes(size, "little").hex().encode("ascii")
+            for i, size in zip(self._expedited_order, self._expedited_sizes))
 
     def lookup(self, regnum: int) -> HexRegister:
         """KeyError for a register number the catalogue does not have."""

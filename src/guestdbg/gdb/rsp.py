@@ -196,6 +196,9 @@ _ZERO_RUN_RE: Final = re.compile(rb"\x00{3,}")
 _TOKEN_RE: Final = re.compile(rb"([^}*]+)|\}(.)|\*(.)|(.)", re.DOTALL)
 
 _OUTSIDE_RE: Final = re.compile(rb"[$+\-\x03]")
+# The common case, framed in one match: a whole packet (after at most one '+', which only
+# confirms our last packet in either mode) with nothing in its body that needs decoding.
+_WHOLE_PACKET_RE: Final = re.compile(rb"\+?\$([^$#}*]*)#([0-9a-fA-F]{2})")
 _BODY_END_RE: Final = re.compile(rb"[#$]")
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 
@@ -400,6 +403,20 @@ class RspConnection:
 
     def _frame(self) -> Event | None:
         rx = self._rx
+        if self._rx_state is _Rx.OUTSIDE:
+            # Fast path: a complete plain packet right here (rules 1-7 as the state machine below
+            # applies them: no escape or run to undo, so the body is the payload).
+            m = _WHOLE_PACKET_RE.match(rx, self._pos)
+            if m is not None:
+                body = m.group(1)
+                if len(body) <= self.packet_size:
+                    self._pos = m.end()
+                    got, want = int(m.group(2), 16), checksum(body)
+                    if got != want:
+                        return self._reject(f"checksum mismatch: sent {got:02x}, computed {want:02x}")
+                    if not self.no_ack:
+                        self._out += b"+"
+                    return Packet(body)
         while self._pos < len(rx):
             if self._rx_state is _Rx.OUTSIDE:
                 m = _OUTSIDE_RE.search(rx, self._pos)
@@ -486,7 +503,7 @@ class RspConnection:
 
     def send_packet(self, payload: bytes) -> None:
         """Queue a packet (framed, escaped, run-length encoded)."""
-        self.state = self._transition("send_packet")
+        # Legal in every state (rule 13: `_TRANSITIONS` has it leave each state as it is).
         self._queue(payload)
 
     def send_stop_reply(self, payload: bytes) -> None:
@@ -506,7 +523,13 @@ class RspConnection:
         self._last_frame = b""
 
     def _queue(self, payload: bytes) -> None:
-        packet = frame(payload, rle=self.rle)
+        if not self.rle:
+            # frame() without its checks and copies (bytes.replace returns a payload with nothing
+            # to escape as it is: most replies, all hex).
+            body = _escape(payload if type(payload) is bytes else bytes(payload))
+            packet = b"$%s#%02x" % (body, checksum(body))
+        else:
+            packet = frame(payload, rle=self.rle)
         self._out += packet
         if not self.no_ack:
             self._last_frame = packet

@@ -117,6 +117,7 @@ class _Client:
     session: GdbSession
     outbuf: bytearray = field(default_factory=bytearray)
     pending: list[bytes] = field(default_factory=list)
+    events: int = selectors.EVENT_READ  # what the selector waits for on sock now
 
 
 @dataclass
@@ -339,6 +340,7 @@ class GdbServer:
             self._flush()
             self._process_pending()
         elif client is not None:
+            client.session.forget_reads()
             client.session.last_stop = event
         if event.kind is StopKind.EXITED:
             self._exit_status = event.exit_status
@@ -471,7 +473,22 @@ class GdbServer:
         if client is None:
             return
         outbuf = client.outbuf
-        outbuf += client.conn.data_to_send()
+        data = client.conn.data_to_send()
+        if not outbuf:
+            if not data:
+                return  # nothing to send, and nothing was waiting: the event mask is READ already
+            # The usual case, one reply: straight from the connection, no copy through outbuf.
+            try:
+                sent = client.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._client_lost()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        outbuf += data
         while outbuf:
             try:
                 sent = client.sock.send(outbuf)
@@ -486,8 +503,9 @@ class GdbServer:
             self._client_lost()
             return
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbuf else 0)
-        if want != self._sel.get_key(client.sock).events:  # an epoll_ctl only on a change
+        if want != client.events:  # an epoll_ctl only on a change
             self._sel.modify(client.sock, want, "client")
+            client.events = want
 
     def _client_lost(self) -> None:
         """The connection went away: stop the guest and keep every breakpoint for the next client."""
@@ -546,6 +564,8 @@ class GdbServer:
         refused.deadline = time.monotonic() + REFUSAL_GRACE
 
     def _expire_refused(self) -> None:
+        if not self._refused:
+            return
         now = time.monotonic()
         for sock, refused in list(self._refused.items()):
             if now < refused.deadline:

@@ -43,6 +43,11 @@ packet's `;X len,bytecode` conditions and `;cmds:` commands are parsed here
 (`debug.agent_expr.parse_point_options`) and handed to the manager with the breakpoint, which
 evaluates them at each hit; dprintf's text reaches gdb as O packets the server sends.
 
+Reads while stopped (issue 13's latency): gdb reads the same few words around PC several times
+at every stop, so the session keeps what this stop's reads found (`m` as aligned 256-byte
+blocks, registers per vCPU, the stop reply's expedited ones included) and drops it at every
+packet that is not a pure read and at every stop; see "Read caches" below.
+
 The session remembers what its client inserted (Z packets), so that a stop at a breakpoint or
 watchpoint a lost client left armed is reported as a plain SIGTRAP rather than as a breakpoint
 hit, which gdb would silently resume from, and what was armed at the last resume, since gdb
@@ -141,6 +146,8 @@ class RegisterCodec(Protocol):
 
     def encode_expedited(self, values: Sequence[int]) -> dict[int, bytes]: ...
 
+    def encode_expedited_reply(self, values: Sequence[int]) -> bytes: ...
+
 
 # The packet codec of each architecture profile (debug.profile names them).
 CODECS: dict[str, RegisterCodec] = {"aarch64": aarch64_regs, "x86_64": amd64_regs}
@@ -205,9 +212,16 @@ class GdbSession:
         self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
         # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
         self.selected_thread = {b"g": manager.current_vcpu + 1, b"c": ANY_THREAD}
+        # What this stop's reads found (see "Read caches" above `READ_ONLY_PACKETS`).
+        self._regs: dict[int, dict[int, int]] = {}        # vCPU -> {register number: value}
+        self._all_regs: dict[int, list[int]] = {}         # vCPU -> every register (a `g`)
+        self._memory: dict[tuple[int, bool, int], bytes] = {}  # (vCPU, physical, block) -> bytes
+        self._memory_writes: object = None                # the VM's host write count they are of
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, payload: bytes) -> Action:
+        if not _read_only(payload):
+            self.forget_reads()
         try:
             action = self._dispatch(payload)
         except PacketError as e:
@@ -219,6 +233,15 @@ class GdbSession:
             # continue says better what the user armed.
             self.armed_at_resume = self.manager.slots_report()
         return action
+
+    def forget_reads(self) -> None:
+        """Drop what earlier reads found: the machine may change (a resume, a write, a monitor
+        command, anything but the packets of READ_ONLY_PACKETS)."""
+        if self._regs or self._all_regs:
+            self._regs = {}
+            self._all_regs = {}
+        if self._memory:
+            self._memory = {}
 
     def _dispatch(self, p: bytes) -> Action:
         handler = PACKETS.get(p[:1])
@@ -333,7 +356,25 @@ class GdbSession:
     def _read_all_registers(self, p: bytes) -> Reply:
         if p != b"g":
             return EMPTY
-        return Reply(self.codec.encode_g(self.manager.read_registers()))
+        vcpu = self.manager.current_vcpu
+        values = self._all_regs.get(vcpu)
+        if values is None:
+            values = self._all_regs[vcpu] = self.manager.read_registers()
+        return Reply(self.codec.encode_g(values))
+
+    def _registers(self, numbers: Sequence[int], vcpu: int) -> list[int]:
+        """These registers of `vcpu`, read at most once per stop (see forget_reads)."""
+        everything = self._all_regs.get(vcpu)
+        if everything is not None:
+            return [everything[n] for n in numbers]
+        known = self._regs.setdefault(vcpu, {})
+        try:
+            return [known[n] for n in numbers]
+        except KeyError:
+            pass
+        values = self.manager.read_registers(numbers, vcpu=vcpu)
+        known.update(zip(numbers, values))
+        return values
 
     def _write_all_registers(self, p: bytes) -> Reply:
         values = self._decode(self.codec.decode_G, p[1:])
@@ -344,7 +385,7 @@ class GdbSession:
         n = _hex_int(p[1:])
         if n not in self.codec.BY_REGNUM:
             raise PacketError(f"no register number {n}")
-        return Reply(self.codec.encode_register(n, self.manager.read_register_at(n)))
+        return Reply(self.codec.encode_register(n, self._registers((n,), self.manager.current_vcpu)[0]))
 
     def _write_register(self, p: bytes) -> Reply:
         num, _, value = p[1:].partition(b"=")
@@ -356,7 +397,24 @@ class GdbSession:
     def _read_memory(self, p: bytes) -> Reply:
         addr, length = _addr_len(p[1:])
         length = min(length, MAX_MEMORY_READ)  # gdb asks again for the rest
-        return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
+        block = addr & -MEMORY_BLOCK
+        if length > MEMORY_BLOCK or addr + length > block + MEMORY_BLOCK:
+            return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
+        # The small reads gdb makes around PC (the same ones again and again at every stop):
+        # the aligned block around them is read once per stop, and they are slices of it.
+        writes = getattr(getattr(self.manager, "vm", None), "host_write_count", None)
+        if writes != self._memory_writes:  # belt and braces: the debugger's writes bump it
+            self._memory = {}
+            self._memory_writes = writes
+        key = (self.manager.current_vcpu, self.phys_memory, block)
+        data = self._memory.get(key)
+        if data is None:
+            try:
+                data = self.manager.read_memory(block, MEMORY_BLOCK, physical=self.phys_memory)
+            except DebugError:  # part of the block is not memory: just what was asked, uncached
+                return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
+            self._memory[key] = data
+        return Reply(data[addr - block:addr - block + length].hex().encode())
 
     def _write_memory(self, p: bytes) -> Reply:
         spec, _, data = p[1:].partition(b":")
@@ -577,6 +635,8 @@ class GdbSession:
         (one a lost client left armed)? gdb takes a `swbreak`/`hwbreak`/watch stop it cannot
         explain for a stale event of its own and resumes silently; a plain SIGTRAP it shows."""
         if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK):
+            if any(t in (0, 1) and a == event.pc for t, a, _ in self.inserted):
+                return False  # this client's own breakpoint is there (the usual case)
             hits = [p for p in self.manager.debug_points()
                     if p.kind in ("break", "hbreak") and p.addr == event.pc]
         elif event.kind is StopKind.WATCH and event.watch_kind is not None and event.watch_addr is not None:
@@ -595,10 +655,11 @@ class GdbSession:
             return b"W%02x" % ((event.exit_status or 0) & 0xFF)
         sig = event.signal if event.kind is StopKind.SIGNAL else signal.SIGTRAP
         parts = [b"T%02x" % sig]
-        values = self.manager.read_registers(self.codec.EXPEDITED_REGNUMS, vcpu=event.vcpu_id)
-        for regnum, value in sorted(self.codec.encode_expedited(values).items()):
-            parts.append(b"%02x:%s;" % (regnum, value))
-        parts.append(b"thread:%x;" % (event.vcpu_id + 1))
+        values = self._registers(self.codec.EXPEDITED_REGNUMS, event.vcpu_id)
+        parts.append(self.codec.encode_expedited_reply(values))
+        # The thread and the CPU it stopped on (gdb records both from the stop reply; a
+        # thread here is a vCPU, so the core is its id, as `info threads` shows it).
+        parts.append(b"thread:%x;core:%x;" % (event.vcpu_id + 1, event.vcpu_id))
         if self._left_by_another(event):
             pass  # no reason: gdb reports "Program received signal SIGTRAP" (monitor breakpoints)
         elif event.kind is StopKind.SWBREAK and "swbreak" in self.stop_reasons:
@@ -614,6 +675,7 @@ class GdbSession:
     def stopped(self, event: StopEvent) -> bytes:
         """The stop reply for `event`; its thread becomes the current (Hg) thread, as gdb
         assumes after every stop reply."""
+        self.forget_reads()  # the guest ran
         self.last_stop = event
         if event.kind is not StopKind.EXITED:
             self.selected_thread[b"g"] = event.vcpu_id + 1
@@ -621,6 +683,28 @@ class GdbSession:
 
 
 Handler = Callable[[GdbSession, bytes], Action]
+
+# Read caches. While the guest is stopped, gdb asks for the same things again and again: at
+# every stop it reads the instruction at PC and its neighbours several times each (`m` of 4
+# bytes), and a client without expedited registers sends `g` and `p`. The session keeps what
+# such reads found until anything could change it: every packet that is not one of these pure
+# reads (writes, resumes, Z/z, monitor commands, detach: everything else) drops it first, and
+# so does every stop. Memory is also keyed on the VM's count of the debugger's writes
+# (`host_write_count`, bumped by every write of guest memory from outside the guest), and by
+# vCPU (its translation) and PhyMemMode. What a read returns does not depend on the session's
+# caching: a block read that fails is retried as the exact read, uncached.
+READ_ONLY_PACKETS = frozenset({b"g", b"p", b"m", b"?", b"H", b"T"})
+READ_ONLY_NAMED = frozenset({b"qfThreadInfo", b"qsThreadInfo", b"qC", b"qXfer", b"qMemoryRegionInfo",
+                             b"qThreadExtraInfo", b"qAttached", b"qqemu.PhyMemMode", b"vCont?"})
+MEMORY_BLOCK = 256  # the aligned block a small `m` reads (never crosses a page)
+
+
+def _read_only(p: bytes) -> bool:
+    first = p[:1]
+    if first in READ_ONLY_PACKETS:
+        return True
+    return first in b"qv" and first != b"" and _NAME_END.split(p, 1)[0] in READ_ONLY_NAMED
+
 
 # The dispatch table: a packet's first byte -> its handler. q, Q and v packets are named.
 PACKETS: dict[bytes, Handler] = {

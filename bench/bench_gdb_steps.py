@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""What a user feels: `stepi` and `continue` to a breakpoint through real gdb-multiarch, against
+guestdbg's stub and QEMU's gdbstub on the same ELF, rounds interleaved.
+
+    .venv/bin/python bench/bench_gdb_steps.py [--rounds 3] [--steps 300] [--conts 100]
+        [--guest-dir D] [--baseline-src DIR]
+
+Each round starts a fresh stub per contender (`guestdbg run loop.elf --gdb :PORT --wait`;
+`qemu-system-aarch64 -M virt -cpu cortex-a57 ... -gdb tcp::PORT -S`; with --baseline-src,
+guestdbg from another tree as `baseline`), and gdb-multiarch in batch mode: it runs to
+`loop_body` with loop_iterations patched to 2^62, then times `stepi` --steps times
+(gdb.execute in a loop) and, with `break loop_body`, `continue` --conts times (one loop turn
+each). Medians of the rounds; ratios are guestdbg / QEMU of the rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+GDB_SCRIPT = r'''
+import time
+import gdb
+gdb.execute("set confirm off")
+gdb.execute("set pagination off")
+gdb.execute("target remote :%(port)d")
+gdb.execute("set *(unsigned long long *)&loop_iterations = 0x4000000000000000")
+gdb.execute("break loop_body")
+gdb.execute("continue", to_string=True)
+gdb.execute("delete")
+t0 = time.perf_counter()
+for _ in range(%(steps)d):
+    gdb.execute("stepi", to_string=True)
+steps = %(steps)d / (time.perf_counter() - t0)
+gdb.execute("break loop_body")
+t0 = time.perf_counter()
+for _ in range(%(conts)d):
+    gdb.execute("continue", to_string=True)
+conts = %(conts)d / (time.perf_counter() - t0)
+print("RESULT %%f %%f" %% (steps, conts), flush=True)
+gdb.execute("kill")
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_stub(name: str, elf: Path, port: int, baseline: Path | None) -> subprocess.Popen:
+    if name == "qemu":
+        cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-nographic", "-monitor", "none",
+               "-serial", "null", "-semihosting", "-kernel", str(elf), "-gdb", f"tcp:127.0.0.1:{port}", "-S"]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(baseline)} if name == "baseline" and baseline else None
+    cmd = [sys.executable, "-m", "guestdbg.cli", "run", str(elf), "--gdb", f":{port}", "--wait"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+
+
+def wait_port(port: int, seconds: float = 20.0) -> None:
+    """Until something listens on the port (/proc/net/tcp; a probe connection would be taken
+    for the debugger by both stubs)."""
+    want = f":{port:04X}"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(want) and fields[3] == "0A":  # local address, LISTEN
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"no stub on port {port}")
+
+
+def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None) -> tuple[float, float]:
+    port = free_port()
+    stub = start_stub(name, elf, port, baseline)
+    try:
+        wait_port(port)
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(GDB_SCRIPT % {"port": port, "steps": steps, "conts": conts})
+        out = subprocess.run(["gdb-multiarch", "-q", "-batch", "-nx", str(elf), "-x", f.name],
+                             capture_output=True, text=True, timeout=600)
+        os.unlink(f.name)
+        for line in out.stdout.splitlines():
+            if line.startswith("RESULT "):
+                a, b = line.split()[1:]
+                return float(a), float(b)
+        raise RuntimeError(f"{name}: gdb gave no result:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    finally:
+        if stub.poll() is None:
+            stub.terminate()
+            try:
+                stub.wait(5)
+            except subprocess.TimeoutExpired:
+                stub.kill()
+                stub.wait()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--conts", type=int, default=100)
+    ap.add_argument("--guest-dir", type=Path, help="built guests (default: build into a temp dir)")
+    ap.add_argument("--baseline-src", type=Path, help="also run guestdbg from DIR (another tree's src/)")
+    args = ap.parse_args(argv)
+    for tool in ("gdb-multiarch", "qemu-system-aarch64"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found", file=sys.stderr)
+            return 1
+    guest_dir = args.guest_dir
+    tmp = None
+    if guest_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_gdb_steps_")
+        guest_dir = Path(tmp.name)
+        subprocess.run(["make", "-s", "-C", str(REPO / "guests"), f"O={guest_dir}", "-j2"], check=True,
+                       stdout=subprocess.DEVNULL)
+    elf = guest_dir / "loop.elf"
+    names = ["guestdbg", "qemu"] + (["baseline"] if args.baseline_src else [])
+    baseline = args.baseline_src.resolve() if args.baseline_src else None
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for rnd in range(args.rounds):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            results[name].append(one_run(name, elf, args.steps, args.conts, baseline))
+            print(f"round {rnd + 1} {name}: stepi/s {results[name][-1][0]:.0f}, "
+                  f"break+continue/s {results[name][-1][1]:.0f}", file=sys.stderr)
+    print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in names) + f"{'guestdbg/qemu':>15}"
+          + (f"{'baseline/qemu':>15}" if baseline else ""))
+    for i, label in enumerate(("stepi/s", "break+continue/s")):
+        med = {n: statistics.median(r[i] for r in results[n]) for n in names}
+        line = f"{label:<22}" + "".join(f"{med[n]:>12.0f}" for n in names) + f"{med['guestdbg'] / med['qemu']:>15.2f}"
+        if baseline:
+            line += f"{med['baseline'] / med['qemu']:>15.2f}"
+        print(line)
+    print(f"\nmedians of {args.rounds} rounds; {args.steps} stepi and {args.conts} continue each")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
