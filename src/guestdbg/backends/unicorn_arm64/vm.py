@@ -136,6 +136,7 @@ class Arm64Vm:
         # How many host writes (write_phys, write_phys_pages) each slot has had: a read-only slot
         # (ROM, flash) changes only by these or by being mapped again (slots_version).
         self.host_writes_by_slot: dict[int, int] = {}
+        self.host_write_count = 0  # all of them (the GDB session's read cache keys on it)
 
     @property
     def shared(self) -> bool:
@@ -313,6 +314,7 @@ class Arm64Vm:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
         if self._host_writes is not None and data:
             self._host_writes.append((pa, pa + len(data)))
+        self.host_write_count += 1
         at = 0
         for slot, off, n in self._spans(pa, len(data)):
             ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
@@ -323,6 +325,7 @@ class Arm64Vm:
     def write_phys_pages(self, pieces: list[tuple[int, bytes]]) -> None:
         """write_phys for many pieces (a reverse-execution checkpoint's pages), with translated
         code dropped once for all of them rather than per piece."""
+        self.host_write_count += 1
         for pa, data in pieces:
             at = 0
             for slot, off, n in self._spans(pa, len(data)):
