@@ -33,6 +33,23 @@ for _ in range(3):
 check("third", val("$x0"))
 check("rc", ex("reverse-continue"))
 check("second", val("$x0"))
+check("rc_first", ex("reverse-continue"))
+check("first", val("$x0"))
+ex("continue")  # forward in the past: the second hit again
+
+def regs():
+    frame = gdb.selected_frame()
+    return [int(frame.read_register(r)) for r in ["pc", "sp", "cpsr"] + [f"x{n}" for n in range(31)]]
+back = [regs()]
+for _ in range(6):
+    ex("reverse-stepi")
+    back.append(regs())
+forward = [regs()]
+for _ in range(6):
+    ex("stepi")
+    forward.append(regs())
+check("retraced", forward == list(reversed(back)))
+check("pcs", [r[0] for r in back])
 ex("reverse-stepi")
 check("call_site", pc())
 check("call_site_function", gdb.selected_frame().name())
@@ -78,7 +95,9 @@ def test_reverse_execution_with_gdb(tmp_path, elf):
     with Stub(tmp_path, elf, extra_args=["--record"]) as stub:
         r = run_gdb(stub, elf, BODY, timeout=120)
     r.assert_ok()
-    assert (r["third"], r["second"], r["third_again"]) == (2, 1, 2)
+    assert (r["third"], r["second"], r["first"], r["third_again"]) == (2, 1, 0, 2)
+    assert "Breakpoint 1, mix" in r["rc_first"]
+    assert r["retraced"] and len(set(r["pcs"])) > 3  # six reverse-stepi, then six stepi: same registers
     assert "Breakpoint 1, mix" in r["rc"]
     # reverse-stepi from mix's first instruction: the `bl mix` in main
     assert r["call_site_function"] == "main" and syms["main"] < r["call_site"] < syms["main"] + 0x200

@@ -269,7 +269,8 @@ class VirtMachine(SmpMachine, RunToExit):
         return None
 
     def run_until(self, stop: Callable[[kvm.KvmRun], bool] = lambda r: False, *,
-                  only: int | None = None, icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
+                  only: int | None = None, icount_limit: int | None = None,
+                  soft_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
         """Run the VMM loop until the guest ends (ExitStatus) or an exit `stop` accepts, or
         any DEBUG or INTR exit, or (with `icount_limit`) the vCPU has retired exactly that many
         instructions (EXIT_ICOUNT_LIMIT), returned as they are. With several vCPUs: the
@@ -280,7 +281,9 @@ class VirtMachine(SmpMachine, RunToExit):
         if only not in (None, 0):
             raise ValueError(f"no vCPU {only}")
         while True:
-            run = self.vcpu.run(icount_limit=icount_limit)
+            # soft_limit (one vCPU): EXIT_ICOUNT_LIMIT at the block boundary at or before it
+            # (vcpu.run's turn_end), so the stop splits no translation block.
+            run = self.vcpu.run(icount_limit=icount_limit, turn_end=soft_limit)
             stopped = stop(run)
             if run.device_irq_level is not None:
                 self.drive_timer_ppis(0, run.device_irq_level)  # and go on running

@@ -78,7 +78,8 @@ class Event:
     already there)."""
 
     time: int
-    kind: str  # "console" (input a kick delivered), "memory", "register", "registers", "pc"
+    kind: str  # "console" (input a kick delivered), "memory", "register", "registers", "pc",
+    # "split" (the recorded run stopped here: a replay stops here too)
     data: Any = None
 
 
@@ -286,10 +287,13 @@ class History:
     def checkpoint_due(self) -> bool:
         return self.now >= self.end and self.now >= self.checkpoints[-1].time + self.interval
 
-    def take(self) -> bool:
+    def take(self, soft: bool = False) -> bool:
         """A checkpoint now, at the live end. False (none taken) while a memory slot is not what
-        it was (a flash bank in command mode): the next stop tries again."""
+        it was (a flash bank in command mode): the next stop tries again. `soft`: the run
+        stopped for it at a block boundary, which may be short of the interval."""
         if self.now < self.end or self.now <= self.checkpoints[-1].time:
+            return False
+        if not soft and self.now < self.checkpoints[-1].time + self.interval:
             return False
         started = time.perf_counter()
         self._faults = 0

@@ -219,8 +219,8 @@ class MultiVcpuBoard(Protocol):
 
     def cpu_state(self, vcpu_id: int) -> str: ...  # "running", "halted" or "off"
 
-    def run_until(self, stop: Callable[[kvm.KvmRun], bool] = ..., *,
-                  only: int | None = None, icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus: ...
+    def run_until(self, stop: Callable[[kvm.KvmRun], bool] = ..., *, only: int | None = None,
+                  icount_limit: int | None = None, soft_limit: int | None = None) -> kvm.KvmRun | ExitStatus: ...
 
 
 class GuestDebugManager:
@@ -1168,6 +1168,7 @@ class GuestDebugManager:
             self._registers.write_all(self._vcpus[vcpu_id], values)
         elif kind == "console":
             getattr(self.machine, "uart").feed(data)
+        # "split": the recorded run stopped there; the replay only stops there too
 
     def _current_history(self) -> History | None:
         """The history, started again if the guest ran without the manager since it was last
@@ -1204,16 +1205,24 @@ class GuestDebugManager:
                 return result
             if h.checkpoint_due():
                 h.take()
-            result = self._run_to(h.next_stop())
+            result = self._run_to(h.next_stop(), soft=True)
             h.at_live_end()
             if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                h.take(soft=True)  # where the soft stop landed, short of the interval perhaps
                 continue
+            # Every other stop of the recorded run splits its translation block there: a
+            # replay stops there too ("split"), so that it splits the same blocks.
+            h.log("split")
             if isinstance(result, ExitStatus):
                 h.ended = result  # replay reaching the end ends the same way
             return result
 
-    def _run_to(self, icount_limit: int) -> kvm.KvmRun | ExitStatus:
-        """The board's run_until, stopping at instruction count `icount_limit` at the latest."""
+    def _run_to(self, icount_limit: int, *, soft: bool = False) -> kvm.KvmRun | ExitStatus:
+        """The board's run_until, stopping at instruction count `icount_limit` at the latest:
+        exactly, or (`soft`) at the block boundary at or before it. Where the history may stop
+        as it likes (a checkpoint), it stops softly: a stop inside a translation block moves
+        where an interrupt an inline device raised in that block is taken (at the stop rather
+        than at the block's end), and a replay must split blocks only where the recorded run did."""
         self._wrap_console()
         h = self._history
         # Decided here, between runs, where the instruction count is exact (inside a slice it
@@ -1221,7 +1230,10 @@ class GuestDebugManager:
         # limit is the live end at the latest.
         self._replay_run = h is not None and h.now < h.end
         try:
-            return cast(MultiVcpuBoard, self.machine).run_until(_fault_exit, icount_limit=icount_limit)
+            board = cast(MultiVcpuBoard, self.machine)
+            if soft:
+                return board.run_until(_fault_exit, soft_limit=icount_limit)
+            return board.run_until(_fault_exit, icount_limit=icount_limit)
         finally:
             self._replay_run = False
 
@@ -1377,15 +1389,17 @@ class GuestDebugManager:
                     self._apply_event(entry.kind, entry.data)
                 while points and points[0] <= h.now:
                     points.pop(0)
+                soft = bool(points) and points[0] < min(target, h.next_stop())
                 stop = min(target, h.next_stop(), points[0] if points else target)
-                result = self._run_to(stop)
+                result = self._run_to(stop, soft=soft)
                 if not (isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT):
                     if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.KVM_EXIT_INTR:
                         self._serve_host()
                         continue
                     break  # the recorded run stopped here too (a fault or the guest's end)
-                if points and h.now == points[0]:
+                if soft:  # an insertion point (a soft stop: at or short of it)
                     h.insert()
+                    points.pop(0)
             for entry in h.due_events():
                 self._apply_event(entry.kind, entry.data)
         self._apply()
