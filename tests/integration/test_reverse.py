@@ -419,3 +419,79 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched(tmp_path):
     mgr.seek_to(mgr.record_status()["end"])
     mgr.add_hw_breakpoint(0x40000000)
     assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
+
+
+IRQ_IN_BLOCK_S = r"""
+    .text
+    .global _start, raise_irq, vectors
+_start:
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    isb
+    ldr     x1, =0x08000000            // GICD
+    ldr     x3, =0x08010000            // GICC
+    mov     w2, #1
+    str     w2, [x1]                   // GICD_CTLR
+    strb    w2, [x1, #0x828]           // GICD_ITARGETSR: SPI 40 to CPU 0
+    str     w2, [x3]                   // GICC_CTLR
+    mov     w2, #0xff
+    str     w2, [x3, #4]               // GICC_PMR
+    mov     w2, #(1 << 8)
+    str     w2, [x1, #0x104]           // GICD_ISENABLER1: INTID 40
+    msr     daifclr, #2
+    isb
+raise_irq:
+    str     w2, [x1, #0x204]           // GICD_ISPENDR1: the line rises inside this block
+    add     x4, x4, #1
+    add     x4, x4, #1
+    add     x4, x4, #1
+    add     x4, x4, #1
+    add     x4, x4, #1
+    add     x4, x4, #1
+    b       1f
+1:  b       1b
+    .balign 2048
+vectors:
+    .skip   0x280
+irq:
+    b       irq
+"""
+
+
+def test_an_interrupt_a_device_raises_in_a_block_is_taken_where_the_block_ends_even_if_a_stop_splits_it(tmp_path):
+    """An inline device (the GIC) raises the vCPU's IRQ line in the middle of a translation
+    block: the interrupt is taken where that block ends, with or without a stop (an exact icount
+    limit, a single step) in between. Otherwise where it is taken would depend on where the VMM
+    stopped the vCPU, and a replay that stops elsewhere than the recording did would diverge."""
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "irqblock", IRQ_IN_BLOCK_S)
+    syms = elf_symbols(elf)
+    vector = syms["vectors"] + 0x280
+    raise_at = None
+
+    def run(stop_after_raise: int | None, step: bool = False) -> tuple[int, int]:
+        nonlocal raise_at
+        m = machine(elf)
+        mgr = GuestDebugManager(m)
+        mgr.add_hw_breakpoint(syms["raise_irq"])
+        assert mgr.cont().pc == syms["raise_irq"]
+        raise_at = m.vcpu.icount
+        mgr.remove_hw_breakpoint(syms["raise_irq"])
+        mgr.add_hw_breakpoint(vector)
+        if stop_after_raise is not None:
+            if step:
+                mgr.step_irqs = True
+                for _ in range(stop_after_raise):
+                    mgr.step()
+            else:
+                m.run_until(icount_limit=raise_at + stop_after_raise)
+        event = mgr.cont() if m.vcpu.pc != vector else None
+        assert m.vcpu.pc == vector, event
+        return m.vcpu.icount, int(mgr.read_register("x4"))
+
+    straight = run(None)
+    assert straight[1] == 6  # the whole block ran before the interrupt
+    for split in (1, 3, 6):
+        assert run(split) == straight, split
+    assert run(2, step=True) == straight

@@ -1082,10 +1082,13 @@ class GuestDebugManager:
         return [(patch.pa, patch.original) for patch in self._sw.values()]
 
     def _recorder_state(self) -> dict[str, Any]:
-        return {"console_pulls": self._console_pulls}
+        # irq_due: where an interrupt raised inside a block is due (not in ONE_REG; see vcpu.py)
+        return {"console_pulls": self._console_pulls, "irq_due": [getattr(v, "irq_due", 0) for v in self._vcpus]}
 
     def _restore_recorder_state(self, state: dict[str, Any]) -> None:
         self._console_pulls = int(state.get("console_pulls", 0))
+        for vcpu, due in zip(self._vcpus, state.get("irq_due", ())):
+            vcpu.irq_due = due
 
     def _check_writable(self) -> None:
         """The debugger's writes are inputs: logged at the live end, refused in the past."""

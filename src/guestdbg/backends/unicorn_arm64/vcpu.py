@@ -63,6 +63,9 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         uc.cpr_write(*VMPIDR_EL2, MPIDR_RES1 | vcpu_id)
         self._write_pstate(PSTATE_DAIF | PSTATE_MODE_EL1H)
         self._irq_level = False  # the IRQ input as the VMM last drove it (KVM_IRQ_LINE)
+        # The instruction count at which a level raised inside a block may be taken: the end of
+        # that block (what icount reads while a block runs), whatever stops split it later.
+        self.irq_due = 0
         self._irq_applied = False  # ... and as HCR_EL2.VI has it
         # guestdbg extension, the emulated vCPU's counterpart of x86 KVM's KVM_GUESTDBG_BLOCKIRQ
         # (which arm64 KVM does not accept): while set, a KVM_GUESTDBG_SINGLESTEP run takes no
@@ -107,7 +110,8 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                     return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
                 if turn_end is not None and state.icount >= turn_end:
                     return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
-                if (self._irq_level and not held) is not self._irq_applied:
+                due = self.irq_due if self._irq_level and not self._irq_applied else 0
+                if due <= state.icount and (self._irq_level and not held) is not self._irq_applied:
                     self._apply_irq_line()
                 if self.vm.shared:
                     self.apply_remote_maintenance()
@@ -116,6 +120,9 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                 elif self._reprotect_pending:
                     self._reprotect()
                 limit = icount_limit if turn_end is None else min(turn_end, icount_limit or turn_end)
+                if due > state.icount:
+                    # Not yet (see set_irq_line): run to the end of the block it was raised in.
+                    limit = due if limit is None else min(limit, due)
                 result = self._check_context_breakpoints() or self._run_slice(limit)
                 if result is not None:
                     return result
@@ -155,9 +162,16 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         access) is applied at once, so that a stale level is never taken as a spurious IRQ
         when the guest next unmasks; clearing VI only clears Unicorn's request bit."""
         self._irq_level = bool(level)
-        if not level and self._run_thread == threading.get_ident():
+        on_vcpu_thread = self._run_thread == threading.get_ident()
+        if not level and on_vcpu_thread:
             self._apply_irq_line()
         else:
+            if level and on_vcpu_thread:
+                # Raised by an inline device in the middle of a block: taken where that block
+                # ends, as without a stop, even when a stop (a breakpoint, a single step, an
+                # exact icount limit) splits the block first. Where an interrupt is taken thus
+                # does not depend on where the VMM stops the vCPU: replays stay exact.
+                self.irq_due = self._runctl.state.icount
             self._runctl.request_stop()
 
     @property
