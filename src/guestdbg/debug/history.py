@@ -27,7 +27,7 @@ undo sets after j, and the pages written since the newest checkpoint.
 
 Checkpoints are taken every `interval` instructions at the live end of the history, an interval
 chosen from what the last checkpoint cost so that they take about 5% of the run time (between 1
-and 100 million instructions: a reverse step replays at most one interval). Within
+and 40 million instructions: a reverse step replays at most one interval). Within
 `mem_limit` bytes (the shadow, the undo sets and the registers): when it is exceeded, the
 checkpoint whose removal leaves the smallest gap relative to its age goes (its undo set merges
 into the next one's), so that checkpoints stay dense near the present and thin out into the
@@ -59,7 +59,7 @@ OVERHEAD = 0.05
 # What the dirty log's first write to a page costs after each checkpoint (a SIGSEGV and an
 # mprotect: about 8 us measured here), counted in a checkpoint's cost.
 FAULT_SECONDS = 8e-6
-MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 100_000_000
+MIN_INTERVAL, MAX_INTERVAL = 1_000_000, 40_000_000
 _libc = ctypes.CDLL(None, use_errno=True)
 _memcmp = _libc.memcmp
 _memcmp.restype = ctypes.c_int
