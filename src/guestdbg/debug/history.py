@@ -2,38 +2,41 @@
 guest could not compute by itself.
 
 The emulated board is deterministic: from a given state, the guest computes the same thing
-every time, because its clock is its instruction count (board/clock.py). So the machine at any
-past instruction count can be rebuilt by restoring an earlier checkpoint and running forward
-again ("replay"), provided whatever came from outside is given again at the same points. That
-outside is the *input log*: console input, the debugger's own writes to registers and memory,
-and single steps that held back an interrupt (a step that keeps IRQs out, as gdb's steps do by
-default, delays an IRQ by an instruction, which the guest can see).
+every time, because its clock is its instruction count (board/clock.py), and nothing the VMM
+does moves its interrupts (vcpu.py's irq_due). So the machine at any past instruction count can
+be rebuilt by restoring an earlier checkpoint and running forward again ("replay"), provided
+whatever came from outside is given again at the same points. That outside is the *input log*:
+console input, the debugger's own writes to registers and memory, and where the recorded run
+stopped ("split": a replay stops there too, so it splits the same translation blocks). Single
+steps take interrupts while recording (the debug manager's policy 17), so they hold nothing back.
 
 Time is vCPU 0's instruction count (`Arm64Vcpu.icount`); one vCPU only (`--smp 1`).
 
 Checkpoints
 -----------
 Each holds every vCPU's register list (KVM_GET_REG_LIST/ONE_REG, as migration does), the
-board's device state, and for memory only an *undo set*: the pages that changed since the
-previous checkpoint, as they were at that previous checkpoint. A full copy of guest memory as
-of the newest checkpoint (the *shadow*) finds those pages: the next checkpoint compares memory
-with it (64 KiB at a time with memcmp, then page by page where a chunk differs: about 20 ms for
-128 MiB here), stores the old contents of the pages that differ, and copies the new ones in. No
-page is copied unless it changed, and a guest that writes little costs little memory.
+board's device state, for memory only an *undo set* (the pages that changed since the previous
+checkpoint, as they were at that previous checkpoint) and the *written set* (every page a store
+touched in between, unchanged or not). A copy of guest memory as of the newest checkpoint (the
+*shadow*) finds the changed pages among those the VM's dirty log (KVM_GET_DIRTY_LOG) names; a
+VM without one is compared whole (64 KiB chunks with memcmp). Read-only slots (flash) are
+compared only after a host write to them. No page is copied unless it changed.
 
 The memory at checkpoint j, for a page: the undo set of the first checkpoint after j that has
-it, else the shadow. Restoring j writes every page that differs from that: the pages of the
-undo sets after j, and the pages written since the newest checkpoint.
+it, else the shadow. Restoring j writes the pages that can differ from memory now: those stored
+to between now and j (the written sets, or the stores since the last restore or insertion).
 
-Checkpoints are taken every `interval` instructions at the live end of the history, an interval
-chosen from what the last checkpoint cost so that they take about 5% of the run time (between 1
-and 40 million instructions: a reverse step replays at most one interval). Within
-`mem_limit` bytes (the shadow, the undo sets and the registers): when it is exceeded, the
-checkpoint whose removal leaves the smallest gap relative to its age goes (its undo set merges
-into the next one's), so that checkpoints stay dense near the present and thin out into the
-past; when two are left, the oldest goes and the history's start moves forward.
+Checkpoints are taken at the live end of the history, at the block boundary at or before each
+`interval` (an exact stop would split a translation block the recorded run did not), the
+interval chosen from what the last checkpoint cost, the dirty log's faults included, so that
+they take about 5% of the run time (between 1 and 40 million instructions: a reverse step
+replays at most one interval). Within `mem_limit` bytes (the shadow, the undo sets and the
+registers): when it is exceeded, the checkpoint whose removal leaves the smallest gap relative
+to its age goes (its undo and written sets merge into the next one's), so that checkpoints stay
+dense near the present and thin out into the past; when two are left, the oldest goes and the
+history's start moves forward.
 
-Checkpoints can also be inserted in the past, while replaying towards a point (`insert`): that
+Checkpoints are also inserted in the past while replaying towards a point (`insert`): that
 needs only the pages of the next checkpoint's undo set, and makes the next reverse step from
 around there short.
 
