@@ -85,3 +85,50 @@ def test_seeks_across_a_recorded_linux_boot_match_a_straight_run(linux_guest):
     for expected in reversed(trace[:-1]):
         mgr.reverse_step()
         assert fingerprint(m)[:4] == expected
+
+
+def test_console_input_to_a_linux_shell_is_replayed(linux_guest):
+    """The shell answers a command typed while recording (console input through the PL011 and
+    its interrupt); from the start of the history the replay reaches the recorded end state
+    exactly, and shows none of its output again."""
+    from guestdbg.board.console_input import ConsoleInput
+    from tests.helpers.linux_guest import PROMPT
+    out = bytearray()
+    m = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20), console=out.extend)
+    loader.apply_linux(m, loader.plan_linux(MEMORY_MB << 20, str(linux_guest.kernel), initrd=str(linux_guest.initrd),
+                                            append=linux_guest.append))
+    mgr = GuestDebugManager(m)
+    mgr.start_recording()
+    typed = ConsoleInput()
+    m.uart.rx_source = typed.take
+
+    def service() -> None:
+        m.uart.pump()
+    m.on_intr = service
+    done = threading.Event()
+
+    def typist() -> None:
+        while PROMPT.encode() not in out and not done.wait(0.05):
+            pass
+        typed.push(b"echo reverse-$((6*7))\n")
+        mgr.wake()
+        while b"reverse-42" not in out and not done.wait(0.05):
+            pass
+        done.wait(0.3)  # the next prompt
+        mgr.interrupt()
+    t = threading.Thread(target=typist)
+    t.start()
+    try:
+        event = mgr.cont()
+    finally:
+        done.set()
+        t.join()
+    assert event.kind is StopKind.SIGNAL and b"reverse-42" in out, out[-500:]
+    shown = bytes(out)
+    end = fingerprint(m)
+    status = mgr.record_status()
+    assert status["inputs"] >= 1, status
+    mgr.seek_to(status["begin"])
+    assert mgr.cont().history_edge == "end"
+    assert fingerprint(m) == end
+    assert bytes(out) == shown
