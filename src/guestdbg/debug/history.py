@@ -422,9 +422,15 @@ class History:
                 self._drop_first()
                 continue
             now = cps[-1].time
-            # Remove the one whose removal leaves the smallest gap for its age.
-            i = min(range(1, len(cps) - 1),
-                    key=lambda k: (cps[k + 1].time - cps[k - 1].time) / max(1, now - cps[k].time))
+            # Remove the one whose removal leaves the smallest gap for its age, but not the one
+            # the machine is at or just past (a seek has just inserted it for the reverse steps
+            # that follow; inserted ones sit close together, so they would go first).
+            here = self.index_at_or_before(self.now) if self.now >= cps[0].time else -1
+            candidates = [k for k in range(1, len(cps) - 1) if k != here]
+            if not candidates:
+                self._drop_first()
+                continue
+            i = min(candidates, key=lambda k: (cps[k + 1].time - cps[k - 1].time) / max(1, now - cps[k].time))
             merged = dict(cps[i + 1].undo)
             merged.update(cps[i].undo)
             cps[i + 1].undo = merged
@@ -486,7 +492,7 @@ class History:
         """Checkpoint `index`'s bytes of just the pages that can differ from memory now: those
         stored to between now and its time (the written sets). None when those are not known, or
         read-only memory was written since (the caller then looks at every changed page)."""
-        if any(r.readonly and not r.unchanged() for r in self.regions):
+        if any(r.readonly and not r.unchanged() for r in self.regions) or self.now < self.begin:
             return None
         t = self.checkpoints[index].time
         if self._mark_time <= t <= self.now:
@@ -515,6 +521,8 @@ class History:
         checkpoint's undo set can differ."""
         now = self.now
         cps = self.checkpoints
+        if now < cps[0].time:  # before the history's start (thinning moved it)
+            return False
         j = self.index_at_or_before(now)
         if cps[j].time == now or not self._slots_unchanged():
             return False
