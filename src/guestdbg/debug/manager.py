@@ -292,6 +292,13 @@ class GuestDebugManager:
         the GDB session offers `bs`/`bc` then."""
         return self._history is not None
 
+    @property
+    def memory_generation(self) -> int | None:
+        """Changes whenever guest memory is written from outside the guest (the debugger, the
+        Python API, a restore): for a front end caching what it read while the guest is
+        stopped. None where the VM does not count them."""
+        return getattr(self.vm, "host_write_count", None)
+
     def vcpu_ids(self) -> list[int]:
         """The machine's vCPUs (KVM vcpu ids); the GDB session numbers its threads from them."""
         return list(range(len(self._vcpus)))

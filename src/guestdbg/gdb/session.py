@@ -402,7 +402,7 @@ class GdbSession:
             return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
         # The small reads gdb makes around PC (the same ones again and again at every stop):
         # the aligned block around them is read once per stop, and they are slices of it.
-        writes = getattr(getattr(self.manager, "vm", None), "host_write_count", None)
+        writes = getattr(self.manager, "memory_generation", None)
         if writes != self._memory_writes:  # belt and braces: the debugger's writes bump it
             self._memory = {}
             self._memory_writes = writes
@@ -689,8 +689,8 @@ Handler = Callable[[GdbSession, bytes], Action]
 # bytes), and a client without expedited registers sends `g` and `p`. The session keeps what
 # such reads found until anything could change it: every packet that is not one of these pure
 # reads (writes, resumes, Z/z, monitor commands, detach: everything else) drops it first, and
-# so does every stop. Memory is also keyed on the VM's count of the debugger's writes
-# (`host_write_count`, bumped by every write of guest memory from outside the guest), and by
+# so does every stop. Memory is also keyed on the manager's `memory_generation` (the VM's count
+# of writes of guest memory from outside the guest: the debugger's, the Python API's), and by
 # vCPU (its translation) and PhyMemMode. What a read returns does not depend on the session's
 # caching: a block read that fails is retried as the exact read, uncached.
 READ_ONLY_PACKETS = frozenset({b"g", b"p", b"m", b"?", b"H", b"T"})
