@@ -245,6 +245,7 @@ def restore_into(machine: Board, data: bytes) -> None:
     for vcpu, registers in zip(vcpus, saved):
         for reg_id, value in registers:
             vcpu.set_one_reg(reg_id, value)
+        getattr(vcpu, "forget_translations", lambda: None)()  # its TLB held the old page tables
     machine.restore_device_state(snap.devices)
 
 

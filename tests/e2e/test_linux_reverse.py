@@ -12,6 +12,8 @@ import json
 import random
 import threading
 
+import pytest
+
 from guestdbg import kvm
 from guestdbg.board import loader
 from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
@@ -40,19 +42,30 @@ def run_to(m: VirtMachine, t: int) -> None:
         assert isinstance(run, kvm.KvmRun) and run.exit_reason in (kvm.EXIT_ICOUNT_LIMIT, kvm.KVM_EXIT_INTR), run
 
 
-def test_seeks_across_a_recorded_linux_boot_match_a_straight_run(linux_guest):
-    """Recorded through the manager as `--record` does (a continue, stopped by an interrupt
-    after a few seconds, with single steps on the way), then points across the history."""
+@pytest.fixture(scope="module")
+def run_init_process(linux_guest) -> int:
+    """Where the kernel starts /init (from a first boot's /proc/kallsyms; nokaslr)."""
+    from tests.helpers.linux_guest import qemu_linux_command, read_kallsyms
+    from tests.helpers.qemu_runner import qemu_missing_reason
+    from tests.helpers.linux_guest import guestdbg_linux_command
+    command = (guestdbg_linux_command(linux_guest, MEMORY_MB) if qemu_missing_reason()
+               else qemu_linux_command(linux_guest, MEMORY_MB))
+    return read_kallsyms(command, ["run_init_process"])["run_init_process"]
+
+
+def test_seeks_across_a_recorded_linux_boot_match_a_straight_run(linux_guest, run_init_process):
+    """Recorded through the manager as `--record` does (single steps at the start, a continue
+    to a breakpoint where the kernel starts /init, single steps), then points across the
+    history. The recording's end is the breakpoint's, so every run checks the same points."""
     m = boot_machine(linux_guest)
     mgr = GuestDebugManager(m)
     mgr.start_recording()
     for _ in range(3):
         mgr.step()
-    timer = threading.Timer(3.0, mgr.interrupt)
-    timer.start()
+    mgr.add_hw_breakpoint(run_init_process)
     event = mgr.cont()
-    timer.join()
-    assert event.kind is StopKind.SIGNAL, event
+    assert event.kind is StopKind.HWBREAK and event.pc == run_init_process, event
+    mgr.remove_hw_breakpoint(run_init_process)
     for _ in range(3):
         mgr.step()
     status = mgr.record_status()

@@ -480,6 +480,7 @@ class History:
         for vcpu, registers in zip(self.vcpus, target.registers):
             for reg_id, value in registers:
                 vcpu.set_one_reg(reg_id, value)
+            getattr(vcpu, "forget_translations", lambda: None)()
         self.machine.restore_device_state(copy.deepcopy(target.devices))
         self.restore_extra(dict(target.extra))
         self.next_event = target.events

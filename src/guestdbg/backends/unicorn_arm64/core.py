@@ -848,6 +848,16 @@ class VcpuCore:
             self.uc.cpr_write(*SCTLR_EL1, sctlr)
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
+    def forget_translations(self) -> None:
+        """The registers and memory were set from outside (a snapshot or a checkpoint restored):
+        nothing this engine cached about the guest's translation holds, whatever TLBI the guest
+        would have needed. Writing TTBRn_EL1 through ONE_REG flushes no TLB (nor would the MSR
+        without a TLBI), so a restore to other page tables would run on the old ones."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._runctl.state.exec_gen += 1
+        if self._runctl.state.watch_flags:
+            self._translation_changed()
+
     def apply_remote_maintenance(self) -> None:
         """Before a slice, with several vCPUs: what the others' TLBIs and IC invalidations
         (Inner Shareable on Linux: broadcast) mean for this engine. A TLBI elsewhere flushes
