@@ -81,7 +81,9 @@ def boot_to_banner(guest, record: bool):
     return seconds, manager
 
 
-def crunch_run(elf: Path, record: bool) -> float:
+def run_guest(elf: Path, record: bool) -> tuple[float, dict | None]:
+    """(seconds, the history's status or None) of a bare-metal guest run to its exit through
+    the debug manager, recording or not."""
     from guestdbg.board.virt import VirtConfig, VirtMachine
     from guestdbg.debug.manager import GuestDebugManager, StopKind
     machine = VirtMachine(VirtConfig(), console=lambda b: None)
@@ -93,7 +95,7 @@ def crunch_run(elf: Path, record: bool) -> float:
     event = manager.cont()
     seconds = time.perf_counter() - start
     assert event.kind is StopKind.EXITED, event
-    return seconds
+    return seconds, manager.record_status()
 
 
 STORES_S = r"""
@@ -127,21 +129,6 @@ target: .quad 0
 def stores_elf(work: Path, passes: int) -> Path:
     from tests.helpers.mmu_guest import assemble
     return assemble(work, f"stores{passes}", STORES_S.format(passes=passes))
-
-
-def stores_run(elf: Path, record: bool) -> tuple[float, dict | None]:
-    from guestdbg.board.virt import VirtConfig, VirtMachine
-    from guestdbg.debug.manager import GuestDebugManager, StopKind
-    machine = VirtMachine(VirtConfig(), console=lambda b: None)
-    machine.load_elf(elf)
-    manager = GuestDebugManager(machine)
-    if record:
-        manager.start_recording()
-    start = time.perf_counter()
-    event = manager.cont()
-    seconds = time.perf_counter() - start
-    assert event.kind is StopKind.EXITED, event
-    return seconds, manager.record_status()
 
 
 def search(elf: Path) -> dict:
@@ -227,11 +214,11 @@ def main() -> int:
                 back = going_back(manager)
             del manager
         for record in ((False, True) if r % 2 == 0 else (True, False)):
-            seconds = crunch_run(crunch, record)
+            seconds, _ = run_guest(crunch, record)
             rows["crunch_on" if record else "crunch_off"].append(seconds)
             print(f"  round {r + 1}: crunch, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
         for record in ((False, True) if r % 2 == 0 else (True, False)):
-            seconds, status = stores_run(stores, record)
+            seconds, status = run_guest(stores, record)
             rows["stores_on" if record else "stores_off"].append(seconds)
             if status is not None:
                 stores_history = status

@@ -312,14 +312,8 @@ class Arm64Vm:
 
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write guest RAM (or ROM: this is the loader's and debugger's path, not the guest's)."""
-        if self._host_writes is not None and data:
-            self._host_writes.append((pa, pa + len(data)))
         self.host_write_count += 1
-        at = 0
-        for slot, off, n in self._spans(pa, len(data)):
-            ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
-            self.host_writes_by_slot[slot.slot] = self.host_writes_by_slot.get(slot.slot, 0) + 1
-            at += n
+        self._copy_in(pa, data)
         self._drop_translations(pa, len(data))
 
     def write_phys_pages(self, pieces: list[tuple[int, bytes]]) -> None:
@@ -327,14 +321,20 @@ class Arm64Vm:
         code dropped once for all of them rather than per piece."""
         self.host_write_count += 1
         for pa, data in pieces:
-            at = 0
-            for slot, off, n in self._spans(pa, len(data)):
-                ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
-                self.host_writes_by_slot[slot.slot] = self.host_writes_by_slot.get(slot.slot, 0) + 1
-                at += n
+            self._copy_in(pa, data)
         if pieces:
             for uc in self._engines():
                 uc.ctl_flush_tb()
+
+    def _copy_in(self, pa: int, data: bytes) -> None:
+        """The host's write of `data` at `pa`, counted (written_ranges, host_writes_by_slot)."""
+        if self._host_writes is not None and data:
+            self._host_writes.append((pa, pa + len(data)))
+        at = 0
+        for slot, off, n in self._spans(pa, len(data)):
+            ctypes.memmove(slot.userspace_addr + off, bytes(data[at:at + n]), n)
+            self.host_writes_by_slot[slot.slot] = self.host_writes_by_slot.get(slot.slot, 0) + 1
+            at += n
 
     def written_ranges(self) -> list[tuple[int, int]] | None:
         """Physical ranges outside which guest memory is still all zero (None: unknown, once a
