@@ -533,27 +533,34 @@ class History:
                 self._thin()
             return True
         after = cps[j + 1]
+        # What the stores since the last mark touched, if that was at checkpoint j or before
+        # (a restore there, or an insertion): else the whole interval's (a superset).
+        since = self._since_mark() if self._mark_time <= cps[j].time else None
+        stored = since if since is not None else after.written
+        if stored is None:
+            return False  # which pages changed since j is not known: no cheap insertion
         later: dict[PageKey, bytes] = {}  # each page's bytes at checkpoint j+1
         for cp in reversed(cps[j + 2:]):
             later.update(cp.undo)
         guest = self._guest_view()
         undo_new, undo_next = {}, {}
-        for key, at_j in after.undo.items():
+        # The pages that can differ now from j or from j+1: those that differ between j and
+        # j+1 (after's undo set), and those stored to since j, which may differ now even where
+        # j and j+1 agree (a page changed and changed back within the interval).
+        for key in set(after.undo) | stored:
             region = self._by_slot[key[0]]
-            live = guest(key)
-            if live != at_j:
-                undo_new[key] = at_j
             at_next = later.get(key)
             if at_next is None:
                 at_next = region.shadow_page(key[1])
+            at_j = after.undo.get(key, at_next)
+            live = guest(key)
+            if live != at_j:
+                undo_new[key] = at_j
             if live != at_next:
                 undo_next[key] = live
         cp = self._capture(now, undo_new)
         cp.events = self.next_event
-        # What the stores since the last mark touched, if that was at checkpoint j or before
-        # (a restore there, or an insertion): else the whole interval's (a superset).
-        since = self._since_mark() if self._mark_time <= cps[j].time else None
-        cp.written = since if since is not None else after.written
+        cp.written = stored
         after.undo = undo_next
         cps.insert(j + 1, cp)
         self._mark()
