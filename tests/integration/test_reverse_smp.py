@@ -84,21 +84,24 @@ def test_seeks_and_reverse_continue_replay_the_recorded_schedule(smp_elf, n):
         assert fingerprint(m, mgr) == expected
 
 
-def test_reverse_steps_retrace_forward_steps_of_each_vcpu(smp_elf):
+@pytest.mark.parametrize("where", ["uart_put_dec", "spin_lock"])
+def test_reverse_steps_retrace_forward_steps_of_each_vcpu(smp_elf, where):
     """`bs` goes back one instruction of the vCPU it is for, to the state its forward step
-    stopped at (the other vCPUs as they were then); forward steps in the past replay."""
+    stopped at (the other vCPUs as they were then); forward steps in the past replay. From
+    uart_put_dec (each vCPU prints its report: plain code and UART stores), and from
+    spin_lock (SEVL, WFE, LDAXR/STLXR: the steps set and consume the event register and may
+    leave the vCPU waiting, as the recorded run did)."""
     m, mgr, syms = recorded(smp_elf, 3)
-    # Each vCPU prints its report with uart_put_dec: plain code and UART stores. (A step over
-    # WFE, SEV or SEVL is not modelled as a run is: see the README's limits.)
-    mgr.add_breakpoint(syms["uart_put_dec"])
+    mgr.add_breakpoint(syms[where])
     stops = []
     while len({who for _, who in stops}) < 3:
         event = mgr.cont()
         assert event.kind is StopKind.SWBREAK, event
         stops.append((m.machine_now, event.vcpu_id))
-    mgr.remove_breakpoint(syms["uart_put_dec"])
+    mgr.remove_breakpoint(syms[where])
     assert mgr.cont().kind is StopKind.EXITED
-    for when, who in stops:
+    first_of_each = {who: when for when, who in reversed(stops)}
+    for who, when in sorted(first_of_each.items()):
         mgr.seek_to(when)
         trail = []
         for _ in range(6):
@@ -204,3 +207,28 @@ def test_the_scheduler_ends_a_logged_turn_exactly_and_stops_at_machine_times(smp
     assert sum(r[3] - r[2] for r in flog.runs) <= forced.machine_now
     run = forced.run_until(soft_time_limit=200_000)
     assert run.exit_reason == kvm.EXIT_ICOUNT_LIMIT and 190_000 < forced.machine_now <= 200_000
+
+
+def test_a_recorded_step_into_a_wfe_wait_replays_as_the_step(smp_elf):
+    """A step over a WFE that waits (the lock is held elsewhere) leaves the vCPU waiting, as a
+    run through it would: a replay, which runs through the WFE rather than stepping it, lands
+    on the state the step left, and the rest of the recording replays exactly."""
+    m, mgr, syms = recorded(smp_elf, 2)
+    wfe = syms["spin_lock_wait"]
+    mgr.add_breakpoint(wfe)
+    while True:
+        e = mgr.cont()
+        assert e.kind is StopKind.SWBREAK
+        if not m.vcpus[e.vcpu_id].event_register:
+            break
+    mgr.remove_breakpoint(wfe)
+    assert mgr.step(e.vcpu_id).kind is StopKind.STEP
+    after_step = (m.machine_now, fingerprint(m, mgr))
+    assert m.smp_state()["vcpus"][e.vcpu_id]["wfe"] is not None
+    assert mgr.cont().kind is StopKind.EXITED
+    end = fingerprint(m, mgr)
+    mgr.seek_to(after_step[0])
+    assert fingerprint(m, mgr) == after_step[1]
+    mgr.seek_to(mgr.record_status()["begin"])
+    assert mgr.cont().kind is StopKind.EXITED
+    assert fingerprint(m, mgr) == end

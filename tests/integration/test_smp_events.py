@@ -358,3 +358,26 @@ def test_an_exact_stop_just_before_sevl_leaves_the_event_register_alone(guest_di
     assert v.pc == syms["spin_lock"] + 4 and not v.event_register
     m.run_until(only=e.vcpu_id, icount_limit=v.icount + 1)  # now the SEVL
     assert v.pc == syms["spin_lock"] + 8 and v.event_register
+
+
+def test_a_step_over_a_wfe_that_would_wait_leaves_the_vcpu_waiting(guest_dir):
+    """A step over a WFE with the event register clear completes (PC past it) and the vCPU
+    then waits for an event, as after a run through it: the next resume runs the others first.
+    Recorded, the step and a replay through the WFE agree."""
+    from guestdbg.debug.manager import GuestDebugManager, StopKind
+    elf = guest_dir / "smp.elf"
+    syms = symbols(str(elf))
+    m = VirtMachine(VirtConfig(smp=2), console=lambda d: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    wfe = syms["spin_lock_wait"]
+    mgr.add_breakpoint(wfe)
+    while True:  # a CPU at the WFE with its event register clear: the lock is held by the other
+        e = mgr.cont()
+        assert e.kind is StopKind.SWBREAK
+        if not m.vcpus[e.vcpu_id].event_register:
+            break
+    mgr.remove_breakpoint(wfe)
+    who = e.vcpu_id
+    assert mgr.step(who).kind is StopKind.STEP and m.vcpus[who].pc == wfe + 4
+    assert m.smp_state()["vcpus"][who]["wfe"] is not None  # waiting, as a run would be

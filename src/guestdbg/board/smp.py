@@ -48,10 +48,11 @@ round-robin does with `-icount`:
   in WFE shows as "running" (it is not halted: it loops on its own). When every powered-on
   vCPU halts or waits, the clock skips to the earliest timer event or WFE_MAX_WAIT. With one
   vCPU, WFE and SEV stay Unicorn's no-ops. A single step sets and consumes the event register
-  as a run does, but its WFE never waits (a WFE may complete at any time): before, a step left
-  them no-ops, and each step-over of a breakpoint on a spinlock's SEVL made the WFE after it
-  wait WFE_MAX_WAIT. The run loop finds WFE,
-  SEV and SEVL as code is translated and hooks only those instructions (_runctl.c,
+  as a run does; a step over a WFE with it clear completes, and the vCPU then waits as after a
+  run through it (vcpu.stepped_into_wait): before, a step left them no-ops, and each step-over
+  of a breakpoint on a spinlock's SEVL made the WFE after it wait WFE_MAX_WAIT, and a replay
+  through a stepped WFE differed from the step. The run loop finds WFE, SEV and SEVL as code
+  is translated and hooks only those instructions (_runctl.c,
   runctl_edge_hook), so blocks without them cost nothing more; the first block an engine
   translates is not looked at, and past 128 such instructions per vCPU the rest stay no-ops.
 - **QUANTUM = 100 000 instructions** (100 us of virtual time). Short against what guests wait
@@ -525,6 +526,10 @@ class SmpMachine:
                 self._turn_done(i, scheduled)
                 return None
             if stopped or reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+                if reason == kvm.KVM_EXIT_DEBUG and vcpu.wfe_exit and self.power[i] != OFF and self._wfe(i):
+                    # A step ran a WFE that a run would wait in: the vCPU waits from here (its
+                    # turn is over), so a replay that runs through the WFE matches the step.
+                    self._turn_done(i, scheduled)
                 if reason == kvm.KVM_EXIT_INTR:
                     for v in self.vcpus:  # one stop answers every vCPU's kick
                         v.immediate_exit = False

@@ -459,8 +459,10 @@ void runctl_event_hook(uc_engine *uc, uint64_t address, uint32_t size, void *use
             s->local_event = 0; /* the event register was set: this WFE completes at once */
             break;
         }
-        if (s->events == EVENTS_STEP)
-            break; /* a single step: the WFE completes (a WFE may at any time) */
+        if (s->events == EVENTS_STEP) {
+            s->wfe_after = address + 4; /* a single step: the WFE completes, and the VMM lets the */
+            break;                      /* vCPU wait from there as a run would (stepped_into_wait) */
+        }
         /* No stop here: a code hook that stops keeps the hooks after it (a breakpoint's, the
          * countdown) from running. The block hook ends the slice once the WFE has run. */
         s->wfe_armed = 1;

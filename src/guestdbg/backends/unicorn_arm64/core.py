@@ -658,6 +658,8 @@ class VcpuCore:
                   EVENTS_STEP if self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP else EVENTS_ON)
         if events != self._events_on:
             self._set_events(events)
+        if events == EVENTS_STEP:
+            state.wfe_after = 0  # set by a WFE this step runs that would wait (stepped_into_wait)
         if self._outside_ram_hooks is not None:
             self._sync_memory_hooks()
         if self._suppress_pc is None:  # not completing one instruction (MMIO, a watched pair)
@@ -714,6 +716,12 @@ class VcpuCore:
             self._runctl.remove_hook(hook)
             remove_cache(self.uc, start, 4 * insns)
         return fault
+
+    def stepped_into_wait(self) -> bool:
+        """Did the single step just taken run a WFE with the event register clear (PC right
+        after it)? A run would wait there; the board lets the stepped vCPU wait from here."""
+        wfe_after = self._runctl.state.wfe_after
+        return self._events_on == EVENTS_STEP and wfe_after != 0 and self.pc == wfe_after
 
     def _set_events(self, mode: int) -> None:
         """EVENTS_ON: WFE ends the run and SEV/SEVL count (halt_exits, not stepping);
