@@ -9,6 +9,9 @@ Rows, each measured in-process through the debug manager (the path `guestdbg run
   initramfs banner; the ratio recording-on / recording-off of the wall time, and what the
   history holds then (checkpoints, memory, time spent taking them).
 - **crunch**: guests/crunch (CPU-bound, little memory written) to its exit.
+- **smp4**: guests/smp with `--smp 4` and 50 million rounds of its CPU-bound work per CPU (spinlocks
+  in WFE, SGIs, the schedule's turns: what several vCPUs add to recording) to its exit.
+- **linux_smp2**: the Linux row with `--smp 2`.
 - **stores**: a store-heavy guest (assembled here): 25 passes of 64-bit stores, one every 64
   bytes, over 64 MiB (every page written in every pass, 100 M instructions); also the memory the
   history holds per 10^8 instructions of it.
@@ -46,20 +49,20 @@ MEMORY_MB = 512
 BOOT_TIMEOUT = 300.0
 
 
-def linux_machine(guest, out: bytearray):
+def linux_machine(guest, out: bytearray, smp: int = 1):
     from guestdbg.board import loader
     from guestdbg.board.virt import VirtConfig, VirtMachine
-    machine = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20), console=out.extend)
+    machine = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20, smp=smp), console=out.extend)
     loader.apply_linux(machine, loader.plan_linux(MEMORY_MB << 20, str(guest.kernel), initrd=str(guest.initrd),
-                                                  append=guest.append))
+                                                  append=guest.append, cpus=smp))
     return machine
 
 
-def boot_to_banner(guest, record: bool):
+def boot_to_banner(guest, record: bool, smp: int = 1):
     """(seconds, manager) for one boot to the banner through the debug manager."""
     from guestdbg.debug.manager import GuestDebugManager
     out = bytearray()
-    machine = linux_machine(guest, out)
+    machine = linux_machine(guest, out, smp)
     manager = GuestDebugManager(machine)
     if record:
         manager.start_recording()
@@ -81,14 +84,20 @@ def boot_to_banner(guest, record: bool):
     return seconds, manager
 
 
-def run_guest(elf: Path, record: bool) -> tuple[float, dict | None]:
+SMP_WORK = 50_000_000
+
+
+def run_guest(elf: Path, record: bool, smp: int = 1) -> tuple[float, dict | None]:
     """(seconds, the history's status or None) of a bare-metal guest run to its exit through
-    the debug manager, recording or not."""
+    the debug manager, recording or not. With `smp`, guests/smp's work set to SMP_WORK."""
     from guestdbg.board.virt import VirtConfig, VirtMachine
     from guestdbg.debug.manager import GuestDebugManager, StopKind
-    machine = VirtMachine(VirtConfig(), console=lambda b: None)
+    from tests.helpers.support import symbols
+    machine = VirtMachine(VirtConfig(smp=smp), console=lambda b: None)
     machine.load_elf(elf)
     manager = GuestDebugManager(machine)
+    if smp > 1:
+        manager.write_memory(symbols(str(elf))["smp_work"], SMP_WORK.to_bytes(8, "little"))
     if record:
         manager.start_recording()
     start = time.perf_counter()
@@ -193,19 +202,25 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--only", default="linux,crunch,stores,smp4,linux_smp2,qemu,search",
+                        help="comma-separated rows to run (default: all)")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     from tests.helpers.qemu_runner import build_guests
     work = Path(tempfile.mkdtemp(prefix="bench_reverse_"))
     guest = prepare_linux_guest(work)
-    crunch = build_guests(work / "guests") / "crunch.elf"
+    built = build_guests(work / "guests")
+    crunch, smp_elf = built / "crunch.elf", built / "smp.elf"
     stores = stores_elf(work, 25)
     rows: dict[str, list] = {"linux_off": [], "linux_on": [], "crunch_off": [], "crunch_on": [],
-                             "stores_off": [], "stores_on": [], "qemu_plain": [], "qemu_record": []}
+                             "stores_off": [], "stores_on": [], "qemu_plain": [], "qemu_record": [],
+                             "smp4_off": [], "smp4_on": [], "linux_smp2_off": [], "linux_smp2_on": []}
+    smp_history: dict = {}
     stores_history: dict = {}
     history: dict = {}
     back: dict = {}
     for r in range(args.repeat):
-        for record in ((False, True) if r % 2 == 0 else (True, False)):
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "linux" in only else ():
             seconds, manager = boot_to_banner(guest, record)
             rows["linux_on" if record else "linux_off"].append(seconds)
             print(f"  round {r + 1}: linux, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
@@ -213,17 +228,29 @@ def main() -> int:
                 history = manager.record_status()
                 back = going_back(manager)
             del manager
-        for record in ((False, True) if r % 2 == 0 else (True, False)):
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "linux_smp2" in only else ():
+            seconds, _ = boot_to_banner(guest, record, smp=2)
+            rows["linux_smp2_on" if record else "linux_smp2_off"].append(seconds)
+            print(f"  round {r + 1}: linux --smp 2, recording {'on ' if record else 'off'}: {seconds:6.2f} s",
+                  flush=True)
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "smp4" in only else ():
+            seconds, status = run_guest(smp_elf, record, smp=4)
+            rows["smp4_on" if record else "smp4_off"].append(seconds)
+            if status is not None:
+                smp_history = status
+            print(f"  round {r + 1}: smp --smp 4, recording {'on ' if record else 'off'}: {seconds:6.2f} s",
+                  flush=True)
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "crunch" in only else ():
             seconds, _ = run_guest(crunch, record)
             rows["crunch_on" if record else "crunch_off"].append(seconds)
             print(f"  round {r + 1}: crunch, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
-        for record in ((False, True) if r % 2 == 0 else (True, False)):
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "stores" in only else ():
             seconds, status = run_guest(stores, record)
             rows["stores_on" if record else "stores_off"].append(seconds)
             if status is not None:
                 stores_history = status
             print(f"  round {r + 1}: stores, recording {'on ' if record else 'off'}: {seconds:6.2f} s", flush=True)
-        if not args.no_qemu and shutil.which(QEMU):
+        if not args.no_qemu and "qemu" in only and shutil.which(QEMU):
             rrfile = work / "qemu.rr"
             for name, extra in (("qemu_plain", ("-icount", "shift=0")),
                                 ("qemu_record", ("-icount", f"shift=0,rr=record,rrfile={rrfile}"))):
@@ -237,12 +264,15 @@ def main() -> int:
 
     def ratio(on: str, off: str) -> float | None:
         return statistics.median(rows[on]) / statistics.median(rows[off]) if rows[on] and rows[off] else None
-    found = search(stores)
+    found = search(stores) if "search" in only else {}
     print(f"  search: {found}", flush=True)
     result = {
         "linux_record_ratio": ratio("linux_on", "linux_off"),
         "crunch_record_ratio": ratio("crunch_on", "crunch_off"),
         "stores_record_ratio": ratio("stores_on", "stores_off"),
+        "smp4_record_ratio": ratio("smp4_on", "smp4_off"),
+        "smp4_history": {k: smp_history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds", "interval")},
+        "linux_smp2_record_ratio": ratio("linux_smp2_on", "linux_smp2_off"),
         "stores_history": {k: stores_history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds",
                                                               "interval", "thinned", "dropped_start", "begin")},
         "search": found,

@@ -150,3 +150,54 @@ check("refused_again", try_ex("reverse-stepi"))
     assert (r["x0"], r["x0_back"]) == (2, 1)
     assert "No more reverse-execution history" in r["begin"] and r["begin_pc"] == r["start"]
     assert "record off" in r["off"] and "not recording" in r["refused_again"]["out"]
+
+
+def test_reverse_execution_with_several_vcpus(tmp_path, guest_dir):
+    """`--record --smp 2`: reverse-continue goes back through the hits of both threads in the
+    order they happened, each reported on its thread; reverse-stepi on a thread retraces its
+    stepi; forward in the past replays the same interleaving."""
+    elf = guest_dir / "smp.elf"
+    body = r'''
+connect()
+ex("break uart_put_dec")
+stops = []
+while len({t for t, _, _ in stops}) < 2 and len(stops) < 40:  # until the second CPU reports
+    ex("continue")
+    stops.append((gdb.selected_thread().num, pc(), val("$x0")))
+ex("continue")
+stops.append((gdb.selected_thread().num, pc(), val("$x0")))
+check("stops", stops)
+back = []
+for _ in range(3):
+    ex("reverse-continue")
+    back.append((gdb.selected_thread().num, pc(), val("$x0")))
+check("back", back)
+ex("delete")
+def regs():
+    frame = gdb.selected_frame()
+    return [int(frame.read_register(r)) for r in ["pc", "sp"] + [f"x{n}" for n in range(31)]]
+trail = [regs()]
+for _ in range(5):
+    ex("stepi")
+    trail.append(regs())
+back_steps = [regs()]
+for _ in range(5):
+    ex("reverse-stepi")
+    back_steps.append(regs())
+check("retraced", back_steps == list(reversed(trail)))
+check("thread_after", gdb.selected_thread().num)
+ex("break uart_put_dec")
+ex("continue")
+check("forward_again", (gdb.selected_thread().num, pc(), val("$x0")))
+check("threads", exs("info threads"))
+'''
+    with Stub(tmp_path, elf, extra_args=["--record", "--smp", "2"]) as stub:
+        r = run_gdb(stub, elf, body, timeout=120)
+    r.assert_ok()
+    stops = [tuple(s) for s in r["stops"]]
+    assert {s[0] for s in stops} == {1, 2}  # both CPUs print their report through uart_put_dec
+    assert [tuple(b) for b in r["back"]] == stops[-2::-1][:3]  # the hits before the last, newest first
+    assert r["retraced"]
+    assert r["thread_after"] == stops[-4][0]
+    assert tuple(r["forward_again"]) == stops[-3]
+    assert "CPU#1" in r["threads"]

@@ -22,10 +22,10 @@ from guestdbg.debug.manager import GuestDebugManager, StopKind
 MEMORY_MB = 256
 
 
-def boot_machine(guest) -> VirtMachine:
-    m = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20), console=lambda b: None)
+def boot_machine(guest, smp: int = 1) -> VirtMachine:
+    m = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20, smp=smp), console=lambda b: None)
     loader.apply_linux(m, loader.plan_linux(MEMORY_MB << 20, str(guest.kernel), initrd=str(guest.initrd),
-                                            append=guest.append))
+                                            append=guest.append, cpus=smp))
     return m
 
 
@@ -98,6 +98,48 @@ def test_seeks_across_a_recorded_linux_boot_match_a_straight_run(linux_guest, ru
     for expected in reversed(trace[:-1]):
         mgr.reverse_step()
         assert fingerprint(m)[:4] == expected
+
+
+def smp_fingerprint(m: VirtMachine) -> tuple:
+    regs = [hashlib.sha256(repr([v.get_one_reg(r) for r in v.get_reg_list()]).encode()).hexdigest() for v in m.vcpus]
+    ram = hashlib.blake2b(m.vm.read_phys(RAM_BASE, MEMORY_MB << 20)).hexdigest()
+    return m.machine_now, [v.icount for v in m.vcpus], regs, json.dumps(m.device_state(), sort_keys=True), ram
+
+
+def test_a_recorded_two_cpu_linux_boot_replays_exactly(linux_guest, run_init_process):
+    """`--smp 2`: the boot recorded to where the kernel starts /init (the second CPU is up by
+    then: smp_init came first); seeks in random order land on a straight run's state at that
+    machine time (both vCPUs, the devices and scheduler, all of RAM), and reverse steps of
+    the second vCPU retrace its forward steps."""
+    m = boot_machine(linux_guest, smp=2)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording()
+    mgr.add_hw_breakpoint(run_init_process)
+    event = mgr.cont()
+    assert event.kind is StopKind.HWBREAK and event.pc == run_init_process, event
+    mgr.remove_hw_breakpoint(run_init_process)
+    end = mgr.record_status()["end"]
+    assert m.vcpus[1].icount > 1_000_000, [v.icount for v in m.vcpus]
+    rng = random.Random(2)
+    points = sorted(rng.sample(range(end // 2, end), 3))
+    reference = {}
+    for t in points:
+        straight = boot_machine(linux_guest, smp=2)
+        while straight.machine_now < t:
+            run = straight.run_until(time_limit=t)
+            assert isinstance(run, kvm.KvmRun) and run.exit_reason in (kvm.EXIT_ICOUNT_LIMIT, kvm.KVM_EXIT_INTR), run
+        reference[t] = smp_fingerprint(straight)
+        del straight
+    for t in rng.sample(points, len(points)):
+        mgr.seek_to(t)
+        assert smp_fingerprint(m) == reference[t], t
+    trace = [smp_fingerprint(m)[:3]]
+    for _ in range(10):
+        assert mgr.step(1).kind is StopKind.STEP
+        trace.append(smp_fingerprint(m)[:3])
+    for expected in reversed(trace[:-1]):
+        assert mgr.reverse_step(1).vcpu_id == 1
+        assert smp_fingerprint(m)[:3] == expected
 
 
 def test_console_input_to_a_linux_shell_is_replayed(linux_guest):

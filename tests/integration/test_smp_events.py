@@ -305,3 +305,79 @@ def test_breakpoint_on_a_wfe_the_run_loop_hooks(tmp_path):
     mgr.add_breakpoint(symbols(str(elf))["lock_wait"])
     e = mgr.cont()
     assert e.kind is StopKind.SWBREAK and e.vcpu_id == 1 and e.pc == symbols(str(elf))["lock_wait"]
+
+
+def test_a_single_step_sets_and_consumes_the_event_register_as_a_run_does(guest_dir):
+    """Stepping SEVL sets the event register and stepping the WFE after it consumes it, as
+    running through them does; before, a step left them no-ops, so a breakpoint on a
+    spinlock's SEVL (stepped over at every call) made each of its WFEs wait up to
+    WFE_MAX_WAIT, and a replay of a recorded step disagreed with the step. A step never waits
+    in WFE (a WFE may complete at any time)."""
+    from guestdbg.debug.manager import GuestDebugManager, StopKind
+    elf = guest_dir / "smp.elf"
+    syms = symbols(str(elf))
+    m = VirtMachine(VirtConfig(smp=2), console=lambda d: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    sevl = syms["spin_lock"] + 4
+    mgr.add_breakpoint(sevl)
+    stops = []
+    for _ in range(4):
+        e = mgr.cont()
+        assert e.kind is StopKind.SWBREAK and e.pc == sevl
+        stops.append(m.machine_now)
+        assert not m.vcpus[e.vcpu_id].event_register
+    # CPU 0's calls in its counting loop follow each other closely: no WFE_MAX_WAIT between.
+    assert stops[-1] - stops[-2] < smp_mod.WFE_MAX_WAIT // 10, stops
+    mgr.remove_breakpoint(sevl)
+    v = m.vcpus[e.vcpu_id]
+    assert mgr.step(e.vcpu_id).kind is StopKind.STEP and v.pc == sevl + 4
+    assert v.event_register  # SEVL
+    assert mgr.step(e.vcpu_id).kind is StopKind.STEP and v.pc == sevl + 8
+    assert not v.event_register  # the WFE consumed it and completed
+
+
+def test_an_exact_stop_just_before_sevl_leaves_the_event_register_alone(guest_dir):
+    """The event hook runs before its instruction, as the countdown that ends a slice exactly
+    does: when the slice ends before the SEVL, the SEVL has not run and must not count (it
+    did, so a replay stopping there, or a seek, saw an event register set too early)."""
+    from guestdbg import kvm
+    from guestdbg.debug.manager import GuestDebugManager, StopKind
+    elf = guest_dir / "smp.elf"
+    syms = symbols(str(elf))
+    m = VirtMachine(VirtConfig(smp=2), console=lambda d: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.add_breakpoint(syms["spin_lock"])
+    e = mgr.cont()
+    assert e.kind is StopKind.SWBREAK
+    mgr.remove_breakpoint(syms["spin_lock"])
+    v = m.vcpus[e.vcpu_id]
+    run = m.run_until(only=e.vcpu_id, icount_limit=v.icount + 1)  # MOV only, inside the block
+    assert isinstance(run, kvm.KvmRun) and run.exit_reason == kvm.EXIT_ICOUNT_LIMIT
+    assert v.pc == syms["spin_lock"] + 4 and not v.event_register
+    m.run_until(only=e.vcpu_id, icount_limit=v.icount + 1)  # now the SEVL
+    assert v.pc == syms["spin_lock"] + 8 and v.event_register
+
+
+def test_a_step_over_a_wfe_that_would_wait_leaves_the_vcpu_waiting(guest_dir):
+    """A step over a WFE with the event register clear completes (PC past it) and the vCPU
+    then waits for an event, as after a run through it: the next resume runs the others first.
+    Recorded, the step and a replay through the WFE agree."""
+    from guestdbg.debug.manager import GuestDebugManager, StopKind
+    elf = guest_dir / "smp.elf"
+    syms = symbols(str(elf))
+    m = VirtMachine(VirtConfig(smp=2), console=lambda d: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    wfe = syms["spin_lock_wait"]
+    mgr.add_breakpoint(wfe)
+    while True:  # a CPU at the WFE with its event register clear: the lock is held by the other
+        e = mgr.cont()
+        assert e.kind is StopKind.SWBREAK
+        if not m.vcpus[e.vcpu_id].event_register:
+            break
+    mgr.remove_breakpoint(wfe)
+    who = e.vcpu_id
+    assert mgr.step(who).kind is StopKind.STEP and m.vcpus[who].pc == wfe + 4
+    assert m.smp_state()["vcpus"][who]["wfe"] is not None  # waiting, as a run would be

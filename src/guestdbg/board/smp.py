@@ -47,8 +47,12 @@ round-robin does with `-icount`:
   the exception-return and event-stream (CNTKCTL_EL1.EVNTEN) events are not modelled. A vCPU
   in WFE shows as "running" (it is not halted: it loops on its own). When every powered-on
   vCPU halts or waits, the clock skips to the earliest timer event or WFE_MAX_WAIT. With one
-  vCPU, or while single-stepping, WFE and SEV stay Unicorn's no-ops. The run loop finds WFE,
-  SEV and SEVL as code is translated and hooks only those instructions (_runctl.c,
+  vCPU, WFE and SEV stay Unicorn's no-ops. A single step sets and consumes the event register
+  as a run does; a step over a WFE with it clear completes, and the vCPU then waits as after a
+  run through it (vcpu.stepped_into_wait): before, a step left them no-ops, and each step-over
+  of a breakpoint on a spinlock's SEVL made the WFE after it wait WFE_MAX_WAIT, and a replay
+  through a stepped WFE differed from the step. The run loop finds WFE, SEV and SEVL as code
+  is translated and hooks only those instructions (_runctl.c,
   runctl_edge_hook), so blocks without them cost nothing more; the first block an engine
   translates is not looked at, and past 128 such instructions per vCPU the rest stay no-ops.
 - **QUANTUM = 100 000 instructions** (100 us of virtual time). Short against what guests wait
@@ -58,6 +62,14 @@ round-robin does with `-icount`:
   (two emu_starts, the exact-limit countdown and the translation it drops, Python), measured
   on the CPU-bound guests/smp: 4 vCPUs ran 0.24x one vCPU's MIPS with 20 000-instruction turns,
   0.43x with 50 000, 0.60x with 100 000, 0.8x with 200 000 (bench/bench_smp.py).
+
+- **Recording (reverse execution).** `run_until` takes limits in machine time (`time_limit`
+  exact, `soft_time_limit` at a block boundary at or before it). A turn ended by the quantum
+  ends at a block boundary, which depends on where stops split blocks; a recorder
+  (`schedule_log`, debug/history.py) keeps where each such turn ended and, when it replays,
+  has it end there exactly (`ScheduleLog.forced_turn_end`), and notes which vCPU ran when
+  (`ran`). A turn whose end falls where a caller's limit stops the run is over there: the next
+  run starts the next vCPU's turn, wherever the caller stopped.
 
 PSCI (DEN0022, as QEMU's target/arm/psci.c and arm-powerctl.c answer it): the vCPU's firmware
 layer calls `psci_power` (installed as each vCPU's `power_control`) for CPU_ON, CPU_OFF and
@@ -75,7 +87,7 @@ AFFINITY_INFO.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
@@ -121,6 +133,24 @@ def _never(run: kvm.KvmRun) -> bool:
     return False
 
 
+class ScheduleLog(Protocol):
+    """What a recorder (debug/history.py) keeps of the schedule, so that a replay interleaves
+    the vCPUs exactly as the recorded run did: a turn that ended by the quantum ended at a
+    block boundary (vcpu.run's turn_end), which depends on how the code was cut into
+    translation blocks, and a replay may cut them elsewhere (its stops split blocks the
+    recorded run did not)."""
+
+    def forced_turn_end(self, vcpu_id: int, start: int) -> int | None:
+        """Where the turn of `vcpu_id` that started at its instruction count `start` ended by
+        the quantum when it was recorded (the replay ends it there exactly), or None."""
+
+    def turn_ended(self, vcpu_id: int, start: int, end: int) -> None:
+        """A turn ended by the quantum, at a block boundary (at the live end: recorded)."""
+
+    def ran(self, vcpu_id: int, time: int, start: int, end: int) -> None:
+        """vCPU `vcpu_id` retired its instructions start..end-1 from machine time `time` on."""
+
+
 class SmpMachine:
     """The vCPUs, their power states and the scheduler (see the module docstring). The board
     gives it `vm`, `gic`, `vcpu` (vCPU 0) and `handle_exit`, then calls `_smp_init`."""
@@ -143,6 +173,8 @@ class SmpMachine:
         self.last_vcpu_id = 0
         self._turn = 0  # whose turn it is (or is next)
         self._turn_end: int | None = None  # icount at which that vCPU's turn ends, while it lasts
+        self._turn_start = 0  # that vCPU's icount when its turn started
+        self.schedule_log: ScheduleLog | None = None  # while recording (debug/history.py)
         self._irq_outs = [False] * n
         self.all_waiting = False  # every powered-on vCPU halted with nothing due to wake it
         # A vCPU waiting in WFE: (the SEV total it waits past, its exclusive monitor (physical
@@ -183,6 +215,7 @@ class SmpMachine:
         """What a snapshot needs beyond the registers: per vCPU its instruction count, counter
         and time offsets (its counter's reading) and power state, and the scheduler's position."""
         return {"machine_time": self.machine_time, "turn": self._turn, "turn_end": self._turn_end,
+                "turn_start": self._turn_start,
                 "last_vcpu_id": self.last_vcpu_id,
                 "vcpus": [{"icount": v.icount, "counter_offset": v.counter_offset, "time_offset": v.time_offset,
                            "power": _STATE_NAMES[p], "halted": h, "sev_count": v.sev_count,
@@ -212,6 +245,7 @@ class SmpMachine:
         self.machine_time = int(state["machine_time"])
         self._turn = int(state["turn"])
         self._turn_end = None if state["turn_end"] is None else int(state["turn_end"])
+        self._turn_start = int(state.get("turn_start", 0))
         self.last_vcpu_id = int(state.get("last_vcpu_id", 0))
 
     def _smp_reset(self) -> None:
@@ -349,9 +383,10 @@ class SmpMachine:
             return i
         return None
 
-    def _idle_until_event(self, only: int | None) -> bool:
+    def _idle_until_event(self, only: int | None, limit: int | None = None) -> bool:
         """Nothing can run: skip the clock to the earliest timer event of a halted vCPU, or the
-        end of a WFE's longest wait (True), or say there is none (False)."""
+        end of a WFE's longest wait (True), or say there is none (False). Not past `limit`
+        (the caller's machine-time limit): the next look returns there."""
         candidates = [only] if only is not None else range(len(self.vcpus))
         events = [e for i in candidates if self.power[i] != OFF and self.halted[i]
                   and (e := self.vcpus[i].next_timer_event()) is not None]
@@ -362,7 +397,7 @@ class SmpMachine:
                 events.append(wait[2] if timer is None else min(wait[2], timer))
         if not events:
             return False
-        self.machine_time = max(self.machine_time, min(events))
+        self.machine_time = max(self.machine_time, min(events) if limit is None else min(min(events), limit))
         return True
 
     def _kicked(self) -> bool:
@@ -384,17 +419,23 @@ class SmpMachine:
             self.all_waiting = False
 
     def _run_smp(self, stop: Callable[[kvm.KvmRun], bool] = _never, only: int | None = None,
-                 icount_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
+                 icount_limit: int | None = None, time_limit: int | None = None,
+                 soft_time_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
         """run_until() with several vCPUs (see the module docstring). `icount_limit` applies to
-        the vCPU `only` (vCPU 0 without it)."""
+        the vCPU `only` (vCPU 0 without it). `time_limit`: EXIT_ICOUNT_LIMIT when the machine
+        time reaches it, exactly; `soft_time_limit`: at the block boundary at or before it (a
+        recorder's checkpoints, which should split no block)."""
         limited = 0 if only is None else only
         n = len(self.vcpus)
         while True:
             if self._kicked():
                 return kvm.KvmRun(kvm.KVM_EXIT_INTR)
+            limit = min((t for t in (time_limit, soft_time_limit) if t is not None), default=None)
+            if limit is not None and self.machine_time >= limit:
+                return kvm.KvmRun(kvm.EXIT_ICOUNT_LIMIT)
             i = self._pick(only)
             if i is None:
-                if self._idle_until_event(only):
+                if self._idle_until_event(only, limit):
                     continue
                 if any(self.gic.irq_pending(k) for k in range(n) if self.power[k] != OFF):
                     continue  # raised from another thread since _pick looked
@@ -403,11 +444,25 @@ class SmpMachine:
             vcpu = self.vcpus[i]
             if self.power[i] == ON_PENDING:
                 self.power[i] = ON
+            log = self.schedule_log
             if only is None and (i != self._turn or self._turn_end is None or vcpu.icount >= self._turn_end):
-                self._turn, self._turn_end = i, vcpu.icount + self.quantum
-            end = self._turn_end if only is None and self._turn_end is not None else vcpu.icount + self.quantum
+                self._turn, self._turn_start, self._turn_end = i, vcpu.icount, vcpu.icount + self.quantum
+            if only is None and self._turn_end is not None:
+                # A replayed turn ends where the recorded one did, exactly (ScheduleLog). The
+                # scheduler's state keeps the quantum's end, as the recorded run had it.
+                forced = log.forced_turn_end(i, self._turn_start) if log is not None else None
+                end, exact_end = (self._turn_end, False) if forced is None else (forced, True)
+            else:
+                end, exact_end = vcpu.icount + self.quantum, False
+            # The caller's limit in this vCPU's instructions, if it comes first.
+            caps = []
             if icount_limit is not None and i == limited:
-                end = min(end, icount_limit)
+                caps.append((icount_limit, True))
+            if time_limit is not None:
+                caps.append((vcpu.icount + time_limit - self.machine_time, True))
+            if soft_time_limit is not None:
+                caps.append((vcpu.icount + soft_time_limit - self.machine_time, False))
+            cap = min(caps, key=lambda c: (c[0], not c[1])) if caps else None
             if i != self.last_vcpu_id:
                 # Another vCPU ran since this one last did: its local exclusive monitor is
                 # cleared (as a context switch would), so a STXR whose LDXR came before that
@@ -415,24 +470,30 @@ class SmpMachine:
                 vcpu.clear_exclusive_monitor()
             self.last_vcpu_id = i
             self.gic.current_cpu = i
-            result = self._turn_of(i, end, stop, icount_limit if i == limited else None)
+            result = self._turn_of(i, end, exact_end, cap, stop, only is None)
             if result is not None:
                 return result
-            if only is None:
-                self._turn, self._turn_end = (i + 1) % n, None
 
-    def _turn_of(self, i: int, end: int, stop: Callable[[kvm.KvmRun], bool],
-                 icount_limit: int | None) -> kvm.KvmRun | ExitStatus | None:
-        """Run vCPU `i` until `end` (its icount), a halt or CPU_OFF (None: the turn is over), or
-        an exit that goes to the caller."""
+    def _turn_of(self, i: int, end: int, exact_end: bool, cap: tuple[int, bool] | None,
+                 stop: Callable[[kvm.KvmRun], bool], scheduled: bool) -> kvm.KvmRun | ExitStatus | None:
+        """Run vCPU `i` until `end` (its icount; exactly with `exact_end`, else at the block
+        boundary at or before it), a halt or CPU_OFF (None: the turn is over), the caller's
+        `cap` (its icount, exact or not: EXIT_ICOUNT_LIMIT), or an exit that goes to the caller.
+        `scheduled`: a turn of the round-robin (not a run of one vCPU alone)."""
         vcpu = self.vcpus[i]
+        log = self.schedule_log
         while True:
             before = vcpu.icount
             vcpu.time_offset = self.machine_time - before
+            if cap is not None and cap[0] <= end:
+                piece_end, exact = cap[0], cap[1] or (cap[0] == end and exact_end)
+            else:
+                piece_end, exact = end, exact_end
             # A turn ends at a block boundary short of `end` (turn_end: no exact split, which
-            # cost most of a turn); an icount_limit the caller asked for stays exact.
-            exact = icount_limit is not None and end == icount_limit
-            run = vcpu.run(icount_limit=end) if exact else vcpu.run(turn_end=end)
+            # cost most of a turn); a limit the caller asked for stays exact.
+            run = vcpu.run(icount_limit=piece_end) if exact else vcpu.run(turn_end=piece_end)
+            if log is not None and vcpu.icount > before:
+                log.ran(i, self.machine_time, before, vcpu.icount)
             self.machine_time += vcpu.icount - before
             stopped = stop(run)
             if run.device_irq_level is not None:
@@ -441,18 +502,34 @@ class SmpMachine:
                     continue
             reason = run.exit_reason
             if reason == kvm.EXIT_ICOUNT_LIMIT and not stopped:
-                if icount_limit is not None and vcpu.icount >= icount_limit:
+                # The turn is over when its end was this piece's end and came (exactly, or as the
+                # block boundary before it); the caller's limit, when it was this piece's.
+                turn_over = piece_end == end and (vcpu.icount >= end or not exact or not exact_end)
+                caller = cap is not None and piece_end == cap[0] and (vcpu.icount >= cap[0] or not cap[1])
+                if turn_over and scheduled:
+                    if log is not None and not exact_end:
+                        log.turn_ended(i, self._turn_start, vcpu.icount)
+                    self._next_turn(i)
+                if caller:
                     return run
-                return None
+                if turn_over:
+                    return None
+                continue
             if reason == kvm.KVM_EXIT_HLT and not stopped:
                 if vcpu.wfe_exit and self.power[i] != OFF:
                     if self._wfe(i):
+                        self._turn_done(i, scheduled)
                         return None
                     continue  # its event register was set: the WFE completed
                 if self.power[i] != OFF:
                     self.halted[i] = True
+                self._turn_done(i, scheduled)
                 return None
             if stopped or reason in (kvm.KVM_EXIT_DEBUG, kvm.KVM_EXIT_INTR):
+                if reason == kvm.KVM_EXIT_DEBUG and vcpu.wfe_exit and self.power[i] != OFF and self._wfe(i):
+                    # A step ran a WFE that a run would wait in: the vCPU waits from here (its
+                    # turn is over), so a replay that runs through the WFE matches the step.
+                    self._turn_done(i, scheduled)
                 if reason == kvm.KVM_EXIT_INTR:
                     for v in self.vcpus:  # one stop answers every vCPU's kick
                         v.immediate_exit = False
@@ -461,7 +538,16 @@ class SmpMachine:
             if ended is not None:
                 return ended
             if self.power[i] == OFF:  # a reboot (SYSTEM_RESET) turned it off
+                self._turn_done(i, scheduled)
                 return None
+
+    def _next_turn(self, i: int) -> None:
+        self._turn, self._turn_end = (i + 1) % len(self.vcpus), None
+
+    def _turn_done(self, i: int, scheduled: bool) -> None:
+        """The turn ended by the guest (a halt, a WFE wait, CPU_OFF): the next vCPU's comes."""
+        if scheduled:
+            self._next_turn(i)
 
     def _smp_hung(self) -> bool:
         """For the hang check: no vCPU can ever run again without input (every powered-on one

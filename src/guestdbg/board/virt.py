@@ -270,14 +270,26 @@ class VirtMachine(SmpMachine, RunToExit):
 
     def run_until(self, stop: Callable[[kvm.KvmRun], bool] = lambda r: False, *,
                   only: int | None = None, icount_limit: int | None = None,
-                  soft_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
+                  soft_limit: int | None = None, time_limit: int | None = None,
+                  soft_time_limit: int | None = None) -> kvm.KvmRun | ExitStatus:
         """Run the VMM loop until the guest ends (ExitStatus) or an exit `stop` accepts, or
         any DEBUG or INTR exit, or (with `icount_limit`) the vCPU has retired exactly that many
         instructions (EXIT_ICOUNT_LIMIT), returned as they are. With several vCPUs: the
         powered-on ones round-robin (board/smp.py), or only vCPU `only`; `last_vcpu_id` names
-        the vCPU the exit came from, and `icount_limit` counts vCPU `only` (else vCPU 0)."""
+        the vCPU the exit came from, and `icount_limit` counts vCPU `only` (else vCPU 0).
+        `time_limit` / `soft_time_limit` are in `machine_now` (instructions of the whole
+        machine): EXIT_ICOUNT_LIMIT there exactly / at the block boundary at or before it."""
+        if len(self.vcpus) == 1:  # the machine's time is the vCPU's instruction count
+            if time_limit is not None:
+                icount_limit = time_limit if icount_limit is None else min(icount_limit, time_limit)
+                time_limit = None
+            if soft_time_limit is not None:
+                soft_limit = soft_time_limit if soft_limit is None else min(soft_limit, soft_time_limit)
+                soft_time_limit = None
         if len(self.vcpus) > 1 or self.power[0] != ON:
-            return self._run_smp(stop, only, icount_limit)
+            if soft_limit is not None and icount_limit is None:
+                icount_limit = soft_limit  # one vCPU after CPU_OFF: exact rather than soft
+            return self._run_smp(stop, only, icount_limit, time_limit, soft_time_limit)
         if only not in (None, 0):
             raise ValueError(f"no vCPU {only}")
         while True:
@@ -296,6 +308,12 @@ class VirtMachine(SmpMachine, RunToExit):
             ended = self.handle_exit(run)
             if ended is not None:
                 return ended
+
+    @property
+    def machine_now(self) -> int:
+        """The machine's time in instructions: vCPU 0's count with one vCPU, else the
+        scheduler's machine_time (every vCPU's instructions, and the idle skips)."""
+        return self.vcpu.icount if len(self.vcpus) == 1 else self.machine_time
 
     def cpu_state(self, index: int) -> str:
         """"running", "halted" (in WFI with nothing pending) or "off" (PSCI)."""

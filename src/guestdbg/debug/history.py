@@ -10,7 +10,12 @@ console input, the debugger's own writes to registers and memory, and where the 
 stopped ("split": a replay stops there too, so it splits the same translation blocks). Single
 steps take interrupts while recording (the debug manager's policy 17), so they hold nothing back.
 
-Time is vCPU 0's instruction count (`Arm64Vcpu.icount`); one vCPU only (`--smp 1`).
+Time is the machine's instruction count (`VirtMachine.machine_now`): vCPU 0's with one vCPU;
+with several, the scheduler's machine time (board/smp.py), which every vCPU's instructions
+advance. The schedule is replayed as recorded: a turn that ended by the quantum ended at a
+block boundary, so the history keeps where (`turn_ends`) and a replay ends it there exactly
+(board/smp.py's ScheduleLog), whatever stops split its blocks. It also keeps which vCPU ran
+when (`segments`), so that a reverse step goes back one instruction of one vCPU.
 
 Checkpoints
 -----------
@@ -97,6 +102,9 @@ class Checkpoint:
     # so that reverse_cont can skip an interval in which no watched page was written.
     written: frozenset[PageKey] | None = None
     extra: dict = field(default_factory=dict)  # the recorder's own state (console input positions)
+    # Each vCPU's local exclusive monitor ((address, value) of its last LDXR, or None), which no
+    # register holds: a STXR after a restore must succeed or fail as when it was recorded.
+    monitors: list[tuple[int, int] | None] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -208,8 +216,6 @@ class History:
         self.machine = machine
         self.vm = machine.vm
         self.vcpus: list[Any] = list(getattr(machine, "vcpus", None) or [machine.vcpu])
-        if len(self.vcpus) != 1:
-            raise HistoryError("reverse execution needs one vCPU (--smp 1)")
         if getattr(machine, "clock_mode", "virtual") != "virtual":
             raise HistoryError("reverse execution needs the virtual clock (not --clock host): "
                                "the host's clock cannot be replayed")
@@ -227,6 +233,14 @@ class History:
         self._fix_shadow()
         self.events: list[Event] = []
         self.console_pulls: dict[int, bytes] = {}  # the guest's n-th read of console input -> what it got
+        # The schedule (several vCPUs): (vCPU, icount its turn started at) -> the icount the
+        # quantum ended it at; and per vCPU, the [machine time, first icount, end icount) of
+        # each stretch it ran. Kept from the live end only (`_live`, set per run).
+        self.turn_ends: dict[tuple[int, int], int] = {}
+        self.segments: list[list[list[int]]] = [[] for _ in self.vcpus]
+        self._live = True
+        if len(self.vcpus) > 1:
+            machine.schedule_log = self
         self.checkpoints: list[Checkpoint] = [self._capture(self.now, {})]
         self.end = self.now  # the live end: the furthest point the run has reached
         self.ended: Any = None  # the guest's own end there (the board's ExitStatus), if it ended
@@ -240,7 +254,46 @@ class History:
     # ------------------------------------------------------------------ where we are
     @property
     def now(self) -> int:
-        return int(self.vcpus[0].icount)
+        if len(self.vcpus) == 1:
+            return int(self.vcpus[0].icount)
+        return int(self.machine.machine_now)
+
+    # ------------------------------------------------------------------ the schedule (ScheduleLog)
+    def begin_run(self) -> None:
+        """A run starts: at the live end the schedule is recorded, in the past it is replayed."""
+        self._live = self.now >= self.end
+
+    def forced_turn_end(self, vcpu_id: int, start: int) -> int | None:
+        return None if self._live else self.turn_ends.get((vcpu_id, start))
+
+    def turn_ended(self, vcpu_id: int, start: int, end: int) -> None:
+        if self._live:
+            self.turn_ends[(vcpu_id, start)] = end
+
+    def ran(self, vcpu_id: int, time: int, start: int, end: int) -> None:
+        if not self._live:
+            return
+        runs = self.segments[vcpu_id]
+        if runs and runs[-1][2] == start and runs[-1][0] + (start - runs[-1][1]) == time:
+            runs[-1][2] = end  # the same stretch, split by an exit the board served
+        else:
+            runs.append([time, start, end])
+
+    def time_after(self, vcpu_id: int, k: int) -> int | None:
+        """The machine time right after vCPU `vcpu_id` retired its `k`-th instruction (None: not
+        in the recorded schedule). A reverse step goes there, the state a forward step would
+        have stopped at: the other vCPUs have not run on yet."""
+        if len(self.vcpus) == 1:
+            return k
+        runs = self.segments[vcpu_id]
+        for began, start, end in reversed(runs):
+            if start < k <= end:
+                return max(self.begin, began + (k - start))
+            if end < k:
+                break
+        if runs and runs[0][1] == k:  # before its first recorded instruction: since the start
+            return self.begin
+        return None
 
     @property
     def begin(self) -> int:
@@ -400,7 +453,9 @@ class History:
     def _capture(self, t: int, undo: dict[PageKey, bytes]) -> Checkpoint:
         registers = [[(r, v.get_one_reg(r)) for r in v.get_reg_list()] for v in self.vcpus]
         devices = copy.deepcopy(self.machine.device_state())
-        return Checkpoint(t, registers, devices, undo, events=len(self.events), extra=dict(self.extra_state()))
+        monitors = [getattr(v, "exclusive_monitor", lambda: None)() for v in self.vcpus]
+        return Checkpoint(t, registers, devices, undo, events=len(self.events), extra=dict(self.extra_state()),
+                          monitors=monitors)
 
     def _fix_shadow(self) -> None:
         """The shadow holds the guest's bytes, not the debugger's patches."""
@@ -448,6 +503,9 @@ class History:
         for c in self.checkpoints:
             c.events -= first.events
         self.next_event = max(0, self.next_event - first.events)
+        for runs in self.segments:
+            while runs and runs[0][0] + (runs[0][2] - runs[0][1]) <= first.time:
+                del runs[0]
         self.stats["dropped_start"] += 1
 
     def index_at_or_before(self, t: int) -> int:
@@ -477,10 +535,12 @@ class History:
             if region.differs(page, data):
                 pieces.append((region.base + page * PAGE, data))
         self.vm.write_phys_pages(pieces)
-        for vcpu, registers in zip(self.vcpus, target.registers):
+        for k, (vcpu, registers) in enumerate(zip(self.vcpus, target.registers)):
             for reg_id, value in registers:
                 vcpu.set_one_reg(reg_id, value)
             getattr(vcpu, "forget_translations", lambda: None)()
+            if k < len(target.monitors) and hasattr(vcpu, "set_exclusive_monitor"):
+                vcpu.set_exclusive_monitor(target.monitors[k])
         self.machine.restore_device_state(copy.deepcopy(target.devices))
         self.restore_extra(dict(target.extra))
         self.next_event = target.events
@@ -533,27 +593,34 @@ class History:
                 self._thin()
             return True
         after = cps[j + 1]
+        # What the stores since the last mark touched, if that was at checkpoint j or before
+        # (a restore there, or an insertion): else the whole interval's (a superset).
+        since = self._since_mark() if self._mark_time <= cps[j].time else None
+        stored = since if since is not None else after.written
+        if stored is None:
+            return False  # which pages changed since j is not known: no cheap insertion
         later: dict[PageKey, bytes] = {}  # each page's bytes at checkpoint j+1
         for cp in reversed(cps[j + 2:]):
             later.update(cp.undo)
         guest = self._guest_view()
         undo_new, undo_next = {}, {}
-        for key, at_j in after.undo.items():
+        # The pages that can differ now from j or from j+1: those that differ between j and
+        # j+1 (after's undo set), and those stored to since j, which may differ now even where
+        # j and j+1 agree (a page changed and changed back within the interval).
+        for key in set(after.undo) | stored:
             region = self._by_slot[key[0]]
-            live = guest(key)
-            if live != at_j:
-                undo_new[key] = at_j
             at_next = later.get(key)
             if at_next is None:
                 at_next = region.shadow_page(key[1])
+            at_j = after.undo.get(key, at_next)
+            live = guest(key)
+            if live != at_j:
+                undo_new[key] = at_j
             if live != at_next:
                 undo_next[key] = live
         cp = self._capture(now, undo_new)
         cp.events = self.next_event
-        # What the stores since the last mark touched, if that was at checkpoint j or before
-        # (a restore there, or an insertion): else the whole interval's (a superset).
-        since = self._since_mark() if self._mark_time <= cps[j].time else None
-        cp.written = since if since is not None else after.written
+        cp.written = stored
         after.undo = undo_next
         cps.insert(j + 1, cp)
         self._mark()
@@ -582,6 +649,8 @@ class History:
     def close(self) -> None:
         for region in self.regions:
             region.close()
+        if getattr(self.machine, "schedule_log", None) is self:
+            self.machine.schedule_log = None
 
     def status(self) -> dict:
         return {"begin": self.begin, "end": self.end, "now": self.now, "checkpoints": len(self.checkpoints),

@@ -63,6 +63,10 @@ Policy
     logged at the live end, refused (EROFS) in the past. Console input is logged as it reaches
     the UART; replayed console output is not shown again. While recording, steps take
     interrupts (a held-back IRQ could not be replayed), as QEMU's gdbstub in record/replay mode.
+    With several vCPUs the history's time is the machine's (board/smp.py) and every run, steps
+    and step-overs included, goes through the scheduler, never one vCPU alone: what ran out of
+    turn could not be replayed in turn. `reverse_step(vcpu)` goes back one of that vCPU's
+    instructions, to where its forward step would have stopped.
 
 The target interface
 --------------------
@@ -220,7 +224,8 @@ class MultiVcpuBoard(Protocol):
     def cpu_state(self, vcpu_id: int) -> str: ...  # "running", "halted" or "off"
 
     def run_until(self, stop: Callable[[kvm.KvmRun], bool] = ..., *, only: int | None = None,
-                  icount_limit: int | None = None, soft_limit: int | None = None) -> kvm.KvmRun | ExitStatus: ...
+                  icount_limit: int | None = None, soft_limit: int | None = None,
+                  time_limit: int | None = None, soft_time_limit: int | None = None) -> kvm.KvmRun | ExitStatus: ...
 
 
 class GuestDebugManager:
@@ -1031,15 +1036,15 @@ class GuestDebugManager:
 
     @property
     def can_record(self) -> bool:
-        """Can this target keep a replayable history (the emulated back end, one vCPU, the
-        virtual clock)?"""
-        return (getattr(self.vm, "write_phys_pages", None) is not None and len(self._vcpus) == 1
+        """Can this target keep a replayable history (the emulated back end, the virtual
+        clock)?"""
+        return (getattr(self.vm, "write_phys_pages", None) is not None
                 and getattr(self.machine, "clock_mode", "virtual") == "virtual")
 
     def start_recording(self, *, mem_limit: int | None = None, interval: int | None = None) -> None:
         """Keep the run's history from now on (policy 17), so that it can run backwards, in
         `mem_limit` bytes (`record_mem_limit` by default: --record-mem). ENOTSUP where it
-        cannot be replayed (several vCPUs, the host's clock, the x86 back end)."""
+        cannot be replayed (the host's clock, the x86 back end)."""
         mem_limit = self.record_mem_limit if mem_limit is None else mem_limit
         with self._lock:
             if self._history is not None:
@@ -1239,13 +1244,18 @@ class GuestDebugManager:
         # runs ahead to the end of the block), and it holds for the whole run: a replay's
         # limit is the live end at the latest.
         self._replay_run = h is not None and h.now < h.end
+        if h is not None:
+            h.begin_run()
+        board = cast(MultiVcpuBoard, self.machine)
         try:
-            board = cast(MultiVcpuBoard, self.machine)
+            # In the history's time: the machine's (every vCPU's instructions; vCPU 0's alone).
             if soft:
-                return board.run_until(_fault_exit, soft_limit=icount_limit)
-            return board.run_until(_fault_exit, icount_limit=icount_limit)
+                return board.run_until(_fault_exit, soft_time_limit=icount_limit)
+            return board.run_until(_fault_exit, time_limit=icount_limit)
         finally:
             self._replay_run = False
+            if len(self._vcpus) > 1:  # the vCPU the exit came from is current
+                self._current = board.last_vcpu_id
 
     def _history_or_error(self) -> History:
         h = self._current_history()
@@ -1255,20 +1265,27 @@ class GuestDebugManager:
         return h
 
     def reverse_step(self, vcpu: int | None = None) -> StopEvent:
-        """Back one instruction (gdb's `bs`): the machine as it was before the last instruction
-        retired. At the history's start: a stop there with history_edge "begin"."""
+        """Back one instruction of `vcpu` (the current one; gdb's `bs`): the machine as it was
+        before that vCPU's last instruction retired (with several vCPUs, the others as they were
+        then). At the history's start: a stop there with history_edge "begin"."""
         with self._lock:
             h = self._history_or_error()
             if vcpu is not None:
                 self._check_vcpu(vcpu)
-            if h.now <= h.begin:
+                self._current = vcpu
+            count = getattr(self.vcpu, "icount", 0)
+            target = h.time_after(self._current, count - 1) if count > 0 else None
+            if target is None or target < h.begin or h.now <= h.begin:
                 return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, history_edge="begin"))
-            self._seek(h.now - 1)
+            current = self._current
+            self._seek(target)
+            self._current = current
             return self._stopped(StopEvent(StopKind.STEP, self.vcpu.pc))
 
     def seek_to(self, icount: int) -> StopEvent:
-        """The machine as it was at instruction count `icount`, anywhere in the history
-        (`monitor record goto`; the Python API's way to any point of the run)."""
+        """The machine as it was at instruction count `icount` (the machine's: every vCPU's
+        instructions, with several), anywhere in the history (`monitor record goto`; the Python
+        API's way to any point of the run)."""
         with self._lock:
             h = self._history_or_error()
             if not h.begin <= icount <= h.end:
@@ -1295,10 +1312,11 @@ class GuestDebugManager:
                 hits, interrupted = self._replay_collecting(hi)
                 # At the history's start nothing is known of what came before: a breakpoint
                 # there is the start, reported as such (replaylog:begin).
-                hits = [(when, event) for when, event in hits if when > h.begin]
+                hits = [(when, who, event) for when, who, event in hits if when > h.begin]
                 if hits:
-                    when, event = hits[-1]
+                    when, who, event = hits[-1]
                     self._seek(when)
+                    self._current = who
                     return self._stopped(replace(event, pc=self.vcpu.pc))
                 if interrupted is not None:
                     return self._stopped(interrupted)
@@ -1314,8 +1332,8 @@ class GuestDebugManager:
         if self._sw or self._hw_bp or not self.watches or any(w.kind is not WatchKind.WRITE for w in self.watches):
             return False
         ends = [h.checkpoints[index]] + ([h.checkpoints[index + 1]] if index + 1 < len(h.checkpoints) else [])
-        if self._registers.translation_enabled(self.vcpu) or any(
-                self._registers.translation_enabled(_SavedRegisters(c.registers[0])) for c in ends):
+        if any(self._registers.translation_enabled(v) for v in self._vcpus) or any(
+                self._registers.translation_enabled(_SavedRegisters(r)) for c in ends for r in c.registers):
             return False
         written = h.written_in(index, until)
         if written is None:
@@ -1327,12 +1345,12 @@ class GuestDebugManager:
                     return False
         return True
 
-    def _replay_collecting(self, until: int) -> tuple[list[tuple[int, StopEvent]], StopEvent | None]:
+    def _replay_collecting(self, until: int) -> tuple[list[tuple[int, int, StopEvent]], StopEvent | None]:
         """Replay to instruction count `until` with every breakpoint and watchpoint armed: the
-        (instruction count, stop) of each hit, stepping over each. A Ctrl-C ends it early."""
+        (instruction count, vCPU, stop) of each hit, stepping over each. A Ctrl-C ends it early."""
         h = self._history
         assert h is not None
-        hits: list[tuple[int, StopEvent]] = []
+        hits: list[tuple[int, int, StopEvent]] = []
         self._apply()
         while h.now < until:
             for entry in h.due_events():
@@ -1353,11 +1371,11 @@ class GuestDebugManager:
                 if stepped is None:
                     continue
                 when, event = h.now, stepped
-            hits.append((when, event))
+            hits.append((when, self._current, event))
             if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH):
                 stepped = self._step_over(event.pc, last=event)
                 while stepped is not None and h.now < until:  # a second stop inside the step
-                    hits.append((h.now, stepped))
+                    hits.append((h.now, self._current, stepped))
                     stepped = self._step_over(stepped.pc, last=stepped) if stepped.kind in (
                         StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH) else None
             else:

@@ -566,7 +566,10 @@ class GdbSession:
             # E.errtext: gdb shows the text ("Remote failure reply: E.not recording...")
             return Reply(b"E.not recording: `monitor record on` (or guestdbg run --record) keeps the "
                          b"history that reverse execution needs")
-        return Resume(step=p == b"bs", reverse=True)
+        # bs steps back the Hc thread if gdb named one (it does before bs with several threads).
+        hc = self.selected_thread[b"c"]
+        vcpu = None if hc in (ANY_THREAD, ALL_THREADS) else hc - 1
+        return Resume(step=p == b"bs", reverse=True, vcpu=vcpu)
 
     def _detach(self, p: bytes) -> Detach:
         return Detach()

@@ -66,6 +66,7 @@ enum { ACTION_UNICORN = 0, ACTION_VMM = 1, ACTION_VIRTUAL_COUNTER = 2, ACTION_HO
 
 /* WFE, SEV and SEVL (several vCPUs): see runctl_edge_hook and runctl_event_hook */
 #define UC_PROT_EXEC 4
+#define EVENTS_STEP 2 /* state.events in a single step (1: in a run) */
 #define INSN_WFE 0xD503205Fu
 #define INSN_SEV 0xD503209Fu
 #define INSN_SEVL 0xD50320BFu
@@ -442,7 +443,9 @@ void runctl_event_hook(uc_engine *uc, uint64_t address, uint32_t size, void *use
     uint32_t insn;
 
     (void)size;
-    if (!s->events || s->vmem_read(uc, address, UC_PROT_EXEC, &insn, 4) != 0)
+    if (!s->events || icount_at(s, address) >= s->countdown_end)
+        return; /* the countdown ends the slice before this instruction: it runs in the next */
+    if (s->vmem_read(uc, address, UC_PROT_EXEC, &insn, 4) != 0)
         return; /* the code at a site may have changed since: look at what is there now */
     switch (insn) {
     case INSN_SEV:
@@ -455,6 +458,10 @@ void runctl_event_hook(uc_engine *uc, uint64_t address, uint32_t size, void *use
         if (s->local_event) {
             s->local_event = 0; /* the event register was set: this WFE completes at once */
             break;
+        }
+        if (s->events == EVENTS_STEP) {
+            s->wfe_after = address + 4; /* a single step: the WFE completes, and the VMM lets the */
+            break;                      /* vCPU wait from there as a run would (stepped_into_wait) */
         }
         /* No stop here: a code hook that stops keeps the hooks after it (a breakpoint's, the
          * countdown) from running. The block hook ends the slice once the WFE has run. */

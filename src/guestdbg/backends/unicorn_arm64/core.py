@@ -48,6 +48,8 @@ from guestdbg.backends.unicorn_arm64.arch import (
 from guestdbg.backends.unicorn_arm64.runctl import (
     ACTION_IC_ALL,
     ACTION_IC_VA,
+    EVENTS_ON,
+    EVENTS_STEP,
     IC_IALLU,
     IC_IALLUIS,
     IC_IVAU,
@@ -209,7 +211,7 @@ class VcpuCore:
         # for a WFI). The edge and event hooks find WFE, SEV and SEVL (_runctl.c).
         self.wfe_exit = False
         self._watching_events = False  # the edge hook looks for WFE/SEV/SEVL (from halt_exits' first run)
-        self._events_on = False  # the event hooks act (state.events)
+        self._events_on = 0  # how the event hooks act (state.events)
         self._monitor_ctx: Any = None  # a uc_context for reaching the exclusive monitor
         self._monitor_at: ctypes.c_uint64 | None = None
 
@@ -432,6 +434,17 @@ class VcpuCore:
         nxt = ctypes.c_uint64.from_address(ctypes.addressof(slot) + 8)
         return slot.value, nxt.value
 
+    def set_exclusive_monitor(self, monitor: tuple[int, int] | None) -> None:
+        """Put the local exclusive monitor back as exclusive_monitor() read it (a checkpoint's
+        restore: a STXR after it must succeed or fail as it did when the run was recorded)."""
+        slot = self._monitor_slot()
+        if slot is None:
+            return
+        slot.value = NO_EXCLUSIVE if monitor is None else monitor[0]
+        if monitor is not None:
+            ctypes.c_uint64.from_address(ctypes.addressof(slot) + 8).value = monitor[1]
+        uclib.uc_context_restore(self._uch, self._monitor_ctx)
+
     def clear_exclusive_monitor(self) -> None:
         """CLREX on the guest's behalf, with no instruction run: its next store-exclusive fails
         unless it loads exclusively again (a board clears it when another vCPU has run since)."""
@@ -639,10 +652,14 @@ class VcpuCore:
         state = self._runctl.state
         state.stop_reason = 0
         self.wfe_exit = False
-        # WFE ends the run only with several vCPUs, and never a single step.
-        events = self.halt_exits and not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP
-        if events is not self._events_on:
+        # WFE ends the run only with several vCPUs, and never a single step; a step still sets
+        # the event register (SEV, SEVL) and a WFE consumes it, as a run would.
+        events = (0 if not self.halt_exits else
+                  EVENTS_STEP if self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP else EVENTS_ON)
+        if events != self._events_on:
             self._set_events(events)
+        if events == EVENTS_STEP:
+            state.wfe_after = 0  # set by a WFE this step runs that would wait (stepped_into_wait)
         if self._outside_ram_hooks is not None:
             self._sync_memory_hooks()
         if self._suppress_pc is None:  # not completing one instruction (MMIO, a watched pair)
@@ -660,6 +677,7 @@ class VcpuCore:
                 fault = self._emu(self.pc)
             finally:
                 self._counting_down = False
+                state.countdown_end = NO_LIMIT  # no countdown: see runctl_event_hook
             if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
                 self._idle()
             return fault
@@ -693,18 +711,27 @@ class VcpuCore:
             fault = self._emu(start)
         finally:
             self._counting_down = False
+            state.countdown_end = NO_LIMIT  # no countdown: see runctl_event_hook
             state.split_armed = 0
             self._runctl.remove_hook(hook)
             remove_cache(self.uc, start, 4 * insns)
         return fault
 
-    def _set_events(self, on: bool) -> None:
-        """WFE ends the run and SEV/SEVL count (halt_exits, not stepping), or they are no-ops."""
-        if on and not self._watching_events:
+    def stepped_into_wait(self) -> bool:
+        """Did the single step just taken run a WFE with the event register clear (PC right
+        after it)? A run would wait there; the board lets the stepped vCPU wait from here."""
+        wfe_after = self._runctl.state.wfe_after
+        return self._events_on == EVENTS_STEP and wfe_after != 0 and self.pc == wfe_after
+
+    def _set_events(self, mode: int) -> None:
+        """EVENTS_ON: WFE ends the run and SEV/SEVL count (halt_exits, not stepping);
+        EVENTS_STEP: they count and a WFE clears the event register, but never waits (a
+        single step); 0: they are no-ops (one vCPU)."""
+        if mode and not self._watching_events:
             self._watching_events = True
             self._runctl.watch_events()
-        self._events_on = on
-        self._runctl.state.events = int(on)
+        self._events_on = mode
+        self._runctl.state.events = mode
         self._runctl.state.wfe_armed = 0
 
     def _set_step_hook(self, stepping: bool) -> None:

@@ -21,6 +21,8 @@ from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 ACTION_UNICORN, ACTION_VMM, ACTION_VIRTUAL_COUNTER, ACTION_HOST_COUNTER = 0, 1, 2, 3
 ACTION_IC_VA, ACTION_IC_ALL, ACTION_TLBI = 4, 5, 6  # SYS (op0 1), write table: IC IVAU, IC IALLU(IS), TLBI
+# state.events: SEV/SEVL/WFE modelled in a run (a WFE may end it), or in a single step
+EVENTS_ON, EVENTS_STEP = 1, 2
 ACTION_XLATE = 7  # an MSR Unicorn executes that also lapses the hook's known-executable pages
 ACTION_XLATE_TTBR1 = 8  # ... only if it moves TTBR1_EL1's table address
 ACTION_XLATE_TTBR0 = 9  # TTBR0_EL1: Unicorn executes it; it ends the slice while a lower-half page is watched
@@ -114,6 +116,7 @@ class RunControl:
     def __init__(self, uc: Uc, on_mrs: Callable[[int, CpReg], int], on_msr: Callable[[int, CpReg], int]):
         self.uc = uc
         self.state = state = _State()
+        state.countdown_end = (1 << 64) - 1  # no countdown running (runctl_event_hook looks)
         state.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value

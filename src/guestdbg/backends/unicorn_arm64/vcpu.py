@@ -241,6 +241,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         if fault is not None:
             return self._internal_error(f"emulation failed at PC={self.pc:#x}: {fault}")
         if stepping and self.icount > start:
+            self.wfe_exit = self.stepped_into_wait()
             return self._softstep_exit()
         if self._turn_ended:
             return KvmRun(kvm.EXIT_ICOUNT_LIMIT)
