@@ -22,7 +22,8 @@ Rows, each measured in-process through the debug manager (the path `guestdbg run
   then 20 more (median), and seeks to the middle and the start of the history.
 - **qemu** (peer): QEMU's own record mode on the same boot (`-icount shift=0,rr=record`) against
   QEMU with `-icount shift=0` and no recording: its recording overhead, for comparison. (QEMU
-  reverse-steps only in a second, replaying process; it is not timed here.)
+  reverse-steps only in a second, replaying process: bench_reverse_qemu.py times its
+  reverse-continue on the search's guest side by side with guestdbg's.)
 """
 
 from __future__ import annotations
