@@ -63,6 +63,16 @@ Policy
     logged at the live end, refused (EROFS) in the past. Console input is logged as it reaches
     the UART; replayed console output is not shown again. While recording, steps take
     interrupts (a held-back IRQ could not be replayed), as QEMU's gdbstub in record/replay mode.
+18. A software breakpoint with conditions or commands, on a vCPU that offers
+    `set_break_filters` (the emulated one), is decided in the vCPU's run: no BRK is patched;
+    the vCPU calls the manager before the instruction runs (a code hook on that one address,
+    only where the address still translates to the breakpoint's physical address), and a
+    false condition (or a dprintf) lets the instruction run with no exit, no step-over and no
+    retranslation. A true one stops as the BRK would have. Code the guest rewrites keeps the
+    breakpoint (the hook belongs to the address, and rewritten code is translated again
+    through it); another virtual alias of the page does not hit, as with a BRK. While
+    recording, every hit stops and is evaluated on the ordinary stop path. KVM keeps BRK
+    patches and step-overs.
 
 The target interface
 --------------------
@@ -82,6 +92,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import signal
 import threading
 from dataclasses import dataclass, field, replace
@@ -255,6 +266,10 @@ class GuestDebugManager:
         self._sw_va: dict[int, int] = {}           # va -> pa
         self._hw_bp: dict[int, int] = {}           # va -> slot
         self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
+        # Conditional software breakpoints the vCPU decides in its run (policy 18): va -> pa.
+        self._filtered: dict[int, int] = {}
+        self._can_filter = all(hasattr(v, "set_break_filters") for v in self._vcpus)
+        self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run
         self.watches: list[Watch] = []
         # Conditions and commands of breakpoints and watchpoints, evaluated at their stops
         # (gdb's target-side conditions and dprintf, `condition=` in the Python API).
@@ -396,7 +411,42 @@ class GuestDebugManager:
         replaces the breakpoint's condition (None: it always stops)."""
         mechanism = self._add_breakpoint(va)
         self.conditions.set(("break", va, 0), condition)
+        if mechanism == "sw" and self._can_filter:
+            self._place_filtered(va)
         return mechanism
+
+    def _place_filtered(self, va: int) -> None:
+        """Policy 18: a software breakpoint with conditions is decided in the run (no BRK
+        patched); one without goes back to a BRK patch."""
+        conditional = ("break", va, 0) in self.conditions.active
+        if conditional and va in self._sw_va:
+            pa = self._sw_va.pop(va)
+            patch = self._sw[pa]
+            patch.vas.discard(va)
+            if not patch.vas:
+                self.vm.write_phys(pa, patch.original)
+                del self._sw[pa]
+            self._filtered[va] = pa
+            self._apply()
+        elif not conditional and va in self._filtered:
+            del self._filtered[va]
+            self._add_breakpoint(va)
+
+    def _decide_in_run(self, vcpu_id: int, pc: int) -> bool:
+        """The vCPU reached a filtered breakpoint (policy 18), in its run: stop there?"""
+        if self._history is not None:
+            return True  # recording or replaying: the stop path evaluates (_runs_on)
+        vcpu = self._vcpus[vcpu_id]
+        current, self._current = self._current, vcpu_id  # memory reads translate through it
+        try:
+            view = StopView(pc, vcpu_id, lambda n: self._registers.read_one(vcpu, n),
+                            self._read_memory, self._number, self.conditions.output)
+            stop = self.conditions.should_stop([("break", pc, 0)], view)
+        finally:
+            self._current = current
+        if stop:
+            self._decided = (vcpu_id, pc)
+        return stop
 
     def _add_breakpoint(self, va: int) -> str:
         try:
@@ -419,7 +469,7 @@ class GuestDebugManager:
         if slot.readonly:
             self.add_hw_breakpoint(va)
             return "hw"
-        if va in self._sw_va:
+        if va in self._sw_va or va in self._filtered:
             return "sw"
         patch = self._sw.get(pa)
         if patch is None:
@@ -450,8 +500,12 @@ class GuestDebugManager:
         return "hw"
 
     def remove_breakpoint(self, va: int) -> None:
-        if va in self._hw_bp and va not in self._sw_va:
+        if va in self._hw_bp and va not in self._sw_va and va not in self._filtered:
             return self.remove_hw_breakpoint(va)
+        if self._filtered.pop(va, None) is not None:
+            self.conditions.remove(("break", va, 0))
+            self._apply()
+            return
         pa = self._sw_va.pop(va, None)
         if pa is None:
             raise DebugError(errno.ENOENT, f"no breakpoint at {va:#x}")
@@ -533,6 +587,7 @@ class GuestDebugManager:
             self.vm.write_phys(patch.pa, patch.original)
         self._sw.clear()
         self._sw_va.clear()
+        self._filtered.clear()
         self._hw_bp.clear()
         self._unmapped_bp.clear()
         self.watches.clear()
@@ -561,6 +616,8 @@ class GuestDebugManager:
                   for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1])]
         points += [DebugPoint("break", va, len(self._brk), f"software ({self.arch.sw_break_name} at pa {pa:#x})")
                    for va, pa in sorted(self._sw_va.items())]
+        points += [DebugPoint("break", va, len(self._brk), f"software (conditions decided in the run, pa {pa:#x})")
+                   for va, pa in sorted(self._filtered.items())]
         points += [DebugPoint(w.kind.value, w.addr, w.length, w.mechanism) for w in self.watches]
         return points
 
@@ -586,6 +643,8 @@ class GuestDebugManager:
                 lines.append(f"  hbreak  {va:#x}  slot {slot}")
         for va, pa in sorted(self._sw_va.items()):
             lines.append(f"  break   {va:#x}  software ({self.arch.sw_break_name} at pa {pa:#x})")
+        for va, pa in sorted(self._filtered.items()):
+            lines.append(f"  break   {va:#x}  software (conditions decided in the run, pa {pa:#x})")
         for w in self.watches:
             lines.append(f"  {w.kind.value:<7} {w.addr:#x}+{w.length}  {w.mechanism}")
         return lines
@@ -746,8 +805,11 @@ class GuestDebugManager:
         stepping = enabled | kvm.KVM_GUESTDBG_SINGLESTEP
         if self._blockirq_control and not self._step_irqs:
             stepping |= kvm.KVM_GUESTDBG_BLOCKIRQ
-        armed = enabled if self._sw or self._hw_bp or self.watches else 0
+        armed = enabled if self._sw or self._filtered or self._hw_bp or self.watches else 0
         for vcpu_id, vcpu in enumerate(self._vcpus):
+            if self._can_filter:  # policy 18
+                vcpu.set_break_filters(self._filtered, functools.partial(self._decide_in_run, vcpu_id),
+                                       skip_bp_at if vcpu_id == stepper else None)
             vcpu.set_watch_traps(traps)
             vcpu.set_guest_debug(stepping if vcpu_id == stepper else armed, self._arch_regs)
 
@@ -806,6 +868,7 @@ class GuestDebugManager:
 
     def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
         with self._lock:
+            self._decided = None
             target = self._current if vcpu is None else vcpu
             self.check_runnable("step" if step else "continue", vcpu=target if step or alone else None)
             runners = [target] if alone else [target] + [v for v in range(len(self._vcpus)) if v != target]
@@ -842,6 +905,9 @@ class GuestDebugManager:
         Never for the vCPU a step is for: its stop is the step's."""
         if stepping or not self.conditions:
             return False
+        decided, self._decided = self._decided, None
+        if decided == (self._current, event.pc) and event.kind is StopKind.SWBREAK:
+            return False  # evaluated (and counted) in the run already (policy 18)
         if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK):
             keys: list[PointKey] = [("break", event.pc, 0)]
         elif event.kind is StopKind.WATCH and event.watch_addr is not None and event.watch_kind is not None:
@@ -868,7 +934,7 @@ class GuestDebugManager:
         if vcpu.pc != last.pc or getattr(vcpu, "icount", None) != icount:
             return None
         pc = last.pc
-        if pc in self._sw_va or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed):
+        if pc in self._sw_va or pc in self._filtered or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed):
             return last
         return None
 
@@ -952,7 +1018,7 @@ class GuestDebugManager:
             # A Z0 that took a slot because its VA was unmapped is reported as the debugger's
             # software breakpoint (policy 12).
             return StopEvent(StopKind.SWBREAK if pc in self._unmapped_bp else StopKind.HWBREAK, pc)
-        if raw.kind == "swbreak" and pc in self._sw_va:
+        if raw.kind == "swbreak" and (pc in self._sw_va or pc in self._filtered):
             return StopEvent(StopKind.SWBREAK, pc)
         alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None
         if alias_patch is not None:
@@ -1311,7 +1377,7 @@ class GuestDebugManager:
         looks for is stores to watched memory (no breakpoints, no read or access watches), the
         MMU is off (watched addresses are physical) now and at both ends, and the dirty log says
         no store touched a watched page in between."""
-        if self._sw or self._hw_bp or not self.watches or any(w.kind is not WatchKind.WRITE for w in self.watches):
+        if self._sw or self._filtered or self._hw_bp or not self.watches or any(w.kind is not WatchKind.WRITE for w in self.watches):
             return False
         ends = [h.checkpoints[index]] + ([h.checkpoints[index + 1]] if index + 1 < len(h.checkpoints) else [])
         if self._registers.translation_enabled(self.vcpu) or any(
