@@ -270,6 +270,7 @@ class GuestDebugManager:
         self._filtered: dict[int, int] = {}
         self._can_filter = all(hasattr(v, "set_break_filters") for v in self._vcpus)
         self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run
+        self._filter_stop: tuple[int, int] | None = None  # (vCPU, pc) of the last stop a filter asked for
         self.watches: list[Watch] = []
         # Conditions and commands of breakpoints and watchpoints, evaluated at their stops
         # (gdb's target-side conditions and dprintf, `condition=` in the Python API).
@@ -434,6 +435,7 @@ class GuestDebugManager:
 
     def _decide_in_run(self, vcpu_id: int, pc: int) -> bool:
         """The vCPU reached a filtered breakpoint (policy 18), in its run: stop there?"""
+        self._filter_stop = (vcpu_id, pc)
         if self._history is not None:
             return True  # recording or replaying: the stop path evaluates (_runs_on)
         vcpu = self._vcpus[vcpu_id]
@@ -446,6 +448,8 @@ class GuestDebugManager:
             self._current = current
         if stop:
             self._decided = (vcpu_id, pc)
+        else:
+            self._filter_stop = None
         return stop
 
     def _add_breakpoint(self, va: int) -> str:
@@ -868,7 +872,7 @@ class GuestDebugManager:
 
     def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
         with self._lock:
-            self._decided = None
+            self._decided = self._filter_stop = None
             target = self._current if vcpu is None else vcpu
             self.check_runnable("step" if step else "continue", vcpu=target if step or alone else None)
             runners = [target] if alone else [target] + [v for v in range(len(self._vcpus)) if v != target]
@@ -1018,7 +1022,9 @@ class GuestDebugManager:
             # A Z0 that took a slot because its VA was unmapped is reported as the debugger's
             # software breakpoint (policy 12).
             return StopEvent(StopKind.SWBREAK if pc in self._unmapped_bp else StopKind.HWBREAK, pc)
-        if raw.kind == "swbreak" and (pc in self._sw_va or pc in self._filtered):
+        filtered = pc in self._filtered and self._filter_stop == (self._current, pc)  # not the guest's own BRK
+        if raw.kind == "swbreak" and (pc in self._sw_va or filtered):
+            self._filter_stop = None
             return StopEvent(StopKind.SWBREAK, pc)
         alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None
         if alias_patch is not None:
