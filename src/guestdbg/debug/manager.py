@@ -63,16 +63,19 @@ Policy
     logged at the live end, refused (EROFS) in the past. Console input is logged as it reaches
     the UART; replayed console output is not shown again. While recording, steps take
     interrupts (a held-back IRQ could not be replayed), as QEMU's gdbstub in record/replay mode.
-18. A software breakpoint with conditions or commands, on a vCPU that offers
-    `set_break_filters` (the emulated one), is decided in the vCPU's run: no BRK is patched;
-    the vCPU calls the manager before the instruction runs (a code hook on that one address,
-    only where the address still translates to the breakpoint's physical address), and a
-    false condition (or a dprintf) lets the instruction run with no exit, no step-over and no
-    retranslation. A true one stops as the BRK would have. Code the guest rewrites keeps the
-    breakpoint (the hook belongs to the address, and rewritten code is translated again
-    through it); another virtual alias of the page does not hit, as with a BRK. While
-    recording, every hit stops and is evaluated on the ordinary stop path. KVM keeps BRK
-    patches and step-overs.
+18. On a vCPU that offers `set_break_filters` (the emulated one), software breakpoints are
+    decided in the vCPU's run: no BRK is patched; the vCPU calls the manager before the
+    instruction runs (a code hook on that one address, only while the address translates to
+    the breakpoint's physical address, so another virtual alias of the page or another
+    address space does not hit, as with a BRK). A plain breakpoint stops there; one with
+    conditions or commands stops only when they say so, and a false one (or a dprintf) lets
+    the instruction run with no exit, no step-over and no retranslation. Inserting or
+    removing one touches no guest memory and no page protection, and resuming from one
+    single-steps with the hook skipped, with nothing to lift or re-patch. Code the guest
+    rewrites keeps the breakpoint (the hook belongs to the address; rewritten code is
+    translated again through it). While recording, every hit stops and is evaluated on the
+    ordinary stop path. `in_run_breakpoints = False` keeps plain ones as BRK patches (policies
+    2-5, as on KVM, which always uses them).
 
 The target interface
 --------------------
@@ -266,9 +269,13 @@ class GuestDebugManager:
         self._sw_va: dict[int, int] = {}           # va -> pa
         self._hw_bp: dict[int, int] = {}           # va -> slot
         self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
-        # Conditional software breakpoints the vCPU decides in its run (policy 18): va -> pa.
+        # Software breakpoints the vCPU decides in its run (policy 18): va -> pa. All of them
+        # where the vCPU offers it, unless `in_run_breakpoints` is turned off: then only those
+        # with conditions or commands, and plain ones are BRK patches (as on KVM).
         self._filtered: dict[int, int] = {}
         self._can_filter = all(hasattr(v, "set_break_filters") for v in self._vcpus)
+        self.in_run_breakpoints = self._can_filter
+        self._deciders = [functools.partial(self._decide_in_run, v) for v in range(len(self._vcpus))]
         self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run
         self._filter_stop: tuple[int, int] | None = None  # (vCPU, pc) of the last stop a filter asked for
         self.watches: list[Watch] = []
@@ -418,8 +425,8 @@ class GuestDebugManager:
 
     def _place_filtered(self, va: int) -> None:
         """Policy 18: a software breakpoint with conditions is decided in the run (no BRK
-        patched); one without goes back to a BRK patch."""
-        conditional = ("break", va, 0) in self.conditions.active
+        patched); one without goes back to a BRK patch unless plain ones are in the run too."""
+        conditional = self.in_run_breakpoints or ("break", va, 0) in self.conditions.active
         if conditional and va in self._sw_va:
             pa = self._sw_va.pop(va)
             patch = self._sw[pa]
@@ -436,8 +443,8 @@ class GuestDebugManager:
     def _decide_in_run(self, vcpu_id: int, pc: int) -> bool:
         """The vCPU reached a filtered breakpoint (policy 18), in its run: stop there?"""
         self._filter_stop = (vcpu_id, pc)
-        if self._history is not None:
-            return True  # recording or replaying: the stop path evaluates (_runs_on)
+        if self._history is not None or ("break", pc, 0) not in self.conditions.active:
+            return True  # unconditional; or recording or replaying: the stop path evaluates (_runs_on)
         vcpu = self._vcpus[vcpu_id]
         current, self._current = self._current, vcpu_id  # memory reads translate through it
         try:
@@ -474,6 +481,10 @@ class GuestDebugManager:
             self.add_hw_breakpoint(va)
             return "hw"
         if va in self._sw_va or va in self._filtered:
+            return "sw"
+        if self._can_filter and self.in_run_breakpoints:  # policy 18: nothing to patch
+            self._filtered[va] = pa
+            self._apply()
             return "sw"
         patch = self._sw.get(pa)
         if patch is None:
@@ -620,7 +631,7 @@ class GuestDebugManager:
                   for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1])]
         points += [DebugPoint("break", va, len(self._brk), f"software ({self.arch.sw_break_name} at pa {pa:#x})")
                    for va, pa in sorted(self._sw_va.items())]
-        points += [DebugPoint("break", va, len(self._brk), f"software (conditions decided in the run, pa {pa:#x})")
+        points += [DebugPoint("break", va, len(self._brk), f"software (decided in the run, pa {pa:#x})")
                    for va, pa in sorted(self._filtered.items())]
         points += [DebugPoint(w.kind.value, w.addr, w.length, w.mechanism) for w in self.watches]
         return points
@@ -648,7 +659,7 @@ class GuestDebugManager:
         for va, pa in sorted(self._sw_va.items()):
             lines.append(f"  break   {va:#x}  software ({self.arch.sw_break_name} at pa {pa:#x})")
         for va, pa in sorted(self._filtered.items()):
-            lines.append(f"  break   {va:#x}  software (conditions decided in the run, pa {pa:#x})")
+            lines.append(f"  break   {va:#x}  software (decided in the run, pa {pa:#x})")
         for w in self.watches:
             lines.append(f"  {w.kind.value:<7} {w.addr:#x}+{w.length}  {w.mechanism}")
         return lines
@@ -812,7 +823,7 @@ class GuestDebugManager:
         armed = enabled if self._sw or self._filtered or self._hw_bp or self.watches else 0
         for vcpu_id, vcpu in enumerate(self._vcpus):
             if self._can_filter:  # policy 18
-                vcpu.set_break_filters(self._filtered, functools.partial(self._decide_in_run, vcpu_id),
+                vcpu.set_break_filters(self._filtered, self._deciders[vcpu_id],
                                        skip_bp_at if vcpu_id == stepper else None)
             vcpu.set_watch_traps(traps)
             vcpu.set_guest_debug(stepping if vcpu_id == stepper else armed, self._arch_regs)
