@@ -229,3 +229,40 @@ def test_while_recording_the_stop_path_evaluates(guest_dir):
     assert (r.hits, r.evaluations, r.true) == (31, 31, 1)
     assert m.cont().kind is StopKind.EXITED
     assert g.text == CONDLOOP_OUT.format(n=60, total=sum(range(60)))
+
+
+TIGHT_S = r"""
+    .text
+    .global _start, again
+_start:
+    mov     x1, #7
+again:
+    subs    x1, x1, #1        // a breakpoint here is met every second instruction
+    b.ne    again
+    mov     x2, #0x55
+    ldr     x0, =0x84000008   // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+"""
+
+
+def test_resuming_from_a_hit_skips_only_that_hit(tmp_path):
+    """Resuming from an in-run breakpoint needs no step (nothing is patched): the run skips
+    the one hit it stopped at, by instruction count, so the next pass through a two-instruction
+    loop stops again; a condition on the loop counter stops exactly where it holds."""
+    elf = assemble(tmp_path, "tight", TIGHT_S)
+    from tests.helpers.support import symbols
+    again = symbols(str(elf))["again"]
+    for condition, expected in ((None, [7, 6, 5, 4, 3, 2, 1]), (lambda v: v.read_register("x1") % 3 == 0, [6, 3])):
+        m = VirtMachine(VirtConfig(), console=lambda b: None)
+        m.load_elf(elf)
+        mgr = GuestDebugManager(m)
+        mgr.add_breakpoint(again, condition=condition)
+        seen, counts = [], []
+        while (e := mgr.cont()).kind is StopKind.SWBREAK and len(seen) < 20:
+            assert e.pc == again
+            seen.append(mgr.read_register("x1"))
+            counts.append(m.vcpu.icount)
+        assert e.kind is StopKind.EXITED and mgr.read_register("x2") == 0x55
+        assert seen == expected
+        assert counts == [1 + 2 * (7 - x) for x in expected]  # before `subs`, pass 7 - x1

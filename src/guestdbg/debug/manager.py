@@ -276,6 +276,8 @@ class GuestDebugManager:
         self._can_filter = all(hasattr(v, "set_break_filters") for v in self._vcpus)
         self.in_run_breakpoints = self._can_filter
         self._deciders = [functools.partial(self._decide_in_run, v) for v in range(len(self._vcpus))]
+        # vCPU -> (pc, icount): resuming from a filtered breakpoint skips that one hit, no step
+        self._skip_once: dict[int, tuple[int, int]] = {}
         self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run
         self._filter_stop: tuple[int, int] | None = None  # (vCPU, pc) of the last stop a filter asked for
         self.watches: list[Watch] = []
@@ -823,8 +825,9 @@ class GuestDebugManager:
         armed = enabled if self._sw or self._filtered or self._hw_bp or self.watches else 0
         for vcpu_id, vcpu in enumerate(self._vcpus):
             if self._can_filter:  # policy 18
-                vcpu.set_break_filters(self._filtered, self._deciders[vcpu_id],
-                                       skip_bp_at if vcpu_id == stepper else None)
+                skip = (skip_bp_at, vcpu.icount) if vcpu_id == stepper and skip_bp_at is not None \
+                    else self._skip_once.get(vcpu_id)
+                vcpu.set_break_filters(self._filtered, self._deciders[vcpu_id], skip)
             vcpu.set_watch_traps(traps)
             vcpu.set_guest_debug(stepping if vcpu_id == stepper else armed, self._arch_regs)
 
@@ -884,14 +887,20 @@ class GuestDebugManager:
     def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
         with self._lock:
             self._decided = self._filter_stop = None
+            self._skip_once.clear()
             target = self._current if vcpu is None else vcpu
             self.check_runnable("step" if step else "continue", vcpu=target if step or alone else None)
             runners = [target] if alone else [target] + [v for v in range(len(self._vcpus)) if v != target]
             for v in runners:
                 self._current = v
                 last = self._pending_step_over(v)
-                self._stops.pop(v, None)  # it runs now: what it stopped at is behind it
+                stopped_at = self._stops.pop(v, None)  # it runs now: what it stopped at is behind it
                 if last is None:
+                    continue
+                if (last.kind is StopKind.SWBREAK and last.pc in self._filtered and last.pc not in self._hw_bp
+                        and not (step and v == target) and stopped_at is not None and stopped_at[1] is not None):
+                    # Policy 18: nothing to lift; the run just skips this one hit.
+                    self._skip_once[v] = (last.pc, stopped_at[1])
                     continue
                 event = self._step_over(last.pc, last=last)
                 if event is not None or (step and v == target):
@@ -913,6 +922,7 @@ class GuestDebugManager:
                         return self._stopped(event)
             finally:
                 self._step_vcpu = None
+                self._skip_once.clear()
                 self._apply()
 
     def _runs_on(self, event: StopEvent, stepping: bool) -> bool:

@@ -133,7 +133,7 @@ class DebugHardware(ExceptionEntry):
         # The debugger's filtered software breakpoints (set_break_filters): va -> (pa, hook).
         self._filters: dict[int, tuple[int, int]] = {}
         self._filter_decide: Callable[[int], bool] | None = None
-        self._filter_skip: int | None = None
+        self._filter_skip: tuple[int, int] | None = None
         self._filter_callback = _CODE_HOOK(self._on_filtered_break)  # kept referenced for the Uc's life
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
@@ -173,7 +173,7 @@ class DebugHardware(ExceptionEntry):
         self._reprotect()
 
     def set_break_filters(self, points: dict[int, int], decide: Callable[[int], bool] | None,
-                          skip: int | None = None) -> None:
+                          skip: tuple[int, int] | None = None) -> None:
         """guestdbg extension: software breakpoints decided in the run, with no instruction
         patched. `points` maps each virtual address to the physical address it had when the
         breakpoint was set; before the instruction at such an address runs, while the debugger
@@ -181,7 +181,8 @@ class DebugHardware(ExceptionEntry):
         address, `decide(va)` is called in the run (the vCPU's hook, under whatever the caller
         holds): True stops the run before the instruction with the exit a BRK #0 there would
         give, False lets the instruction run as if nothing were there. `skip`: an address
-        where no filter fires for this run (the step over a breakpoint stopped at).
+        (address, instruction count): no filter fires there while the instruction count is
+        that (resuming from the breakpoint stopped at, which needs no step: nothing is patched).
 
         Each point is a UC_HOOK_CODE bounded to its one instruction, so nothing else pays for
         it; adding or removing one drops only that instruction's translations."""
@@ -204,7 +205,9 @@ class DebugHardware(ExceptionEntry):
         try:
             point = self._filters.get(address)
             control = self.guestdbg_control
-            if (point is None or address == self._filter_skip or address == self._suppress_pc
+            skip = self._filter_skip
+            if (point is None or address == self._suppress_pc
+                    or (skip is not None and address == skip[0] and self._runctl.icount_at(address) == skip[1])
                     or not control & KVM_GUESTDBG_ENABLE or not control & KVM_GUESTDBG_USE_SW_BP
                     or self._at_limit(address) or self._stop_pending()):
                 return
