@@ -70,9 +70,12 @@ Policy
     address space does not hit, as with a BRK). A plain breakpoint stops there; one with
     conditions or commands stops only when they say so, and a false one (or a dprintf) lets
     the instruction run with no exit, no step-over and no retranslation. Inserting or
-    removing one touches no guest memory and no page protection, and resuming from one
-    single-steps with the hook skipped, with nothing to lift or re-patch. Code the guest
-    rewrites keeps the breakpoint (the hook belongs to the address; rewritten code is
+    removing one touches no guest memory and no page protection, and resuming from one needs
+    no step-over: the run skips that one hit (its address at that instruction count), with
+    nothing to lift or re-patch (a step from it skips the hook the same way); but with several
+    vCPUs, or an interrupt that could come first (`interrupt_may_preempt`), it is stepped over
+    as in policy 7, so the instruction still runs before anything else. Code the
+    guest rewrites keeps the breakpoint (the hook belongs to the address; rewritten code is
     translated again through it). While recording, every hit stops and is evaluated on the
     ordinary stop path. `in_run_breakpoints = False` keeps plain ones as BRK patches (policies
     2-5, as on KVM, which always uses them).
@@ -898,8 +901,11 @@ class GuestDebugManager:
                 if last is None:
                     continue
                 if (last.kind is StopKind.SWBREAK and last.pc in self._filtered and last.pc not in self._hw_bp
-                        and not (step and v == target) and stopped_at is not None and stopped_at[1] is not None):
-                    # Policy 18: nothing to lift; the run just skips this one hit.
+                        and not (step and v == target) and stopped_at is not None and stopped_at[1] is not None
+                        and len(self._vcpus) == 1 and not self.vcpu.interrupt_may_preempt()):
+                    # Policy 18: nothing to lift; the run just skips this one hit. (Not when an
+                    # interrupt could come first, nor with other vCPUs to run first: a step-over
+                    # runs the instruction before anything else, with interrupts held.)
                     self._skip_once[v] = (last.pc, stopped_at[1])
                     continue
                 event = self._step_over(last.pc, last=last)
