@@ -266,3 +266,20 @@ def test_resuming_from_a_hit_skips_only_that_hit(tmp_path):
         assert e.kind is StopKind.EXITED and mgr.read_register("x2") == 0x55
         assert seen == expected
         assert counts == [1 + 2 * (7 - x) for x in expected]  # before `subs`, pass 7 - x1
+
+
+@pytest.mark.parametrize("condition", [None, lambda v: False, lambda v: True])
+def test_the_guests_own_brk_under_an_in_run_breakpoint_still_goes_to_the_guest(guest_dir, condition):
+    """guests/bp_targets executes its own BRK #0x123 at guest_brk once. A breakpoint there
+    (plain, false, true) stops before it when it says so, and the guest's BRK then reaches the
+    guest's handler as without a debugger (brk=1), never reported as the debugger's stop."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine)
+    at = g.sym["guest_brk"]
+    m.add_breakpoint(at, condition=condition)
+    stops = []
+    while (e := m.cont()).kind is StopKind.SWBREAK and len(stops) < 5:
+        stops.append(e.pc)
+    assert e.kind is StopKind.EXITED and e.exit_status == 0
+    assert stops == ([] if condition is not None and not condition(None) else [at])
+    assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")
