@@ -274,7 +274,8 @@ class GuestDebugManager:
         self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
         # Software breakpoints the vCPU decides in its run (policy 18): va -> pa. All of them
         # where the vCPU offers it, unless `in_run_breakpoints` is turned off: then only those
-        # with conditions or commands, and plain ones are BRK patches (as on KVM).
+        # with conditions or commands, and plain ones are BRK patches (as on KVM), for
+        # breakpoints inserted from then on.
         self._filtered: dict[int, int] = {}
         self._can_filter = all(hasattr(v, "set_break_filters") for v in self._vcpus)
         self.in_run_breakpoints = self._can_filter
@@ -431,8 +432,8 @@ class GuestDebugManager:
     def _place_filtered(self, va: int) -> None:
         """Policy 18: a software breakpoint with conditions is decided in the run (no BRK
         patched); one without goes back to a BRK patch unless plain ones are in the run too."""
-        conditional = self.in_run_breakpoints or ("break", va, 0) in self.conditions.active
-        if conditional and va in self._sw_va:
+        in_run = self.in_run_breakpoints or ("break", va, 0) in self.conditions.active
+        if in_run and va in self._sw_va:
             pa = self._sw_va.pop(va)
             patch = self._sw[pa]
             patch.vas.discard(va)
@@ -441,7 +442,7 @@ class GuestDebugManager:
                 del self._sw[pa]
             self._filtered[va] = pa
             self._apply()
-        elif not conditional and va in self._filtered:
+        elif not in_run and va in self._filtered:
             del self._filtered[va]
             self._add_breakpoint(va)
 
