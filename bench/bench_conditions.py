@@ -5,7 +5,7 @@ stop per hit), in one run, rounds interleaved.
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.bench_conditions [--hits 1000] [--repeat 3] [--json out.json]
+    .venv/bin/python -m bench.bench_conditions [--hits 1000] [--repeat 3] [--json out.json] [--before OTHER/src]
 
 The guest is guests/condloop: bump(n) for n = 0 .. bump_calls-1. Each measurement is one fresh
 stub and one gdb-multiarch (batch, Python script) that connects, sets bump_calls, and times
@@ -18,6 +18,9 @@ inside gdb:
 
 Each run checks what gdb saw: the stop's $x0, the printed lines. Medians of --repeat rounds
 and the ratio QEMU time / guestdbg time, per round and of the medians.
+
+`--before OTHER/src` runs a second guestdbg (another checkout's src/, e.g. the commit before a
+change) as a third stub in the same interleaved rounds: before and after against the same QEMU.
 
 A last row, in this process with no gdb: the manager's Python API with the same condition as
 agent bytecode (`reg 0; ext 64; const16 N; equal; end`), and with no condition at all (N+1
@@ -80,25 +83,32 @@ def build_guests(out: Path) -> Path:
     return out
 
 
+BEFORE_SRC: Path | None = None  # --before: another guestdbg tree's src/, the stub kind "before"
+
+
 class StubProcess:
     def __init__(self, kind: str, elf: Path, workdir: Path):
         self.kind, self.sock = kind, workdir / f"{kind}.sock"
         self.sock.unlink(missing_ok=True)
-        if kind == "guestdbg":
+        env = None
+        if kind == "before":
+            assert BEFORE_SRC is not None
+            env = dict(os.environ, PYTHONPATH=str(BEFORE_SRC))
+        if kind in ("guestdbg", "before"):
             argv = [sys.executable, "-m", "guestdbg.cli", "run", str(elf), "--gdb", f"unix:{self.sock}", "--wait"]
         else:
             argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-nographic", "-monitor", "none",
                     "-serial", "null", "-semihosting", "-kernel", str(elf),
                     "-gdb", f"unix:{self.sock},server=on,wait=off", "-S"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True, env=env)
         deadline = time.monotonic() + 30
         while not self.sock.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"{kind} did not start listening")
             time.sleep(0.02)
-        if kind == "guestdbg":
+        if kind != "qemu":
             time.sleep(0.2)  # the socket exists just before listen()
 
     def kill(self) -> None:
@@ -114,7 +124,7 @@ def measure(kind: str, mode: str, hits: int, elf: Path, workdir: Path) -> dict:
     script = workdir / f"{kind}-{mode}.py"
     calls = hits + 1 if mode == "break" else hits
     script.write_text(f"ENDPOINT = {str(stub.sock)!r}\nMODE = {mode!r}\nHITS = {hits}\nCALLS = {calls}\n"
-                      f"AGENT = {kind == 'guestdbg'}\nRESULT = {str(result)!r}\n" + SCRIPT)
+                      f"AGENT = {kind != 'qemu'}\nRESULT = {str(result)!r}\n" + SCRIPT)
     try:
         proc = subprocess.run([GDB, "-q", "-batch", "-nx", str(elf), "-x", str(script)], cwd=REPO,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
@@ -162,11 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest-dir", type=Path, help="guests built with make -C guests O=DIR")
     ap.add_argument("--no-qemu", action="store_true", help="guestdbg alone")
     ap.add_argument("--json", type=Path, help="write every sample and the medians here")
+    ap.add_argument("--before", type=Path, metavar="SRC",
+                    help="also run the guestdbg in this tree's src/ (stub kind 'before'), interleaved")
     args = ap.parse_args(argv)
+    global BEFORE_SRC
+    BEFORE_SRC = args.before.resolve() if args.before else None
     if shutil.which(GDB) is None:
         print(f"{GDB} is not installed", file=sys.stderr)
         return 2
-    stubs = ["guestdbg"] + ([] if args.no_qemu or shutil.which("qemu-system-aarch64") is None else ["qemu"])
+    stubs = ["guestdbg"] + (["before"] if args.before else []) + \
+        ([] if args.no_qemu or shutil.which("qemu-system-aarch64") is None else ["qemu"])
     inproc: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench_cond") as tmp:
         work = Path(tmp)
@@ -195,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             row["qemu_over_guestdbg"] = med["qemu"] / med["guestdbg"]
             row["per_round"] = per_round
             line += f"; QEMU/guestdbg time {row['qemu_over_guestdbg']:.1f}x (rounds: {', '.join(f'{r:.1f}' for r in per_round)})"
+            if "before" in med:
+                before_rounds = [q / g for q, g in zip(samples[mode]["qemu"], samples[mode]["before"])]
+                row["qemu_over_before"] = med["qemu"] / med["before"]
+                row["per_round_before"] = before_rounds
+                line += (f"; QEMU/before {row['qemu_over_before']:.1f}x "
+                         f"(rounds: {', '.join(f'{r:.1f}' for r in before_rounds)})")
         summary[mode] = row
         print(line)
     summary["in_process_us_per_hit"] = {k: statistics.median(r[k] for r in inproc) * 1e6 for k in inproc[0]}

@@ -142,12 +142,14 @@ def test_slot_counts_come_from_the_capabilities(guest_dir):
     assert (m.hw_bp_slots, m.hw_wp_slots) == (3, 5)
 
 
-def test_sw_breakpoint_reads_show_original_bytes(guest_dir):
+@pytest.mark.parametrize("in_run", [False, True])
+def test_sw_breakpoint_reads_show_original_bytes(guest_dir, in_run):
     g, m = _guest(guest_dir, "bp_targets")
+    m.in_run_breakpoints = in_run  # (policy 18: decided in the run, nothing patched)
     a = g.sym["bp_a"]
     before = g.read(a - 8, 24)
     assert m.add_breakpoint(a) == "sw"
-    assert g.vm.read_phys(a, 4) == BRK0  # patched in guest memory
+    assert g.vm.read_phys(a, 4) == (before[8:12] if in_run else BRK0)  # patched in guest memory, or not at all
     assert m.read_memory(a - 8, 24) == before  # the debugger sees the original
     assert m.read_memory(a + 2, 1) == before[10:11]  # partial overlap too
     m.remove_breakpoint(a)
@@ -156,6 +158,7 @@ def test_sw_breakpoint_reads_show_original_bytes(guest_dir):
 
 def test_sw_breakpoint_write_updates_saved_original(guest_dir):
     g, m = _guest(guest_dir, "bp_targets")
+    m.in_run_breakpoints = False  # BRK patches (policy 18 patches nothing)
     a = g.sym["bp_a"]
     m.add_breakpoint(a)
     new = bytes.fromhex("1f2003d5")  # nop
@@ -172,6 +175,7 @@ def test_sw_breakpoint_write_updates_saved_original(guest_dir):
 
 def test_sw_breakpoint_remove_restores_exactly_and_refcounts(guest_dir):
     g, m = _guest(guest_dir, "bp_targets")
+    m.in_run_breakpoints = False  # BRK patches (policy 18 patches nothing)
     addrs = [g.sym["bp_a"], g.sym["bp_b"], g.sym["bp_c"], g.sym["bp_a"] + 4]
     image = g.read(0x4010_0000, 0x1000)
     for a in addrs:
@@ -407,15 +411,18 @@ def test_watch_hits_each_iteration(guest_dir):
     assert end.exit_status == 0 and "b=3" in g.text
 
 
-def test_step_from_a_breakpoint_keeps_it(guest_dir):
+@pytest.mark.parametrize("in_run", [False, True])
+def test_step_from_a_breakpoint_keeps_it(guest_dir, in_run):
     g, m = _guest(guest_dir, "bp_targets")
+    m.in_run_breakpoints = in_run
     a = g.sym["bp_a"]
+    original = g.vm.read_phys(a, 4)
     m.add_breakpoint(a)
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, a)
     e = m.step()
     assert e.kind is StopKind.STEP and e.pc == a + 4
-    assert g.vm.read_phys(a, 4) == BRK0
+    assert g.vm.read_phys(a, 4) == (original if in_run else BRK0)
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, a)  # the second iteration still stops
 
@@ -521,7 +528,8 @@ def test_python_api_registers_snapshot_restore(guest_dir, tmp_path):
     assert d.cont().kind is StopKind.SWBREAK  # the second call of bp_b
     d.restore(snap)
     assert d.read_register("pc") == g.sym["bp_b"] and d.read_register("x19") == x19
-    assert g.read(g.sym["bp_b"], 4) == bytes.fromhex("000020d4")  # still patched after the restore
+    # still patched after the restore (unless decided in the run: policy 18)
+    assert g.read(g.sym["bp_b"], 4) == (d.read_memory(g.sym["bp_b"], 4) if d.in_run_breakpoints else BRK0)
     assert d.read_memory(g.sym["bp_b"], 4) != bytes.fromhex("000020d4")  # and shown as the original
     hits = 0
     while (e := d.cont()).kind is StopKind.SWBREAK:
@@ -563,22 +571,25 @@ def _aliased(guest_dir) -> tuple[Guest, GuestDebugManager]:
 
 @pytest.mark.parametrize("order", ["identity-first", "alias-first"])
 @pytest.mark.parametrize("remove", ["identity-first", "alias-first"])
-def test_breakpoints_on_two_aliases_of_one_page_share_one_patch(guest_dir, order, remove):
+@pytest.mark.parametrize("in_run", [False, True])
+def test_breakpoints_on_two_aliases_of_one_page_share_one_patch(guest_dir, order, remove, in_run):
     """Two virtual addresses of one physical instruction: one BRK patch, whose original is the
     real instruction; removing one alias keeps the other armed; removing both leaves no stray
     BRK, in every order; a breakpoint on the alias alone does not stop the guest running at the
     identity address (before, the shared BRK was handed to the guest as its own)."""
     g, d = _aliased(guest_dir)
+    d.in_run_breakpoints = in_run  # policy 18: nothing patched, the same stops
     va = g.sym["bp_b"]
     original = g.read(va, 4)
+    patched = original if in_run else BRK0
     pair = [va, va + ALIAS_OFFSET]
     for addr in (pair if order == "identity-first" else pair[::-1]):
         assert d.add_breakpoint(addr) == "sw"
-        assert g.read(va, 4) == BRK0
+        assert g.read(va, 4) == patched
     assert d.read_memory(va, 4) == original and d.read_memory(va + ALIAS_OFFSET, 4) == original
     first, second = pair if remove == "identity-first" else pair[::-1]
     d.remove_breakpoint(first)
-    assert g.read(va, 4) == BRK0  # the other alias is still armed
+    assert g.read(va, 4) == patched  # the other alias is still armed
     assert d.read_memory(second, 4) == original
     if second == va:
         e = d.cont()  # the guest runs at the identity VA: the remaining breakpoint is there

@@ -151,6 +151,7 @@ def test_physical_reads_show_originals_under_breakpoints(marked, swap_guest):
     g, m, s = marked
     at = elf_symbols(str(swap_guest))["_start"]
     original = g.vm.read_phys(at, 4)
+    m.in_run_breakpoints = False  # a BRK patch (policy 18 patches nothing)
     s.handle(b"Z0,%x,4" % at)
     assert g.vm.read_phys(at, 4) != original         # patched
     s.handle(b"Qqemu.PhyMemMode:1")

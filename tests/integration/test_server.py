@@ -292,8 +292,9 @@ def test_lost_client_breakpoints_survive_for_next_client(guest_dir, serve):
     assert f"break   {end:#x}" in slots, slots
     assert f"hbreak  {end + 4:#x}" in slots
     assert f"watch   {g.sym['idle_page']:#x}+8" in slots
-    assert g.vm.read_phys(end, 4) == BRK0
-    assert c2.cmd(b"m%x,4" % end) != BRK0.hex().encode()  # still shown as the original
+    assert f"break   {end:#x}  software (decided in the run" in slots  # nothing patched (policy 18)
+    assert g.vm.read_phys(end, 4) != BRK0
+    assert c2.cmd(b"m%x,4" % end) == g.vm.read_phys(end, 4).hex().encode()
     assert c2.cmd(b"P0=0100000000000000") == b"OK"
     reply = c2.cmd(b"c")
     assert reply.startswith(b"T05") and _stop_pc(reply) == end, reply

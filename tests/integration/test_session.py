@@ -657,6 +657,7 @@ def test_real_m_large_is_capped_not_refused(real):
 
 def test_real_m_shows_original_under_breakpoint(real):
     g, m, s = real
+    m.in_run_breakpoints = False  # a BRK patch (policy 18 patches nothing)
     a = g.sym["bp_a"]
     orig = g.read(a, 8)
     assert payload(s.handle(b"Z0,%x,4" % a)) == b"OK"
@@ -690,6 +691,7 @@ def test_real_breakpoint_past_the_end_of_ram_is_efault(real):
     """A BRK that would straddle the end of RAM is refused (EFAULT), nothing patched (found by
     the fuzz test once back-end errors stopped being turned into error replies wholesale)."""
     g, m, s = real
+    m.in_run_breakpoints = False  # a BRK patch (policy 18 patches nothing)
     before = g.read(RAM_END - 4, 4)
     assert payload(s.handle(b"Z0,%x,4" % (RAM_END - 3))) == b"E%02x" % errno.EFAULT
     assert g.read(RAM_END - 4, 4) == before and m.debug_points() == []
@@ -752,7 +754,7 @@ def test_monitor_snapshot_save_and_load(real, tmp_path):
     # The breakpoint stays armed over the restored code (BRK in guest memory, the original
     # shown to the debugger); the M before the load is undone.
     assert g.read(0x4010_0000, 0x2000) == mem_before
-    assert g.read(a, 4) == BRK0 and m.read_memory(a, 4) == original
+    assert g.read(a, 4) == (original if m.in_run_breakpoints else BRK0) and m.read_memory(a, 4) == original
     assert [p.addr for p in m.debug_points()] == [a] and s.owns(m.debug_points()[0])
     # The file holds no debugger state: the BRK was never saved into its memory.
     from guestdbg import snapshot

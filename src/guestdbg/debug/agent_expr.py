@@ -78,9 +78,16 @@ def _signed(v: int) -> int:
 
 @dataclass(frozen=True)
 class AgentExpr:
-    """One agent expression: its bytecode, as a `Z` packet's `X len,hex` carries it."""
+    """One agent expression: its bytecode, as a `Z` packet's `X len,hex` carries it.
+    Straight-line bytecode (what gdb compiles most conditions to) is also compiled once to a
+    Python function (`compile_straight`), which `evaluate` runs first: the interpreter runs
+    only when there is none, and again when it fails, to say why."""
 
     code: bytes
+    _fast: Callable[[ReadRegister, ReadMemory], int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fast", compile_straight(self.code))
 
     @classmethod
     def from_hex(cls, text: str | bytes) -> AgentExpr:
@@ -90,6 +97,12 @@ class AgentExpr:
     def evaluate(self, read_register: ReadRegister, read_memory: ReadMemory, *,
                  output: Output | None = None, variables: MutableMapping[int, int] | None = None,
                  need_value: bool = True) -> int:
+        fast = self._fast
+        if fast is not None:
+            try:
+                return fast(read_register, read_memory)
+            except Exception:  # noqa: BLE001 - the interpreter runs it again and says why
+                pass
         return evaluate(self.code, read_register, read_memory, output=output, variables=variables,
                         need_value=need_value)
 
@@ -284,6 +297,98 @@ def _binary(op: int, a: int, b: int, at: int) -> int:
     if op == 0x15:
         return int(a < b)
     raise AgentExprError(f"unknown opcode {op:#04x} at {at}")
+
+
+# ---------------------------------------------------------------------------- compiled
+def _ref(read_memory: ReadMemory, addr: int, size: int) -> int:
+    data = read_memory(addr, size)
+    if len(data) != size:
+        raise AgentExprError(f"cannot read {size} bytes at {addr:#x}")
+    return int.from_bytes(data, "little")
+
+
+# Binary operators compiled inline (the others call _binary): each takes and gives u64.
+_INLINE = {0x02: "(({a}) + ({b})) & 0xFFFFFFFFFFFFFFFF", 0x03: "(({a}) - ({b})) & 0xFFFFFFFFFFFFFFFF",
+           0x04: "(({a}) * ({b})) & 0xFFFFFFFFFFFFFFFF", 0x0f: "(({a}) & ({b}))", 0x10: "(({a}) | ({b}))",
+           0x11: "(({a}) ^ ({b}))", 0x13: "int(({a}) == ({b}))", 0x15: "int(({a}) < ({b}))",
+           0x14: "int(_signed({a}) < _signed({b}))"}
+MAX_COMPILED = 256  # bytecode longer than this is interpreted
+
+
+def compile_straight(code: bytes) -> Callable[[ReadRegister, ReadMemory], int] | None:
+    """A Python function computing what `evaluate(code, ...)` returns, for bytecode with no
+    jumps, trace variables or printf that ends in `end` with a value (gdb's conditions without
+    && or ||, e.g. `$x0 == 77`, `*(int *)p > 3`); None for anything else, or for bytecode the
+    interpreter would reject (it then says why). Values are evaluated left to right, as the
+    interpreter does; a failure (a register or memory read, a division by zero) raises, and
+    AgentExpr.evaluate then runs the interpreter for its AgentExprError."""
+    if len(code) > MAX_COMPILED:
+        return None
+    stack: list[str] = []
+    pc, n = 0, len(code)
+    try:
+        while pc < n:
+            op, at = code[pc], pc
+            pc += 1
+            if op == 0x27:  # end
+                if pc != n or len(stack) != 1:  # (a value under the top is computed, not returned)
+                    return None
+                break
+            if op == 0x26:  # reg
+                if pc + 2 > n:
+                    return None
+                stack.append(f"(r({int.from_bytes(code[pc:pc + 2], 'big')}) & 0xFFFFFFFFFFFFFFFF)")
+                pc += 2
+            elif 0x22 <= op <= 0x25:  # const8..const64
+                size = 1 << (op - 0x22)
+                if pc + size > n:
+                    return None
+                stack.append(str(int.from_bytes(code[pc:pc + size], "big")))
+                pc += size
+            elif op == 0x16 or op == 0x2a:  # ext, zero_ext
+                if pc + 1 > n or code[pc] == 0:
+                    return None
+                bits = code[pc]
+                pc += 1
+                if bits < 64:
+                    v = f"(({stack.pop()}) & {(1 << bits) - 1})"
+                    stack.append(f"_sext({v}, {bits})" if op == 0x16 else v)
+                elif not stack:
+                    return None
+            elif 0x17 <= op <= 0x1a:  # ref8..ref64
+                stack.append(f"_ref(m, {stack.pop()}, {1 << (op - 0x17)})")
+            elif 0x02 <= op <= 0x15 and op not in (0x0c, 0x0d, 0x0e, 0x12):
+                b = stack.pop()
+                a = stack.pop()
+                if op in _INLINE:
+                    # The left operand first, as the interpreter pushed it.
+                    stack.append(_INLINE[op].format(a=a, b=b) if op != 0x14 else
+                                 f"_lt_signed({a}, {b})")
+                else:
+                    stack.append(f"_binary({op}, {a}, {b}, {at})")
+            elif op == 0x0e:  # log_not
+                stack.append(f"int(not ({stack.pop()}))")
+            elif op == 0x12:  # bit_not
+                stack.append(f"(~({stack.pop()}) & 0xFFFFFFFFFFFFFFFF)")
+            else:
+                return None  # jumps, stack shuffles, trace, printf, floats, unknown: interpreted
+            if len(stack) > MAX_STACK:
+                return None
+        else:
+            return None  # no `end`
+    except IndexError:  # underflow: the interpreter reports it
+        return None
+    source = f"lambda r, m: {stack[-1]}"
+    return eval(source, {"_ref": _ref, "_binary": _binary, "_signed": _signed,  # noqa: S307 - built above
+                         "_sext": _sext, "_lt_signed": _lt_signed})
+
+
+def _sext(v: int, bits: int) -> int:
+    return (v - (1 << bits)) & MASK64 if v >> (bits - 1) else v
+
+
+def _lt_signed(a: int, b: int) -> int:
+    return int(_signed(a) < _signed(b))
 
 
 # ---------------------------------------------------------------------------- printf

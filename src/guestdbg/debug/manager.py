@@ -67,6 +67,22 @@ Policy
     and step-overs included, goes through the scheduler, never one vCPU alone: what ran out of
     turn could not be replayed in turn. `reverse_step(vcpu)` goes back one of that vCPU's
     instructions, to where its forward step would have stopped.
+18. On a vCPU that offers `set_break_filters` (the emulated one), software breakpoints are
+    decided in the vCPU's run: no BRK is patched; the vCPU calls the manager before the
+    instruction runs (a code hook on that one address, only while the address translates to
+    the breakpoint's physical address, so another virtual alias of the page or another
+    address space does not hit, as with a BRK). A plain breakpoint stops there; one with
+    conditions or commands stops only when they say so, and a false one (or a dprintf) lets
+    the instruction run with no exit, no step-over and no retranslation. Inserting or
+    removing one touches no guest memory and no page protection, and resuming from one needs
+    no step-over: the run skips that one hit (its address at that instruction count), with
+    nothing to lift or re-patch (a step from it skips the hook the same way); but with several
+    vCPUs, or an interrupt that could come first (`interrupt_may_preempt`), it is stepped over
+    as in policy 7, so the instruction still runs before anything else. Code the
+    guest rewrites keeps the breakpoint (the hook belongs to the address; rewritten code is
+    translated again through it). While recording, every hit stops and is evaluated on the
+    ordinary stop path. `in_run_breakpoints = False` keeps plain ones as BRK patches (policies
+    2-5, as on KVM, which always uses them).
 
 The target interface
 --------------------
@@ -86,6 +102,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import signal
 import threading
 from dataclasses import dataclass, field, replace
@@ -260,6 +277,18 @@ class GuestDebugManager:
         self._sw_va: dict[int, int] = {}           # va -> pa
         self._hw_bp: dict[int, int] = {}           # va -> slot
         self._unmapped_bp: set[int] = set()        # the Z0s in _hw_bp because their VA was unmapped (policy 12)
+        # Software breakpoints the vCPU decides in its run (policy 18): va -> pa. All of them
+        # where the vCPU offers it, unless `in_run_breakpoints` is turned off: then only those
+        # with conditions or commands, and plain ones are BRK patches (as on KVM), for
+        # breakpoints inserted from then on.
+        self._filtered: dict[int, int] = {}
+        self._can_filter = all(hasattr(v, "set_break_filters") for v in self._vcpus)
+        self.in_run_breakpoints = self._can_filter
+        self._deciders = [functools.partial(self._decide_in_run, v) for v in range(len(self._vcpus))]
+        # vCPU -> (pc, icount): resuming from a filtered breakpoint skips that one hit, no step
+        self._skip_once: dict[int, tuple[int, int]] = {}
+        self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run
+        self._filter_stop: tuple[int, int] | None = None  # (vCPU, pc) of the last stop a filter asked for
         self.watches: list[Watch] = []
         # Conditions and commands of breakpoints and watchpoints, evaluated at their stops
         # (gdb's target-side conditions and dprintf, `condition=` in the Python API).
@@ -401,7 +430,45 @@ class GuestDebugManager:
         replaces the breakpoint's condition (None: it always stops)."""
         mechanism = self._add_breakpoint(va)
         self.conditions.set(("break", va, 0), condition)
+        if mechanism == "sw" and self._can_filter:
+            self._place_filtered(va)
         return mechanism
+
+    def _place_filtered(self, va: int) -> None:
+        """Policy 18: a software breakpoint with conditions is decided in the run (no BRK
+        patched); one without goes back to a BRK patch unless plain ones are in the run too."""
+        in_run = self.in_run_breakpoints or ("break", va, 0) in self.conditions.active
+        if in_run and va in self._sw_va:
+            pa = self._sw_va.pop(va)
+            patch = self._sw[pa]
+            patch.vas.discard(va)
+            if not patch.vas:
+                self.vm.write_phys(pa, patch.original)
+                del self._sw[pa]
+            self._filtered[va] = pa
+            self._apply()
+        elif not in_run and va in self._filtered:
+            del self._filtered[va]
+            self._add_breakpoint(va)
+
+    def _decide_in_run(self, vcpu_id: int, pc: int) -> bool:
+        """The vCPU reached a filtered breakpoint (policy 18), in its run: stop there?"""
+        self._filter_stop = (vcpu_id, pc)
+        if self._history is not None or ("break", pc, 0) not in self.conditions.active:
+            return True  # unconditional; or recording or replaying: the stop path evaluates (_runs_on)
+        vcpu = self._vcpus[vcpu_id]
+        current, self._current = self._current, vcpu_id  # memory reads translate through it
+        try:
+            view = StopView(pc, vcpu_id, lambda n: self._registers.read_one(vcpu, n),
+                            self._read_memory, self._number, self.conditions.output)
+            stop = self.conditions.should_stop([("break", pc, 0)], view)
+        finally:
+            self._current = current
+        if stop:
+            self._decided = (vcpu_id, pc)
+        else:
+            self._filter_stop = None
+        return stop
 
     def _add_breakpoint(self, va: int) -> str:
         try:
@@ -424,7 +491,11 @@ class GuestDebugManager:
         if slot.readonly:
             self.add_hw_breakpoint(va)
             return "hw"
-        if va in self._sw_va:
+        if va in self._sw_va or va in self._filtered:
+            return "sw"
+        if self._can_filter and self.in_run_breakpoints:  # policy 18: nothing to patch
+            self._filtered[va] = pa
+            self._apply()
             return "sw"
         patch = self._sw.get(pa)
         if patch is None:
@@ -455,8 +526,12 @@ class GuestDebugManager:
         return "hw"
 
     def remove_breakpoint(self, va: int) -> None:
-        if va in self._hw_bp and va not in self._sw_va:
+        if va in self._hw_bp and va not in self._sw_va and va not in self._filtered:
             return self.remove_hw_breakpoint(va)
+        if self._filtered.pop(va, None) is not None:
+            self.conditions.remove(("break", va, 0))
+            self._apply()
+            return
         pa = self._sw_va.pop(va, None)
         if pa is None:
             raise DebugError(errno.ENOENT, f"no breakpoint at {va:#x}")
@@ -538,6 +613,7 @@ class GuestDebugManager:
             self.vm.write_phys(patch.pa, patch.original)
         self._sw.clear()
         self._sw_va.clear()
+        self._filtered.clear()
         self._hw_bp.clear()
         self._unmapped_bp.clear()
         self.watches.clear()
@@ -566,6 +642,8 @@ class GuestDebugManager:
                   for va, slot in sorted(self._hw_bp.items(), key=lambda kv: kv[1])]
         points += [DebugPoint("break", va, len(self._brk), f"software ({self.arch.sw_break_name} at pa {pa:#x})")
                    for va, pa in sorted(self._sw_va.items())]
+        points += [DebugPoint("break", va, len(self._brk), f"software (decided in the run, pa {pa:#x})")
+                   for va, pa in sorted(self._filtered.items())]
         points += [DebugPoint(w.kind.value, w.addr, w.length, w.mechanism) for w in self.watches]
         return points
 
@@ -591,6 +669,8 @@ class GuestDebugManager:
                 lines.append(f"  hbreak  {va:#x}  slot {slot}")
         for va, pa in sorted(self._sw_va.items()):
             lines.append(f"  break   {va:#x}  software ({self.arch.sw_break_name} at pa {pa:#x})")
+        for va, pa in sorted(self._filtered.items()):
+            lines.append(f"  break   {va:#x}  software (decided in the run, pa {pa:#x})")
         for w in self.watches:
             lines.append(f"  {w.kind.value:<7} {w.addr:#x}+{w.length}  {w.mechanism}")
         return lines
@@ -751,8 +831,12 @@ class GuestDebugManager:
         stepping = enabled | kvm.KVM_GUESTDBG_SINGLESTEP
         if self._blockirq_control and not self._step_irqs:
             stepping |= kvm.KVM_GUESTDBG_BLOCKIRQ
-        armed = enabled if self._sw or self._hw_bp or self.watches else 0
+        armed = enabled if self._sw or self._filtered or self._hw_bp or self.watches else 0
         for vcpu_id, vcpu in enumerate(self._vcpus):
+            if self._can_filter:  # policy 18
+                skip = (skip_bp_at, vcpu.icount) if vcpu_id == stepper and skip_bp_at is not None \
+                    else self._skip_once.get(vcpu_id)
+                vcpu.set_break_filters(self._filtered, self._deciders[vcpu_id], skip)
             vcpu.set_watch_traps(traps)
             vcpu.set_guest_debug(stepping if vcpu_id == stepper else armed, self._arch_regs)
 
@@ -811,14 +895,24 @@ class GuestDebugManager:
 
     def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
         with self._lock:
+            self._decided = self._filter_stop = None
+            self._skip_once.clear()
             target = self._current if vcpu is None else vcpu
             self.check_runnable("step" if step else "continue", vcpu=target if step or alone else None)
             runners = [target] if alone else [target] + [v for v in range(len(self._vcpus)) if v != target]
             for v in runners:
                 self._current = v
                 last = self._pending_step_over(v)
-                self._stops.pop(v, None)  # it runs now: what it stopped at is behind it
+                stopped_at = self._stops.pop(v, None)  # it runs now: what it stopped at is behind it
                 if last is None:
+                    continue
+                if (last.kind is StopKind.SWBREAK and last.pc in self._filtered and last.pc not in self._hw_bp
+                        and not (step and v == target) and stopped_at is not None and stopped_at[1] is not None
+                        and len(self._vcpus) == 1 and not self.vcpu.interrupt_may_preempt()):
+                    # Policy 18: nothing to lift; the run just skips this one hit. (Not when an
+                    # interrupt could come first, nor with other vCPUs to run first: a step-over
+                    # runs the instruction before anything else, with interrupts held.)
+                    self._skip_once[v] = (last.pc, stopped_at[1])
                     continue
                 event = self._step_over(last.pc, last=last)
                 if event is not None or (step and v == target):
@@ -840,6 +934,7 @@ class GuestDebugManager:
                         return self._stopped(event)
             finally:
                 self._step_vcpu = None
+                self._skip_once.clear()
                 self._apply()
 
     def _runs_on(self, event: StopEvent, stepping: bool) -> bool:
@@ -847,6 +942,9 @@ class GuestDebugManager:
         Never for the vCPU a step is for: its stop is the step's."""
         if stepping or not self.conditions:
             return False
+        decided, self._decided = self._decided, None
+        if decided == (self._current, event.pc) and event.kind is StopKind.SWBREAK:
+            return False  # evaluated (and counted) in the run already (policy 18)
         if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK):
             keys: list[PointKey] = [("break", event.pc, 0)]
         elif event.kind is StopKind.WATCH and event.watch_addr is not None and event.watch_kind is not None:
@@ -873,7 +971,7 @@ class GuestDebugManager:
         if vcpu.pc != last.pc or getattr(vcpu, "icount", None) != icount:
             return None
         pc = last.pc
-        if pc in self._sw_va or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed):
+        if pc in self._sw_va or pc in self._filtered or pc in self._hw_bp or (last.kind is StopKind.WATCH and not last.completed):
             return last
         return None
 
@@ -957,7 +1055,9 @@ class GuestDebugManager:
             # A Z0 that took a slot because its VA was unmapped is reported as the debugger's
             # software breakpoint (policy 12).
             return StopEvent(StopKind.SWBREAK if pc in self._unmapped_bp else StopKind.HWBREAK, pc)
-        if raw.kind == "swbreak" and pc in self._sw_va:
+        filtered = pc in self._filtered and self._filter_stop == (self._current, pc)  # not the guest's own BRK
+        if raw.kind == "swbreak" and (pc in self._sw_va or filtered):
+            self._filter_stop = None
             return StopEvent(StopKind.SWBREAK, pc)
         alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None
         if alias_patch is not None:
@@ -1329,7 +1429,7 @@ class GuestDebugManager:
         looks for is stores to watched memory (no breakpoints, no read or access watches), the
         MMU is off (watched addresses are physical) now and at both ends, and the dirty log says
         no store touched a watched page in between."""
-        if self._sw or self._hw_bp or not self.watches or any(w.kind is not WatchKind.WRITE for w in self.watches):
+        if self._sw or self._filtered or self._hw_bp or not self.watches or any(w.kind is not WatchKind.WRITE for w in self.watches):
             return False
         ends = [h.checkpoints[index]] + ([h.checkpoints[index + 1]] if index + 1 < len(h.checkpoints) else [])
         if any(self._registers.translation_enabled(v) for v in self._vcpus) or any(

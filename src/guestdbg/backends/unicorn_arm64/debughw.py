@@ -54,10 +54,11 @@ from guestdbg.backends.unicorn_arm64.runctl import (
     ACTION_XLATE,
     ACTION_XLATE_TTBR0,
     ACTION_XLATE_TTBR1,
+    CODE_HOOK as _CODE_HOOK,
     CpReg,
 )
 from guestdbg.backends.unicorn_arm64.timers import TIMER_REGS
-from guestdbg.kvm import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW, KvmRun
+from guestdbg.kvm import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW, KVM_GUESTDBG_USE_SW_BP, KvmRun
 from guestdbg.vmapi import WatchTrap
 
 # Writes of the translation registers, all executed by Unicorn; the C hook notes what they may
@@ -129,6 +130,11 @@ class DebugHardware(ExceptionEntry):
         self._rearm_pending = False
         self._reprotect_pending = False  # a translation under a watched page may have changed
         self._code_trap_words: list[tuple[int, int, int]] = []  # (pa, va, length) of the debugger's code traps
+        # The debugger's filtered software breakpoints (set_break_filters): va -> (pa, hook).
+        self._filters: dict[int, tuple[int, int]] = {}
+        self._filter_decide: Callable[[int], bool] | None = None
+        self._filter_skip: tuple[int, int] | None = None
+        self._filter_callback = _CODE_HOOK(self._on_filtered_break)  # kept referenced for the Uc's life
 
     # ------------------------------------------------------------------ KVM_SET_GUEST_DEBUG
     def set_guest_debug(self, control: int, arch: kr.kvm_guest_debug_arch | None = None) -> None:
@@ -165,6 +171,56 @@ class DebugHardware(ExceptionEntry):
         self._traps = [dr.Watchpoint(index=-1 - i, ranges=((t.start, t.end),), loads=t.loads, stores=t.stores,
                                      el0=True, el1=True, linked=False, lbn=0) for i, t in enumerate(traps)]
         self._reprotect()
+
+    def set_break_filters(self, points: dict[int, int], decide: Callable[[int], bool] | None,
+                          skip: tuple[int, int] | None = None) -> None:
+        """guestdbg extension: software breakpoints decided in the run, with no instruction
+        patched. `points` maps each virtual address to the physical address it had when the
+        breakpoint was set; before the instruction at such an address runs, while the debugger
+        has KVM_GUESTDBG_USE_SW_BP on and the address still translates to that physical
+        address, `decide(va)` is called in the run (the vCPU's hook, under whatever the caller
+        holds): True stops the run before the instruction with the exit a BRK #0 there would
+        give, False lets the instruction run as if nothing were there. `skip`: an address
+        (address, instruction count): no filter fires there while the instruction count is
+        that (resuming from the breakpoint stopped at, which needs no step: nothing is patched).
+
+        Each point is a UC_HOOK_CODE bounded to its one instruction, so nothing else pays for
+        it; adding or removing one drops only that instruction's translations."""
+        self._filter_decide = decide
+        self._filter_skip = skip
+        if points.keys() == self._filters.keys() and all(self._filters[va][0] == pa for va, pa in points.items()):
+            return
+        for va in [va for va in self._filters if va not in points]:
+            self._runctl.remove_hook(self._filters.pop(va)[1])
+            self._drop_code_at(va)
+        for va, pa in points.items():
+            old = self._filters.get(va)
+            if old is not None:
+                self._filters[va] = (pa, old[1])
+                continue
+            self._filters[va] = (pa, self._runctl.add_python_code_hook(self._filter_callback, va))
+            self._drop_code_at(va)  # code translated before the hook existed would not call it
+
+    def _on_filtered_break(self, _uc: Any, address: int, _size: int, _user: Any) -> None:
+        try:
+            point = self._filters.get(address)
+            control = self.guestdbg_control
+            skip = self._filter_skip
+            if (point is None or address == self._suppress_pc
+                    or (skip is not None and address == skip[0] and self._runctl.icount_at(address) == skip[1])
+                    or not control & KVM_GUESTDBG_ENABLE or not control & KVM_GUESTDBG_USE_SW_BP
+                    or self._at_limit(address) or self._stop_pending()):
+                return
+            # Breakpoints are the physical instruction's (a BRK patch would be): at the same
+            # virtual address in another address space there is none.
+            if self._runctl.translate_exec(address) != point[0]:
+                return
+            decide = self._filter_decide
+            if decide is not None and decide(address):
+                self._stopped_at = address
+                self._stop(self._debug_exit(dr.esr_brk64(0)))
+        except BaseException as e:  # noqa: BLE001 - a ctypes callback must not raise: run() re-raises it
+            self._hook_failed(e)
 
     @property
     def debugger_owns_hw(self) -> bool:

@@ -7,15 +7,18 @@ many of them in one uc_reg_read_batch call.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from unicorn import UcError
 from unicorn import arm64_const as uca
+from unicorn.unicorn_py3.unicorn import uclib
 
 from guestdbg import kvm
 from guestdbg.arm import kvm_regs as kr
-from guestdbg.backends.unicorn_arm64.arch import SPSR_EL1, V_REGS, VMPIDR_EL2, X_REGS, RegKey
+from guestdbg.backends.unicorn_arm64.arch import SPSR_EL1, V_REGS, V_REGS_SET, VMPIDR_EL2, X_REGS, RegKey
 from guestdbg.backends.unicorn_arm64.mmio import MmioAccess
 from guestdbg.backends.unicorn_arm64.timers import (
     CNTKCTL_EL1,
@@ -113,8 +116,24 @@ class OneRegTable(MmioAccess):
         uc = self.uc
         regs: dict[int, _OneReg] = {}
 
+        uch, reg_read = uc._uch, uclib.uc_reg_read
+
         def plain(uc_reg: int) -> _OneReg:
-            return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v), uc_reg)
+            if uc_reg in V_REGS_SET:
+                return _OneReg(lambda: uc.reg_read(uc_reg), lambda v: uc.reg_write(uc_reg, v), uc_reg)
+            # A 64-bit register: one uc_reg_read into a buffer made once (the binding's
+            # reg_read picks a ctypes class and builds one per call: ~5 us against ~1 us; a
+            # condition in the stub reads its registers through this).
+            buf = ctypes.c_uint64()
+            ref = ctypes.byref(buf)
+
+            def get() -> int:
+                status = reg_read(uch, uc_reg, ref)
+                if status:
+                    raise UcError(status)
+                return buf.value
+
+            return _OneReg(get, lambda v: uc.reg_write(uc_reg, v), uc_reg)
 
         def cp(enc: tuple[int, int, int, int, int]) -> _OneReg:
             return _OneReg(lambda: uc.cpr_read(*enc), lambda v: uc.cpr_write(*enc, v), cp_enc=enc)

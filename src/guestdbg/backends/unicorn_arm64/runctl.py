@@ -14,6 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INSN, UcError
 from unicorn import arm64_const as uca
@@ -49,6 +50,8 @@ class CpReg(ctypes.Structure):
                 ("op1", ctypes.c_uint32), ("op2", ctypes.c_uint32), ("val", ctypes.c_uint64)]
 
 
+# A UC_HOOK_CODE callback: (uc, address, size, user).
+CODE_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 SYSREG_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(CpReg),
                                    ctypes.c_void_p)
 
@@ -100,6 +103,9 @@ def _load_library() -> ctypes.CDLL:
 
 
 _lib = _load_library()
+_vmem_translate = uclib.uc_vmem_translate
+_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+_vmem_translate.restype = ctypes.c_int
 
 
 def _fn_address(name: str) -> int:
@@ -129,6 +135,7 @@ class RunControl:
         state.vmm_write = ctypes.cast(self._vmm_write, ctypes.c_void_p).value
         state.limit = (1 << 64) - 1
         self._addr = ctypes.addressof(state)
+        self._pa = ctypes.c_uint64()
         # Wakes a vCPU idle in WFI (wait_for_stop) when another thread calls request_stop().
         self._wakeup = threading.Event()
         self._alarm: _Alarm | None = None
@@ -181,6 +188,25 @@ class RunControl:
     def add_event_hook(self, va: int) -> int:
         """The event hook on the one instruction at `va` (blocks translated from now on)."""
         return self._hook(UC_HOOK_CODE, "runctl_event_hook", va, va + 3)
+
+    def add_python_code_hook(self, callback: Any, va: int) -> int:
+        """A UC_HOOK_CODE on the one instruction at `va` calling `callback` (a CODE_HOOK the
+        caller keeps referenced), without the unicorn module's per-call wrapper."""
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_CODE,
+                                   ctypes.cast(callback, ctypes.c_void_p), None,
+                                   ctypes.c_uint64(va), ctypes.c_uint64(va))
+        if status:
+            raise UcError(status)
+        return handle.value
+
+    def translate_exec(self, va: int) -> int | None:
+        """The physical address the vCPU fetches `va` from now (Unicorn's own walk, no fault
+        raised), or None if it cannot."""
+        pa = self._pa
+        if _vmem_translate(self.uc._uch, ctypes.c_uint64(va), 4, ctypes.byref(pa)):
+            return None
+        return pa.value
 
     def remove_hook(self, handle: int) -> None:
         status = uclib.uc_hook_del(self.uc._uch, ctypes.c_size_t(handle))

@@ -174,6 +174,23 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                 self.irq_due = self._runctl.state.icount
             self._runctl.request_stop()
 
+    def interrupt_may_preempt(self) -> bool:
+        """guestdbg extension: could the next run take an interrupt before its first
+        instruction? The IRQ input high and unmasked, or a timer output changing now or within
+        a counter tick. (The debug manager then steps off a breakpoint, with interrupts held,
+        instead of only skipping its hook: see its policy 18.)"""
+        if self._irq_level and not self._pstate() & PSTATE_I:
+            return True
+        timers = self.timers
+        if timers.armed or self.device_irq_level:
+            count = self.counter()
+            if timers.irq_level(count) != self.device_irq_level:
+                return True
+            deadline = timers.next_deadline(count)
+            if deadline is not None and deadline - count <= 1:
+                return True
+        return False
+
     @property
     def irq_line_level(self) -> bool:
         """The IRQ input's level as HCR_EL2.VI has it now."""
