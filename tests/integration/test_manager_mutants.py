@@ -1,0 +1,384 @@
+"""GuestDebugManager behaviour pinned for mutation testing (issue 14, bench/README.md "Mutation
+testing"): each test here kills mutants of debug/manager.py that the other fast tests let
+survive. Exact values only (PCs, bytes, regions, messages), on the emulated vCPU; no timing."""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pytest
+
+from guestdbg import kvm
+from guestdbg.debug.arch import BRK0
+from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, StopKind,
+                                    WatchKind)
+from guestdbg.debug.regions import PhysRegion
+from tests.helpers.support import Guest, reg_id
+
+RAM = 0x4000_0000
+RAM_END = 0x4800_0000  # the default 128 MiB
+
+
+def _guest(guest_dir, name: str = "bp_targets") -> tuple[Guest, GuestDebugManager]:
+    g = Guest(guest_dir / f"{name}.elf")
+    return g, GuestDebugManager(g.machine)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory_region / memory_layout: the pages around a VA through the guest's own tables
+
+# Stage-1 tables written straight into RAM and switched on through ONE_REG (no guest code runs):
+# 4 KiB granule, T0SZ = 25 (VA[38:0], level 1 first), TTBR1 walks disabled (EPD1).
+L1, L2, L3 = 0x4100_0000, 0x4100_1000, 0x4100_2000
+BLOCK = 0x705           # AF | inner shareable | AttrIndx 1 (normal) | block
+PAGE = 0x707            # the same as a level-3 page
+TABLE = 0x3
+XN = 1 << 53 | 1 << 54  # PXN | UXN
+AP_RO = 1 << 7          # AP[2]: read-only at EL1
+TCR = 25 | 1 << 8 | 1 << 10 | 3 << 12 | 25 << 16 | 1 << 23 | 2 << 30 | 2 << 32
+ALIAS = 0x8000_0000
+# VA ALIAS + n * 4 KiB -> (pa, extra attributes), None = unmapped.
+ALIAS_PAGES = [
+    (0x4020_0000, XN),          # 0, 1: contiguous, same permissions: one region
+    (0x4020_1000, XN),
+    (0x4030_0000, XN),          # 2: same permissions, but not the next physical page
+    (0x4030_1000, XN | AP_RO),  # 3: read-only
+    (0x4030_2000, 0),           # 4: executable
+    None,                       # 5: a one-page hole
+    (0x0900_0000, XN),          # 6: the PL011
+    None,                       # 7 onwards: unmapped
+]
+
+
+def _mmu_on(g: Guest) -> None:
+    def q(pa: int, value: int) -> None:
+        g.vm.write_phys(pa, value.to_bytes(8, "little"))
+    q(L1 + 8 * 1, RAM | BLOCK)      # VA 1 GiB..2 GiB: RAM, identity, read/write/execute
+    q(L1 + 8 * 2, L2 | TABLE)       # VA 2 GiB..: the pages above
+    q(L2, L3 | TABLE)
+    for n, page in enumerate(ALIAS_PAGES):
+        if page is not None:
+            q(L3 + 8 * n, page[0] | PAGE | page[1])
+    v = g.vcpu
+    v.set_one_reg(reg_id("TTBR0_EL1"), L1)
+    v.set_one_reg(reg_id("TCR_EL1"), TCR)
+    v.set_one_reg(reg_id("MAIR_EL1"), 0xFF00)
+    v.set_one_reg(reg_id("SCTLR_EL1"), v.get_one_reg(reg_id("SCTLR_EL1")) | 1)
+
+
+def test_memory_region_with_the_mmu_off_is_the_board_layout(guest_dir):
+    g, m = _guest(guest_dir)
+    layout = m.memory_layout()
+    assert [(r.start, r.end, r.kind, r.name) for r in layout] == [
+        (0, 0x400_0000, "rom", "rom"), (0x400_0000, 0x800_0000, "rom", "rom"),
+        (0x800_0000, 0x802_0000, "mmio", "gic"), (0x900_0000, 0x900_1000, "mmio", "pl011"),
+        (RAM, RAM_END, "ram", "ram")]
+    assert m.memory_region(RAM + 0x1234) == layout[4]
+    assert m.memory_region(0x900_0fff) == layout[3]
+    assert m.memory_region(0x802_0000) == PhysRegion(0x802_0000, 0x900_0000, "hole")
+    # The MMU off: a VA is a physical address, with physical=True or not.
+    assert m.memory_region(ALIAS, physical=True) == m.memory_region(ALIAS)
+
+
+def test_memory_region_follows_the_page_tables(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    R = m.memory_region
+    assert R(ALIAS + 0x123) == PhysRegion(ALIAS, ALIAS + 0x2000, "ram", "ram", "rw")
+    assert R(ALIAS + 0x1fff) == PhysRegion(ALIAS + 0x1000, ALIAS + 0x2000, "ram", "ram", "rw")
+    assert R(ALIAS + 0x2000) == PhysRegion(ALIAS + 0x2000, ALIAS + 0x3000, "ram", "ram", "rw")
+    assert R(ALIAS + 0x3000) == PhysRegion(ALIAS + 0x3000, ALIAS + 0x4000, "ram", "ram", "r")
+    assert R(ALIAS + 0x4000) == PhysRegion(ALIAS + 0x4000, ALIAS + 0x5000, "ram", "ram", "rwx")
+    assert R(ALIAS + 0x5000) == PhysRegion(ALIAS + 0x5000, ALIAS + 0x6000, "hole")
+    assert R(ALIAS + 0x6abc) == PhysRegion(ALIAS + 0x6000, ALIAS + 0x7000, "mmio", "pl011", "rw")
+    # Unmapped or mapped alike, one answer covers at most 1 MiB.
+    assert R(ALIAS + 0x7000) == PhysRegion(ALIAS + 0x7000, ALIAS + 0x10_7000, "hole")
+    assert R(RAM) == PhysRegion(RAM, RAM + 0x10_0000, "ram", "ram", "rwx")
+    # A region ends where the memory behind it changes kind (RAM's end, inside one block)...
+    assert R(RAM_END - 0x1000) == PhysRegion(RAM_END - 0x1000, RAM_END, "ram", "ram", "rwx")
+    # ... and past it the tables still allow everything, over no memory.
+    assert R(RAM_END) == PhysRegion(RAM_END, RAM_END + 0x10_0000, "hole", "", "rwx")
+    # Where a mapping starts, the hole before it ends.
+    assert R(RAM - 0x1000) == PhysRegion(RAM - 0x1000, RAM, "hole")
+    # The last page of the address space: the answer stops at 2**64.
+    assert R(2**64 - 0x1000) == PhysRegion(2**64 - 0x1000, 2**64, "hole")
+    # physical=True: the board's layout, whatever the tables say.
+    assert R(ALIAS, physical=True) == PhysRegion(RAM_END, 2**64 - 1, "hole")
+    assert R(0x900_0000, physical=True) == PhysRegion(0x900_0000, 0x900_1000, "mmio", "pl011")
+
+
+# ---------------------------------------------------------------------------------------------
+# debug points: listing, describing and removing each kind
+
+
+def test_describe_names_kind_address_and_mechanism():
+    assert DebugPoint("break", 0x4008_0010, 4, "software (BRK at pa 0x40080010)").describe() == \
+        "break   0x40080010  software (BRK at pa 0x40080010)"
+    assert DebugPoint("hbreak", 0x10, 4, "slot 1").describe() == "hbreak  0x10  slot 1"
+    assert DebugPoint("watch", 0x4010_0000, 8, "hw:0").describe() == "watch   0x40100000+8  hw:0"
+    assert DebugPoint("awatch", 0x20, 3, "page-trap").describe() == "awatch  0x20+3  page-trap"
+
+
+def test_remove_debug_point_removes_exactly_that_point(guest_dir):
+    g, m = _guest(guest_dir)
+    a, b, c = g.sym["bp_a"], g.sym["bp_b"], g.sym["bp_c"]
+    count = g.sym["bp_a_count"]
+    original = g.read(a, 4)
+    m.add_breakpoint(a)
+    m.add_hw_breakpoint(b)
+    m.add_watchpoint(count, 4, WatchKind.WRITE)
+    m.add_watchpoint(count, 4, WatchKind.READ)
+    m.add_watchpoint(count + 4, 2, WatchKind.ACCESS)
+    pts = m.debug_points()
+    assert pts == [DebugPoint("hbreak", b, 4, "slot 0"),
+                   DebugPoint("break", a, 4, f"software (BRK #0 at pa {a:#x})"),
+                   DebugPoint("watch", count, 4, "hw:0"),
+                   DebugPoint("rwatch", count, 4, "hw:1"),
+                   DebugPoint("awatch", count + 4, 2, "hw:2")]
+    m.remove_debug_point(pts[3])  # the rwatch, not the watch on the same bytes
+    assert m.debug_points() == [pts[0], pts[1], pts[2], pts[4]]
+    m.remove_debug_point(pts[1])  # the software breakpoint: its bytes come back
+    assert g.read(a, 4) == original
+    assert m.debug_points() == [pts[0], pts[2], pts[4]]
+    m.remove_debug_point(pts[0])
+    m.remove_debug_point(pts[4])
+    assert m.debug_points() == [pts[2]]
+    m.remove_debug_point(pts[2])
+    assert m.debug_points() == []
+    with pytest.raises(DebugError) as e:
+        m.remove_debug_point(pts[0])
+    assert e.value.errno == errno.ENOENT
+    # c was never armed: the guest runs to its end with no stop.
+    assert m.cont().kind is StopKind.EXITED and c
+
+
+# ---------------------------------------------------------------------------------------------
+# registers and PC
+
+
+def test_set_pc_moves_the_pc_and_refuses_no_address(guest_dir):
+    g, m = _guest(guest_dir)
+    entry = g.pc
+    for bad in (-1, 2**64):
+        with pytest.raises(DebugError) as e:
+            m.set_pc(bad)
+        assert e.value.errno == errno.EINVAL and str(e.value) == f"no address {bad:#x}"
+    assert g.pc == entry
+    m.set_pc(2**64 - 4)  # the last address there is
+    assert g.pc == 2**64 - 4
+    m.set_pc(g.sym["bp_b"])
+    assert g.pc == g.sym["bp_b"]
+
+
+def test_write_all_registers_writes_every_value_or_none(guest_dir):
+    g, m = _guest(guest_dir)
+    values = m.read_registers()
+    values[0], values[5] = 0x1234_5678_9ABC_DEF0, 55
+    m.write_all_registers(values)
+    assert (g.reg("x0"), g.reg("x5")) == (0x1234_5678_9ABC_DEF0, 55)
+    assert m.read_registers() == values
+    with pytest.raises(DebugError) as e:
+        m.write_all_registers([7] + values[1:-1])  # one value short
+    assert e.value.errno == errno.EINVAL
+    assert str(e.value) == f"expected {len(values)} register values, got {len(values) - 1}"
+    assert g.reg("x0") == 0x1234_5678_9ABC_DEF0  # nothing written
+    bad = list(values)
+    bad[0] = 1 << 64
+    with pytest.raises(DebugError) as e:
+        m.write_all_registers(bad)
+    assert e.value.errno == errno.EINVAL and str(e.value) == "x0: value 0x10000000000000000 does not fit 64 bits"
+    assert m.read_registers() == values
+
+
+def test_check_extension_is_the_vms():
+    from guestdbg.board.virt import VirtConfig, VirtMachine
+    mch = VirtMachine(VirtConfig(brps=3, wrps=5), console=lambda data: None)
+    m = GuestDebugManager(mch)
+    assert m.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) == 3
+    assert m.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupts
+
+
+def test_a_discarded_interrupt_does_not_stop_the_next_resume(guest_dir):
+    g, m = _guest(guest_dir)
+    m.add_breakpoint(g.sym["bp_b"])
+    m.interrupt()  # raced with a stop: the guest is stopped already
+    m.discard_interrupt()
+    e = m.cont()
+    assert e.kind is StopKind.SWBREAK and e.pc == g.sym["bp_b"]
+    # Not discarded, the same interrupt stops the next resume at once, where the guest is.
+    m.interrupt()
+    e = m.cont()
+    assert e.kind is StopKind.SIGNAL and e.signal == signal.SIGINT and e.pc == g.sym["bp_b"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reset
+
+
+def test_reset_restores_the_machine_and_keeps_breakpoints(guest_dir):
+    g, m = _guest(guest_dir)
+    entry, a, b = g.pc, g.sym["bp_a"], g.sym["bp_b"]
+    image = g.read(0x4010_0000, 0x2000)
+    m.add_breakpoint(entry)
+    m.add_breakpoint(a)
+    e = m.cont()  # stopped at the entry already: this run meets the breakpoint there
+    assert e.kind is StopKind.SWBREAK and e.pc == entry
+    assert m.cont().pc == a
+    m.write_memory(b, bytes.fromhex("1f2003d5"))  # nop, over bp_b's first instruction
+    m.write_memory(a, bytes.fromhex("1f2003d5"))  # and under the breakpoint at bp_a
+    m.reset()
+    assert g.pc == entry
+    # Memory as when the manager was created, the breakpoints patched over it again, their
+    # originals the reset code's.
+    assert m.read_memory(0x4010_0000, 0x2000) == image
+    assert g.read(a, 4) == BRK0 and g.read(entry, 4) == BRK0
+    assert g.read(b, 4) == image[b - 0x4010_0000:][:4]
+    # Not stopped *at* anything: the breakpoint at the entry is hit first, as after power-on.
+    e = m.cont()
+    assert e.kind is StopKind.SWBREAK and e.pc == entry
+    assert m.cont().pc == a
+    m.remove_all()
+    assert m.cont().kind is StopKind.EXITED
+    assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# memory through the guest's tables (the MMU on, as in the memory_region tests)
+
+
+def test_reads_and_writes_go_page_by_page_through_the_tables(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    # ALIAS + 0x1000 and + 0x2000 are adjacent virtual pages on distant physical ones.
+    data = bytes(range(1, 33))
+    m.write_memory(ALIAS + 0x2000 - 16, data)
+    assert g.read(0x4020_1000 + 0xff0, 16) == data[:16]
+    assert g.read(0x4030_0000, 16) == data[16:]
+    assert m.read_memory(ALIAS + 0x2000 - 16, 32) == data
+    # physical=True: the address is a physical one, not looked up in the tables.
+    m.write_memory(0x4020_0008, b"\x5a" * 4, physical=True)
+    assert m.read_memory(ALIAS + 8, 4) == b"\x5a" * 4
+    assert m.read_memory(0x4020_0008, 4, physical=True) == b"\x5a" * 4
+    # All or nothing: a write running into the unmapped page, or onto the PL011 (no RAM or ROM
+    # behind it), is refused before any byte is written.
+    before = g.read(0x4030_2ff0, 16)
+    with pytest.raises(DebugError) as e:
+        m.write_memory(ALIAS + 0x5000 - 16, bytes(32))
+    assert e.value.errno == errno.EFAULT
+    assert g.read(0x4030_2ff0, 16) == before
+    with pytest.raises(DebugError) as e:
+        m.write_memory(ALIAS + 0x6000, b"A")
+    assert e.value.errno == errno.EFAULT and str(e.value) == f"no RAM or ROM at {ALIAS + 0x6000:#x}"
+    # A write that would run past the end of RAM.
+    before = g.read(RAM_END - 2, 2)
+    with pytest.raises(DebugError) as e:
+        m.write_memory(RAM_END - 2, b"abcd", physical=True)
+    assert e.value.errno == errno.EFAULT and str(e.value) == f"no RAM or ROM at {RAM_END:#x}"
+    assert g.read(RAM_END - 2, 2) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# hardware breakpoints in debug_points: ordered by slot; unmapped VAs listed as breaks
+
+
+def test_debug_points_list_hardware_breakpoints_by_slot(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    a, b, d = RAM + 0x30_0000, RAM + 0x20_0000, RAM + 0x10_0000
+    hole = ALIAS + 0x5000  # unmapped: its Z0 takes a hardware slot
+    m.add_hw_breakpoint(a)   # slot 0
+    m.add_hw_breakpoint(b)   # slot 1
+    m.add_hw_breakpoint(d)   # slot 2
+    m.remove_hw_breakpoint(a)
+    assert m.add_breakpoint(hole) == "hw"  # slot 0 again
+    # Slot order (not the order of the VAs, nor of their arming).
+    assert m.debug_points() == [DebugPoint("break", hole, 4, "hw (VA not mapped yet): slot 0"),
+                                DebugPoint("hbreak", b, 4, "slot 1"),
+                                DebugPoint("hbreak", d, 4, "slot 2")]
+    assert m.slots_report() == [
+        "hardware breakpoints: 3/6 used; hardware watchpoints: 0/4 used",
+        f"  break   {hole:#x}  hw (VA not mapped yet): slot 0",
+        f"  hbreak  {b:#x}  slot 1",
+        f"  hbreak  {d:#x}  slot 2"]
+    m.remove_debug_point(m.debug_points()[0])  # a "break" that is a hardware slot
+    assert [p.addr for p in m.debug_points()] == [b, d]
+
+
+# ---------------------------------------------------------------------------------------------
+# watchpoints
+
+
+def test_removing_a_watchpoint_forgets_its_condition(guest_dir):
+    g, m = _guest(guest_dir)
+    count = g.sym["bp_a_count"]
+    m.add_breakpoint(g.sym["bp_a"])  # first run past _start, which zeroes .bss
+    assert m.cont().pc == g.sym["bp_a"]
+    m.remove_breakpoint(g.sym["bp_a"])
+    m.add_watchpoint(count, 4, WatchKind.WRITE, condition=lambda view: False)  # never stops
+    m.remove_watchpoint(count, 4, WatchKind.WRITE)
+    with pytest.raises(DebugError) as e:
+        m.remove_watchpoint(count, 4, WatchKind.WRITE)
+    assert e.value.errno == errno.ENOENT and str(e.value) == f"no watch of 4 bytes at {count:#x}"
+    m.add_watchpoint(count, 4, WatchKind.WRITE)  # no condition now: the first store stops
+    e = m.cont()
+    assert e.kind is StopKind.WATCH and e.watch_addr == count
+    assert g.sym["bp_a"] < e.pc < g.sym["bp_b"]  # bp_a's store, stopped before it is done
+    assert int.from_bytes(m.read_memory(count, 4), "little") == 0
+    m.step()
+    assert int.from_bytes(m.read_memory(count, 4), "little") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# vCPU state and step policy
+
+
+class _BoardWithoutCpuState:
+    """The machine as a board without `cpu_state` (as the x86 pc board): the manager asks the
+    vCPU whether it waits in WFI."""
+
+    def __init__(self, machine):
+        self._machine = machine
+
+    def __getattr__(self, name):
+        if name == "cpu_state":
+            raise AttributeError(name)
+        return getattr(self._machine, name)
+
+
+class _VcpuWithoutWfi:
+    """A vCPU with no `wfi_waiting` at all (x86's)."""
+
+    def __init__(self, vcpu):
+        self._vcpu = vcpu
+
+    def __getattr__(self, name):
+        if name == "wfi_waiting":
+            raise AttributeError(name)
+        return getattr(self._vcpu, name)
+
+
+def test_vcpu_state_without_the_boards_cpu_state(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf")
+    board = _BoardWithoutCpuState(g.machine)
+    m = GuestDebugManager(board)
+    assert m.vcpu_state(0) == "running"
+    g.vcpu.wfi_waiting = True
+    assert m.vcpu_state(0) == "halted"
+    g.vcpu.wfi_waiting = False
+    m._vcpus = [_VcpuWithoutWfi(g.vcpu)]
+    assert m.vcpu_state(0) == "running"
+    with pytest.raises(DebugError) as e:
+        m.vcpu_state(1)
+    assert e.value.errno == errno.ESRCH
+
+
+def test_step_irq_mechanism_on_the_emulated_vcpu(guest_dir):
+    g, m = _guest(guest_dir)
+    assert m.can_block_step_irqs
+    assert m.step_irq_mechanism() == \
+        "the vCPU's singlestep_blocks_irq (IRQ input held, timer levels deferred)"
