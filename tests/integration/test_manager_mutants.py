@@ -13,6 +13,7 @@ from guestdbg import kvm
 from guestdbg.debug.arch import BRK0
 from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, StopKind,
                                     WatchKind)
+from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.regions import PhysRegion
 from tests.helpers.support import Guest, reg_id
 
@@ -122,7 +123,7 @@ def test_describe_names_kind_address_and_mechanism():
 
 def test_remove_debug_point_removes_exactly_that_point(guest_dir):
     g, m = _guest(guest_dir)
-    a, b, c = g.sym["bp_a"], g.sym["bp_b"], g.sym["bp_c"]
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
     count = g.sym["bp_a_count"]
     original = g.read(a, 4)
     m.add_breakpoint(a)
@@ -149,8 +150,8 @@ def test_remove_debug_point_removes_exactly_that_point(guest_dir):
     with pytest.raises(DebugError) as e:
         m.remove_debug_point(pts[0])
     assert e.value.errno == errno.ENOENT
-    # c was never armed: the guest runs to its end with no stop.
-    assert m.cont().kind is StopKind.EXITED and c
+    # Nothing is left armed: the guest runs to its end with no stop.
+    assert m.cont().kind is StopKind.EXITED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +193,6 @@ def test_write_all_registers_writes_every_value_or_none(guest_dir):
 
 
 def test_check_extension_is_the_vms():
-    from guestdbg.board.virt import VirtConfig, VirtMachine
     mch = VirtMachine(VirtConfig(brps=3, wrps=5), console=lambda data: None)
     m = GuestDebugManager(mch)
     assert m.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) == 3
@@ -382,3 +382,132 @@ def test_step_irq_mechanism_on_the_emulated_vcpu(guest_dir):
     assert m.can_block_step_irqs
     assert m.step_irq_mechanism() == \
         "the vCPU's singlestep_blocks_irq (IRQ input held, timer levels deferred)"
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest rewriting an instruction the debugger patched
+
+
+def _words(*ws: int) -> bytes:
+    return b"".join(w.to_bytes(4, "little") for w in ws)
+
+
+def _movz_w0(v: int) -> int:
+    return 0x52800000 | (v & 0xFFFF) << 5
+
+
+def _movk_w0_16(v: int) -> int:
+    return 0x72A00000 | (v & 0xFFFF) << 5
+
+
+MOV_X2_1, MOV_X2_7, MOV_X3_9 = 0xD2800022, 0xD28000E2, 0xD2800123
+# At RAM: w0 = mov x2, #7; x1 = RAM + 0x10; str w0, [x1] (over the next instruction); then
+# mov x2, #1 (rewritten: mov x2, #7); mov x3, #9; PSCI SYSTEM_OFF.
+SELF_PATCH = _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+                    0x10000041,                 # 0x08: adr x1, .+8
+                    0xB9000020,                 # 0x0c: str w0, [x1]
+                    MOV_X2_1,                   # 0x10
+                    MOV_X3_9,                   # 0x14
+                    _movz_w0(8), _movk_w0_16(0x8400), 0xD4000002)
+
+
+def _self_patch(tmp_path) -> tuple[VirtMachine, GuestDebugManager]:
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "self_patch.bin"
+    image.write_bytes(SELF_PATCH)
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    assert m.add_breakpoint(RAM + 0x10) == "sw" and m.add_breakpoint(RAM + 0x14) == "sw"
+    return mch, m
+
+
+@pytest.mark.parametrize("how", ["cont", "step"])
+def test_a_guest_store_over_a_breakpoint_is_done_and_the_breakpoint_kept(tmp_path, how):
+    mch, m = _self_patch(tmp_path)
+    if how == "step":
+        for pc in (0x4, 0x8, 0xC, 0x10):  # the fourth step is the store's
+            e = m.step()
+            assert (e.kind, e.pc) == (StopKind.STEP, RAM + pc)
+    else:
+        e = m.cont()  # the store is let through, then the new instruction's breakpoint hits
+        assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
+    # The guest's new code is under the breakpoint; both patches are in place.
+    assert m.read_memory(RAM + 0x10, 8) == _words(MOV_X2_7, MOV_X3_9)
+    assert mch.vm.read_phys(RAM + 0x10, 8) == BRK0 + BRK0
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x14)
+    m.remove_all()
+    assert mch.vm.read_phys(RAM + 0x10, 8) == _words(MOV_X2_7, MOV_X3_9)
+    assert m.cont().kind is StopKind.EXITED
+    assert [mch.vcpu.get_one_reg(reg_id(r)) for r in ("X2", "X3")] == [7, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# registers: errors, and the debugger's writes as recorded inputs
+
+
+def test_register_reads_and_writes_refuse_what_does_not_exist(guest_dir):
+    g, m = _guest(guest_dir)
+    g.vcpu.set_one_reg(reg_id("X3"), 0x33)
+    assert m.read_registers([3, 32]) == [0x33, g.pc]  # gdb's numbers: x3, pc
+    assert m.read_registers([3], vcpu=0) == [0x33]
+    assert m.read_registers(vcpu=0) == m.read_registers()
+    n = len(m.read_registers())
+    for call in (lambda: m.read_registers([3, n]), lambda: m.read_register_at(n),
+                 lambda: m.write_register_at(n, 0)):
+        with pytest.raises(DebugError) as e:
+            call()
+        assert e.value.errno == errno.ENOENT and str(e.value) == f"no register number {n}"
+    for call in (lambda: m.read_registers(vcpu=1), lambda: m.read_registers([3], vcpu=1)):
+        with pytest.raises(DebugError) as e:
+            call()
+        assert e.value.errno == errno.ESRCH
+    with pytest.raises(DebugError) as e:
+        m.write_register_at(3, 1 << 64)
+    assert e.value.errno == errno.EINVAL and str(e.value) == "x3: value 0x10000000000000000 does not fit 64 bits"
+    assert g.reg("x3") == 0x33
+    with pytest.raises(DebugError) as e:
+        m.read_register("x99")
+    assert e.value.errno == errno.ENOENT and str(e.value) == "no register named 'x99'"
+
+
+def test_register_and_pc_writes_are_replayed_and_refused_in_the_past(guest_dir):
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (False, True)
+    m.start_recording()
+    # Recording: steps take interrupts (and the vCPU is told so).
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (True, False)
+    m.add_breakpoint(a)
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    t0 = g.vcpu.icount
+    values = m.read_registers()
+    values[9] = 0x99
+    m.write_all_registers(values)
+    m.set_pc(a + 4)  # skip bp_a's first instruction
+    assert m.step().pc == a + 8
+    after = m.read_registers()
+    assert after[9] == 0x99
+    m.seek_to(t0 - 1)
+    assert (g.vcpu.icount, m.read_registers()[9]) == (t0 - 1, 0)
+    # In the past: a PC write that changes nothing is no write; the others are refused.
+    m.set_pc(g.pc)
+    for call in (lambda: m.set_pc(a), lambda: m.write_all_registers(m.read_registers())):
+        with pytest.raises(DebugError) as e:
+            call()
+        assert e.value.errno == errno.EROFS
+    # Forward again: at t0 the logged writes are made again, the same way.
+    assert m.step().pc == a
+    assert m.read_registers()[9] == 0
+    assert m.step().pc == a + 8
+    assert m.read_registers() == after
+    m.stop_recording()
+    assert not m.recording and not m.can_reverse
+    # The step policy from before the recording is back.
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (False, True)
+    m.stop_recording()  # not recording: nothing to do
+    m.step_irqs = True
+    m.start_recording()
+    m.stop_recording()
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (True, False)
