@@ -1,14 +1,19 @@
-"""pytest plugin for the mutation run (setup.cfg [mutmut], ``-p tests.helpers.mutmut_guests``):
-the guests are built once, into build/mutmut-guests of the tree mutmut runs in, and every
-pytest session (mutmut starts one per mutant) gets that directory as ``guest_dir`` instead of
-building all guests again into a fresh temporary directory (about a second per mutant).
+"""pytest plugin for the mutation run (setup.cfg [mutmut], ``-p tests.helpers.mutmut_guests``).
+Outside the mutation run nothing loads it. It changes no verdict, only what a mutant costs:
 
-make is incremental, so after the first session each build is a no-op. Outside the mutation
-run nothing loads this plugin.
+* The guests are built once, into build/mutmut-guests of the tree mutmut runs in, and every
+  pytest session (mutmut starts one per mutant) gets that directory as ``guest_dir`` instead
+  of building all guests again into a fresh temporary directory (about a second per mutant).
+  make is incremental, so after the first session each build is a no-op.
+* The tests run fastest first: the unit tests, then the others by their duration in mutmut's
+  clean run (mutants/mutmut-stats.json). mutmut stops at a mutant's first failing test (-x),
+  and hands its tests over in no particular order; the integration tests that also reach
+  arm/debugregs.py or arm/mmu.py would otherwise often run before the unit test that kills.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,3 +33,12 @@ def pytest_fixture_setup(fixturedef, request):
     # What pytest's own pytest_fixture_setup does with a fixture's value.
     fixturedef.cached_result = (_built, fixturedef.cache_key(request), None)
     return _built
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    try:
+        durations = json.loads((REPO / "mutmut-stats.json").read_text())["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        durations = {}
+    items.sort(key=lambda item: (not item.nodeid.startswith("tests/unit/"), durations.get(item.nodeid, 0.0)))

@@ -15,7 +15,7 @@ from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, S
                                     WatchKind)
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.regions import PhysRegion
-from tests.helpers.support import Guest, reg_id
+from tests.helpers.support import Guest, kvm_unavailable_reason, reg_id
 
 RAM = 0x4000_0000
 RAM_END = 0x4800_0000  # the default 128 MiB
@@ -511,3 +511,23 @@ def test_register_and_pc_writes_are_replayed_and_refused_in_the_past(guest_dir):
     m.start_recording()
     m.stop_recording()
     assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (True, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# x86-64 on KVM: breakpoints are one byte, and the step policy is KVM's
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_debug_points_and_step_policy():
+    from guestdbg.board.pc_probe import create_pc_machine
+    m = GuestDebugManager(create_pc_machine(console=lambda data: None))
+    # A Z0 at a VA the board's page tables do not map takes a hardware slot, listed as a break.
+    unmapped = 0x7FFF_0000_0000
+    assert m.add_breakpoint(unmapped) == "hw"
+    m.add_hw_breakpoint(0x40_2000)
+    assert m.debug_points() == [DebugPoint("break", unmapped, 1, "hw (VA not mapped yet): slot 0"),
+                                DebugPoint("hbreak", 0x40_2000, 1, "slot 1")]
+    # KVM_GUESTDBG_BLOCKIRQ where the host has it (KVM_CAP_SET_GUEST_DEBUG2), else nothing.
+    assert m.step_irq_mechanism() == ("KVM_GUESTDBG_BLOCKIRQ" if m.can_block_step_irqs else
+                                      "none: this vCPU cannot block interrupts while stepping")
