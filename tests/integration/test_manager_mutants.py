@@ -166,7 +166,9 @@ def test_set_pc_moves_the_pc_and_refuses_no_address(guest_dir):
             m.set_pc(bad)
         assert e.value.errno == errno.EINVAL and str(e.value) == f"no address {bad:#x}"
     assert g.pc == entry
-    m.set_pc(2**64 - 4)  # the last address there is
+    m.set_pc(0)  # the first address there is
+    assert g.pc == 0
+    m.set_pc(2**64 - 4)  # and the last
     assert g.pc == 2**64 - 4
     m.set_pc(g.sym["bp_b"])
     assert g.pc == g.sym["bp_b"]
@@ -260,10 +262,16 @@ def test_reads_and_writes_go_page_by_page_through_the_tables(guest_dir):
     assert g.read(0x4020_1000 + 0xff0, 16) == data[:16]
     assert g.read(0x4030_0000, 16) == data[16:]
     assert m.read_memory(ALIAS + 0x2000 - 16, 32) == data
-    # physical=True: the address is a physical one, not looked up in the tables.
+    # physical=True: the address is a physical one, not looked up in the tables (which map
+    # nothing below 1 GiB: the flash at 0 has no virtual address).
     m.write_memory(0x4020_0008, b"\x5a" * 4, physical=True)
     assert m.read_memory(ALIAS + 8, 4) == b"\x5a" * 4
     assert m.read_memory(0x4020_0008, 4, physical=True) == b"\x5a" * 4
+    m.write_memory(0x1000, b"flash", physical=True)  # the debugger writes ROM too
+    assert m.read_memory(0x1000, 5, physical=True) == b"flash" == g.read(0x1000, 5)
+    with pytest.raises(DebugError) as e:
+        m.read_memory(0x1000, 5)
+    assert e.value.errno == errno.EFAULT
     # All or nothing: a write running into the unmapped page, or onto the PL011 (no RAM or ROM
     # behind it), is refused before any byte is written.
     before = g.read(0x4030_2ff0, 16)
@@ -338,40 +346,29 @@ def test_removing_a_watchpoint_forgets_its_condition(guest_dir):
 # vCPU state and step policy
 
 
-class _BoardWithoutCpuState:
-    """The machine as a board without `cpu_state` (as the x86 pc board): the manager asks the
-    vCPU whether it waits in WFI."""
+class _Without:
+    """`obj` without the attributes `hidden`, and with `replaced` ones."""
 
-    def __init__(self, machine):
-        self._machine = machine
-
-    def __getattr__(self, name):
-        if name == "cpu_state":
-            raise AttributeError(name)
-        return getattr(self._machine, name)
-
-
-class _VcpuWithoutWfi:
-    """A vCPU with no `wfi_waiting` at all (x86's)."""
-
-    def __init__(self, vcpu):
-        self._vcpu = vcpu
+    def __init__(self, obj, *hidden: str, **replaced):
+        self._obj, self._hidden, self._replaced = obj, hidden, replaced
 
     def __getattr__(self, name):
-        if name == "wfi_waiting":
+        if name in self._hidden:
             raise AttributeError(name)
-        return getattr(self._vcpu, name)
+        if name in self._replaced:
+            return self._replaced[name]
+        return getattr(self._obj, name)
 
 
 def test_vcpu_state_without_the_boards_cpu_state(guest_dir):
+    """A board without `cpu_state` (as the x86 pc board): the manager asks the vCPU whether it
+    waits in WFI, and a vCPU with no `wfi_waiting` at all (x86's) is running."""
     g = Guest(guest_dir / "bp_targets.elf")
-    board = _BoardWithoutCpuState(g.machine)
-    m = GuestDebugManager(board)
+    m = GuestDebugManager(_Without(g.machine, "cpu_state"))
     assert m.vcpu_state(0) == "running"
     g.vcpu.wfi_waiting = True
     assert m.vcpu_state(0) == "halted"
-    g.vcpu.wfi_waiting = False
-    m._vcpus = [_VcpuWithoutWfi(g.vcpu)]
+    m._vcpus = [_Without(g.vcpu, "wfi_waiting")]
     assert m.vcpu_state(0) == "running"
     with pytest.raises(DebugError) as e:
         m.vcpu_state(1)
@@ -633,3 +630,53 @@ def test_x86_guest_exceptions_take_the_boards_signal(tmp_path):
     ud = symbols(elf)["ud_insn"]
     assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, ud, signal.SIGILL)
     assert e.detail == f"guest exception #UD (invalid opcode, vector 6) at RIP={ud:#x}"
+
+
+def test_a_vcpu_that_cannot_keep_interrupts_out_of_a_step(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf")
+    vcpu = _Without(g.vcpu, "singlestep_blocks_irq")  # and the VM has no KVM_GUESTDBG_BLOCKIRQ
+    m = GuestDebugManager(_Without(g.machine, "vcpus", vcpu=vcpu))
+    assert not m.can_block_step_irqs
+    assert m.step_irq_mechanism() == "none: this vCPU cannot block interrupts while stepping"
+    with pytest.raises(DebugError) as e:
+        m.step_irqs = False
+    assert e.value.errno == errno.ENOTSUP
+    m.step_irqs = True  # what it does anyway
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals and their messages
+
+
+MMIO_HOLE_STORE = bytes.fromhex("0140a1d2" "200000b9")  # movz x1, #0x0a00, lsl #16; str w0, [x1]
+
+
+def test_no_reset_without_a_reset_point(tmp_path):
+    """A manager created while the vCPU is inside an MMIO access (the VMM has not completed it
+    yet) has no reset image: reset is refused and changes nothing."""
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "mmio.bin"
+    image.write_bytes(MMIO_HOLE_STORE)
+    mch.load_raw(image, RAM)
+    assert mch.vcpu.run().exit_reason == kvm.KVM_EXIT_MMIO
+    m = GuestDebugManager(mch)
+    with pytest.raises(DebugError) as e:
+        m.reset()
+    assert e.value.errno == errno.ENOTSUP
+    assert str(e.value) == "no reset point: the vCPU was mid-access when the debugger started"
+    assert mch.vcpu.pc == RAM + 4
+
+
+def test_an_unmapped_breakpoint_with_no_free_slot_says_why(guest_dir):
+    g, m = _guest(guest_dir)
+    for i in range(m.hw_bp_slots):
+        m.add_hw_breakpoint(RAM + 4 * i)
+    with pytest.raises(DebugError) as e:
+        m.add_breakpoint(0x5000_0000)  # no memory there, the MMU off: it may be mapped later
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value) == (
+        "cannot break at 0x50000000: 0x50000000 is not mapped yet (no memory there with the "
+        "guest's MMU off), so the breakpoint needs a hardware slot (it matches virtual "
+        "addresses), and none is free: all 6 hardware breakpoints are in use; set it once the "
+        "address is mapped, or free a slot")
+    assert [p.addr for p in m.debug_points()] == [RAM + 4 * i for i in range(6)]
