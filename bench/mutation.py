@@ -1,7 +1,7 @@
 """Summarise a mutmut 3 run (scripts/mutation.sh): the score per module, and the survivors.
 
 Reads mutants/**/*.meta (mutmut's own result files) from the repository root. The access
-decoder is the whole of arm/a64decode.py.
+decoder is the whole of arm/a64decode.py; debug/manager.py is mutated whole too.
 
     .venv/bin/python bench/mutation.py [--survivors]
 """
@@ -19,6 +19,7 @@ MODULES = {
     "arm/mmu.py": ("src/guestdbg/arm/mmu.py", None),
     "gdb/rsp.py": ("src/guestdbg/gdb/rsp.py", None),
     "access decoder": ("src/guestdbg/arm/a64decode.py", None),
+    "debug/manager.py": ("src/guestdbg/debug/manager.py", None),
 }
 # mutmut's exit codes (mutmut/stats.py): 1 and 3 are kills, SIGXCPU/36/255 timeouts (a mutant
 # that hangs the tests is detected, so it counts as killed), 0 survived, 5/33 no test reached it.
