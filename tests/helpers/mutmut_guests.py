@@ -9,6 +9,11 @@ Outside the mutation run nothing loads it. It changes no verdict, only what a mu
   clean run (mutants/mutmut-stats.json). mutmut stops at a mutant's first failing test (-x),
   and hands its tests over in no particular order; the integration tests that also reach
   arm/debugregs.py or arm/mmu.py would otherwise often run before the unit test that kills.
+* Only the unit tests count for the arm/ and gdb/ modules, as before debug/manager.py was
+  added: an integration test that reaches one of their functions (a guest run decodes debug
+  registers, walks page tables, a session frames packets) is not mapped to it in the clean
+  run, so their mutants run only their unit tests (a surviving debugregs mutant would
+  otherwise run some hundred integration tests, tens of seconds each).
 """
 
 from __future__ import annotations
@@ -42,3 +47,20 @@ def pytest_collection_modifyitems(config, items):
     except (OSError, ValueError, KeyError):
         durations = {}
     items.sort(key=lambda item: (not item.nodeid.startswith("tests/unit/"), durations.get(item.nodeid, 0.0)))
+
+
+MANAGER = "guestdbg.debug.manager."
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    # Before mutmut's own teardown hook maps the functions the test reached to it.
+    if item.nodeid.startswith("tests/unit/"):
+        return
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return
+    reached = state()._stats
+    for name in [n for n in reached if not n.startswith(MANAGER)]:
+        reached.discard(name)

@@ -495,6 +495,9 @@ def test_register_and_pc_writes_are_replayed_and_refused_in_the_past(guest_dir):
         with pytest.raises(DebugError) as e:
             call()
         assert e.value.errno == errno.EROFS
+        assert str(e.value) == (f"the machine is in its recorded past (instruction {t0 - 1} of "
+                                f"{t0 + 1}): a write would change what was recorded; run forward "
+                                "to the end of the history first, or stop recording")
     # Forward again: at t0 the logged writes are made again, the same way.
     assert m.step().pc == a
     assert m.read_registers()[9] == 0
@@ -680,3 +683,33 @@ def test_an_unmapped_breakpoint_with_no_free_slot_says_why(guest_dir):
         "addresses), and none is free: all 6 hardware breakpoints are in use; set it once the "
         "address is mapped, or free a slot")
     assert [p.addr for p in m.debug_points()] == [RAM + 4 * i for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------------
+# debugger writes over a breakpoint, and registers of another vCPU
+
+
+def test_a_write_over_and_past_a_breakpoint(guest_dir):
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    m.add_breakpoint(a)
+    data = bytes(range(0xA0, 0xA8))
+    m.write_memory(a, data)  # the patched word and the next one
+    assert g.read(a, 8) == BRK0 + data[4:]
+    assert m.read_memory(a, 8) == data
+    # The saved original is the patched word only: the next word, changed behind the
+    # debugger's back (as by the guest), reads as it is.
+    g.vm.write_phys(a + 4, b"\x11\x22\x33\x44")
+    assert m.read_memory(a, 8) == data[:4] + b"\x11\x22\x33\x44"
+    m.remove_breakpoint(a)
+    assert g.read(a, 8) == data[:4] + b"\x11\x22\x33\x44"
+
+
+def test_registers_of_another_vcpu(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf", VirtConfig(smp=2))
+    m = GuestDebugManager(g.machine)
+    g.machine.vcpus[1].set_one_reg(reg_id("X3"), 0x1333)
+    g.machine.vcpus[0].set_one_reg(reg_id("X3"), 0x1000)
+    assert m.read_registers([3], vcpu=1) == [0x1333]
+    assert m.read_registers(vcpu=1)[3] == 0x1333
+    assert m.read_registers([3]) == [0x1000]  # the current vCPU's
