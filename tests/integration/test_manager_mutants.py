@@ -629,10 +629,15 @@ def test_x86_guest_exceptions_take_the_boards_signal(tmp_path):
     elf = tmp_path / "fault_ud.elf"
     mch = create_pc_machine(console=lambda data: None)
     mch.load_elf(elf)
-    e = GuestDebugManager(mch).cont()
+    m = GuestDebugManager(mch)
+    e = m.cont()
     ud = symbols(elf)["ud_insn"]
     assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, ud, signal.SIGILL)
     assert e.detail == f"guest exception #UD (invalid opcode, vector 6) at RIP={ud:#x}"
+    # A snapshot of it restores on a vCPU that counts no instructions (no icount).
+    m.snapshot(tmp_path / "ud.snap")
+    m.restore(tmp_path / "ud.snap")
+    assert m.vcpu_pc(0) == ud and not m.exited
 
 
 def test_a_vcpu_that_cannot_keep_interrupts_out_of_a_step(guest_dir):
@@ -713,3 +718,46 @@ def test_registers_of_another_vcpu(guest_dir):
     assert m.read_registers([3], vcpu=1) == [0x1333]
     assert m.read_registers(vcpu=1)[3] == 0x1333
     assert m.read_registers([3]) == [0x1000]  # the current vCPU's
+
+
+# ---------------------------------------------------------------------------------------------
+# watch ranges: what may be watched, and which watch a hit is reported for
+
+
+def test_watch_ranges_up_to_the_limit_and_the_end_of_the_address_space(guest_dir):
+    g, m = _guest(guest_dir)
+    limit = m.arch.max_watch  # 2 GiB
+    assert m.add_watchpoint(RAM, 1, WatchKind.READ).mechanism == "hw:0"
+    assert m.add_watchpoint(RAM, limit, WatchKind.READ).mechanism == "hw:1,2"
+    assert m.add_watchpoint(2**64 - 8, 8, WatchKind.READ).mechanism == "hw:3"  # ends at 2**64
+    for addr, length in ((RAM, limit + 1), (2**64 - 4, 8), (2**64 - 1, 2), (RAM, 0)):
+        with pytest.raises(DebugError) as e:
+            m.add_watchpoint(addr, length, WatchKind.READ)
+        assert e.value.errno == errno.EINVAL and str(e.value) == f"cannot watch {length} bytes at {addr:#x}"
+    assert len(m.watches) == 3
+
+
+def _after_first(g: Guest, m: GuestDebugManager, sym: str) -> None:
+    m.add_breakpoint(g.sym[sym])
+    assert m.cont().pc == g.sym[sym]
+    m.remove_breakpoint(g.sym[sym])
+
+
+def test_a_hit_is_reported_for_the_watch_holding_the_address(guest_dir):
+    """Two watches on adjacent or overlapping bytes, the one armed first *not* holding the
+    stored address: the stop names the one that does, at the store's address."""
+    g, m = _guest(guest_dir)
+    a_count, b_count = g.sym["bp_a_count"], g.sym["bp_b_count"]  # adjacent words
+    _after_first(g, m, "bp_b")
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE)  # ends where bp_b_count starts
+    m.add_watchpoint(b_count, 4, WatchKind.WRITE)
+    e = m.cont()  # bp_b's store, then the next round's bp_a's
+    assert (e.kind, e.watch_addr) == (StopKind.WATCH, b_count)
+    e = m.cont()
+    assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
+    g, m = _guest(guest_dir)
+    _after_first(g, m, "bp_a")
+    m.add_watchpoint(a_count + 1, 1, WatchKind.WRITE)  # starts a byte past the store's address
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
