@@ -27,6 +27,8 @@ KILLED = {1, 3}
 TIMEOUT = {36, -24, 24, 152, 255}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+# No result yet: the run was stopped (or is still going) before it reached these mutants.
+NOT_RUN = {None}
 
 
 def load(meta: Path, prefixes) -> dict[str, int | None]:
@@ -55,19 +57,20 @@ def main() -> int:
         timeout = sum(c in TIMEOUT for c in codes.values())
         survived = [k for k, c in codes.items() if c in SURVIVED]
         no_tests = [k for k, c in codes.items() if c in NO_TESTS]
+        not_run = [k for k, c in codes.items() if c in NOT_RUN]
         other = [k for k, c in codes.items()
-                 if c not in KILLED | TIMEOUT | SURVIVED | NO_TESTS]
+                 if c not in KILLED | TIMEOUT | SURVIVED | NO_TESTS | NOT_RUN]
         total = len(codes)
         score = 100.0 * (killed + timeout) / total if total else 0.0
-        ok &= score >= args.min_score and not other
+        ok &= score >= args.min_score and not other and not not_run
         rows.append((name, killed + timeout, total, score, killed, timeout, len(survived),
-                     len(no_tests), len(other)))
+                     len(no_tests), len(not_run), len(other)))
         survivors += survived + no_tests + other
     print("| module | killed / total | score | killed by a failing test | by a timeout "
-          "| survived | no test reached | other |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, k, t, s, kf, kt, sv, nt, ot in rows:
-        print(f"| {name} | {k} / {t} | {s:.1f}% | {kf} | {kt} | {sv} | {nt} | {ot} |")
+          "| survived | no test reached | not run | other |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, k, t, s, kf, kt, sv, nt, nr, ot in rows:
+        print(f"| {name} | {k} / {t} | {s:.1f}% | {kf} | {kt} | {sv} | {nt} | {nr} | {ot} |")
     if args.survivors:
         print()
         for key in survivors:
