@@ -761,3 +761,48 @@ def test_a_hit_is_reported_for_the_watch_holding_the_address(guest_dir):
     m.add_watchpoint(a_count, 4, WatchKind.WRITE)
     e = m.cont()
     assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
+
+
+# ---------------------------------------------------------------------------------------------
+# address limits and the rest of the errors (found by the run of 2026-12-02)
+
+
+def test_hardware_breakpoints_take_every_address_and_no_other(guest_dir):
+    g, m = _guest(guest_dir)
+    m.add_hw_breakpoint(0)
+    m.add_hw_breakpoint(2**64 - 4)
+    for bad in (-1, 2**64):
+        with pytest.raises(DebugError) as e:
+            m.add_hw_breakpoint(bad)
+        assert e.value.errno == errno.EINVAL and str(e.value) == f"no address {bad:#x}"
+    assert [p.addr for p in m.debug_points()] == [0, 2**64 - 4]
+    m.remove_hw_breakpoint(0)
+    with pytest.raises(DebugError) as e:
+        m.remove_hw_breakpoint(0)
+    assert e.value.errno == errno.ENOENT and str(e.value) == "no hardware breakpoint at 0x0"
+
+
+def test_removing_a_hardware_breakpoint_forgets_its_condition_and_its_origin(guest_dir):
+    g, m = _guest(guest_dir)
+    m.add_hw_breakpoint(g.sym["bp_a"], condition=lambda view: False)
+    m.remove_hw_breakpoint(g.sym["bp_a"])
+    assert not m.conditions
+    # A Z0 at an address with no memory (the MMU off) took a slot; removed, and set again as a
+    # Z1, it is a plain hardware breakpoint.
+    assert m.add_breakpoint(0x5000_0000) == "hw"
+    m.remove_breakpoint(0x5000_0000)
+    m.add_hw_breakpoint(0x5000_0000)
+    assert m.debug_points() == [DebugPoint("hbreak", 0x5000_0000, 4, "slot 0")]
+
+
+def test_physical_reads_at_the_ends_of_the_address_space(guest_dir):
+    g, m = _guest(guest_dir)
+    assert m.record_status() is None  # not recording
+    assert m.read_memory(0, 4, physical=True) == g.read(0, 4)
+    with pytest.raises(DebugError) as e:
+        m.read_memory(2**64, 1, physical=True)
+    assert e.value.errno == errno.EFAULT and str(e.value) == "no address 0x10000000000000000"
+    with pytest.raises(DebugError) as e:
+        m.read_memory(0x0A00_0000, 4, physical=True)  # between the devices: no memory
+    assert e.value.errno == errno.EFAULT
+    assert str(e.value) == "[Errno 14] EFAULT: guest physical address 0xa000000 is not RAM or ROM"
