@@ -780,6 +780,9 @@ def test_hardware_breakpoints_take_every_address_and_no_other(guest_dir):
     with pytest.raises(DebugError) as e:
         m.remove_hw_breakpoint(0)
     assert e.value.errno == errno.ENOENT and str(e.value) == "no hardware breakpoint at 0x0"
+    with pytest.raises(DebugError) as e:
+        m.remove_breakpoint(0)  # neither kind
+    assert e.value.errno == errno.ENOENT and str(e.value) == "no breakpoint at 0x0"
 
 
 def test_removing_a_hardware_breakpoint_forgets_its_condition_and_its_origin(guest_dir):
