@@ -1,7 +1,7 @@
 """Summarise a mutmut 3 run (scripts/mutation.sh): the score per module, and the survivors.
 
 Reads mutants/**/*.meta (mutmut's own result files) from the repository root. The access
-decoder is the whole of arm/a64decode.py.
+decoder is the whole of arm/a64decode.py; debug/manager.py is mutated whole too.
 
     .venv/bin/python bench/mutation.py [--survivors]
 """
@@ -19,6 +19,7 @@ MODULES = {
     "arm/mmu.py": ("src/guestdbg/arm/mmu.py", None),
     "gdb/rsp.py": ("src/guestdbg/gdb/rsp.py", None),
     "access decoder": ("src/guestdbg/arm/a64decode.py", None),
+    "debug/manager.py": ("src/guestdbg/debug/manager.py", None),
 }
 # mutmut's exit codes (mutmut/stats.py): 1 and 3 are kills, SIGXCPU/36/255 timeouts (a mutant
 # that hangs the tests is detected, so it counts as killed), 0 survived, 5/33 no test reached it.
@@ -26,6 +27,8 @@ KILLED = {1, 3}
 TIMEOUT = {36, -24, 24, 152, 255}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+# No result yet: the run was stopped (or is still going) before it reached these mutants.
+NOT_RUN = {None}
 
 
 def load(meta: Path, prefixes) -> dict[str, int | None]:
@@ -54,19 +57,20 @@ def main() -> int:
         timeout = sum(c in TIMEOUT for c in codes.values())
         survived = [k for k, c in codes.items() if c in SURVIVED]
         no_tests = [k for k, c in codes.items() if c in NO_TESTS]
+        not_run = [k for k, c in codes.items() if c in NOT_RUN]
         other = [k for k, c in codes.items()
-                 if c not in KILLED | TIMEOUT | SURVIVED | NO_TESTS]
+                 if c not in KILLED | TIMEOUT | SURVIVED | NO_TESTS | NOT_RUN]
         total = len(codes)
         score = 100.0 * (killed + timeout) / total if total else 0.0
-        ok &= score >= args.min_score and not other
+        ok &= score >= args.min_score and not other and not not_run
         rows.append((name, killed + timeout, total, score, killed, timeout, len(survived),
-                     len(no_tests), len(other)))
+                     len(no_tests), len(not_run), len(other)))
         survivors += survived + no_tests + other
     print("| module | killed / total | score | killed by a failing test | by a timeout "
-          "| survived | no test reached | other |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, k, t, s, kf, kt, sv, nt, ot in rows:
-        print(f"| {name} | {k} / {t} | {s:.1f}% | {kf} | {kt} | {sv} | {nt} | {ot} |")
+          "| survived | no test reached | not run | other |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, k, t, s, kf, kt, sv, nt, nr, ot in rows:
+        print(f"| {name} | {k} / {t} | {s:.1f}% | {kf} | {kt} | {sv} | {nt} | {nr} | {ot} |")
     if args.survivors:
         print()
         for key in survivors:

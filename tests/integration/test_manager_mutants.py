@@ -1,0 +1,811 @@
+"""GuestDebugManager behaviour pinned for mutation testing (issue 14, bench/README.md "Mutation
+testing"): each test here kills mutants of debug/manager.py that the other fast tests let
+survive. Exact values only (PCs, bytes, regions, messages), on the emulated vCPU; no timing."""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pytest
+
+from guestdbg import kvm
+from guestdbg.debug.arch import BRK0
+from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, StopKind,
+                                    WatchKind)
+from guestdbg.board.virt import VirtConfig, VirtMachine
+from guestdbg.debug.regions import PhysRegion
+from tests.helpers.support import Guest, kvm_unavailable_reason, reg_id
+
+RAM = 0x4000_0000
+RAM_END = 0x4800_0000  # the default 128 MiB
+
+
+def _guest(guest_dir, name: str = "bp_targets") -> tuple[Guest, GuestDebugManager]:
+    g = Guest(guest_dir / f"{name}.elf")
+    return g, GuestDebugManager(g.machine)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory_region / memory_layout: the pages around a VA through the guest's own tables
+
+# Stage-1 tables written straight into RAM and switched on through ONE_REG (no guest code runs):
+# 4 KiB granule, T0SZ = 25 (VA[38:0], level 1 first), TTBR1 walks disabled (EPD1).
+L1, L2, L3 = 0x4100_0000, 0x4100_1000, 0x4100_2000
+BLOCK = 0x705           # AF | inner shareable | AttrIndx 1 (normal) | block
+PAGE = 0x707            # the same as a level-3 page
+TABLE = 0x3
+XN = 1 << 53 | 1 << 54  # PXN | UXN
+AP_RO = 1 << 7          # AP[2]: read-only at EL1
+TCR = 25 | 1 << 8 | 1 << 10 | 3 << 12 | 25 << 16 | 1 << 23 | 2 << 30 | 2 << 32
+ALIAS = 0x8000_0000
+# VA ALIAS + n * 4 KiB -> (pa, extra attributes), None = unmapped.
+ALIAS_PAGES = [
+    (0x4020_0000, XN),          # 0, 1: contiguous, same permissions: one region
+    (0x4020_1000, XN),
+    (0x4030_0000, XN),          # 2: same permissions, but not the next physical page
+    (0x4030_1000, XN | AP_RO),  # 3: read-only
+    (0x4030_2000, 0),           # 4: executable
+    None,                       # 5: a one-page hole
+    (0x0900_0000, XN),          # 6: the PL011
+    None,                       # 7 onwards: unmapped
+]
+
+
+def _mmu_on(g: Guest) -> None:
+    def q(pa: int, value: int) -> None:
+        g.vm.write_phys(pa, value.to_bytes(8, "little"))
+    q(L1 + 8 * 1, RAM | BLOCK)      # VA 1 GiB..2 GiB: RAM, identity, read/write/execute
+    q(L1 + 8 * 2, L2 | TABLE)       # VA 2 GiB..: the pages above
+    q(L2, L3 | TABLE)
+    for n, page in enumerate(ALIAS_PAGES):
+        if page is not None:
+            q(L3 + 8 * n, page[0] | PAGE | page[1])
+    v = g.vcpu
+    v.set_one_reg(reg_id("TTBR0_EL1"), L1)
+    v.set_one_reg(reg_id("TCR_EL1"), TCR)
+    v.set_one_reg(reg_id("MAIR_EL1"), 0xFF00)
+    v.set_one_reg(reg_id("SCTLR_EL1"), v.get_one_reg(reg_id("SCTLR_EL1")) | 1)
+
+
+def test_memory_region_with_the_mmu_off_is_the_board_layout(guest_dir):
+    g, m = _guest(guest_dir)
+    layout = m.memory_layout()
+    assert [(r.start, r.end, r.kind, r.name) for r in layout] == [
+        (0, 0x400_0000, "rom", "rom"), (0x400_0000, 0x800_0000, "rom", "rom"),
+        (0x800_0000, 0x802_0000, "mmio", "gic"), (0x900_0000, 0x900_1000, "mmio", "pl011"),
+        (RAM, RAM_END, "ram", "ram")]
+    assert m.memory_region(RAM + 0x1234) == layout[4]
+    assert m.memory_region(0x900_0fff) == layout[3]
+    assert m.memory_region(0x802_0000) == PhysRegion(0x802_0000, 0x900_0000, "hole")
+    # The MMU off: a VA is a physical address, with physical=True or not.
+    assert m.memory_region(ALIAS, physical=True) == m.memory_region(ALIAS)
+
+
+def test_memory_region_follows_the_page_tables(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    R = m.memory_region
+    assert R(ALIAS + 0x123) == PhysRegion(ALIAS, ALIAS + 0x2000, "ram", "ram", "rw")
+    assert R(ALIAS + 0x1fff) == PhysRegion(ALIAS + 0x1000, ALIAS + 0x2000, "ram", "ram", "rw")
+    assert R(ALIAS + 0x2000) == PhysRegion(ALIAS + 0x2000, ALIAS + 0x3000, "ram", "ram", "rw")
+    assert R(ALIAS + 0x3000) == PhysRegion(ALIAS + 0x3000, ALIAS + 0x4000, "ram", "ram", "r")
+    assert R(ALIAS + 0x4000) == PhysRegion(ALIAS + 0x4000, ALIAS + 0x5000, "ram", "ram", "rwx")
+    assert R(ALIAS + 0x5000) == PhysRegion(ALIAS + 0x5000, ALIAS + 0x6000, "hole")
+    assert R(ALIAS + 0x6abc) == PhysRegion(ALIAS + 0x6000, ALIAS + 0x7000, "mmio", "pl011", "rw")
+    # Unmapped or mapped alike, one answer covers at most 1 MiB.
+    assert R(ALIAS + 0x7000) == PhysRegion(ALIAS + 0x7000, ALIAS + 0x10_7000, "hole")
+    assert R(RAM) == PhysRegion(RAM, RAM + 0x10_0000, "ram", "ram", "rwx")
+    # A region ends where the memory behind it changes kind (RAM's end, inside one block)...
+    assert R(RAM_END - 0x1000) == PhysRegion(RAM_END - 0x1000, RAM_END, "ram", "ram", "rwx")
+    # ... and past it the tables still allow everything, over no memory.
+    assert R(RAM_END) == PhysRegion(RAM_END, RAM_END + 0x10_0000, "hole", "", "rwx")
+    # Where a mapping starts, the hole before it ends.
+    assert R(RAM - 0x1000) == PhysRegion(RAM - 0x1000, RAM, "hole")
+    # The last page of the address space: the answer stops at 2**64.
+    assert R(2**64 - 0x1000) == PhysRegion(2**64 - 0x1000, 2**64, "hole")
+    # physical=True: the board's layout, whatever the tables say.
+    assert R(ALIAS, physical=True) == PhysRegion(RAM_END, 2**64 - 1, "hole")
+    assert R(0x900_0000, physical=True) == PhysRegion(0x900_0000, 0x900_1000, "mmio", "pl011")
+
+
+# ---------------------------------------------------------------------------------------------
+# debug points: listing, describing and removing each kind
+
+
+def test_describe_names_kind_address_and_mechanism():
+    assert DebugPoint("break", 0x4008_0010, 4, "software (BRK at pa 0x40080010)").describe() == \
+        "break   0x40080010  software (BRK at pa 0x40080010)"
+    assert DebugPoint("hbreak", 0x10, 4, "slot 1").describe() == "hbreak  0x10  slot 1"
+    assert DebugPoint("watch", 0x4010_0000, 8, "hw:0").describe() == "watch   0x40100000+8  hw:0"
+    assert DebugPoint("awatch", 0x20, 3, "page-trap").describe() == "awatch  0x20+3  page-trap"
+
+
+def test_remove_debug_point_removes_exactly_that_point(guest_dir):
+    g, m = _guest(guest_dir)
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    count = g.sym["bp_a_count"]
+    original = g.read(a, 4)
+    m.add_breakpoint(a)
+    m.add_hw_breakpoint(b)
+    m.add_watchpoint(count, 4, WatchKind.WRITE)
+    m.add_watchpoint(count, 4, WatchKind.READ)
+    m.add_watchpoint(count + 4, 2, WatchKind.ACCESS)
+    pts = m.debug_points()
+    assert pts == [DebugPoint("hbreak", b, 4, "slot 0"),
+                   DebugPoint("break", a, 4, f"software (BRK #0 at pa {a:#x})"),
+                   DebugPoint("watch", count, 4, "hw:0"),
+                   DebugPoint("rwatch", count, 4, "hw:1"),
+                   DebugPoint("awatch", count + 4, 2, "hw:2")]
+    m.remove_debug_point(pts[3])  # the rwatch, not the watch on the same bytes
+    assert m.debug_points() == [pts[0], pts[1], pts[2], pts[4]]
+    m.remove_debug_point(pts[1])  # the software breakpoint: its bytes come back
+    assert g.read(a, 4) == original
+    assert m.debug_points() == [pts[0], pts[2], pts[4]]
+    m.remove_debug_point(pts[0])
+    m.remove_debug_point(pts[4])
+    assert m.debug_points() == [pts[2]]
+    m.remove_debug_point(pts[2])
+    assert m.debug_points() == []
+    with pytest.raises(DebugError) as e:
+        m.remove_debug_point(pts[0])
+    assert e.value.errno == errno.ENOENT
+    # Nothing is left armed: the guest runs to its end with no stop.
+    assert m.cont().kind is StopKind.EXITED
+
+
+# ---------------------------------------------------------------------------------------------
+# registers and PC
+
+
+def test_set_pc_moves_the_pc_and_refuses_no_address(guest_dir):
+    g, m = _guest(guest_dir)
+    entry = g.pc
+    for bad in (-1, 2**64):
+        with pytest.raises(DebugError) as e:
+            m.set_pc(bad)
+        assert e.value.errno == errno.EINVAL and str(e.value) == f"no address {bad:#x}"
+    assert g.pc == entry
+    m.set_pc(0)  # the first address there is
+    assert g.pc == 0
+    m.set_pc(2**64 - 4)  # and the last
+    assert g.pc == 2**64 - 4
+    m.set_pc(g.sym["bp_b"])
+    assert g.pc == g.sym["bp_b"]
+
+
+def test_write_all_registers_writes_every_value_or_none(guest_dir):
+    g, m = _guest(guest_dir)
+    values = m.read_registers()
+    values[0], values[5] = 0x1234_5678_9ABC_DEF0, 55
+    m.write_all_registers(values)
+    assert (g.reg("x0"), g.reg("x5")) == (0x1234_5678_9ABC_DEF0, 55)
+    assert m.read_registers() == values
+    with pytest.raises(DebugError) as e:
+        m.write_all_registers([7] + values[1:-1])  # one value short
+    assert e.value.errno == errno.EINVAL
+    assert str(e.value) == f"expected {len(values)} register values, got {len(values) - 1}"
+    assert g.reg("x0") == 0x1234_5678_9ABC_DEF0  # nothing written
+    bad = list(values)
+    bad[0] = 1 << 64
+    with pytest.raises(DebugError) as e:
+        m.write_all_registers(bad)
+    assert e.value.errno == errno.EINVAL and str(e.value) == "x0: value 0x10000000000000000 does not fit 64 bits"
+    assert m.read_registers() == values
+
+
+def test_check_extension_is_the_vms():
+    mch = VirtMachine(VirtConfig(brps=3, wrps=5), console=lambda data: None)
+    m = GuestDebugManager(mch)
+    assert m.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_BPS) == 3
+    assert m.check_extension(kvm.KVM_CAP_GUEST_DEBUG_HW_WPS) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupts
+
+
+def test_a_discarded_interrupt_does_not_stop_the_next_resume(guest_dir):
+    g, m = _guest(guest_dir)
+    m.add_breakpoint(g.sym["bp_b"])
+    m.interrupt()  # raced with a stop: the guest is stopped already
+    m.discard_interrupt()
+    e = m.cont()
+    assert e.kind is StopKind.SWBREAK and e.pc == g.sym["bp_b"]
+    # Not discarded, the same interrupt stops the next resume at once, where the guest is.
+    m.interrupt()
+    e = m.cont()
+    assert e.kind is StopKind.SIGNAL and e.signal == signal.SIGINT and e.pc == g.sym["bp_b"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reset
+
+
+def test_reset_restores_the_machine_and_keeps_breakpoints(guest_dir):
+    g, m = _guest(guest_dir)
+    entry, a, b = g.pc, g.sym["bp_a"], g.sym["bp_b"]
+    image = g.read(0x4010_0000, 0x2000)
+    m.add_breakpoint(entry)
+    m.add_breakpoint(a)
+    e = m.cont()  # stopped at the entry already: this run meets the breakpoint there
+    assert e.kind is StopKind.SWBREAK and e.pc == entry
+    assert m.cont().pc == a
+    m.write_memory(b, bytes.fromhex("1f2003d5"))  # nop, over bp_b's first instruction
+    m.write_memory(a, bytes.fromhex("1f2003d5"))  # and under the breakpoint at bp_a
+    m.reset()
+    assert g.pc == entry
+    # Memory as when the manager was created, the breakpoints patched over it again, their
+    # originals the reset code's.
+    assert m.read_memory(0x4010_0000, 0x2000) == image
+    assert g.read(a, 4) == BRK0 and g.read(entry, 4) == BRK0
+    assert g.read(b, 4) == image[b - 0x4010_0000:][:4]
+    # Not stopped *at* anything: the breakpoint at the entry is hit first, as after power-on.
+    e = m.cont()
+    assert e.kind is StopKind.SWBREAK and e.pc == entry
+    assert m.cont().pc == a
+    m.remove_all()
+    assert m.cont().kind is StopKind.EXITED
+    assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# memory through the guest's tables (the MMU on, as in the memory_region tests)
+
+
+def test_reads_and_writes_go_page_by_page_through_the_tables(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    # ALIAS + 0x1000 and + 0x2000 are adjacent virtual pages on distant physical ones.
+    data = bytes(range(1, 33))
+    m.write_memory(ALIAS + 0x2000 - 16, data)
+    assert g.read(0x4020_1000 + 0xff0, 16) == data[:16]
+    assert g.read(0x4030_0000, 16) == data[16:]
+    assert m.read_memory(ALIAS + 0x2000 - 16, 32) == data
+    # physical=True: the address is a physical one, not looked up in the tables (which map
+    # nothing below 1 GiB: the flash at 0 has no virtual address).
+    m.write_memory(0x4020_0008, b"\x5a" * 4, physical=True)
+    assert m.read_memory(ALIAS + 8, 4) == b"\x5a" * 4
+    assert m.read_memory(0x4020_0008, 4, physical=True) == b"\x5a" * 4
+    m.write_memory(0x1000, b"flash", physical=True)  # the debugger writes ROM too
+    assert m.read_memory(0x1000, 5, physical=True) == b"flash" == g.read(0x1000, 5)
+    with pytest.raises(DebugError) as e:
+        m.read_memory(0x1000, 5)
+    assert e.value.errno == errno.EFAULT
+    # All or nothing: a write running into the unmapped page, or onto the PL011 (no RAM or ROM
+    # behind it), is refused before any byte is written.
+    before = g.read(0x4030_2ff0, 16)
+    with pytest.raises(DebugError) as e:
+        m.write_memory(ALIAS + 0x5000 - 16, bytes(32))
+    assert e.value.errno == errno.EFAULT
+    assert g.read(0x4030_2ff0, 16) == before
+    with pytest.raises(DebugError) as e:
+        m.write_memory(ALIAS + 0x6000, b"A")
+    assert e.value.errno == errno.EFAULT and str(e.value) == f"no RAM or ROM at {ALIAS + 0x6000:#x}"
+    # A write that would run past the end of RAM.
+    before = g.read(RAM_END - 2, 2)
+    with pytest.raises(DebugError) as e:
+        m.write_memory(RAM_END - 2, b"abcd", physical=True)
+    assert e.value.errno == errno.EFAULT and str(e.value) == f"no RAM or ROM at {RAM_END:#x}"
+    assert g.read(RAM_END - 2, 2) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# hardware breakpoints in debug_points: ordered by slot; unmapped VAs listed as breaks
+
+
+def test_debug_points_list_hardware_breakpoints_by_slot(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    a, b, d = RAM + 0x30_0000, RAM + 0x20_0000, RAM + 0x10_0000
+    hole = ALIAS + 0x5000  # unmapped: its Z0 takes a hardware slot
+    m.add_hw_breakpoint(a)   # slot 0
+    m.add_hw_breakpoint(b)   # slot 1
+    m.add_hw_breakpoint(d)   # slot 2
+    m.remove_hw_breakpoint(a)
+    assert m.add_breakpoint(hole) == "hw"  # slot 0 again
+    # Slot order (not the order of the VAs, nor of their arming).
+    assert m.debug_points() == [DebugPoint("break", hole, 4, "hw (VA not mapped yet): slot 0"),
+                                DebugPoint("hbreak", b, 4, "slot 1"),
+                                DebugPoint("hbreak", d, 4, "slot 2")]
+    assert m.slots_report() == [
+        "hardware breakpoints: 3/6 used; hardware watchpoints: 0/4 used",
+        f"  break   {hole:#x}  hw (VA not mapped yet): slot 0",
+        f"  hbreak  {b:#x}  slot 1",
+        f"  hbreak  {d:#x}  slot 2"]
+    m.remove_debug_point(m.debug_points()[0])  # a "break" that is a hardware slot
+    assert [p.addr for p in m.debug_points()] == [b, d]
+
+
+# ---------------------------------------------------------------------------------------------
+# watchpoints
+
+
+def test_removing_a_watchpoint_forgets_its_condition(guest_dir):
+    g, m = _guest(guest_dir)
+    count = g.sym["bp_a_count"]
+    m.add_breakpoint(g.sym["bp_a"])  # first run past _start, which zeroes .bss
+    assert m.cont().pc == g.sym["bp_a"]
+    m.remove_breakpoint(g.sym["bp_a"])
+    m.add_watchpoint(count, 4, WatchKind.WRITE, condition=lambda view: False)  # never stops
+    m.remove_watchpoint(count, 4, WatchKind.WRITE)
+    assert not m.conditions  # its condition went with it
+    with pytest.raises(DebugError) as e:
+        m.remove_watchpoint(count, 4, WatchKind.WRITE)
+    assert e.value.errno == errno.ENOENT and str(e.value) == f"no watch of 4 bytes at {count:#x}"
+    m.add_watchpoint(count, 4, WatchKind.WRITE)  # no condition now: the first store stops
+    e = m.cont()
+    assert e.kind is StopKind.WATCH and e.watch_addr == count
+    assert g.sym["bp_a"] < e.pc < g.sym["bp_b"]  # bp_a's store, stopped before it is done
+    assert int.from_bytes(m.read_memory(count, 4), "little") == 0
+    m.step()
+    assert int.from_bytes(m.read_memory(count, 4), "little") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# vCPU state and step policy
+
+
+class _Without:
+    """`obj` without the attributes `hidden`, and with `replaced` ones."""
+
+    def __init__(self, obj, *hidden: str, **replaced):
+        self._obj, self._hidden, self._replaced = obj, hidden, replaced
+
+    def __getattr__(self, name):
+        if name in self._hidden:
+            raise AttributeError(name)
+        if name in self._replaced:
+            return self._replaced[name]
+        return getattr(self._obj, name)
+
+
+def test_vcpu_state_without_the_boards_cpu_state(guest_dir):
+    """A board without `cpu_state` (as the x86 pc board): the manager asks the vCPU whether it
+    waits in WFI, and a vCPU with no `wfi_waiting` at all (x86's) is running."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(_Without(g.machine, "cpu_state"))
+    assert m.vcpu_state(0) == "running"
+    g.vcpu.wfi_waiting = True
+    assert m.vcpu_state(0) == "halted"
+    m._vcpus = [_Without(g.vcpu, "wfi_waiting")]
+    assert m.vcpu_state(0) == "running"
+    with pytest.raises(DebugError) as e:
+        m.vcpu_state(1)
+    assert e.value.errno == errno.ESRCH
+
+
+def test_step_irq_mechanism_on_the_emulated_vcpu(guest_dir):
+    g, m = _guest(guest_dir)
+    assert m.can_block_step_irqs
+    assert m.step_irq_mechanism() == \
+        "the vCPU's singlestep_blocks_irq (IRQ input held, timer levels deferred)"
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest rewriting an instruction the debugger patched
+
+
+def _words(*ws: int) -> bytes:
+    return b"".join(w.to_bytes(4, "little") for w in ws)
+
+
+def _movz_w0(v: int) -> int:
+    return 0x52800000 | (v & 0xFFFF) << 5
+
+
+def _movk_w0_16(v: int) -> int:
+    return 0x72A00000 | (v & 0xFFFF) << 5
+
+
+MOV_X2_1, MOV_X2_7, MOV_X3_9 = 0xD2800022, 0xD28000E2, 0xD2800123
+# At RAM: w0 = mov x2, #7; x1 = RAM + 0x10; str w0, [x1] (over the next instruction); then
+# mov x2, #1 (rewritten: mov x2, #7); mov x3, #9; PSCI SYSTEM_OFF.
+SELF_PATCH = _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+                    0x10000041,                 # 0x08: adr x1, .+8
+                    0xB9000020,                 # 0x0c: str w0, [x1]
+                    MOV_X2_1,                   # 0x10
+                    MOV_X3_9,                   # 0x14
+                    _movz_w0(8), _movk_w0_16(0x8400), 0xD4000002)
+
+
+def _self_patch(tmp_path) -> tuple[VirtMachine, GuestDebugManager]:
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "self_patch.bin"
+    image.write_bytes(SELF_PATCH)
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    assert m.add_breakpoint(RAM + 0x10) == "sw" and m.add_breakpoint(RAM + 0x14) == "sw"
+    return mch, m
+
+
+@pytest.mark.parametrize("how", ["cont", "step"])
+def test_a_guest_store_over_a_breakpoint_is_done_and_the_breakpoint_kept(tmp_path, how):
+    mch, m = _self_patch(tmp_path)
+    if how == "step":
+        for pc in (0x4, 0x8, 0xC, 0x10):  # the fourth step is the store's
+            e = m.step()
+            assert (e.kind, e.pc) == (StopKind.STEP, RAM + pc)
+    else:
+        e = m.cont()  # the store is let through, then the new instruction's breakpoint hits
+        assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
+    # The guest's new code is under the breakpoint; both patches are in place.
+    assert m.read_memory(RAM + 0x10, 8) == _words(MOV_X2_7, MOV_X3_9)
+    assert mch.vm.read_phys(RAM + 0x10, 8) == BRK0 + BRK0
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x14)
+    m.remove_all()
+    assert mch.vm.read_phys(RAM + 0x10, 8) == _words(MOV_X2_7, MOV_X3_9)
+    assert m.cont().kind is StopKind.EXITED
+    assert [mch.vcpu.get_one_reg(reg_id(r)) for r in ("X2", "X3")] == [7, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# registers: errors, and the debugger's writes as recorded inputs
+
+
+def test_register_reads_and_writes_refuse_what_does_not_exist(guest_dir):
+    g, m = _guest(guest_dir)
+    g.vcpu.set_one_reg(reg_id("X3"), 0x33)
+    assert m.read_registers([3, 32]) == [0x33, g.pc]  # gdb's numbers: x3, pc
+    assert m.read_registers([3], vcpu=0) == [0x33]
+    assert m.read_registers(vcpu=0) == m.read_registers()
+    n = len(m.read_registers())
+    for call in (lambda: m.read_registers([3, n]), lambda: m.read_register_at(n),
+                 lambda: m.write_register_at(n, 0)):
+        with pytest.raises(DebugError) as e:
+            call()
+        assert e.value.errno == errno.ENOENT and str(e.value) == f"no register number {n}"
+    for call in (lambda: m.read_registers(vcpu=1), lambda: m.read_registers([3], vcpu=1)):
+        with pytest.raises(DebugError) as e:
+            call()
+        assert e.value.errno == errno.ESRCH
+    with pytest.raises(DebugError) as e:
+        m.write_register_at(3, 1 << 64)
+    assert e.value.errno == errno.EINVAL and str(e.value) == "x3: value 0x10000000000000000 does not fit 64 bits"
+    assert g.reg("x3") == 0x33
+    with pytest.raises(DebugError) as e:
+        m.read_register("x99")
+    assert e.value.errno == errno.ENOENT and str(e.value) == "no register named 'x99'"
+
+
+def test_register_and_pc_writes_are_replayed_and_refused_in_the_past(guest_dir):
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (False, True)
+    m.start_recording()
+    # Recording: steps take interrupts (and the vCPU is told so).
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (True, False)
+    m.add_breakpoint(a)
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    t0 = g.vcpu.icount
+    values = m.read_registers()
+    values[9] = 0x99
+    m.write_all_registers(values)
+    m.set_pc(a + 4)  # skip bp_a's first instruction
+    assert m.step().pc == a + 8
+    after = m.read_registers()
+    assert after[9] == 0x99
+    m.seek_to(t0 - 1)
+    assert (g.vcpu.icount, m.read_registers()[9]) == (t0 - 1, 0)
+    # In the past: a PC write that changes nothing is no write; the others are refused.
+    m.set_pc(g.pc)
+    for call in (lambda: m.set_pc(a), lambda: m.write_all_registers(m.read_registers())):
+        with pytest.raises(DebugError) as e:
+            call()
+        assert e.value.errno == errno.EROFS
+        assert str(e.value) == (f"the machine is in its recorded past (instruction {t0 - 1} of "
+                                f"{t0 + 1}): a write would change what was recorded; run forward "
+                                "to the end of the history first, or stop recording")
+    # Forward again: at t0 the logged writes are made again, the same way.
+    assert m.step().pc == a
+    assert m.read_registers()[9] == 0
+    assert m.step().pc == a + 8
+    assert m.read_registers() == after
+    m.stop_recording()
+    assert not m.recording and not m.can_reverse
+    # The step policy from before the recording is back.
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (False, True)
+    m.stop_recording()  # not recording: nothing to do
+    m.step_irqs = True
+    m.start_recording()
+    m.stop_recording()
+    assert (m.step_irqs, g.vcpu.singlestep_blocks_irq) == (True, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# x86-64 on KVM: breakpoints are one byte, and the step policy is KVM's
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_debug_points_and_step_policy():
+    from guestdbg.board.pc_probe import create_pc_machine
+    m = GuestDebugManager(create_pc_machine(console=lambda data: None))
+    # A Z0 at a VA the board's page tables do not map takes a hardware slot, listed as a break.
+    unmapped = 0x7FFF_0000_0000
+    assert m.add_breakpoint(unmapped) == "hw"
+    m.add_hw_breakpoint(0x40_2000)
+    assert m.debug_points() == [DebugPoint("break", unmapped, 1, "hw (VA not mapped yet): slot 0"),
+                                DebugPoint("hbreak", 0x40_2000, 1, "slot 1")]
+    # KVM_GUESTDBG_BLOCKIRQ where the host has it (KVM_CAP_SET_GUEST_DEBUG2), else nothing.
+    assert m.step_irq_mechanism() == ("KVM_GUESTDBG_BLOCKIRQ" if m.can_block_step_irqs else
+                                      "none: this vCPU cannot block interrupts while stepping")
+
+
+# ---------------------------------------------------------------------------------------------
+# detach
+
+
+def test_after_a_detach_a_breakpoint_at_the_pc_is_met_again(guest_dir):
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    m.add_breakpoint(a)
+    assert m.cont().pc == a
+    m.detach()
+    # The next debugger finds the vCPU at bp_a, not stopped *at* a breakpoint of its own: the
+    # one it sets there is hit before bp_a runs (no step-over).
+    m.add_breakpoint(a)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, a)
+    assert int.from_bytes(m.read_memory(g.sym["bp_a_count"], 4), "little") == 0
+
+
+def test_a_detach_while_recording_starts_the_history_again(guest_dir):
+    g, m = _guest(guest_dir)
+    m.start_recording()
+    m.add_breakpoint(g.sym["bp_a"])
+    m.cont()
+    at = g.vcpu.icount
+    assert m.record_status()["begin"] == 0
+    m.detach()
+    # What runs without the debugger is not recorded: the history starts where it detached.
+    assert (m.record_status()["begin"], m.record_status()["end"]) == (at, at)
+
+
+# ---------------------------------------------------------------------------------------------
+# a store over a breakpoint, from an instruction with a hardware breakpoint or a watch
+
+
+def test_a_store_over_a_breakpoint_from_a_hardware_breakpoint(tmp_path):
+    """Resuming from a hardware breakpoint on the store steps the store with that breakpoint out
+    of the way, including the step that lets the store over the patched instruction through."""
+    mch, m = _self_patch(tmp_path)
+    m.add_hw_breakpoint(RAM + 0xC)
+    stops = [(e.kind, e.pc) for e in (m.cont(), m.cont(), m.cont())]
+    assert stops == [(StopKind.HWBREAK, RAM + 0xC), (StopKind.SWBREAK, RAM + 0x10),
+                     (StopKind.SWBREAK, RAM + 0x14)]
+    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
+
+
+@pytest.mark.xfail(strict=True, reason="manager bug: the watch stop repeats forever (see bench/README.md)")
+def test_a_watched_store_over_a_breakpoint_is_reported_once(tmp_path):
+    """A write watch on an instruction that has a software breakpoint, and the guest rewrites
+    that instruction. Resuming from the watch stop steps the store with the watches out of the
+    way, but the store still meets the breakpoint's own store trap, and _classify looks the
+    address up in the watch list first: the same watch stop again, and the guest never gets
+    past the store."""
+    mch, m = _self_patch(tmp_path)
+    m.add_watchpoint(RAM + 0x10, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 0xC, RAM + 0x10)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
+
+
+# ---------------------------------------------------------------------------------------------
+# guest faults: the signal, where, and why
+
+
+@pytest.mark.parametrize("code, pc, sig", [
+    (bytes.fromhex("00feafd2" "00001fd6"), 0x7FF0_0000, signal.SIGSEGV),  # br to unmapped memory
+    (bytes.fromhex("00000000"), RAM, signal.SIGILL),                      # udf #0
+    (bytes.fromhex("010000d4"), RAM + 4, signal.SIGSEGV),                 # svc #0, no vectors
+], ids=["prefetch-abort", "undefined", "svc"])
+def test_an_unhandled_guest_exception_is_a_signal_stop_where_it_happened(tmp_path, code, pc, sig):
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "fault.bin"
+    image.write_bytes(code)
+    mch.load_raw(image, RAM)
+    e = GuestDebugManager(mch).cont()
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, pc, sig)
+    assert e.detail.startswith("unhandled EC ") and f"at PC={pc:#x}" in e.detail
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_guest_exceptions_take_the_boards_signal(tmp_path):
+    """The pc board names the signal of a guest exception (#UD: SIGILL) in its exit."""
+    import subprocess
+    from pathlib import Path
+
+    from guestdbg.board.pc_probe import create_pc_machine
+    from tests.integration.test_x86_manners import symbols
+    x86 = Path(__file__).resolve().parents[2] / "guests" / "x86"
+    proc = subprocess.run(["make", "-C", str(x86), f"O={tmp_path}", "-j2", f"{tmp_path}/fault_ud.elf"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    elf = tmp_path / "fault_ud.elf"
+    mch = create_pc_machine(console=lambda data: None)
+    mch.load_elf(elf)
+    m = GuestDebugManager(mch)
+    e = m.cont()
+    ud = symbols(elf)["ud_insn"]
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, ud, signal.SIGILL)
+    assert e.detail == f"guest exception #UD (invalid opcode, vector 6) at RIP={ud:#x}"
+    # A snapshot of it restores on a vCPU that counts no instructions (no icount).
+    m.snapshot(tmp_path / "ud.snap")
+    m.restore(tmp_path / "ud.snap")
+    assert m.vcpu_pc(0) == ud and not m.exited
+
+
+def test_a_vcpu_that_cannot_keep_interrupts_out_of_a_step(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf")
+    vcpu = _Without(g.vcpu, "singlestep_blocks_irq")  # and the VM has no KVM_GUESTDBG_BLOCKIRQ
+    m = GuestDebugManager(_Without(g.machine, "vcpus", vcpu=vcpu))
+    assert not m.can_block_step_irqs
+    assert m.step_irq_mechanism() == "none: this vCPU cannot block interrupts while stepping"
+    with pytest.raises(DebugError) as e:
+        m.step_irqs = False
+    assert e.value.errno == errno.ENOTSUP
+    m.step_irqs = True  # what it does anyway
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals and their messages
+
+
+MMIO_HOLE_STORE = bytes.fromhex("0140a1d2" "200000b9")  # movz x1, #0x0a00, lsl #16; str w0, [x1]
+
+
+def test_no_reset_without_a_reset_point(tmp_path):
+    """A manager created while the vCPU is inside an MMIO access (the VMM has not completed it
+    yet) has no reset image: reset is refused and changes nothing."""
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "mmio.bin"
+    image.write_bytes(MMIO_HOLE_STORE)
+    mch.load_raw(image, RAM)
+    assert mch.vcpu.run().exit_reason == kvm.KVM_EXIT_MMIO
+    m = GuestDebugManager(mch)
+    with pytest.raises(DebugError) as e:
+        m.reset()
+    assert e.value.errno == errno.ENOTSUP
+    assert str(e.value) == "no reset point: the vCPU was mid-access when the debugger started"
+    assert mch.vcpu.pc == RAM + 4
+
+
+def test_an_unmapped_breakpoint_with_no_free_slot_says_why(guest_dir):
+    g, m = _guest(guest_dir)
+    for i in range(m.hw_bp_slots):
+        m.add_hw_breakpoint(RAM + 4 * i)
+    with pytest.raises(DebugError) as e:
+        m.add_breakpoint(0x5000_0000)  # no memory there, the MMU off: it may be mapped later
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value) == (
+        "cannot break at 0x50000000: 0x50000000 is not mapped yet (no memory there with the "
+        "guest's MMU off), so the breakpoint needs a hardware slot (it matches virtual "
+        "addresses), and none is free: all 6 hardware breakpoints are in use; set it once the "
+        "address is mapped, or free a slot")
+    assert [p.addr for p in m.debug_points()] == [RAM + 4 * i for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------------
+# debugger writes over a breakpoint, and registers of another vCPU
+
+
+def test_a_write_over_and_past_a_breakpoint(guest_dir):
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    m.add_breakpoint(a)
+    data = bytes(range(0xA0, 0xA8))
+    m.write_memory(a, data)  # the patched word and the next one
+    assert g.read(a, 8) == BRK0 + data[4:]
+    assert m.read_memory(a, 8) == data
+    # The saved original is the patched word only: the next word, changed behind the
+    # debugger's back (as by the guest), reads as it is.
+    g.vm.write_phys(a + 4, b"\x11\x22\x33\x44")
+    assert m.read_memory(a, 8) == data[:4] + b"\x11\x22\x33\x44"
+    m.remove_breakpoint(a)
+    assert g.read(a, 8) == data[:4] + b"\x11\x22\x33\x44"
+
+
+def test_registers_of_another_vcpu(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf", VirtConfig(smp=2))
+    m = GuestDebugManager(g.machine)
+    g.machine.vcpus[1].set_one_reg(reg_id("X3"), 0x1333)
+    g.machine.vcpus[0].set_one_reg(reg_id("X3"), 0x1000)
+    assert m.read_registers([3], vcpu=1) == [0x1333]
+    assert m.read_registers(vcpu=1)[3] == 0x1333
+    assert m.read_registers([3]) == [0x1000]  # the current vCPU's
+
+
+# ---------------------------------------------------------------------------------------------
+# watch ranges: what may be watched, and which watch a hit is reported for
+
+
+def test_watch_ranges_up_to_the_limit_and_the_end_of_the_address_space(guest_dir):
+    g, m = _guest(guest_dir)
+    limit = m.arch.max_watch  # 2 GiB
+    assert m.add_watchpoint(RAM, 1, WatchKind.READ).mechanism == "hw:0"
+    assert m.add_watchpoint(RAM, limit, WatchKind.READ).mechanism == "hw:1,2"
+    assert m.add_watchpoint(2**64 - 8, 8, WatchKind.READ).mechanism == "hw:3"  # ends at 2**64
+    for addr, length in ((RAM, limit + 1), (2**64 - 4, 8), (2**64 - 1, 2), (RAM, 0)):
+        with pytest.raises(DebugError) as e:
+            m.add_watchpoint(addr, length, WatchKind.READ)
+        assert e.value.errno == errno.EINVAL and str(e.value) == f"cannot watch {length} bytes at {addr:#x}"
+    assert len(m.watches) == 3
+
+
+def _after_first(g: Guest, m: GuestDebugManager, sym: str) -> None:
+    m.add_breakpoint(g.sym[sym])
+    assert m.cont().pc == g.sym[sym]
+    m.remove_breakpoint(g.sym[sym])
+
+
+def test_a_hit_is_reported_for_the_watch_holding_the_address(guest_dir):
+    """Two watches on adjacent or overlapping bytes, the one armed first *not* holding the
+    stored address: the stop names the one that does, at the store's address."""
+    g, m = _guest(guest_dir)
+    a_count, b_count = g.sym["bp_a_count"], g.sym["bp_b_count"]  # adjacent words
+    _after_first(g, m, "bp_b")
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE)  # ends where bp_b_count starts
+    m.add_watchpoint(b_count, 4, WatchKind.WRITE)
+    e = m.cont()  # bp_b's store, then the next round's bp_a's
+    assert (e.kind, e.watch_addr) == (StopKind.WATCH, b_count)
+    e = m.cont()
+    assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
+    g, m = _guest(guest_dir)
+    _after_first(g, m, "bp_a")
+    m.add_watchpoint(a_count + 1, 1, WatchKind.WRITE)  # starts a byte past the store's address
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
+
+
+# ---------------------------------------------------------------------------------------------
+# address limits and the rest of the errors (found by the run of 2026-12-02)
+
+
+def test_hardware_breakpoints_take_every_address_and_no_other(guest_dir):
+    g, m = _guest(guest_dir)
+    m.add_hw_breakpoint(0)
+    m.add_hw_breakpoint(2**64 - 4)
+    for bad in (-1, 2**64):
+        with pytest.raises(DebugError) as e:
+            m.add_hw_breakpoint(bad)
+        assert e.value.errno == errno.EINVAL and str(e.value) == f"no address {bad:#x}"
+    assert [p.addr for p in m.debug_points()] == [0, 2**64 - 4]
+    m.remove_hw_breakpoint(0)
+    with pytest.raises(DebugError) as e:
+        m.remove_hw_breakpoint(0)
+    assert e.value.errno == errno.ENOENT and str(e.value) == "no hardware breakpoint at 0x0"
+    with pytest.raises(DebugError) as e:
+        m.remove_breakpoint(0)  # neither kind
+    assert e.value.errno == errno.ENOENT and str(e.value) == "no breakpoint at 0x0"
+
+
+def test_removing_a_hardware_breakpoint_forgets_its_condition_and_its_origin(guest_dir):
+    g, m = _guest(guest_dir)
+    m.add_hw_breakpoint(g.sym["bp_a"], condition=lambda view: False)
+    m.remove_hw_breakpoint(g.sym["bp_a"])
+    assert not m.conditions
+    # A Z0 at an address with no memory (the MMU off) took a slot; removed, and set again as a
+    # Z1, it is a plain hardware breakpoint.
+    assert m.add_breakpoint(0x5000_0000) == "hw"
+    m.remove_breakpoint(0x5000_0000)
+    m.add_hw_breakpoint(0x5000_0000)
+    assert m.debug_points() == [DebugPoint("hbreak", 0x5000_0000, 4, "slot 0")]
+
+
+def test_physical_reads_at_the_ends_of_the_address_space(guest_dir):
+    g, m = _guest(guest_dir)
+    assert m.record_status() is None  # not recording
+    assert m.read_memory(0, 4, physical=True) == g.read(0, 4)
+    with pytest.raises(DebugError) as e:
+        m.read_memory(2**64, 1, physical=True)
+    assert e.value.errno == errno.EFAULT and str(e.value) == "no address 0x10000000000000000"
+    with pytest.raises(DebugError) as e:
+        m.read_memory(0x0A00_0000, 4, physical=True)  # between the devices: no memory
+    assert e.value.errno == errno.EFAULT
+    assert str(e.value) == "[Errno 14] EFAULT: guest physical address 0xa000000 is not RAM or ROM"
