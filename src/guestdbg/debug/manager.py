@@ -266,6 +266,7 @@ class GuestDebugManager:
         # int3): Z0 then takes a hardware slot.
         self._brk: bytes = self.arch.sw_break or b""
         self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key
+        self._skipped_watch: "Watch | bool | None" = None  # what the last _apply left out (see _watch_for)
         self._arch_regs: Any = None
         # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
         # (on x86 a 0 there means the 4 shared debug registers).
@@ -805,6 +806,9 @@ class GuestDebugManager:
         SINGLESTEP goes only to the vCPU stepping: the current one with `step` (the step-overs,
         which run it alone), else the one a resume in progress steps (`_step_vcpu`)."""
         stepper = self._current if step else self._step_vcpu
+        # What this run leaves out is not a watch hit either: the step over a store a watch
+        # stopped at may still meet a breakpoint's code-store trap at that address.
+        self._skipped_watch = skip_watch
         breakpoints = {va: slot for va, slot in self._hw_bp.items() if va != skip_bp_at}
         watch_slots: dict[int, tuple[int, int]] = {}
         traps = []
@@ -1089,8 +1093,11 @@ class GuestDebugManager:
         return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected {raw.detail or raw.kind}")
 
     def _watch_for(self, far: int, is_write: bool) -> Watch | None:
-        candidates = [w for w in self.watches
-                      if (w.kind is WatchKind.ACCESS or (w.kind is WatchKind.WRITE) == is_write)]
+        skipped = self._skipped_watch
+        if skipped is True:
+            return None
+        candidates = [w for w in self.watches if w is not skipped
+                      and (w.kind is WatchKind.ACCESS or (w.kind is WatchKind.WRITE) == is_write)]
         for w in candidates:
             if w.overlaps(far, 1):
                 return w
@@ -1108,7 +1115,8 @@ class GuestDebugManager:
             self.vm.write_phys(patch.pa, patch.original)
         saved_sw, self._sw = self._sw, {}
         try:
-            self._apply(skip_bp_at=pc, step=True)
+            # A watch this run left out (the step over a store it stopped at) stays out.
+            self._apply(skip_bp_at=pc, skip_watch=self._skipped_watch, step=True)
             result = self._run(self._current)
         finally:
             self._sw = saved_sw
