@@ -283,3 +283,25 @@ def test_the_guests_own_brk_under_an_in_run_breakpoint_still_goes_to_the_guest(g
     assert e.kind is StopKind.EXITED and e.exit_status == 0
     assert stops == ([] if condition is not None and not condition(None) else [at])
     assert g.text.endswith("bp_targets: a=3 b=3 c=3 brk=1\n")
+
+
+def test_gdbs_remove_step_insert_cycle_keeps_the_hook_and_a_continue_drops_removed_ones(guest_dir):
+    """gdb removes a breakpoint at each stop, steps over its address and inserts it again (z0,
+    vCont;s, Z0). The hook of a removed breakpoint stays, idle, until the guest is let run on:
+    the step is not stopped by it, the breakpoint put back hits at once, and after a continue
+    with it removed nothing of it is left."""
+    g, m = condloop(guest_dir, 50)
+    bump = g.sym["bump"]
+    m.add_breakpoint(bump)
+    for n in range(3):
+        e = m.cont()
+        assert (e.kind, e.pc, g.reg("x0")) == (StopKind.SWBREAK, bump, n)
+        m.remove_breakpoint(bump)
+        assert m.step().kind is StopKind.STEP and g.vcpu.pc == bump + 4  # the idle hook lets it run
+        assert list(g.vcpu._idle_filters) == [bump]
+        m.add_breakpoint(bump)
+        assert not g.vcpu._idle_filters and list(g.vcpu._filters) == [bump]
+    m.remove_breakpoint(bump)
+    assert m.cont().kind is StopKind.EXITED  # no stop at bump: removed, and its hook pruned
+    assert not g.vcpu._idle_filters and not g.vcpu._filters
+    assert g.text == CONDLOOP_OUT.format(n=50, total=sum(range(50)))

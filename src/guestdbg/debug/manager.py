@@ -801,7 +801,8 @@ class GuestDebugManager:
             self.vm.write_phys(pa, bytes(buf))
 
     # ------------------------------------------------------------------ debug state
-    def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False) -> None:
+    def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False,
+               prune: bool = False) -> None:
         """Push the whole debug state to every vCPU (as QEMU does after every change).
         SINGLESTEP goes only to the vCPU stepping: the current one with `step` (the step-overs,
         which run it alone), else the one a resume in progress steps (`_step_vcpu`)."""
@@ -840,7 +841,9 @@ class GuestDebugManager:
             if self._can_filter:  # policy 18
                 skip = (skip_bp_at, vcpu.icount) if vcpu_id == stepper and skip_bp_at is not None \
                     else self._skip_once.get(vcpu_id)
-                vcpu.set_break_filters(self._filtered, self._deciders[vcpu_id], skip)
+                # Hooks of removed breakpoints go when the guest is let run on (not for a step,
+                # which gdb brackets with z0 and Z0 of the same breakpoint).
+                vcpu.set_break_filters(self._filtered, self._deciders[vcpu_id], skip, prune=prune)
             vcpu.set_watch_traps(traps)
             vcpu.set_guest_debug(stepping if vcpu_id == stepper else armed, self._arch_regs)
 
@@ -924,7 +927,7 @@ class GuestDebugManager:
             self._current = target
             self._step_vcpu = target if step else None
             try:
-                self._apply()
+                self._apply(prune=not step)
                 while True:
                     result = self._run(target if alone else None)
                     event = self._classify(result, stepping=step and self._current == target)

@@ -132,6 +132,8 @@ class DebugHardware(ExceptionEntry):
         self._code_trap_words: list[tuple[int, int, int]] = []  # (pa, va, length) of the debugger's code traps
         # The debugger's filtered software breakpoints (set_break_filters): va -> (pa, hook).
         self._filters: dict[int, tuple[int, int]] = {}
+        # Removed ones whose hooks stay until a set_break_filters with `prune` (see there).
+        self._idle_filters: dict[int, int] = {}  # va -> hook
         self._filter_decide: Callable[[int], bool] | None = None
         self._filter_skip: tuple[int, int] | None = None
         self._filter_callback = _CODE_HOOK(self._on_filtered_break)  # kept referenced for the Uc's life
@@ -173,7 +175,7 @@ class DebugHardware(ExceptionEntry):
         self._reprotect()
 
     def set_break_filters(self, points: dict[int, int], decide: Callable[[int], bool] | None,
-                          skip: tuple[int, int] | None = None) -> None:
+                          skip: tuple[int, int] | None = None, prune: bool = False) -> None:
         """guestdbg extension: software breakpoints decided in the run, with no instruction
         patched. `points` maps each virtual address to the physical address it had when the
         breakpoint was set; before the instruction at such an address runs, while the debugger
@@ -185,21 +187,33 @@ class DebugHardware(ExceptionEntry):
         that (resuming from the breakpoint stopped at, which needs no step: nothing is patched).
 
         Each point is a UC_HOOK_CODE bounded to its one instruction, so nothing else pays for
-        it; adding or removing one drops only that instruction's translations."""
+        it; adding or removing one drops only that instruction's translations. A point removed
+        keeps its hook, idle (it returns at once), until a call with `prune`: gdb removes every
+        breakpoint at each stop and inserts it again before it resumes (z0, the step over it,
+        Z0), and a hook taken out and put back costs the instruction's translation twice."""
         self._filter_decide = decide
         self._filter_skip = skip
-        if points.keys() == self._filters.keys() and all(self._filters[va][0] == pa for va, pa in points.items()):
+        if (points.keys() == self._filters.keys() and all(self._filters[va][0] == pa for va, pa in points.items())
+                and not (prune and self._idle_filters)):
             return
         for va in [va for va in self._filters if va not in points]:
-            self._runctl.remove_hook(self._filters.pop(va)[1])
-            self._drop_code_at(va)
+            self._idle_filters[va] = self._filters.pop(va)[1]
         for va, pa in points.items():
             old = self._filters.get(va)
             if old is not None:
                 self._filters[va] = (pa, old[1])
                 continue
+            hook = self._idle_filters.pop(va, None)
+            if hook is not None:  # still in the translations: nothing to drop
+                self._filters[va] = (pa, hook)
+                continue
             self._filters[va] = (pa, self._runctl.add_python_code_hook(self._filter_callback, va))
             self._drop_code_at(va)  # code translated before the hook existed would not call it
+        if prune:
+            for va, hook in self._idle_filters.items():
+                self._runctl.remove_hook(hook)
+                self._drop_code_at(va)
+            self._idle_filters.clear()
 
     def _on_filtered_break(self, _uc: Any, address: int, _size: int, _user: Any) -> None:
         try:
