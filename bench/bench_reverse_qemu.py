@@ -31,7 +31,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -40,46 +39,29 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_reverse import stores_elf  # noqa: E402
-from tests.helpers.gdb_harness import GDB, Stub  # noqa: E402
+from tests.helpers.gdb_harness import GDB, QemuStub, Stub, run_gdb  # noqa: E402
 from tests.helpers.qemu_runner import QEMU, qemu_command  # noqa: E402
 
 GDB_TIMEOUT = 180.0
 
-# One round under gdb: forward to the end of the loop, watch `target`, reverse-continue.
-GDB_SCRIPT = r'''
-import gdb, json, time
-R = {"stops": []}
-def _stop(ev):
-    d = {"type": type(ev).__name__}
-    if isinstance(ev, gdb.SignalEvent):
-        d["signal"] = ev.stop_signal
-    if isinstance(ev, gdb.BreakpointEvent):
-        d["breakpoints"] = [b.number for b in ev.breakpoints]
-    R["stops"].append(d)
-gdb.events.stop.connect(_stop)
-try:
-    gdb.execute("set pagination off")
-    gdb.execute("target remote %(sock)s")
-    gdb.execute("break *%(end)#x")
-    t = time.perf_counter()
-    gdb.execute("continue")
-    R["forward_s"] = time.perf_counter() - t
-    R["end_pc"] = int(gdb.parse_and_eval("$pc"))
-    R["end_x5"] = int(gdb.parse_and_eval("$x5"))
-    gdb.execute("delete")
-    gdb.execute("watch *(long *)%(target)#x")
-    n = len(R["stops"])
-    t = time.perf_counter()
-    gdb.execute("reverse-continue")
-    R["reverse_continue_s"] = time.perf_counter() - t
-    R["stop"] = R["stops"][n:]
-    R["pc"] = int(gdb.parse_and_eval("$pc"))
-    R["x7"] = int(gdb.parse_and_eval("$x7"))
-    R["value"] = int(gdb.parse_and_eval("*(long *)%(target)#x"))
-except Exception as e:
-    R["error"] = "%%s: %%s" %% (type(e).__name__, e)
-open(%(out)r, "w").write(json.dumps(R))
-gdb.execute("kill")
+# One round under gdb (tests/helpers/gdb_harness.py's prelude: connect, check, pc, val, STOPS):
+# forward to the end of the loop, watch `target`, reverse-continue.
+GDB_BODY = r'''
+connect()
+gdb.execute("break *%(end)#x")
+t = time.perf_counter()
+gdb.execute("continue")
+check("forward_s", time.perf_counter() - t)
+gdb.execute("delete")
+gdb.execute("watch *(long *)%(target)#x")
+n = len(STOPS)
+t = time.perf_counter()
+gdb.execute("reverse-continue")
+check("reverse_continue_s", time.perf_counter() - t)
+check("stop", STOPS[n:])
+check("pc", pc())
+check("x7", val("$x7"))
+check("value", val("*(long *)%(target)#x"))
 '''
 
 
@@ -126,46 +108,35 @@ def record(elf: Path, work: Path) -> float:
     return run_to_end(qemu_rr(elf, work, "record"))
 
 
-def run_gdb(elf: Path, sock: Path, end: int, target: int, work: Path, name: str) -> dict:
-    out = work / f"{name}.json"
-    out.unlink(missing_ok=True)
-    script = work / f"{name}.py"
-    script.write_text(textwrap.dedent(GDB_SCRIPT % {"sock": sock, "end": end, "target": target, "out": str(out)}))
-    proc = subprocess.run([GDB, "-q", "-batch", "-nx", str(elf), "-x", str(script)], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=GDB_TIMEOUT)
-    if not out.exists():
-        return {"error": f"gdb wrote no result (exit {proc.returncode}): {proc.stdout.decode(errors='replace')[-2000:]}"}
-    result = json.loads(out.read_text())
-    result["gdb_output"] = proc.stdout.decode(errors="replace")[-1500:]
+class QemuReplay(QemuStub):
+    """QEMU replaying the recording (rr=replay, from its snapshot `init`) with its gdbstub on a
+    Unix socket, held at the start (-S)."""
+
+    def __init__(self, work: Path, elf: Path):
+        super().__init__(work, elf, name="qemu")
+        self.argv = qemu_rr(elf, work, "replay", ["-gdb", f"unix:{self.sock_path},server=on,wait=off", "-S"])
+
+
+def gdb_round(stub: Stub, elf: Path, end: int, target: int, name: str) -> dict:
+    """GDB_BODY against `stub`: what it recorded, "error" if it failed, and gdb's output."""
+    run = run_gdb(stub, elf, GDB_BODY % {"end": end, "target": target}, timeout=GDB_TIMEOUT, name=f"gdb-{name}")
+    result = dict(run.results)
+    if "_error" in result:
+        result["error"] = result["_error"]
+    result["gdb_output"] = run.stdout[-1500:]
     return result
 
 
 def qemu_round(elf: Path, work: Path, end: int, target: int) -> dict:
-    sock = work / "qemu.sock"
-    sock.unlink(missing_ok=True)
-    cmd = qemu_rr(elf, work, "replay", ["-gdb", f"unix:{sock},server=on,wait=off", "-S"])
-    log = open(work / "qemu-replay.log", "wb")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"QEMU replay did not listen (exit {proc.poll()}): "
-                                   f"{(work / 'qemu-replay.log').read_text(errors='replace')}")
-            time.sleep(0.02)
-        result = run_gdb(elf, sock, end, target, work, "qemu")
-    finally:
-        if proc.poll() is None:
-            proc.kill()  # our own child, by its pid
-        proc.wait(timeout=10)
-    result["qemu_log"] = (work / "qemu-replay.log").read_text(errors="replace")[-1500:]
+    with QemuReplay(work, elf) as stub:
+        result = gdb_round(stub, elf, end, target, "qemu")
+        result["qemu_log"] = (stub.stdout + stub.stderr)[-1500:]
     return result
 
 
 def guestdbg_round(elf: Path, work: Path, end: int, target: int) -> dict:
     with Stub(work, elf, extra_args=("--record",), name="guestdbg") as stub:
-        return run_gdb(elf, stub.sock_path, end, target, work, "guestdbg")
+        return gdb_round(stub, elf, end, target, "guestdbg")
 
 
 def check(result: dict, store: int, size: int = 4) -> str | None:
