@@ -146,7 +146,7 @@ def test_console_input_to_a_linux_shell_is_replayed(linux_guest):
     """The shell answers a command typed while recording (console input through the PL011 and
     its interrupt); from the start of the history the replay reaches the recorded end state
     exactly, and shows none of its output again."""
-    from guestdbg.board.console_input import ConsoleInput
+    from tests.helpers.support import typed_console
     from tests.helpers.linux_guest import PROMPT
     out = bytearray()
     m = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20), console=out.extend)
@@ -154,12 +154,7 @@ def test_console_input_to_a_linux_shell_is_replayed(linux_guest):
                                             append=linux_guest.append))
     mgr = GuestDebugManager(m)
     mgr.start_recording()
-    typed = ConsoleInput()
-    m.uart.rx_source = typed.take
-
-    def service() -> None:
-        m.uart.pump()
-    m.on_intr = service
+    typed = typed_console(m)
     done = threading.Event()
 
     def typist() -> None:

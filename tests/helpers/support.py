@@ -10,6 +10,7 @@ from guestdbg import kvm
 from guestdbg.arm import debugregs as dr
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.board.common import ExitStatus, elf_symbols
+from guestdbg.board.console_input import ConsoleInput
 from guestdbg.board.virt import VirtMachine, VirtConfig
 
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
@@ -121,3 +122,13 @@ def machine_with_values(elf, clock_mode: str = "virtual", **symbol_values: int) 
     for name, value in symbol_values.items():
         m.vm.write_phys(syms[name], value.to_bytes(8, "little"))
     return m, out
+
+
+def typed_console(machine: VirtMachine) -> ConsoleInput:
+    """Console input a test pushes into, wired as `guestdbg run` wires stdin: the UART takes
+    from it as the guest reads, and after a kick (the manager's wake) the board's on_intr
+    delivers what arrived while the guest waits."""
+    typed = ConsoleInput()
+    machine.uart.rx_source = typed.take
+    machine.on_intr = machine.uart.pump
+    return typed

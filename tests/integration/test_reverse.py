@@ -21,10 +21,9 @@ import threading
 import pytest
 
 from guestdbg import kvm
-from guestdbg.board.console_input import ConsoleInput
 from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
-from tests.helpers.support import symbols
+from tests.helpers.support import symbols, typed_console
 
 IMAGE_SPAN = 4 << 20  # the guests' image, data, bss and stack: the memory a fingerprint hashes
 
@@ -267,12 +266,7 @@ def test_console_input_is_replayed_and_replayed_output_not_shown_again(guest_dir
     the guest's output once."""
     out: list[bytes] = []
     m, mgr = recorded(guest_dir / "echo.elf", out=out)
-    typed = ConsoleInput()
-    m.uart.rx_source = typed.take
-
-    def service() -> None:
-        m.uart.pump()
-    m.on_intr = service
+    typed = typed_console(m)
     stop = threading.Event()
 
     def typist() -> None:
