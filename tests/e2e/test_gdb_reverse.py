@@ -25,7 +25,14 @@ def elf(guest_dir):
     return guest_dir / "history.elf"
 
 
-BODY = r'''
+# In a gdb body: the selected thread's registers that a reverse step must give back.
+REGS = r'''
+def regs():
+    frame = gdb.selected_frame()
+    return [int(frame.read_register(r)) for r in ["pc", "sp", "cpsr"] + [f"x{n}" for n in range(31)]]
+'''
+
+BODY = REGS + r'''
 connect()
 ex("break mix")
 for _ in range(3):
@@ -37,9 +44,6 @@ check("rc_first", ex("reverse-continue"))
 check("first", val("$x0"))
 ex("continue")  # forward in the past: the second hit again
 
-def regs():
-    frame = gdb.selected_frame()
-    return [int(frame.read_register(r)) for r in ["pc", "sp", "cpsr"] + [f"x{n}" for n in range(31)]]
 back = [regs()]
 for _ in range(6):
     ex("reverse-stepi")
@@ -157,7 +161,7 @@ def test_reverse_execution_with_several_vcpus(tmp_path, guest_dir):
     order they happened, each reported on its thread; reverse-stepi on a thread retraces its
     stepi; forward in the past replays the same interleaving."""
     elf = guest_dir / "smp.elf"
-    body = r'''
+    body = REGS + r'''
 connect()
 ex("break uart_put_dec")
 stops = []
@@ -173,9 +177,6 @@ for _ in range(3):
     back.append((gdb.selected_thread().num, pc(), val("$x0")))
 check("back", back)
 ex("delete")
-def regs():
-    frame = gdb.selected_frame()
-    return [int(frame.read_register(r)) for r in ["pc", "sp"] + [f"x{n}" for n in range(31)]]
 trail = [regs()]
 for _ in range(5):
     ex("stepi")
