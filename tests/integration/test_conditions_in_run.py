@@ -166,21 +166,14 @@ def alias_guest(tmp_path_factory):
     return assemble(tmp_path_factory.mktemp("alias"), "alias", ALIAS_S)
 
 
-def _alias_machine(elf):
-    m = VirtMachine(VirtConfig(), console=lambda b: None)
-    m.load_elf(elf)
-    return m
-
-
 def test_code_rewritten_through_an_alias_keeps_the_breakpoint_and_the_alias_does_not_hit(alias_guest):
     """guests from test_code_aliases: patchme runs at its high address three times, rewritten
     through its identity alias in between (x2 = 1, 2, 3). A conditional breakpoint at the high
     address stops at each call, on the new code each time; one at the identity alias (never
     executed there) never stops; false ones change nothing."""
-    from tests.helpers.support import symbols
-    sym = symbols(str(alias_guest))
+    g = Guest(alias_guest)
+    m, sym = g.machine, g.sym
     # Step until the guest has the high address in x20 (its MMU on), before the first call.
-    m = _alias_machine(alias_guest)
     mgr = GuestDebugManager(m)
     while mgr.read_register("x20") == 0:
         assert mgr.step().kind is StopKind.STEP
@@ -199,7 +192,7 @@ def test_code_rewritten_through_an_alias_keeps_the_breakpoint_and_the_alias_does
     assert mgr.conditions.get(("break", low, 0)).hits == 0
     assert mgr.conditions.get(("break", high, 0)).hits == 3
     # False conditions at both: the same results, three evaluations.
-    m = _alias_machine(alias_guest)
+    m = Guest(alias_guest).machine
     mgr = GuestDebugManager(m)
     while mgr.read_register("x20") == 0:
         mgr.step()

@@ -4,6 +4,8 @@ AgentExprError); and exactly the bytecode it can take is compiled."""
 
 from __future__ import annotations
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,17 +88,7 @@ def test_what_is_compiled():
 
 def test_a_failing_compiled_read_gives_the_interpreters_error():
     t = Target({0: 5}, {})
-    e = AgentExpr(asm(("const32", 0x2000), "ref32", "end"))
-    try:
-        e.evaluate(t.reg, t.read)
-    except AgentExprError as err:
-        assert "cannot read 4 bytes at 0x2000" in str(err)
-    else:
-        raise AssertionError("no error")
-    e = AgentExpr(asm(("reg", 7), "end"))
-    try:
-        e.evaluate(t.reg, t.read)
-    except AgentExprError as err:
-        assert "register 7" in str(err)
-    else:
-        raise AssertionError("no error")
+    with pytest.raises(AgentExprError, match="cannot read 4 bytes at 0x2000"):
+        AgentExpr(asm(("const32", 0x2000), "ref32", "end")).evaluate(t.reg, t.read)
+    with pytest.raises(AgentExprError, match="register 7"):
+        AgentExpr(asm(("reg", 7), "end")).evaluate(t.reg, t.read)
