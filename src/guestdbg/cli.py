@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --gdb: allow listening on a non-loopback address (prints a warning)")
     run.add_argument("--record", action="store_true",
                      help="with --gdb: keep the run's history from the start, for gdb's reverse-stepi, "
-                          "reverse-continue, reverse-finish (needs the virtual clock)")
+                          "reverse-continue, reverse-finish (with --clock host, the host's time is followed within "
+                          "about 1 ms and logged, so that replays repeat it)")
     run.add_argument("--record-mem", type=parse_size, default=1 << 30, metavar="SIZE",
                      help="the most memory the history may use (default 1G); older checkpoints thin out")
     _add_arch_flag(run)

@@ -14,11 +14,23 @@ stays monotonic and deterministic, and the offset travels in snapshots with icou
 `mode="host"` (`guestdbg run --clock host`) is for people who want wall-clock time in the
 guest: the counter then reads the host's CLOCK_MONOTONIC in 16 ns ticks, which keeps
 running while the guest is stopped. The instruction count is kept in both modes.
+
+Recording a run for reverse execution (debug/history.py) needs what the guest computes to
+repeat in a replay, and the host's clock does not. So while a history is kept, the host clock
+is *paced* (`record_host_time`): the counter runs as the virtual clock does, and between
+slices, wherever it has fallen 1 ms or more behind the host's time (the guest retires fewer
+than one instruction per nanosecond; the debugger stops it), it jumps to the host's time. Each
+jump, and each WFI wait's end, is a new counter offset at an exact instruction count: the
+recorder logs it, and a replay applies it there instead of looking at the host. The guest sees
+the host's time within about a millisecond, never ahead of it, and timers fire when the
+counter it reads reaches them. QEMU's record/replay does the like: the vCPU's time is its
+instruction count (-icount), and the host clock reads it needs are logged.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from guestdbg.backends.unicorn_arm64 import COUNTER_FREQUENCY_HZ, NS_PER_INSN, Arm64Vcpu
 
@@ -33,7 +45,27 @@ class VirtualClock:
             raise ValueError(f"clock must be one of {', '.join(CLOCK_MODES)}, got {mode!r}")
         self.vcpu = vcpu
         self.mode = mode
+        self.paced = False  # the host clock made replayable (record_host_time)
         vcpu.set_counter_source(mode)
+
+    @property
+    def replayable(self) -> bool:
+        """Does a replay see the same times as the run (the virtual clock, or a paced host clock)?"""
+        return self.mode == "virtual" or self.paced
+
+    def record_host_time(self, on_sync: Callable[[int], None] | None) -> None:
+        """The host clock, paced while a recorder keeps the run's history (see the module
+        docstring): `on_sync(counter_offset)` hears each new offset at the instruction count
+        where it applies. None: the counter reads the host's clock again, from where it is."""
+        if self.mode != "host":
+            raise ValueError("only the host clock is paced (the virtual clock replays as it is)")
+        self.vcpu.on_clock_sync = on_sync
+        self.paced = on_sync is not None
+        self.vcpu.set_counter_source("paced" if self.paced else "host")
+
+    def replaying(self, replay: bool) -> None:
+        """A paced clock in a replay takes its offsets from the log, not from the host."""
+        self.vcpu.pace_live = not replay
 
     @property
     def icount(self) -> int:
@@ -50,7 +82,7 @@ class VirtualClock:
 
     def now_ns(self) -> int:
         """The guest's time in nanoseconds (what the counter says, at full resolution)."""
-        if self.mode == "host":
+        if self.mode == "host" and not self.paced:
             return time.monotonic_ns() + self._offset_ns
         return self.icount * NS_PER_INSN + self._offset_ns
 

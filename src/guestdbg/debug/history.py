@@ -6,7 +6,8 @@ every time, because its clock is its instruction count (board/clock.py), and not
 does moves its interrupts (vcpu.py's irq_due). So the machine at any past instruction count can
 be rebuilt by restoring an earlier checkpoint and running forward again ("replay"), provided
 whatever came from outside is given again at the same points. That outside is the *input log*:
-console input, the debugger's own writes to registers and memory, and where the recorded run
+console input, the host's time (`--clock host`, paced while recording: board/clock.py), the
+debugger's own writes to registers and memory, and where the recorded run
 stopped ("split": a replay stops there too, so it splits the same translation blocks). Single
 steps take interrupts while recording (the debug manager's policy 17), so they hold nothing back.
 
@@ -87,6 +88,7 @@ class Event:
 
     time: int
     kind: str  # "console" (input a kick delivered), "memory", "register", "registers", "pc",
+    # "clock" (the paced host clock's new counter offset: board/clock.py),
     # "split" (the recorded run stopped here: a replay stops here too)
     data: Any = None
 
@@ -216,9 +218,9 @@ class History:
         self.machine = machine
         self.vm = machine.vm
         self.vcpus: list[Any] = list(getattr(machine, "vcpus", None) or [machine.vcpu])
-        if getattr(machine, "clock_mode", "virtual") != "virtual":
-            raise HistoryError("reverse execution needs the virtual clock (not --clock host): "
-                               "the host's clock cannot be replayed")
+        if not getattr(getattr(machine, "clock", None), "replayable", True):
+            raise HistoryError("reverse execution needs a clock a replay can repeat: the virtual "
+                               "clock, or the host's paced (board/clock.py record_host_time)")
         self.mem_limit = mem_limit
         self._fixed_interval = interval
         self.interval = interval or MIN_INTERVAL
@@ -245,6 +247,7 @@ class History:
         self.end = self.now  # the live end: the furthest point the run has reached
         self.ended: Any = None  # the guest's own end there (the board's ExitStatus), if it ended
         self.next_event = 0  # while replaying: the first log entry not yet applied
+        self._deferred: list[Event] = []  # applied before it (see due_events' as_stopped)
         self.stats = {"taken": 1, "inserted": 0, "thinned": 0, "restored": 0, "skipped": 0,
                       "take_seconds": 0.0, "restore_seconds": 0.0, "dropped_start": 0}
         self._last_take = (time.perf_counter(), self.now)
@@ -318,12 +321,22 @@ class History:
             return stop
         return max(self.checkpoints[-1].time + self.interval, now + 1)
 
-    def due_events(self) -> list[Event]:
-        """The log entries due now (while replaying), marked applied."""
-        due = []
+    def due_events(self, *, as_stopped: bool = False) -> list[Event]:
+        """The log entries due now (while replaying), marked applied. `as_stopped` (a seek's
+        end, in the past): the host clock's catch-ups logged here after the recorded run first
+        stopped here ("split") wait for the next run. They happened as that run resumed, and
+        the machine is as it first arrived here, as a forward replay stops here too (a step
+        that took an interrupt without retiring an instruction is the other way to be here
+        again). The debugger's writes logged here are applied."""
+        due, self._deferred = self._deferred, []
         while self.next_event < len(self.events) and self.events[self.next_event].time <= self.now:
             due.append(self.events[self.next_event])
             self.next_event += 1
+        if as_stopped and self.now < self.end:
+            stops = [i for i, e in enumerate(due) if e.kind == "split" and e.time == self.now]
+            if stops:
+                self._deferred = [e for e in due[stops[0]:] if e.kind == "clock"]
+                due = due[:stops[0]] + [e for e in due[stops[0]:] if e.kind != "clock"]
         return due
 
     # ------------------------------------------------------------------ the log
@@ -544,6 +557,7 @@ class History:
         self.machine.restore_device_state(copy.deepcopy(target.devices))
         self.restore_extra(dict(target.extra))
         self.next_event = target.events
+        self._deferred = []
         self._mark()
         self.stats["restored"] += 1
         self.stats["restore_seconds"] += time.perf_counter() - started

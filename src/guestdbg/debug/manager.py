@@ -313,6 +313,7 @@ class GuestDebugManager:
         self._console_pulls = 0  # the guest's reads of console input so far (policy 17)
         self._serving_intr = False
         self._replay_run = False  # the run in progress replays the history (inputs from the log)
+        self._live_run = False  # a run in progress at the live end of the history (inputs logged)
         self._history_stale = False  # the guest ran without the manager since (a detach)
 
     # ------------------------------------------------------------------ what the target offers
@@ -1147,26 +1148,30 @@ class GuestDebugManager:
 
     @property
     def can_record(self) -> bool:
-        """Can this target keep a replayable history (the emulated back end, the virtual
-        clock)?"""
-        return (getattr(self.vm, "write_phys_pages", None) is not None
-                and getattr(self.machine, "clock_mode", "virtual") == "virtual")
+        """Can this target keep a replayable history (the emulated back end)?"""
+        return getattr(self.vm, "write_phys_pages", None) is not None
 
     def start_recording(self, *, mem_limit: int | None = None, interval: int | None = None) -> None:
         """Keep the run's history from now on (policy 17), so that it can run backwards, in
         `mem_limit` bytes (`record_mem_limit` by default: --record-mem). ENOTSUP where it
-        cannot be replayed (the host's clock, the x86 back end)."""
+        cannot be replayed (the x86 back end). The host's clock is paced meanwhile
+        (board/clock.py): its catch-ups are logged as inputs."""
         mem_limit = self.record_mem_limit if mem_limit is None else mem_limit
         with self._lock:
             if self._history is not None:
                 return
             if getattr(self.vm, "write_phys_pages", None) is None:
                 raise DebugError(errno.ENOTSUP, "reverse execution needs the emulated back end")
+            clock = self._host_clock()
+            if clock is not None:
+                clock.record_host_time(self._log_clock)
             try:
                 self._history = History(self.machine, mem_limit=mem_limit, interval=interval,
                                         guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
                                         restore_extra=self._restore_recorder_state)
             except HistoryError as e:
+                if clock is not None:
+                    clock.record_host_time(None)
                 raise DebugError(errno.EINVAL if self.can_record else errno.ENOTSUP, str(e)) from None
             self._record_options = {"step_irqs": self._step_irqs}
             self._step_irqs = True
@@ -1180,6 +1185,9 @@ class GuestDebugManager:
                 return
             self._history.close()
             self._history = None
+            clock = self._host_clock()
+            if clock is not None:
+                clock.record_host_time(None)
             if self.can_block_step_irqs:
                 self._step_irqs = self._record_options.get("step_irqs", False)
                 self._push_step_irqs()
@@ -1199,6 +1207,17 @@ class GuestDebugManager:
             self._history = History(self.machine, mem_limit=old.mem_limit, interval=old._fixed_interval,
                                     guest_bytes=self._guest_bytes, extra_state=self._recorder_state,
                                     restore_extra=self._restore_recorder_state)
+
+    def _host_clock(self) -> Any:
+        """The board's clock if it follows the host's (`--clock host`), else None."""
+        clock = getattr(self.machine, "clock", None)
+        return clock if getattr(clock, "mode", None) == "host" else None
+
+    def _log_clock(self, counter_offset: int) -> None:
+        """The paced host clock caught up (board/clock.py), in a live run: an input."""
+        h = self._history
+        if h is not None and self._live_run:
+            h.log("clock", counter_offset)
 
     def _guest_bytes(self) -> list[tuple[int, bytes]]:
         """The guest's own bytes under the breakpoint patches (what a checkpoint holds)."""
@@ -1294,6 +1313,8 @@ class GuestDebugManager:
             self._registers.write_all(self._vcpus[vcpu_id], values)
         elif kind == "console":
             getattr(self.machine, "uart").feed(data)
+        elif kind == "clock":  # the paced host clock's counter offset (board/clock.py)
+            getattr(self.machine, "clock").vcpu.counter_offset = data
         # "split": the recorded run stopped there; the replay only stops there too
 
     def _current_history(self) -> History | None:
@@ -1355,6 +1376,10 @@ class GuestDebugManager:
         # runs ahead to the end of the block), and it holds for the whole run: a replay's
         # limit is the live end at the latest.
         self._replay_run = h is not None and h.now < h.end
+        self._live_run = h is not None and not self._replay_run
+        clock = self._host_clock()
+        if clock is not None:
+            clock.replaying(self._replay_run)
         if h is not None:
             h.begin_run()
         board = cast(MultiVcpuBoard, self.machine)
@@ -1364,7 +1389,9 @@ class GuestDebugManager:
                 return board.run_until(_fault_exit, soft_time_limit=icount_limit)
             return board.run_until(_fault_exit, time_limit=icount_limit)
         finally:
-            self._replay_run = False
+            self._replay_run = self._live_run = False
+            if clock is not None:
+                clock.replaying(False)
             if len(self._vcpus) > 1:  # the vCPU the exit came from is current
                 self._current = board.last_vcpu_id
 
@@ -1539,7 +1566,7 @@ class GuestDebugManager:
                 if soft:  # an insertion point (a soft stop: at or short of it)
                     h.insert()
                     points.pop(0)
-            for entry in h.due_events():
+            for entry in h.due_events(as_stopped=True):
                 self._apply_event(entry.kind, entry.data)
         self._apply()
 

@@ -70,6 +70,10 @@ _SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_E
 WFI = 0xD503207F
 # One counter tick is 16 instructions in the virtual clock and 16 ns of the host's clock.
 COUNTER_TICK_SHIFT = 4
+# The paced clock (set_counter_source): the counter catches up with the host's time when it
+# lags by this much or more (1 ms), checked at least every PACE_PERIOD_NS of host time.
+PACE_SLACK_TICKS = 62_500
+PACE_PERIOD_NS = 1_000_000
 
 _TRANSLATION_READS = (SCTLR_EL1, kr.SYSREG_ENCODINGS["TCR_EL1"], kr.SYSREG_ENCODINGS["TTBR0_EL1"],
                       kr.SYSREG_ENCODINGS["TTBR1_EL1"], uca.UC_ARM64_REG_PSTATE)
@@ -169,6 +173,12 @@ class VcpuCore:
         # Set from another thread to make run() return KVM_EXIT_INTR (kvm_run.immediate_exit).
         self.immediate_exit = False
         self._clock_mode = "virtual"
+        # The "paced" clock (set_counter_source): pace_live False during a replay, where the
+        # counter moves only as the recorded run's on_clock_sync calls said.
+        self.pace_live = True
+        self.on_clock_sync: Callable[[int], None] | None = None  # hears each new counter_offset
+        self._pace_base = 0  # host ticks + this = where the paced counter catches up to
+        self._pace_alarm = 0  # the host time (ns) the catch-up alarm is set for
         self._batch_readers: dict[tuple[RegKey, ...], Callable[[], list[int]]] = {}
         self._batch_writers: dict[tuple[RegKey, ...], Callable[[tuple[int, ...]], None]] = {}
 
@@ -492,6 +502,37 @@ class VcpuCore:
             ticks = self.virtual_time(pc) >> COUNTER_TICK_SHIFT
         return (ticks + self._runctl.state.counter_offset) & MASK64
 
+    def _host_counter(self, now_ns: int) -> int:
+        """The paced clock: what the counter reads at host time `now_ns` if it kept up."""
+        return (now_ns >> COUNTER_TICK_SHIFT) + self._pace_base
+
+    def _set_paced_offset(self, offset: int) -> None:
+        self.counter_offset = offset
+        if self.on_clock_sync is not None:
+            self.on_clock_sync(self.counter_offset)
+
+    def _follow_host(self) -> None:
+        """The paced clock at the start of a slice, where icount is exact. The counter is the
+        virtual clock's (so timers fire, and reads return, at instruction counts a replay
+        repeats), but where it has fallen PACE_SLACK_TICKS behind the host's time (the guest
+        retires fewer than one instruction per ns, and host time passes while it is stopped)
+        it jumps to it, and on_clock_sync hears the new offset: the input a replay gives
+        again. An alarm ends the slice in PACE_PERIOD_NS or where host time reaches the next
+        timer deadline, whichever comes first, to look again."""
+        now = time.monotonic_ns()
+        count = self.counter()
+        behind = self._host_counter(now) - count
+        if behind >= PACE_SLACK_TICKS:
+            self._set_paced_offset(self.counter_offset + behind)
+            count += behind
+        alarm = self._pace_alarm if self._pace_alarm > now else now + PACE_PERIOD_NS
+        deadline = self.timers.next_deadline(count) if self.timers.armed else None
+        if deadline is not None:
+            alarm = min(alarm, now + max(0, (deadline - self._host_counter(now)) << COUNTER_TICK_SHIFT))
+        if alarm != self._pace_alarm:
+            self._pace_alarm = alarm
+            self._runctl.stop_at(alarm)
+
     def next_timer_event(self) -> int | None:
         """The virtual time at which this vCPU's timers next raise their output (None: no
         enabled, unmasked timer). For a board that runs several vCPUs: a halted one (see
@@ -557,6 +598,8 @@ class VcpuCore:
             # is due: next_timer_event) decides, as a VMM with a userspace irqchip does on HLT.
             self._exit = KvmRun(kvm.KVM_EXIT_HLT)
             return
+        if self._clock_mode == "paced" and not self.pace_live:
+            return  # a replay: the recorded wait's outcome is in the log (a counter offset)
         deadline = self.timers.next_deadline(count)
         if deadline is None:
             if not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
@@ -565,6 +608,14 @@ class VcpuCore:
             return
         if self._clock_mode == "host":
             self._runctl.wait_for_stop(((deadline - count) << COUNTER_TICK_SHIFT) / 1e9)
+        elif self._clock_mode == "paced":
+            # Sleep until host time reaches the deadline; then the counter reads the deadline
+            # (logged: a kick may have ended the sleep first, and a replay does not sleep).
+            self._pace_alarm = 0
+            self._runctl.stop_at(None)  # the catch-up alarm must not cut the sleep short
+            wait = (deadline - self._host_counter(time.monotonic_ns())) << COUNTER_TICK_SHIFT
+            if wait <= 0 or not self._runctl.wait_for_stop(wait / 1e9):
+                self._set_paced_offset(self.counter_offset + deadline - count)
         else:
             self.counter_offset += deadline - count
 
@@ -663,6 +714,8 @@ class VcpuCore:
         if self._outside_ram_hooks is not None:
             self._sync_memory_hooks()
         if self._suppress_pc is None:  # not completing one instruction (MMIO, a watched pair)
+            if self._clock_mode == "paced" and self.pace_live:
+                self._follow_host()
             timed = self._report_timer_levels(limit)
             if timed is None:
                 return None

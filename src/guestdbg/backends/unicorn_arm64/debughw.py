@@ -574,7 +574,7 @@ class DebugHardware(ExceptionEntry):
     def _update_sysreg_filter(self) -> None:
         """The registers that go to the VMM depending on the clock and the armed debug state."""
         rc = self._runctl
-        counter = ACTION_VIRTUAL_COUNTER if self._clock_mode == "virtual" else ACTION_HOST_COUNTER
+        counter = ACTION_HOST_COUNTER if self._clock_mode == "host" else ACTION_VIRTUAL_COUNTER
         rc.set_action(CNTVCT_EL0, read=counter)
         rc.set_action(CNTPCT_EL0, read=counter)
         # A CONTEXTIDR_EL1 write can start an unlinked context-ID breakpoint's match, which is

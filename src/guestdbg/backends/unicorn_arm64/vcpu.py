@@ -10,6 +10,7 @@ recorded into an exit, an exception entered into the guest, or another slice.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_INTR
@@ -27,7 +28,7 @@ from guestdbg.backends.unicorn_arm64.arch import (
     SCR_EL3_RW,
     VMPIDR_EL2,
 )
-from guestdbg.backends.unicorn_arm64.core import VcpuCore
+from guestdbg.backends.unicorn_arm64.core import COUNTER_TICK_SHIFT, VcpuCore
 from guestdbg.backends.unicorn_arm64.debughw import DebugHardware
 from guestdbg.backends.unicorn_arm64.exceptions import ExceptionEntry, FatalGuestState
 from guestdbg.backends.unicorn_arm64.firmware import FirmwareCalls
@@ -214,10 +215,22 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
     def set_counter_source(self, mode: str) -> None:
         """"virtual": CNTVCT_EL0/CNTPCT_EL0 read icount / 16 (62.5 MHz at 1 instruction per ns),
         so the guest's time is deterministic and stops with the vCPU. "host": the host's
-        CLOCK_MONOTONIC in 16 ns ticks (read in C, as Unicorn's own counter reads it)."""
-        if mode not in ("virtual", "host"):
+        CLOCK_MONOTONIC in 16 ns ticks (read in C, as Unicorn's own counter reads it).
+        "paced": the host's time made replayable (`--clock host` while recording): the
+        virtual clock, caught up with the host's between slices (core._follow_host), each
+        catch-up told to on_clock_sync. Between "host" and "paced" the counter carries on
+        from where it is."""
+        if mode not in ("virtual", "host", "paced"):
             raise ValueError(f"unknown clock mode {mode!r}")
+        count = self.counter()
+        switching = {mode, self._clock_mode} == {"host", "paced"}
         self._clock_mode = mode
+        if switching:
+            self.set_counter(count)
+        if mode == "paced":
+            self._pace_base = count - (time.monotonic_ns() >> COUNTER_TICK_SHIFT)
+        self._pace_alarm = 0
+        self._runctl.stop_at(None)
         self._update_sysreg_filter()
 
     def _run_slice(self, icount_limit: int | None) -> KvmRun | None:
