@@ -50,20 +50,20 @@ MEMORY_MB = 512
 BOOT_TIMEOUT = 300.0
 
 
-def linux_machine(guest, out: bytearray, smp: int = 1):
+def linux_machine(guest, out: bytearray, smp: int = 1, clock_mode: str = "virtual"):
     from guestdbg.board import loader
     from guestdbg.board.virt import VirtConfig, VirtMachine
-    machine = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20, smp=smp), console=out.extend)
+    machine = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20, smp=smp), console=out.extend, clock_mode=clock_mode)
     loader.apply_linux(machine, loader.plan_linux(MEMORY_MB << 20, str(guest.kernel), initrd=str(guest.initrd),
                                                   append=guest.append, cpus=smp))
     return machine
 
 
-def boot_to_banner(guest, record: bool, smp: int = 1):
+def boot_to_banner(guest, record: bool, smp: int = 1, clock_mode: str = "virtual"):
     """(seconds, manager) for one boot to the banner through the debug manager."""
     from guestdbg.debug.manager import GuestDebugManager
     out = bytearray()
-    machine = linux_machine(guest, out, smp)
+    machine = linux_machine(guest, out, smp, clock_mode)
     manager = GuestDebugManager(machine)
     if record:
         manager.start_recording()
@@ -88,13 +88,13 @@ def boot_to_banner(guest, record: bool, smp: int = 1):
 SMP_WORK = 50_000_000
 
 
-def run_guest(elf: Path, record: bool, smp: int = 1) -> tuple[float, dict | None]:
+def run_guest(elf: Path, record: bool, smp: int = 1, clock_mode: str = "virtual") -> tuple[float, dict | None]:
     """(seconds, the history's status or None) of a bare-metal guest run to its exit through
     the debug manager, recording or not. With `smp`, guests/smp's work set to SMP_WORK."""
     from guestdbg.board.virt import VirtConfig, VirtMachine
     from guestdbg.debug.manager import GuestDebugManager, StopKind
     from tests.helpers.support import symbols
-    machine = VirtMachine(VirtConfig(smp=smp), console=lambda b: None)
+    machine = VirtMachine(VirtConfig(smp=smp), console=lambda b: None, clock_mode=clock_mode)
     machine.load_elf(elf)
     manager = GuestDebugManager(machine)
     if smp > 1:
@@ -203,7 +203,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--json", metavar="FILE")
-    parser.add_argument("--only", default="linux,crunch,stores,smp4,linux_smp2,qemu,search",
+    parser.add_argument("--only", default="linux,crunch,stores,smp4,linux_smp2,linux_host,crunch_host,qemu,search",
                         help="comma-separated rows to run (default: all)")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -215,7 +215,9 @@ def main() -> int:
     stores = stores_elf(work, 25)
     rows: dict[str, list] = {"linux_off": [], "linux_on": [], "crunch_off": [], "crunch_on": [],
                              "stores_off": [], "stores_on": [], "qemu_plain": [], "qemu_record": [],
-                             "smp4_off": [], "smp4_on": [], "linux_smp2_off": [], "linux_smp2_on": []}
+                             "smp4_off": [], "smp4_on": [], "linux_smp2_off": [], "linux_smp2_on": [],
+                             "linux_host_off": [], "linux_host_on": [], "crunch_host_off": [], "crunch_host_on": []}
+    host_history: dict = {}
     smp_history: dict = {}
     stores_history: dict = {}
     history: dict = {}
@@ -233,6 +235,20 @@ def main() -> int:
             seconds, _ = boot_to_banner(guest, record, smp=2)
             rows["linux_smp2_on" if record else "linux_smp2_off"].append(seconds)
             print(f"  round {r + 1}: linux --smp 2, recording {'on ' if record else 'off'}: {seconds:6.2f} s",
+                  flush=True)
+        # --clock host: recording paces the clock and logs its catch-ups (board/clock.py).
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "linux_host" in only else ():
+            seconds, manager = boot_to_banner(guest, record, clock_mode="host")
+            rows["linux_host_on" if record else "linux_host_off"].append(seconds)
+            if record:
+                host_history = manager.record_status()
+            print(f"  round {r + 1}: linux --clock host, recording {'on ' if record else 'off'}: {seconds:6.2f} s",
+                  flush=True)
+            del manager
+        for record in ((False, True) if r % 2 == 0 else (True, False)) if "crunch_host" in only else ():
+            seconds, _ = run_guest(crunch, record, clock_mode="host")
+            rows["crunch_host_on" if record else "crunch_host_off"].append(seconds)
+            print(f"  round {r + 1}: crunch --clock host, recording {'on ' if record else 'off'}: {seconds:6.2f} s",
                   flush=True)
         for record in ((False, True) if r % 2 == 0 else (True, False)) if "smp4" in only else ():
             seconds, status = run_guest(smp_elf, record, smp=4)
@@ -274,6 +290,9 @@ def main() -> int:
         "smp4_record_ratio": ratio("smp4_on", "smp4_off"),
         "smp4_history": {k: smp_history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds", "interval")},
         "linux_smp2_record_ratio": ratio("linux_smp2_on", "linux_smp2_off"),
+        "linux_host_record_ratio": ratio("linux_host_on", "linux_host_off"),
+        "linux_host_history": {k: host_history.get(k) for k in ("end", "checkpoints", "events", "memory")},
+        "crunch_host_record_ratio": ratio("crunch_host_on", "crunch_host_off"),
         "stores_history": {k: stores_history.get(k) for k in ("end", "checkpoints", "memory", "take_seconds",
                                                               "interval", "thinned", "dropped_start", "begin")},
         "search": found,

@@ -202,3 +202,52 @@ check("threads", exs("info threads"))
     assert r["thread_after"] == stops[-4][0]
     assert tuple(r["forward_again"]) == stops[-3]
     assert "CPU#1" in r["threads"]
+
+
+HOST_CLOCK_BODY = REGS + r'''
+connect()
+ex("set var timer_wfi_ticks = 6250000")  # 0.1 s of host time (a logged write)
+ex("break exception_handler")
+check("hit", ex("continue"))
+check("hit_pc", pc())
+forward = [regs()]
+for _ in range(5):
+    ex("stepi")
+    forward.append(regs())
+back = [regs()]
+for _ in range(5):
+    ex("reverse-stepi")
+    back.append(regs())
+check("retraced", forward == list(reversed(back)))
+ex("stepi")
+check("rc", ex("reverse-continue"))
+check("rc_pc", pc())
+check("to_start", ex("reverse-continue"))
+check("again", ex("continue"))
+check("again_pc", pc())
+ex("delete")
+check("to_live_end", ex("continue"))
+check("live", ex("continue"))
+'''
+
+
+def test_reverse_execution_on_the_host_clock_with_gdb(tmp_path, guest_dir):
+    """`--record --clock host`: the host's time is paced and logged while recording
+    (board/clock.py), so reverse steps retrace forward steps across the guest's timer waits
+    and its timer interrupt, and a replay reaches the recorded hit and end."""
+    elf = guest_dir / "timer.elf"
+    syms = symbols(str(elf))
+    with Stub(tmp_path, elf, extra_args=["--record", "--clock", "host"]) as stub:
+        r = run_gdb(stub, elf, HOST_CLOCK_BODY, timeout=120)
+    r.assert_ok()
+
+    def is_hit(output: str) -> bool:  # "Breakpoint 1.1, exception_handler (...": two locations
+        return "Breakpoint 1" in output and ", exception_handler (" in output
+    assert is_hit(r["hit"]) and r["hit_pc"] == syms["exception_handler"]
+    assert r["retraced"]
+    assert is_hit(r["rc"]) and r["rc_pc"] == r["hit_pc"]
+    assert "No more reverse-execution history" in r["to_start"]
+    assert is_hit(r["again"]) and r["again_pc"] == r["hit_pc"]
+    assert "No more reverse-execution history" in r["to_live_end"]
+    assert "exited normally" in r["live"]
+    assert stub.stdout.count("irq 27 taken") == 1  # printed once, live

@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from guestdbg import kvm
+from guestdbg.arm import kvm_regs as kr
 from guestdbg.board import loader
 from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind
@@ -22,8 +23,8 @@ from guestdbg.debug.manager import GuestDebugManager, StopKind
 MEMORY_MB = 256
 
 
-def boot_machine(guest, smp: int = 1) -> VirtMachine:
-    m = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20, smp=smp), console=lambda b: None)
+def boot_machine(guest, smp: int = 1, clock_mode: str = "virtual") -> VirtMachine:
+    m = VirtMachine(VirtConfig(ram_size=MEMORY_MB << 20, smp=smp), console=lambda b: None, clock_mode=clock_mode)
     loader.apply_linux(m, loader.plan_linux(MEMORY_MB << 20, str(guest.kernel), initrd=str(guest.initrd),
                                             append=guest.append, cpus=smp))
     return m
@@ -140,6 +141,51 @@ def test_a_recorded_two_cpu_linux_boot_replays_exactly(linux_guest, run_init_pro
     for expected in reversed(trace[:-1]):
         assert mgr.reverse_step(1).vcpu_id == 1
         assert smp_fingerprint(m)[:3] == expected
+
+
+def test_a_linux_boot_on_the_host_clock_replays_as_recorded(linux_guest, run_init_process):
+    """`--clock host --record`: the host's time, paced and logged (board/clock.py), drives the
+    kernel's timekeeping and its timer interrupts. The boot is recorded to where the kernel
+    starts /init, with Ctrl-C stops along the way and two steps after each stop; seeks in
+    random order land on the state the recorded run had at each of those points (registers,
+    devices, all of RAM). No straight run can be the reference: the host's time differs."""
+    m = boot_machine(linux_guest, clock_mode="host")
+    mgr = GuestDebugManager(m)
+    mgr.start_recording()
+    seen: dict[int, tuple] = {}
+    vbar_el1 = kr.ARM64_SYS_REG(*kr.SYSREG_ENCODINGS["VBAR_EL1"])
+
+    def note() -> None:
+        # A stop right after an interrupt was taken (no instruction retired since) shares its
+        # instruction count with the state before: a seek lands on that one (README).
+        if m.vcpu.pc - m.vcpu.get_one_reg(vbar_el1) not in (0x080, 0x280, 0x480, 0x680):
+            seen.setdefault(mgr.record_status()["now"], fingerprint(m))
+
+    mgr.add_hw_breakpoint(run_init_process)
+    for _ in range(3):
+        timer = threading.Timer(1.5, mgr.interrupt)
+        timer.start()
+        event = mgr.cont()
+        timer.join()
+        if event.kind is not StopKind.SIGNAL:
+            break
+        for _ in range(2):
+            note()
+            mgr.step()
+        note()
+    else:
+        event = mgr.cont()
+    assert event.kind is StopKind.HWBREAK and event.pc == run_init_process, event
+    note()
+    h = mgr._history
+    assert h is not None
+    catch_ups = sum(e.kind == "clock" for e in h.events)
+    assert catch_ups > 100 and len(seen) >= 4, (catch_ups, len(seen))
+    order = list(seen)
+    random.Random(7).shuffle(order)
+    for t in order:
+        mgr.seek_to(t)
+        assert fingerprint(m) == seen[t], t
 
 
 def test_console_input_to_a_linux_shell_is_replayed(linux_guest):

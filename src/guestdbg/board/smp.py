@@ -211,6 +211,17 @@ class SmpMachine:
             self._irq_outs[i] = self.gic.irq_pending(i)
             self.vcpu.vm.irq_line(cpu_irq(i), int(self._irq_outs[i]))
 
+    def _timer_reports_from_gic(self) -> None:
+        """After a restore: what each vCPU last told the VMM of its timers' output levels
+        (device_irq_level) is what the restored GIC's timer PPIs hold. A record left from
+        before the restore could swallow the next change: a timer firing before the vCPU next
+        looks (the host clock's logged catch-up, applied as a replay resumes) would never
+        reach the GIC, and its interrupt would be lost."""
+        for i, vcpu in enumerate(self.vcpus):
+            level = self.gic.banked[i]["level"]
+            vcpu.device_irq_level = ((kvm.KVM_ARM_DEV_EL1_VTIMER if level >> VTIMER_INTID & 1 else 0)
+                                     | (kvm.KVM_ARM_DEV_EL1_PTIMER if level >> PTIMER_INTID & 1 else 0))
+
     def smp_state(self) -> dict:
         """What a snapshot needs beyond the registers: per vCPU its instruction count, counter
         and time offsets (its counter's reading) and power state, and the scheduler's position."""

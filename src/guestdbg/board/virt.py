@@ -371,6 +371,7 @@ class VirtMachine(SmpMachine, RunToExit):
         if "gic" in state:  # snapshots from before the GIC: it stays as reset
             self.gic.restore(state["gic"])
         self._force_irq_lines()  # drive the lines whatever they were before
+        self._timer_reports_from_gic()
         if "clock" in state:  # snapshots from before the virtual clock start it at 0
             self.clock.restore(state["clock"])
         if "smp" in state:
