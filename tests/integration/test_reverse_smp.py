@@ -232,3 +232,32 @@ def test_a_recorded_step_into_a_wfe_wait_replays_as_the_step(smp_elf):
     mgr.seek_to(mgr.record_status()["begin"])
     assert mgr.cont().kind is StopKind.EXITED
     assert fingerprint(m, mgr) == end
+
+
+def test_when_the_history_start_moves_the_schedule_before_it_goes(smp_elf):
+    """--record-mem too small for the whole run: the oldest checkpoints go, and with them the
+    schedule's entries from before the new start (turns that ended by the quantum, stretches
+    each vCPU ran). What is left still replays: seeks land on a straight run's state."""
+    probe = GuestDebugManager(VirtMachine(VirtConfig(smp=2), console=lambda b: None))
+    probe.start_recording(interval=100_000)
+    base = probe.record_status()["memory"]
+    m = VirtMachine(VirtConfig(smp=2), console=lambda b: None)
+    m.load_elf(smp_elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=100_000, mem_limit=base + (8 << 10))
+    assert mgr.cont().kind is StopKind.EXITED
+    status = mgr.record_status()
+    assert status["dropped_start"] > 0 and status["begin"] > 0, status
+    h = mgr._history
+    assert h.turn_ends and all(end > h.segments[cpu][0][1] for (cpu, _), end in h.turn_ends.items())
+    assert len(h.turn_ends) < status["end"] // 100_000  # one per quantum of the whole run, unpruned
+    rng = random.Random(9)
+    for _ in range(4):  # (a seek's inserted checkpoints may move the start on again)
+        status = mgr.record_status()
+        t = rng.randrange(status["begin"], status["end"])
+        straight = VirtMachine(VirtConfig(smp=2), console=lambda b: None)
+        straight.load_elf(smp_elf)
+        while straight.machine_now < t:
+            straight.run_until(time_limit=t)
+        mgr.seek_to(t)
+        assert fingerprint(m, mgr) == fingerprint(straight, GuestDebugManager(straight)), t

@@ -52,6 +52,7 @@ under them (`guest_bytes`), and the caller lifts its patches while a checkpoint 
 
 from __future__ import annotations
 
+import bisect
 import copy
 import ctypes
 import mmap
@@ -288,12 +289,11 @@ class History:
         have stopped at: the other vCPUs have not run on yet."""
         if len(self.vcpus) == 1:
             return k
-        runs = self.segments[vcpu_id]
-        for began, start, end in reversed(runs):
-            if start < k <= end:
-                return max(self.begin, began + (k - start))
-            if end < k:
-                break
+        runs = self.segments[vcpu_id]  # in the order they ran: by first icount
+        i = bisect.bisect_left(runs, k, key=lambda run: run[1])
+        if i and k <= runs[i - 1][2]:
+            began, start, _ = runs[i - 1]
+            return max(self.begin, began + (k - start))
         if runs and runs[0][1] == k:  # before its first recorded instruction: since the start
             return self.begin
         return None
@@ -519,6 +519,10 @@ class History:
         for runs in self.segments:
             while runs and runs[0][0] + (runs[0][2] - runs[0][1]) <= first.time:
                 del runs[0]
+        # The turns that ended before each vCPU's first stretch still in the history.
+        firsts = [runs[0][1] if runs else None for runs in self.segments]  # None: none left
+        self.turn_ends = {key: end for key, end in self.turn_ends.items()
+                          if firsts[key[0]] is not None and end > firsts[key[0]]}
         self.stats["dropped_start"] += 1
 
     def index_at_or_before(self, t: int) -> int:

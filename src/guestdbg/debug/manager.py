@@ -1160,7 +1160,7 @@ class GuestDebugManager:
         with self._lock:
             if self._history is not None:
                 return
-            if getattr(self.vm, "write_phys_pages", None) is None:
+            if not self.can_record:
                 raise DebugError(errno.ENOTSUP, "reverse execution needs the emulated back end")
             clock = self._host_clock()
             if clock is not None:
@@ -1172,7 +1172,7 @@ class GuestDebugManager:
             except HistoryError as e:
                 if clock is not None:
                     clock.record_host_time(None)
-                raise DebugError(errno.EINVAL if self.can_record else errno.ENOTSUP, str(e)) from None
+                raise DebugError(errno.EINVAL, str(e)) from None  # e.g. --record-mem too small
             self._record_options = {"step_irqs": self._step_irqs}
             self._step_irqs = True
             self._push_step_irqs()

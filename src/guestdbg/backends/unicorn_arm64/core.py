@@ -515,20 +515,22 @@ class VcpuCore:
         """The paced clock at the start of a slice, where icount is exact. The counter is the
         virtual clock's (so timers fire, and reads return, at instruction counts a replay
         repeats), but where it has fallen PACE_SLACK_TICKS behind the host's time (the guest
-        retires fewer than one instruction per ns, and host time passes while it is stopped)
-        it jumps to it, and on_clock_sync hears the new offset: the input a replay gives
-        again. An alarm ends the slice in PACE_PERIOD_NS or where host time reaches the next
+        retires fewer than one instruction per ns, and host time passes while it is stopped),
+        or host time has reached a timer's deadline, it jumps to the host's time, and
+        on_clock_sync hears the new offset: the input a replay gives again. An alarm ends the slice in PACE_PERIOD_NS or where host time reaches the next
         timer deadline, whichever comes first, to look again."""
         now = time.monotonic_ns()
-        count = self.counter()
-        behind = self._host_counter(now) - count
-        if behind >= PACE_SLACK_TICKS:
-            self._set_paced_offset(self.counter_offset + behind)
-            count += behind
-        alarm = self._pace_alarm if self._pace_alarm > now else now + PACE_PERIOD_NS
+        count, host = self.counter(), self._host_counter(now)
         deadline = self.timers.next_deadline(count) if self.timers.armed else None
+        # A timer host time has reached fires now, however little the counter lags: waiting
+        # for the counter to get there by instructions would take up to PACE_SLACK_TICKS * 16.
+        if host - count >= PACE_SLACK_TICKS or (deadline is not None and count < host and deadline <= host):
+            self._set_paced_offset(self.counter_offset + host - count)
+            count = host
+            deadline = self.timers.next_deadline(count) if self.timers.armed else None
+        alarm = self._pace_alarm if self._pace_alarm > now else now + PACE_PERIOD_NS
         if deadline is not None:
-            alarm = min(alarm, now + max(0, (deadline - self._host_counter(now)) << COUNTER_TICK_SHIFT))
+            alarm = min(alarm, now + ((deadline - host) << COUNTER_TICK_SHIFT))
         if alarm != self._pace_alarm:
             self._pace_alarm = alarm
             self._runctl.stop_at(alarm)
