@@ -522,7 +522,7 @@ class History:
         # The turns that ended before each vCPU's first stretch still in the history.
         firsts = [runs[0][1] if runs else None for runs in self.segments]  # None: none left
         self.turn_ends = {key: end for key, end in self.turn_ends.items()
-                          if (first := firsts[key[0]]) is not None and end > first}
+                          if (vcpu_first := firsts[key[0]]) is not None and end > vcpu_first}
         self.stats["dropped_start"] += 1
 
     def index_at_or_before(self, t: int) -> int:
