@@ -138,6 +138,33 @@ def test_reverse_steps_retrace_the_forward_steps(history_elf, syms):
         assert fingerprint(m) == expected
 
 
+def test_reverse_steps_retrace_an_interrupt_entry(history_elf, syms):
+    """A step that takes an interrupt retires no instruction: the state at the vector shares
+    its instruction count with the one before. Reverse steps visit both, as forward steps did
+    (from the vector back to the interrupted instruction, from past the vector's first
+    instruction back to the vector)."""
+    m, mgr = recorded(history_elf)
+    irq_vector = syms["vectors"] + 0x280  # IRQ, current EL with SP_ELx
+    mgr.add_hw_breakpoint(irq_vector)
+    for _ in range(2):
+        assert mgr.cont().kind is StopKind.HWBREAK and m.vcpu.pc == irq_vector
+    mgr.remove_hw_breakpoint(irq_vector)
+    entered_at = m.vcpu.icount
+    mgr.seek_to(entered_at - 15)  # forward steps from here replay up to the entry, then run live
+    trace = [fingerprint(m)]
+    for _ in range(30):
+        assert mgr.step().kind is StopKind.STEP
+        trace.append(fingerprint(m))
+    at_vector = [i for i, f in enumerate(trace) if f[1] == irq_vector]
+    assert len(at_vector) == 1 and trace[at_vector[0]][0] == trace[at_vector[0] - 1][0] == entered_at
+    for expected in reversed(trace[:-1]):
+        assert mgr.reverse_step().kind is StopKind.STEP
+        assert fingerprint(m) == expected
+    for expected in trace[1:]:
+        mgr.step()
+        assert fingerprint(m) == expected
+
+
 def test_reverse_continue_returns_to_every_breakpoint_hit_newest_first(history_elf, syms):
     """Every hit of a breakpoint on the interrupt handler, noted on the way forward, is where
     reverse_cont stops, newest first; past the first one: the history's start, with

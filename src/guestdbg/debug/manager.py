@@ -1412,6 +1412,8 @@ class GuestDebugManager:
                 self._check_vcpu(vcpu)
                 self._current = vcpu
             count = getattr(self.vcpu, "icount", 0)
+            if len(self._vcpus) == 1 and count > h.begin:
+                return self._stopped(self._reverse_step_one(h, count))
             target = h.time_after(self._current, count - 1) if count > 0 else None
             if target is None or target < h.begin or h.now <= h.begin:
                 return self._stopped(StopEvent(StopKind.SIGNAL, self.vcpu.pc, history_edge="begin"))
@@ -1419,6 +1421,40 @@ class GuestDebugManager:
             self._seek(target)
             self._current = current
             return self._stopped(StopEvent(StopKind.STEP, self.vcpu.pc))
+
+    def _reverse_step_one(self, h: History, count: int) -> StopEvent:
+        """`reverse_step` with one vCPU, exceptions taken included. An interrupt (or a fault)
+        is entered without retiring an instruction, so two states share an instruction count:
+        the one that arrived there, and the one at the vector, as a forward step after the
+        entry stops. Going back from the vector lands on the arrival; going back over an
+        instruction whose count saw an entry lands on the vector, where that instruction ran."""
+        pc = self.vcpu.pc
+        self._seek(count, fresh=True)  # the arrival at `count`
+        if self.vcpu.pc != pc:
+            return StopEvent(StopKind.STEP, self.vcpu.pc)  # it was the entry: back to before it
+        self._seek(count - 1)
+        if self._entered_by_a_step(count - 1):
+            return StopEvent(StopKind.STEP, self.vcpu.pc)
+        self._seek(count - 1, fresh=True)
+        return StopEvent(StopKind.STEP, self.vcpu.pc)
+
+    def _entered_by_a_step(self, count: int) -> bool:
+        """In the past, at `count`: one single step, replayed with nothing armed. True if it
+        took an exception without retiring an instruction (the machine is at the vector),
+        False if it retired one (the machine is past it: the caller seeks back)."""
+        h = self._history
+        assert h is not None and len(self._vcpus) == 1
+        vcpu = self.vcpu
+        pc = vcpu.pc
+        with self._patches_lifted():
+            vcpu.set_watch_traps([])
+            vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP, None)
+            self._arch_key = None
+            for entry in h.due_events():
+                self._apply_event(entry.kind, entry.data)
+            self._run_to(count + 1)
+        self._apply()
+        return vcpu.icount == count and vcpu.pc != pc
 
     def seek_to(self, icount: int) -> StopEvent:
         """The machine as it was at instruction count `icount` (the machine's: every vCPU's
@@ -1531,16 +1567,18 @@ class GuestDebugManager:
         finally:
             self.conditions.output = output
 
-    def _seek(self, target: int) -> None:
+    def _seek(self, target: int, *, fresh: bool = False) -> None:
         """The machine as it was at instruction count `target`: the newest checkpoint at or
         before it restored (unless the machine is already between the two), then a replay with
         nothing armed. Checkpoints are inserted on the way, ever closer to `target`, so that the
-        reverse steps that usually follow replay little."""
+        reverse steps that usually follow replay little. `fresh`: from a checkpoint before
+        `target` (after `begin`), even where the machine is at `target` already: the state
+        a replay arrives in, whichever state at that count the machine is in."""
         h = self._history
         assert h is not None
         with self._patches_lifted():
-            index = h.index_at_or_before(target)
-            if not h.checkpoints[index].time <= h.now <= target:
+            index = h.index_at_or_before(target - 1 if fresh and target > h.begin else target)
+            if fresh or not h.checkpoints[index].time <= h.now <= target:
                 h.restore(index)
             for vcpu in self._vcpus:
                 vcpu.set_watch_traps([])
