@@ -130,6 +130,26 @@ class Arm64DebugArch:
         assert isinstance(d, kvm.DebugExitArm64), d
         arm_exc.inject_sync_exception(vcpu, dr.esr_brk64(d.hsr & 0xFFFF), preferred_return=pc)
 
+    def at_exception_vector(self, vcpu: Any, pc: int) -> bool:
+        """Is `pc` one of the 16 entries of VBAR_EL1's table (where taking an exception leaves
+        the vCPU before it retires anything there)?"""
+        offset = pc - vcpu.get_one_reg(_VBAR_EL1)
+        return 0 <= offset < 0x800 and offset % 0x80 == 0
+
+
+    def never_takes_an_exception(self, insn: int) -> bool:
+        """Can executing `insn` (its fetch aside) not enter an exception? Data processing and
+        branches (not exception generation, not system instructions: bits [31:24] 0xD4,
+        0xD5); loads and stores may fault, SIMD&FP may trap, the rest is undefined.
+        A64 main encoding table, op0 = bits [28:25]."""
+        op0 = (insn >> 25) & 0xF
+        if op0 in (0b1000, 0b1001, 0b0101, 0b1101):  # data processing: immediate, register
+            return True
+        return op0 in (0b1010, 0b1011) and insn >> 24 & 0xFF not in (0xD4, 0xD5)
+
+
+_VBAR_EL1 = kr.ARM64_SYS_REG(*kr.SYSREG_ENCODINGS["VBAR_EL1"])
+
 
 def plan_watch_pieces(addr: int, length: int) -> list[tuple[int, int, int]]:
     """Cover exactly [addr, addr+length) with AArch64 watchpoint pieces: (wvr, bas, mask).

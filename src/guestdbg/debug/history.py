@@ -339,6 +339,11 @@ class History:
                 due = due[:stops[0]] + [e for e in due[stops[0]:] if e.kind != "clock"]
         return due
 
+    @property
+    def holds_back_events(self) -> bool:
+        """Are log entries due here held back for the next run (due_events' as_stopped)?"""
+        return bool(self._deferred)
+
     # ------------------------------------------------------------------ the log
     def log(self, kind: str, data: Any = None) -> None:
         """Record an input at the live end (the caller refuses inputs while replaying)."""

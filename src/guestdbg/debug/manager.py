@@ -1429,14 +1429,31 @@ class GuestDebugManager:
         entry stops. Going back from the vector lands on the arrival; going back over an
         instruction whose count saw an entry lands on the vector, where that instruction ran."""
         pc = self.vcpu.pc
-        self._seek(count, fresh=True)  # the arrival at `count`
-        if self.vcpu.pc != pc:
-            return StopEvent(StopKind.STEP, self.vcpu.pc)  # it was the entry: back to before it
+        at_vector = getattr(self.arch, "at_exception_vector", None)
+        if at_vector is not None and at_vector(self.vcpu, pc):
+            self._seek(count, fresh=True)  # the arrival at `count`
+            if self.vcpu.pc != pc:
+                return StopEvent(StopKind.STEP, self.vcpu.pc)  # it was the entry: back to before it
         self._seek(count - 1)
+        if not self._may_enter_an_exception(h):
+            return StopEvent(StopKind.STEP, self.vcpu.pc)
         if self._entered_by_a_step(count - 1):
             return StopEvent(StopKind.STEP, self.vcpu.pc)
         self._seek(count - 1, fresh=True)
         return StopEvent(StopKind.STEP, self.vcpu.pc)
+
+    def _may_enter_an_exception(self, h: History) -> bool:
+        """Could a step from here enter an exception before retiring an instruction? An
+        interrupt (the IRQ input or a timer; the host clock's catch-up the recorded run made
+        here when it resumed), or a fault or trap of the instruction at PC (any but data
+        processing and plain branches, or one the debugger cannot read)."""
+        never = getattr(self.arch, "never_takes_an_exception", None)
+        if never is None or h.holds_back_events or getattr(self.vcpu, "interrupt_may_preempt", lambda: True)():
+            return True
+        try:
+            return not never(int.from_bytes(self._read_memory(self.vcpu.pc, 4), "little"))
+        except DebugError:
+            return True
 
     def _entered_by_a_step(self, count: int) -> bool:
         """In the past, at `count`: one single step, replayed with nothing armed. True if it
