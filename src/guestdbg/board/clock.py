@@ -19,7 +19,8 @@ Recording a run for reverse execution (debug/history.py) needs what the guest co
 repeat in a replay, and the host's clock does not. So while a history is kept, the host clock
 is *paced* (`record_host_time`): the counter runs as the virtual clock does, and between
 slices, wherever it has fallen 1 ms or more behind the host's time (the guest retires fewer
-than one instruction per nanosecond; the debugger stops it), it jumps to the host's time. Each
+than one instruction per nanosecond; the debugger stops it) or host time has passed a timer's
+deadline, it jumps to the host's time. Each
 jump, and each WFI wait's end, is a new counter offset at an exact instruction count: the
 recorder logs it, and a replay applies it there instead of looking at the host. The guest sees
 the host's time within about a millisecond, never ahead of it, and timers fire when the

@@ -136,7 +136,6 @@ class Arm64DebugArch:
         offset = pc - vcpu.get_one_reg(_VBAR_EL1)
         return 0 <= offset < 0x800 and offset % 0x80 == 0
 
-
     def never_takes_an_exception(self, insn: int) -> bool:
         """Can executing `insn` (its fetch aside) not enter an exception? Data processing and
         branches (not exception generation, not system instructions: bits [31:24] 0xD4,

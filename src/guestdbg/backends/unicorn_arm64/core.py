@@ -517,8 +517,9 @@ class VcpuCore:
         repeats), but where it has fallen PACE_SLACK_TICKS behind the host's time (the guest
         retires fewer than one instruction per ns, and host time passes while it is stopped),
         or host time has reached a timer's deadline, it jumps to the host's time, and
-        on_clock_sync hears the new offset: the input a replay gives again. An alarm ends the slice in PACE_PERIOD_NS or where host time reaches the next
-        timer deadline, whichever comes first, to look again."""
+        on_clock_sync hears the new offset: the input a replay gives again. An alarm ends the
+        slice in PACE_PERIOD_NS or where host time reaches the next timer deadline, whichever
+        comes first, to look again."""
         now = time.monotonic_ns()
         count, host = self.counter(), self._host_counter(now)
         deadline = self.timers.next_deadline(count) if self.timers.armed else None
