@@ -530,9 +530,9 @@ class VcpuCore:
             count = host
             deadline = self.timers.next_deadline(count) if self.timers.armed else None
         alarm = self._pace_alarm if self._pace_alarm > now else now + PACE_PERIOD_NS
-        if deadline is not None:
-            alarm = min(alarm, now + ((deadline - host) << COUNTER_TICK_SHIFT))
-        if alarm != self._pace_alarm:
+        if deadline is not None:  # the host time of the deadline, the same at every slice
+            alarm = min(alarm, (deadline - self._pace_base) << COUNTER_TICK_SHIFT)
+        if alarm != self._pace_alarm:  # (the alarm thread is woken only for a new time)
             self._pace_alarm = alarm
             self._runctl.stop_at(alarm)
 
