@@ -12,6 +12,8 @@ Rows, each measured in-process through the debug manager (the path `guestdbg run
 - **smp4**: guests/smp with `--smp 4` and 50 million rounds of its CPU-bound work per CPU (spinlocks
   in WFE, SGIs, the schedule's turns: what several vCPUs add to recording) to its exit.
 - **linux_smp2**: the Linux row with `--smp 2`.
+- **linux_host**, **crunch_host**: the Linux and crunch rows on `--clock host`, which recording
+  paces and logs (board/clock.py): against the host clock without recording.
 - **stores**: a store-heavy guest (assembled here): 25 passes of 64-bit stores, one every 64
   bytes, over 64 MiB (every page written in every pass, 100 M instructions); also the memory the
   history holds per 10^8 instructions of it.
