@@ -172,3 +172,28 @@ def test_the_counter_carries_on_as_recording_starts_and_stops(timer_elf):
     assert after >= caught_up
     time.sleep(0.05)
     assert timer_counter(m) >= after + TICKS_PER_S // 20  # the host's clock again
+
+
+def test_a_snapshot_on_the_host_clock_goes_on_from_its_reading(timer_elf, tmp_path):
+    """A snapshot saved while the host clock is paced (recording), loaded into a machine on
+    the host clock that is not recording, and the other way round: the counter goes on from
+    the saved reading (the paced offset and the host offset mean different things)."""
+    from guestdbg import snapshot
+    out: list[bytes] = []
+    m, _ = host_machine(timer_elf, out, 0.2)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording()
+    for _ in range(50):
+        mgr.step()
+    saved = timer_counter(m)
+    mgr.snapshot(tmp_path / "paced")
+    time.sleep(0.05)
+    plain, _ = host_machine(timer_elf, [], 0.2)
+    snapshot.restore_into(plain, (tmp_path / "paced").read_bytes())
+    assert saved <= timer_counter(plain) < saved + TICKS_PER_S // 50  # not the paced offset read as a host one
+    before = timer_counter(plain)
+    snapshot.save(plain, tmp_path / "plain")
+    after = timer_counter(plain)
+    mgr.restore(tmp_path / "plain")  # into the recording (paced) machine: a new history
+    assert before <= timer_counter(m) <= after  # paced: still until it runs
+    assert m.clock.paced and mgr.record_status()["begin"] == m.vcpu.icount

@@ -98,8 +98,17 @@ class VirtualClock:
         return -(-(ns - self._offset_ns) // NS_PER_INSN)
 
     def state(self) -> dict:
-        return {"icount": self.icount, "counter_offset": self.vcpu.counter_offset}
+        state = {"icount": self.icount, "counter_offset": self.vcpu.counter_offset}
+        if self.mode != "virtual":
+            state["counter"] = self.counter()  # the reading: the offset means another thing paced
+        return state
 
     def restore(self, state: dict) -> None:
+        """The virtual clock: icount and offset, exactly. The host's clock (paced or not) goes
+        on from the saved reading, as the counter of a VM restored on KVM (TIMER_CNT): its
+        offset from the host's time differs between processes, and between paced and not."""
         self.vcpu.set_icount(int(state["icount"]))
-        self.vcpu.counter_offset = int(state.get("counter_offset", 0))
+        if self.mode != "virtual" and "counter" in state:
+            self.vcpu.set_counter(int(state["counter"]))
+        else:
+            self.vcpu.counter_offset = int(state.get("counter_offset", 0))
