@@ -3,7 +3,7 @@
 guestdbg's stub and QEMU's gdbstub on the same ELF, rounds interleaved.
 
     .venv/bin/python bench/bench_gdb_steps.py [--rounds 3] [--steps 300] [--conts 100]
-        [--guest-dir D] [--baseline-src DIR]
+        [--guest-dir D] [--baseline-src DIR] [--floor]
 
 Each round starts a fresh stub per contender (`guestdbg run loop.elf --gdb :PORT --wait`;
 `qemu-system-aarch64 -M virt -cpu cortex-a57 ... -gdb tcp::PORT -S`; with --baseline-src,
@@ -11,6 +11,11 @@ guestdbg from another tree as `baseline`), and gdb-multiarch in batch mode: it r
 `loop_body` with loop_iterations patched to 2^62, then times `stepi` --steps times
 (gdb.execute in a loop) and, with `break loop_body`, `continue` --conts times (one loop turn
 each). Medians of the rounds; ratios are guestdbg / QEMU of the rates.
+
+--floor adds two contenders that do no stub work at all: `floor` answers gdb with the replies
+guestdbg gave to the same script (recorded once before the rounds through a proxy,
+bench/gdb_replay.py), `floor-qemu` with QEMU's. They measure gdb-multiarch itself (plus one
+recv and one send per packet): no stub can make gdb step or continue faster than its floor.
 """
 
 from __future__ import annotations
@@ -58,7 +63,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stub(name: str, elf: Path, port: int, baseline: Path | None) -> subprocess.Popen:
+def start_stub(name: str, elf: Path, port: int, baseline: Path | None,
+               logs: dict[str, Path] | None = None) -> subprocess.Popen:
+    if logs and name in logs:
+        cmd = [sys.executable, str(Path(__file__).resolve().parent / "gdb_replay.py"), "serve",
+               str(logs[name]), str(port)]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     if name == "qemu":
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-nographic", "-monitor", "none",
                "-serial", "null", "-semihosting", "-kernel", str(elf), "-gdb", f"tcp:127.0.0.1:{port}", "-S"]
@@ -83,19 +93,26 @@ def wait_port(port: int, seconds: float = 20.0) -> None:
     raise RuntimeError(f"no stub on port {port}")
 
 
-def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None) -> tuple[float, float]:
+def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
+            logs: dict[str, Path] | None = None, record: Path | None = None) -> tuple[float, float]:
     port = free_port()
-    stub = start_stub(name, elf, port, baseline)
+    stub = start_stub(name, elf, port, baseline, logs)
+    recorder = None
     try:
         wait_port(port)
+        if record is not None:
+            import gdb_replay
+            recorder = gdb_replay.Recorder(port)
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(GDB_SCRIPT % {"port": port, "steps": steps, "conts": conts})
+            f.write(GDB_SCRIPT % {"port": recorder.port if recorder else port, "steps": steps, "conts": conts})
         out = subprocess.run(["gdb-multiarch", "-q", "-batch", "-nx", str(elf), "-x", f.name],
                              capture_output=True, text=True, timeout=600)
         os.unlink(f.name)
         for line in out.stdout.splitlines():
             if line.startswith("RESULT "):
                 a, b = line.split()[1:]
+                if recorder is not None and record is not None:
+                    recorder.save(record)
                 return float(a), float(b)
         raise RuntimeError(f"{name}: gdb gave no result:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     finally:
@@ -115,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--conts", type=int, default=100)
     ap.add_argument("--guest-dir", type=Path, help="built guests (default: build into a temp dir)")
     ap.add_argument("--baseline-src", type=Path, help="also run guestdbg from DIR (another tree's src/)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run canned replays of guestdbg's and QEMU's conversations (gdb's own speed)")
     args = ap.parse_args(argv)
     for tool in ("gdb-multiarch", "qemu-system-aarch64"):
         if shutil.which(tool) is None:
@@ -130,19 +149,26 @@ def main(argv=None) -> int:
     elf = guest_dir / "loop.elf"
     names = ["guestdbg", "qemu"] + (["baseline"] if args.baseline_src else [])
     baseline = args.baseline_src.resolve() if args.baseline_src else None
+    logs: dict[str, Path] = {}
+    if args.floor:
+        logdir = tempfile.mkdtemp(prefix="bench_gdb_floor_")
+        for floor, source in (("floor", "guestdbg"), ("floor-qemu", "qemu")):
+            logs[floor] = Path(logdir) / f"{source}.json"
+            one_run(source, elf, args.steps, args.conts, baseline, record=logs[floor])
+        names += list(logs)
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-            results[name].append(one_run(name, elf, args.steps, args.conts, baseline))
+            results[name].append(one_run(name, elf, args.steps, args.conts, baseline, logs))
             print(f"round {rnd + 1} {name}: stepi/s {results[name][-1][0]:.0f}, "
                   f"break+continue/s {results[name][-1][1]:.0f}", file=sys.stderr)
+    others = [n for n in names if n not in ("guestdbg", "qemu")]
     print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in names) + f"{'guestdbg/qemu':>15}"
-          + (f"{'baseline/qemu':>15}" if baseline else ""))
+          + "".join(f"{n + '/qemu':>15}" for n in others))
     for i, label in enumerate(("stepi/s", "break+continue/s")):
         med = {n: statistics.median(r[i] for r in results[n]) for n in names}
         line = f"{label:<22}" + "".join(f"{med[n]:>12.0f}" for n in names) + f"{med['guestdbg'] / med['qemu']:>15.2f}"
-        if baseline:
-            line += f"{med['baseline'] / med['qemu']:>15.2f}"
+        line += "".join(f"{med[n] / med['qemu']:>15.2f}" for n in others)
         print(line)
     print(f"\nmedians of {args.rounds} rounds; {args.steps} stepi and {args.conts} continue each")
     if tmp is not None:
