@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from guestdbg.backends.unicorn_arm64.vm import Arm64Vm, MmioDevice
 
 _PSTATE_READ = (uca.UC_ARM64_REG_PSTATE,)
+_int_le = functools.partial(int.from_bytes, byteorder="little")
 _SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1)
 # WFI (A64 encoding); Unicorn ends emu_start right after one when no interrupt is pending.
 WFI = 0xD503207F
@@ -275,11 +276,18 @@ class VcpuCore:
             template = _register_slots(keys)[1]  # the keys, values zero: reset before each read
             # One struct unpack pulls every value out of the 48-byte slots (a Python loop over
             # ~80 registers cost more than the batch read itself): a system register's value is
-            # at byte 24, a V register is two u64 halves, anything else one u64.
-            layout = "".join("24xQ16x" if not isinstance(k, int) else ("QQ32x" if k in V_REGS_SET else "Q40x")
+            # at byte 24, a V register its 16 bytes (made an int per run of V registers, in C:
+            # map(int.from_bytes)), anything else one u64.
+            layout = "".join("24xQ16x" if not isinstance(k, int) else ("16s32x" if k in V_REGS_SET else "Q40x")
                              for k in keys)
             unpack = struct.Struct("<" + layout).unpack_from
-            wide = frozenset(i for i, k in enumerate(keys) if isinstance(k, int) and k in V_REGS_SET)
+            runs: list[tuple[int, int]] = []  # [start, end) of each run of V registers
+            for i, k in enumerate(keys):
+                if isinstance(k, int) and k in V_REGS_SET:
+                    if runs and runs[-1][1] == i:
+                        runs[-1] = (runs[-1][0], i + 1)
+                    else:
+                        runs.append((i, i + 1))
             size = ctypes.sizeof(buf)
             uch = self.uc._uch
 
@@ -288,17 +296,9 @@ class VcpuCore:
                 status = uclib.uc_reg_read_batch(uch, ids, ptrs, n)
                 if status:
                     raise UcError(status)
-                flat = unpack(buf)
-                if not wide:
-                    return list(flat)
-                out, j = [], 0
-                for i in range(n):
-                    if i in wide:
-                        out.append(flat[j] | (flat[j + 1] << 64))
-                        j += 2
-                    else:
-                        out.append(flat[j])
-                        j += 1
+                out = list(unpack(buf))
+                for a, b in runs:
+                    out[a:b] = map(_int_le, out[a:b])
                 return out
 
             reader = self._batch_readers[keys] = read_batch
