@@ -271,7 +271,7 @@ class GdbSession:
         self.peer_features = {f.decode("ascii", "replace") for f in features.split(b";") if f}
         target = self.manager
         ours = [f"PacketSize={rsp.PACKET_SIZE:x}", "qXfer:features:read+", "qXfer:memory-map:read+",
-                "QStartNoAckMode+", "vContSupported+",
+                "qXfer:threads:read+", "QStartNoAckMode+", "vContSupported+",
                 # Conditions and dprintf commands evaluated in the stub (agent expressions).
                 "ConditionalBreakpoints+", "BreakpointCommands+"]
         # Stop reasons both sides know, for the kinds of breakpoint this target can have.
@@ -492,8 +492,20 @@ class GdbSession:
         tid = _thread_id(text)
         if tid not in self.threads:
             raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
-        state = self.manager.vcpu_state(tid - 1)
-        return Reply(f"CPU#{tid - 1} [{state:<7}]".encode().hex().encode())
+        return Reply(self._thread_extra_text(tid).encode().hex().encode())
+
+    def _thread_extra_text(self, tid: int) -> str:
+        return f"CPU#{tid - 1} [{self.manager.vcpu_state(tid - 1):<7}]"
+
+    def _threads_document(self, annex: bytes) -> bytes:
+        """qXfer:threads:read: every thread with its core and qThreadExtraInfo's text. gdb
+        updates its thread list after every stop: one packet instead of qfThreadInfo and
+        qsThreadInfo (and the extra text with it, not a qThreadExtraInfo per thread)."""
+        if annex:
+            raise DebugError(errno.ENOENT, f"no thread list {annex!r}")
+        rows = "".join(f'<thread id="{t:x}" core="{t - 1:x}">{self._thread_extra_text(t)}</thread>\n'
+                       for t in self.threads)
+        return f'<?xml version="1.0"?>\n<threads>\n{rows}</threads>\n'.encode()
 
     # ------------------------------------------------------------------ resuming
     def _stop_status(self, p: bytes) -> Reply:
@@ -759,6 +771,7 @@ NAMED_PACKETS: dict[bytes, Handler] = {
 XFER_OBJECTS: dict[bytes, Callable[[GdbSession, bytes], bytes]] = {
     b"features": GdbSession._features_document,
     b"memory-map": GdbSession._memory_map_document,
+    b"threads": GdbSession._threads_document,
 }
 
 Z_WATCH_KINDS = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
