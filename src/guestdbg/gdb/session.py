@@ -210,6 +210,7 @@ class GdbSession:
         self.ignored_options: str | None = None  # the last Z options that did not parse
         # Threads: one per vCPU, numbered from 1 (0 and -1 mean "any" and "all" in the protocol).
         self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
+        self._v_cont_plans: dict[tuple[bytes, int], tuple[Action, str, int | None]] = {}  # see _v_cont
         # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
         self.selected_thread = {b"g": manager.current_vcpu + 1, b"c": ANY_THREAD}
         # What this stop's reads found (see "Read caches" above `READ_ONLY_PACKETS`).
@@ -532,9 +533,24 @@ class GdbSession:
     def _v_cont(self, p: bytes) -> Action:
         """vCont;ACTION[:THREAD]...: each thread takes the first action that names it (or names
         no thread). All-stop on one scheduler thread: one vCPU steps at most, and the others
-        either all run (a `c` applies to them) or all stay stopped."""
+        either all run (a `c` applies to them) or all stay stopped. What a packet means depends
+        only on it, the threads (fixed) and the current vCPU: the plan is kept by those (gdb
+        sends the same vCont for every step), the check that the guest can run is made each time."""
         if not p.startswith(b"vCont;"):
             return EMPTY
+        key = (p, self.manager.current_vcpu)
+        plan = self._v_cont_plans.get(key)
+        if plan is None:
+            plan = self._plan_v_cont(p)
+            if len(self._v_cont_plans) < 64:
+                self._v_cont_plans[key] = plan
+        action, what, vcpu = plan
+        if what:
+            self.manager.check_runnable(what, vcpu=vcpu)
+        return action
+
+    def _plan_v_cont(self, p: bytes) -> tuple[Action, str, int | None]:
+        """_v_cont's answer, and the check_runnable arguments it needs ("" for none)."""
         actions: list[tuple[bytes, int | None]] = []
         for action in p[len(b"vCont;"):].split(b";"):
             verb, _, thread = action.partition(b":")
@@ -552,22 +568,19 @@ class GdbSession:
             if verbs and verbs[0] != b"t":  # `t` (stop): all-stop, it is stopped already
                 chosen[t] = verbs[0]
         if not chosen:
-            return OK
+            return OK, "", None
         steppers = [t for t, verb in chosen.items() if verb in b"sS"]
         current = self.manager.current_vcpu + 1
         if steppers:
             # Several (`vCont;s` for all): the current thread steps, the others wait.
             stepper = steppers[0] if len(steppers) == 1 else (current if current in steppers else steppers[0])
             alone = len(steppers) > 1 or len(chosen) == 1
-            self.manager.check_runnable("step", vcpu=stepper - 1)
-            return Resume(step=True, vcpu=stepper - 1, alone=alone)
+            return Resume(step=True, vcpu=stepper - 1, alone=alone), "step", stepper - 1
         if len(chosen) == 1 and len(self.threads) > 1:
             (only,) = chosen
-            self.manager.check_runnable(vcpu=only - 1)
-            return Resume(step=False, vcpu=only - 1, alone=True)
+            return Resume(step=False, vcpu=only - 1, alone=True), "continue", only - 1
         # Every thread, or several but not all: the board runs all of them or one.
-        self.manager.check_runnable()
-        return Resume(step=False)
+        return Resume(step=False), "continue", None
 
     def _reverse(self, p: bytes) -> Action:
         """`bs`/`bc`: reverse step and continue, offered in qSupported where the target can
