@@ -218,6 +218,7 @@ class GdbSession:
         self._all_regs: dict[int, list[int]] = {}         # vCPU -> every register (a `g`)
         self._memory: dict[tuple[int, bool, int], bytes] = {}  # (vCPU, physical, block) -> bytes
         self._memory_writes: object = None                # the VM's host write count they are of
+        self._memory_replies: dict[tuple[bytes, int, bool], Reply] = {}  # (m packet, vCPU, physical) -> its reply
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, payload: bytes) -> Action:
@@ -243,6 +244,7 @@ class GdbSession:
             self._all_regs = {}
         if self._memory:
             self._memory = {}
+            self._memory_replies = {}
 
     def _dispatch(self, p: bytes) -> Action:
         handler = PACKETS.get(p[:1])
@@ -396,6 +398,17 @@ class GdbSession:
 
     # ------------------------------------------------------------------ memory
     def _read_memory(self, p: bytes) -> Reply:
+        writes = getattr(self.manager, "memory_generation", None)
+        if writes != self._memory_writes:  # belt and braces: the debugger's writes bump it
+            self._memory = {}
+            self._memory_replies = {}
+            self._memory_writes = writes
+        vcpu = self.manager.current_vcpu
+        # gdb sends the very same `m` packets two to four times a stop: their replies are kept
+        # with the blocks they are slices of.
+        reply = self._memory_replies.get((p, vcpu, self.phys_memory))
+        if reply is not None:
+            return reply
         addr, length = _addr_len(p[1:])
         length = min(length, MAX_MEMORY_READ)  # gdb asks again for the rest
         block = addr & -MEMORY_BLOCK
@@ -403,11 +416,7 @@ class GdbSession:
             return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
         # The small reads gdb makes around PC (the same ones again and again at every stop):
         # the aligned block around them is read once per stop, and they are slices of it.
-        writes = getattr(self.manager, "memory_generation", None)
-        if writes != self._memory_writes:  # belt and braces: the debugger's writes bump it
-            self._memory = {}
-            self._memory_writes = writes
-        key = (self.manager.current_vcpu, self.phys_memory, block)
+        key = (vcpu, self.phys_memory, block)
         data = self._memory.get(key)
         if data is None:
             try:
@@ -415,7 +424,9 @@ class GdbSession:
             except DebugError:  # part of the block is not memory: just what was asked, uncached
                 return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
             self._memory[key] = data
-        return Reply(data[addr - block:addr - block + length].hex().encode())
+        reply = Reply(data[addr - block:addr - block + length].hex().encode())
+        self._memory_replies[(p, vcpu, self.phys_memory)] = reply
+        return reply
 
     def _write_memory(self, p: bytes) -> Reply:
         spec, _, data = p[1:].partition(b":")
