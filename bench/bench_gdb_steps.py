@@ -10,7 +10,8 @@ Each round starts a fresh stub per contender (`guestdbg run loop.elf --gdb :PORT
 guestdbg from another tree as `baseline`), and gdb-multiarch in batch mode: it runs to
 `loop_body` with loop_iterations patched to 2^62, then times `stepi` --steps times
 (gdb.execute in a loop) and, with `break loop_body`, `continue` --conts times (one loop turn
-each). Medians of the rounds; ratios are guestdbg / QEMU of the rates.
+each). Medians of the rounds; ratios are guestdbg / QEMU of the rates, and the median of the
+per-round ratios ("paired").
 
 --floor adds two contenders that do no stub work at all: `floor` answers gdb with the replies
 guestdbg gave to the same script (recorded once before the rounds through a proxy,
@@ -163,13 +164,19 @@ def main(argv=None) -> int:
             print(f"round {rnd + 1} {name}: stepi/s {results[name][-1][0]:.0f}, "
                   f"break+continue/s {results[name][-1][1]:.0f}", file=sys.stderr)
     others = [n for n in names if n not in ("guestdbg", "qemu")]
-    print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in names) + f"{'guestdbg/qemu':>15}"
-          + "".join(f"{n + '/qemu':>15}" for n in others))
+    print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in names) + f"{'guestdbg/qemu':>17}"
+          + "".join(f"{n + '/qemu':>17}" for n in others))
     for i, label in enumerate(("stepi/s", "break+continue/s")):
         med = {n: statistics.median(r[i] for r in results[n]) for n in names}
-        line = f"{label:<22}" + "".join(f"{med[n]:>12.0f}" for n in names) + f"{med['guestdbg'] / med['qemu']:>15.2f}"
-        line += "".join(f"{med[n] / med['qemu']:>15.2f}" for n in others)
+        line = f"{label:<22}" + "".join(f"{med[n]:>12.0f}" for n in names) + f"{med['guestdbg'] / med['qemu']:>17.2f}"
+        line += "".join(f"{med[n] / med['qemu']:>17.2f}" for n in others)
         print(line)
+        # The same ratios per round (both measured minutes apart at most), their median: less
+        # moved by a busy machine's swings between rounds.
+        paired = {n: statistics.median(results[n][r][i] / results["qemu"][r][i] for r in range(args.rounds))
+                  for n in names if n != "qemu"}
+        print(f"{'  paired per round':<22}" + " " * 12 * len(names)
+              + "".join(f"{paired[n]:>17.2f}" for n in ["guestdbg"] + others))
     print(f"\nmedians of {args.rounds} rounds; {args.steps} stepi and {args.conts} continue each")
     if tmp is not None:
         tmp.cleanup()

@@ -95,6 +95,7 @@ def serve(log_path: Path, port: int) -> int:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     i = 0
     misses = 0
+    first_miss = -1
     pending = b""
     n = len(log)
     with conn:
@@ -109,13 +110,17 @@ def serve(log_path: Path, port: int) -> int:
                     out.append(log[i][1])
                     i += 1
                 else:
+                    if not misses:
+                        first_miss = i
                     misses += 1
                     out.append(by_unit.get(u, b"$#00" if u.startswith(b"$") else b""))
             reply = b"".join(out)
             if reply:
                 conn.sendall(reply)
     if misses:
-        print(f"gdb_replay: {misses} units not in the log's order", file=sys.stderr)
+        # (A '+' gdb sends for the last reply before it hangs up is one: the proxy had stopped.)
+        print(f"gdb_replay: {misses} units not in the log's order, the first at unit {first_miss} of {n}",
+              file=sys.stderr)
     return 1 if misses else 0
 
 
