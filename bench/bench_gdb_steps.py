@@ -11,7 +11,10 @@ guestdbg from another tree as `baseline`), and gdb-multiarch in batch mode: it r
 `loop_body` with loop_iterations patched to 2^62, then times `stepi` --steps times
 (gdb.execute in a loop) and, with `break loop_body`, `continue` --conts times (one loop turn
 each). Medians of the rounds; ratios are guestdbg / QEMU of the rates, and the median of the
-per-round ratios ("paired").
+per-round ratios ("paired"). Also the stub's CPU time per stepi and per continue (its
+/proc/PID/stat, read by the gdb script around each loop: 10 ms ticks, so give it enough steps)
+and gdb's own (time.process_time in gdb): on a busy machine the rates swing between rounds,
+the CPU times much less.
 
 --floor adds two contenders that do no stub work at all: `floor` answers gdb with the replies
 guestdbg gave to the same script (recorded once before the rounds through a proxy,
@@ -35,8 +38,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 GDB_SCRIPT = r'''
+import os
 import time
 import gdb
+
+def stub_cpu():
+    # The stub process's user + system CPU time, seconds (/proc/PID/stat fields 14 and 15).
+    with open("/proc/%(pid)d/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 gdb.execute("set confirm off")
 gdb.execute("set pagination off")
 gdb.execute("target remote :%(port)d")
@@ -44,18 +55,24 @@ gdb.execute("set *(unsigned long long *)&loop_iterations = 0x4000000000000000")
 gdb.execute("break loop_body")
 gdb.execute("continue", to_string=True)
 gdb.execute("delete")
-t0 = time.perf_counter()
+t0, c0, g0 = time.perf_counter(), stub_cpu(), time.process_time()
 for _ in range(%(steps)d):
     gdb.execute("stepi", to_string=True)
-steps = %(steps)d / (time.perf_counter() - t0)
+t1, c1, g1 = time.perf_counter(), stub_cpu(), time.process_time()
 gdb.execute("break loop_body")
-t0 = time.perf_counter()
+t2, c2, g2 = time.perf_counter(), stub_cpu(), time.process_time()
 for _ in range(%(conts)d):
     gdb.execute("continue", to_string=True)
-conts = %(conts)d / (time.perf_counter() - t0)
-print("RESULT %%f %%f" %% (steps, conts), flush=True)
+t3, c3, g3 = time.perf_counter(), stub_cpu(), time.process_time()
+n, k = %(steps)d, %(conts)d
+print("RESULT %%f %%f %%f %%f %%f %%f" %% (n / (t1 - t0), k / (t3 - t2), (c1 - c0) / n * 1e6, (c3 - c2) / k * 1e6,
+                                     (g1 - g0) / n * 1e6, (g3 - g2) / k * 1e6), flush=True)
 gdb.execute("kill")
 '''
+
+# What one run measures, in RESULT's order: rates (higher is better), then CPU µs per operation.
+METRICS = ("stepi/s", "break+continue/s", "stub CPU us/stepi", "stub CPU us/continue",
+           "gdb CPU us/stepi", "gdb CPU us/continue")
 
 
 def free_port() -> int:
@@ -95,7 +112,7 @@ def wait_port(port: int, seconds: float = 20.0) -> None:
 
 
 def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
-            logs: dict[str, Path] | None = None, record: Path | None = None) -> tuple[float, float]:
+            logs: dict[str, Path] | None = None, record: Path | None = None) -> tuple[float, ...]:
     port = free_port()
     stub = start_stub(name, elf, port, baseline, logs)
     recorder = None
@@ -105,16 +122,16 @@ def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
             import gdb_replay
             recorder = gdb_replay.Recorder(port)
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(GDB_SCRIPT % {"port": recorder.port if recorder else port, "steps": steps, "conts": conts})
+            f.write(GDB_SCRIPT % {"port": recorder.port if recorder else port, "steps": steps, "conts": conts,
+                                  "pid": stub.pid})
         out = subprocess.run(["gdb-multiarch", "-q", "-batch", "-nx", str(elf), "-x", f.name],
                              capture_output=True, text=True, timeout=600)
         os.unlink(f.name)
         for line in out.stdout.splitlines():
             if line.startswith("RESULT "):
-                a, b = line.split()[1:]
                 if recorder is not None and record is not None:
                     recorder.save(record)
-                return float(a), float(b)
+                return tuple(float(x) for x in line.split()[1:])
         raise RuntimeError(f"{name}: gdb gave no result:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     finally:
         if stub.poll() is None:
@@ -157,16 +174,16 @@ def main(argv=None) -> int:
             logs[floor] = Path(logdir) / f"{source}.json"
             one_run(source, elf, args.steps, args.conts, baseline, record=logs[floor])
         names += list(logs)
-    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    results: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             results[name].append(one_run(name, elf, args.steps, args.conts, baseline, logs))
-            print(f"round {rnd + 1} {name}: stepi/s {results[name][-1][0]:.0f}, "
-                  f"break+continue/s {results[name][-1][1]:.0f}", file=sys.stderr)
+            print(f"round {rnd + 1} {name}: " + ", ".join(f"{m} {v:.0f}" for m, v in zip(METRICS, results[name][-1])),
+                  file=sys.stderr)
     others = [n for n in names if n not in ("guestdbg", "qemu")]
     print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in names) + f"{'guestdbg/qemu':>17}"
           + "".join(f"{n + '/qemu':>17}" for n in others))
-    for i, label in enumerate(("stepi/s", "break+continue/s")):
+    for i, label in enumerate(METRICS):
         med = {n: statistics.median(r[i] for r in results[n]) for n in names}
         line = f"{label:<22}" + "".join(f"{med[n]:>12.0f}" for n in names) + f"{med['guestdbg'] / med['qemu']:>17.2f}"
         line += "".join(f"{med[n] / med['qemu']:>17.2f}" for n in others)
