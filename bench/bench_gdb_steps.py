@@ -112,7 +112,8 @@ def wait_port(port: int, seconds: float = 20.0) -> None:
 
 
 def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
-            logs: dict[str, Path] | None = None, record: Path | None = None) -> tuple[float, ...]:
+            logs: dict[str, Path] | None = None, record: Path | None = None,
+            timeout: float = 300) -> tuple[float, ...]:
     port = free_port()
     stub = start_stub(name, elf, port, baseline, logs)
     recorder = None
@@ -125,7 +126,7 @@ def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
             f.write(GDB_SCRIPT % {"port": recorder.port if recorder else port, "steps": steps, "conts": conts,
                                   "pid": stub.pid})
         out = subprocess.run(["gdb-multiarch", "-q", "-batch", "-nx", str(elf), "-x", f.name],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=timeout)
         os.unlink(f.name)
         for line in out.stdout.splitlines():
             if line.startswith("RESULT "):
@@ -171,8 +172,16 @@ def main(argv=None) -> int:
     if args.floor:
         logdir = tempfile.mkdtemp(prefix="bench_gdb_floor_")
         for floor, source in (("floor", "guestdbg"), ("floor-qemu", "qemu")):
+            try:
+                one_run(source, elf, args.steps, args.conts, baseline, record=Path(logdir) / f"{source}.json",
+                        timeout=90)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                # Recording QEMU's conversation (ack mode) stalled at times at 1,000 steps and
+                # more on 2026-12-02 (gdb stopped sending after some 70 steps; not understood).
+                print(f"{floor}: recording {source}'s conversation failed ({type(e).__name__}); "
+                      f"no {floor} column", file=sys.stderr)
+                continue
             logs[floor] = Path(logdir) / f"{source}.json"
-            one_run(source, elf, args.steps, args.conts, baseline, record=logs[floor])
         names += list(logs)
     results: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
     for rnd in range(args.rounds):

@@ -58,9 +58,17 @@ class Recorder:
 
     def _run(self) -> None:
         client, _ = self.listener.accept()
+        try:
+            self._forward(client)
+        except OSError as e:  # hang up on gdb rather than leave it waiting for a reply
+            print(f"gdb_replay: the proxy stopped: {e!r}", file=sys.stderr)
+        finally:
+            client.close()
+
+    def _forward(self, client: socket.socket) -> None:
         stub = socket.create_connection(("127.0.0.1", self.stub_port))
         pending = b""
-        with client, stub:
+        with stub:
             while True:
                 ready, _, _ = select.select([client, stub], [], [])
                 if client in ready:
