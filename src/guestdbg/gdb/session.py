@@ -24,8 +24,9 @@ is caught: any other exception is a bug, and propagates (the server answers it a
 Extension points, there even where still empty:
 
 - threads: one per vCPU, gdb thread id = vCPU id + 1 (QEMU's cpu_index + 1; Linux's
-  scripts/gdb takes thread N for CPU N-1). `qfThreadInfo` lists them, `qThreadExtraInfo` says
-  "CPU#n [running]" (QEMU's wording), `T` is alive for each, `Hg` makes one current in the
+  scripts/gdb takes thread N for CPU N-1). `qfThreadInfo` lists them (and `qXfer:threads:read`,
+  with their cores and the extra text), `qThreadExtraInfo` says "CPU#n [running]" (QEMU's
+  wording), `T` is alive for each, `Hg` makes one current in the
   manager (registers, memory translation), `Hc` picks the thread plain `c`/`s` resume, and
   `vCont` takes per-thread actions: `vCont;s:N;c` steps vCPU N-1 with the others running,
   `vCont;s:N` (or `c:N`) runs it alone (gdb's scheduler-locking). All-stop: a stop reply names
