@@ -142,7 +142,12 @@ def lookup(regnum: int) -> Register:
 
 
 def _sp_one_reg_id(vcpu: OneRegVcpu) -> int:
-    """ONE_REG id of the stack pointer `sp` currently names (rule 3)."""
+    """ONE_REG id of the stack pointer `sp` currently names (rule 3). A vCPU may name it with an
+    id of its own (`current_sp_id`: the emulated one, which then reads it with the rest of a
+    batch instead of reading PSTATE first)."""
+    current = getattr(vcpu, "current_sp_id", None)
+    if current is not None:
+        return current
     pstate = vcpu.get_one_reg(kr.KVM_REG_ARM_CORE_PSTATE)
     if (pstate >> PSTATE_EL_SHIFT) & 3 >= 1 and pstate & PSTATE_SPSEL:
         return kr.KVM_REG_ARM_CORE_SP_EL1

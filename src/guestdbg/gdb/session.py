@@ -24,8 +24,9 @@ is caught: any other exception is a bug, and propagates (the server answers it a
 Extension points, there even where still empty:
 
 - threads: one per vCPU, gdb thread id = vCPU id + 1 (QEMU's cpu_index + 1; Linux's
-  scripts/gdb takes thread N for CPU N-1). `qfThreadInfo` lists them, `qThreadExtraInfo` says
-  "CPU#n [running]" (QEMU's wording), `T` is alive for each, `Hg` makes one current in the
+  scripts/gdb takes thread N for CPU N-1). `qfThreadInfo` lists them (and `qXfer:threads:read`,
+  with their cores and the extra text), `qThreadExtraInfo` says "CPU#n [running]" (QEMU's
+  wording), `T` is alive for each, `Hg` makes one current in the
   manager (registers, memory translation), `Hc` picks the thread plain `c`/`s` resume, and
   `vCont` takes per-thread actions: `vCont;s:N;c` steps vCPU N-1 with the others running,
   `vCont;s:N` (or `c:N`) runs it alone (gdb's scheduler-locking). All-stop: a stop reply names
@@ -210,6 +211,7 @@ class GdbSession:
         self.ignored_options: str | None = None  # the last Z options that did not parse
         # Threads: one per vCPU, numbered from 1 (0 and -1 mean "any" and "all" in the protocol).
         self.threads = [vcpu_id + 1 for vcpu_id in manager.vcpu_ids()]
+        self._v_cont_plans: dict[tuple[bytes, int], tuple[Action, str, int | None]] = {}  # see _v_cont
         # The thread each operation is for (H): b"g" registers and memory, b"c" resuming.
         self.selected_thread = {b"g": manager.current_vcpu + 1, b"c": ANY_THREAD}
         # What this stop's reads found (see "Read caches" above `READ_ONLY_PACKETS`).
@@ -217,6 +219,7 @@ class GdbSession:
         self._all_regs: dict[int, list[int]] = {}         # vCPU -> every register (a `g`)
         self._memory: dict[tuple[int, bool, int], bytes] = {}  # (vCPU, physical, block) -> bytes
         self._memory_writes: object = None                # the VM's host write count they are of
+        self._memory_replies: dict[tuple[bytes, int, bool], Reply] = {}  # (m packet, vCPU, physical) -> its reply
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, payload: bytes) -> Action:
@@ -242,6 +245,7 @@ class GdbSession:
             self._all_regs = {}
         if self._memory:
             self._memory = {}
+            self._memory_replies = {}
 
     def _dispatch(self, p: bytes) -> Action:
         handler = PACKETS.get(p[:1])
@@ -271,7 +275,7 @@ class GdbSession:
         self.peer_features = {f.decode("ascii", "replace") for f in features.split(b";") if f}
         target = self.manager
         ours = [f"PacketSize={rsp.PACKET_SIZE:x}", "qXfer:features:read+", "qXfer:memory-map:read+",
-                "QStartNoAckMode+", "vContSupported+",
+                "qXfer:threads:read+", "QStartNoAckMode+", "vContSupported+",
                 # Conditions and dprintf commands evaluated in the stub (agent expressions).
                 "ConditionalBreakpoints+", "BreakpointCommands+"]
         # Stop reasons both sides know, for the kinds of breakpoint this target can have.
@@ -395,6 +399,17 @@ class GdbSession:
 
     # ------------------------------------------------------------------ memory
     def _read_memory(self, p: bytes) -> Reply:
+        writes = getattr(self.manager, "memory_generation", None)
+        if writes != self._memory_writes:  # belt and braces: the debugger's writes bump it
+            self._memory = {}
+            self._memory_replies = {}
+            self._memory_writes = writes
+        vcpu = self.manager.current_vcpu
+        # gdb sends the very same `m` packets two to four times a stop: their replies are kept
+        # with the blocks they are slices of.
+        reply = self._memory_replies.get((p, vcpu, self.phys_memory))
+        if reply is not None:
+            return reply
         addr, length = _addr_len(p[1:])
         length = min(length, MAX_MEMORY_READ)  # gdb asks again for the rest
         block = addr & -MEMORY_BLOCK
@@ -402,11 +417,7 @@ class GdbSession:
             return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
         # The small reads gdb makes around PC (the same ones again and again at every stop):
         # the aligned block around them is read once per stop, and they are slices of it.
-        writes = getattr(self.manager, "memory_generation", None)
-        if writes != self._memory_writes:  # belt and braces: the debugger's writes bump it
-            self._memory = {}
-            self._memory_writes = writes
-        key = (self.manager.current_vcpu, self.phys_memory, block)
+        key = (vcpu, self.phys_memory, block)
         data = self._memory.get(key)
         if data is None:
             try:
@@ -414,7 +425,9 @@ class GdbSession:
             except DebugError:  # part of the block is not memory: just what was asked, uncached
                 return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
             self._memory[key] = data
-        return Reply(data[addr - block:addr - block + length].hex().encode())
+        reply = Reply(data[addr - block:addr - block + length].hex().encode())
+        self._memory_replies[(p, vcpu, self.phys_memory)] = reply
+        return reply
 
     def _write_memory(self, p: bytes) -> Reply:
         spec, _, data = p[1:].partition(b":")
@@ -492,8 +505,20 @@ class GdbSession:
         tid = _thread_id(text)
         if tid not in self.threads:
             raise DebugError(errno.ESRCH, f"no thread {tid:#x}")
-        state = self.manager.vcpu_state(tid - 1)
-        return Reply(f"CPU#{tid - 1} [{state:<7}]".encode().hex().encode())
+        return Reply(self._thread_extra_text(tid).encode().hex().encode())
+
+    def _thread_extra_text(self, tid: int) -> str:
+        return f"CPU#{tid - 1} [{self.manager.vcpu_state(tid - 1):<7}]"
+
+    def _threads_document(self, annex: bytes) -> bytes:
+        """qXfer:threads:read: every thread with its core and qThreadExtraInfo's text. gdb
+        updates its thread list after every stop: one packet instead of qfThreadInfo and
+        qsThreadInfo (and the extra text with it, not a qThreadExtraInfo per thread)."""
+        if annex:
+            raise DebugError(errno.ENOENT, f"no thread list {annex!r}")
+        rows = "".join(f'<thread id="{t:x}" core="{t - 1:x}">{self._thread_extra_text(t)}</thread>\n'
+                       for t in self.threads)
+        return f'<?xml version="1.0"?>\n<threads>\n{rows}</threads>\n'.encode()
 
     # ------------------------------------------------------------------ resuming
     def _stop_status(self, p: bytes) -> Reply:
@@ -520,9 +545,24 @@ class GdbSession:
     def _v_cont(self, p: bytes) -> Action:
         """vCont;ACTION[:THREAD]...: each thread takes the first action that names it (or names
         no thread). All-stop on one scheduler thread: one vCPU steps at most, and the others
-        either all run (a `c` applies to them) or all stay stopped."""
+        either all run (a `c` applies to them) or all stay stopped. What a packet means depends
+        only on it, the threads (fixed) and the current vCPU: the plan is kept by those (gdb
+        sends the same vCont for every step), the check that the guest can run is made each time."""
         if not p.startswith(b"vCont;"):
             return EMPTY
+        key = (p, self.manager.current_vcpu)
+        plan = self._v_cont_plans.get(key)
+        if plan is None:
+            plan = self._plan_v_cont(p)
+            if len(self._v_cont_plans) < 64:
+                self._v_cont_plans[key] = plan
+        action, what, vcpu = plan
+        if what:
+            self.manager.check_runnable(what, vcpu=vcpu)
+        return action
+
+    def _plan_v_cont(self, p: bytes) -> tuple[Action, str, int | None]:
+        """_v_cont's answer, and the check_runnable arguments it needs ("" for none)."""
         actions: list[tuple[bytes, int | None]] = []
         for action in p[len(b"vCont;"):].split(b";"):
             verb, _, thread = action.partition(b":")
@@ -540,22 +580,19 @@ class GdbSession:
             if verbs and verbs[0] != b"t":  # `t` (stop): all-stop, it is stopped already
                 chosen[t] = verbs[0]
         if not chosen:
-            return OK
+            return OK, "", None
         steppers = [t for t, verb in chosen.items() if verb in b"sS"]
         current = self.manager.current_vcpu + 1
         if steppers:
             # Several (`vCont;s` for all): the current thread steps, the others wait.
             stepper = steppers[0] if len(steppers) == 1 else (current if current in steppers else steppers[0])
             alone = len(steppers) > 1 or len(chosen) == 1
-            self.manager.check_runnable("step", vcpu=stepper - 1)
-            return Resume(step=True, vcpu=stepper - 1, alone=alone)
+            return Resume(step=True, vcpu=stepper - 1, alone=alone), "step", stepper - 1
         if len(chosen) == 1 and len(self.threads) > 1:
             (only,) = chosen
-            self.manager.check_runnable(vcpu=only - 1)
-            return Resume(step=False, vcpu=only - 1, alone=True)
+            return Resume(step=False, vcpu=only - 1, alone=True), "continue", only - 1
         # Every thread, or several but not all: the board runs all of them or one.
-        self.manager.check_runnable()
-        return Resume(step=False)
+        return Resume(step=False), "continue", None
 
     def _reverse(self, p: bytes) -> Action:
         """`bs`/`bc`: reverse step and continue, offered in qSupported where the target can
@@ -759,6 +796,7 @@ NAMED_PACKETS: dict[bytes, Handler] = {
 XFER_OBJECTS: dict[bytes, Callable[[GdbSession, bytes], bytes]] = {
     b"features": GdbSession._features_document,
     b"memory-map": GdbSession._memory_map_document,
+    b"threads": GdbSession._threads_document,
 }
 
 Z_WATCH_KINDS = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}

@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from guestdbg.backends.unicorn_arm64.vm import Arm64Vm, MmioDevice
 
 _PSTATE_READ = (uca.UC_ARM64_REG_PSTATE,)
+COUNTDOWN_HOOKS = 4  # bounded countdown hooks kept installed (VcpuCore._countdown)
+_int_le = functools.partial(int.from_bytes, byteorder="little")
 _SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1)
 # WFI (A64 encoding); Unicorn ends emu_start right after one when no interrupt is pending.
 WFI = 0xD503207F
@@ -192,6 +194,9 @@ class VcpuCore:
         self._counting_down = False  # _execute is running under the countdown hook
         self._step_hook: int | None = None  # the countdown hook on every instruction, while stepping
         self._steps_in_a_row = 0
+        # Bounded countdown hooks kept installed, by (block start, instructions), oldest first
+        # (_execute: a lone step off a breakpoint enters the same block each time).
+        self._countdowns: dict[tuple[int, int], tuple[int, int]] = {}  # -> (hook, instructions)
         self._pending_mmio: kvm.MmioExit | None = None
         self._pending_mmio_va = 0
         self._device_access: MmioDevice | None = None  # a watched device's access to do
@@ -285,11 +290,18 @@ class VcpuCore:
             template = _register_slots(keys)[1]  # the keys, values zero: reset before each read
             # One struct unpack pulls every value out of the 48-byte slots (a Python loop over
             # ~80 registers cost more than the batch read itself): a system register's value is
-            # at byte 24, a V register is two u64 halves, anything else one u64.
-            layout = "".join("24xQ16x" if not isinstance(k, int) else ("QQ32x" if k in V_REGS_SET else "Q40x")
+            # at byte 24, a V register its 16 bytes (made an int per run of V registers, in C:
+            # map(int.from_bytes)), anything else one u64.
+            layout = "".join("24xQ16x" if not isinstance(k, int) else ("16s32x" if k in V_REGS_SET else "Q40x")
                              for k in keys)
             unpack = struct.Struct("<" + layout).unpack_from
-            wide = frozenset(i for i, k in enumerate(keys) if isinstance(k, int) and k in V_REGS_SET)
+            runs: list[tuple[int, int]] = []  # [start, end) of each run of V registers
+            for i, k in enumerate(keys):
+                if isinstance(k, int) and k in V_REGS_SET:
+                    if runs and runs[-1][1] == i:
+                        runs[-1] = (runs[-1][0], i + 1)
+                    else:
+                        runs.append((i, i + 1))
             size = ctypes.sizeof(buf)
             uch = self.uc._uch
 
@@ -298,17 +310,9 @@ class VcpuCore:
                 status = uclib.uc_reg_read_batch(uch, ids, ptrs, n)
                 if status:
                     raise UcError(status)
-                flat = unpack(buf)
-                if not wide:
-                    return list(flat)
-                out, j = [], 0
-                for i in range(n):
-                    if i in wide:
-                        out.append(flat[j] | (flat[j + 1] << 64))
-                        j += 2
-                    else:
-                        out.append(flat[j])
-                        j += 1
+                out = list(unpack(buf))
+                for a, b in runs:
+                    out[a:b] = map(_int_le, out[a:b])
                 return out
 
             reader = self._batch_readers[keys] = read_batch
@@ -739,27 +743,37 @@ class VcpuCore:
             return fault
         state.limit = limit
         self._turn_ended = False
-        fault = self._emu(self.pc)
-        if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
-            self._idle()
-            return None
-        if self._events_on and state.stop_reason == STOP_WFE and fault is None and not self._stop_pending():
-            # A WFE with the event register clear ran (PC is past it): the board lets the other
-            # vCPUs run until an event (board/smp.py).
-            self.wfe_exit = True
-            self._exit = KvmRun(kvm.KVM_EXIT_HLT)
-            return None
-        if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
-                or state.icount >= limit):
-            return fault
-        if self._turn_end is not None and limit >= self._turn_end:
-            # The scheduler's turn (not a timer deadline, which stays exact): end at this block
-            # boundary, short of the limit (Arm64Vcpu.run's turn_end).
-            self._turn_ended = True
-            return fault
-        start, insns = state.split_pc, state.split_insns
-        hook = self._runctl.add_countdown(start, insns, limit)
-        remove_cache(self.uc, start, 4 * insns)
+        pc = self.pc
+        if limit != state.icount + 1 or (pc, 2) not in self._countdowns:  # else see below
+            fault = self._emu(pc)
+            if state.stop_reason == 0 and fault is None and not self._stop_pending() and self._after_wfi():
+                self._idle()
+                return None
+            if self._events_on and state.stop_reason == STOP_WFE and fault is None and not self._stop_pending():
+                # A WFE with the event register clear ran (PC is past it): the board lets the other
+                # vCPUs run until an event (board/smp.py).
+                self.wfe_exit = True
+                self._exit = KvmRun(kvm.KVM_EXIT_HLT)
+                return None
+            if (state.stop_reason != STOP_LIMIT or fault is not None or self._stop_pending()
+                    or state.icount >= limit):
+                return fault
+            if self._turn_end is not None and limit >= self._turn_end:
+                # The scheduler's turn (not a timer deadline, which stays exact): end at this block
+                # boundary, short of the limit (Arm64Vcpu.run's turn_end).
+                self._turn_ended = True
+                return fault
+            start = state.split_pc
+            self._countdown(start, state.split_insns)
+        else:
+            # A single step from the start of a block whose first two instructions have the
+            # countdown hook: enter it under the countdown at once. What the first emu_start
+            # would have found out (the block crosses the limit) is known: the instruction
+            # after the one stepped is hooked whatever the block is now (a longer block after
+            # a code change too), and a one-instruction block ends at the block hook.
+            start = pc
+        state.countdown_end = limit
+        state.split_pc = start
         state.split_armed = 1
         state.stop_reason = 0
         self._counting_down = True
@@ -769,9 +783,36 @@ class VcpuCore:
             self._counting_down = False
             state.countdown_end = NO_LIMIT  # no countdown: see runctl_event_hook
             state.split_armed = 0
-            self._runctl.remove_hook(hook)
-            remove_cache(self.uc, start, 4 * insns)
         return fault
+
+    def _countdown(self, start: int, insns: int) -> None:
+        """Have the countdown code hook bounded to the block at `start` of `insns` instructions
+        installed (and the block dropped, to be translated with it) unless it already is.
+
+        The last COUNTDOWN_HOOKS of them stay installed with their blocks instrumented: the
+        hook does nothing outside a countdown (countdown_end is NO_LIMIT then), and a lone
+        step off a breakpoint (gdb's z0, step, Z0, continue) enters the same block each time,
+        so it is not translated twice a step (once with the hook, once without). A hook
+        covering at least two instructions is also found under (start, 2), which is all a
+        single step from `start` needs (see _execute)."""
+        key = (start, insns)
+        entry = self._countdowns.pop(key, None)
+        if entry is None:
+            if len(self._countdowns) >= COUNTDOWN_HOOKS:
+                self._drop_countdown(next(iter(self._countdowns)))
+            entry = (self._runctl.add_countdown(start, insns, NO_LIMIT), insns)
+            remove_cache(self.uc, start, 4 * insns)
+        self._countdowns[key] = entry
+        if insns >= 2:
+            self._countdowns.pop((start, 2), None)
+            self._countdowns[(start, 2)] = entry
+
+    def _drop_countdown(self, key: tuple[int, int]) -> None:
+        hook, insns = self._countdowns[key]
+        for k in [k for k, (h, _) in self._countdowns.items() if h == hook]:
+            del self._countdowns[k]
+        self._runctl.remove_hook(hook)
+        remove_cache(self.uc, key[0], 4 * insns)
 
     def stepped_into_wait(self) -> bool:
         """Did the single step just taken run a WFE with the event register clear (PC right

@@ -132,6 +132,7 @@ class DebugHardware(ExceptionEntry):
         self._code_trap_words: list[tuple[int, int, int]] = []  # (pa, va, length) of the debugger's code traps
         # The debugger's filtered software breakpoints (set_break_filters): va -> (pa, hook).
         self._filters: dict[int, tuple[int, int]] = {}
+        self._filter_points: dict[int, int] = {}  # va -> pa of _filters: what the last call set
         # Removed ones whose hooks stay until a set_break_filters with `prune` (see there).
         self._idle_filters: dict[int, int] = {}  # va -> hook
         self._filter_decide: Callable[[int], bool] | None = None
@@ -193,8 +194,7 @@ class DebugHardware(ExceptionEntry):
         Z0), and a hook taken out and put back costs the instruction's translation twice."""
         self._filter_decide = decide
         self._filter_skip = skip
-        if (points.keys() == self._filters.keys() and all(self._filters[va][0] == pa for va, pa in points.items())
-                and not (prune and self._idle_filters)):
+        if points == self._filter_points and not (prune and self._idle_filters):
             return
         for va in [va for va in self._filters if va not in points]:
             self._idle_filters[va] = self._filters.pop(va)[1]
@@ -209,6 +209,7 @@ class DebugHardware(ExceptionEntry):
                 continue
             self._filters[va] = (pa, self._runctl.add_python_code_hook(self._filter_callback, va))
             self._drop_code_at(va)  # code translated before the hook existed would not call it
+        self._filter_points = dict(points)
         if prune:
             for va, hook in self._idle_filters.items():
                 self._runctl.remove_hook(hook)

@@ -8,7 +8,8 @@ many of them in one uc_reg_read_batch call.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,12 +46,24 @@ class _OneReg:
         return self.uc_reg if self.uc_reg is not None else self.cp_enc
 
 
-# get_one_regs' plan for one list of ids: (batch reader, indices it fills, (index, getter) of the rest)
-_Plan = tuple[Callable[[], list[int]], list[int], list[tuple[int, Callable[[], int]]]]
+# get_one_regs' plan for one list of ids: (batch reader, the getters of the rest, the pick of
+# the values in the order asked from batch + rest + (SP_EL0, SP_EL1, current SP), or None when
+# batch + rest are already in that order; and where the batch's PSTATE, SP, SP_EL0, SP_EL1 end,
+# or 0)
+_Plan = tuple[Callable[[], list[int]], list[Callable[[], int]], Callable[[list[int]], Sequence[int]] | None, int]
+
+# Not a KVM id (never in get_reg_list): the stack pointer `sp` names now, SP_EL1 at EL1 with
+# SPSel set, else SP_EL0 (arm/registers.py's rule 3), i.e. Unicorn's live SP. A `g` or a stop
+# reply reads it in the same batch as the rest instead of reading PSTATE first.
+CURRENT_SP = kr.KVM_REG_ARM64 | kr.KVM_REG_SIZE_U64 | kr.KVM_REG_ARM_CORE | 0xFFFF
+_SP_IDS = {kr.KVM_REG_ARM_CORE_SP: 0, kr.KVM_REG_ARM_CORE_SP_EL1: 1, CURRENT_SP: 2}
+_SP_READS = (uca.UC_ARM64_REG_PSTATE, uca.UC_ARM64_REG_SP, uca.UC_ARM64_REG_SP_EL0, uca.UC_ARM64_REG_SP_EL1)
 
 
 class OneRegTable(MmioAccess):
     """KVM_GET_ONE_REG, KVM_SET_ONE_REG and KVM_GET_REG_LIST."""
+
+    current_sp_id = CURRENT_SP  # what arm/registers.py reads and writes `sp` through
 
     def __init__(self, vm: Arm64Vm, vcpu_id: int = 0):
         super().__init__(vm, vcpu_id)
@@ -76,24 +89,64 @@ class OneRegTable(MmioAccess):
         reg.set(value)
 
     def get_one_regs(self, reg_ids: list[int]) -> list[int]:
-        """Several KVM_GET_ONE_REGs at once (what a `g` packet needs): plain registers are read
-        in one Unicorn batch call instead of one binding call each."""
+        """Several KVM_GET_ONE_REGs at once (what a `g` packet needs): plain registers, PSTATE
+        and the stack pointers are read in one Unicorn batch call instead of one binding call
+        each; CURRENT_SP (not a KVM id) is the stack pointer PSTATE selects."""
         key = tuple(reg_ids)
         plan = self._batch_plans.get(key)
         if plan is None:
-            regs = [self._one_reg(r) for r in reg_ids]
-            keys = tuple(k for r in regs if (k := r.batch_key) is not None)
-            others = [(i, r.get) for i, r in enumerate(regs) if r.batch_key is None]
-            batched = [i for i, r in enumerate(regs) if r.batch_key is not None]
-            reader: Callable[[], list[int]] = self._batch_reader(keys) if keys else (list)
-            plan = self._batch_plans[key] = (reader, batched, others)
-        reader, batched, others = plan
-        out = [0] * len(reg_ids)
-        for i, value in zip(batched, reader()):
-            out[i] = value
-        for i, get in others:
-            out[i] = get()
-        return out
+            plan = self._batch_plans[key] = self._plan(reg_ids)
+        reader, others, pick, stacks = plan
+        values = reader()
+        if others:
+            values.extend(get() for get in others)
+        if pick is None:
+            return values
+        if stacks:
+            pstate, sp, sp_el0, sp_el1 = values[stacks - 4:stacks]
+        else:
+            return list(pick(values))
+        if self._uses_sp_el0(pstate):  # as _get_sp: the live SP is SP_EL0, SP_EL1 is banked
+            values += (sp, sp_el1, sp)
+        else:
+            values += (sp_el0, sp, sp)
+        return list(pick(values))
+
+    def _plan(self, reg_ids: list[int]) -> _Plan:
+        """get_one_regs' plan: one batch over every batchable register (plus PSTATE and the
+        three stack pointers if a stack pointer is asked), the getters of the rest, and the
+        permutation that puts the values in the order asked (an itemgetter: no Python loop)."""
+        keys: list[RegKey] = []
+        others: list[Callable[[], int]] = []
+        where: list[tuple[str, int]] = []  # per id: ("b", batch index), ("o", getter index), ("s", 0-2)
+        for r in reg_ids:
+            if r in _SP_IDS:
+                where.append(("s", _SP_IDS[r]))
+                continue
+            reg = self._one_reg(r)
+            k = reg.batch_key
+            if k is not None:
+                where.append(("b", len(keys)))
+                keys.append(k)
+            else:
+                where.append(("o", len(others)))
+                others.append(reg.get)
+        stacks = any(w == "s" for w, _ in where)
+        if stacks:
+            keys += _SP_READS
+        offsets = {"b": 0, "o": len(keys), "s": len(keys) + len(others)}
+        order = [offsets[w] + i for w, i in where]
+        reader = self._batch_reader(tuple(keys)) if keys else list
+        at = len(keys) if stacks else 0  # the batch's end: PSTATE and the stack pointers before it
+        if not stacks and order == list(range(len(order))):
+            return reader, others, None, 0
+        if len(order) == 1:
+            only = order[0]
+            return reader, others, lambda values: (values[only],), at
+        return reader, others, operator.itemgetter(*order), at
+
+    def _current_sp_el(self) -> int:
+        return 0 if self._uses_sp_el0(self._pstate()) else 1
 
     def get_reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: every register migration must carry (never the debugger's)."""
@@ -103,6 +156,9 @@ class OneRegTable(MmioAccess):
         try:
             return self._one_regs[reg_id]
         except KeyError:
+            if reg_id == CURRENT_SP:
+                return _OneReg(lambda: self._get_sp(self._current_sp_el()),
+                               lambda v: self._set_sp(self._current_sp_el(), v))
             raise kvm.enoent(f"no register with ONE_REG id {reg_id:#x}") from None
 
     @property
@@ -153,7 +209,7 @@ class OneRegTable(MmioAccess):
             regs[kr.KVM_REG_ARM_CORE_X(n)] = plain(X_REGS[n])
         regs[kr.KVM_REG_ARM_CORE_SP] = _OneReg(lambda: self._get_sp(0), lambda v: self._set_sp(0, v))
         regs[kr.KVM_REG_ARM_CORE_PC] = plain(uca.UC_ARM64_REG_PC)
-        regs[kr.KVM_REG_ARM_CORE_PSTATE] = _OneReg(self._pstate, self._write_pstate)
+        regs[kr.KVM_REG_ARM_CORE_PSTATE] = _OneReg(self._pstate, self._write_pstate, uca.UC_ARM64_REG_PSTATE)
         regs[kr.KVM_REG_ARM_CORE_SP_EL1] = _OneReg(lambda: self._get_sp(1), lambda v: self._set_sp(1, v))
         regs[kr.KVM_REG_ARM_CORE_ELR_EL1] = plain(uca.UC_ARM64_REG_ELR_EL1)
         regs[kr.KVM_REG_ARM_CORE_SPSR(kr.KVM_SPSR_EL1)] = cp(SPSR_EL1)
