@@ -592,11 +592,11 @@ class VcpuCore:
         deadline (counter_offset grows; time stays monotonic and deterministic). Host clock:
         the thread sleeps until the deadline. No deadline: the thread sleeps until another
         thread asks for a stop (kick(), or the VMM raising the IRQ line), as KVM blocks a vCPU
-        in WFI; `wfi_waiting` tells the VMM. Never a spin; and never a skip or a sleep while a
-        stop is already asked for. WFI has retired either way: PC is past it, and the run
-        loop goes round (a timer's level change is then reported, a kick returns)."""
-        if self._runctl.state.stop_request:
-            return
+        in WFI; `wfi_waiting` tells the VMM. Never a spin, and never a sleep while a stop is
+        already asked for. The virtual clock's skip is made even then: whether a kick lands
+        before or after this point must not change what the guest computes, or a replay
+        (which has no kick there) would diverge. WFI has retired either way: PC is past it,
+        and the run loop goes round (a timer's level change is then reported, a kick returns)."""
         count = self.counter()
         if self.timers.irq_level(count) != self.device_irq_level:
             return  # the next slice reports it
@@ -609,11 +609,11 @@ class VcpuCore:
             return  # a replay: the recorded wait's outcome is in the log (a counter offset)
         deadline = self.timers.next_deadline(count)
         if deadline is None:
-            if not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP:
+            if not self.guestdbg_control & kvm.KVM_GUESTDBG_SINGLESTEP and not self._runctl.state.stop_request:
                 self.wfi_waiting = True
                 self._runctl.wait_for_stop(None)
             return
-        if self._clock_mode == "host":
+        if self._clock_mode == "host":  # (wait_for_stop returns at once if a stop is asked for)
             self._runctl.wait_for_stop(((deadline - count) << COUNTER_TICK_SHIFT) / 1e9)
         elif self._clock_mode == "paced":
             # Sleep until host time reaches the deadline; then the counter reads the deadline
