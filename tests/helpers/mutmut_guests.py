@@ -14,11 +14,22 @@ Outside the mutation run nothing loads it. It changes no verdict, only what a mu
   registers, walks page tables, a session frames packets) is not mapped to it in the clean
   run, so their mutants run only their unit tests (a surviving debugregs mutant would
   otherwise run some hundred integration tests, tens of seconds each).
+* Each test of a mutant's session has its own time limit: 5 x (its clean-run duration + 1 s)
+  of CPU time, or three times that of wall time (the machine is shared). A test over it ends
+  the session with exit code 36, mutmut's "timeout", as mutmut's own limit would. mutmut's
+  limit is per session, (the sum of the clean durations of the mutant's tests + 1 s) x 5 of
+  wall time: a mutant that makes a resume loop for ever in the first of 90 tests used to run
+  for minutes before it was stopped; now it is stopped after its first test's few seconds.
+  A mutant that only makes one test five times slower is stopped too (mutmut's own limit
+  could let it pass); it counts as killed by a timeout, as a hang does.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -40,12 +51,16 @@ def pytest_fixture_setup(fixturedef, request):
     return _built
 
 
+_durations: dict[str, float] = {}
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     try:
         durations = json.loads((REPO / "mutmut-stats.json").read_text())["duration_by_test"]
     except (OSError, ValueError, KeyError):
         durations = {}
+    _durations.update(durations)
     items.sort(key=lambda item: (not item.nodeid.startswith("tests/unit/"), durations.get(item.nodeid, 0.0)))
 
 
@@ -64,3 +79,41 @@ def pytest_runtest_teardown(item, nextitem):
     reached = state()._stats
     for name in [n for n in reached if not n.startswith(MANAGER)]:
         reached.discard(name)
+
+
+# The per-test time limit (see the docstring): (CPU deadline, wall deadline, test) or None.
+TIMEOUT_MULTIPLIER = 5
+TIMEOUT_CONSTANT = 1.0
+WALL_FACTOR = 3
+TIMEOUT_EXIT = 36  # mutmut's "timeout" (mutmut/stats.py)
+_deadline: tuple[float, float, str] | None = None
+_watchdog: threading.Thread | None = None
+
+
+def _watch() -> None:
+    while True:
+        time.sleep(0.1)
+        d = _deadline
+        if d is not None and (time.process_time() > d[0] or time.monotonic() > d[1]):
+            os.write(2, f"\nmutmut_guests: {d[2]} is over its time limit: timeout\n".encode())
+            os._exit(TIMEOUT_EXIT)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    global _deadline, _watchdog
+    # Only in a mutant's session (not the clean or the stats run), and only for a test the clean
+    # run timed.
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", "") or item.nodeid not in _durations:
+        return
+    budget = TIMEOUT_MULTIPLIER * (_durations[item.nodeid] + TIMEOUT_CONSTANT)
+    _deadline = (time.process_time() + budget, time.monotonic() + WALL_FACTOR * budget, item.nodeid)
+    if _watchdog is None:  # started in the mutant's own process (mutmut forks one per mutant)
+        _watchdog = threading.Thread(target=_watch, name="mutmut-guests-watchdog", daemon=True)
+        _watchdog.start()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish(nodeid, location):
+    global _deadline
+    _deadline = None
