@@ -10,10 +10,12 @@ import signal
 import pytest
 
 from guestdbg import kvm
-from guestdbg.debug.arch import BRK0
+from guestdbg.arm import registers as arm_registers
+from guestdbg.debug.arch import BRK0, Arm64DebugArch
 from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, StopKind,
                                     WatchKind)
 from guestdbg.board.virt import VirtConfig, VirtMachine
+from guestdbg.debug.profile import ArchProfile
 from guestdbg.debug.regions import PhysRegion
 from tests.helpers.support import Guest, kvm_unavailable_reason, reg_id
 
@@ -818,3 +820,195 @@ def test_physical_reads_at_the_ends_of_the_address_space(guest_dir):
         m.read_memory(0x0A00_0000, 4, physical=True)  # between the devices: no memory
     assert e.value.errno == errno.EFAULT
     assert str(e.value) == "[Errno 14] EFAULT: guest physical address 0xa000000 is not RAM or ROM"
+
+
+# ---------------------------------------------------------------------------------------------
+# add_breakpoint: where a BRK fits, where a hardware slot serves, and what is refused
+
+
+def test_a_breakpoint_in_rams_last_word_and_one_running_past_its_end(guest_dir):
+    g, m = _guest(guest_dir)
+    last = RAM_END - 4
+    original = g.read(last, 4)
+    assert m.add_breakpoint(last) == "sw"
+    assert g.vm.read_phys(last, 4) == BRK0 and m.read_memory(last, 4) == original
+    assert m.add_breakpoint(last) == "sw"  # again: the same patch
+    assert m.debug_points() == [DebugPoint("break", last, 4, f"software (BRK #0 at pa {last:#x})")]
+    m.remove_breakpoint(last)
+    assert g.vm.read_phys(last, 4) == original and m.debug_points() == []
+    for va in (RAM_END - 3, RAM_END - 1):
+        with pytest.raises(DebugError) as e:
+            m.add_breakpoint(va)
+        assert e.value.errno == errno.EFAULT and str(e.value) == (
+            f"no memory for a breakpoint instruction at {va:#x}: it would run past the end of RAM")
+    assert m.debug_points() == [] and g.vm.read_phys(last, 4) == original
+
+
+def test_breakpoints_outside_the_address_space_are_refused(guest_dir):
+    g, m = _guest(guest_dir)
+    for va in (2**64, -1):
+        with pytest.raises(DebugError) as e:
+            m.add_breakpoint(va)
+        assert e.value.errno == errno.EFAULT and str(e.value) == f"no address {va:#x}"
+    assert m.debug_points() == []
+
+
+def test_breakpoints_with_the_mmu_on(guest_dir):
+    """A VA the tables do not map gets a hardware slot (VA 0 and the hole among ALIAS_PAGES);
+    a VA they map to no memory (past RAM's end, in the identity block) is refused; a mapped one
+    is patched at its physical address."""
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    assert m.add_breakpoint(0) == "hw"
+    assert m.add_breakpoint(ALIAS + 0x5000) == "hw"
+    assert m.add_breakpoint(ALIAS + 0x4000) == "sw"  # -> 0x4030_2000
+    with pytest.raises(DebugError) as e:
+        m.add_breakpoint(RAM_END)
+    assert e.value.errno == errno.EFAULT and str(e.value) == f"no memory at {RAM_END:#x}"
+    assert m.debug_points() == [DebugPoint("break", 0, 4, "hw (VA not mapped yet): slot 0"),
+                                DebugPoint("break", ALIAS + 0x5000, 4, "hw (VA not mapped yet): slot 1"),
+                                DebugPoint("break", ALIAS + 0x4000, 4, "software (BRK #0 at pa 0x40302000)")]
+    assert "break   0x0  hw (VA not mapped yet): slot 0" in "\n".join(m.slots_report())
+    assert g.vm.read_phys(0x4030_2000, 4) == BRK0
+
+
+def test_an_unmapped_breakpoint_with_the_mmu_on_and_no_free_slot_says_why(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    for i in range(m.hw_bp_slots):
+        m.add_hw_breakpoint(RAM + 4 * i)
+    with pytest.raises(DebugError) as e:
+        m.add_breakpoint(ALIAS + 0x5000)
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value).startswith(
+        f"cannot break at {ALIAS + 0x5000:#x}: {ALIAS + 0x5000:#x} is not mapped by the guest's page "
+        f"tables yet (cannot translate {ALIAS + 0x5000:#x}: ")
+    assert str(e.value).endswith(
+        "), so the breakpoint needs a hardware slot (it matches virtual addresses), and none is "
+        "free: all 6 hardware breakpoints are in use; set it once the address is mapped, or free a slot")
+
+
+def test_breakpoints_in_rom_take_hardware_slots(guest_dir):
+    g, m = _guest(guest_dir)
+    assert m.add_breakpoint(0x1000) == "hw"
+    assert m.add_breakpoint(0x1000) == "hw"
+    assert m.debug_points() == [DebugPoint("hbreak", 0x1000, 4, "slot 0")]
+
+
+class _NoBrkArch(Arm64DebugArch):
+    sw_break = None  # as x86 where int3 gives no clean exit: every Z0 takes a hardware slot
+
+
+def test_without_a_software_breakpoint_instruction_breakpoints_take_hardware_slots(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine, ArchProfile("aarch64", arm_registers, lambda machine: _NoBrkArch()))
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    original = g.read(a, 4)
+    assert m.sw_breakpoints is False
+    assert m.add_breakpoint(a) == "hw"
+    assert m.add_breakpoint(a) == "hw"  # again: the same slot
+    assert m.add_breakpoint(b) == "hw"
+    assert g.read(a, 4) == original
+    # Listed as hbreaks of one byte (x86's convention: an instruction's first byte).
+    assert m.debug_points() == [DebugPoint("hbreak", a, 1, "slot 0"), DebugPoint("hbreak", b, 1, "slot 1")]
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    assert m.cont().pc == b
+    assert m.debug_points() == [DebugPoint("hbreak", b, 1, "slot 1")]
+
+
+# ---------------------------------------------------------------------------------------------
+# several vCPUs
+
+
+def test_a_step_with_the_others_running_runs_them_too(tmp_path):
+    """gdb's `vCont;s:N;c`: the other vCPU runs while this one steps (here its round-robin
+    slice, before the stepped vCPU's one instruction); `vCont;s:N` alone: it does not move."""
+    from tests.helpers.mmu_guest import assemble
+    from tests.integration.test_smp_debug import GUEST_S, make
+    elf = assemble(tmp_path, "smpdbg", GUEST_S)
+    for others_run in (True, False):
+        m, board, sym = make(elf, 2)
+        m.add_breakpoint(sym["after_call"])
+        e = m.cont()
+        m.remove_breakpoint(sym["after_call"])
+        other = 1 - e.vcpu_id
+        before = [v.icount for v in board.vcpus]
+        s = m.step(e.vcpu_id, others_run=others_run)
+        assert (s.kind, s.vcpu_id) == (StopKind.STEP, e.vcpu_id)
+        assert board.vcpus[e.vcpu_id].icount == before[e.vcpu_id] + 1
+        assert (board.vcpus[other].icount > before[other]) is others_run
+
+
+def test_breakpoints_decided_in_the_run_are_listed_with_their_physical_address(guest_dir):
+    """Policy 18 (the emulated vCPU's default): nothing patched, the point listed as decided in
+    the run, at the physical address its VA had when it was set."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine)
+    a = g.sym["bp_a"]
+    original = g.read(a, 4)
+    assert m.add_breakpoint(a) == "sw"
+    assert m.add_breakpoint(a) == "sw"
+    assert g.vm.read_phys(a, 4) == original
+    assert m.debug_points() == [DebugPoint("break", a, 4, f"software (decided in the run, pa {a:#x})")]
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    assert m.debug_points() == []
+    assert m.cont().kind is StopKind.EXITED
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse execution: a small copy of test_reverse.py's slowest reverse-continue tests
+
+
+SMALL_STORES_S = r"""
+    .text
+    .global _start
+_start:
+    ldr     x6, =target
+    mov     x7, #0x77
+    str     x7, [x6]                   // the write the search looks for
+    mov     x2, #3
+    mov     x5, #0
+outer:
+    ldr     x3, =0x40200000
+    ldr     x4, =0x40210000            // 64 KiB
+inner:
+    str     x5, [x3], #64
+    cmp     x3, x4
+    b.lo    inner
+    add     x5, x5, #1
+    subs    x2, x2, #1
+    b.ne    outer
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+    .data
+    .balign 8
+target: .quad 0
+"""
+
+
+def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_path):
+    """test_reverse.py's test of the name (bench/bench_reverse.py's STORES_S), about 300
+    times shorter (9,000 instructions, a checkpoint every 500), for the mutation run: with only
+    write watches armed and the MMU off, reverse_cont replays no interval without a store to a
+    watched page; with a breakpoint too, it replays them all, to the same answer."""
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=500)
+    assert mgr.cont().kind is StopKind.EXITED
+    target = elf_symbols(elf)["target"]
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    restored = mgr.record_status()["restored"]
+    event = mgr.reverse_cont()
+    assert event.kind is StopKind.WATCH and event.watch_addr == target
+    assert m.vcpu.icount == 2 and mgr.read_memory(target, 8) == bytes(8)  # before the str
+    assert mgr.record_status()["restored"] - restored <= 3  # not one per checkpoint interval
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_hw_breakpoint(0x40000000)
+    assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
