@@ -774,6 +774,21 @@ def test_a_hit_is_reported_for_the_watch_holding_the_address(guest_dir):
     assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
 
 
+def test_a_store_is_reported_by_the_write_watch_not_a_read_watch_on_the_same_bytes(guest_dir):
+    """A read watch armed first on the same bytes: the load stops at it, the store at the
+    write watch (not the first watch holding the address)."""
+    g, m = _guest(guest_dir)
+    a_count = g.sym["bp_a_count"]
+    _after_first(g, m, "bp_a")
+    m.add_watchpoint(a_count, 4, WatchKind.READ)
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE)
+    for _ in range(2):
+        load, store = m.cont(), m.cont()
+        assert (load.kind, load.watch_addr, load.watch_kind) == (StopKind.WATCH, a_count, WatchKind.READ)
+        assert (store.kind, store.watch_addr, store.watch_kind) == (StopKind.WATCH, a_count, WatchKind.WRITE)
+        assert store.pc == load.pc + 8
+
+
 # ---------------------------------------------------------------------------------------------
 # address limits and the rest of the errors (found by the run of 2026-12-02)
 
@@ -963,7 +978,7 @@ def test_breakpoints_decided_in_the_run_are_listed_with_their_physical_address(g
 
 SMALL_STORES_S = r"""
     .text
-    .global _start
+    .global _start, inner, last_read
 _start:
     ldr     x6, =target
     mov     x7, #0x77
@@ -971,8 +986,8 @@ _start:
     mov     x2, #3
     mov     x5, #0
 outer:
-    ldr     x3, =0x40200000
-    ldr     x4, =0x40210000            // 64 KiB
+    ldr     x3, =neighbour             // the page after target's
+    add     x4, x3, #0x10000           // 64 KiB
 inner:
     str     x5, [x3], #64
     cmp     x3, x4
@@ -980,20 +995,21 @@ inner:
     add     x5, x5, #1
     subs    x2, x2, #1
     b.ne    outer
+    str     x7, [x6, #-8]              // the word before target, in its page: not watched
+last_read:
+    ldr     x8, [x6]                   // target read, at the end
     ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
     hvc     #0
     b       .
-    .data
-    .balign 8
-target: .quad 0
+    .bss
+    .balign 4096
+    .skip   4088
+target: .skip 8                        // the last 8 bytes of its page
+neighbour: .skip 0x10000
 """
 
 
-def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_path):
-    """test_reverse.py's test of the name (bench/bench_reverse.py's STORES_S), about 300
-    times shorter (9,000 instructions, a checkpoint every 500), for the mutation run: with only
-    write watches armed and the MMU off, reverse_cont replays no interval without a store to a
-    watched page; with a breakpoint too, it replays them all, to the same answer."""
+def _stores(tmp_path) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
     from tests.helpers.mmu_guest import assemble
     from guestdbg.board.common import elf_symbols
     elf = assemble(tmp_path, "stores", SMALL_STORES_S)
@@ -1002,7 +1018,18 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_
     mgr = GuestDebugManager(m)
     mgr.start_recording(interval=500)
     assert mgr.cont().kind is StopKind.EXITED
-    target = elf_symbols(elf)["target"]
+    return m, mgr, elf_symbols(elf)
+
+
+def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_path):
+    """test_reverse.py's test of the name (bench/bench_reverse.py's STORES_S), about 300
+    times shorter (9,000 instructions, a checkpoint every 500), for the mutation run: with only
+    write watches armed and the MMU off, reverse_cont replays no interval without a store to a
+    watched page (the loop stores to the next page, every interval; target's page is stored
+    to once more, at the end, outside the watch); with a breakpoint too, it replays them all,
+    to the same answer."""
+    m, mgr, sym = _stores(tmp_path)
+    target = sym["target"]
     mgr.add_watchpoint(target, 8, WatchKind.WRITE)
     restored = mgr.record_status()["restored"]
     event = mgr.reverse_cont()
@@ -1010,5 +1037,41 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_
     assert m.vcpu.icount == 2 and mgr.read_memory(target, 8) == bytes(8)  # before the str
     assert mgr.record_status()["restored"] - restored <= 3  # not one per checkpoint interval
     mgr.seek_to(mgr.record_status()["end"])
-    mgr.add_hw_breakpoint(0x40000000)
+    mgr.add_hw_breakpoint(0x40000000)  # never reached: the same answer, the long way
     assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
+
+
+@pytest.mark.parametrize("point", ["hbreak", "break", "break-patched", "rwatch", "awatch"])
+def test_reverse_continue_with_more_than_write_watches_replays_every_interval(tmp_path, point):
+    """A breakpoint in the loop, or a read or access watch on the word only read at the end:
+    the intervals without a store to a watched page must be replayed too, and the stop is
+    there (the last hit), not at the write long before."""
+    m, mgr, sym = _stores(tmp_path)
+    target, inner = sym["target"], sym["inner"]
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    if point == "hbreak":
+        mgr.add_hw_breakpoint(inner)
+    elif point.startswith("break"):
+        mgr.in_run_breakpoints = point == "break"
+        mgr.add_breakpoint(inner)
+    else:
+        mgr.add_watchpoint(target, 8, WatchKind.READ if point == "rwatch" else WatchKind.ACCESS)
+    end = mgr.record_status()["end"]
+    event = mgr.reverse_cont()
+    if point.endswith("watch"):
+        assert (event.kind, event.pc, event.watch_addr) == (StopKind.WATCH, sym["last_read"], target)
+        assert m.vcpu.icount == end - 3
+    else:
+        assert (event.kind, event.pc) == (StopKind.HWBREAK if point == "hbreak" else StopKind.SWBREAK, inner)
+        assert end - 20 < m.vcpu.icount < end
+
+
+def test_reverse_continue_to_a_watch_over_two_pages(tmp_path):
+    """A watch on target's last byte and the next page's first: the loop's stores to that
+    first byte are in every interval, so none is skipped; the stop is at the last of them."""
+    m, mgr, sym = _stores(tmp_path)
+    neighbour = sym["neighbour"]
+    mgr.add_watchpoint(neighbour - 1, 2, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.watch_addr) == (StopKind.WATCH, sym["inner"], neighbour)
+    assert int.from_bytes(mgr.read_memory(neighbour, 8), "little") == 1  # the second pass's value: the third's store is to come
