@@ -978,7 +978,7 @@ def test_breakpoints_decided_in_the_run_are_listed_with_their_physical_address(g
 
 SMALL_STORES_S = r"""
     .text
-    .global _start, inner, last_read
+    .global _start, outer, inner, last_read
 _start:
     ldr     x6, =target
     mov     x7, #0x77
@@ -995,7 +995,6 @@ inner:
     add     x5, x5, #1
     subs    x2, x2, #1
     b.ne    outer
-    str     x7, [x6, #-8]              // the word before target, in its page: not watched
 last_read:
     ldr     x8, [x6]                   // target read, at the end
     ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
@@ -1025,9 +1024,9 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_
     """test_reverse.py's test of the name (bench/bench_reverse.py's STORES_S), about 300
     times shorter (9,000 instructions, a checkpoint every 500), for the mutation run: with only
     write watches armed and the MMU off, reverse_cont replays no interval without a store to a
-    watched page (the loop stores to the next page, every interval; target's page is stored
-    to once more, at the end, outside the watch); with a breakpoint too, it replays them all,
-    to the same answer."""
+    watched page (the loop stores to the next page, every interval); with a breakpoint too, it
+    replays them all, to the same answer. A watch on a page never stored to: every interval
+    skipped, the stop is the history's start."""
     m, mgr, sym = _stores(tmp_path)
     target = sym["target"]
     mgr.add_watchpoint(target, 8, WatchKind.WRITE)
@@ -1039,21 +1038,34 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_
     mgr.seek_to(mgr.record_status()["end"])
     mgr.add_hw_breakpoint(0x40000000)  # never reached: the same answer, the long way
     assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
+    mgr.remove_hw_breakpoint(0x40000000)
+    mgr.remove_watchpoint(target, 8, WatchKind.WRITE)
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_watchpoint(sym["neighbour"] + 0x10000, 8, WatchKind.WRITE)  # past the loop's stores
+    restored = mgr.record_status()["restored"]
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SIGNAL, sym["_start"], "begin")
+    assert m.vcpu.icount == 0 and mgr.record_status()["restored"] - restored <= 1
+    # A breakpoint on the first instruction: its hit at the history's start is the start.
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_breakpoint(sym["_start"])
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SIGNAL, sym["_start"], "begin")
 
 
 @pytest.mark.parametrize("point", ["hbreak", "break", "break-patched", "rwatch", "awatch"])
 def test_reverse_continue_with_more_than_write_watches_replays_every_interval(tmp_path, point):
-    """A breakpoint in the loop, or a read or access watch on the word only read at the end:
-    the intervals without a store to a watched page must be replayed too, and the stop is
-    there (the last hit), not at the write long before."""
+    """A breakpoint at the start of each pass of the loop, or a read or access watch on the
+    word only read at the end: the intervals without a store to a watched page must be
+    replayed too, and the stop is there (the last hit), not at the write long before."""
     m, mgr, sym = _stores(tmp_path)
-    target, inner = sym["target"], sym["inner"]
+    target, outer = sym["target"], sym["outer"]
     mgr.add_watchpoint(target, 8, WatchKind.WRITE)
     if point == "hbreak":
-        mgr.add_hw_breakpoint(inner)
+        mgr.add_hw_breakpoint(outer)
     elif point.startswith("break"):
         mgr.in_run_breakpoints = point == "break"
-        mgr.add_breakpoint(inner)
+        mgr.add_breakpoint(outer)
     else:
         mgr.add_watchpoint(target, 8, WatchKind.READ if point == "rwatch" else WatchKind.ACCESS)
     end = mgr.record_status()["end"]
@@ -1062,8 +1074,8 @@ def test_reverse_continue_with_more_than_write_watches_replays_every_interval(tm
         assert (event.kind, event.pc, event.watch_addr) == (StopKind.WATCH, sym["last_read"], target)
         assert m.vcpu.icount == end - 3
     else:
-        assert (event.kind, event.pc) == (StopKind.HWBREAK if point == "hbreak" else StopKind.SWBREAK, inner)
-        assert end - 20 < m.vcpu.icount < end
+        assert (event.kind, event.pc) == (StopKind.HWBREAK if point == "hbreak" else StopKind.SWBREAK, outer)
+        assert m.vcpu.icount == 5 + 2 * (2 + 3 * 1024 + 3)  # the third pass's start
 
 
 def test_reverse_continue_to_a_watch_over_two_pages(tmp_path):
