@@ -1087,3 +1087,28 @@ def test_reverse_continue_to_a_watch_over_two_pages(tmp_path):
     event = mgr.reverse_cont()
     assert (event.kind, event.pc, event.watch_addr) == (StopKind.WATCH, sym["inner"], neighbour)
     assert int.from_bytes(mgr.read_memory(neighbour, 8), "little") == 1  # the second pass's value: the third's store is to come
+
+
+@pytest.mark.parametrize("in_run", [True, False])
+def test_reverse_continue_honours_conditions_and_prints_nothing_again(tmp_path, in_run):
+    """test_reverse.py's conditions test, on the small stores guest: a conditional breakpoint
+    stops reverse_cont only where its condition held (the second pass), and what its
+    condition prints (dprintf) is not printed in the replays; forward again, it is."""
+    m, mgr, sym = _stores(tmp_path)
+    printed: list[str] = []
+    mgr.conditions.output = printed.append
+    mgr.in_run_breakpoints = in_run
+    outer = sym["outer"]
+
+    def second_pass(view) -> bool:
+        view.print(f"x5={view.read_register('x5')}\n")
+        return view.read_register("x5") == 1
+
+    mgr.add_breakpoint(outer, condition=second_pass)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SWBREAK, outer, None)
+    assert m.vcpu.icount == 5 + (2 + 3 * 1024 + 3) and mgr.read_register("x5") == 1
+    assert printed == []
+    event = mgr.cont()  # the third pass's start: false, printed, on to the end
+    assert printed == ["x5=2\n"]
+    assert event.kind is not StopKind.SWBREAK
