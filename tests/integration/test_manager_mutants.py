@@ -1112,3 +1112,19 @@ def test_reverse_continue_honours_conditions_and_prints_nothing_again(tmp_path, 
     event = mgr.cont()  # the third pass's start: false, printed, on to the end
     assert printed == ["x5=2\n"]
     assert event.kind is not StopKind.SWBREAK
+
+
+def test_a_reset_while_recording_starts_a_history_that_knows_the_patches(tmp_path):
+    """After a reset the new history must know the guest's bytes under a BRK patch: its first
+    checkpoint, restored once the breakpoint is gone, holds the instruction, not the BRK."""
+    m, mgr, sym = _stores(tmp_path)
+    mgr.in_run_breakpoints = False
+    mgr.add_breakpoint(sym["inner"])
+    mgr.reset()
+    assert (mgr.cont().kind, m.vcpu.pc) == (StopKind.SWBREAK, sym["inner"])
+    mgr.remove_breakpoint(sym["inner"])
+    end = mgr.cont()
+    assert end.kind is StopKind.EXITED
+    mgr.seek_to(0)
+    assert m.vcpu.icount == 0
+    assert mgr.cont().kind is StopKind.EXITED and m.vcpu.icount == mgr.record_status()["end"]
