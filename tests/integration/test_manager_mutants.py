@@ -1128,3 +1128,21 @@ def test_a_reset_while_recording_starts_a_history_that_knows_the_patches(tmp_pat
     mgr.seek_to(0)
     assert m.vcpu.icount == 0
     assert mgr.cont().kind is StopKind.EXITED and m.vcpu.icount == mgr.record_status()["end"]
+
+
+def test_seek_and_reverse_step_say_where_they_stop(tmp_path):
+    m, mgr, sym = _stores(tmp_path)
+    start, end = sym["_start"], mgr.record_status()["end"]
+    e = mgr.seek_to(3)
+    assert (e.kind, e.pc, e.detail, e.history_edge) == (StopKind.SIGNAL, start + 12, "at instruction 3", None)
+    for t in (-1, end + 1):
+        with pytest.raises(DebugError) as err:
+            mgr.seek_to(t)
+        assert err.value.errno == errno.EINVAL and str(err.value) == f"instruction {t} is outside the history (0..{end})"
+    with pytest.raises(DebugError):
+        mgr.reverse_step(1)  # no such vCPU
+    for icount in (2, 1, 0):
+        e = mgr.reverse_step(0)
+        assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.STEP, start + 4 * icount, None, icount)
+    e = mgr.reverse_step()
+    assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.SIGNAL, start, "begin", 0)
