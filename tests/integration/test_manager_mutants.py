@@ -1146,3 +1146,25 @@ def test_seek_and_reverse_step_say_where_they_stop(tmp_path):
         assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.STEP, start + 4 * icount, None, icount)
     e = mgr.reverse_step()
     assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.SIGNAL, start, "begin", 0)
+
+
+@pytest.mark.parametrize("in_run", [True, False])
+def test_a_condition_sees_the_pc_and_the_vcpu_it_stopped(guest_dir, in_run):
+    """Decided in the run (policy 18) or at the stop, a condition's view names the breakpoint's
+    PC and the vCPU; what it prints goes to the manager's output."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine)
+    m.in_run_breakpoints = in_run
+    printed: list[str] = []
+    m.conditions.output = printed.append
+    a = g.sym["bp_a"]
+    seen = []
+
+    def second_hit(view) -> bool:
+        seen.append((view.pc, view.vcpu_id))
+        view.print("hit\n")
+        return len(seen) == 2
+
+    m.add_breakpoint(a, condition=second_hit)
+    assert m.cont().pc == a
+    assert seen == [(a, 0), (a, 0)] and printed == ["hit\n", "hit\n"]
