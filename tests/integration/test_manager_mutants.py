@@ -1168,3 +1168,22 @@ def test_a_condition_sees_the_pc_and_the_vcpu_it_stopped(guest_dir, in_run):
     m.add_breakpoint(a, condition=second_hit)
     assert m.cont().pc == a
     assert seen == [(a, 0), (a, 0)] and printed == ["hit\n", "hit\n"]
+
+
+class _SharedSlotsArch(Arm64DebugArch):
+    shared_slots = True  # as x86's DR0-DR3: breakpoints and watchpoints share one register file
+
+
+def test_breakpoints_and_watchpoints_sharing_slots_never_take_the_same_one(guest_dir):
+    """The slot accounting of an architecture whose breakpoints and watchpoints share their
+    registers (x86), on the emulated vCPU: each new one takes the lowest slot neither kind
+    holds; with none left, a watch is a page trap."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine, ArchProfile("aarch64", arm_registers, lambda machine: _SharedSlotsArch()))
+    a, b, count = g.sym["bp_a"], g.sym["bp_b"], g.sym["bp_a_count"]
+    m.add_hw_breakpoint(a)
+    assert m.add_watchpoint(count, 4, WatchKind.WRITE).mechanism == "hw:1"
+    assert m.add_watchpoint(count + 8, 4, WatchKind.WRITE).mechanism == "hw:2"
+    m.add_hw_breakpoint(b)
+    assert m.debug_points()[:2] == [DebugPoint("hbreak", a, 4, "slot 0"), DebugPoint("hbreak", b, 4, "slot 3")]
+    assert m.add_watchpoint(count + 16, 4, WatchKind.WRITE).trapped
