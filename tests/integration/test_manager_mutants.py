@@ -1187,3 +1187,26 @@ def test_breakpoints_and_watchpoints_sharing_slots_never_take_the_same_one(guest
     m.add_hw_breakpoint(b)
     assert m.debug_points()[:2] == [DebugPoint("hbreak", a, 4, "slot 0"), DebugPoint("hbreak", b, 4, "slot 3")]
     assert m.add_watchpoint(count + 16, 4, WatchKind.WRITE).trapped
+
+
+def test_reverse_continue_replays_a_register_write_made_at_the_live_end(tmp_path):
+    """A debugger write at the live end is an input of the history: the replays of
+    reverse_cont give it again where it was made. Here x6 (the store's address) is moved at
+    instruction 2 to a word no other store touches, which a watch then finds there."""
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    sym = elf_symbols(elf)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=500)
+    mgr.add_breakpoint(sym["_start"] + 8)  # the str
+    assert mgr.cont().pc == sym["_start"] + 8 and m.vcpu.icount == 2
+    mgr.remove_breakpoint(sym["_start"] + 8)
+    moved = sym["neighbour"] + 8  # the loop stores to the first 8 of every 64 bytes
+    mgr.write_register("x6", moved)
+    assert mgr.cont().kind is StopKind.EXITED
+    mgr.add_watchpoint(moved, 8, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, sym["_start"] + 8, moved, 2)
