@@ -1210,3 +1210,27 @@ def test_reverse_continue_replays_a_register_write_made_at_the_live_end(tmp_path
     mgr.add_watchpoint(moved, 8, WatchKind.WRITE)
     event = mgr.reverse_cont()
     assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, sym["_start"] + 8, moved, 2)
+
+
+def test_a_reset_while_recording_keeps_the_historys_settings(tmp_path):
+    from tests.helpers.mmu_guest import assemble
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=700, mem_limit=600 << 20)
+    mgr.reset()
+    status = mgr.record_status()
+    assert (status["interval"], status["limit"], status["end"]) == (700, 600 << 20, 0)
+
+
+def test_reverse_continue_finds_the_one_true_hit_among_false_ones_in_an_interval(tmp_path):
+    """A conditional breakpoint in the inner loop (hit every 3 instructions) that holds once:
+    the replay of that interval steps over the false hits before it and finds it."""
+    m, mgr, sym = _stores(tmp_path)
+    inner, neighbour = sym["inner"], sym["neighbour"]
+    mgr.add_breakpoint(inner, condition=lambda view: (view.read_register("x3"), view.read_register("x5"))
+                       == (neighbour + 64 * 100, 2))
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SWBREAK, inner, None)
+    assert m.vcpu.icount == 5 + 2 * (2 + 3 * 1024 + 3) + 2 + 3 * 100
