@@ -1210,6 +1210,7 @@ def test_reverse_continue_replays_a_register_write_made_at_the_live_end(tmp_path
     mgr.add_watchpoint(moved, 8, WatchKind.WRITE)
     event = mgr.reverse_cont()
     assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, sym["_start"] + 8, moved, 2)
+    assert mgr.read_register("x6") == moved  # the seek to the hit gave the write again too
 
 
 def test_a_reset_while_recording_keeps_the_historys_settings(tmp_path):
@@ -1234,3 +1235,25 @@ def test_reverse_continue_finds_the_one_true_hit_among_false_ones_in_an_interval
     event = mgr.reverse_cont()
     assert (event.kind, event.pc, event.history_edge) == (StopKind.SWBREAK, inner, None)
     assert m.vcpu.icount == 5 + 2 * (2 + 3 * 1024 + 3) + 2 + 3 * 100
+
+
+def test_a_breakpoint_given_a_condition_is_decided_in_the_run_and_its_patch_lifted(guest_dir):
+    """Policy 18 with plain breakpoints patched (in_run_breakpoints off): a condition moves the
+    breakpoint into the run (its BRK lifted); a false one never stops the guest."""
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    original = g.read(a, 4)
+    assert m.add_breakpoint(a) == "sw" and g.vm.read_phys(a, 4) == BRK0
+    assert m.add_breakpoint(a, condition=lambda view: False) == "sw"
+    assert g.vm.read_phys(a, 4) == original
+    assert m.debug_points() == [DebugPoint("break", a, 4, f"software (decided in the run, pa {a:#x})")]
+    assert m.cont().kind is StopKind.EXITED
+
+
+def test_reverse_execution_without_a_history_is_refused(guest_dir):
+    g, m = _guest(guest_dir)
+    for reverse in (m.reverse_step, m.reverse_cont, lambda: m.seek_to(0)):
+        with pytest.raises(DebugError) as e:
+            reverse()
+        assert e.value.errno == errno.ENOTSUP and str(e.value) == (
+            "not recording: reverse execution needs `monitor record on` or `guestdbg run --record`")
