@@ -1257,3 +1257,15 @@ def test_reverse_execution_without_a_history_is_refused(guest_dir):
             reverse()
         assert e.value.errno == errno.ENOTSUP and str(e.value) == (
             "not recording: reverse execution needs `monitor record on` or `guestdbg run --record`")
+
+
+def test_reverse_continue_finds_a_watch_hit_in_the_step_over_a_false_breakpoint(tmp_path):
+    """A breakpoint whose condition is false on the store, and a watch on what it stores: the
+    replay steps over the false hit, the step meets the watch, which is the stop."""
+    m, mgr, sym = _stores(tmp_path)
+    store, target = sym["_start"] + 8, sym["target"]
+    mgr.add_breakpoint(store, condition=lambda view: False)
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, store, target, 2)
+    assert mgr.read_memory(target, 8) == bytes(8)
