@@ -1211,6 +1211,9 @@ def test_reverse_continue_replays_a_register_write_made_at_the_live_end(tmp_path
     event = mgr.reverse_cont()
     assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, sym["_start"] + 8, moved, 2)
     assert mgr.read_register("x6") == moved  # the seek to the hit gave the write again too
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.seek_to(3)  # and a seek from the end to past it
+    assert mgr.read_register("x6") == moved and mgr.read_memory(moved, 8) == (0x77).to_bytes(8, "little")
 
 
 def test_a_reset_while_recording_keeps_the_historys_settings(tmp_path):
