@@ -1272,3 +1272,16 @@ def test_reverse_continue_finds_a_watch_hit_in_the_step_over_a_false_breakpoint(
     event = mgr.reverse_cont()
     assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, store, target, 2)
     assert mgr.read_memory(target, 8) == bytes(8)
+
+
+def test_a_guest_fault_while_recording_is_a_signal_stop_and_replays_to_the_same(tmp_path):
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "fault.bin"
+    image.write_bytes(bytes.fromhex("1f2003d5" "1f2003d5" "00000000"))  # nop, nop, udf #0
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    m.start_recording(interval=1000)
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, RAM + 8, signal.SIGILL)
+    assert m.reverse_step().pc == RAM + 4
+    assert (m.cont().kind, mch.vcpu.pc) == (StopKind.SIGNAL, RAM + 8)
