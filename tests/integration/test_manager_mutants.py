@@ -1285,3 +1285,52 @@ def test_a_guest_fault_while_recording_is_a_signal_stop_and_replays_to_the_same(
     assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, RAM + 8, signal.SIGILL)
     assert m.reverse_step().pc == RAM + 4
     assert (m.cont().kind, mch.vcpu.pc) == (StopKind.SIGNAL, RAM + 8)
+
+
+def test_what_cannot_be_recorded_says_why(guest_dir):
+    m = VirtMachine(VirtConfig(), console=lambda b: None, clock_mode="host")
+    with pytest.raises(DebugError) as e:
+        GuestDebugManager(m).start_recording()
+    assert e.value.errno == errno.ENOTSUP and str(e.value) == (
+        "reverse execution needs the virtual clock (not --clock host): the host's clock cannot be replayed")
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_cannot_be_recorded():
+    from guestdbg.board.pc_probe import create_pc_machine
+    m = GuestDebugManager(create_pc_machine(console=lambda data: None))
+    with pytest.raises(DebugError) as e:
+        m.start_recording()
+    assert e.value.errno == errno.ENOTSUP and str(e.value) == "reverse execution needs the emulated back end"
+    assert not m.recording
+
+
+def test_recording_started_over_a_brk_patch_knows_the_guests_bytes(guest_dir):
+    """A breakpoint patched before the recording starts: its first checkpoint holds the
+    instruction under the BRK, so once the breakpoint is gone the replay does not meet it."""
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    m.add_breakpoint(a)
+    m.start_recording(interval=1000)
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    assert m.cont().kind is StopKind.EXITED
+    m.seek_to(0)
+    assert m.cont().kind is StopKind.EXITED
+
+
+def test_a_continue_of_one_vcpu_runs_it_alone(tmp_path):
+    """gdb's `vCont;c:N` (scheduler-locking): only that vCPU runs to its next stop; `cont()`
+    runs them all."""
+    from tests.helpers.mmu_guest import assemble
+    from tests.integration.test_smp_debug import GUEST_S, make
+    elf = assemble(tmp_path, "smpdbg", GUEST_S)
+    m, board, sym = make(elf, 2)
+    m.add_breakpoint(sym["after_call"])
+    e = m.cont()
+    other = 1 - e.vcpu_id
+    before = board.vcpus[other].icount
+    e2 = m.cont(e.vcpu_id)
+    assert (e2.kind, e2.vcpu_id, e2.pc) == (StopKind.SWBREAK, e.vcpu_id, sym["after_call"])
+    assert board.vcpus[other].icount == before
