@@ -1334,3 +1334,16 @@ def test_a_continue_of_one_vcpu_runs_it_alone(tmp_path):
     e2 = m.cont(e.vcpu_id)
     assert (e2.kind, e2.vcpu_id, e2.pc) == (StopKind.SWBREAK, e.vcpu_id, sym["after_call"])
     assert board.vcpus[other].icount == before
+
+
+def test_a_stores_stop_consults_the_write_watches_conditions_not_a_read_watchs(guest_dir):
+    """A read watch whose condition holds and a write watch whose condition does not, on the
+    same bytes: the loads stop, the stores run on."""
+    g, m = _guest(guest_dir)
+    a_count = g.sym["bp_a_count"]
+    _after_first(g, m, "bp_a")
+    m.add_watchpoint(a_count, 4, WatchKind.READ, condition=lambda view: True)
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE, condition=lambda view: False)
+    first, second = m.cont(), m.cont()
+    assert (first.kind, first.watch_kind) == (second.kind, second.watch_kind) == (StopKind.WATCH, WatchKind.READ)
+    assert first.pc == second.pc
