@@ -1347,3 +1347,38 @@ def test_a_stores_stop_consults_the_write_watches_conditions_not_a_read_watchs(g
     first, second = m.cont(), m.cont()
     assert (first.kind, first.watch_kind) == (second.kind, second.watch_kind) == (StopKind.WATCH, WatchKind.READ)
     assert first.pc == second.pc
+
+
+def test_the_guests_end_and_the_historys_end_are_reported_as_such(tmp_path):
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    sym = elf_symbols(elf)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=500)
+    mgr.add_breakpoint(sym["outer"])
+    assert mgr.cont().pc == sym["outer"]
+    mgr.remove_breakpoint(sym["outer"])
+    mgr.seek_to(2)
+    e = mgr.cont()  # forward in the past: to the live end, a stop there
+    assert (e.kind, e.pc, e.detail, e.history_edge) == (
+        StopKind.SIGNAL, sym["outer"], "the end of the recorded history", "end")
+    e = mgr.cont()
+    assert (e.kind, e.pc, e.exit_status, e.detail) == (StopKind.EXITED, m.vcpu.pc, 0, "PSCI SYSTEM_OFF")
+    assert e.pc is not None
+
+
+def test_a_pc_moved_onto_a_breakpoint_meets_it(guest_dir):
+    """Stopped at one breakpoint, the PC set to another: resuming stops there at once (the
+    step-over is only for where the vCPU stopped)."""
+    g, m = _guest(guest_dir)
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    m.add_breakpoint(a)
+    m.add_breakpoint(b)
+    assert m.cont().pc == a
+    icount = g.vcpu.icount
+    m.set_pc(b)
+    e = m.cont()
+    assert (e.kind, e.pc, g.vcpu.icount) == (StopKind.SWBREAK, b, icount)
