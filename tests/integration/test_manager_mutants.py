@@ -1382,3 +1382,18 @@ def test_a_pc_moved_onto_a_breakpoint_meets_it(guest_dir):
     m.set_pc(b)
     e = m.cont()
     assert (e.kind, e.pc, g.vcpu.icount) == (StopKind.SWBREAK, b, icount)
+
+
+def test_a_step_at_another_va_of_a_patched_instruction_is_one_step(guest_dir):
+    """A breakpoint at ALIAS + 0x4000 patches PA 0x4030_2000, which the identity map also
+    shows at VA 0x4030_2000: a single step there executes the instruction (not the BRK) and
+    stops after it, as on QEMU where a breakpoint on one VA does not fire at another."""
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    code = 0x4030_2000
+    g.vm.write_phys(code, bytes.fromhex("1f2003d5" "1f2003d5" "00000000"))  # nop, nop, udf #0
+    assert m.add_breakpoint(ALIAS + 0x4000) == "sw" and g.vm.read_phys(code, 4) == BRK0
+    m.set_pc(code)
+    e = m.step()
+    assert (e.kind, e.pc) == (StopKind.STEP, code + 4)
+    assert g.vm.read_phys(code, 4) == BRK0
