@@ -62,15 +62,18 @@ def main() -> int:
                  if c not in KILLED | TIMEOUT | SURVIVED | NO_TESTS | NOT_RUN]
         total = len(codes)
         score = 100.0 * (killed + timeout) / total if total else 0.0
+        run = total - len(not_run)
+        score_run = 100.0 * (killed + timeout) / run if run else 0.0
         ok &= score >= args.min_score and not other and not not_run
-        rows.append((name, killed + timeout, total, score, killed, timeout, len(survived),
+        rows.append((name, killed + timeout, total, score, score_run, killed, timeout, len(survived),
                      len(no_tests), len(not_run), len(other)))
         survivors += survived + no_tests + other
-    print("| module | killed / total | score | killed by a failing test | by a timeout "
-          "| survived | no test reached | not run | other |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, k, t, s, kf, kt, sv, nt, nr, ot in rows:
-        print(f"| {name} | {k} / {t} | {s:.1f}% | {kf} | {kt} | {sv} | {nt} | {nr} | {ot} |")
+    # "of those run": the score over the mutants with a result (a stopped or partial run).
+    print("| module | killed / total | score | of those run | killed by a failing test "
+          "| by a timeout | survived | no test reached | not run | other |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, k, t, s, sr, kf, kt, sv, nt, nr, ot in rows:
+        print(f"| {name} | {k} / {t} | {s:.1f}% | {sr:.1f}% | {kf} | {kt} | {sv} | {nt} | {nr} | {ot} |")
     if args.survivors:
         print()
         for key in survivors:

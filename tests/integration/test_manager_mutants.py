@@ -10,10 +10,12 @@ import signal
 import pytest
 
 from guestdbg import kvm
-from guestdbg.debug.arch import BRK0
+from guestdbg.arm import registers as arm_registers
+from guestdbg.debug.arch import BRK0, Arm64DebugArch
 from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, StopKind,
                                     WatchKind)
 from guestdbg.board.virt import VirtConfig, VirtMachine
+from guestdbg.debug.profile import ArchProfile
 from guestdbg.debug.regions import PhysRegion
 from tests.helpers.support import Guest, kvm_unavailable_reason, reg_id
 
@@ -730,13 +732,20 @@ def test_watch_ranges_up_to_the_limit_and_the_end_of_the_address_space(guest_dir
     g, m = _guest(guest_dir)
     limit = m.arch.max_watch  # 2 GiB
     assert m.add_watchpoint(RAM, 1, WatchKind.READ).mechanism == "hw:0"
-    assert m.add_watchpoint(RAM, limit, WatchKind.READ).mechanism == "hw:1,2"
-    assert m.add_watchpoint(2**64 - 8, 8, WatchKind.READ).mechanism == "hw:3"  # ends at 2**64
+    assert m.add_watchpoint(2**64 - 8, 8, WatchKind.READ).mechanism == "hw:1"  # ends at 2**64
     for addr, length in ((RAM, limit + 1), (2**64 - 4, 8), (2**64 - 1, 2), (RAM, 0)):
         with pytest.raises(DebugError) as e:
             m.add_watchpoint(addr, length, WatchKind.READ)
         assert e.value.errno == errno.EINVAL and str(e.value) == f"cannot watch {length} bytes at {addr:#x}"
-    assert len(m.watches) == 3
+    assert len(m.watches) == 2
+
+
+def test_a_watch_of_the_longest_length_is_taken(guest_dir):
+    """Separate from the limits above, and last: the back end re-protects the 2 GiB's half a
+    million pages at every change (seconds), which the limit checks need not wait for."""
+    g, m = _guest(guest_dir)
+    assert m.add_watchpoint(RAM, m.arch.max_watch, WatchKind.READ).mechanism == "hw:0,1"
+    assert len(m.watches) == 1
 
 
 def _after_first(g: Guest, m: GuestDebugManager, sym: str) -> None:
@@ -763,6 +772,21 @@ def test_a_hit_is_reported_for_the_watch_holding_the_address(guest_dir):
     m.add_watchpoint(a_count, 4, WatchKind.WRITE)
     e = m.cont()
     assert (e.kind, e.watch_addr) == (StopKind.WATCH, a_count)
+
+
+def test_a_store_is_reported_by_the_write_watch_not_a_read_watch_on_the_same_bytes(guest_dir):
+    """A read watch armed first on the same bytes: the load stops at it, the store at the
+    write watch (not the first watch holding the address)."""
+    g, m = _guest(guest_dir)
+    a_count = g.sym["bp_a_count"]
+    _after_first(g, m, "bp_a")
+    m.add_watchpoint(a_count, 4, WatchKind.READ)
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE)
+    for _ in range(2):
+        load, store = m.cont(), m.cont()
+        assert (load.kind, load.watch_addr, load.watch_kind) == (StopKind.WATCH, a_count, WatchKind.READ)
+        assert (store.kind, store.watch_addr, store.watch_kind) == (StopKind.WATCH, a_count, WatchKind.WRITE)
+        assert store.pc == load.pc + 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,3 +835,565 @@ def test_physical_reads_at_the_ends_of_the_address_space(guest_dir):
         m.read_memory(0x0A00_0000, 4, physical=True)  # between the devices: no memory
     assert e.value.errno == errno.EFAULT
     assert str(e.value) == "[Errno 14] EFAULT: guest physical address 0xa000000 is not RAM or ROM"
+
+
+# ---------------------------------------------------------------------------------------------
+# add_breakpoint: where a BRK fits, where a hardware slot serves, and what is refused
+
+
+def test_a_breakpoint_in_rams_last_word_and_one_running_past_its_end(guest_dir):
+    g, m = _guest(guest_dir)
+    last = RAM_END - 4
+    original = g.read(last, 4)
+    assert m.add_breakpoint(last) == "sw"
+    assert g.vm.read_phys(last, 4) == BRK0 and m.read_memory(last, 4) == original
+    assert m.add_breakpoint(last) == "sw"  # again: the same patch
+    assert m.debug_points() == [DebugPoint("break", last, 4, f"software (BRK #0 at pa {last:#x})")]
+    m.remove_breakpoint(last)
+    assert g.vm.read_phys(last, 4) == original and m.debug_points() == []
+    for va in (RAM_END - 3, RAM_END - 1):
+        with pytest.raises(DebugError) as e:
+            m.add_breakpoint(va)
+        assert e.value.errno == errno.EFAULT and str(e.value) == (
+            f"no memory for a breakpoint instruction at {va:#x}: it would run past the end of RAM")
+    assert m.debug_points() == [] and g.vm.read_phys(last, 4) == original
+
+
+def test_breakpoints_outside_the_address_space_are_refused(guest_dir):
+    g, m = _guest(guest_dir)
+    for va in (2**64, -1):
+        with pytest.raises(DebugError) as e:
+            m.add_breakpoint(va)
+        assert e.value.errno == errno.EFAULT and str(e.value) == f"no address {va:#x}"
+    assert m.debug_points() == []
+
+
+def test_breakpoints_with_the_mmu_on(guest_dir):
+    """A VA the tables do not map gets a hardware slot (VA 0 and the hole among ALIAS_PAGES);
+    a VA they map to no memory (past RAM's end, in the identity block) is refused; a mapped one
+    is patched at its physical address."""
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    assert m.add_breakpoint(0) == "hw"
+    assert m.add_breakpoint(ALIAS + 0x5000) == "hw"
+    assert m.add_breakpoint(ALIAS + 0x4000) == "sw"  # -> 0x4030_2000
+    with pytest.raises(DebugError) as e:
+        m.add_breakpoint(RAM_END)
+    assert e.value.errno == errno.EFAULT and str(e.value) == f"no memory at {RAM_END:#x}"
+    assert m.debug_points() == [DebugPoint("break", 0, 4, "hw (VA not mapped yet): slot 0"),
+                                DebugPoint("break", ALIAS + 0x5000, 4, "hw (VA not mapped yet): slot 1"),
+                                DebugPoint("break", ALIAS + 0x4000, 4, "software (BRK #0 at pa 0x40302000)")]
+    assert "break   0x0  hw (VA not mapped yet): slot 0" in "\n".join(m.slots_report())
+    assert g.vm.read_phys(0x4030_2000, 4) == BRK0
+
+
+def test_an_unmapped_breakpoint_with_the_mmu_on_and_no_free_slot_says_why(guest_dir):
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    for i in range(m.hw_bp_slots):
+        m.add_hw_breakpoint(RAM + 4 * i)
+    with pytest.raises(DebugError) as e:
+        m.add_breakpoint(ALIAS + 0x5000)
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value).startswith(
+        f"cannot break at {ALIAS + 0x5000:#x}: {ALIAS + 0x5000:#x} is not mapped by the guest's page "
+        f"tables yet (cannot translate {ALIAS + 0x5000:#x}: ")
+    assert str(e.value).endswith(
+        "), so the breakpoint needs a hardware slot (it matches virtual addresses), and none is "
+        "free: all 6 hardware breakpoints are in use; set it once the address is mapped, or free a slot")
+
+
+def test_breakpoints_in_rom_take_hardware_slots(guest_dir):
+    g, m = _guest(guest_dir)
+    assert m.add_breakpoint(0x1000) == "hw"
+    assert m.add_breakpoint(0x1000) == "hw"
+    assert m.debug_points() == [DebugPoint("hbreak", 0x1000, 4, "slot 0")]
+
+
+class _NoBrkArch(Arm64DebugArch):
+    sw_break = None  # as x86 where int3 gives no clean exit: every Z0 takes a hardware slot
+
+
+def test_without_a_software_breakpoint_instruction_breakpoints_take_hardware_slots(guest_dir):
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine, ArchProfile("aarch64", arm_registers, lambda machine: _NoBrkArch()))
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    original = g.read(a, 4)
+    assert m.sw_breakpoints is False
+    assert m.add_breakpoint(a) == "hw"
+    assert m.add_breakpoint(a) == "hw"  # again: the same slot
+    assert m.add_breakpoint(b) == "hw"
+    assert g.read(a, 4) == original
+    # Listed as hbreaks of one byte (x86's convention: an instruction's first byte).
+    assert m.debug_points() == [DebugPoint("hbreak", a, 1, "slot 0"), DebugPoint("hbreak", b, 1, "slot 1")]
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    assert m.cont().pc == b
+    assert m.debug_points() == [DebugPoint("hbreak", b, 1, "slot 1")]
+
+
+# ---------------------------------------------------------------------------------------------
+# several vCPUs
+
+
+def test_a_step_with_the_others_running_runs_them_too(tmp_path):
+    """gdb's `vCont;s:N;c`: the other vCPU runs while this one steps (here its round-robin
+    slice, before the stepped vCPU's one instruction); `vCont;s:N` alone: it does not move."""
+    from tests.helpers.mmu_guest import assemble
+    from tests.integration.test_smp_debug import GUEST_S, make
+    elf = assemble(tmp_path, "smpdbg", GUEST_S)
+    for others_run in (True, False):
+        m, board, sym = make(elf, 2)
+        m.add_breakpoint(sym["after_call"])
+        e = m.cont()
+        m.remove_breakpoint(sym["after_call"])
+        other = 1 - e.vcpu_id
+        before = [v.icount for v in board.vcpus]
+        s = m.step(e.vcpu_id, others_run=others_run)
+        assert (s.kind, s.vcpu_id) == (StopKind.STEP, e.vcpu_id)
+        assert board.vcpus[e.vcpu_id].icount == before[e.vcpu_id] + 1
+        assert (board.vcpus[other].icount > before[other]) is others_run
+
+
+def test_breakpoints_decided_in_the_run_are_listed_with_their_physical_address(guest_dir):
+    """Policy 18 (the emulated vCPU's default): nothing patched, the point listed as decided in
+    the run, at the physical address its VA had when it was set."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine)
+    a = g.sym["bp_a"]
+    original = g.read(a, 4)
+    assert m.add_breakpoint(a) == "sw"
+    assert m.add_breakpoint(a) == "sw"
+    assert g.vm.read_phys(a, 4) == original
+    assert m.debug_points() == [DebugPoint("break", a, 4, f"software (decided in the run, pa {a:#x})")]
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    assert m.debug_points() == []
+    assert m.cont().kind is StopKind.EXITED
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse execution: a small copy of test_reverse.py's slowest reverse-continue tests
+
+
+SMALL_STORES_S = r"""
+    .text
+    .global _start, outer, inner, last_read
+_start:
+    ldr     x6, =target
+    mov     x7, #0x77
+    str     x7, [x6]                   // the write the search looks for
+    mov     x2, #3
+    mov     x5, #0
+outer:
+    ldr     x3, =neighbour             // the page after target's
+    add     x4, x3, #0x10000           // 64 KiB
+inner:
+    str     x5, [x3], #64
+    cmp     x3, x4
+    b.lo    inner
+    add     x5, x5, #1
+    subs    x2, x2, #1
+    b.ne    outer
+last_read:
+    ldr     x8, [x6]                   // target read, at the end
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+    .bss
+    .balign 4096
+    .skip   4088
+target: .skip 8                        // the last 8 bytes of its page
+neighbour: .skip 0x10000
+"""
+
+
+def _stores(tmp_path) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=500)
+    assert mgr.cont().kind is StopKind.EXITED
+    return m, mgr, elf_symbols(elf)
+
+
+def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_path):
+    """test_reverse.py's test of the name (bench/bench_reverse.py's STORES_S), about 300
+    times shorter (9,000 instructions, a checkpoint every 500), for the mutation run: with only
+    write watches armed and the MMU off, reverse_cont replays no interval without a store to a
+    watched page (the loop stores to the next page, every interval); with a breakpoint too, it
+    replays them all, to the same answer. A watch on a page never stored to: every interval
+    skipped, the stop is the history's start."""
+    m, mgr, sym = _stores(tmp_path)
+    target = sym["target"]
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    restored = mgr.record_status()["restored"]
+    event = mgr.reverse_cont()
+    assert event.kind is StopKind.WATCH and event.watch_addr == target
+    assert m.vcpu.icount == 2 and mgr.read_memory(target, 8) == bytes(8)  # before the str
+    assert mgr.record_status()["restored"] - restored <= 3  # not one per checkpoint interval
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_hw_breakpoint(0x40000000)  # never reached: the same answer, the long way
+    assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
+    mgr.remove_hw_breakpoint(0x40000000)
+    mgr.remove_watchpoint(target, 8, WatchKind.WRITE)
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_watchpoint(sym["neighbour"] + 0x10000, 8, WatchKind.WRITE)  # past the loop's stores
+    restored = mgr.record_status()["restored"]
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SIGNAL, sym["_start"], "begin")
+    assert m.vcpu.icount == 0 and mgr.record_status()["restored"] - restored <= 1
+    # A breakpoint on the first instruction: its hit at the history's start is the start.
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.add_breakpoint(sym["_start"])
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SIGNAL, sym["_start"], "begin")
+
+
+@pytest.mark.parametrize("point", ["hbreak", "break", "break-patched", "rwatch", "awatch"])
+def test_reverse_continue_with_more_than_write_watches_replays_every_interval(tmp_path, point):
+    """A breakpoint at the start of each pass of the loop, or a read or access watch on the
+    word only read at the end: the intervals without a store to a watched page must be
+    replayed too, and the stop is there (the last hit), not at the write long before."""
+    m, mgr, sym = _stores(tmp_path)
+    target, outer = sym["target"], sym["outer"]
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    if point == "hbreak":
+        mgr.add_hw_breakpoint(outer)
+    elif point.startswith("break"):
+        mgr.in_run_breakpoints = point == "break"
+        mgr.add_breakpoint(outer)
+    else:
+        mgr.add_watchpoint(target, 8, WatchKind.READ if point == "rwatch" else WatchKind.ACCESS)
+    end = mgr.record_status()["end"]
+    event = mgr.reverse_cont()
+    if point.endswith("watch"):
+        assert (event.kind, event.pc, event.watch_addr) == (StopKind.WATCH, sym["last_read"], target)
+        assert m.vcpu.icount == end - 3
+    else:
+        assert (event.kind, event.pc) == (StopKind.HWBREAK if point == "hbreak" else StopKind.SWBREAK, outer)
+        assert m.vcpu.icount == 5 + 2 * (2 + 3 * 1024 + 3)  # the third pass's start
+
+
+def test_reverse_continue_to_a_watch_over_two_pages(tmp_path):
+    """A watch on target's last byte and the next page's first: the loop's stores to that
+    first byte are in every interval, so none is skipped; the stop is at the last of them."""
+    m, mgr, sym = _stores(tmp_path)
+    neighbour = sym["neighbour"]
+    mgr.add_watchpoint(neighbour - 1, 2, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.watch_addr) == (StopKind.WATCH, sym["inner"], neighbour)
+    assert int.from_bytes(mgr.read_memory(neighbour, 8), "little") == 1  # the second pass's value: the third's store is to come
+
+
+@pytest.mark.parametrize("in_run", [True, False])
+def test_reverse_continue_honours_conditions_and_prints_nothing_again(tmp_path, in_run):
+    """test_reverse.py's conditions test, on the small stores guest: a conditional breakpoint
+    stops reverse_cont only where its condition held (the second pass), and what its
+    condition prints (dprintf) is not printed in the replays; forward again, it is."""
+    m, mgr, sym = _stores(tmp_path)
+    printed: list[str] = []
+    mgr.conditions.output = printed.append
+    mgr.in_run_breakpoints = in_run
+    outer = sym["outer"]
+
+    def second_pass(view) -> bool:
+        view.print(f"x5={view.read_register('x5')}\n")
+        return view.read_register("x5") == 1
+
+    mgr.add_breakpoint(outer, condition=second_pass)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SWBREAK, outer, None)
+    assert m.vcpu.icount == 5 + (2 + 3 * 1024 + 3) and mgr.read_register("x5") == 1
+    assert printed == []
+    event = mgr.cont()  # the third pass's start: false, printed, on to the end
+    assert printed == ["x5=2\n"]
+    assert event.kind is not StopKind.SWBREAK
+
+
+def test_a_reset_while_recording_starts_a_history_that_knows_the_patches(tmp_path):
+    """After a reset the new history must know the guest's bytes under a BRK patch: its first
+    checkpoint, restored once the breakpoint is gone, holds the instruction, not the BRK."""
+    m, mgr, sym = _stores(tmp_path)
+    mgr.in_run_breakpoints = False
+    mgr.add_breakpoint(sym["inner"])
+    mgr.reset()
+    assert (mgr.cont().kind, m.vcpu.pc) == (StopKind.SWBREAK, sym["inner"])
+    mgr.remove_breakpoint(sym["inner"])
+    end = mgr.cont()
+    assert end.kind is StopKind.EXITED
+    mgr.seek_to(0)
+    assert m.vcpu.icount == 0
+    assert mgr.cont().kind is StopKind.EXITED and m.vcpu.icount == mgr.record_status()["end"]
+
+
+def test_seek_and_reverse_step_say_where_they_stop(tmp_path):
+    m, mgr, sym = _stores(tmp_path)
+    start, end = sym["_start"], mgr.record_status()["end"]
+    e = mgr.seek_to(3)
+    assert (e.kind, e.pc, e.detail, e.history_edge) == (StopKind.SIGNAL, start + 12, "at instruction 3", None)
+    for t in (-1, end + 1):
+        with pytest.raises(DebugError) as err:
+            mgr.seek_to(t)
+        assert err.value.errno == errno.EINVAL and str(err.value) == f"instruction {t} is outside the history (0..{end})"
+    with pytest.raises(DebugError):
+        mgr.reverse_step(1)  # no such vCPU
+    for icount in (2, 1, 0):
+        e = mgr.reverse_step(0)
+        assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.STEP, start + 4 * icount, None, icount)
+    e = mgr.reverse_step()
+    assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.SIGNAL, start, "begin", 0)
+
+
+@pytest.mark.parametrize("in_run", [True, False])
+def test_a_condition_sees_the_pc_and_the_vcpu_it_stopped(guest_dir, in_run):
+    """Decided in the run (policy 18) or at the stop, a condition's view names the breakpoint's
+    PC and the vCPU; what it prints goes to the manager's output."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine)
+    m.in_run_breakpoints = in_run
+    printed: list[str] = []
+    m.conditions.output = printed.append
+    a = g.sym["bp_a"]
+    seen = []
+
+    def second_hit(view) -> bool:
+        seen.append((view.pc, view.vcpu_id))
+        view.print("hit\n")
+        return len(seen) == 2
+
+    m.add_breakpoint(a, condition=second_hit)
+    assert m.cont().pc == a
+    assert seen == [(a, 0), (a, 0)] and printed == ["hit\n", "hit\n"]
+
+
+class _SharedSlotsArch(Arm64DebugArch):
+    shared_slots = True  # as x86's DR0-DR3: breakpoints and watchpoints share one register file
+
+
+def test_breakpoints_and_watchpoints_sharing_slots_never_take_the_same_one(guest_dir):
+    """The slot accounting of an architecture whose breakpoints and watchpoints share their
+    registers (x86), on the emulated vCPU: each new one takes the lowest slot neither kind
+    holds; with none left, a watch is a page trap."""
+    g = Guest(guest_dir / "bp_targets.elf")
+    m = GuestDebugManager(g.machine, ArchProfile("aarch64", arm_registers, lambda machine: _SharedSlotsArch()))
+    a, b, count = g.sym["bp_a"], g.sym["bp_b"], g.sym["bp_a_count"]
+    m.add_hw_breakpoint(a)
+    assert m.add_watchpoint(count, 4, WatchKind.WRITE).mechanism == "hw:1"
+    assert m.add_watchpoint(count + 8, 4, WatchKind.WRITE).mechanism == "hw:2"
+    m.add_hw_breakpoint(b)
+    assert m.debug_points()[:2] == [DebugPoint("hbreak", a, 4, "slot 0"), DebugPoint("hbreak", b, 4, "slot 3")]
+    assert m.add_watchpoint(count + 16, 4, WatchKind.WRITE).trapped
+
+
+def test_reverse_continue_replays_a_register_write_made_at_the_live_end(tmp_path):
+    """A debugger write at the live end is an input of the history: the replays of
+    reverse_cont give it again where it was made. Here x6 (the store's address) is moved at
+    instruction 2 to a word no other store touches, which a watch then finds there."""
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    sym = elf_symbols(elf)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=500)
+    mgr.add_breakpoint(sym["_start"] + 8)  # the str
+    assert mgr.cont().pc == sym["_start"] + 8 and m.vcpu.icount == 2
+    mgr.remove_breakpoint(sym["_start"] + 8)
+    moved = sym["neighbour"] + 8  # the loop stores to the first 8 of every 64 bytes
+    mgr.write_register("x6", moved)
+    assert mgr.cont().kind is StopKind.EXITED
+    mgr.add_watchpoint(moved, 8, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, sym["_start"] + 8, moved, 2)
+    assert mgr.read_register("x6") == moved  # the seek to the hit gave the write again too
+    mgr.seek_to(mgr.record_status()["end"])
+    mgr.seek_to(3)  # and a seek from the end to past it
+    assert mgr.read_register("x6") == moved and mgr.read_memory(moved, 8) == (0x77).to_bytes(8, "little")
+
+
+def test_a_reset_while_recording_keeps_the_historys_settings(tmp_path):
+    from tests.helpers.mmu_guest import assemble
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=700, mem_limit=600 << 20)
+    mgr.reset()
+    status = mgr.record_status()
+    assert (status["interval"], status["limit"], status["end"]) == (700, 600 << 20, 0)
+
+
+def test_reverse_continue_finds_the_one_true_hit_among_false_ones_in_an_interval(tmp_path):
+    """A conditional breakpoint in the inner loop (hit every 3 instructions) that holds once:
+    the replay of that interval steps over the false hits before it and finds it."""
+    m, mgr, sym = _stores(tmp_path)
+    inner, neighbour = sym["inner"], sym["neighbour"]
+    mgr.add_breakpoint(inner, condition=lambda view: (view.read_register("x3"), view.read_register("x5"))
+                       == (neighbour + 64 * 100, 2))
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.history_edge) == (StopKind.SWBREAK, inner, None)
+    assert m.vcpu.icount == 5 + 2 * (2 + 3 * 1024 + 3) + 2 + 3 * 100
+
+
+def test_a_breakpoint_given_a_condition_is_decided_in_the_run_and_its_patch_lifted(guest_dir):
+    """Policy 18 with plain breakpoints patched (in_run_breakpoints off): a condition moves the
+    breakpoint into the run (its BRK lifted); a false one never stops the guest."""
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    original = g.read(a, 4)
+    assert m.add_breakpoint(a) == "sw" and g.vm.read_phys(a, 4) == BRK0
+    assert m.add_breakpoint(a, condition=lambda view: False) == "sw"
+    assert g.vm.read_phys(a, 4) == original
+    assert m.debug_points() == [DebugPoint("break", a, 4, f"software (decided in the run, pa {a:#x})")]
+    assert m.cont().kind is StopKind.EXITED
+
+
+def test_reverse_execution_without_a_history_is_refused(guest_dir):
+    g, m = _guest(guest_dir)
+    for reverse in (m.reverse_step, m.reverse_cont, lambda: m.seek_to(0)):
+        with pytest.raises(DebugError) as e:
+            reverse()
+        assert e.value.errno == errno.ENOTSUP and str(e.value) == (
+            "not recording: reverse execution needs `monitor record on` or `guestdbg run --record`")
+
+
+def test_reverse_continue_finds_a_watch_hit_in_the_step_over_a_false_breakpoint(tmp_path):
+    """A breakpoint whose condition is false on the store, and a watch on what it stores: the
+    replay steps over the false hit, the step meets the watch, which is the stop."""
+    m, mgr, sym = _stores(tmp_path)
+    store, target = sym["_start"] + 8, sym["target"]
+    mgr.add_breakpoint(store, condition=lambda view: False)
+    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
+    event = mgr.reverse_cont()
+    assert (event.kind, event.pc, event.watch_addr, m.vcpu.icount) == (StopKind.WATCH, store, target, 2)
+    assert mgr.read_memory(target, 8) == bytes(8)
+
+
+def test_a_guest_fault_while_recording_is_a_signal_stop_and_replays_to_the_same(tmp_path):
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "fault.bin"
+    image.write_bytes(bytes.fromhex("1f2003d5" "1f2003d5" "00000000"))  # nop, nop, udf #0
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    m.start_recording(interval=1000)
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, RAM + 8, signal.SIGILL)
+    assert m.reverse_step().pc == RAM + 4
+    assert (m.cont().kind, mch.vcpu.pc) == (StopKind.SIGNAL, RAM + 8)
+
+
+def test_what_cannot_be_recorded_says_why(guest_dir):
+    m = VirtMachine(VirtConfig(), console=lambda b: None, clock_mode="host")
+    with pytest.raises(DebugError) as e:
+        GuestDebugManager(m).start_recording()
+    assert e.value.errno == errno.ENOTSUP and str(e.value) == (
+        "reverse execution needs the virtual clock (not --clock host): the host's clock cannot be replayed")
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_cannot_be_recorded():
+    from guestdbg.board.pc_probe import create_pc_machine
+    m = GuestDebugManager(create_pc_machine(console=lambda data: None))
+    with pytest.raises(DebugError) as e:
+        m.start_recording()
+    assert e.value.errno == errno.ENOTSUP and str(e.value) == "reverse execution needs the emulated back end"
+    assert not m.recording
+
+
+def test_recording_started_over_a_brk_patch_knows_the_guests_bytes(guest_dir):
+    """A breakpoint patched before the recording starts: its first checkpoint holds the
+    instruction under the BRK, so once the breakpoint is gone the replay does not meet it."""
+    g, m = _guest(guest_dir)
+    a = g.sym["bp_a"]
+    m.add_breakpoint(a)
+    m.start_recording(interval=1000)
+    assert m.cont().pc == a
+    m.remove_breakpoint(a)
+    assert m.cont().kind is StopKind.EXITED
+    m.seek_to(0)
+    assert m.cont().kind is StopKind.EXITED
+
+
+def test_a_continue_of_one_vcpu_runs_it_alone(tmp_path):
+    """gdb's `vCont;c:N` (scheduler-locking): only that vCPU runs to its next stop; `cont()`
+    runs them all."""
+    from tests.helpers.mmu_guest import assemble
+    from tests.integration.test_smp_debug import GUEST_S, make
+    elf = assemble(tmp_path, "smpdbg", GUEST_S)
+    m, board, sym = make(elf, 2)
+    m.add_breakpoint(sym["after_call"])
+    e = m.cont()
+    other = 1 - e.vcpu_id
+    before = board.vcpus[other].icount
+    e2 = m.cont(e.vcpu_id)
+    assert (e2.kind, e2.vcpu_id, e2.pc) == (StopKind.SWBREAK, e.vcpu_id, sym["after_call"])
+    assert board.vcpus[other].icount == before
+
+
+def test_a_stores_stop_consults_the_write_watches_conditions_not_a_read_watchs(guest_dir):
+    """A read watch whose condition holds and a write watch whose condition does not, on the
+    same bytes: the loads stop, the stores run on."""
+    g, m = _guest(guest_dir)
+    a_count = g.sym["bp_a_count"]
+    _after_first(g, m, "bp_a")
+    m.add_watchpoint(a_count, 4, WatchKind.READ, condition=lambda view: True)
+    m.add_watchpoint(a_count, 4, WatchKind.WRITE, condition=lambda view: False)
+    first, second = m.cont(), m.cont()
+    assert (first.kind, first.watch_kind) == (second.kind, second.watch_kind) == (StopKind.WATCH, WatchKind.READ)
+    assert first.pc == second.pc
+
+
+def test_the_guests_end_and_the_historys_end_are_reported_as_such(tmp_path):
+    from tests.helpers.mmu_guest import assemble
+    from guestdbg.board.common import elf_symbols
+    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
+    sym = elf_symbols(elf)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=500)
+    mgr.add_breakpoint(sym["outer"])
+    assert mgr.cont().pc == sym["outer"]
+    mgr.remove_breakpoint(sym["outer"])
+    mgr.seek_to(2)
+    e = mgr.cont()  # forward in the past: to the live end, a stop there
+    assert (e.kind, e.pc, e.detail, e.history_edge) == (
+        StopKind.SIGNAL, sym["outer"], "the end of the recorded history", "end")
+    e = mgr.cont()
+    assert (e.kind, e.pc, e.exit_status, e.detail) == (StopKind.EXITED, m.vcpu.pc, 0, "PSCI SYSTEM_OFF")
+    assert e.pc is not None
+
+
+def test_a_pc_moved_onto_a_breakpoint_meets_it(guest_dir):
+    """Stopped at one breakpoint, the PC set to another: resuming stops there at once (the
+    step-over is only for where the vCPU stopped)."""
+    g, m = _guest(guest_dir)
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    m.add_breakpoint(a)
+    m.add_breakpoint(b)
+    assert m.cont().pc == a
+    icount = g.vcpu.icount
+    m.set_pc(b)
+    e = m.cont()
+    assert (e.kind, e.pc, g.vcpu.icount) == (StopKind.SWBREAK, b, icount)
+
+
+def test_a_step_at_another_va_of_a_patched_instruction_is_one_step(guest_dir):
+    """A breakpoint at ALIAS + 0x4000 patches PA 0x4030_2000, which the identity map also
+    shows at VA 0x4030_2000: a single step there executes the instruction (not the BRK) and
+    stops after it, as on QEMU where a breakpoint on one VA does not fire at another."""
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    code = 0x4030_2000
+    g.vm.write_phys(code, bytes.fromhex("1f2003d5" "1f2003d5" "00000000"))  # nop, nop, udf #0
+    assert m.add_breakpoint(ALIAS + 0x4000) == "sw" and g.vm.read_phys(code, 4) == BRK0
+    m.set_pc(code)
+    e = m.step()
+    assert (e.kind, e.pc) == (StopKind.STEP, code + 4)
+    assert g.vm.read_phys(code, 4) == BRK0
