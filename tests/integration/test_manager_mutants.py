@@ -1288,11 +1288,19 @@ def test_a_guest_fault_while_recording_is_a_signal_stop_and_replays_to_the_same(
 
 
 def test_what_cannot_be_recorded_says_why(guest_dir):
+    """The host clock can be (paced while recording); too little --record-mem cannot: EINVAL,
+    the reason, and the host clock left as it was."""
     m = VirtMachine(VirtConfig(), console=lambda b: None, clock_mode="host")
+    mgr = GuestDebugManager(m)
     with pytest.raises(DebugError) as e:
-        GuestDebugManager(m).start_recording()
-    assert e.value.errno == errno.ENOTSUP and str(e.value) == (
-        "reverse execution needs the virtual clock (not --clock host): the host's clock cannot be replayed")
+        mgr.start_recording(mem_limit=1 << 20)
+    assert e.value.errno == errno.EINVAL and str(e.value).startswith(
+        "the history needs more than a copy of guest memory (")
+    assert not mgr.recording and not m.clock.paced
+    mgr.start_recording()
+    assert mgr.recording and m.clock.paced
+    mgr.stop_recording()
+    assert not m.clock.paced
 
 
 @pytest.mark.kvm
