@@ -1008,7 +1008,8 @@ neighbour: .skip 0x10000
 """
 
 
-def _stores(tmp_path) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
+def _recording_stores(tmp_path) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
+    """SMALL_STORES_S loaded, recording from its first instruction (a checkpoint every 500)."""
     from tests.helpers.mmu_guest import assemble
     from guestdbg.board.common import elf_symbols
     elf = assemble(tmp_path, "stores", SMALL_STORES_S)
@@ -1016,8 +1017,14 @@ def _stores(tmp_path) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
     m.load_elf(elf)
     mgr = GuestDebugManager(m)
     mgr.start_recording(interval=500)
-    assert mgr.cont().kind is StopKind.EXITED
     return m, mgr, elf_symbols(elf)
+
+
+def _stores(tmp_path) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
+    """_recording_stores, recorded to the guest's end."""
+    m, mgr, sym = _recording_stores(tmp_path)
+    assert mgr.cont().kind is StopKind.EXITED
+    return m, mgr, sym
 
 
 def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_path):
@@ -1027,19 +1034,11 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched_small(tmp_
     watched page (the loop stores to the next page, every interval); with a breakpoint too, it
     replays them all, to the same answer. A watch on a page never stored to: every interval
     skipped, the stop is the history's start."""
+    from tests.integration.test_reverse import check_reverse_cont_to_the_first_store
     m, mgr, sym = _stores(tmp_path)
-    target = sym["target"]
-    mgr.add_watchpoint(target, 8, WatchKind.WRITE)
-    restored = mgr.record_status()["restored"]
-    event = mgr.reverse_cont()
-    assert event.kind is StopKind.WATCH and event.watch_addr == target
-    assert m.vcpu.icount == 2 and mgr.read_memory(target, 8) == bytes(8)  # before the str
-    assert mgr.record_status()["restored"] - restored <= 3  # not one per checkpoint interval
-    mgr.seek_to(mgr.record_status()["end"])
-    mgr.add_hw_breakpoint(0x40000000)  # never reached: the same answer, the long way
-    assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
+    check_reverse_cont_to_the_first_store(m, mgr, sym["target"])
     mgr.remove_hw_breakpoint(0x40000000)
-    mgr.remove_watchpoint(target, 8, WatchKind.WRITE)
+    mgr.remove_watchpoint(sym["target"], 8, WatchKind.WRITE)
     mgr.seek_to(mgr.record_status()["end"])
     mgr.add_watchpoint(sym["neighbour"] + 0x10000, 8, WatchKind.WRITE)  # past the loop's stores
     restored = mgr.record_status()["restored"]
@@ -1193,14 +1192,7 @@ def test_reverse_continue_replays_a_register_write_made_at_the_live_end(tmp_path
     """A debugger write at the live end is an input of the history: the replays of
     reverse_cont give it again where it was made. Here x6 (the store's address) is moved at
     instruction 2 to a word no other store touches, which a watch then finds there."""
-    from tests.helpers.mmu_guest import assemble
-    from guestdbg.board.common import elf_symbols
-    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
-    sym = elf_symbols(elf)
-    m = VirtMachine(VirtConfig(), console=lambda b: None)
-    m.load_elf(elf)
-    mgr = GuestDebugManager(m)
-    mgr.start_recording(interval=500)
+    m, mgr, sym = _recording_stores(tmp_path)
     mgr.add_breakpoint(sym["_start"] + 8)  # the str
     assert mgr.cont().pc == sym["_start"] + 8 and m.vcpu.icount == 2
     mgr.remove_breakpoint(sym["_start"] + 8)
@@ -1358,14 +1350,7 @@ def test_a_stores_stop_consults_the_write_watches_conditions_not_a_read_watchs(g
 
 
 def test_the_guests_end_and_the_historys_end_are_reported_as_such(tmp_path):
-    from tests.helpers.mmu_guest import assemble
-    from guestdbg.board.common import elf_symbols
-    elf = assemble(tmp_path, "stores", SMALL_STORES_S)
-    sym = elf_symbols(elf)
-    m = VirtMachine(VirtConfig(), console=lambda b: None)
-    m.load_elf(elf)
-    mgr = GuestDebugManager(m)
-    mgr.start_recording(interval=500)
+    m, mgr, sym = _recording_stores(tmp_path)
     mgr.add_breakpoint(sym["outer"])
     assert mgr.cont().pc == sym["outer"]
     mgr.remove_breakpoint(sym["outer"])

@@ -426,7 +426,13 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched(tmp_path):
     elf = assemble(tmp_path, "stores", STORES_S.format(passes=3))
     m, mgr = recorded(elf, interval=1_000_000)
     run_to_exit(mgr)
-    target = elf_symbols(elf)["target"]
+    check_reverse_cont_to_the_first_store(m, mgr, elf_symbols(elf)["target"])
+
+
+def check_reverse_cont_to_the_first_store(m: VirtMachine, mgr: GuestDebugManager, target: int) -> None:
+    """A recorded run of STORES_S (or a shorter one of its shape), at its end: a write watch on
+    `target` finds its one store, at instruction 2, replaying few intervals; a breakpoint
+    somewhere makes it replay every interval, to the same answer."""
     mgr.add_watchpoint(target, 8, WatchKind.WRITE)
     restored = mgr.record_status()["restored"]
     event = mgr.reverse_cont()
@@ -435,7 +441,7 @@ def test_reverse_continue_to_a_store_skips_intervals_no_store_touched(tmp_path):
     assert mgr.record_status()["restored"] - restored <= 3  # not one per checkpoint interval
     # the same answer without the shortcut: a breakpoint somewhere makes it replay everything
     mgr.seek_to(mgr.record_status()["end"])
-    mgr.add_hw_breakpoint(0x40000000)
+    mgr.add_hw_breakpoint(0x40000000)  # never reached
     assert mgr.reverse_cont().kind is StopKind.WATCH and m.vcpu.icount == 2
 
 
