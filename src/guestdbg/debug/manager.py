@@ -1473,9 +1473,7 @@ class GuestDebugManager:
         vcpu = self.vcpu
         pc = vcpu.pc
         with self._patches_lifted():
-            vcpu.set_watch_traps([])
-            vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP, None)
-            self._arch_key = None
+            self._disarm(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP)
             for entry in h.due_events():
                 self._apply_event(entry.kind, entry.data)
             self._run_to(count + 1)
@@ -1606,10 +1604,7 @@ class GuestDebugManager:
             index = h.index_at_or_before(target - 1 if fresh and target > h.begin else target)
             if fresh or not h.checkpoints[index].time <= h.now <= target:
                 h.restore(index)
-            for vcpu in self._vcpus:
-                vcpu.set_watch_traps([])
-                vcpu.set_guest_debug(0, None)
-            self._arch_key = None
+            self._disarm()
             points, at = [], h.now
             while target - at > SEEK_NEAR:
                 at += 3 * (target - at) // 4
@@ -1633,6 +1628,14 @@ class GuestDebugManager:
             for entry in h.due_events(as_stopped=True):
                 self._apply_event(entry.kind, entry.data)
         self._apply()
+
+    def _disarm(self, control: int = 0) -> None:
+        """Nothing armed for a replay: no watch traps, no debug registers, guest debug
+        `control` only (a single step's); the next _apply lays the debug state again."""
+        for vcpu in self._vcpus:
+            vcpu.set_watch_traps([])
+            vcpu.set_guest_debug(control, None)
+        self._arch_key = None
 
     @contextlib.contextmanager
     def _patches_lifted(self) -> Iterator[None]:
