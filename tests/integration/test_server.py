@@ -27,6 +27,7 @@ from guestdbg.gdb.session import GdbSession
 from tests.helpers.support import Guest
 
 BP_TARGETS_OUTPUT = b"bp_targets: a=3 b=3 c=3 brk=1\n"
+NOP_HEX = b"1f2003d5"
 
 
 class Client(RspClient):
@@ -538,3 +539,44 @@ def test_client_that_stops_reading_is_dropped_not_waited_for(guest_dir, serve):
     nxt.start_no_ack()
     assert nxt.cmd(b"Z0,%x,4" % g.sym["bp_b"]) == b"OK"
     assert _stop_pc(nxt.cmd(b"c")) == g.sym["bp_b"]
+
+
+def test_repeated_reads_answer_alike_until_a_write_a_resume_or_another_mode(guest_dir, serve, monkeypatch):
+    """gdb repeats its small reads at every stop; the server answers a repeat with the reply it
+    remembered (rsp rule 15). A remembered reply must never outlive what it says."""
+    replayed = []
+    replay = rsp.RspConnection.replay
+
+    def counting(self, data):
+        reply = replay(self, data)
+        replayed.append(reply is not None)
+        return reply
+    monkeypatch.setattr(rsp.RspConnection, "replay", counting)
+    g = _loop_guest(guest_dir)
+    h = serve(g)
+    c = h.client()
+    c.start_no_ack()
+    body = g.sym["loop_body"]
+    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+    assert _stop_pc(c.cmd(b"vCont;c")) == body
+    original = g.read(body, 4)
+    read = b"m%x,4" % body
+    assert c.cmd(read) == c.cmd(read) == original.hex().encode()
+    assert replayed[-1], replayed  # the repeat was a remembered reply
+    pc = c.cmd(b"p20")
+    assert c.cmd(b"p20") == pc and replayed[-1]
+    # The debugger's write: the next read sees it.
+    assert c.cmd(b"M%x,4:%s" % (body, NOP_HEX)) == b"OK"
+    assert c.cmd(read) == NOP_HEX and c.cmd(read) == NOP_HEX
+    # A write from outside the protocol (the Python API, another thread) while gdb is stopped.
+    g.vm.write_phys(body, original)
+    assert c.cmd(read) == original.hex().encode()
+    # A resume: the same request after the step reads the new PC.
+    assert c.cmd(b"z0,%x,4" % body) == b"OK"
+    assert _stop_pc(c.cmd(b"vCont;s:1")) == body + 4
+    assert c.cmd(b"p20") == (body + 4).to_bytes(8, "little").hex().encode() != pc
+    # Physical addressing (QEMU's PhyMemMode): the same `m` bytes are read afresh.
+    assert c.cmd(read) == original.hex().encode()
+    assert c.cmd(b"Qqemu.PhyMemMode:1") == b"OK"
+    replayed.clear()
+    assert c.cmd(read) == original.hex().encode() and replayed == [False]

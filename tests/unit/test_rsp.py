@@ -721,3 +721,74 @@ def test_body_memory_bound_is_exact_when_fed_byte_by_byte():
     assert 2 * PS <= peak <= 2 * PS + 1
     conn.receive_data(b"#00")
     assert "oversized" in conn.next_event().reason
+
+
+# --- remembered replies (rule 15) ---------------------------------------------------------------
+
+
+def _answered(conn: RspConnection, data: bytes, reply: bytes, *, remember: bool = True) -> None:
+    """Feed `data` (one request), answer it with `reply`, and remember the answer."""
+    conn.receive_data(data)
+    assert isinstance(conn.next_event(), Packet)
+    assert conn.next_event() is NEED_DATA
+    conn.send_packet(reply)
+    if remember:
+        conn.remember_reply()
+    conn.data_to_send()
+
+
+def test_a_remembered_reply_answers_the_same_request_byte_for_byte():
+    conn = RspConnection()
+    conn.start_no_ack()
+    _answered(conn, b"$m1000,4#8e", b"1f2003d5")
+    _answered(conn, b"$qfThreadInfo#bb", b"m1")
+    assert conn.replay(b"$m1000,4#8e") == b"$1f2003d5#" + b"%02x" % rsp.checksum(b"1f2003d5")
+    assert conn.replay(b"$qfThreadInfo#bb") == rsp.frame(b"m1", rle=False)
+    # Not another request, nor the same one with other bytes around it or in another case.
+    for other in (b"$m1000,8#92", b"$m1000,4#8E", b"$m1000,4#8e$qfThreadInfo#bb", b"+$m1000,4#8e", b"$m1000,4#8"):
+        assert conn.replay(other) is None
+    conn.forget_replies()
+    assert conn.replay(b"$m1000,4#8e") is None
+
+
+def test_no_reply_is_remembered_in_ack_mode_or_for_a_request_that_was_decoded():
+    conn = RspConnection()
+    _answered(conn, b"$m1000,4#8e", b"00")  # ack mode: a repeat may be a retransmission
+    assert conn.replay(b"$m1000,4#8e") is None
+    conn.start_no_ack()
+    escaped = rsp.frame(b"X1000,1:#")  # '#' escaped: the state machine decoded it
+    _answered(conn, escaped, b"OK")
+    assert conn.replay(escaped) is None
+    conn.receive_data(b"$m1000,")  # in two pieces: no whole frame to remember it by
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"4#8e")
+    assert isinstance(conn.next_event(), Packet)
+    conn.send_packet(b"00")
+    conn.remember_reply()
+    assert conn.replay(b"$m1000,4#8e") is None
+
+
+def test_nothing_is_replayed_past_buffered_bytes_either_way():
+    conn = RspConnection()
+    conn.start_no_ack()
+    _answered(conn, b"$m1000,4#8e", b"1f2003d5")
+    conn.receive_data(b"$m20")  # a partial request waits: the repeat must come after it
+    assert conn.next_event() is NEED_DATA
+    assert conn.replay(b"$m1000,4#8e") is None
+    conn.receive_data(b"00,4#%02x" % rsp.checksum(b"m2000,4"))
+    assert isinstance(conn.next_event(), Packet)
+    assert conn.next_event() is NEED_DATA
+    conn.send_packet(b"OK")  # queued, not yet sent: the replay would overtake it
+    assert conn.replay(b"$m1000,4#8e") is None
+    conn.data_to_send()
+    assert conn.replay(b"$m1000,4#8e") is not None
+
+
+def test_remembered_replies_are_bounded():
+    conn = RspConnection()
+    conn.start_no_ack()
+    for n in range(RspConnection.MAX_REMEMBERED + 1):
+        _answered(conn, rsp.frame(b"m%x,4" % n), b"%08x" % n)
+    assert len(conn._replies) <= RspConnection.MAX_REMEMBERED
+    last = RspConnection.MAX_REMEMBERED
+    assert conn.replay(rsp.frame(b"m%x,4" % last)) == rsp.frame(b"%08x" % last, rle=False)

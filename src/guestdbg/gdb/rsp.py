@@ -64,6 +64,15 @@ Connection state (what the session may send when):
     it is one-way and idempotent.
 14. Received events never change the state: a packet or Ctrl-C may arrive in either state and
     the session decides what it means.
+
+Remembered replies (an optimisation; the caller decides what may be remembered):
+
+15. In no-ack mode, `remember_reply()` keeps the frame just queued as the answer to the request
+    frame last framed whole (one plain ``$`` body ``#`` cc in one piece). `replay()` gives that
+    answer back for bytes that are exactly such a request again, while nothing is buffered in
+    either direction; the caller sends it as it is, and no event is made. `forget_replies()`
+    drops them all. gdb repeats its small reads several times at every stop; answering a repeat
+    costs a dictionary look-up instead of framing, dispatch and the reply's framing.
 """
 
 from __future__ import annotations
@@ -367,6 +376,9 @@ class RspConnection:
         self._digits = bytearray()
         self._out = bytearray()
         self._last_frame = b""  # for retransmission on '-'
+        self._queued = b""  # the last frame queued (rule 15)
+        self._request = b""  # the last request frame that came whole, no-ack mode (rule 15)
+        self._replies: dict[bytes, bytes] = {}  # request frame -> reply frame (rule 15)
 
     # -- receiving --
 
@@ -411,6 +423,7 @@ class RspConnection:
                 body = m.group(1)
                 if len(body) <= self.packet_size:
                     self._pos = m.end()
+                    self._request = m.group() if self.no_ack else b""
                     got, want = int(m.group(2), 16), checksum(body)
                     if got != want:
                         return self._reject(f"checksum mismatch: sent {got:02x}, computed {want:02x}")
@@ -468,6 +481,7 @@ class RspConnection:
         return self._reject("packet abandoned by '$'")
 
     def _finish(self) -> Packet | BadPacket:
+        self._request = b""  # not a plain whole frame: nothing to remember it by (rule 15)
         body, digits, oversized = bytes(self._body), bytes(self._digits), self._oversized
         self._rx_state = _Rx.OUTSIDE
         self._body.clear()
@@ -531,8 +545,36 @@ class RspConnection:
         else:
             packet = frame(payload, rle=self.rle)
         self._out += packet
+        self._queued = packet
         if not self.no_ack:
             self._last_frame = packet
+
+    # -- remembered replies (rule 15) --
+
+    #: At most this many are kept; a new one past it starts afresh (a memory dump reads on and on).
+    MAX_REMEMBERED = 64
+
+    def remember_reply(self) -> None:
+        """The frame just queued answers the request last framed whole, whenever it comes
+        again, until `forget_replies()`. Nothing in ack mode, or for a request that came in
+        pieces, escaped or run-length encoded."""
+        if self._request and self.no_ack:
+            if len(self._replies) >= self.MAX_REMEMBERED:
+                self._replies.clear()
+            self._replies[self._request] = self._queued
+        self._request = b""
+
+    def forget_replies(self) -> None:
+        if self._replies:
+            self._replies.clear()
+
+    def replay(self, data: bytes) -> bytes | None:
+        """The remembered reply frame when `data` is exactly a remembered request and nothing
+        is buffered (received or to send); else None, and `data` is for `receive_data()`."""
+        reply = self._replies.get(data)
+        if reply is None or self._rx or self._out or self._rx_state is not _Rx.OUTSIDE or self.closed:
+            return None
+        return reply
 
     def data_to_send(self) -> bytes:
         """Bytes queued for the peer (acks, NAKs, packets, retransmissions); clears the queue."""

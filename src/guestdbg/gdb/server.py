@@ -7,6 +7,12 @@ it takes resume requests from a queue and posts stop events back, waking the sel
 a socketpair. Ctrl-C, a lost client and a new client all stop a running guest with
 `manager.interrupt()` (KVM_RUN's immediate_exit + a kick).
 
+Repeated reads: while the guest is stopped, gdb sends the same small reads several times (the
+words around PC, the thread list). A reply the session marks `repeatable` is remembered by the
+connection (rsp rule 15) and a byte-identical request is answered with it straight from the
+socket read; any other packet, a resume, a stop, or a write to guest memory from anywhere
+(`manager.memory_generation`) drops them.
+
 Console input: a third thread, the CLI's stdin reader, pushes bytes for the UART and calls
 `wake()`. That kick is not a stop: the manager serves the board's `on_intr` (the UART takes the
 input) and runs on, so gdb sees a stop reply only for what it asked (Ctrl-C, a step)
@@ -118,6 +124,9 @@ class _Client:
     outbuf: bytearray = field(default_factory=bytearray)
     pending: list[bytes] = field(default_factory=list)
     events: int = selectors.EVENT_READ  # what the selector waits for on sock now
+    # The guest memory's write count when the connection's remembered replies were made (rsp
+    # rule 15: they answer repeated pure reads while the guest stays stopped).
+    replies_generation: object = None
 
 
 @dataclass
@@ -336,6 +345,7 @@ class GdbServer:
         if client is not None and deliver:
             # The client resumed the guest (the connection is RUNNING): this is the stop reply
             # it waits for. Anything else is a bug in the server, and LocalProtocolError says so.
+            client.conn.forget_replies()  # (none are kept while it runs: a resume forgets them)
             client.conn.send_stop_reply(client.session.stopped(event))
             self._flush()
             self._process_pending()
@@ -393,6 +403,13 @@ class GdbServer:
         except OSError:
             data = b""
         conn = client.conn
+        if not self._vcpu_busy:
+            # A read gdb repeats (it reads the words around PC several times a stop): the
+            # answer it had a moment ago, unless the debugger wrote to guest memory since.
+            reply = conn.replay(data)
+            if reply is not None and client.replies_generation == self.manager.memory_generation:
+                self._send(client, reply)
+                return
         conn.receive_data(data)
         while self._client is client:
             event = conn.next_event()
@@ -434,7 +451,17 @@ class GdbServer:
                 conn.send_packet(reply)
             if action.start_no_ack:
                 conn.start_no_ack()
-        elif isinstance(action, Resume):
+            if action.repeatable and not action.then:
+                generation = self.manager.memory_generation
+                if generation != client.replies_generation:
+                    conn.forget_replies()
+                    client.replies_generation = generation
+                conn.remember_reply()
+            else:
+                conn.forget_replies()  # it may have changed what the remembered replies say
+            return
+        conn.forget_replies()
+        if isinstance(action, Resume):
             conn.resumed()
             if action.step and self._bounded(action):
                 # One instruction is bounded: step here rather than hand it to the vCPU thread
@@ -467,6 +494,22 @@ class GdbServer:
             return True
         vcpu = m.current_vcpu if action.vcpu is None else action.vcpu
         return action.alone and m.vcpu_state(vcpu) == "running"
+
+    def _send(self, client: _Client, data: bytes) -> None:
+        """Send `data` (framed already) to the client, after anything still waiting for it."""
+        if not client.outbuf:
+            try:
+                sent = client.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._client_lost()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        client.outbuf += data
+        self._flush()  # the rest when the socket can take it
 
     def _flush(self) -> None:
         client = self._client

@@ -83,6 +83,9 @@ class Reply:
     # The acknowledgement of QStartNoAckMode: the server switches the connection to no-ack
     # mode once this reply has gone out with an ack.
     start_no_ack: bool = False
+    # A pure read whose answer stays the same until the session forgets its reads (see "Read
+    # caches" below): the connection may answer the same request again with it (rsp rule 15).
+    repeatable: bool = False
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,7 @@ class GdbSession:
         more = offset + len(chunk) < len(document)
         # No escaping here: rsp.send_packet escapes '#', '$', '}' and '*' when it frames the reply
         # (escaping here too would reach gdb as literal '}' bytes).
-        return Reply((b"m" if more else b"l") + chunk)
+        return Reply((b"m" if more else b"l") + chunk, repeatable=True)
 
     # ------------------------------------------------------------------ registers
     def _decode(self, decode: Callable[..., Any], *args: Any) -> Any:
@@ -364,7 +367,7 @@ class GdbSession:
         values = self._all_regs.get(vcpu)
         if values is None:
             values = self._all_regs[vcpu] = self.manager.read_registers()
-        return Reply(self.codec.encode_g(values))
+        return Reply(self.codec.encode_g(values), repeatable=True)
 
     def _registers(self, numbers: Sequence[int], vcpu: int) -> list[int]:
         """These registers of `vcpu`, read at most once per stop (see forget_reads)."""
@@ -389,7 +392,8 @@ class GdbSession:
         n = _hex_int(p[1:])
         if n not in self.codec.BY_REGNUM:
             raise PacketError(f"no register number {n}")
-        return Reply(self.codec.encode_register(n, self._registers((n,), self.manager.current_vcpu)[0]))
+        return Reply(self.codec.encode_register(n, self._registers((n,), self.manager.current_vcpu)[0]),
+                     repeatable=True)
 
     def _write_register(self, p: bytes) -> Reply:
         num, _, value = p[1:].partition(b"=")
@@ -425,7 +429,7 @@ class GdbSession:
             except DebugError:  # part of the block is not memory: just what was asked, uncached
                 return Reply(self.manager.read_memory(addr, length, physical=self.phys_memory).hex().encode())
             self._memory[key] = data
-        reply = Reply(data[addr - block:addr - block + length].hex().encode())
+        reply = Reply(data[addr - block:addr - block + length].hex().encode(), repeatable=True)
         self._memory_replies[(p, vcpu, self.phys_memory)] = reply
         return reply
 
@@ -469,10 +473,10 @@ class GdbSession:
         return tid in (ANY_THREAD, ALL_THREADS) or tid in self.threads
 
     def _thread_info_first(self, p: bytes) -> Reply:
-        return Reply(b"m" + b",".join(b"%x" % t for t in self.threads))
+        return Reply(b"m" + b",".join(b"%x" % t for t in self.threads), repeatable=True)
 
     def _thread_info_next(self, p: bytes) -> Reply:
-        return Reply(b"l")  # all of them came in the first answer
+        return Reply(b"l", repeatable=True)  # all of them came in the first answer
 
     def _current_thread(self, p: bytes) -> Reply:
         return Reply(b"QC%x" % (self.manager.current_vcpu + 1))
