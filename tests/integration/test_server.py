@@ -580,3 +580,66 @@ def test_repeated_reads_answer_alike_until_a_write_a_resume_or_another_mode(gues
     assert c.cmd(b"Qqemu.PhyMemMode:1") == b"OK"
     replayed.clear()
     assert c.cmd(read) == original.hex().encode() and replayed == [False]
+
+
+def test_reads_answered_ahead_at_a_stop_are_what_the_guest_has_there(guest_dir, serve, monkeypatch):
+    """At each stop the server answers ahead the reads the client made at its last stop of
+    the same kind (the words around PC move with PC): a client stepping through the loop gets
+    the instruction at each new PC, a breakpoint's z0/Z0 keep them, and a write made while
+    the guest ran, or while it is stopped, is in them."""
+    replayed = []
+    replay = rsp.RspConnection.replay
+
+    def counting(self, data):
+        reply = replay(self, data)
+        replayed.append(reply is not None)
+        return reply
+    monkeypatch.setattr(rsp.RspConnection, "replay", counting)
+    g = _loop_guest(guest_dir)
+    h = serve(g)
+    c = h.client()
+    c.start_no_ack()
+    body = g.sym["loop_body"]
+    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+    pc = _stop_pc(c.cmd(b"vCont;c"))
+    code = {a: g.read(a, 4).hex().encode() for a in range(body - 8, body + 24, 4)}
+    far = g.sym["loop_iterations"]  # a word far from PC (a `display`ed variable)
+
+    def reads_at_stop(pc):
+        return [c.cmd(b"m%x,4" % pc), c.cmd(b"m%x,4" % (pc + 4)), c.cmd(b"m%x,8" % far)]
+    reads_at_stop(pc)
+    assert c.cmd(b"z0,%x,4" % body) == b"OK"
+    for n in range(9):
+        pc = _stop_pc(c.cmd(b"vCont;s:1"))
+        replayed.clear()
+        iterations = g.read(far, 8).hex().encode()
+        assert reads_at_stop(pc) == [code[pc], code[pc + 4], iterations], n
+        if n >= 2:  # answered ahead from the second step on (the first has no step before it)
+            assert replayed == [True, True, True], n
+    # A breakpoint stop: gdb takes its breakpoints out (z0) and then reads; they stay answered.
+    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+    for n in range(3):
+        pc = _stop_pc(c.cmd(b"vCont;c"))
+        assert pc == body
+        replayed.clear()
+        assert c.cmd(b"z0,%x,4" % body) == b"OK"
+        assert reads_at_stop(pc)[:2] == [code[pc], code[pc + 4]]
+        if n:
+            assert replayed[1:3] == [True, True], n
+        assert _stop_pc(c.cmd(b"vCont;s:1")) == body + 4
+        assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+    # Written while stopped, from outside the protocol or by the debugger: answered ahead at
+    # the next stop with what is there then, and read afresh after a write at the stop itself.
+    for value, write in ((12345, lambda data: g.vm.write_phys(far, data)),
+                         (54321, lambda data: c.cmd(b"M%x,8:%s" % (far, data.hex().encode())))):
+        assert c.cmd(b"z0,%x,4" % body) == b"OK"
+        reads_at_stop(_stop_pc(c.cmd(b"vCont;s:1")))
+        write(value.to_bytes(8, "little"))
+        pc = _stop_pc(c.cmd(b"vCont;s:1"))
+        replayed.clear()
+        assert reads_at_stop(pc) == [code[pc], code[pc + 4], value.to_bytes(8, "little").hex().encode()]
+        assert replayed == [True, True, True]
+        write((value + 1).to_bytes(8, "little"))
+        assert c.cmd(b"m%x,8" % far) == (value + 1).to_bytes(8, "little").hex().encode()
+        assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+        assert _stop_pc(c.cmd(b"vCont;c")) == body

@@ -987,3 +987,21 @@ def _only_exact(read):
             raise DebugError(errno.EFAULT, "not all of it")
         return read(addr, n, physical=physical)
     return only_small
+
+
+def test_reads_to_answer_ahead_follow_pc_and_keep_the_rest():
+    from guestdbg.gdb.session import NEAR_PC, reads_to_answer_ahead
+    asked = [b"m40100090,4", b"m40100040,40", b"m40200000,8", b"qXfer:threads:read::0,1000", b"g", b"mzz,4"]
+    ahead = reads_to_answer_ahead(asked, 0x40100090, 0x40100094)
+    # Near PC: as asked (the function's start stays) and moved with PC (the words at PC).
+    assert ahead[:3] == [b"m40100090,4", b"m40100094,4", b"m40100040,40"]
+    assert b"m40100044,40" in ahead
+    # Far from PC (a displayed variable), and everything else: as asked.
+    assert b"m40200000,8" in ahead and b"m40200004,8" not in ahead
+    assert b"qXfer:threads:read::0,1000" in ahead and b"g" in ahead and b"mzz,4" in ahead
+    assert reads_to_answer_ahead(asked, 0x1000, 0x1000) == asked  # the same PC: nothing moves
+    edge = b"m%x,4" % (0x40100090 + NEAR_PC + 1)
+    assert reads_to_answer_ahead([edge], 0x40100090, 0x40100094) == [edge]
+    # Moved across the end of the address space: wrapped, as the client's own arithmetic.
+    assert reads_to_answer_ahead([b"mfffffffffffffffc,4"], 0xFFFFFFFFFFFFFFF0, 0x10) == [
+        b"mfffffffffffffffc,4", b"m1c,4"]

@@ -68,7 +68,8 @@ Connection state (what the session may send when):
 Remembered replies (an optimisation; the caller decides what may be remembered):
 
 15. In no-ack mode, `remember_reply()` keeps the frame just queued as the answer to the request
-    frame last framed whole (one plain ``$`` body ``#`` cc in one piece). `replay()` gives that
+    frame last framed whole (one plain ``$`` body ``#`` cc in one piece); `remember()` keeps a
+    reply for a request the peer has yet to send, framed as it will frame it. `replay()` gives that
     answer back for bytes that are exactly such a request again, while nothing is buffered in
     either direction; the caller sends it as it is, and no event is made. `forget_replies()`
     drops them all. gdb repeats its small reads several times at every stop; answering a repeat
@@ -536,14 +537,16 @@ class RspConnection:
         self.no_ack = True
         self._last_frame = b""
 
-    def _queue(self, payload: bytes) -> None:
+    def _framed(self, payload: bytes) -> bytes:
         if not self.rle:
             # frame() without its checks and copies (bytes.replace returns a payload with nothing
             # to escape as it is: most replies, all hex).
             body = _escape(payload if type(payload) is bytes else bytes(payload))
-            packet = b"$%s#%02x" % (body, checksum(body))
-        else:
-            packet = frame(payload, rle=self.rle)
+            return b"$%s#%02x" % (body, checksum(body))
+        return frame(payload, rle=self.rle)
+
+    def _queue(self, payload: bytes) -> None:
+        packet = self._framed(payload)
         self._out += packet
         self._queued = packet
         if not self.no_ack:
@@ -554,15 +557,27 @@ class RspConnection:
     #: At most this many are kept; a new one past it starts afresh (a memory dump reads on and on).
     MAX_REMEMBERED = 64
 
-    def remember_reply(self) -> None:
+    def remember_reply(self) -> bytes:
         """The frame just queued answers the request last framed whole, whenever it comes
-        again, until `forget_replies()`. Nothing in ack mode, or for a request that came in
-        pieces, escaped or run-length encoded."""
-        if self._request and self.no_ack:
-            if len(self._replies) >= self.MAX_REMEMBERED:
-                self._replies.clear()
-            self._replies[self._request] = self._queued
-        self._request = b""
+        again, until `forget_replies()`; returns that request's frame. Nothing (b"") in ack
+        mode, or for a request that came in pieces, escaped or run-length encoded."""
+        request, self._request = self._request, b""
+        if request and self.no_ack:
+            self._keep(request, self._queued)
+            return request
+        return b""
+
+    def remember(self, request: bytes, reply: bytes) -> None:
+        """Remember `reply` (a payload) for the request payload `request` before the peer
+        sends it: as it would frame it (plain, escaped, no run-length encoding). No-ack mode."""
+        if self.no_ack:
+            body = _escape(request)
+            self._keep(b"$%s#%02x" % (body, checksum(body)), self._framed(reply))
+
+    def _keep(self, request: bytes, reply: bytes) -> None:
+        if len(self._replies) >= self.MAX_REMEMBERED:
+            self._replies.clear()
+        self._replies[request] = reply
 
     def forget_replies(self) -> None:
         if self._replies:

@@ -56,7 +56,7 @@ from typing import Callable, cast
 from guestdbg.board.common import Board, GuestFault
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind
 from guestdbg.gdb import rsp
-from guestdbg.gdb.session import Detach, GdbSession, Kill, Reply, Resume, error_reply
+from guestdbg.gdb.session import MAX_AHEAD, Detach, GdbSession, Kill, Reply, Resume, error_reply, reads_to_answer_ahead
 
 MAX_OUTPUT_BUFFER = 1 << 20  # a client that stops reading is dropped past this
 MAX_QUEUED_PACKETS = 64
@@ -127,6 +127,14 @@ class _Client:
     # The guest memory's write count when the connection's remembered replies were made (rsp
     # rule 15: they answer repeated pure reads while the guest stays stopped).
     replies_generation: object = None
+    # The request frames of the repeatable reads the client made at this stop, and for each
+    # kind of stop those of the last one and its PC: what the next such stop answers ahead
+    # (_answer_ahead). By kind: after a breakpoint gdb reads around PC, after the step off it
+    # it reads nothing and re-inserts the breakpoint.
+    asked: set[bytes] = field(default_factory=set)
+    stop_kind: StopKind | None = None
+    stop_pc: int = 0
+    asked_at: dict[StopKind, tuple[set[bytes], int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -348,6 +356,7 @@ class GdbServer:
             client.conn.forget_replies()  # (none are kept while it runs: a resume forgets them)
             client.conn.send_stop_reply(client.session.stopped(event))
             self._flush()
+            self._answer_ahead(client, event)
             self._process_pending()
         elif client is not None:
             client.session.forget_reads()
@@ -355,6 +364,31 @@ class GdbServer:
         if event.kind is StopKind.EXITED:
             self._exit_status = event.exit_status
             self.log(f"guest exited with status {event.exit_status}")
+
+    def _answer_ahead(self, client: _Client, event: StopEvent) -> None:
+        """With the stop reply on its way, answer ahead the reads the client will likely make
+        now (session.reads_to_answer_ahead): gdb then finds them remembered (rsp rule 15). It
+        works on the stop reply meanwhile, so this costs it no time."""
+        if client.stop_kind is not None:
+            client.asked_at[client.stop_kind] = (client.asked, client.stop_pc)
+        client.asked, client.stop_kind, client.stop_pc = set(), event.kind, event.pc
+        asked, last_pc = client.asked_at.get(event.kind, ((), 0))
+        if not asked or not client.conn.no_ack or event.kind is StopKind.EXITED:
+            return
+        requests = []
+        for frame in asked:  # (plain frames: what the connection remembers replies by)
+            body = frame[frame.index(b"$") + 1:-3]
+            requests.append(body)
+        client.replies_generation = self.manager.memory_generation
+        session = client.session
+        for request in reads_to_answer_ahead(requests, last_pc, event.pc):
+            try:
+                action = session.handle(request)
+            except Exception:  # a bug: as _handle_packet, never the server's end
+                self.log(f"internal error answering {request[:64]!r} ahead:\n" + traceback.format_exc().rstrip())
+                return
+            if isinstance(action, Reply) and action.repeatable and not action.then:
+                client.conn.remember(request, action.payload)
 
     # ------------------------------------------------------------------ client
     def _accept(self) -> None:
@@ -409,6 +443,8 @@ class GdbServer:
             reply = conn.replay(data)
             if reply is not None and client.replies_generation == self.manager.memory_generation:
                 self._send(client, reply)
+                if len(client.asked) < MAX_AHEAD:
+                    client.asked.add(data)
                 return
         conn.receive_data(data)
         while self._client is client:
@@ -456,8 +492,10 @@ class GdbServer:
                 if generation != client.replies_generation:
                     conn.forget_replies()
                     client.replies_generation = generation
-                conn.remember_reply()
-            else:
+                request = conn.remember_reply()
+                if request and len(client.asked) < MAX_AHEAD:
+                    client.asked.add(request)
+            elif not action.keeps_reads:
                 conn.forget_replies()  # it may have changed what the remembered replies say
             return
         conn.forget_replies()

@@ -61,7 +61,7 @@ import errno
 import re
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 from guestdbg.debug.agent_expr import OptionsError, parse_point_options
 from guestdbg.debug.conditions import StopConditions
@@ -86,6 +86,9 @@ class Reply:
     # A pure read whose answer stays the same until the session forgets its reads (see "Read
     # caches" below): the connection may answer the same request again with it (rsp rule 15).
     repeatable: bool = False
+    # Changed nothing a read can see (memory reads show the originals under breakpoints): the
+    # replies remembered for repeated reads stay good (a Z or z, which gdb sends at every stop).
+    keeps_reads: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Kill:
 Action = Union[Reply, Resume, Detach, Kill]
 EMPTY = Reply(b"")  # "not supported"
 OK = Reply(b"OK")
+OK_KEEPS_READS = Reply(b"OK", keeps_reads=True)
 
 
 def error_reply(err: int) -> Reply:
@@ -657,7 +661,7 @@ class GdbSession:
             return EMPTY
         key = (kind_type, addr, length if kind_type >= 2 else 0)
         self.inserted.add(key) if insert else self.inserted.discard(key)
-        return OK
+        return OK_KEEPS_READS
 
     def _point_conditions(self, options: bytes) -> StopConditions | None:
         try:
@@ -741,6 +745,32 @@ READ_ONLY_PACKETS = frozenset({b"g", b"p", b"m", b"?", b"H", b"T"})
 READ_ONLY_NAMED = frozenset({b"qfThreadInfo", b"qsThreadInfo", b"qC", b"qXfer", b"qMemoryRegionInfo",
                              b"qThreadExtraInfo", b"qAttached", b"qqemu.PhyMemMode", b"vCont?"})
 MEMORY_BLOCK = 256  # the aligned block a small `m` reads (never crosses a page)
+
+
+# Reads answered ahead at a stop (the server's `_answer_ahead`): those the client made at its
+# last stop, each `m` within NEAR_PC of that stop's PC also moved along with the PC.
+NEAR_PC = 4096
+MAX_AHEAD = 8  # reads of one stop followed (so at most twice as many answered ahead)
+
+
+def reads_to_answer_ahead(asked: Iterable[bytes], last_pc: int, pc: int) -> list[bytes]:
+    """The reads a client will likely make at a stop at `pc`, from those it made (`asked`,
+    request payloads) at its last stop at `last_pc`. gdb reads the instruction words at and
+    after PC and the start of the function (its prologue analysis) at every stop, a `display`ed
+    variable, the thread list: the same requests, or the same ones relative to PC. Guessing
+    wrong costs a read of memory the client read a stop ago; no read here can touch a device
+    (m reads RAM and ROM only)."""
+    out: dict[bytes, None] = {}
+    for p in asked:
+        out[p] = None
+        if p[:1] == b"m" and pc != last_pc:
+            try:
+                addr, length = _addr_len(p[1:])
+            except PacketError:
+                continue
+            if abs(addr - last_pc) <= NEAR_PC:
+                out[b"m%x,%x" % ((addr - last_pc + pc) & (1 << 64) - 1, length)] = None
+    return list(out)
 
 
 def _read_only(p: bytes) -> bool:
