@@ -70,6 +70,36 @@ print("RESULT %%f %%f %%f %%f %%f %%f" %% (n / (t1 - t0), k / (t3 - t2), (c1 - c
 gdb.execute("kill")
 '''
 
+# --watches: a write watchpoint hit again and again, in guests/condloop (bump(n) stores bump_last).
+WATCH_SCRIPT = r'''
+import os
+import time
+import gdb
+
+def stub_cpu():
+    with open("/proc/%(pid)d/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+gdb.execute("set confirm off")
+gdb.execute("set pagination off")
+gdb.execute("target remote :%(port)d")
+gdb.execute("set var bump_calls = 0x4000000000000000")
+gdb.execute("watch bump_last")
+gdb.execute("continue", to_string=True)
+first = int(gdb.parse_and_eval("bump_last"))
+t0, c0, g0 = time.perf_counter(), stub_cpu(), time.process_time()
+for _ in range(%(watches)d):
+    gdb.execute("continue", to_string=True)
+t1, c1, g1 = time.perf_counter(), stub_cpu(), time.process_time()
+# Each continue stopped at the watchpoint, at the next store.
+assert int(gdb.parse_and_eval("bump_last")) == first + %(watches)d, int(gdb.parse_and_eval("bump_last"))
+n = %(watches)d
+print("RESULT %%f %%f %%f" %% (n / (t1 - t0), (c1 - c0) / n * 1e6, (g1 - g0) / n * 1e6), flush=True)
+gdb.execute("kill")
+'''
+WATCH_METRICS = ("watch hits/s", "stub CPU us/watch hit", "gdb CPU us/watch hit")
+
 # What one run measures, in RESULT's order: rates (higher is better), then CPU µs per operation.
 METRICS = ("stepi/s", "break+continue/s", "stub CPU us/stepi", "stub CPU us/continue",
            "gdb CPU us/stepi", "gdb CPU us/continue")
@@ -113,7 +143,9 @@ def wait_port(port: int, seconds: float = 20.0) -> None:
 
 def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
             logs: dict[str, Path] | None = None, record: Path | None = None,
-            timeout: float = 300) -> tuple[float, ...]:
+            timeout: float = 300, watches: int = 0) -> tuple[float, ...]:
+    """One contender's stepi and continue loops (or, with `watches`, its watch loop on
+    condloop.elf: `elf` is then that guest): the RESULT values."""
     port = free_port()
     stub = start_stub(name, elf, port, baseline, logs)
     recorder = None
@@ -123,8 +155,11 @@ def one_run(name: str, elf: Path, steps: int, conts: int, baseline: Path | None,
             import gdb_replay
             recorder = gdb_replay.Recorder(port)
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(GDB_SCRIPT % {"port": recorder.port if recorder else port, "steps": steps, "conts": conts,
-                                  "pid": stub.pid})
+            if watches:
+                f.write(WATCH_SCRIPT % {"port": port, "watches": watches, "pid": stub.pid})
+            else:
+                f.write(GDB_SCRIPT % {"port": recorder.port if recorder else port, "steps": steps, "conts": conts,
+                                      "pid": stub.pid})
         out = subprocess.run(["gdb-multiarch", "-q", "-batch", "-nx", str(elf), "-x", f.name],
                              capture_output=True, text=True, timeout=timeout)
         os.unlink(f.name)
@@ -149,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--conts", type=int, default=100)
+    ap.add_argument("--watches", type=int, default=0,
+                    help="also time this many write-watchpoint hits (continue to `watch bump_last` in condloop)")
     ap.add_argument("--guest-dir", type=Path, help="built guests (default: build into a temp dir)")
     ap.add_argument("--baseline-src", type=Path, help="also run guestdbg from DIR (another tree's src/)")
     ap.add_argument("--floor", action="store_true",
@@ -184,11 +221,18 @@ def main(argv=None) -> int:
             logs[floor] = Path(logdir) / f"{source}.json"
         names += list(logs)
     results: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
+    stubs = [n for n in names if n not in logs]  # (no canned replay of the watch loop)
+    watch_results: dict[str, list[tuple[float, ...]]] = {n: [] for n in stubs}
     for rnd in range(args.rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             results[name].append(one_run(name, elf, args.steps, args.conts, baseline, logs))
             print(f"round {rnd + 1} {name}: " + ", ".join(f"{m} {v:.0f}" for m, v in zip(METRICS, results[name][-1])),
                   file=sys.stderr)
+            if args.watches and name in stubs:
+                watch_results[name].append(one_run(name, guest_dir / "condloop.elf", 0, 0, baseline,
+                                                   watches=args.watches))
+                print(f"round {rnd + 1} {name}: " + ", ".join(
+                    f"{m} {v:.0f}" for m, v in zip(WATCH_METRICS, watch_results[name][-1])), file=sys.stderr)
     others = [n for n in names if n not in ("guestdbg", "qemu")]
     print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in names) + f"{'guestdbg/qemu':>17}"
           + "".join(f"{n + '/qemu':>17}" for n in others))
@@ -203,7 +247,19 @@ def main(argv=None) -> int:
                   for n in names if n != "qemu"}
         print(f"{'  paired per round':<22}" + " " * 12 * len(names)
               + "".join(f"{paired[n]:>17.2f}" for n in ["guestdbg"] + others))
-    print(f"\nmedians of {args.rounds} rounds; {args.steps} stepi and {args.conts} continue each")
+    if args.watches:
+        print(f"\n{'':<22}" + "".join(f"{n:>12}" for n in stubs) + f"{'guestdbg/qemu':>17}"
+              + "".join(f"{n + '/qemu':>17}" for n in stubs if n not in ("guestdbg", "qemu")))
+        for i, label in enumerate(WATCH_METRICS):
+            med = {n: statistics.median(r[i] for r in watch_results[n]) for n in stubs}
+            paired = {n: statistics.median(watch_results[n][r][i] / watch_results["qemu"][r][i]
+                                           for r in range(args.rounds)) for n in stubs}
+            print(f"{label:<22}" + "".join(f"{med[n]:>12.0f}" for n in stubs)
+                  + "".join(f"{med[n] / med['qemu']:>17.2f}" for n in stubs if n != "qemu"))
+            print(f"{'  paired per round':<22}" + " " * 12 * len(stubs)
+                  + "".join(f"{paired[n]:>17.2f}" for n in stubs if n != "qemu"))
+    print(f"\nmedians of {args.rounds} rounds; {args.steps} stepi and {args.conts} continue each"
+          + (f"; {args.watches} watch hits" if args.watches else ""))
     if tmp is not None:
         tmp.cleanup()
     return 0

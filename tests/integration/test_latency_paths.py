@@ -11,11 +11,14 @@ import pytest
 from guestdbg.arm import kvm_regs as kr
 from guestdbg.arm import registers
 from guestdbg.backends.unicorn_arm64.one_reg import CURRENT_SP
-from guestdbg.debug.manager import GuestDebugManager, StopKind
+from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from guestdbg.gdb.session import GdbSession, Reply
 from tests.helpers.support import Guest
 
 NOP = bytes.fromhex("1f2003d5")
+# guests/watch's wdata after its stores (the line it prints), as tests/integration/test_watchpoints.py has it.
+WATCH_GUEST_LINE = ("0011222233333333444444444444444400000055555555555555550000000000"
+                    "6666666666666666777777777777777799999999999999998888888888888888")
 B_NEXT = (0x14000001).to_bytes(4, "little")  # b .+4: a block of one instruction
 
 
@@ -118,3 +121,28 @@ def test_repeated_m_replies_follow_writes_and_resumes(loop):
     action = s.handle(b"vCont;s:1")  # a resume drops them: the next read asks the manager again
     s.stopped(action.run(m))
     assert payload(s.handle(packet)) == first
+
+
+def test_a_page_no_longer_watched_is_plain_memory_until_and_after_the_next_continue(guest_dir):
+    """gdb takes a watchpoint out and puts it back around every step: the page it was on keeps
+    its protection until a continue (no change of permissions and hooks each time). Meanwhile
+    every kind of access there, stepped one instruction at a time, must do what it does
+    unwatched: single and pair stores, unaligned, SIMD, and the loads of what they stored."""
+    g = Guest(guest_dir / "watch.elf")
+    m = GuestDebugManager(g.machine)
+    wdata = g.sym["wdata"]
+    m.add_watchpoint(wdata + 0x1C, 4, WatchKind.ACCESS)  # bytes no instruction of the guest touches
+    assert m.step().kind is StopKind.STEP
+    m.remove_watchpoint(wdata + 0x1C, 4, WatchKind.ACCESS)
+    assert g.vcpu._stale_pages  # (what this test is about: the page is still trapped)
+    while m.vcpu.pc != g.sym["acc_end"] + 4 * 6:  # past the loads' values stored into wload
+        assert m.step().kind is StopKind.STEP
+    assert g.vcpu._stale_pages
+    line = bytes.fromhex(WATCH_GUEST_LINE)
+    assert m.read_memory(wdata, 64) == line
+    wload = m.read_memory(g.sym["wload"], 48)
+    assert wload == line[1:2] + bytes(7) + line[8:16] + line[0x20:0x30] + line[0x30:0x40]
+    event = m.cont()  # the continue prunes the protection; the guest runs to its end
+    assert event.kind is StopKind.EXITED and event.exit_status == 0
+    assert not g.vcpu._stale_pages
+    assert ("wdata: " + WATCH_GUEST_LINE) in bytes(g.output).decode()

@@ -122,6 +122,7 @@ class DebugHardware(ExceptionEntry):
         self._context_bps: list[dr.Breakpoint] = []
         self._context_hook: int | None = None
         self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
+        self._stale_pages = False  # some of them are no longer watched (kept until a prune: _reprotect)
         self._traps: list[dr.Watchpoint] = []  # the debugger's page traps (WatchTrap)
         self._trap_specs: list[WatchTrap] = []
         self._armed_key: tuple[bool, bytes | None] | None = None  # _live_key() at the last _rearm
@@ -194,6 +195,8 @@ class DebugHardware(ExceptionEntry):
         Z0), and a hook taken out and put back costs the instruction's translation twice."""
         self._filter_decide = decide
         self._filter_skip = skip
+        if prune and self._stale_pages:
+            self._reprotect(prune=True)
         if points == self._filter_points and not (prune and self._idle_filters):
             return
         for va in [va for va in self._filters if va not in points]:
@@ -293,10 +296,13 @@ class DebugHardware(ExceptionEntry):
         self._context_bps = [bp for bp in self._bp_table if bp and bp.bt == dr.BT_UNLINKED_CONTEXT]
         self._reprotect()
 
-    def _reprotect(self) -> None:
-        """Take read/write permission away from exactly the pages live watchpoints cover, and
-        take the devices they cover off Unicorn's inline path. Done again whenever the guest
-        may have moved a watched page (_translation_changed)."""
+    def _reprotect(self, prune: bool = False) -> None:
+        """Take read/write permission away from the pages live watchpoints cover, and take the
+        devices they cover off Unicorn's inline path. Done again whenever the guest may have
+        moved a watched page (_translation_changed). A RAM page no longer watched keeps its
+        protection (its accesses trap, find no watchpoint and go ahead) until a call with
+        `prune` (set_break_filters'): gdb takes a watchpoint out and puts it back around every
+        step, and each change of a page's protection and its hooks costs more than the trap."""
         self._reprotect_pending = False
         want: dict[int, int] = {}
         watched_devices: set[int] = set()
@@ -326,6 +332,9 @@ class DebugHardware(ExceptionEntry):
                 want[pa_page] = perms
         for dev in self.vm.mmio_devices:
             self.vm.map_device(dev, id(dev) not in watched_devices)
+        stale = {page: perms for page, perms in self._protected.items() if page not in want} if not prune else {}
+        want.update(stale)
+        self._stale_pages = bool(stale)
         changes = {page: _slot_perms(slot) for page in set(self._protected) - set(want)
                    if (slot := self.vm.slot_for(page)) is not None}
         changes.update({page: perms for page, perms in want.items() if self._protected.get(page) != perms})
