@@ -123,6 +123,8 @@ class DebugHardware(ExceptionEntry):
         self._context_hook: int | None = None
         self._protected: dict[int, int] = {}  # page -> perms we set (only pages differing from the slot's)
         self._stale_pages = False  # some of them are no longer watched (kept until a prune: _reprotect)
+        self._decoded: dict[object, tuple[list, list]] = {}  # the debugger's registers, decoded (_rearm)
+        self._sysreg_filter_key: object = None  # what _update_sysreg_filter last set the actions for
         self._traps: list[dr.Watchpoint] = []  # the debugger's page traps (WatchTrap)
         self._trap_specs: list[WatchTrap] = []
         self._armed_key: tuple[bool, bytes | None] | None = None  # _live_key() at the last _rearm
@@ -279,9 +281,18 @@ class DebugHardware(ExceptionEntry):
         self._owner = live[0] if live else None
         if live:
             _, bcr, bvr, wcr, wvr = live
-            self._bp_table = [dr.decode_breakpoint(i, bcr[i], bvr[i], brps=self.brps, ctx_cmps=self.ctx_cmps)
-                              for i in range(self.brps)]
-            self._wp_table = [dr.decode_watchpoint(i, wcr[i], wvr[i]) for i in range(self.wrps)]
+            # The debugger's registers alternate between a few states (gdb takes a watchpoint
+            # out and puts it back around each step): their decoding is kept by register image.
+            tables = self._decoded.get(self._armed_key) if live[0] == "debugger" else None
+            if tables is None:
+                tables = ([dr.decode_breakpoint(i, bcr[i], bvr[i], brps=self.brps, ctx_cmps=self.ctx_cmps)
+                           for i in range(self.brps)],
+                          [dr.decode_watchpoint(i, wcr[i], wvr[i]) for i in range(self.wrps)])
+                if live[0] == "debugger":
+                    if len(self._decoded) >= 8:
+                        self._decoded.clear()
+                    self._decoded[self._armed_key] = tables
+            self._bp_table, self._wp_table = list(tables[0]), list(tables[1])
         else:
             self._bp_table, self._wp_table = [], []
         address_kinds = (dr.BT_UNLINKED_ADDRESS, dr.BT_LINKED_ADDRESS)
@@ -579,10 +590,16 @@ class DebugHardware(ExceptionEntry):
         # The generic timers' CTL/CVAL/TVAL (timers.py): a few accesses per timer tick.
         for key in TIMER_REGS:
             rc.set_action(key, read=ACTION_VMM, write=ACTION_VMM)
+        self._sysreg_filter_key = None
         self._update_sysreg_filter()
 
     def _update_sysreg_filter(self) -> None:
-        """The registers that go to the VMM depending on the clock and the armed debug state."""
+        """The registers that go to the VMM depending on the clock and the armed debug state
+        (set again only when those change: every re-arm asks)."""
+        key = (self._clock_mode, bool(self._context_bps))
+        if key == self._sysreg_filter_key:
+            return
+        self._sysreg_filter_key = key
         rc = self._runctl
         counter = ACTION_HOST_COUNTER if self._clock_mode == "host" else ACTION_VIRTUAL_COUNTER
         rc.set_action(CNTVCT_EL0, read=counter)
