@@ -596,10 +596,10 @@ class DebugHardware(ExceptionEntry):
     def _update_sysreg_filter(self) -> None:
         """The registers that go to the VMM depending on the clock and the armed debug state
         (set again only when those change: every re-arm asks)."""
-        key = (self._clock_mode, bool(self._context_bps))
-        if key == self._sysreg_filter_key:
+        wanted = (self._clock_mode, bool(self._context_bps))
+        if wanted == self._sysreg_filter_key:
             return
-        self._sysreg_filter_key = key
+        self._sysreg_filter_key = wanted
         rc = self._runctl
         counter = ACTION_HOST_COUNTER if self._clock_mode == "host" else ACTION_VIRTUAL_COUNTER
         rc.set_action(CNTVCT_EL0, read=counter)
