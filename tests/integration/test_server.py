@@ -21,7 +21,6 @@ import pytest
 from guestdbg import kvm
 from guestdbg.debug.arch import BRK0
 from guestdbg.gdb import rsp
-from guestdbg.gdb import server as server_module
 from guestdbg.gdb.client import RspClient
 from guestdbg.gdb.server import Endpoint, GdbServer
 from guestdbg.gdb.session import GdbSession
@@ -158,13 +157,7 @@ def test_unix_socket_is_mode_0600(guest_dir, serve):
     assert stat.S_IMODE(mode) == 0o600
 
 
-# How long the main thread waits for a resume's report before the selector loop takes it (a
-# wake-up byte): never (every report through the loop, or just after the wait gave up), the
-# server's own, and always.
-@pytest.mark.parametrize("report_wait", [0.0, None, 30.0])
-def test_break_step_continue_to_exit(guest_dir, serve, monkeypatch, report_wait):
-    if report_wait is not None:
-        monkeypatch.setattr(server_module, "REPORT_WAIT", report_wait)
+def test_break_step_continue_to_exit(guest_dir, serve):
     g = Guest(guest_dir / "bp_targets.elf")
     h = serve(g)
     c = h.client()
