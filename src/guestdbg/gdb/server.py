@@ -62,7 +62,6 @@ MAX_OUTPUT_BUFFER = 1 << 20  # a client that stops reading is dropped past this
 MAX_QUEUED_PACKETS = 64
 EXIT_KILLED = 128 + signal.SIGKILL  # serve()'s status after a kill: what a shell shows for SIGKILL
 REFUSAL = "guestdbg: another debugger is already attached; disconnect it first"
-REPORT_WAIT = 0.002  # seconds the main thread waits for a resume's report before the selector loop
 REFUSAL_GRACE = 1.0  # seconds a refused client has to send its first packet, and then to hang up
 
 
@@ -159,12 +158,6 @@ class GdbServer:
         self._requests: queue.Queue[Resume | str | None] = queue.Queue()  # a Resume, or "free"
         self._events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._wake_r, self._wake_w = socket.socketpair()
-        # A resume's report can also come straight to a main thread waiting for it (_await_report):
-        # _reported is released for it instead of a wake-up byte when _awaiting is set.
-        self._post_lock = threading.Lock()
-        self._awaiting = False
-        self._reported = threading.Lock()
-        self._reported.acquire()
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._client: _Client | None = None
@@ -294,12 +287,7 @@ class GdbServer:
             self._free_seconds += time.monotonic() - start
 
     def _post(self, item: tuple[str, object]) -> None:
-        with self._post_lock:
-            self._events.put(item)
-            if self._awaiting:
-                self._awaiting = False
-                self._reported.release()
-                return
+        self._events.put(item)
         try:
             self._wake_w.send(b"!")
         except OSError:
@@ -322,23 +310,6 @@ class GdbServer:
             self._handle_event(item, deliver=False)
 
     # ------------------------------------------------------------------ events from the vCPU
-    def _await_report(self) -> None:
-        """Wait a moment for the vCPU thread's report of the resume just handed to it, and
-        handle it here: most continues in a debugging session end within microseconds (the
-        next breakpoint), and then there is no wake-up byte, no selector round, and no second
-        thread wanting the GIL while the stop reply goes out. A longer run is reported
-        through the selector loop, which reads Ctrl-C meanwhile (this wait delays it by at
-        most REPORT_WAIT)."""
-        with self._post_lock:
-            self._awaiting = True
-        if not self._reported.acquire(timeout=REPORT_WAIT):
-            with self._post_lock:
-                if self._awaiting:  # nothing yet: it comes with a wake-up byte
-                    self._awaiting = False
-                    return
-            self._reported.acquire()  # it came just after the timeout: take that release back
-        self._drain_events()
-
     def _drain_events(self) -> None:
         while True:
             try:
@@ -537,7 +508,6 @@ class GdbServer:
                 return
             self._vcpu_busy = True
             self._requests.put(action)
-            self._await_report()
         elif isinstance(action, Detach):
             conn.send_packet(b"OK")
             self._flush()
