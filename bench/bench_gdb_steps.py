@@ -3,7 +3,7 @@
 guestdbg's stub and QEMU's gdbstub on the same ELF, rounds interleaved.
 
     .venv/bin/python bench/bench_gdb_steps.py [--rounds 3] [--steps 300] [--conts 100]
-        [--guest-dir D] [--baseline-src DIR] [--floor]
+        [--watches K] [--guest-dir D] [--baseline-src DIR] [--floor]
 
 Each round starts a fresh stub per contender (`guestdbg run loop.elf --gdb :PORT --wait`;
 `qemu-system-aarch64 -M virt -cpu cortex-a57 ... -gdb tcp::PORT -S`; with --baseline-src,
@@ -15,6 +15,10 @@ per-round ratios ("paired"). Also the stub's CPU time per stepi and per continue
 /proc/PID/stat, read by the gdb script around each loop: 10 ms ticks, so give it enough steps)
 and gdb's own (time.process_time in gdb): on a busy machine the rates swing between rounds,
 the CPU times much less.
+
+--watches K adds a third loop per stub (not the floors): guests/condloop with bump_calls set
+to 2^62, `watch bump_last`, then `continue` K times (each stops at the next store of bump(n);
+the script checks bump_last moved by exactly K): watch hits/s, and the CPU rows per hit.
 
 --floor adds two contenders that do no stub work at all: `floor` answers gdb with the replies
 guestdbg gave to the same script (recorded once before the rounds through a proxy,
