@@ -643,3 +643,58 @@ def test_reads_answered_ahead_at_a_stop_are_what_the_guest_has_there(guest_dir, 
         assert c.cmd(b"m%x,8" % far) == (value + 1).to_bytes(8, "little").hex().encode()
         assert c.cmd(b"Z0,%x,4" % body) == b"OK"
         assert _stop_pc(c.cmd(b"vCont;c")) == body
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_remembered_and_ahead_replies_always_say_what_a_fresh_read_says(guest_dir, serve, seed):
+    """Random sessions against the real server: reads (many repeated, around PC and of data),
+    writes by packet and from outside, breakpoints in and out, steps and continues, thread and
+    addressing-mode switches, garbage. Every read's reply must be what the guest holds at that
+    moment, however the server came by it."""
+    rng = random.Random(seed)
+    g = _loop_guest(guest_dir)
+    h = serve(g)
+    c = h.client()
+    c.start_no_ack()
+    body, data = g.sym["loop_body"], g.sym["loop_iterations"]
+    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+    inserted = True
+    pc = _stop_pc(c.cmd(b"vCont;c"))
+    for n in range(600):
+        op = rng.random()
+        if op < 0.45:  # a read, near PC or of data, of a few lengths: often the same again
+            addr = rng.choice([pc, pc + 4, pc - 4, body & ~0x3F, data, data + 8])
+            length = rng.choice([4, 4, 8, 64])
+            assert c.cmd(b"m%x,%x" % (addr, length)) == g.read(addr, length).hex().encode(), (n, hex(addr))
+        elif op < 0.55:
+            assert c.cmd(b"p20") == g.pc.to_bytes(8, "little").hex().encode(), n
+            assert c.cmd(b"p2") == g.reg("x2").to_bytes(8, "little").hex().encode(), n
+        elif op < 0.62:  # the debugger's write, or one from outside (the Python API)
+            value = rng.getrandbits(64).to_bytes(8, "little")
+            read = b"m%x,8" % (data + 8)
+            assert c.cmd(read) == g.read(data + 8, 8).hex().encode()  # (remembered, if not already)
+            if rng.random() < 0.5:
+                assert c.cmd(b"M%x,8:%s" % (data + 8, value.hex().encode())) == b"OK"
+            else:
+                g.vm.write_phys(data + 8, value)
+            assert c.cmd(read) == value.hex().encode(), n
+        elif op < 0.72:  # gdb's step off the breakpoint and back
+            if inserted:
+                assert c.cmd(b"z0,%x,4" % body) == b"OK"
+            pc = _stop_pc(c.cmd(b"vCont;s:1"))
+            inserted = rng.random() < 0.5
+            if inserted:
+                assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+        elif op < 0.78:
+            if not inserted:
+                assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+                inserted = True
+            pc = _stop_pc(c.cmd(b"vCont;c"))
+            assert pc == body
+        elif op < 0.84:
+            assert c.cmd(rng.choice([b"Hg1", b"Hg0", b"Qqemu.PhyMemMode:1", b"Qqemu.PhyMemMode:0"])) == b"OK"
+        elif op < 0.92:
+            assert c.cmd(b"qXfer:threads:read::0,1000").startswith(b"l<?xml")
+        else:  # a packet that is answered with an error, and bytes that are no packet
+            assert c.cmd(b"m%x,4" % (1 << 63)).startswith(b"E")
+            c.send_raw(b"$m%x,4#00" % pc)  # a bad checksum: dropped in no-ack mode
