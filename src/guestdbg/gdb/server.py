@@ -10,8 +10,9 @@ a socketpair. Ctrl-C, a lost client and a new client all stop a running guest wi
 Repeated reads: while the guest is stopped, gdb sends the same small reads several times (the
 words around PC, the thread list). A reply the session marks `repeatable` is remembered by the
 connection (rsp rule 15) and a byte-identical request is answered with it straight from the
-socket read; any other packet, a resume, a stop, or a write to guest memory from anywhere
-(`manager.memory_generation`) drops them.
+socket read. After each stop reply the server also answers ahead the reads the client made at
+its last stop of the same kind (`_answer_ahead`). Any other packet but a Z or z, a resume, a
+stop, or a write to guest memory from anywhere (`manager.memory_generation`) drops them.
 
 Console input: a third thread, the CLI's stdin reader, pushes bytes for the UART and calls
 `wake()`. That kick is not a stop: the manager serves the board's `on_intr` (the UART takes the
@@ -368,7 +369,7 @@ class GdbServer:
     def _answer_ahead(self, client: _Client, event: StopEvent) -> None:
         """With the stop reply on its way, answer ahead the reads the client will likely make
         now (session.reads_to_answer_ahead): gdb then finds them remembered (rsp rule 15). It
-        works on the stop reply meanwhile, so this costs it no time."""
+        is busy with the stop reply meanwhile."""
         if client.stop_kind is not None:
             client.asked_at[client.stop_kind] = (client.asked, client.stop_pc)
         client.asked, client.stop_kind, client.stop_pc = set(), event.kind, event.pc
@@ -438,8 +439,8 @@ class GdbServer:
             data = b""
         conn = client.conn
         if not self._vcpu_busy:
-            # A read gdb repeats (it reads the words around PC several times a stop): the
-            # answer it had a moment ago, unless the debugger wrote to guest memory since.
+            # A read gdb repeats (it reads the words around PC several times a stop), or one
+            # answered ahead: the remembered reply, unless guest memory was written since.
             reply = conn.replay(data)
             if reply is not None and client.replies_generation == self.manager.memory_generation:
                 self._send(client, reply)
