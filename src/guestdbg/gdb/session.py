@@ -60,7 +60,7 @@ from __future__ import annotations
 import errno
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 from guestdbg.debug.agent_expr import OptionsError, parse_point_options
@@ -83,12 +83,14 @@ class Reply:
     # The acknowledgement of QStartNoAckMode: the server switches the connection to no-ack
     # mode once this reply has gone out with an ack.
     start_no_ack: bool = False
-    # A pure read whose answer stays the same until the session forgets its reads (see "Read
-    # caches" below): the connection may answer the same request again with it (rsp rule 15).
-    repeatable: bool = False
+    # Hints for the server's remembered replies, not part of what the reply says (so not
+    # compared). A pure read whose answer stays the same until the session forgets its reads
+    # (see "Read caches" below): the connection may answer the same request again with it (rsp
+    # rule 15).
+    repeatable: bool = field(default=False, compare=False)
     # Changed nothing a read can see (memory reads show the originals under breakpoints): the
     # replies remembered for repeated reads stay good (a Z or z, which gdb sends at every stop).
-    keeps_reads: bool = False
+    keeps_reads: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
