@@ -541,17 +541,24 @@ def test_client_that_stops_reading_is_dropped_not_waited_for(guest_dir, serve):
     assert _stop_pc(nxt.cmd(b"c")) == g.sym["bp_b"]
 
 
-def test_repeated_reads_answer_alike_until_a_write_a_resume_or_another_mode(guest_dir, serve, monkeypatch):
-    """gdb repeats its small reads at every stop; the server answers a repeat with the reply it
-    remembered (rsp rule 15). A remembered reply must never outlive what it says."""
-    replayed = []
+@pytest.fixture
+def replayed(monkeypatch):
+    """For each read of the client's socket while the guest is stopped: was it answered with a
+    remembered reply (rsp rule 15)?"""
+    seen: list[bool] = []
     replay = rsp.RspConnection.replay
 
     def counting(self, data):
         reply = replay(self, data)
-        replayed.append(reply is not None)
+        seen.append(reply is not None)
         return reply
     monkeypatch.setattr(rsp.RspConnection, "replay", counting)
+    return seen
+
+
+def test_repeated_reads_answer_alike_until_a_write_a_resume_or_another_mode(guest_dir, serve, replayed):
+    """gdb repeats its small reads at every stop; the server answers a repeat with the reply it
+    remembered (rsp rule 15). A remembered reply must never outlive what it says."""
     g = _loop_guest(guest_dir)
     h = serve(g)
     c = h.client()
@@ -582,19 +589,11 @@ def test_repeated_reads_answer_alike_until_a_write_a_resume_or_another_mode(gues
     assert c.cmd(read) == original.hex().encode() and replayed == [False]
 
 
-def test_reads_answered_ahead_at_a_stop_are_what_the_guest_has_there(guest_dir, serve, monkeypatch):
+def test_reads_answered_ahead_at_a_stop_are_what_the_guest_has_there(guest_dir, serve, replayed):
     """At each stop the server answers ahead the reads the client made at its last stop of
     the same kind (the words around PC move with PC): a client stepping through the loop gets
     the instruction at each new PC, a breakpoint's z0/Z0 keep them, and a write made while
-    the guest ran, or while it is stopped, is in them."""
-    replayed = []
-    replay = rsp.RspConnection.replay
-
-    def counting(self, data):
-        reply = replay(self, data)
-        replayed.append(reply is not None)
-        return reply
-    monkeypatch.setattr(rsp.RspConnection, "replay", counting)
+    the guest is stopped is in the next stop's."""
     g = _loop_guest(guest_dir)
     h = serve(g)
     c = h.client()
