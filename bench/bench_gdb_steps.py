@@ -41,7 +41,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-GDB_SCRIPT = r'''
+# What both gdb scripts start with: the stub's CPU clock, and the connection.
+PRELUDE = r'''
 import os
 import time
 import gdb
@@ -55,6 +56,9 @@ def stub_cpu():
 gdb.execute("set confirm off")
 gdb.execute("set pagination off")
 gdb.execute("target remote :%(port)d")
+'''
+
+GDB_SCRIPT = PRELUDE + r'''
 gdb.execute("set *(unsigned long long *)&loop_iterations = 0x4000000000000000")
 gdb.execute("break loop_body")
 gdb.execute("continue", to_string=True)
@@ -75,19 +79,7 @@ gdb.execute("kill")
 '''
 
 # --watches: a write watchpoint hit again and again, in guests/condloop (bump(n) stores bump_last).
-WATCH_SCRIPT = r'''
-import os
-import time
-import gdb
-
-def stub_cpu():
-    with open("/proc/%(pid)d/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-gdb.execute("set confirm off")
-gdb.execute("set pagination off")
-gdb.execute("target remote :%(port)d")
+WATCH_SCRIPT = PRELUDE + r'''
 gdb.execute("set var bump_calls = 0x4000000000000000")
 gdb.execute("watch bump_last")
 gdb.execute("continue", to_string=True)

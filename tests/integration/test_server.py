@@ -541,6 +541,18 @@ def test_client_that_stops_reading_is_dropped_not_waited_for(guest_dir, serve):
     assert _stop_pc(nxt.cmd(b"c")) == g.sym["bp_b"]
 
 
+def _stopped_at_loop_body(guest_dir, serve):
+    """The loop guest behind a no-ack client, stopped at its breakpoint on loop_body (still
+    inserted): (guest, client, loop_body)."""
+    g = _loop_guest(guest_dir)
+    c = serve(g).client()
+    c.start_no_ack()
+    body = g.sym["loop_body"]
+    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
+    assert _stop_pc(c.cmd(b"vCont;c")) == body
+    return g, c, body
+
+
 @pytest.fixture
 def replayed(monkeypatch):
     """For each read of the client's socket while the guest is stopped: was it answered with a
@@ -559,13 +571,7 @@ def replayed(monkeypatch):
 def test_repeated_reads_answer_alike_until_a_write_a_resume_or_another_mode(guest_dir, serve, replayed):
     """gdb repeats its small reads at every stop; the server answers a repeat with the reply it
     remembered (rsp rule 15). A remembered reply must never outlive what it says."""
-    g = _loop_guest(guest_dir)
-    h = serve(g)
-    c = h.client()
-    c.start_no_ack()
-    body = g.sym["loop_body"]
-    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
-    assert _stop_pc(c.cmd(b"vCont;c")) == body
+    g, c, body = _stopped_at_loop_body(guest_dir, serve)
     original = g.read(body, 4)
     read = b"m%x,4" % body
     assert c.cmd(read) == c.cmd(read) == original.hex().encode()
@@ -594,13 +600,8 @@ def test_reads_answered_ahead_at_a_stop_are_what_the_guest_has_there(guest_dir, 
     the same kind (the words around PC move with PC): a client stepping through the loop gets
     the instruction at each new PC, a breakpoint's z0/Z0 keep them, and a write made while
     the guest is stopped is in the next stop's."""
-    g = _loop_guest(guest_dir)
-    h = serve(g)
-    c = h.client()
-    c.start_no_ack()
-    body = g.sym["loop_body"]
-    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
-    pc = _stop_pc(c.cmd(b"vCont;c"))
+    g, c, body = _stopped_at_loop_body(guest_dir, serve)
+    pc = body
     code = {a: g.read(a, 4).hex().encode() for a in range(body - 8, body + 24, 4)}
     far = g.sym["loop_iterations"]  # a word far from PC (a `display`ed variable)
 
@@ -651,14 +652,9 @@ def test_remembered_and_ahead_replies_always_say_what_a_fresh_read_says(guest_di
     addressing-mode switches, garbage. Every read's reply must be what the guest holds at that
     moment, however the server came by it."""
     rng = random.Random(seed)
-    g = _loop_guest(guest_dir)
-    h = serve(g)
-    c = h.client()
-    c.start_no_ack()
-    body, data = g.sym["loop_body"], g.sym["loop_iterations"]
-    assert c.cmd(b"Z0,%x,4" % body) == b"OK"
-    inserted = True
-    pc = _stop_pc(c.cmd(b"vCont;c"))
+    g, c, body = _stopped_at_loop_body(guest_dir, serve)
+    data = g.sym["loop_iterations"]
+    inserted, pc = True, body
     for n in range(600):
         op = rng.random()
         if op < 0.45:  # a read, near PC or of data, of a few lengths: often the same again

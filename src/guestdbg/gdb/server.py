@@ -534,32 +534,19 @@ class GdbServer:
         vcpu = m.current_vcpu if action.vcpu is None else action.vcpu
         return action.alone and m.vcpu_state(vcpu) == "running"
 
-    def _send(self, client: _Client, data: bytes) -> None:
-        """Send `data` (framed already) to the client, after anything still waiting for it."""
-        if not client.outbuf:
-            try:
-                sent = client.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._client_lost()
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
-        client.outbuf += data
-        self._flush()  # the rest when the socket can take it
-
     def _flush(self) -> None:
         client = self._client
-        if client is None:
-            return
+        if client is not None:
+            self._send(client, client.conn.data_to_send())
+
+    def _send(self, client: _Client, data: bytes) -> None:
+        """Send `data` (framed) to the client, after anything still waiting for it; what the
+        socket cannot take now waits in the client's outbuf (the selector says when)."""
         outbuf = client.outbuf
-        data = client.conn.data_to_send()
         if not outbuf:
             if not data:
                 return  # nothing to send, and nothing was waiting: the event mask is READ already
-            # The usual case, one reply: straight from the connection, no copy through outbuf.
+            # The usual case, one reply: straight to the socket, no copy through outbuf.
             try:
                 sent = client.sock.send(data)
             except (BlockingIOError, InterruptedError):
