@@ -757,15 +757,19 @@ def test_no_reply_is_remembered_in_ack_mode_or_for_a_request_that_was_decoded():
     assert conn.replay(b"$m1000,4#8e") is None
     conn.start_no_ack()
     escaped = rsp.frame(b"X1000,1:#")  # '#' escaped: the state machine decoded it
-    _answered(conn, escaped, b"OK")
-    assert conn.replay(escaped) is None
+    conn.receive_data(escaped)
+    assert isinstance(conn.next_event(), Packet)
+    conn.send_packet(b"OK")
+    assert conn.remember_reply() == b""
+    assert conn.replay(escaped) is None and conn.replay(b"") is None
     conn.receive_data(b"$m1000,")  # in two pieces: no whole frame to remember it by
     assert conn.next_event() is NEED_DATA
     conn.receive_data(b"4#8e")
     assert isinstance(conn.next_event(), Packet)
     conn.send_packet(b"00")
-    conn.remember_reply()
+    assert conn.remember_reply() == b""  # (nothing remembered, and no request to follow)
     assert conn.replay(b"$m1000,4#8e") is None
+    assert conn.replay(b"") is None  # (EOF is never a request)
 
 
 def test_nothing_is_replayed_past_buffered_bytes_either_way():
@@ -792,3 +796,18 @@ def test_remembered_replies_are_bounded():
     assert len(conn._replies) <= RspConnection.MAX_REMEMBERED
     last = RspConnection.MAX_REMEMBERED
     assert conn.replay(rsp.frame(b"m%x,4" % last)) == rsp.frame(b"%08x" % last, rle=False)
+
+
+def test_a_reply_remembered_ahead_answers_the_request_as_the_peer_frames_it():
+    conn = RspConnection()
+    conn.remember(b"m1000,4", b"1f2003d5")  # ack mode: nothing
+    assert conn.replay(b"$m1000,4#8e") is None
+    conn.start_no_ack()
+    conn.remember(b"m1000,4", b"1f2003d5")
+    conn.remember(b"X1000,1:#", b"OK")  # a request with a byte the peer escapes
+    assert conn.replay(b"$m1000,4#8e") == rsp.frame(b"1f2003d5", rle=False)
+    assert conn.replay(rsp.frame(b"X1000,1:#", rle=False)) == rsp.frame(b"OK", rle=False)
+    assert conn.replay(b"$X1000,1:##a6") is None  # unescaped: not what a peer sends
+    # Bytes received and not yet framed come first: nothing overtakes them.
+    conn.receive_data(b"$m1000,4#8e")
+    assert conn.replay(b"$m1000,4#8e") is None
