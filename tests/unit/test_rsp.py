@@ -759,15 +759,19 @@ def test_no_reply_is_remembered_in_ack_mode_or_for_a_request_that_was_decoded():
     escaped = rsp.frame(b"X1000,1:#")  # '#' escaped: the state machine decoded it
     conn.receive_data(escaped)
     assert isinstance(conn.next_event(), Packet)
+    assert conn.next_event() is NEED_DATA
     conn.send_packet(b"OK")
     assert conn.remember_reply() == b""
+    conn.data_to_send()
     assert conn.replay(escaped) is None and conn.replay(b"") is None
     conn.receive_data(b"$m1000,")  # in two pieces: no whole frame to remember it by
     assert conn.next_event() is NEED_DATA
     conn.receive_data(b"4#8e")
     assert isinstance(conn.next_event(), Packet)
+    assert conn.next_event() is NEED_DATA
     conn.send_packet(b"00")
     assert conn.remember_reply() == b""  # (nothing remembered, and no request to follow)
+    conn.data_to_send()
     assert conn.replay(b"$m1000,4#8e") is None
     assert conn.replay(b"") is None  # (EOF is never a request)
 
