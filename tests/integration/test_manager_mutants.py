@@ -1390,3 +1390,30 @@ def test_a_step_at_another_va_of_a_patched_instruction_is_one_step(guest_dir):
     e = m.step()
     assert (e.kind, e.pc) == (StopKind.STEP, code + 4)
     assert g.vm.read_phys(code, 4) == BRK0
+
+
+# ---------------------------------------------------------------------------------------------
+# the resume itself: what it refuses, and how it runs on (found by the run of 2026-12-02, third)
+
+SYSTEM_OFF = _words(_movz_w0(8), _movk_w0_16(0x8400), 0xD4000002)  # PSCI SYSTEM_OFF (hvc #0)
+
+
+def _raw(tmp_path, code: bytes, name: str = "raw") -> tuple[VirtMachine, GuestDebugManager]:
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / f"{name}.bin"
+    image.write_bytes(code)
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    m.in_run_breakpoints = False
+    return mch, m
+
+
+def test_a_resume_after_the_guests_end_says_what_it_cannot_do(tmp_path):
+    mch, m = _raw(tmp_path, SYSTEM_OFF)
+    assert m.cont().kind is StopKind.EXITED
+    for resume, what in ((m.step, "step"), (m.cont, "continue")):
+        with pytest.raises(DebugError) as e:
+            resume()
+        assert e.value.errno == errno.ESRCH
+        assert str(e.value) == (f"the guest has exited (status 0, PSCI SYSTEM_OFF): nothing to {what}; "
+                                "restore a snapshot to run it again")
