@@ -1417,3 +1417,71 @@ def test_a_resume_after_the_guests_end_says_what_it_cannot_do(tmp_path):
         assert e.value.errno == errno.ESRCH
         assert str(e.value) == (f"the guest has exited (status 0, PSCI SYSTEM_OFF): nothing to {what}; "
                                 "restore a snapshot to run it again")
+
+
+# movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; nop; PSCI SYSTEM_OFF. The word at RAM + 0x40.
+STORE_5 = _words(_movz_w0(5), 0x100001E1, 0xB9000020, 0xD503201F) + SYSTEM_OFF
+STORED = RAM + 0x40
+
+
+def test_a_step_onto_a_watched_store_whose_condition_is_false_stops_there(tmp_path):
+    """The stop of the vCPU a step is for is the step's: a watch's false condition does not
+    run it on past the store (a continue does)."""
+    mch, m = _raw(tmp_path, STORE_5)
+    m.add_watchpoint(STORED, 4, WatchKind.WRITE, condition=lambda view: False)
+    assert [(e.kind, e.pc) for e in (m.step(), m.step())] == [(StopKind.STEP, RAM + 4), (StopKind.STEP, RAM + 8)]
+    e = m.step()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 8, STORED)
+    assert m.read_memory(STORED, 4) == bytes(4)  # before the access
+    e = m.step()
+    assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xC)
+    assert m.read_memory(STORED, 4) == _words(5)
+    assert m.cont().kind is StopKind.EXITED
+
+
+# adr x0, RAM + 0x800; msr vbar_el1, x0; brk #1 (the guest's own); nop. Its vector (EL1h,
+# synchronous: VBAR + 0x200) powers off.
+GUEST_BRK = _words(0x10004000, 0xD518C000, 0xD4200020, 0xD503201F).ljust(0xA00, b"\0") + SYSTEM_OFF
+
+
+def test_a_step_onto_the_guests_own_brk_stops_at_its_vector(tmp_path):
+    """The guest's own breakpoint instruction is the guest's: a step takes it into the guest's
+    exception vector and stops there, one instruction, as without a debugger."""
+    mch, m = _raw(tmp_path, GUEST_BRK)
+    m.add_breakpoint(RAM + 0xC)  # a breakpoint of the debugger's elsewhere: BRKs are trapped
+    assert [m.step().pc for _ in range(2)] == [RAM + 4, RAM + 8]
+    e = m.step()
+    assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xA00)
+    assert mch.vcpu.get_one_reg(reg_id("ESR_EL1")) >> 26 == 0x3C  # EC: BRK from AArch64
+    assert mch.vcpu.get_one_reg(reg_id("ELR_EL1")) == RAM + 8
+    assert m.cont().kind is StopKind.EXITED
+
+
+@pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
+def test_a_breakpoint_and_a_watch_on_one_store_stop_once_each(tmp_path, in_run):
+    """A breakpoint on a store and a write watch on what it stores: the breakpoint first, then
+    (the store stepped over with the breakpoint out of the way) the watch, before the access;
+    then the store is done and the guest runs on."""
+    mch, m = _raw(tmp_path, STORE_5)
+    m.in_run_breakpoints = in_run
+    m.add_breakpoint(RAM + 8)
+    m.add_watchpoint(STORED, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 8)
+    e = m.cont()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 8, STORED)
+    assert m.read_memory(STORED, 4) == bytes(4)
+    e = m.cont()
+    assert (e.kind, e.exit_status) == (StopKind.EXITED, 0)
+    assert m.read_memory(STORED, 4) == _words(5)
+
+
+@pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
+def test_a_breakpoint_and_a_hardware_breakpoint_on_one_instruction_stop_once(tmp_path, in_run):
+    mch, m = _raw(tmp_path, STORE_5)
+    m.in_run_breakpoints = in_run
+    m.add_breakpoint(RAM + 4)
+    m.add_hw_breakpoint(RAM + 4)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 4)
+    assert m.cont().kind is StopKind.EXITED
