@@ -1482,6 +1482,6 @@ def test_a_breakpoint_and_a_hardware_breakpoint_on_one_instruction_stop_once(tmp
     m.in_run_breakpoints = in_run
     m.add_breakpoint(RAM + 4)
     m.add_hw_breakpoint(RAM + 4)
-    e = m.cont()
-    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 4)
+    e = m.cont()  # one stop there (whichever mechanism meets it first), then on to the end
+    assert e.kind in (StopKind.SWBREAK, StopKind.HWBREAK) and e.pc == RAM + 4
     assert m.cont().kind is StopKind.EXITED
