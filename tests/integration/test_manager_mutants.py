@@ -1485,3 +1485,17 @@ def test_a_breakpoint_and_a_hardware_breakpoint_on_one_instruction_stop_once(tmp
     e = m.cont()  # one stop there (whichever mechanism meets it first), then on to the end
     assert e.kind in (StopKind.SWBREAK, StopKind.HWBREAK) and e.pc == RAM + 4
     assert m.cont().kind is StopKind.EXITED
+
+
+def test_after_an_interrupts_stop_a_wake_runs_on(guest_dir):
+    """An interrupt() stops the guest once; a later wake() (the host's services: console input)
+    is not another Ctrl-C: the run serves it and goes on to the breakpoint."""
+    g, m = _guest(guest_dir)
+    m.add_breakpoint(g.sym["bp_a"])
+    start = g.vcpu.pc
+    m.interrupt()
+    e = m.cont()
+    assert (e.kind, e.signal, e.pc) == (StopKind.SIGNAL, signal.SIGINT, start)
+    m.wake()
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, g.sym["bp_a"])
