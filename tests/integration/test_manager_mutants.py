@@ -1499,3 +1499,42 @@ def test_after_an_interrupts_stop_a_wake_runs_on(guest_dir):
     m.wake()
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, g.sym["bp_a"])
+
+
+# adr x1, RAM + 0x10; ldr w2, [x1]; nop; nop; (0x10:) nop; PSCI SYSTEM_OFF.
+READS_ITS_CODE = _words(0x10000081, 0xB9400022, 0xD503201F, 0xD503201F, 0xD503201F) + SYSTEM_OFF
+
+
+def test_a_guest_reading_its_own_code_under_a_breakpoint_reads_the_brk(tmp_path):
+    """As on KVM, where the debugger's BRK is in guest memory: only stores over a patched
+    instruction are trapped, so a load of it reads the BRK (trapping loads too would make
+    every load of the guest take Unicorn's slow path)."""
+    mch, m = _raw(tmp_path, READS_ITS_CODE)
+    m.add_breakpoint(RAM + 0x10)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
+    assert mch.vcpu.get_one_reg(reg_id("X2")).to_bytes(4, "little") == BRK0
+    assert m.read_memory(RAM + 0x10, 4) == _words(0xD503201F)  # the debugger sees the nop
+
+
+def test_a_store_over_a_breakpoint_through_another_va_of_its_page(tmp_path):
+    """The MMU on (the tables of the memory_region tests): a breakpoint at VA 0x4030_2000
+    (the identity map) and the guest rewriting that instruction through ALIAS + 0x4000, the
+    same physical page: the store is done, the breakpoint stays, over the new instruction."""
+    from types import SimpleNamespace
+    code = 0x4030_2000
+    mch, m = _raw(tmp_path, _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+                                   0xD2B00001,   # movz x1, #0x8000, lsl #16
+                                   0xF2880001,   # movk x1, #0x4000: x1 = ALIAS + 0x4000
+                                   0xB9000020,   # str w0, [x1]
+                                   0xD2A80603,   # movz x3, #0x4030, lsl #16
+                                   0xF2840003,   # movk x3, #0x2000: x3 = 0x4030_2000
+                                   0xD61F0060))  # br x3
+    mch.vm.write_phys(code, _words(MOV_X2_1) + SYSTEM_OFF)
+    _mmu_on(SimpleNamespace(vm=mch.vm, vcpu=mch.vcpu))
+    assert m.add_breakpoint(code) == "sw"
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, code)
+    assert m.read_memory(code, 4) == m.read_memory(ALIAS + 0x4000, 4) == _words(MOV_X2_7)
+    assert m.cont().kind is StopKind.EXITED
+    assert mch.vcpu.get_one_reg(reg_id("X2")) == 7
