@@ -1538,3 +1538,23 @@ def test_a_store_over_a_breakpoint_through_another_va_of_its_page(tmp_path):
     assert m.read_memory(code, 4) == m.read_memory(ALIAS + 0x4000, 4) == _words(MOV_X2_7)
     assert m.cont().kind is StopKind.EXITED
     assert mch.vcpu.get_one_reg(reg_id("X2")) == 7
+
+
+@pytest.mark.parametrize("how", ["cont", "step"])
+@pytest.mark.parametrize("in_run", [pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="bug: the step over the patch reports the breakpoint again")), True], ids=["brk", "in-run"])
+def test_a_breakpoint_on_the_guests_own_brk_stops_once_then_the_guest_takes_it(tmp_path, in_run, how):
+    """A breakpoint on an instruction that is itself a BRK of the guest's: one stop there; the
+    resume from it executes that instruction, the guest's BRK, which goes to the guest's
+    vector (as a step from any breakpoint executes the instruction under it)."""
+    mch, m = _raw(tmp_path, GUEST_BRK)
+    m.in_run_breakpoints = in_run
+    m.add_breakpoint(RAM + 8)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 8)
+    if how == "step":
+        e = m.step()
+        assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xA00)
+    else:
+        assert m.cont().kind is StopKind.EXITED
+    assert mch.vcpu.get_one_reg(reg_id("ESR_EL1")) >> 26 == 0x3C
+    assert mch.vcpu.get_one_reg(reg_id("ELR_EL1")) == RAM + 8
