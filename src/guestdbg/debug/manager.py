@@ -270,6 +270,7 @@ class GuestDebugManager:
         self._brk: bytes = self.arch.sw_break or b""
         self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key
         self._skipped_watch: "Watch | bool | None" = None  # what the last _apply left out (see _watch_for)
+        self._lifted_pa: int | None = None  # the patch a step over it has lifted: a BRK there is the guest's
         self._arch_regs: Any = None
         # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
         # (on x86 a 0 there means the 4 shared debug registers).
@@ -1026,6 +1027,7 @@ class GuestDebugManager:
             patch = self._sw.get(pa) if pa is not None else None
         if patch is not None:
             self.vm.write_phys(patch.pa, patch.original)
+        lifted, self._lifted_pa = self._lifted_pa, patch.pa if patch is not None else self._lifted_pa
         # After a watch hit, step the access with every watch out of the way: one access can
         # hit several watches (an unaligned store over two ranges), and skipping only the one
         # reported would re-stop on the same instruction forever.
@@ -1038,6 +1040,7 @@ class GuestDebugManager:
                 if event is not None:
                     return None if event.kind is StopKind.STEP else event
         finally:
+            self._lifted_pa = lifted
             if patch is not None and patch.pa in self._sw:
                 self._repatch(patch)
             self._apply()
@@ -1073,11 +1076,13 @@ class GuestDebugManager:
             # software breakpoint (policy 12).
             return StopEvent(StopKind.SWBREAK if pc in self._unmapped_bp else StopKind.HWBREAK, pc)
         filtered = pc in self._filtered and self._filter_stop == (self._current, pc)  # not the guest's own BRK
-        if raw.kind == "swbreak" and (pc in self._sw_va or filtered):
+        # With its patch lifted (the step over it), a BRK at a breakpoint is the guest's own.
+        ours = pc in self._sw_va and self._sw_va[pc] != self._lifted_pa
+        if raw.kind == "swbreak" and (ours or filtered):
             self._filter_stop = None
             return StopEvent(StopKind.SWBREAK, pc)
         alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None
-        if alias_patch is not None:
+        if alias_patch is not None and alias_patch.pa != self._lifted_pa:
             # Our BRK, reached through another virtual address of the patched page (a kernel's
             # linear map): a breakpoint on one VA does not fire at another, as on QEMU.
             event = self._step_over(pc, patch=alias_patch)
