@@ -1558,3 +1558,20 @@ def test_a_breakpoint_on_the_guests_own_brk_stops_once_then_the_guest_takes_it(t
         assert m.cont().kind is StopKind.EXITED
     assert mch.vcpu.get_one_reg(reg_id("ESR_EL1")) >> 26 == 0x3C
     assert mch.vcpu.get_one_reg(reg_id("ELR_EL1")) == RAM + 8
+
+
+def test_a_hardware_breakpoint_at_another_va_of_a_patched_instruction_stops_once(guest_dir):
+    """The set-up of the step test above, with a hardware breakpoint at VA 0x4030_2000 too:
+    its stop, then the instruction runs (under the BRK another VA's breakpoint put there) and
+    the guest goes on to the udf."""
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    code = 0x4030_2000
+    g.vm.write_phys(code, bytes.fromhex("1f2003d5" "1f2003d5" "00000000"))  # nop, nop, udf #0
+    assert m.add_breakpoint(ALIAS + 0x4000) == "sw"
+    m.add_hw_breakpoint(code)
+    m.set_pc(code)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.HWBREAK, code)
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, code + 8, signal.SIGILL)
