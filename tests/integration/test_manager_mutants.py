@@ -1575,3 +1575,29 @@ def test_a_hardware_breakpoint_at_another_va_of_a_patched_instruction_stops_once
     assert (e.kind, e.pc) == (StopKind.HWBREAK, code)
     e = m.cont()
     assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, code + 8, signal.SIGILL)
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_watch_stops_come_after_the_access_and_the_next_one_is_met(tmp_path):
+    """On x86 a watch stop comes after the access (a trap): resuming from it must not step the
+    next instruction with the watches out of the way. Two stores in a row into one watch: two
+    stops, each after its store."""
+    import subprocess
+    from pathlib import Path
+
+    from guestdbg.board.pc_probe import create_pc_machine
+    from tests.integration.test_x86_manners import symbols
+    x86 = Path(__file__).resolve().parents[2] / "guests" / "x86"
+    proc = subprocess.run(["make", "-C", str(x86), f"O={tmp_path}", "-j2", f"{tmp_path}/watch.elf"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    elf = tmp_path / "watch.elf"
+    s = symbols(elf)
+    mch = create_pc_machine(console=lambda data: None)
+    mch.load_elf(elf)
+    m = GuestDebugManager(mch)
+    m.add_watchpoint(s["wdata"] + 0x20, 16, WatchKind.WRITE)
+    first, second = m.cont(), m.cont()
+    assert [(e.kind, e.pc, e.watch_addr) for e in (first, second)] == [
+        (StopKind.WATCH, s["acc_stp2"], s["wdata"] + 0x20), (StopKind.WATCH, s["acc_stp2"] + 4, s["wdata"] + 0x28)]
