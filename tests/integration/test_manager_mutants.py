@@ -1491,14 +1491,19 @@ def test_after_an_interrupts_stop_a_wake_runs_on(guest_dir):
     """An interrupt() stops the guest once; a later wake() (the host's services: console input)
     is not another Ctrl-C: the run serves it and goes on to the breakpoint."""
     g, m = _guest(guest_dir)
-    m.add_breakpoint(g.sym["bp_a"])
-    start = g.vcpu.pc
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    m.add_breakpoint(a)
+    m.wake()  # before any interrupt(): a fresh manager runs on too
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, a)
     m.interrupt()
     e = m.cont()
-    assert (e.kind, e.signal, e.pc) == (StopKind.SIGNAL, signal.SIGINT, start)
+    assert (e.kind, e.signal, e.pc) == (StopKind.SIGNAL, signal.SIGINT, a)
+    m.remove_breakpoint(a)
+    m.add_breakpoint(b)
     m.wake()
     e = m.cont()
-    assert (e.kind, e.pc) == (StopKind.SWBREAK, g.sym["bp_a"])
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, b)
 
 
 # adr x1, RAM + 0x10; ldr w2, [x1]; nop; nop; (0x10:) nop; PSCI SYSTEM_OFF.
