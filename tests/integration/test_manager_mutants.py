@@ -1606,3 +1606,14 @@ def test_x86_watch_stops_come_after_the_access_and_the_next_one_is_met(tmp_path)
     first, second = m.cont(), m.cont()
     assert [(e.kind, e.pc, e.watch_addr) for e in (first, second)] == [
         (StopKind.WATCH, s["acc_stp2"], s["wdata"] + 0x20), (StopKind.WATCH, s["acc_stp2"] + 4, s["wdata"] + 0x28)]
+
+
+def test_a_history_keeps_a_gib_by_default(tmp_path):
+    """--record-mem's default: 1 GiB of history."""
+    mch, m = _raw(tmp_path, SYSTEM_OFF)
+    assert m.record_status() is None
+    m.start_recording()
+    assert m.record_status()["limit"] == 1 << 30
+    m.stop_recording()
+    m.start_recording(mem_limit=600 << 20)
+    assert m.record_status()["limit"] == 600 << 20
