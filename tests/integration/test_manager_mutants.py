@@ -384,6 +384,7 @@ def test_step_irq_mechanism_on_the_emulated_vcpu(guest_dir):
     assert m.can_block_step_irqs
     assert m.step_irq_mechanism() == \
         "the vCPU's singlestep_blocks_irq (IRQ input held, timer levels deferred)"
+    assert m.step_irqs is False and g.vcpu.singlestep_blocks_irq is True  # the default: steps hold IRQs
 
 
 # ---------------------------------------------------------------------------------------------
