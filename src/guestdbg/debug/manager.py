@@ -1027,7 +1027,7 @@ class GuestDebugManager:
             patch = self._sw.get(pa) if pa is not None else None
         if patch is not None:
             self.vm.write_phys(patch.pa, patch.original)
-        lifted, self._lifted_pa = self._lifted_pa, patch.pa if patch is not None else self._lifted_pa
+            self._lifted_pa = patch.pa
         # After a watch hit, step the access with every watch out of the way: one access can
         # hit several watches (an unaligned store over two ranges), and skipping only the one
         # reported would re-stop on the same instruction forever.
@@ -1040,7 +1040,7 @@ class GuestDebugManager:
                 if event is not None:
                     return None if event.kind is StopKind.STEP else event
         finally:
-            self._lifted_pa = lifted
+            self._lifted_pa = None  # (one runs inside another only from one that lifted nothing)
             if patch is not None and patch.pa in self._sw:
                 self._repatch(patch)
             self._apply()
