@@ -1418,6 +1418,31 @@ def test_a_resume_after_the_guests_end_says_what_it_cannot_do(tmp_path):
         assert e.value.errno == errno.ESRCH
         assert str(e.value) == (f"the guest has exited (status 0, PSCI SYSTEM_OFF): nothing to {what}; "
                                 "restore a snapshot to run it again")
+    with pytest.raises(DebugError, match="nothing to continue; "):
+        m.check_runnable()  # the GDB session's check before a vCont
+
+
+def test_a_vcpu_that_is_off_cannot_be_stepped_or_run_alone(tmp_path):
+    from tests.helpers.mmu_guest import assemble
+    from tests.integration.test_smp_debug import GUEST_S, make
+    m, board, sym = make(assemble(tmp_path, "smpdbg", GUEST_S), 2)
+    board.powered_off.add(1)
+    for resume, what in ((lambda: m.step(1), "step"), (lambda: m.cont(1), "continue"),
+                         (lambda: m.check_runnable(vcpu=1), "continue"),
+                         (lambda: m.check_runnable("step", vcpu=1), "step")):
+        with pytest.raises(DebugError) as e:
+            resume()
+        assert e.value.errno == errno.ESRCH
+        assert str(e.value) == f"CPU#1 is off (not started, or PSCI CPU_OFF): nothing to {what}"
+    with pytest.raises(DebugError) as e:
+        m.check_runnable(vcpu=2)
+    assert (e.value.errno, str(e.value)) == (errno.ESRCH, "no vCPU 2 (the machine has 2)")
+    m.check_runnable(vcpu=0)
+    m.check_runnable()
+    assert board.vcpus[1].icount == 0
+    m.add_breakpoint(sym["after_call"])
+    e = m.cont(0)  # vCPU 0 alone, the other off: fine
+    assert (e.kind, e.vcpu_id, e.pc) == (StopKind.SWBREAK, 0, sym["after_call"])
 
 
 # movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; nop; PSCI SYSTEM_OFF. The word at RAM + 0x40.
