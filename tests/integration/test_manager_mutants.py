@@ -1643,3 +1643,21 @@ def test_a_history_keeps_a_gib_by_default(tmp_path):
     m.stop_recording()
     m.start_recording(mem_limit=600 << 20)
     assert m.record_status()["limit"] == 600 << 20
+
+
+# movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; str w0, [x1] again; PSCI SYSTEM_OFF.
+STORE_5_TWICE = _words(_movz_w0(5), 0x100001E1, 0xB9000020, 0xB9000020) + SYSTEM_OFF
+
+
+def test_a_pc_moved_from_a_watch_stop_onto_another_watched_access_meets_it(tmp_path):
+    """Stopped at a watched store (before it), the PC moved onto the next store into the same
+    watch: resuming runs from there with the watch armed, and stops at that store. (Only where
+    the vCPU stopped is stepped over with the watches out of the way.)"""
+    mch, m = _raw(tmp_path, STORE_5_TWICE)
+    m.add_watchpoint(STORED, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.WATCH, RAM + 8)
+    m.set_pc(RAM + 0xC)
+    e = m.cont()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 0xC, STORED)
+    assert m.read_memory(STORED, 4) == bytes(4)
