@@ -1661,3 +1661,23 @@ def test_a_pc_moved_from_a_watch_stop_onto_another_watched_access_meets_it(tmp_p
     e = m.cont()
     assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 0xC, STORED)
     assert m.read_memory(STORED, 4) == bytes(4)
+
+
+@pytest.mark.parametrize("hsr, far, detail", [
+    (0x34 << 26 | 1 << 6, RAM + 0x80, f"unexpected watchpoint exit at {RAM + 0x80:#x}"),  # no watch, no patch there
+    (0x00 << 26, 0, "unexpected debug exit EC 0x0"),
+], ids=["watch", "other"])
+def test_a_debug_exit_nothing_explains_is_a_signal_stop_saying_so(tmp_path, hsr, far, detail):
+    """A KVM_EXIT_DEBUG that no breakpoint, watch or patch of the debugger's explains (a board
+    whose vCPU reported one, made up here): a SIGTRAP stop where the vCPU is, naming the
+    exit, not a hang or a crash of the debugger."""
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "raw.bin"
+    image.write_bytes(STORE_5)
+    mch.load_raw(image, RAM)
+    exits = [kvm.KvmRun(kvm.KVM_EXIT_DEBUG, debug=kvm.DebugExitArm64(hsr=hsr, far=far))]
+    m = GuestDebugManager(_Without(mch, run_until=lambda *a, **k: exits.pop() if exits else mch.run_until(*a, **k)))
+    m.add_watchpoint(RAM + 0x200, 4, WatchKind.WRITE)  # a watch elsewhere
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, signal.SIGTRAP, detail)
+    assert m.cont().kind is StopKind.EXITED  # and the guest runs on from there
