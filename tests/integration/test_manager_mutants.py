@@ -1441,8 +1441,10 @@ def test_a_vcpu_that_is_off_cannot_be_stepped_or_run_alone(tmp_path):
     m.check_runnable()
     assert board.vcpus[1].icount == 0
     m.add_breakpoint(sym["after_call"])
-    e = m.cont(0)  # vCPU 0 alone, the other off: fine
+    m.select_vcpu(1)
+    e = m.cont()  # every vCPU, the current one off: the others run
     assert (e.kind, e.vcpu_id, e.pc) == (StopKind.SWBREAK, 0, sym["after_call"])
+    assert board.vcpus[1].icount == 0
 
 
 # movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; nop; PSCI SYSTEM_OFF. The word at RAM + 0x40.
