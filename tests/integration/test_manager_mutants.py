@@ -1634,6 +1634,14 @@ def test_x86_watch_stops_come_after_the_access_and_the_next_one_is_met(tmp_path)
     first, second = m.cont(), m.cont()
     assert [(e.kind, e.pc, e.watch_addr) for e in (first, second)] == [
         (StopKind.WATCH, s["acc_stp2"], s["wdata"] + 0x20), (StopKind.WATCH, s["acc_stp2"] + 4, s["wdata"] + 0x28)]
+    # With a false condition: nothing to step over (the stores are done), the run goes on.
+    mch = create_pc_machine(console=lambda data: None)
+    mch.load_elf(elf)
+    m = GuestDebugManager(mch)
+    m.add_watchpoint(s["wdata"] + 0x20, 16, WatchKind.WRITE, condition=lambda view: False)
+    e = m.cont()
+    assert (e.kind, e.exit_status) == (StopKind.EXITED, 0)
+    assert m.read_memory(s["wdata"] + 0x20, 16) == bytes([0x66] * 8 + [0x77] * 8)
 
 
 def test_a_history_keeps_a_gib_by_default(tmp_path):
