@@ -536,7 +536,9 @@ def test_x86_debug_points_and_step_policy():
     assert m.debug_points() == [DebugPoint("break", unmapped, 1, "hw (VA not mapped yet): slot 0"),
                                 DebugPoint("hbreak", 0x40_2000, 1, "slot 1")]
     # KVM_GUESTDBG_BLOCKIRQ where the host has it (KVM_CAP_SET_GUEST_DEBUG2), else nothing.
-    assert m.step_irq_mechanism() == ("KVM_GUESTDBG_BLOCKIRQ" if m.can_block_step_irqs else
+    blockirq = bool(m.vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2) & kvm.KVM_GUESTDBG_BLOCKIRQ)
+    assert m.can_block_step_irqs is blockirq
+    assert m.step_irq_mechanism() == ("KVM_GUESTDBG_BLOCKIRQ" if blockirq else
                                       "none: this vCPU cannot block interrupts while stepping")
 
 
