@@ -1693,3 +1693,30 @@ def test_a_debug_exit_nothing_explains_is_a_signal_stop_saying_so(tmp_path, hsr,
     e = m.cont()
     assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, signal.SIGTRAP, detail)
     assert m.cont().kind is StopKind.EXITED  # and the guest runs on from there
+
+
+# movz x0, #0; 1: add x0, x0, #1; cmp x0, #2000; b.ne 1b; PSCI SYSTEM_OFF.
+COUNT_2000 = _words(0xD2800000, 0x91000400, 0xF11F401F, 0x54FFFFC1) + SYSTEM_OFF
+
+
+def test_a_debugger_write_through_the_mmu_is_replayed_at_its_physical_address(tmp_path):
+    """The MMU on, RAM's first 2 MiB mapped where they are and ALIAS at PA 0x4020_0000, which
+    no VA equal to it maps: a write the debugger makes through ALIAS while recording is an
+    input, replayed at that physical address whenever a seek passes it."""
+    from types import SimpleNamespace
+    mch, m = _raw(tmp_path, COUNT_2000)
+    _mmu_on(SimpleNamespace(vm=mch.vm, vcpu=mch.vcpu))
+    l2 = L3 + 0x1000  # VA 1 GiB..: only its first 2 MiB, as a block of RAM
+    mch.vm.write_phys(l2, (RAM | BLOCK).to_bytes(8, "little"))
+    mch.vm.write_phys(L1 + 8, (l2 | TABLE).to_bytes(8, "little"))
+    m.start_recording(interval=500)
+    m.add_breakpoint(RAM + 0xC)
+    assert m.cont().pc == RAM + 0xC
+    m.remove_breakpoint(RAM + 0xC)
+    written_at = mch.vcpu.icount
+    m.write_memory(ALIAS, b"\x11\x22\x33\x44")
+    assert m.cont().kind is StopKind.EXITED
+    m.seek_to(written_at - 1)
+    assert m.read_memory(ALIAS, 4) == bytes(4)
+    m.seek_to(written_at + 2)  # from the first checkpoint, replaying the write
+    assert m.read_memory(ALIAS, 4) == b"\x11\x22\x33\x44" == mch.vm.read_phys(0x4020_0000, 4)
