@@ -1720,3 +1720,28 @@ def test_a_debugger_write_through_the_mmu_is_replayed_at_its_physical_address(tm
     assert m.read_memory(ALIAS, 4) == bytes(4)
     m.seek_to(written_at + 2)  # from the first checkpoint, replaying the write
     assert m.read_memory(ALIAS, 4) == b"\x11\x22\x33\x44" == mch.vm.read_phys(0x4020_0000, 4)
+
+
+# mrs x1, cntvct_el0; nop; mrs x2, cntvct_el0; then COUNT_2000's loop and PSCI SYSTEM_OFF.
+READ_COUNTER_TWICE = _words(0xD53BE041, 0xD503201F, 0xD53BE042) + COUNT_2000
+
+
+def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
+    """The host's clock, paced while recording: after a debugger stop of 20 ms the counter
+    jumps to the host's time, a logged input; a replay through that point reads the same."""
+    import time
+    mch = VirtMachine(VirtConfig(), console=lambda data: None, clock_mode="host")
+    image = tmp_path / "counter.bin"
+    image.write_bytes(READ_COUNTER_TWICE)
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    m.start_recording(interval=500)
+    m.add_breakpoint(RAM + 4)
+    assert m.cont().pc == RAM + 4
+    m.remove_breakpoint(RAM + 4)
+    time.sleep(0.02)
+    assert m.cont().kind is StopKind.EXITED
+    x1, x2 = m.read_register("x1"), m.read_register("x2")
+    assert x2 - x1 >= 62_500_000 // 100  # at least 10 ms of ticks: the jump
+    m.seek_to(3)  # from the first checkpoint: the two reads replayed
+    assert (m.read_register("x1"), m.read_register("x2")) == (x1, x2)
