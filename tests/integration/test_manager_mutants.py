@@ -1745,3 +1745,34 @@ def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
     assert x2 - x1 >= 62_500_000 // 100  # at least 10 ms of ticks: the jump
     m.seek_to(3)  # from the first checkpoint: the two reads replayed
     assert (m.read_register("x1"), m.read_register("x2")) == (x1, x2)
+
+
+# x1 = RAM + 0x200; x2 = the PL011; six times: a byte from its data register stored at x1++,
+# then 300 loops of delay; PSCI SYSTEM_OFF.
+READS_SIX_BYTES = _words(0x10001001, 0xD2A12002, 0xD28000C3, 0xB9400040, 0x38001420, 0xD2802584,
+                         0xF1000484, 0x54FFFFE1, 0xF1000463, 0x54FFFF41) + SYSTEM_OFF
+
+
+def test_console_input_read_across_checkpoints_replays_the_same(tmp_path):
+    """The guest reads console input, one byte at a time, across several checkpoints while
+    recording; a replay from a checkpoint between the reads gives it the same bytes (the
+    count of the console's pulls is part of each checkpoint)."""
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "reads.bin"
+    image.write_bytes(READS_SIX_BYTES)
+    mch.load_raw(image, RAM)
+    pending = bytearray(b"ABCDEFGHIJKLMNOP")
+
+    def source(room: int) -> bytes:
+        byte = bytes(pending[:1])
+        del pending[:1]
+        return byte
+    mch.uart.rx_source = source
+    m = GuestDebugManager(mch)
+    m.start_recording(interval=500)
+    assert m.cont().kind is StopKind.EXITED
+    live = m.read_memory(RAM + 0x200, 6)
+    assert live == b"ABCDEF"
+    m.seek_to(700)  # after the first read, from the checkpoint at 500
+    assert m.cont().kind is StopKind.EXITED  # forward through the recorded reads to the end
+    assert m.read_memory(RAM + 0x200, 6) == live
