@@ -1738,6 +1738,7 @@ def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
     m.start_recording(interval=500)
     m.add_breakpoint(RAM + 4)
     assert m.cont().pc == RAM + 4
+    at_stop = mch.clock.counter()
     m.remove_breakpoint(RAM + 4)
     time.sleep(0.02)
     assert m.cont().kind is StopKind.EXITED
@@ -1745,6 +1746,8 @@ def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
     assert x2 - x1 >= 62_500_000 // 100  # at least 10 ms of ticks: the jump
     m.seek_to(3)  # from the first checkpoint: the two reads replayed
     assert (m.read_register("x1"), m.read_register("x2")) == (x1, x2)
+    m.seek_to(1)  # where the recorded run stopped: as it first arrived, before the jump
+    assert mch.clock.counter() == at_stop
 
 
 # x1 = RAM + 0x200; x2 = the PL011; six times: a byte from its data register stored at x1++,
