@@ -5,8 +5,8 @@
 # guests on the emulated vCPU, built once per run by tests/helpers/mutmut_guests.py).
 # Configuration: setup.cfg [mutmut]. Results: mutants/ (git-ignored); scores: bench/mutation.py.
 #
-#   scripts/mutation.sh            # fresh run, then the scores: some 2-3 hours on the shared
-#                                  # 2-core machine (manager.py's 2,333 mutants; the other
+#   scripts/mutation.sh            # fresh run, then the scores: some 2.5-3 hours on the shared
+#                                  # 2-core machine (manager.py's 2,503 mutants; the other
 #                                  # modules ~12 min); bench/README.md "Mutation testing"
 #   scripts/mutation.sh --resume   # keep mutants/ and the cached results (not after test edits)
 #   .venv/bin/mutmut show NAME     # the diff of one mutant; .venv/bin/mutmut browse: all

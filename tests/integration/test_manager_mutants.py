@@ -384,6 +384,7 @@ def test_step_irq_mechanism_on_the_emulated_vcpu(guest_dir):
     assert m.can_block_step_irqs
     assert m.step_irq_mechanism() == \
         "the vCPU's singlestep_blocks_irq (IRQ input held, timer levels deferred)"
+    assert m.step_irqs is False and g.vcpu.singlestep_blocks_irq is True  # the default: steps hold IRQs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +536,9 @@ def test_x86_debug_points_and_step_policy():
     assert m.debug_points() == [DebugPoint("break", unmapped, 1, "hw (VA not mapped yet): slot 0"),
                                 DebugPoint("hbreak", 0x40_2000, 1, "slot 1")]
     # KVM_GUESTDBG_BLOCKIRQ where the host has it (KVM_CAP_SET_GUEST_DEBUG2), else nothing.
-    assert m.step_irq_mechanism() == ("KVM_GUESTDBG_BLOCKIRQ" if m.can_block_step_irqs else
+    blockirq = bool(m.vm.check_extension(kvm.KVM_CAP_SET_GUEST_DEBUG2) & kvm.KVM_GUESTDBG_BLOCKIRQ)
+    assert m.can_block_step_irqs is blockirq
+    assert m.step_irq_mechanism() == ("KVM_GUESTDBG_BLOCKIRQ" if blockirq else
                                       "none: this vCPU cannot block interrupts while stepping")
 
 
@@ -1390,3 +1393,389 @@ def test_a_step_at_another_va_of_a_patched_instruction_is_one_step(guest_dir):
     e = m.step()
     assert (e.kind, e.pc) == (StopKind.STEP, code + 4)
     assert g.vm.read_phys(code, 4) == BRK0
+
+
+# ---------------------------------------------------------------------------------------------
+# the resume itself: what it refuses, and how it runs on (found by the run of 2026-12-02, third)
+
+SYSTEM_OFF = _words(_movz_w0(8), _movk_w0_16(0x8400), 0xD4000002)  # PSCI SYSTEM_OFF (hvc #0)
+
+
+def _raw(tmp_path, code: bytes, name: str = "raw") -> tuple[VirtMachine, GuestDebugManager]:
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / f"{name}.bin"
+    image.write_bytes(code)
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    m.in_run_breakpoints = False
+    return mch, m
+
+
+def test_a_resume_after_the_guests_end_says_what_it_cannot_do(tmp_path):
+    mch, m = _raw(tmp_path, SYSTEM_OFF)
+    assert m.cont().kind is StopKind.EXITED
+    for resume, what in ((m.step, "step"), (m.cont, "continue")):
+        with pytest.raises(DebugError) as e:
+            resume()
+        assert e.value.errno == errno.ESRCH
+        assert str(e.value) == (f"the guest has exited (status 0, PSCI SYSTEM_OFF): nothing to {what}; "
+                                "restore a snapshot to run it again")
+    with pytest.raises(DebugError, match="nothing to continue; "):
+        m.check_runnable()  # the GDB session's check before a vCont
+
+
+def test_a_vcpu_that_is_off_cannot_be_stepped_or_run_alone(tmp_path):
+    from tests.helpers.mmu_guest import assemble
+    from tests.integration.test_smp_debug import GUEST_S, make
+    m, board, sym = make(assemble(tmp_path, "smpdbg", GUEST_S), 2)
+    board.powered_off.add(1)
+    for resume, what in ((lambda: m.step(1), "step"), (lambda: m.cont(1), "continue"),
+                         (lambda: m.check_runnable(vcpu=1), "continue"),
+                         (lambda: m.check_runnable("step", vcpu=1), "step")):
+        with pytest.raises(DebugError) as e:
+            resume()
+        assert e.value.errno == errno.ESRCH
+        assert str(e.value) == f"CPU#1 is off (not started, or PSCI CPU_OFF): nothing to {what}"
+    with pytest.raises(DebugError) as e:
+        m.check_runnable(vcpu=2)
+    assert (e.value.errno, str(e.value)) == (errno.ESRCH, "no vCPU 2 (the machine has 2)")
+    m.check_runnable(vcpu=0)
+    m.check_runnable()
+    assert board.vcpus[1].icount == 0
+    m.add_breakpoint(sym["after_call"])
+    m.select_vcpu(1)
+    e = m.cont()  # every vCPU, the current one off: the others run
+    assert (e.kind, e.vcpu_id, e.pc) == (StopKind.SWBREAK, 0, sym["after_call"])
+    assert board.vcpus[1].icount == 0
+
+
+# movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; nop; PSCI SYSTEM_OFF. The word at RAM + 0x40.
+STORE_5 = _words(_movz_w0(5), 0x100001E1, 0xB9000020, 0xD503201F) + SYSTEM_OFF
+STORED = RAM + 0x40
+
+
+def test_a_step_onto_a_watched_store_whose_condition_is_false_stops_there(tmp_path):
+    """The stop of the vCPU a step is for is the step's: a watch's false condition does not
+    run it on past the store (a continue does)."""
+    mch, m = _raw(tmp_path, STORE_5)
+    m.add_watchpoint(STORED, 4, WatchKind.WRITE, condition=lambda view: False)
+    assert [(e.kind, e.pc) for e in (m.step(), m.step())] == [(StopKind.STEP, RAM + 4), (StopKind.STEP, RAM + 8)]
+    e = m.step()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 8, STORED)
+    assert m.read_memory(STORED, 4) == bytes(4)  # before the access
+    e = m.step()
+    assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xC)
+    assert m.read_memory(STORED, 4) == _words(5)
+    assert m.cont().kind is StopKind.EXITED
+
+
+# adr x0, RAM + 0x800; msr vbar_el1, x0; brk #1 (the guest's own); nop. Its vector (EL1h,
+# synchronous: VBAR + 0x200) powers off.
+GUEST_BRK = _words(0x10004000, 0xD518C000, 0xD4200020, 0xD503201F).ljust(0xA00, b"\0") + SYSTEM_OFF
+
+
+def test_a_step_onto_the_guests_own_brk_stops_at_its_vector(tmp_path):
+    """The guest's own breakpoint instruction is the guest's: a step takes it into the guest's
+    exception vector and stops there, one instruction, as without a debugger."""
+    mch, m = _raw(tmp_path, GUEST_BRK)
+    m.add_breakpoint(RAM + 0xC)  # a breakpoint of the debugger's elsewhere: BRKs are trapped
+    assert [m.step().pc for _ in range(2)] == [RAM + 4, RAM + 8]
+    e = m.step()
+    assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xA00)
+    assert mch.vcpu.get_one_reg(reg_id("ESR_EL1")) >> 26 == 0x3C  # EC: BRK from AArch64
+    assert mch.vcpu.get_one_reg(reg_id("ELR_EL1")) == RAM + 8
+    assert m.cont().kind is StopKind.EXITED
+
+
+@pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
+def test_a_breakpoint_and_a_watch_on_one_store_stop_once_each(tmp_path, in_run):
+    """A breakpoint on a store and a write watch on what it stores: the breakpoint first, then
+    (the store stepped over with the breakpoint out of the way) the watch, before the access;
+    then the store is done and the guest runs on."""
+    mch, m = _raw(tmp_path, STORE_5)
+    m.in_run_breakpoints = in_run
+    m.add_breakpoint(RAM + 8)
+    m.add_watchpoint(STORED, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 8)
+    e = m.cont()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 8, STORED)
+    assert m.read_memory(STORED, 4) == bytes(4)
+    e = m.cont()
+    assert (e.kind, e.exit_status) == (StopKind.EXITED, 0)
+    assert m.read_memory(STORED, 4) == _words(5)
+
+
+@pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
+def test_a_breakpoint_and_a_hardware_breakpoint_on_one_instruction_stop_once(tmp_path, in_run):
+    mch, m = _raw(tmp_path, STORE_5)
+    m.in_run_breakpoints = in_run
+    m.add_breakpoint(RAM + 4)
+    m.add_hw_breakpoint(RAM + 4)
+    e = m.cont()  # one stop there (whichever mechanism meets it first), then on to the end
+    assert e.kind in (StopKind.SWBREAK, StopKind.HWBREAK) and e.pc == RAM + 4
+    assert m.cont().kind is StopKind.EXITED
+
+
+def test_after_an_interrupts_stop_a_wake_runs_on(guest_dir):
+    """An interrupt() stops the guest once; a later wake() (the host's services: console input)
+    is not another Ctrl-C: the run serves it and goes on to the breakpoint."""
+    g, m = _guest(guest_dir)
+    a, b = g.sym["bp_a"], g.sym["bp_b"]
+    m.add_breakpoint(a)
+    m.wake()  # before any interrupt(): a fresh manager runs on too
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, a)
+    m.interrupt()
+    e = m.cont()
+    assert (e.kind, e.signal, e.pc) == (StopKind.SIGNAL, signal.SIGINT, a)
+    m.remove_breakpoint(a)
+    m.add_breakpoint(b)
+    m.wake()
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, b)
+
+
+# adr x1, RAM + 0x10; ldr w2, [x1]; nop; nop; (0x10:) nop; PSCI SYSTEM_OFF.
+READS_ITS_CODE = _words(0x10000081, 0xB9400022, 0xD503201F, 0xD503201F, 0xD503201F) + SYSTEM_OFF
+
+
+def test_a_guest_reading_its_own_code_under_a_breakpoint_reads_the_brk(tmp_path):
+    """As on KVM, where the debugger's BRK is in guest memory: only stores over a patched
+    instruction are trapped, so a load of it reads the BRK (trapping loads too would make
+    every load of the guest take Unicorn's slow path)."""
+    mch, m = _raw(tmp_path, READS_ITS_CODE)
+    m.add_breakpoint(RAM + 0x10)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
+    assert mch.vcpu.get_one_reg(reg_id("X2")).to_bytes(4, "little") == BRK0
+    assert m.read_memory(RAM + 0x10, 4) == _words(0xD503201F)  # the debugger sees the nop
+
+
+def test_a_store_over_a_breakpoint_through_another_va_of_its_page(tmp_path):
+    """The MMU on (the tables of the memory_region tests): a breakpoint at VA 0x4030_2000
+    (the identity map) and the guest rewriting that instruction through ALIAS + 0x4000, the
+    same physical page: the store is done, the breakpoint stays, over the new instruction."""
+    from types import SimpleNamespace
+    code = 0x4030_2000
+    mch, m = _raw(tmp_path, _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+                                   0xD2B00001,   # movz x1, #0x8000, lsl #16
+                                   0xF2880001,   # movk x1, #0x4000: x1 = ALIAS + 0x4000
+                                   0xB9000020,   # str w0, [x1]
+                                   0xD2A80603,   # movz x3, #0x4030, lsl #16
+                                   0xF2840003,   # movk x3, #0x2000: x3 = 0x4030_2000
+                                   0xD61F0060))  # br x3
+    mch.vm.write_phys(code, _words(MOV_X2_1) + SYSTEM_OFF)
+    _mmu_on(SimpleNamespace(vm=mch.vm, vcpu=mch.vcpu))
+    assert m.add_breakpoint(code) == "sw"
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, code)
+    assert m.read_memory(code, 4) == m.read_memory(ALIAS + 0x4000, 4) == _words(MOV_X2_7)
+    assert m.cont().kind is StopKind.EXITED
+    assert mch.vcpu.get_one_reg(reg_id("X2")) == 7
+
+
+@pytest.mark.parametrize("how", ["cont", "step"])
+@pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
+def test_a_breakpoint_on_the_guests_own_brk_stops_once_then_the_guest_takes_it(tmp_path, in_run, how):
+    """A breakpoint on an instruction that is itself a BRK of the guest's: one stop there; the
+    resume from it executes that instruction, the guest's BRK, which goes to the guest's
+    vector (as a step from any breakpoint executes the instruction under it)."""
+    mch, m = _raw(tmp_path, GUEST_BRK)
+    m.in_run_breakpoints = in_run
+    m.add_breakpoint(RAM + 8)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 8)
+    if how == "step":
+        e = m.step()
+        assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xA00)
+    else:
+        assert m.cont().kind is StopKind.EXITED
+    assert mch.vcpu.get_one_reg(reg_id("ESR_EL1")) >> 26 == 0x3C
+    assert mch.vcpu.get_one_reg(reg_id("ELR_EL1")) == RAM + 8
+
+
+def test_a_hardware_breakpoint_at_another_va_of_a_patched_instruction_stops_once(guest_dir):
+    """The set-up of the step test above, with a hardware breakpoint at VA 0x4030_2000 too:
+    its stop, then the instruction runs (under the BRK another VA's breakpoint put there) and
+    the guest goes on to the udf."""
+    g, m = _guest(guest_dir)
+    _mmu_on(g)
+    code = 0x4030_2000
+    g.vm.write_phys(code, bytes.fromhex("1f2003d5" "1f2003d5" "00000000"))  # nop, nop, udf #0
+    assert m.add_breakpoint(ALIAS + 0x4000) == "sw"
+    m.add_hw_breakpoint(code)
+    m.set_pc(code)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.HWBREAK, code)
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, code + 8, signal.SIGILL)
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_unavailable_reason() is not None, reason=f"/dev/kvm cannot be used: {kvm_unavailable_reason()}")
+def test_x86_watch_stops_come_after_the_access_and_the_next_one_is_met(tmp_path):
+    """On x86 a watch stop comes after the access (a trap): resuming from it must not step the
+    next instruction with the watches out of the way. Two stores in a row into one watch: two
+    stops, each after its store."""
+    import subprocess
+    from pathlib import Path
+
+    from guestdbg.board.pc_probe import create_pc_machine
+    from tests.integration.test_x86_manners import symbols
+    x86 = Path(__file__).resolve().parents[2] / "guests" / "x86"
+    proc = subprocess.run(["make", "-C", str(x86), f"O={tmp_path}", "-j2", f"{tmp_path}/watch.elf"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    elf = tmp_path / "watch.elf"
+    s = symbols(elf)
+    mch = create_pc_machine(console=lambda data: None)
+    mch.load_elf(elf)
+    m = GuestDebugManager(mch)
+    m.add_watchpoint(s["wdata"] + 0x20, 16, WatchKind.WRITE)
+    first, second = m.cont(), m.cont()
+    assert [(e.kind, e.pc, e.watch_addr) for e in (first, second)] == [
+        (StopKind.WATCH, s["acc_stp2"], s["wdata"] + 0x20), (StopKind.WATCH, s["acc_stp2"] + 4, s["wdata"] + 0x28)]
+    # With a false condition: nothing to step over (the stores are done), the run goes on.
+    mch = create_pc_machine(console=lambda data: None)
+    mch.load_elf(elf)
+    m = GuestDebugManager(mch)
+    m.add_watchpoint(s["wdata"] + 0x20, 16, WatchKind.WRITE, condition=lambda view: False)
+    e = m.cont()
+    assert (e.kind, e.exit_status) == (StopKind.EXITED, 0)
+    assert m.read_memory(s["wdata"] + 0x20, 16) == bytes([0x66] * 8 + [0x77] * 8)
+
+
+def test_a_history_keeps_a_gib_by_default(tmp_path):
+    """--record-mem's default: 1 GiB of history."""
+    mch, m = _raw(tmp_path, SYSTEM_OFF)
+    assert m.record_status() is None
+    m.start_recording()
+    assert m.record_status()["limit"] == 1 << 30
+    m.stop_recording()
+    m.start_recording(mem_limit=600 << 20)
+    assert m.record_status()["limit"] == 600 << 20
+
+
+# movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; str w0, [x1] again; PSCI SYSTEM_OFF.
+STORE_5_TWICE = _words(_movz_w0(5), 0x100001E1, 0xB9000020, 0xB9000020) + SYSTEM_OFF
+
+
+def test_a_pc_moved_from_a_watch_stop_onto_another_watched_access_meets_it(tmp_path):
+    """Stopped at a watched store (before it), the PC moved onto the next store into the same
+    watch: resuming runs from there with the watch armed, and stops at that store. (Only where
+    the vCPU stopped is stepped over with the watches out of the way.)"""
+    mch, m = _raw(tmp_path, STORE_5_TWICE)
+    m.add_watchpoint(STORED, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.WATCH, RAM + 8)
+    m.set_pc(RAM + 0xC)
+    e = m.cont()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.WATCH, RAM + 0xC, STORED)
+    assert m.read_memory(STORED, 4) == bytes(4)
+
+
+@pytest.mark.parametrize("hsr, far, detail", [
+    (0x34 << 26 | 1 << 6, RAM + 0x80, f"unexpected watchpoint exit at {RAM + 0x80:#x}"),  # no watch, no patch there
+    (0x00 << 26, 0, "unexpected debug exit EC 0x0"),
+], ids=["watch", "other"])
+def test_a_debug_exit_nothing_explains_is_a_signal_stop_saying_so(tmp_path, hsr, far, detail):
+    """A KVM_EXIT_DEBUG that no breakpoint, watch or patch of the debugger's explains (a board
+    whose vCPU reported one, made up here): a SIGTRAP stop where the vCPU is, naming the
+    exit, not a hang or a crash of the debugger."""
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "raw.bin"
+    image.write_bytes(STORE_5)
+    mch.load_raw(image, RAM)
+    exits = [kvm.KvmRun(kvm.KVM_EXIT_DEBUG, debug=kvm.DebugExitArm64(hsr=hsr, far=far))]
+    m = GuestDebugManager(_Without(mch, run_until=lambda *a, **k: exits.pop() if exits else mch.run_until(*a, **k)))
+    m.add_watchpoint(RAM + 0x200, 4, WatchKind.WRITE)  # a watch elsewhere
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, signal.SIGTRAP, detail)
+    assert m.cont().kind is StopKind.EXITED  # and the guest runs on from there
+
+
+# movz x0, #0; 1: add x0, x0, #1; cmp x0, #2000; b.ne 1b; PSCI SYSTEM_OFF.
+COUNT_2000 = _words(0xD2800000, 0x91000400, 0xF11F401F, 0x54FFFFC1) + SYSTEM_OFF
+
+
+def test_a_debugger_write_through_the_mmu_is_replayed_at_its_physical_address(tmp_path):
+    """The MMU on, RAM's first 2 MiB mapped where they are and ALIAS at PA 0x4020_0000, which
+    no VA equal to it maps: a write the debugger makes through ALIAS while recording is an
+    input, replayed at that physical address whenever a seek passes it."""
+    from types import SimpleNamespace
+    mch, m = _raw(tmp_path, COUNT_2000)
+    _mmu_on(SimpleNamespace(vm=mch.vm, vcpu=mch.vcpu))
+    l2 = L3 + 0x1000  # VA 1 GiB..: only its first 2 MiB, as a block of RAM
+    mch.vm.write_phys(l2, (RAM | BLOCK).to_bytes(8, "little"))
+    mch.vm.write_phys(L1 + 8, (l2 | TABLE).to_bytes(8, "little"))
+    m.start_recording(interval=500)
+    m.add_breakpoint(RAM + 0xC)
+    assert m.cont().pc == RAM + 0xC
+    m.remove_breakpoint(RAM + 0xC)
+    written_at = mch.vcpu.icount
+    m.write_memory(ALIAS, b"\x11\x22\x33\x44")
+    assert m.cont().kind is StopKind.EXITED
+    m.seek_to(written_at - 1)
+    assert m.read_memory(ALIAS, 4) == bytes(4)
+    m.seek_to(written_at + 2)  # from the first checkpoint, replaying the write
+    assert m.read_memory(ALIAS, 4) == b"\x11\x22\x33\x44" == mch.vm.read_phys(0x4020_0000, 4)
+
+
+# mrs x1, cntvct_el0; nop; mrs x2, cntvct_el0; then COUNT_2000's loop and PSCI SYSTEM_OFF.
+READ_COUNTER_TWICE = _words(0xD53BE041, 0xD503201F, 0xD53BE042) + COUNT_2000
+
+
+def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
+    """The host's clock, paced while recording: after a debugger stop of 20 ms the counter
+    jumps to the host's time, a logged input; a replay through that point reads the same."""
+    import time
+    mch = VirtMachine(VirtConfig(), console=lambda data: None, clock_mode="host")
+    image = tmp_path / "counter.bin"
+    image.write_bytes(READ_COUNTER_TWICE)
+    mch.load_raw(image, RAM)
+    m = GuestDebugManager(mch)
+    m.start_recording(interval=500)
+    m.add_breakpoint(RAM + 4)
+    assert m.cont().pc == RAM + 4
+    at_stop = mch.clock.counter()
+    m.remove_breakpoint(RAM + 4)
+    time.sleep(0.02)
+    assert m.cont().kind is StopKind.EXITED
+    x1, x2 = m.read_register("x1"), m.read_register("x2")
+    assert x2 - x1 >= 62_500_000 // 100  # at least 10 ms of ticks: the jump
+    m.seek_to(3)  # from the first checkpoint: the two reads replayed
+    assert (m.read_register("x1"), m.read_register("x2")) == (x1, x2)
+    m.seek_to(1)  # where the recorded run stopped: as it first arrived, before the jump
+    assert mch.clock.counter() == at_stop
+
+
+# x1 = RAM + 0x200; x2 = the PL011; six times: a byte from its data register stored at x1++,
+# then 300 loops of delay; PSCI SYSTEM_OFF.
+READS_SIX_BYTES = _words(0x10001001, 0xD2A12002, 0xD28000C3, 0xB9400040, 0x38001420, 0xD2802584,
+                         0xF1000484, 0x54FFFFE1, 0xF1000463, 0x54FFFF41) + SYSTEM_OFF
+
+
+def test_console_input_read_across_checkpoints_replays_the_same(tmp_path):
+    """The guest reads console input, one byte at a time, across several checkpoints while
+    recording; a replay from a checkpoint between the reads gives it the same bytes (the
+    count of the console's pulls is part of each checkpoint)."""
+    mch = VirtMachine(VirtConfig(), console=lambda data: None)
+    image = tmp_path / "reads.bin"
+    image.write_bytes(READS_SIX_BYTES)
+    mch.load_raw(image, RAM)
+    pending = bytearray(b"ABCDEFGHIJKLMNOP")
+
+    def source(room: int) -> bytes:
+        byte = bytes(pending[:1])
+        del pending[:1]
+        return byte
+    mch.uart.rx_source = source
+    m = GuestDebugManager(mch)
+    m.start_recording(interval=500)
+    assert m.cont().kind is StopKind.EXITED
+    live = m.read_memory(RAM + 0x200, 6)
+    assert live == b"ABCDEF"
+    m.seek_to(700)  # after the first read, from the checkpoint at 500
+    assert m.cont().kind is StopKind.EXITED  # forward through the recorded reads to the end
+    assert m.read_memory(RAM + 0x200, 6) == live

@@ -259,7 +259,7 @@ class GuestDebugManager:
         # Every vCPU, index = vCPU id (a board without `vcpus` has its one `vcpu`).
         self._vcpus: list[Any] = list(getattr(machine, "vcpus", None) or [machine.vcpu])
         self._current = 0  # gdb's Hg: registers and address translation are this vCPU's
-        self._step_vcpu: int | None = None  # the vCPU a resume in progress single-steps
+        self._step_vcpu: int | None = None  # the vCPU a resume in progress single-steps # pragma: no mutate (only compared with ids)
         self.profile = profile or profile_for(machine)
         self.arch: DebugArch = self.profile.debug_arch(machine)
         self._registers = self.profile.registers  # the integer-level register catalogue
@@ -268,9 +268,10 @@ class GuestDebugManager:
         # The software breakpoint instruction; b"" where the host has none (x86 without a clean
         # int3): Z0 then takes a hardware slot.
         self._brk: bytes = self.arch.sw_break or b""
-        self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key
-        self._skipped_watch: "Watch | bool | None" = None  # what the last _apply left out (see _watch_for)
-        self._arch_regs: Any = None
+        self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key # pragma: no mutate (the first _apply sets it)
+        self._skipped_watch: "Watch | bool | None" = None  # what the last _apply left out (see _watch_for) # pragma: no mutate ("" is falsy)
+        self._lifted_pa: int | None = None  # the patch a step over it has lifted: a BRK there is the guest's # pragma: no mutate (compared with ints)
+        self._arch_regs: Any = None  # pragma: no mutate (the first _apply sets it)
         # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
         # (on x86 a 0 there means the 4 shared debug registers).
         self.hw_bp_slots: int
@@ -291,8 +292,8 @@ class GuestDebugManager:
         self._deciders = [functools.partial(self._decide_in_run, v) for v in range(len(self._vcpus))]
         # vCPU -> (pc, icount): resuming from a filtered breakpoint skips that one hit, no step
         self._skip_once: dict[int, tuple[int, int]] = {}
-        self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run
-        self._filter_stop: tuple[int, int] | None = None  # (vCPU, pc) of the last stop a filter asked for
+        self._decided: tuple[int, int] | None = None  # (vCPU, pc) of a stop whose conditions held in the run # pragma: no mutate (compared with tuples)
+        self._filter_stop: tuple[int, int] | None = None  # (vCPU, pc) of the last stop a filter asked for # pragma: no mutate (compared with tuples)
         self.watches: list[Watch] = []
         # Conditions and commands of breakpoints and watchpoints, evaluated at their stops
         # (gdb's target-side conditions and dprintf, `condition=` in the Python API).
@@ -312,12 +313,12 @@ class GuestDebugManager:
         self._reset_image = self._take_reset_image()
         self._history: History | None = None  # while recording (policy 17)
         self.record_mem_limit = 1 << 30  # --record-mem
-        self._record_options: dict[str, Any] = {}
+        self._record_options: dict[str, Any] = {}  # pragma: no mutate (start_recording sets it before it is read)
         self._console_pulls = 0  # the guest's reads of console input so far (policy 17)
         self._serving_intr = False
-        self._replay_run = False  # the run in progress replays the history (inputs from the log)
-        self._live_run = False  # a run in progress at the live end of the history (inputs logged)
-        self._history_stale = False  # the guest ran without the manager since (a detach)
+        self._replay_run = False  # the run in progress replays the history (inputs from the log) # pragma: no mutate (_run_to sets it)
+        self._live_run = False  # a run in progress at the live end of the history (inputs logged) # pragma: no mutate (_run_to sets it)
+        self._history_stale = False  # the guest ran without the manager since (a detach) # pragma: no mutate (the first recorded run clears it, at the start)
 
     # ------------------------------------------------------------------ what the target offers
     @property
@@ -911,7 +912,7 @@ class GuestDebugManager:
 
     def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
         with self._lock:
-            self._decided = self._filter_stop = None
+            self._decided = self._filter_stop = None  # pragma: no mutate (compared with tuples)
             self._skip_once.clear()
             target = self._current if vcpu is None else vcpu
             self.check_runnable("step" if step else "continue", vcpu=target if step or alone else None)
@@ -936,7 +937,7 @@ class GuestDebugManager:
             self._current = target
             self._step_vcpu = target if step else None
             try:
-                self._apply(prune=not step)
+                self._apply(prune=not step)  # pragma: no mutate (prune: only speed)
                 while True:
                     result = self._run(target if alone else None)
                     event = self._classify(result, stepping=step and self._current == target)
@@ -949,7 +950,7 @@ class GuestDebugManager:
                     if event is not None:
                         return self._stopped(event)
             finally:
-                self._step_vcpu = None
+                self._step_vcpu = None  # pragma: no mutate (compared with ids)
                 self._skip_once.clear()
                 self._apply()
 
@@ -1026,6 +1027,7 @@ class GuestDebugManager:
             patch = self._sw.get(pa) if pa is not None else None
         if patch is not None:
             self.vm.write_phys(patch.pa, patch.original)
+            self._lifted_pa = patch.pa
         # After a watch hit, step the access with every watch out of the way: one access can
         # hit several watches (an unaligned store over two ranges), and skipping only the one
         # reported would re-stop on the same instruction forever.
@@ -1038,6 +1040,7 @@ class GuestDebugManager:
                 if event is not None:
                     return None if event.kind is StopKind.STEP else event
         finally:
+            self._lifted_pa = None  # (one runs inside another only from one that lifted nothing) # pragma: no mutate (compared with ints)
             if patch is not None and patch.pa in self._sw:
                 self._repatch(patch)
             self._apply()
@@ -1073,11 +1076,13 @@ class GuestDebugManager:
             # software breakpoint (policy 12).
             return StopEvent(StopKind.SWBREAK if pc in self._unmapped_bp else StopKind.HWBREAK, pc)
         filtered = pc in self._filtered and self._filter_stop == (self._current, pc)  # not the guest's own BRK
-        if raw.kind == "swbreak" and (pc in self._sw_va or filtered):
-            self._filter_stop = None
+        # With its patch lifted (the step over it), a BRK at a breakpoint is the guest's own.
+        ours = pc in self._sw_va and self._sw_va[pc] != self._lifted_pa
+        if raw.kind == "swbreak" and (ours or filtered):
+            self._filter_stop = None  # pragma: no mutate (compared with tuples)
             return StopEvent(StopKind.SWBREAK, pc)
         alias_patch = self._patch_at(pc) if raw.kind == "swbreak" else None
-        if alias_patch is not None:
+        if alias_patch is not None and alias_patch.pa != self._lifted_pa:
             # Our BRK, reached through another virtual address of the patched page (a kernel's
             # linear map): a breakpoint on one VA does not fire at another, as on QEMU.
             event = self._step_over(pc, patch=alias_patch)
