@@ -221,6 +221,10 @@ WRONG = [
     row("st1 {v0.2d-v3.2d}, [x1]", 0x4C002C20, X1, 64, True),
     row("ldxp x0, x1, [x2]", 0xC87F0440, X2, 16, False),
     row("stxp w3, x0, x1, [x2]", 0xC8230440, X2, 16, True, prefix=LDXP_X9_X10_X2),
+    # (found by mutation testing, 2026-12-02: the acquire/release pair forms and LDRSW's literal)
+    row("ldaxp x0, x1, [x2]", 0xC87F8440, X2, 16, False),
+    row("stlxp w3, x0, x1, [x2]", 0xC8238440, X2, 16, True, prefix=LDXP_X9_X10_X2),
+    row("ldrsw x0, .+8", 0x98000040, PC + 8, 4, False),
     row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True),
     row("ldr x0, .+8", 0x58000040, PC + 8, 8, False),
     row("ldr q0, .+16", 0x9C000080, PC + 16, 16, False),
@@ -233,6 +237,8 @@ NOT_ACCESSES = [
     ("b .", 0x14000000),
     ("mrs x0, tpidr_el0", 0xD53BD040),
     ("brk #0", 0xD4200000),
+    ("dc civac, x0", 0xD50B7E20),  # a cache maintenance op other than DC ZVA: no data access
+    ("prfm pldl1keep, .+8", 0xD8000040),  # a literal with an immediate that is no load
     ("udf #0", 0x00000000),
     ("(unallocated)", 0xFFFFFFFF),
 ]
