@@ -225,6 +225,9 @@ WRONG = [
     row("ldaxp x0, x1, [x2]", 0xC87F8440, X2, 16, False),
     row("stlxp w3, x0, x1, [x2]", 0xC8238440, X2, 16, True, prefix=LDXP_X9_X10_X2),
     row("ldrsw x0, .+8", 0x98000040, PC + 8, 4, False),
+    row("stxr w2, w0, [x1]", 0x88027C20, X1, 4, True, prefix=LDXR_X9_X1),
+    row("ld1 {v1.16b}, [x1]", 0x4C407021, X1, 16, False),  # odd registers: the masks leave Rt out
+    row("ld1 {v1.d}[0], [x1]", 0x0D408421, X1, 8, False),
     row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True),
     row("ldr x0, .+8", 0x58000040, PC + 8, 8, False),
     row("ldr q0, .+16", 0x9C000080, PC + 16, 16, False),
@@ -358,6 +361,10 @@ MULTI_FIXED = [
     ("stlxp w4, x0, x1, [x2]", 0xC8248440, True),
     ("ldr q0, .+16", 0x9C000080, True),
     ("dc zva, x0", 0xD50B7420, True),
+    # odd registers (found by mutation testing): the encodings' masks leave Rt out
+    ("ldxp x1, x2, [x3]", 0xC87F0861, True),
+    ("ldr q1, .+16", 0x9C000081, True),
+    ("dc zva, x1", 0xD50B7421, True),
 ]
 _MULTI_IDS = [p[0] for p in MULTI]
 # SIMD structure forms in MULTI that are a single access (one 64-bit register, one lane, or a
