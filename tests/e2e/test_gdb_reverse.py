@@ -30,6 +30,14 @@ REGS = r'''
 def regs():
     frame = gdb.selected_frame()
     return [int(frame.read_register(r)) for r in ["pc", "sp", "cpsr"] + [f"x{n}" for n in range(31)]]
+
+def trail(command, n):
+    """The registers now and after each of `n` runs of `command` (stepi, reverse-stepi)."""
+    seen = [regs()]
+    for _ in range(n):
+        ex(command)
+        seen.append(regs())
+    return seen
 '''
 
 BODY = REGS + r'''
@@ -44,14 +52,8 @@ check("rc_first", ex("reverse-continue"))
 check("first", val("$x0"))
 ex("continue")  # forward in the past: the second hit again
 
-back = [regs()]
-for _ in range(6):
-    ex("reverse-stepi")
-    back.append(regs())
-forward = [regs()]
-for _ in range(6):
-    ex("stepi")
-    forward.append(regs())
+back = trail("reverse-stepi", 6)
+forward = trail("stepi", 6)
 check("retraced", forward == list(reversed(back)))
 check("pcs", [r[0] for r in back])
 ex("reverse-stepi")
@@ -177,15 +179,9 @@ for _ in range(3):
     back.append((gdb.selected_thread().num, pc(), val("$x0")))
 check("back", back)
 ex("delete")
-trail = [regs()]
-for _ in range(5):
-    ex("stepi")
-    trail.append(regs())
-back_steps = [regs()]
-for _ in range(5):
-    ex("reverse-stepi")
-    back_steps.append(regs())
-check("retraced", back_steps == list(reversed(trail)))
+ahead = trail("stepi", 5)
+back_steps = trail("reverse-stepi", 5)
+check("retraced", back_steps == list(reversed(ahead)))
 check("thread_after", gdb.selected_thread().num)
 ex("break uart_put_dec")
 ex("continue")
@@ -210,14 +206,8 @@ ex("set var timer_wfi_ticks = 6250000")  # 0.1 s of host time (a logged write)
 ex("break exception_handler")
 check("hit", ex("continue"))
 check("hit_pc", pc())
-forward = [regs()]
-for _ in range(5):
-    ex("stepi")
-    forward.append(regs())
-back = [regs()]
-for _ in range(5):
-    ex("reverse-stepi")
-    back.append(regs())
+forward = trail("stepi", 5)
+back = trail("reverse-stepi", 5)
 check("retraced", forward == list(reversed(back)))
 ex("stepi")
 check("rc", ex("reverse-continue"))
