@@ -16,6 +16,12 @@ Outside the mutation run nothing loads it. It changes no verdict, only what a mu
   registers, walks page tables, a session frames packets) is not mapped to it in the clean
   run, so their mutants run only their unit tests (a surviving debugregs mutant would
   otherwise run some hundred integration tests, tens of seconds each).
+* Each mutant runs only the tests that ran a statement it changes (tests/helpers/mutant_lines.py
+  says why that changes no verdict): the stats session records each test's line coverage of the
+  mutated files (coverage.py, one context per test) into mutmut-lines.json; the fork server's
+  collection turns it into each mutant's tests; the mutant's session deselects the others (none
+  left: pytest's exit code 5, mutmut's "no tests", not a kill). A survivor of a function every
+  test reaches used to run them all (154 tests, a minute); most mutants are on lines few reach.
 * Each test of a mutant's session has its own time limit: 5 x (its clean-run duration + 1 s)
   of CPU time, or three times that of wall time (the machine is shared). A test over it ends
   the session with exit code 36, mutmut's "timeout", as mutmut's own limit would. mutmut's
@@ -28,14 +34,17 @@ Outside the mutation run nothing loads it. It changes no verdict, only what a mu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import mutant_lines
 from tests.helpers.qemu_runner import REPO, build_guests
 
 _built: Path | None = None
@@ -74,7 +83,117 @@ def pytest_collection_modifyitems(config, items):
     _durations.update(durations)
     if not _mutant_session():
         _guests()  # in the fork server's collection: the mutants' sessions, its forks, inherit it
+        if config.option.collectonly:
+            _load_mutant_tests()  # the same: computed once, in the fork server
+    else:
+        _deselect_tests_that_miss_the_mutant(config, items)
     items.sort(key=lambda item: (not item.nodeid.startswith("tests/unit/"), durations.get(item.nodeid, 0.0)))
+
+
+# --- Line coverage: each mutant's tests are those that ran a statement it changes ---
+
+LINES_FILE = REPO / "mutmut-lines.json"
+_coverage = None  # coverage.Coverage in the stats session
+_mutant_tests: dict[str, frozenset[str]] | None = None  # mutant -> its tests (absent: all)
+_measured: frozenset[str] = frozenset()  # the tests whose coverage the stats session recorded
+
+
+def _mutated_files() -> list[str]:
+    """The mutated files, relative to the tree mutmut runs in (setup.cfg's only_mutate)."""
+    from mutmut.configuration import config
+
+    return sorted({str(p.relative_to(REPO)) for pattern in config().only_mutate
+                   for p in REPO.glob(pattern) if p.suffix == ".py"})
+
+
+def _digest(rel: str) -> str:
+    return hashlib.sha256((REPO / rel).read_bytes()).hexdigest()
+
+
+def pytest_sessionstart(session):
+    global _coverage
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return
+    import coverage
+
+    _coverage = coverage.Coverage(data_file=None, config_file=False,
+                                  include=[str(REPO / rel) for rel in _mutated_files()])
+    _coverage.start()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if _coverage is not None:
+        _coverage.switch_context(item.nodeid)
+    yield
+    if _coverage is not None:
+        _coverage.switch_context("")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    if _coverage is None:
+        return
+    _coverage.stop()
+    data = _coverage.get_data()
+    files = {rel: _digest(rel) for rel in _mutated_files()}
+    try:
+        old = json.loads(LINES_FILE.read_text())
+    except (OSError, ValueError):
+        old = {}
+    # mutmut runs the stats again only for new tests: keep the others' lines if the files are
+    # the same.
+    tests: dict[str, dict[str, list[int]]] = old.get("tests", {}) if old.get("files") == files else {}
+    measured = {item.nodeid for item in session.items}
+    for nodeid in measured:
+        tests[nodeid] = {}
+    for rel in files:
+        path = str(REPO / rel)
+        starts = mutant_lines.orig_statement_starts((REPO / rel).read_text())
+        lines_by_test: dict[str, list[int]] = {}
+        for line, contexts in data.contexts_by_lineno(path).items():
+            for context in contexts:
+                if context in measured:
+                    lines_by_test.setdefault(context, []).append(line)
+        for nodeid, lines in lines_by_test.items():
+            tests[nodeid][rel] = sorted(mutant_lines.covered_statements(starts, lines))
+    LINES_FILE.write_text(json.dumps({"files": files, "tests": tests}))
+
+
+def _load_mutant_tests() -> None:
+    global _mutant_tests, _measured
+    if _mutant_tests is not None:
+        return
+    _mutant_tests = {}
+    try:
+        recorded = json.loads(LINES_FILE.read_text())
+        files = {rel: _digest(rel) for rel in _mutated_files()}
+    except (OSError, ValueError, ImportError):
+        return
+    if recorded.get("files") != files:
+        print(f"mutmut_guests: {LINES_FILE} is missing or stale: each mutant runs all its tests",
+              file=sys.stderr)
+        return
+    tests = recorded["tests"]
+    for rel in files:
+        module = rel.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        statements = mutant_lines.mutants_statements((REPO / rel).read_text(), module)
+        covered = {nodeid: by_file.get(rel, ()) for nodeid, by_file in tests.items()}
+        _mutant_tests.update(mutant_lines.tests_for_mutants(statements, covered))
+    _measured = frozenset(tests)
+
+
+def _deselect_tests_that_miss_the_mutant(config, items) -> None:
+    _load_mutant_tests()  # a no-op after the fork server's collection
+    assert _mutant_tests is not None
+    allowed = _mutant_tests.get(os.environ.get("MUTANT_UNDER_TEST", ""))
+    if allowed is None:
+        return
+    kept = [item for item in items if item.nodeid in allowed or item.nodeid not in _measured]
+    if len(kept) < len(items):
+        kept_ids = {id(item) for item in kept}
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+        items[:] = kept
 
 
 MANAGER = "guestdbg.debug.manager."
