@@ -23,6 +23,8 @@ fi
 if [[ "${1:-}" != "--resume" ]]; then
     rm -rf mutants
 fi
+# The type check (setup.cfg) runs this virtualenv's mypy.
+export VIRTUAL_ENV="$(cd "$VENV" && pwd)"
 start=$(date +%s)
 mkdir -p mutants
 # mutmut prints a progress line per mutant; keep the log, show its tail on failure.
