@@ -84,7 +84,7 @@ def main() -> int:
     except ValueError:
         print(run.stdout + run.stderr)  # mutmut stops, showing it: "did not return JSON"
         return 2
-    sources = {e["file"]: Path(e["file"]).read_text() for e in errors}
+    sources = {path: Path(path).read_text() for path in {e["file"] for e in errors}}
     kept = mutation_errors(errors, sources)
     CACHE.write_text(json.dumps({"files": digests, "errors": kept}))
     print("\n".join(json.dumps(e) for e in kept))
