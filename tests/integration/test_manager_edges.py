@@ -1,0 +1,119 @@
+"""GuestDebugManager edge cases pinned for mutation testing (bench/README.md "Mutation
+testing"): guest stores next to and over software breakpoints, which watch a hit is reported
+for, guest faults' signals, removed breakpoints' conditions. Exact values only, on the emulated
+vCPU, with small raw images (no guest build)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from guestdbg import kvm
+from guestdbg.arm import registers as arm_registers
+from guestdbg.board.virt import VirtConfig, VirtMachine
+from guestdbg.debug.arch import BRK0, Arm64DebugArch
+from guestdbg.debug.conditions import StopConditions
+from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
+from guestdbg.debug.profile import ArchProfile
+
+RAM = 0x4000_0000
+
+
+def _words(*ws: int) -> bytes:
+    return b"".join(w.to_bytes(4, "little") for w in ws)
+
+
+def _movz_w0(v: int) -> int:
+    return 0x52800000 | (v & 0xFFFF) << 5
+
+
+def _movk_w0_16(v: int) -> int:
+    return 0x72A00000 | (v & 0xFFFF) << 5
+
+
+def _adr(rd: int, offset: int) -> int:
+    return 0x10000000 | (offset & 3) << 29 | ((offset >> 2) & 0x7FFFF) << 5 | rd
+
+
+def _b(offset: int) -> int:
+    return 0x14000000 | ((offset >> 2) & 0x3FFFFFF)
+
+
+MOV_X2_1, MOV_X2_7, MOV_X3_9 = 0xD2800022, 0xD28000E2, 0xD2800123
+STR_W0_X1 = 0xB9000020
+HVC0 = 0xD4000002
+NOP = 0xD503201F
+SYSTEM_OFF = (_movz_w0(8), _movk_w0_16(0x8400), HVC0)
+# At RAM: w0 = mov x2, #7; x1 = RAM + 0x10; str w0, [x1] (over the next instruction); then
+# mov x2, #1 (rewritten: mov x2, #7); mov x3, #9; PSCI SYSTEM_OFF.
+SELF_PATCH = _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+                    _adr(1, 8),                 # 0x08: adr x1, .+8
+                    STR_W0_X1,                  # 0x0c: str w0, [x1]
+                    MOV_X2_1,                   # 0x10
+                    MOV_X3_9,                   # 0x14
+                    *SYSTEM_OFF)
+
+
+def _machine(tmp_path, code: bytes, **config) -> VirtMachine:
+    mch = VirtMachine(VirtConfig(**config), console=lambda data: None)
+    image = tmp_path / "code.bin"
+    image.write_bytes(code)
+    mch.load_raw(image, RAM)
+    return mch
+
+
+class _Without:
+    """`obj` without the attributes `hidden`, and with `replaced` ones."""
+
+    def __init__(self, obj, *hidden: str, **replaced):
+        self._obj, self._hidden, self._replaced = obj, hidden, replaced
+
+    def __getattr__(self, name):
+        if name in self._hidden:
+            raise AttributeError(name)
+        if name in self._replaced:
+            return self._replaced[name]
+        return getattr(self._obj, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# a guest store over a patched instruction, with a watch 64 bytes on
+
+
+def test_a_store_over_a_breakpoint_is_no_hit_of_a_watch_64_bytes_past_it(tmp_path):
+    """FAR may start before a watch's bytes (a 64-byte DC ZVA), so a watch up to 63 bytes past
+    the access's address is the one hit; one 64 bytes past it is not: the guest's store over
+    a breakpoint is completed, and the breakpoint hits over the new instruction."""
+    mch = _machine(tmp_path, SELF_PATCH)
+    m = GuestDebugManager(mch)
+    m.in_run_breakpoints = False  # a BRK patch, whose store trap this is
+    assert m.add_breakpoint(RAM + 0x10) == "sw"
+    m.add_watchpoint(RAM + 0x10 + 64, 4, WatchKind.WRITE)
+    e = m.cont()
+    assert (e.kind, e.pc, e.watch_addr) == (StopKind.SWBREAK, RAM + 0x10, None)
+    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
+    assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
+
+
+# ---------------------------------------------------------------------------------------------
+# a removed breakpoint's condition
+
+
+def test_a_removed_conditional_brk_breakpoint_is_listed_as_not_inserted(tmp_path):
+    """On a vCPU that cannot decide breakpoints in its run (KVM), a conditional breakpoint is
+    a BRK patch; removing it retires its condition: `monitor info slots` lists it as not
+    inserted now, and the guest runs through it."""
+    mch = _machine(tmp_path, SELF_PATCH)
+    vcpu = _Without(mch.vcpu, "set_break_filters")
+    m = GuestDebugManager(_Without(mch, "vcpus", vcpu=vcpu))
+    assert m.add_breakpoint(RAM + 0x14, condition=lambda view: True) == "sw"
+    assert mch.vm.read_phys(RAM + 0x14, 4) == BRK0
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x14)
+    inserted = m.conditions.report()
+    m.remove_breakpoint(RAM + 0x14)
+    assert mch.vm.read_phys(RAM + 0x14, 4) == _words(MOV_X3_9)
+    assert not m.conditions
+    assert m.conditions.report() == [inserted[0], inserted[1] + "  (not inserted now)", *inserted[2:]]
+    assert m.cont().kind is StopKind.EXITED
