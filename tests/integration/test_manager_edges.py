@@ -117,3 +117,29 @@ def test_a_removed_conditional_brk_breakpoint_is_listed_as_not_inserted(tmp_path
     assert not m.conditions
     assert m.conditions.report() == [inserted[0], inserted[1] + "  (not inserted now)", *inserted[2:]]
     assert m.cont().kind is StopKind.EXITED
+
+
+# ---------------------------------------------------------------------------------------------
+# guest faults: which signal a board's message means
+
+
+@pytest.mark.parametrize("message, sig", [
+    ("unhandled EC 0x00 unknown reason at PC=0x40000000", signal.SIGILL),
+    ("undefined instruction 0x00000000 at PC=0x40000000", signal.SIGILL),
+    ("unhandled EC 0x21 instruction abort (same EL) at PC=0x40000000", signal.SIGSEGV),
+    ("unhandled ec 0x00 at PC=0x40000000", signal.SIGSEGV),  # the class is written EC 0xNN
+], ids=["ec-0x00", "undefined", "abort", "lower-case"])
+def test_a_guest_fault_is_sigill_when_its_message_says_undefined_or_ec_0x00(tmp_path, message, sig):
+    """A board's KVM_EXIT_INTERNAL_ERROR for a guest exception is a SIGNAL stop at the PC,
+    with the board's message: SIGILL when it names an undefined instruction (EC 0x00, or in
+    words), else SIGSEGV."""
+    mch = _machine(tmp_path, SELF_PATCH)
+
+    def run_until(stop, **limits):
+        run = kvm.KvmRun(kvm.KVM_EXIT_INTERNAL_ERROR, internal=kvm.InternalErrorExit(1, message))
+        assert stop(run)  # the manager asks for fault exits
+        return run
+
+    m = GuestDebugManager(_Without(mch, run_until=run_until))
+    e = m.cont()
+    assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, sig, message)
