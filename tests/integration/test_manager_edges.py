@@ -143,3 +143,43 @@ def test_a_guest_fault_is_sigill_when_its_message_says_undefined_or_ec_0x00(tmp_
     m = GuestDebugManager(_Without(mch, run_until=run_until))
     e = m.cont()
     assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, sig, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# what happens while a guest store over a breakpoint is let through
+
+
+class _InterruptAtCodeStore(Arm64DebugArch):
+    """The arm64 debug architecture, with gdb's Ctrl-C arriving (manager.interrupt()) just as
+    the manager meets the guest's first store over one of its breakpoints."""
+
+    manager: GuestDebugManager | None = None
+    fired = False
+
+    def classify(self, run):
+        raw = super().classify(run)
+        if raw.kind == "watch" and not self.fired and self.manager is not None:
+            self.fired = True
+            self.manager.interrupt()
+        return raw
+
+
+def test_an_interrupt_while_a_store_over_a_breakpoint_is_let_through_is_not_lost(tmp_path):
+    """The step that lets the guest's store over a BRK patch through is interrupted (Ctrl-C
+    before it ran): the SIGINT stop is reported there, before the store; the next continue
+    does the store and meets the breakpoint over the new instruction."""
+    mch = _machine(tmp_path, SELF_PATCH)
+    arch = _InterruptAtCodeStore()
+    m = GuestDebugManager(mch, ArchProfile("aarch64", arm_registers, lambda machine: arch))
+    arch.manager = m
+    m.in_run_breakpoints = False
+    assert m.add_breakpoint(RAM + 0x10) == "sw"
+    e = m.cont()
+    assert arch.fired
+    assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, RAM + 0xC, signal.SIGINT)
+    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_1)  # not stored yet
+    assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
+    e = m.cont()
+    assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
+    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
+    assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
