@@ -183,3 +183,62 @@ def test_an_interrupt_while_a_store_over_a_breakpoint_is_let_through_is_not_lost
     assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
     assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
     assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
+
+
+def _movz_x(rd: int, v: int, shift: int = 0) -> int:
+    return 0xD2800000 | (shift // 16) << 21 | (v & 0xFFFF) << 5 | rd
+
+
+def _movk_x(rd: int, v: int, shift: int = 0) -> int:
+    return 0xF2800000 | (shift // 16) << 21 | (v & 0xFFFF) << 5 | rd
+
+
+# vCPU 0 starts vCPU 1 (PSCI CPU_ON) spinning at 0x40, waits for the debugger to set the flag
+# at 0x80, then rewrites the instruction at 0x34 as SELF_PATCH does and loops at 0x38.
+SMP_SELF_PATCH = _words(
+    _movz_x(0, 0x0003), _movk_x(0, 0xC400, 16),   # 0x00: x0 = PSCI_0_2_FN64_CPU_ON
+    _movz_x(1, 1),                                # 0x08: target MPIDR 1
+    _adr(2, 0x40 - 0x0C),                         # 0x0c: entry: spin
+    _movz_x(3, 0),                                # 0x10
+    HVC0,                                         # 0x14
+    _adr(4, 0x80 - 0x18),                         # 0x18: x4 = the flag
+    0xB9400085,                                   # 0x1c: ldr w5, [x4]
+    0x34FFFFE5,                                   # 0x20: cbz w5, 0x1c
+    _movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),  # 0x24
+    _adr(1, 8),                                   # 0x2c: x1 = 0x34
+    STR_W0_X1,                                    # 0x30: str w0, [x1]
+    MOV_X2_1,                                     # 0x34
+    _b(0),                                        # 0x38: b .
+    NOP,
+    0x910004C6,                                   # 0x40 spin: add x6, x6, #1
+    _b(-4),                                       # 0x44
+    *[NOP] * 14,
+    0)                                            # 0x80: the flag
+
+
+def test_a_step_over_a_store_over_a_breakpoint_runs_that_vcpu_alone(tmp_path):
+    """Stepping one vCPU (the others stopped, gdb's `vCont;s:0`) over its store over a BRK
+    patch, while the other vCPU's round-robin turn is not over: the store is let through with
+    the stepped vCPU alone running; the other does not move."""
+    mch = _machine(tmp_path, SMP_SELF_PATCH, smp=2)
+    m = GuestDebugManager(mch)
+    m.in_run_breakpoints = False
+    assert m.add_breakpoint(RAM + 0x34) == "sw"
+    m.add_breakpoint(RAM + 0x40)
+    e = m.cont()  # vCPU 0 waits for the flag; vCPU 1's turn meets its breakpoint
+    assert (e.kind, e.pc, e.vcpu_id) == (StopKind.SWBREAK, RAM + 0x40, 1)
+    m.remove_breakpoint(RAM + 0x40)
+    m.write_memory(RAM + 0x80, b"\x01\0\0\0")
+    m.select_vcpu(0)
+    for _ in range(8):
+        if m.vcpu_pc(0) == RAM + 0x30:
+            break
+        e = m.step(0)
+        assert (e.kind, e.vcpu_id) == (StopKind.STEP, 0)
+    assert m.vcpu_pc(0) == RAM + 0x30
+    before = mch.vcpus[1].icount
+    e = m.step(0)  # the store
+    assert (e.kind, e.pc, e.vcpu_id) == (StopKind.STEP, RAM + 0x34, 0)
+    assert mch.vcpus[1].icount == before
+    assert m.read_memory(RAM + 0x34, 4) == _words(MOV_X2_7)
+    assert mch.vm.read_phys(RAM + 0x34, 4) == BRK0
