@@ -282,3 +282,51 @@ def test_the_guests_reads_after_a_host_kick_are_replayed_the_same(tmp_path):
     m.seek_to(300)  # before the reads
     assert m.cont().kind is StopKind.EXITED
     assert m.read_memory(RAM + 0x200, 2) == live
+
+
+# ---------------------------------------------------------------------------------------------
+# a debugger write over part of a breakpoint, replayed
+
+
+def _recorded_write_over_part_of_a_breakpoint(tmp_path) -> tuple[VirtMachine, GuestDebugManager]:
+    """64 NOPs then `b .`, recorded (a checkpoint every 4 instructions), a BRK patch at 0x80;
+    at instruction 10 the debugger writes AA BB CC DD at 0x7e: the end of the NOP at 0x7c and
+    the first half of the patched one; five steps on."""
+    mch = _machine(tmp_path, _words(*[NOP] * 64, _b(0)))
+    m = GuestDebugManager(mch)
+    m.in_run_breakpoints = False
+    m.start_recording(interval=4)
+    for _ in range(10):
+        m.step()
+    assert m.add_breakpoint(RAM + 0x80) == "sw"
+    m.write_memory(RAM + 0x7E, b"\xAA\xBB\xCC\xDD")
+    assert m.read_memory(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
+    assert mch.vm.read_phys(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB" + BRK0
+    for _ in range(5):
+        m.step()
+    return mch, m
+
+
+def test_a_replayed_write_over_part_of_a_breakpoint_leaves_the_rest_of_it(tmp_path):
+    """Seeking back before the debugger's write and forward across it replays the write (with
+    the patches lifted): the bytes of the patched instruction past the write's end are still
+    the guest's, and the patch is still a whole BRK."""
+    mch, m = _recorded_write_over_part_of_a_breakpoint(tmp_path)
+    m.seek_to(3)
+    assert m.read_memory(RAM + 0x7C, 8) == _words(NOP, NOP)
+    m.seek_to(11)  # from the checkpoint at 8, across the write at 10
+    assert m.read_memory(RAM + 0x7C, 2) == _words(NOP)[:2]
+    assert m.read_memory(RAM + 0x82, 2) == _words(NOP)[2:]
+    assert mch.vm.read_phys(RAM + 0x80, 4) == BRK0
+
+
+@pytest.mark.xfail(strict=True, reason="manager bug: _write_memory, replaying a logged debugger "
+                   "write while _patches_lifted has the originals in memory, still writes BRK bytes "
+                   "over the patched part; _patches_lifted then saves them as the original")
+def test_a_replayed_write_over_part_of_a_breakpoint_keeps_the_written_bytes(tmp_path):
+    mch, m = _recorded_write_over_part_of_a_breakpoint(tmp_path)
+    m.seek_to(3)
+    m.seek_to(11)
+    assert m.read_memory(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
+    m.remove_all()
+    assert mch.vm.read_phys(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
