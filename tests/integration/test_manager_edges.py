@@ -13,7 +13,6 @@ from guestdbg import kvm
 from guestdbg.arm import registers as arm_registers
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.arch import BRK0, Arm64DebugArch
-from guestdbg.debug.conditions import StopConditions
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from guestdbg.debug.profile import ArchProfile
 
