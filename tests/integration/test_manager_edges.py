@@ -319,9 +319,8 @@ def test_a_replayed_write_over_part_of_a_breakpoint_leaves_the_rest_of_it(tmp_pa
     assert mch.vm.read_phys(RAM + 0x80, 4) == BRK0
 
 
-@pytest.mark.xfail(strict=True, reason="manager bug: _write_memory, replaying a logged debugger "
-                   "write while _patches_lifted has the originals in memory, still writes BRK bytes "
-                   "over the patched part; _patches_lifted then saves them as the original")
+# A bug found by mutation testing (fixed): the replay wrote BRK bytes over the patched part of
+# the write while the patches were lifted, and the lift's end saved them as the guest's original.
 def test_a_replayed_write_over_part_of_a_breakpoint_keeps_the_written_bytes(tmp_path):
     mch, m = _recorded_write_over_part_of_a_breakpoint(tmp_path)
     m.seek_to(3)

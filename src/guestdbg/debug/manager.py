@@ -270,6 +270,7 @@ class GuestDebugManager:
         self._brk: bytes = self.arch.sw_break or b""
         self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key # pragma: no mutate (the first _apply sets it)
         self._skipped_watch: "Watch | bool | None" = None  # what the last _apply left out (see _watch_for) # pragma: no mutate ("" is falsy)
+        self._patches_are_lifted = False  # inside _patches_lifted: memory holds the originals
         self._lifted_pa: int | None = None  # the patch a step over it has lifted: a BRK there is the guest's # pragma: no mutate (compared with ints)
         self._arch_regs: Any = None  # pragma: no mutate (the first _apply sets it)
         # Slot counts come from KVM_CAP_GUEST_DEBUG_HW_BPS/_WPS, read by the architecture
@@ -796,7 +797,9 @@ class GuestDebugManager:
         for pa, part in spans:
             self._log_input("memory", (pa, part))
             buf = bytearray(part)
-            for patch in self._sw.values():
+            # Lifted (a replay of a logged write): memory holds the guest's own bytes, and what
+            # is there when the lift ends becomes each patch's original.
+            for patch in () if self._patches_are_lifted else self._sw.values():
                 lo, hi = max(pa, patch.pa), min(pa + len(part), patch.pa + len(patch.original))
                 if lo < hi:
                     orig = bytearray(patch.original)
@@ -1648,9 +1651,11 @@ class GuestDebugManager:
         and replays; then the patches go back over whatever the code is by then."""
         for patch in self._sw.values():
             self.vm.write_phys(patch.pa, patch.original)
+        self._patches_are_lifted = True
         try:
             yield
         finally:
+            self._patches_are_lifted = False
             for patch in self._sw.values():
                 patch.original = self.vm.read_phys(patch.pa, len(patch.original))
                 self.vm.write_phys(patch.pa, self._brk)
