@@ -1,0 +1,188 @@
+"""Reverse steps at their edges (issue 12), pinned for mutation testing of debug/manager.py:
+exceptions entered without retiring an instruction (a data abort, a prefetch abort at a PC the
+debugger cannot read, an interrupt), an architecture or vCPU that lacks the manager's optional
+hooks, several vCPUs, and what a reverse step costs (checkpoints restored). Small guests
+assembled here; exact PCs, instruction counts and stops."""
+
+from __future__ import annotations
+
+import pytest
+
+from guestdbg.board.common import elf_symbols
+from guestdbg.board.virt import VirtConfig, VirtMachine
+from guestdbg.debug.manager import GuestDebugManager, StopKind
+from tests.helpers.mmu_guest import assemble
+
+UNMAPPED = 0x7FF0_0000  # past the default 128 MiB of RAM at 0x4000_0000
+
+
+class _Without:
+    """`obj` without the attributes `hidden`, and with `replaced` ones."""
+
+    def __init__(self, obj, *hidden: str, **replaced):
+        self._obj, self._hidden, self._replaced = obj, hidden, replaced
+
+    def __getattr__(self, name):
+        if name in self._hidden:
+            raise AttributeError(name)
+        if name in self._replaced:
+            return self._replaced[name]
+        return getattr(self._obj, name)
+
+    def __setattr__(self, name, value):
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._obj, name, value)
+
+
+def _load(tmp_path, name: str, source: str, smp: int = 1) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
+    elf = assemble(tmp_path, name, source)
+    m = VirtMachine(VirtConfig(smp=smp), console=lambda b: None)
+    m.load_elf(elf)
+    return m, GuestDebugManager(m), elf_symbols(elf)
+
+
+def _where(m: VirtMachine, event) -> tuple:
+    return (event.kind, event.pc, event.history_edge, m.vcpu.pc, m.vcpu.icount)
+
+
+# ---------------------------------------------------------------------------------------------
+# an interrupt entry: two states share an instruction count (the arrival, and the vector)
+
+IRQ_S = r"""
+    .text
+    .global _start, plain, raise_irq, interrupted, vectors
+_start:
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    isb
+    mov     x5, #1
+plain:
+    add     x5, x5, #1                 // 0x910004a5: byte-swapped it is no data processing
+    add     x5, x5, #1
+    ldr     x1, =0x08000000            // GICD
+    ldr     x3, =0x08010000            // GICC
+    mov     w2, #1
+    str     w2, [x1]                   // GICD_CTLR
+    strb    w2, [x1, #0x828]           // GICD_ITARGETSR: SPI 40 to CPU 0
+    str     w2, [x3]                   // GICC_CTLR
+    mov     w2, #0xff
+    str     w2, [x3, #4]               // GICC_PMR
+    mov     w2, #(1 << 8)
+    str     w2, [x1, #0x104]           // GICD_ISENABLER1: INTID 40
+    msr     daifclr, #2
+    isb
+raise_irq:
+    str     w2, [x1, #0x204]           // GICD_ISPENDR1: taken where this block ends
+    add     x4, x4, #1
+    add     x4, x4, #1
+    add     x4, x4, #1
+    b       1f                         // the block ends here
+interrupted:
+1:  b       1b
+    .balign 2048
+vectors:
+    .skip   0x280
+irq:
+    add     x7, x7, #1
+    add     x7, x7, #1
+    b       .
+"""
+
+
+def _irq(tmp_path):
+    m, mgr, sym = _load(tmp_path, "irq", IRQ_S)
+    mgr.start_recording(interval=1000)
+    return m, mgr, sym
+
+
+def _step_to(m, mgr, pc: int, limit: int = 100) -> int:
+    for _ in range(limit):
+        if m.vcpu.pc == pc:
+            return m.vcpu.icount
+        assert mgr.step().kind is StopKind.STEP
+    raise AssertionError(f"never at {pc:#x}")
+
+
+def _past_the_entry(m, mgr, sym) -> int:
+    """Steps to the interrupted branch, into the interrupt (the vector, no instruction
+    retired) and past the vector's first instruction. Returns the count at the branch."""
+    t = _step_to(m, mgr, sym["interrupted"])
+    vector = sym["vectors"] + 0x280
+    assert (mgr.step().pc, m.vcpu.icount) == (vector, t)
+    assert (mgr.step().pc, m.vcpu.icount) == (vector + 4, t + 1)
+    return t
+
+
+def test_reverse_steps_through_an_interrupt_entry_say_where_they_land(tmp_path):
+    """From past the vector's first instruction back to the vector (a step from the branch
+    enters the interrupt: the careful path finds it), from the vector back to the branch (the
+    arrival: the same count), then back over the add before it."""
+    m, mgr, sym = _irq(tmp_path)
+    t = _past_the_entry(m, mgr, sym)
+    vector, branch = sym["vectors"] + 0x280, sym["interrupted"]
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, vector, None, vector, t)
+    assert mgr.read_register("x7") == 0
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, branch, None, branch, t)
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, branch - 4, None, branch - 4, t - 1)
+    assert mgr.read_register("x4") == 3
+
+
+def test_without_the_architectures_vector_test_a_reverse_step_goes_back_by_count(tmp_path):
+    """An architecture that cannot say where its vectors are: from the vector, a reverse step
+    goes back one instruction count (over the branch and the entry together)."""
+    m, mgr, sym = _irq(tmp_path)
+    t = _past_the_entry(m, mgr, sym)
+    vector, branch = sym["vectors"] + 0x280, sym["interrupted"]
+    mgr.reverse_step()
+    assert (m.vcpu.pc, m.vcpu.icount) == (vector, t)
+    mgr.arch = _Without(mgr.arch, "at_exception_vector")
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, branch - 4, None, branch - 4, t - 1)
+
+
+def test_without_the_architectures_instruction_test_every_reverse_step_is_careful(tmp_path):
+    """An architecture that cannot say which instructions never fault: every reverse step
+    steps to find out (two restores, not one), and still lands right."""
+    m, mgr, sym = _irq(tmp_path)
+    t = _past_the_entry(m, mgr, sym)
+    mgr.arch = _Without(mgr.arch, "never_takes_an_exception")
+    vector = sym["vectors"] + 0x280
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, vector, None, vector, t)
+    mgr.seek_to(5)
+    restored = mgr.record_status()["restored"]
+    plain = sym["plain"]
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, plain, None, plain, 4)
+    assert mgr.record_status()["restored"] - restored == 2
+
+
+@pytest.mark.parametrize("how", ["hidden", "says-yes"])
+def test_a_vcpu_that_cannot_say_whether_an_interrupt_is_coming_is_assumed_to_have_one(tmp_path, how):
+    """A vCPU without interrupt_may_preempt: the reverse step from past the vector's first
+    instruction steps to find out, and lands on the vector, as with one that says yes."""
+    m, mgr, sym = _irq(tmp_path)
+    t = _past_the_entry(m, mgr, sym)
+    if how == "hidden":
+        mgr._vcpus = [_Without(m.vcpu, "interrupt_may_preempt")]
+    else:
+        mgr._vcpus = [_Without(m.vcpu, interrupt_may_preempt=lambda: True)]
+    vector = sym["vectors"] + 0x280
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, vector, None, vector, t)
+
+
+@pytest.mark.parametrize("insn", ["mov", "add"])
+def test_a_reverse_step_over_plain_code_with_no_interrupt_to_come_replays_once(tmp_path, insn):
+    """Over a data-processing instruction with no interrupt to come (the timers idle, the IRQ
+    line low), a reverse step restores one checkpoint and replays to it: no step to find out
+    whether it entered an exception."""
+    m, mgr, sym = _irq(tmp_path)
+    plain = sym["plain"]
+    _step_to(m, mgr, plain + 8)
+    target = plain - 4 if insn == "mov" else plain + 4
+    if insn == "mov":
+        mgr.seek_to(4)
+    restored = mgr.record_status()["restored"]
+    at = m.vcpu.icount
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, target, None, target, at - 1)
+    assert mgr.record_status()["restored"] - restored == 1
+    assert mgr.read_register("x5") == (0 if insn == "mov" else 2)
