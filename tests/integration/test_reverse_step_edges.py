@@ -186,3 +186,97 @@ def test_a_reverse_step_over_plain_code_with_no_interrupt_to_come_replays_once(t
     assert _where(m, mgr.reverse_step()) == (StopKind.STEP, target, None, target, at - 1)
     assert mgr.record_status()["restored"] - restored == 1
     assert mgr.read_register("x5") == (0 if insn == "mov" else 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# a vCPU that counts no instructions
+
+def test_a_vcpu_that_counts_no_instructions_is_at_the_start_of_its_history(tmp_path):
+    """A vCPU without `icount` (as x86's): a reverse step has nothing to go back over; it
+    stops where it is, at the history's start edge, and moves nothing."""
+    m, mgr, sym = _irq(tmp_path)
+    for _ in range(3):
+        mgr.step()
+    mgr._vcpus = [_Without(m.vcpu, "icount")]
+    e = mgr.reverse_step()
+    assert (e.kind, e.pc, e.history_edge) == (StopKind.SIGNAL, sym["_start"] + 12, "begin")
+    assert (m.vcpu.pc, m.vcpu.icount, mgr.record_status()["now"]) == (sym["_start"] + 12, 3, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# several vCPUs: back one instruction of one vCPU, in the recorded schedule
+
+SMP_S = r"""
+    .text
+    .global _start, secondary, spin
+_start:
+    mov     x5, #1
+    add     x5, x5, #1
+    ldr     x0, =0xc4000003            // PSCI CPU_ON
+    mov     x1, #1
+    ldr     x2, =secondary
+    mov     x3, #0
+    hvc     #0
+    mov     x6, #4000
+spin:
+    subs    x6, x6, #1
+    b.ne    spin
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+secondary:
+    mov     x7, #1
+    add     x7, x7, #1
+    add     x7, x7, #1
+2:  add     x8, x8, #1
+    b       2b
+"""
+
+
+def _smp(tmp_path, **recording):
+    m, mgr, sym = _load(tmp_path, "smp2", SMP_S, smp=2)
+    mgr.start_recording(**({"interval": 1000} | recording))
+    return m, mgr, sym
+
+
+def _smp_where(m, mgr, e) -> tuple:
+    return (e.kind, e.vcpu_id, e.pc, e.history_edge, m.vcpus[0].icount, m.vcpus[1].icount, mgr.record_status()["now"])
+
+
+def test_with_several_vcpus_a_reverse_step_over_the_first_instruction_reaches_the_start(tmp_path):
+    """vCPU 0's first instruction: back over it is the history's start, as a step (the
+    start edge is only for a reverse step from there)."""
+    m, mgr, sym = _smp(tmp_path)
+    start = sym["_start"]
+    assert mgr.step(0).pc == start + 4
+    assert _smp_where(m, mgr, mgr.reverse_step(0)) == (StopKind.STEP, 0, start, None, 0, 0, 0)
+    assert mgr.read_register("x5") == 0
+    assert _smp_where(m, mgr, mgr.reverse_step(0)) == (StopKind.SIGNAL, 0, start, "begin", 0, 0, 0)
+
+
+def test_with_several_vcpus_reverse_steps_go_back_one_instruction_of_that_vcpu(tmp_path):
+    """vCPU 0 starts vCPU 1 and both run, in short turns. While recording a step of vCPU 1
+    goes through the scheduler (vCPU 0 may run in between); reverse steps of vCPU 1 go back
+    over its own instructions, one at a time, to the machine times its forward steps stopped
+    at, vCPU 0 as it was then."""
+    m, mgr, sym = _smp(tmp_path)
+    m.quantum = 50
+    secondary = sym["secondary"]
+    mgr.add_hw_breakpoint(secondary + 12)
+    e = mgr.cont()
+    assert (e.kind, e.vcpu_id, e.pc, m.vcpus[1].icount) == (StopKind.HWBREAK, 1, secondary + 12, 3)
+    mgr.remove_hw_breakpoint(secondary + 12)
+    trail = []
+    for _ in range(4):
+        trail.append((m.vcpus[1].pc, m.vcpus[0].icount, m.vcpus[1].icount, m.machine_now))
+        assert mgr.step(1).kind is StopKind.STEP
+    assert m.vcpus[1].icount == 7 and m.machine_now == m.vcpus[0].icount + 7
+    for pc, icount0, icount1, now in reversed(trail):
+        e = mgr.reverse_step(1)
+        assert _smp_where(m, mgr, e) == (StopKind.STEP, 1, pc, None, icount0, icount1, now)
+    assert mgr.read_register("x7") == 3 and mgr.read_register("x8") == 0
+    # vCPU 0 too: back one of its instructions from here.
+    before = (m.vcpus[0].pc, m.vcpus[0].icount)
+    e = mgr.reverse_step(0)
+    assert (e.kind, e.vcpu_id, e.history_edge, m.vcpus[0].icount) == (StopKind.STEP, 0, None, before[1] - 1)
+    assert e.pc == m.vcpus[0].pc and m.vcpus[0].pc in (before[0], before[0] - 4, sym["spin"] + 4)
