@@ -280,3 +280,78 @@ def test_with_several_vcpus_reverse_steps_go_back_one_instruction_of_that_vcpu(t
     e = mgr.reverse_step(0)
     assert (e.kind, e.vcpu_id, e.history_edge, m.vcpus[0].icount) == (StopKind.STEP, 0, None, before[1] - 1)
     assert e.pc == m.vcpus[0].pc and m.vcpus[0].pc in (before[0], before[0] - 4, sym["spin"] + 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse_cont's shortcut (skip an interval the dirty log says no watched page was stored to)
+# holds only where watched addresses are physical: the MMU off now and at both ends
+
+ALIAS_VA = 0x4140_0000   # with the MMU on: the 2 MiB at PA 0x4160_0000 (elsewhere identity)
+ALIAS_PA = 0x4160_0000
+
+
+def _mmu_detour_source() -> str:
+    from tests.helpers.mmu_guest import MMU_ASM_HEADER, level2_table
+    alias_block = (ALIAS_VA - 0x4000_0000) >> 21
+    table = level2_table("ram_l2", lambda n: 0x4000_0000 + ((n + 1 if n == alias_block else n) << 21))
+    return MMU_ASM_HEADER + r"""
+    .text
+    .global _start, store, mmu_off
+_start:
+    mov     x2, #750
+1:  subs    x2, x2, #1                 // MMU off: 1,500 instructions
+    b.ne    1b
+    enable_mmu ttbr0_l1, ttbr1_l1
+    ldr     x6, =0x41400000
+    mov     x7, #0x77
+store:
+    str     x7, [x6]                   // VA 0x41400000: PA 0x41600000
+    mov     x2, #400
+2:  subs    x2, x2, #1                 // MMU on: 800 instructions (a checkpoint in here)
+    b.ne    2b
+mmu_off:
+    mrs     x0, sctlr_el1
+    bic     x0, x0, #1
+    msr     sctlr_el1, x0
+    isb
+    mov     x2, #100
+3:  subs    x2, x2, #1                 // MMU off again, to the end
+    b.ne    3b
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+    .data
+    .balign 4096
+ttbr0_l1:
+    .quad   0x00000000 | BLOCK_DEVICE
+    .quad   ram_l2 + 3
+    .fill   510, 8, 0
+ttbr1_l1:
+    .quad   RAM | BLOCK_NORMAL
+    .fill   511, 8, 0
+    .balign 4096
+""" + table
+
+
+def test_reverse_continue_replays_an_interval_that_ends_with_the_mmu_on(tmp_path):
+    """A write watch on 0x41400000, from the end (MMU off): the MMU was on from before the
+    store to past the second checkpoint, with 0x41400000 mapped to other memory. The dirty log
+    never saw the watched physical page written, yet the interval from the checkpoint before
+    the store (MMU off) to the next (MMU on) must be replayed: there the watch is a VA, and
+    the store to it is the stop. Also from a point with the MMU on: every interval replayed."""
+    from guestdbg.debug.manager import WatchKind
+    m, mgr, sym = _load(tmp_path, "mmu_detour", _mmu_detour_source())
+    mgr.start_recording(interval=1000)
+    assert mgr.cont().kind is StopKind.EXITED
+    times = [c.time for c in mgr._history.checkpoints]
+    assert len(times) == 3 and times[1] < 1500 < 1520 < times[2] < 2300 < mgr.record_status()["end"] < 3000, times
+    mgr.add_watchpoint(ALIAS_VA, 8, WatchKind.WRITE)
+    store = sym["store"]
+    for start_at in ("end", "mmu on"):
+        if start_at == "mmu on":
+            mgr.seek_to(times[2] + 10)
+        e = mgr.reverse_cont()
+        assert (e.kind, e.pc, e.watch_addr, e.history_edge) == (StopKind.WATCH, store, ALIAS_VA, None)
+        assert (m.vcpu.pc, mgr.read_register("x7")) == (store, 0x77)
+        assert mgr.read_memory(ALIAS_VA, 8) == bytes(8)
+        assert mgr.read_memory(ALIAS_PA, 8, physical=True) == bytes(8)
