@@ -355,3 +355,49 @@ def test_reverse_continue_replays_an_interval_that_ends_with_the_mmu_on(tmp_path
         assert (m.vcpu.pc, mgr.read_register("x7")) == (store, 0x77)
         assert mgr.read_memory(ALIAS_VA, 8) == bytes(8)
         assert mgr.read_memory(ALIAS_PA, 8, physical=True) == bytes(8)
+
+
+LATE_STORE_S = r"""
+    .text
+    .global _start, store
+_start:
+    ldr     x6, =target
+    mov     x2, #600
+1:  subs    x2, x2, #1
+    b.ne    1b
+    mov     x7, #0x55
+store:
+    str     x7, [x6]                   // after the second checkpoint
+    mov     x2, #10
+2:  subs    x2, x2, #1
+    b.ne    2b
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+    .bss
+    .balign 4096
+target: .skip 8
+"""
+
+
+def test_reverse_continue_without_a_dirty_log_replays_every_interval(tmp_path):
+    """A VM with no dirty log (no get_dirty_log): which pages a stretch stored to is not
+    known, so no interval is skipped; the watch finds the one store, in the last interval."""
+    from guestdbg.debug.manager import WatchKind
+    elf = assemble(tmp_path, "late_store", LATE_STORE_S)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    sym = elf_symbols(elf)
+    m.vm = _Without(m.vm, "get_dirty_log")
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=1000)
+    assert mgr.cont().kind is StopKind.EXITED
+    times = [c.time for c in mgr._history.checkpoints]
+    assert len(times) == 2 and times[1] < 1203 < mgr.record_status()["end"], times
+    mgr.add_watchpoint(sym["target"], 8, WatchKind.WRITE)
+    e = mgr.reverse_cont()
+    assert (e.kind, e.pc, e.watch_addr, e.history_edge) == (StopKind.WATCH, sym["store"], sym["target"], None)
+    assert (m.vcpu.icount, mgr.read_memory(sym["target"], 8)) == (1203, bytes(8))
+    mgr.seek_to(times[1])
+    e = mgr.reverse_cont()  # nothing before: the start
+    assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.SIGNAL, sym["_start"], "begin", 0)
