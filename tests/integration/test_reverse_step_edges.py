@@ -401,3 +401,45 @@ def test_reverse_continue_without_a_dirty_log_replays_every_interval(tmp_path):
     mgr.seek_to(times[1])
     e = mgr.reverse_cont()  # nothing before: the start
     assert (e.kind, e.pc, e.history_edge, m.vcpu.icount) == (StopKind.SIGNAL, sym["_start"], "begin", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a reset while recording: the new history keeps the recorder's own state in its checkpoints
+
+
+def test_console_input_after_a_reset_while_recording_is_replayed(guest_dir):
+    """The echo guest reads a line while recording, is reset (a new history), then given
+    its input: back at the new history's start and forward again, the guest reads the same
+    input in the replay (the checkpoints hold how many reads of the console came before, the
+    ones before the reset included) and reaches its own end, in the same state, showing
+    nothing twice."""
+    import threading
+    from tests.helpers.support import typed_console
+    out: list[bytes] = []
+    m = VirtMachine(VirtConfig(), console=out.append)
+    m.load_elf(guest_dir / "echo.elf")
+    typed = typed_console(m)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=5000)
+    typed.push(b"ab\n")
+    for _ in range(50):  # until the guest has echoed the line (a Ctrl-C ends each run)
+        timer = threading.Timer(0.05, mgr.interrupt)
+        timer.start()
+        assert mgr.cont().kind is StopKind.SIGNAL
+        timer.join()
+        if b"AB" in b"".join(out):
+            break
+    assert mgr._console_pulls > 0
+    mgr.reset()
+    out.clear()
+    typed.push(b"hello\nq\n")
+    assert mgr.cont().kind is StopKind.EXITED
+    shown = b"".join(out)
+    assert b"HELLO" in shown
+    end = (m.vcpu.icount, m.vcpu.pc, mgr.read_registers())
+    mgr.seek_to(mgr.record_status()["begin"])
+    assert m.vcpu.icount == 0
+    e = mgr.cont()
+    assert (e.kind, e.history_edge) == (StopKind.EXITED, None)
+    assert (m.vcpu.icount, m.vcpu.pc, mgr.read_registers()) == end
+    assert b"".join(out) == shown
