@@ -443,3 +443,52 @@ def test_console_input_after_a_reset_while_recording_is_replayed(guest_dir):
     assert (e.kind, e.history_edge) == (StopKind.EXITED, None)
     assert (m.vcpu.icount, m.vcpu.pc, mgr.read_registers()) == end
     assert b"".join(out) == shown
+
+
+# ---------------------------------------------------------------------------------------------
+# the instruction at PC, read to decide whether a reverse step must step to find out
+
+
+def _ram_end_loop(tmp_path) -> tuple[VirtMachine, GuestDebugManager]:
+    """RAM's last two words: `add x1, x1, #1; b .-4`, jumped to from RAM's start."""
+    ram, ram_end = 0x4000_0000, 0x4800_0000
+    words = (0xD2A8FFE0, 0xF29FFF00, 0xD61F0000)  # movz x0, #0x47ff, lsl #16; movk x0, #0xfff8; br x0
+    image = tmp_path / "ram_end.bin"
+    image.write_bytes(b"".join(w.to_bytes(4, "little") for w in words))
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_raw(image, ram)
+    m.vm.write_phys(ram_end - 8, (0x91000421).to_bytes(4, "little") + (0x17FFFFFF).to_bytes(4, "little"))
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=1000)
+    for pc in (ram + 4, ram + 8, ram_end - 8, ram_end - 4, ram_end - 8):
+        assert mgr.step().pc == pc
+    return m, mgr
+
+
+def test_a_reverse_step_onto_rams_last_word_reads_just_that_instruction(tmp_path):
+    """The branch in RAM's last word is readable (4 bytes, to the end): plain code, so a
+    reverse step onto it replays once; onto the add before it, the same."""
+    m, mgr = _ram_end_loop(tmp_path)
+    for pc, icount in ((0x4800_0000 - 4, 4), (0x4800_0000 - 8, 3)):
+        restored = mgr.record_status()["restored"]
+        assert _where(m, mgr.reverse_step()) == (StopKind.STEP, pc, None, pc, icount)
+        assert mgr.record_status()["restored"] - restored == 1
+
+
+def test_an_instruction_the_debugger_cannot_read_makes_a_reverse_step_careful(tmp_path, monkeypatch):
+    """Where the debugger cannot read the instruction at PC, a reverse step cannot tell that
+    it never faults: it steps to find out (two restores, not one), and lands right."""
+    from guestdbg.debug.manager import DebugError
+    m, mgr = _ram_end_loop(tmp_path)
+    real = mgr._read_memory
+
+    def unreadable(addr, length, *args, **kwargs):
+        if addr == 0x4800_0000 - 4:
+            raise DebugError(14, f"cannot read {addr:#x}")
+        return real(addr, length, *args, **kwargs)
+
+    monkeypatch.setattr(mgr, "_read_memory", unreadable)
+    restored = mgr.record_status()["restored"]
+    pc = 0x4800_0000 - 4
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, pc, None, pc, 4)
+    assert mgr.record_status()["restored"] - restored == 2
