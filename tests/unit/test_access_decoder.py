@@ -228,6 +228,9 @@ WRONG = [
     row("stxr w2, w0, [x1]", 0x88027C20, X1, 4, True, prefix=LDXR_X9_X1),
     row("ld1 {v1.16b}, [x1]", 0x4C407021, X1, 16, False),  # odd registers: the masks leave Rt out
     row("ld1 {v1.d}[0], [x1]", 0x0D408421, X1, 8, False),
+    # three registers' elements: odd Rt with the single-structure mask (the fallback, the
+    # register class's size, would be 8 or 16, never 12)
+    row("ld3 {v1.s, v2.s, v3.s}[0], [x1]", 0x0D40A021, X1, 12, False),
     row("casp x0, x1, x2, x3, [x4]", 0x48207C82, X4, 16, True),
     row("ldr x0, .+8", 0x58000040, PC + 8, 8, False),
     row("ldr q0, .+16", 0x9C000080, PC + 16, 16, False),
@@ -236,6 +239,7 @@ WRONG = [
 
 NOT_ACCESSES = [
     ("add x0, x1, x2", 0x8B020020),
+    ("mov x0, #1", 0xD2800020),  # a register and an immediate, as a literal load has
     ("nop", 0xD503201F),
     ("b .", 0x14000000),
     ("mrs x0, tpidr_el0", 0xD53BD040),
