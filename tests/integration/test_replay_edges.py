@@ -1,0 +1,104 @@
+"""Replays at their edges, pinned for mutation testing of debug/manager.py: where `seek_to`
+lands and what it restores and inserts, what reverse_cont reports, in-run breakpoints'
+conditions, and the recorder's own state in a checkpoint. Small guests assembled here; exact
+PCs, instruction counts and checkpoint times."""
+
+from __future__ import annotations
+
+from guestdbg.board.common import elf_symbols
+from guestdbg.board.virt import VirtConfig, VirtMachine
+from guestdbg.debug.manager import GuestDebugManager, StopKind
+from tests.helpers.mmu_guest import assemble
+
+
+def _load(tmp_path, name: str, source: str) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
+    elf = assemble(tmp_path, name, source)
+    m = VirtMachine(VirtConfig(), console=lambda b: None)
+    m.load_elf(elf)
+    return m, GuestDebugManager(m), elf_symbols(elf)
+
+
+def _restored(mgr) -> int:
+    return mgr.record_status()["restored"]
+
+
+def _times(mgr) -> list[int]:
+    return [c.time for c in mgr._history.checkpoints]
+
+
+# A counting loop (3 instructions an iteration) then a halt: long enough for a seek to insert
+# checkpoints on its way (SEEK_NEAR is 4000 instructions).
+LOOP_S = r"""
+    .text
+    .global _start, loop, done, store, after
+_start:
+    mov     x0, #0
+    ldr     x1, =0x40100000
+store:
+    str     x0, [x1]
+after:
+    add     x2, x2, #1
+    add     x2, x2, #1
+    mov     x3, #6000
+loop:
+    add     x0, x0, #1
+    cmp     x0, x3
+    b.ne    loop
+done:
+    b       done
+"""
+
+
+def _loop(tmp_path, interval: int = 1_000_000):
+    m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
+    mgr.start_recording(interval=interval)
+    return m, mgr, sym
+
+
+# ---------------------------------------------------------------------------------------------
+# the recorder's own state in a checkpoint
+
+def test_recorder_state_without_its_entries_restores_the_defaults(tmp_path):
+    """A checkpoint's recorder state without console pulls or interrupt due times (as one taken
+    before they were kept) restores no pulls, and leaves irq_due alone; one with them restores
+    both."""
+    m, mgr, _ = _loop(tmp_path)
+    mgr._console_pulls = 5
+    m.vcpu.irq_due = 0
+    mgr._restore_recorder_state({"console_pulls": 3, "irq_due": [77]})
+    assert (mgr._console_pulls, m.vcpu.irq_due) == (3, 77)
+    mgr._restore_recorder_state({})
+    assert (mgr._console_pulls, m.vcpu.irq_due) == (0, 77)
+
+
+# ---------------------------------------------------------------------------------------------
+# seeks that need no restore, and the reverse_cont one step into the history
+
+def test_a_seek_to_where_the_machine_is_restores_nothing(tmp_path):
+    """At a checkpoint's count, or between it and the target, a seek replays from where the
+    machine is: no checkpoint restored, and the machine where it was."""
+    m, mgr, sym = _loop(tmp_path)
+    begin = mgr.record_status()["begin"]
+    r = _restored(mgr)
+    ev = mgr.seek_to(begin)  # at the first checkpoint's count
+    assert (ev.pc, m.vcpu.pc, m.vcpu.icount, _restored(mgr) - r) == (sym["_start"], sym["_start"], begin, 0)
+    for _ in range(4):
+        mgr.step()
+    now = m.vcpu.icount
+    assert now == begin + 4
+    r = _restored(mgr)
+    ev = mgr.seek_to(now)  # where it is (a checkpoint before it)
+    assert (ev.pc, m.vcpu.icount, _restored(mgr) - r) == (sym["after"] + 4, now, 0)
+    ev = mgr.seek_to(begin + 2)
+    assert (ev.pc, m.vcpu.icount, _restored(mgr) - r) == (sym["store"], begin + 2, 1)
+    ev = mgr.seek_to(begin + 3)  # forward from there: no restore
+    assert (ev.pc, m.vcpu.icount, _restored(mgr) - r) == (sym["after"], begin + 3, 1)
+
+
+def test_reverse_cont_one_instruction_into_the_history_stops_at_its_start(tmp_path):
+    m, mgr, sym = _loop(tmp_path)
+    begin = mgr.record_status()["begin"]
+    mgr.step()
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.history_edge, ev.pc, m.vcpu.pc, m.vcpu.icount) == (
+        StopKind.SIGNAL, "begin", sym["_start"], sym["_start"], begin)
