@@ -102,3 +102,73 @@ def test_reverse_cont_one_instruction_into_the_history_stops_at_its_start(tmp_pa
     ev = mgr.reverse_cont()
     assert (ev.kind, ev.history_edge, ev.pc, m.vcpu.pc, m.vcpu.icount) == (
         StopKind.SIGNAL, "begin", sym["_start"], sym["_start"], begin)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpoints a seek inserts on its way
+
+def test_seeks_insert_checkpoints_ever_closer_to_their_targets(tmp_path):
+    """A seek far from every checkpoint inserts one three quarters of the way (a soft stop: at
+    the block boundary at or before it), again and again while it is still more than 4000
+    instructions away; one from within 4000 inserts none."""
+    m, mgr, sym = _loop(tmp_path)
+    begin = mgr.record_status()["begin"]
+    assert begin == 0
+    mgr.add_breakpoint(sym["done"])
+    assert (mgr.cont().pc, m.vcpu.icount) == (sym["done"], 18006)
+    mgr.remove_breakpoint(sym["done"])
+    assert _times(mgr) == [0]
+    ev = mgr.seek_to(16000)  # 12000 is exactly 4000 short: no second one
+    assert (ev.pc, m.vcpu.icount, mgr.read_register("x0")) == (sym["loop"] + 4, 16000, 5332)
+    assert _times(mgr) == [0, 12000]
+    mgr.seek_to(0)
+    ev = mgr.seek_to(17000)  # from the checkpoint near 12000: one near 15750
+    assert (ev.pc, m.vcpu.icount, mgr.read_register("x0")) == (sym["loop"] + 8, 17000, 5665)
+    assert _times(mgr) == [0, 12000, 15750]
+    ev = mgr.seek_to(12900)  # from within 4000 of a checkpoint: none inserted
+    assert (ev.pc, m.vcpu.icount, mgr.read_register("x0")) == (sym["loop"], 12900, 4298)
+    assert _times(mgr) == [0, 12000, 15750]
+
+
+# Two counting loops: the live run stops between them (at `mid`, instruction 12003), so the
+# history's log has a stop there that a replay stops at too.
+TWO_LOOPS_S = r"""
+    .text
+    .global _start, loop1, mid, loop2, done
+_start:
+    mov     x0, #0
+    mov     x3, #4000
+    nop
+loop1:
+    add     x0, x0, #1
+    cmp     x0, x3
+    b.ne    loop1
+mid:
+    mov     x0, #0
+    mov     x3, #2000
+loop2:
+    add     x0, x0, #1
+    cmp     x0, x3
+    b.ne    loop2
+done:
+    b       done
+"""
+
+
+def test_a_seek_whose_insertion_point_is_a_logged_stop_inserts_past_it(tmp_path):
+    """From the start to 16004: the first insertion point (3/4 of the way: 12003) is where the
+    recorded run stopped, which the replay stops at exactly (no checkpoint there); the next
+    (15003) gets one, at the block boundary before it (15002)."""
+    m, mgr, sym = _load(tmp_path, "two", TWO_LOOPS_S)
+    mgr.start_recording(interval=1_000_000)
+    mgr.add_breakpoint(sym["mid"])
+    assert (mgr.cont().pc, m.vcpu.icount) == (sym["mid"], 12003)
+    mgr.remove_breakpoint(sym["mid"])
+    mgr.add_breakpoint(sym["done"])
+    assert (mgr.cont().pc, m.vcpu.icount) == (sym["done"], 18005)
+    mgr.remove_breakpoint(sym["done"])
+    assert _times(mgr) == [0]
+    ev = mgr.seek_to(16004)
+    assert (ev.pc, m.vcpu.icount, mgr.read_register("x0"), mgr.read_register("x3")) == (
+        sym["loop2"], 16004, 1333, 2000)
+    assert _times(mgr) == [0, 15002]
