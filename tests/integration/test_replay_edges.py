@@ -172,3 +172,50 @@ def test_a_seek_whose_insertion_point_is_a_logged_stop_inserts_past_it(tmp_path)
     assert (ev.pc, m.vcpu.icount, mgr.read_register("x0"), mgr.read_register("x3")) == (
         sym["loop2"], 16004, 1333, 2000)
     assert _times(mgr) == [0, 15002]
+
+
+# ---------------------------------------------------------------------------------------------
+# in-run breakpoints (policy 18) and their conditions, not recording
+
+def _count_runs(m) -> list[int]:
+    runs = [0]
+    run_until = m.run_until
+
+    def counted(*args, **kwargs):
+        runs[0] += 1
+        return run_until(*args, **kwargs)
+    m.run_until = counted
+    return runs
+
+
+def test_a_false_condition_decided_in_the_run_costs_no_exit(tmp_path):
+    """A conditional breakpoint in the loop whose condition is false until x0 is 7: the run
+    decides each hit itself (the condition asked at every one) and exits only at the true one."""
+    m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
+    asked = []
+
+    def cond(view):
+        asked.append(view.read_register("x0"))
+        return view.read_register("x0") == 7
+    mgr.add_breakpoint(sym["loop"] + 4, condition=cond)
+    assert mgr.debug_points()[0].mechanism.startswith("software (decided in the run")
+    runs = _count_runs(m)
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, mgr.read_register("x0"), runs[0]) == (StopKind.SWBREAK, sym["loop"] + 4, 7, 1)
+    assert asked == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_condition_given_again_keeps_the_breakpoint_in_the_run(tmp_path):
+    """With plain breakpoints as BRK patches (`in_run_breakpoints = False`), a conditional one
+    is still decided in the run, also when its condition is set again: no BRK in guest memory."""
+    m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
+    mgr.in_run_breakpoints = False
+    va = sym["loop"] + 4
+    code = m.vm.read_phys(va, 4)
+    mgr.add_breakpoint(va, condition=lambda view: view.read_register("x0") == 3)
+    mgr.add_breakpoint(va, condition=lambda view: view.read_register("x0") == 5)
+    assert [p.mechanism for p in mgr.debug_points()] == [f"software (decided in the run, pa {va:#x})"]
+    assert m.vm.read_phys(va, 4) == code
+    runs = _count_runs(m)
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, mgr.read_register("x0"), runs[0]) == (StopKind.SWBREAK, va, 5, 1)
