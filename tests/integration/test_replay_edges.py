@@ -219,3 +219,22 @@ def test_a_condition_given_again_keeps_the_breakpoint_in_the_run(tmp_path):
     runs = _count_runs(m)
     ev = mgr.cont()
     assert (ev.kind, ev.pc, mgr.read_register("x0"), runs[0]) == (StopKind.SWBREAK, va, 5, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse steps over a store with a checkpoint at every instruction
+
+def test_a_reverse_step_over_a_store_with_checkpoints_everywhere_lands_before_it(tmp_path):
+    """Checkpoints at every count (interval 1): back over the add and then over the store (an
+    instruction that may fault: the careful path replays it afresh from the checkpoint before
+    it), landing on it with its store undone."""
+    m, mgr, sym = _loop(tmp_path, interval=1)
+    for _ in range(4):
+        mgr.step()
+    assert (m.vcpu.pc, m.vcpu.icount) == (sym["after"] + 4, 4)
+    assert mgr.read_memory(0x40100000, 8) == (0).to_bytes(8, "little")
+    ev = mgr.reverse_step()
+    assert (ev.kind, ev.pc, m.vcpu.pc, m.vcpu.icount) == (StopKind.STEP, sym["after"], sym["after"], 3)
+    ev = mgr.reverse_step()
+    assert (ev.kind, ev.pc, m.vcpu.pc, m.vcpu.icount) == (StopKind.STEP, sym["store"], sym["store"], 2)
+    assert mgr.read_register("x2") == 0
