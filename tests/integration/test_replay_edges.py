@@ -340,3 +340,57 @@ def test_reverse_steps_through_an_interrupt_entry_with_checkpoints_everywhere(tm
     assert _where(m, mgr.reverse_step()) == (StopKind.STEP, vector, None, vector, t)
     assert _where(m, mgr.reverse_step()) == (StopKind.STEP, branch, None, branch, t)
     assert _where(m, mgr.reverse_step()) == (StopKind.STEP, branch - 4, None, branch - 4, t - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse_cont over the guest's own breakpoint instruction (re-injected into the guest)
+
+GUEST_BRK_S = r"""
+    .text
+    .global _start, own_brk, mark, done, vectors
+_start:
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    isb
+    mov     x5, #0
+own_brk:
+    brk     #1                         // the guest's own: its handler skips it
+    add     x5, x5, #1
+mark:
+    add     x5, x5, #1
+    add     x5, x5, #1
+done:
+    b       done
+    .balign 2048
+vectors:
+    mrs     x9, elr_el1                // current EL, SP0: synchronous
+    add     x9, x9, #4
+    msr     elr_el1, x9
+    add     x6, x6, #1
+    eret
+    .balign 0x200
+    mrs     x9, elr_el1                // current EL, SPx: synchronous
+    add     x9, x9, #4
+    msr     elr_el1, x9
+    add     x6, x6, #1
+    eret
+"""
+
+
+@pytest.mark.parametrize("in_run", [False, True])
+def test_reverse_cont_replays_past_the_guests_own_brk_to_the_breakpoint_after_it(tmp_path, in_run):
+    """The guest's BRK (re-injected to its handler, which counts it in x6) is no stop: a replay
+    goes on past it and finds the breakpoint after it."""
+    m, mgr, sym = _load(tmp_path, "gbrk", GUEST_BRK_S)
+    mgr.in_run_breakpoints = in_run
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["mark"])
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, mgr.read_register("x5"), mgr.read_register("x6")) == (StopKind.SWBREAK, sym["mark"], 1, 1)
+    t = m.vcpu.icount
+    for _ in range(2):
+        mgr.step()
+    assert (m.vcpu.pc, mgr.read_register("x5")) == (sym["done"], 3)
+    ev = mgr.reverse_cont()
+    assert _where(m, ev) == (StopKind.SWBREAK, sym["mark"], None, sym["mark"], t)
+    assert (mgr.read_register("x5"), mgr.read_register("x6")) == (1, 1)
