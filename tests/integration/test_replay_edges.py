@@ -11,7 +11,7 @@ import pytest
 
 from guestdbg.board.common import elf_symbols
 from guestdbg.board.virt import VirtConfig, VirtMachine
-from guestdbg.debug.manager import GuestDebugManager, StopKind
+from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from tests.helpers.mmu_guest import assemble
 
 
@@ -461,3 +461,55 @@ def test_a_ctrl_c_in_reverse_conts_replay_stops_at_the_last_hit_found(tmp_path):
     ev = mgr.reverse_cont()
     assert _where(m, ev) == (StopKind.SWBREAK, sym["mark"], None, sym["mark"], 1)
     assert (mgr.read_register("x5"), runs[0]) == (0, 4)  # and the seek back to the first: 4
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse_cont to watched stores
+
+WATCH_S = r"""
+    .text
+    .global _start, loop, store, done
+_start:
+    mov     x0, #0
+    ldr     x1, =0x40100000
+    mov     x3, #4
+loop:
+    add     x0, x0, #1
+store:
+    str     x0, [x1]
+    cmp     x0, x3
+    b.ne    loop
+done:
+    b       done
+"""
+WATCHED = 0x40100000
+
+
+def _watched_run(tmp_path, condition=None):
+    m, mgr, sym = _load(tmp_path, "watch", WATCH_S)
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["done"])
+    ev = mgr.cont()
+    assert (ev.pc, m.vcpu.icount) == (sym["done"], 19)
+    mgr.add_watchpoint(WATCHED, 8, WatchKind.WRITE, condition=condition)
+    return m, mgr, sym
+
+
+def test_reverse_cont_passes_the_watched_stores_whose_condition_is_false(tmp_path):
+    """Four stores to the watched word; the condition holds at the second only (x0 == 2):
+    reverse_cont stops there, before it (the old value in memory)."""
+    m, mgr, sym = _watched_run(tmp_path, condition=lambda view: view.read_register("x0") == 2)
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.pc, ev.watch_addr, m.vcpu.pc, m.vcpu.icount) == (StopKind.WATCH, sym["store"], WATCHED, sym["store"], 8)
+    assert (mgr.read_register("x0"), mgr.read_memory(WATCHED, 8)) == (2, (1).to_bytes(8, "little"))
+
+
+def test_reverse_cont_to_the_last_watched_store_steps_each_store_once(tmp_path):
+    """Four stores in the replayed interval: each stops the replay once and is stepped over once
+    (every watch out of the way), then the seek back to the last: 4 stops + 4 step-overs + the
+    run to the end + the seek."""
+    m, mgr, sym = _watched_run(tmp_path)
+    runs = _count_runs(m)
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.pc, ev.watch_addr, m.vcpu.pc, m.vcpu.icount) == (StopKind.WATCH, sym["store"], WATCHED, sym["store"], 16)
+    assert (mgr.read_register("x0"), mgr.read_memory(WATCHED, 8), runs[0]) == (4, (3).to_bytes(8, "little"), 10)
