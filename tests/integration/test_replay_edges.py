@@ -187,6 +187,7 @@ def _count_runs(m) -> list[int]:
 
     def counted(*args, **kwargs):
         runs[0] += 1
+        assert runs[0] < 100, "the debugger runs the guest on and on"  # fail, not hang
         return run_until(*args, **kwargs)
     m.run_until = counted
     return runs
@@ -513,3 +514,15 @@ def test_reverse_cont_to_the_last_watched_store_steps_each_store_once(tmp_path):
     ev = mgr.reverse_cont()
     assert (ev.kind, ev.pc, ev.watch_addr, m.vcpu.pc, m.vcpu.icount) == (StopKind.WATCH, sym["store"], WATCHED, sym["store"], 16)
     assert (mgr.read_register("x0"), mgr.read_memory(WATCHED, 8), runs[0]) == (4, (3).to_bytes(8, "little"), 10)
+
+
+def test_reverse_cont_to_a_breakpoint_on_a_watched_store(tmp_path):
+    """A breakpoint on the store and a watch on what it stores to: each time round, the replay
+    stops at the breakpoint, then its step-over at the watch (a second stop inside the step),
+    which is stepped over in turn. The newest of them is the watch at the last store."""
+    m, mgr, sym = _watched_run(tmp_path)
+    mgr.add_breakpoint(sym["store"])
+    runs = _count_runs(m)
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.pc, ev.watch_addr, m.vcpu.pc, m.vcpu.icount) == (StopKind.WATCH, sym["store"], WATCHED, sym["store"], 16)
+    assert (mgr.read_register("x0"), mgr.read_memory(WATCHED, 8), runs[0]) == (4, (3).to_bytes(8, "little"), 14)
