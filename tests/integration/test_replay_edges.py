@@ -232,7 +232,7 @@ def test_a_condition_given_again_keeps_the_breakpoint_in_the_run(tmp_path):
 def test_a_reverse_step_over_a_store_with_checkpoints_everywhere_lands_before_it(tmp_path):
     """Checkpoints at every count (interval 1): back over the add and then over the store (an
     instruction that may fault: the careful path replays it afresh from the checkpoint before
-    it), landing on it with its store undone."""
+    it), landing on it."""
     m, mgr, sym = _loop(tmp_path, interval=1)
     for _ in range(4):
         mgr.step()
@@ -240,9 +240,13 @@ def test_a_reverse_step_over_a_store_with_checkpoints_everywhere_lands_before_it
     assert mgr.read_memory(0x40100000, 8) == (0).to_bytes(8, "little")
     ev = mgr.reverse_step()
     assert (ev.kind, ev.pc, m.vcpu.pc, m.vcpu.icount) == (StopKind.STEP, sym["after"], sym["after"], 3)
+    runs = _count_runs(m)
     ev = mgr.reverse_step()
     assert (ev.kind, ev.pc, m.vcpu.pc, m.vcpu.icount) == (StopKind.STEP, sym["store"], sym["store"], 2)
     assert mgr.read_register("x2") == 0
+    # The checkpoint at 2 restored (no run), one step to see that the store retires, then
+    # afresh: the checkpoint before 2 (at 1) and a replay of one instruction to 2.
+    assert runs[0] == 2
 
 
 # ---------------------------------------------------------------------------------------------
