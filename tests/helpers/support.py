@@ -132,3 +132,18 @@ def typed_console(machine: VirtMachine) -> ConsoleInput:
     machine.uart.rx_source = typed.take
     machine.on_intr = machine.uart.pump
     return typed
+
+
+class Without:
+    """`obj` without the attributes `hidden`, and with `replaced` ones: a vCPU, board or
+    architecture that lacks what the manager asks for with getattr, as other back ends do."""
+
+    def __init__(self, obj, *hidden: str, **replaced):
+        self._obj, self._hidden, self._replaced = obj, hidden, replaced
+
+    def __getattr__(self, name):
+        if name in self._hidden:
+            raise AttributeError(name)
+        if name in self._replaced:
+            return self._replaced[name]
+        return getattr(self._obj, name)

@@ -15,6 +15,7 @@ from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.arch import BRK0, Arm64DebugArch
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from guestdbg.debug.profile import ArchProfile
+from tests.helpers.support import Without
 
 RAM = 0x4000_0000
 
@@ -62,20 +63,6 @@ def _machine(tmp_path, code: bytes, **config) -> VirtMachine:
     return mch
 
 
-class _Without:
-    """`obj` without the attributes `hidden`, and with `replaced` ones."""
-
-    def __init__(self, obj, *hidden: str, **replaced):
-        self._obj, self._hidden, self._replaced = obj, hidden, replaced
-
-    def __getattr__(self, name):
-        if name in self._hidden:
-            raise AttributeError(name)
-        if name in self._replaced:
-            return self._replaced[name]
-        return getattr(self._obj, name)
-
-
 # ---------------------------------------------------------------------------------------------
 # a guest store over a patched instruction, with a watch 64 bytes on
 
@@ -104,8 +91,8 @@ def test_a_removed_conditional_brk_breakpoint_is_listed_as_not_inserted(tmp_path
     a BRK patch; removing it retires its condition: `monitor info slots` lists it as not
     inserted now, and the guest runs through it."""
     mch = _machine(tmp_path, SELF_PATCH)
-    vcpu = _Without(mch.vcpu, "set_break_filters")
-    m = GuestDebugManager(_Without(mch, "vcpus", vcpu=vcpu))
+    vcpu = Without(mch.vcpu, "set_break_filters")
+    m = GuestDebugManager(Without(mch, "vcpus", vcpu=vcpu))
     assert m.add_breakpoint(RAM + 0x14, condition=lambda view: True) == "sw"
     assert mch.vm.read_phys(RAM + 0x14, 4) == BRK0
     e = m.cont()
@@ -139,7 +126,7 @@ def test_a_guest_fault_is_sigill_when_its_message_says_undefined_or_ec_0x00(tmp_
         assert stop(run)  # the manager asks for fault exits
         return run
 
-    m = GuestDebugManager(_Without(mch, run_until=run_until))
+    m = GuestDebugManager(Without(mch, run_until=run_until))
     e = m.cont()
     assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, sig, message)
 

@@ -17,7 +17,7 @@ from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, S
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.profile import ArchProfile
 from guestdbg.debug.regions import PhysRegion
-from tests.helpers.support import Guest, kvm_unavailable_reason, reg_id
+from tests.helpers.support import Guest, Without, kvm_unavailable_reason, reg_id
 
 RAM = 0x4000_0000
 RAM_END = 0x4800_0000  # the default 128 MiB
@@ -350,29 +350,15 @@ def test_removing_a_watchpoint_forgets_its_condition(guest_dir):
 # vCPU state and step policy
 
 
-class _Without:
-    """`obj` without the attributes `hidden`, and with `replaced` ones."""
-
-    def __init__(self, obj, *hidden: str, **replaced):
-        self._obj, self._hidden, self._replaced = obj, hidden, replaced
-
-    def __getattr__(self, name):
-        if name in self._hidden:
-            raise AttributeError(name)
-        if name in self._replaced:
-            return self._replaced[name]
-        return getattr(self._obj, name)
-
-
 def test_vcpu_state_without_the_boards_cpu_state(guest_dir):
     """A board without `cpu_state` (as the x86 pc board): the manager asks the vCPU whether it
     waits in WFI, and a vCPU with no `wfi_waiting` at all (x86's) is running."""
     g = Guest(guest_dir / "bp_targets.elf")
-    m = GuestDebugManager(_Without(g.machine, "cpu_state"))
+    m = GuestDebugManager(Without(g.machine, "cpu_state"))
     assert m.vcpu_state(0) == "running"
     g.vcpu.wfi_waiting = True
     assert m.vcpu_state(0) == "halted"
-    m._vcpus = [_Without(g.vcpu, "wfi_waiting")]
+    m._vcpus = [Without(g.vcpu, "wfi_waiting")]
     assert m.vcpu_state(0) == "running"
     with pytest.raises(DebugError) as e:
         m.vcpu_state(1)
@@ -649,8 +635,8 @@ def test_x86_guest_exceptions_take_the_boards_signal(tmp_path):
 
 def test_a_vcpu_that_cannot_keep_interrupts_out_of_a_step(guest_dir):
     g = Guest(guest_dir / "bp_targets.elf")
-    vcpu = _Without(g.vcpu, "singlestep_blocks_irq")  # and the VM has no KVM_GUESTDBG_BLOCKIRQ
-    m = GuestDebugManager(_Without(g.machine, "vcpus", vcpu=vcpu))
+    vcpu = Without(g.vcpu, "singlestep_blocks_irq")  # and the VM has no KVM_GUESTDBG_BLOCKIRQ
+    m = GuestDebugManager(Without(g.machine, "vcpus", vcpu=vcpu))
     assert not m.can_block_step_irqs
     assert m.step_irq_mechanism() == "none: this vCPU cannot block interrupts while stepping"
     with pytest.raises(DebugError) as e:
@@ -1688,7 +1674,7 @@ def test_a_debug_exit_nothing_explains_is_a_signal_stop_saying_so(tmp_path, hsr,
     image.write_bytes(STORE_5)
     mch.load_raw(image, RAM)
     exits = [kvm.KvmRun(kvm.KVM_EXIT_DEBUG, debug=kvm.DebugExitArm64(hsr=hsr, far=far))]
-    m = GuestDebugManager(_Without(mch, run_until=lambda *a, **k: exits.pop() if exits else mch.run_until(*a, **k)))
+    m = GuestDebugManager(Without(mch, run_until=lambda *a, **k: exits.pop() if exits else mch.run_until(*a, **k)))
     m.add_watchpoint(RAM + 0x200, 4, WatchKind.WRITE)  # a watch elsewhere
     e = m.cont()
     assert (e.kind, e.pc, e.signal, e.detail) == (StopKind.SIGNAL, RAM, signal.SIGTRAP, detail)

@@ -12,22 +12,13 @@ from guestdbg.board.common import elf_symbols
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind
 from tests.helpers.mmu_guest import assemble
+from tests.helpers.support import Without
 
 UNMAPPED = 0x7FF0_0000  # past the default 128 MiB of RAM at 0x4000_0000
 
 
-class _Without:
-    """`obj` without the attributes `hidden`, and with `replaced` ones."""
-
-    def __init__(self, obj, *hidden: str, **replaced):
-        self._obj, self._hidden, self._replaced = obj, hidden, replaced
-
-    def __getattr__(self, name):
-        if name in self._hidden:
-            raise AttributeError(name)
-        if name in self._replaced:
-            return self._replaced[name]
-        return getattr(self._obj, name)
+class _Without(Without):
+    """`Without`, forwarding the attributes set on it (but its own) to `obj`."""
 
     def __setattr__(self, name, value):
         if name.startswith("_"):
