@@ -315,3 +315,24 @@ def test_a_replayed_write_over_part_of_a_breakpoint_keeps_the_written_bytes(tmp_
     assert m.read_memory(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
     m.remove_all()
     assert mch.vm.read_phys(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the dirty log's slots: a process-wide table; logs of VMs no longer reachable free theirs
+
+
+def test_recordings_of_vms_no_longer_reachable_leave_room_for_new_ones(tmp_path):
+    """Each recording logs its RAM's dirty pages, and the native log has a fixed number of
+    slots for the whole process. A VM dropped in a reference cycle keeps its slot until the
+    cycle collector runs: starting a recording must not fail for that (it did, ENOSPC, in a
+    long test session)."""
+    import gc
+    gc.disable()  # as between two of the collector's passes in a long session
+    try:
+        for _ in range(20):
+            mch = _machine(tmp_path, _words(NOP) * 8)
+            m = GuestDebugManager(mch)
+            m.start_recording(interval=1000)
+            assert m.step().kind is StopKind.STEP
+    finally:
+        gc.enable()

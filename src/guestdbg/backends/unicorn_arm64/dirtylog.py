@@ -4,6 +4,8 @@ KVM_GET_DIRTY_LOG on the emulated VM."""
 from __future__ import annotations
 
 import ctypes
+import errno
+import gc
 import importlib.util
 import os
 
@@ -34,7 +36,13 @@ def _check(rc: int, what: str) -> int:
 
 def start(addr: int, size: int) -> None:
     """Log the pages written in [addr, addr + size) of this process's memory."""
-    _check(_lib.dirtylog_start(addr, size), "dirty log start")
+    rc = _lib.dirtylog_start(addr, size)
+    if rc == -errno.ENOSPC:
+        # Every one of the library's slots is taken: some may be logs of VMs no longer reachable
+        # whose mappings wait for the cycle collector (their finalizers end the logging).
+        gc.collect()
+        rc = _lib.dirtylog_start(addr, size)
+    _check(rc, "dirty log start")
 
 
 def stop(addr: int) -> None:
