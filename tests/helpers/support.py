@@ -147,3 +147,16 @@ class Without:
         if name in self._replaced:
             return self._replaced[name]
         return getattr(self._obj, name)
+
+
+# A64 words for raw-image guests.
+def words(*ws: int) -> bytes:
+    return b"".join(w.to_bytes(4, "little") for w in ws)
+
+
+def movz_w0(v: int) -> int:
+    return 0x52800000 | (v & 0xFFFF) << 5
+
+
+def movk_w0_16(v: int) -> int:
+    return 0x72A00000 | (v & 0xFFFF) << 5

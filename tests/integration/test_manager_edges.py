@@ -15,21 +15,11 @@ from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.arch import BRK0, Arm64DebugArch
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from guestdbg.debug.profile import ArchProfile
-from tests.helpers.support import Without
+from tests.helpers.support import Without, movk_w0_16, movz_w0, words
 
 RAM = 0x4000_0000
 
 
-def _words(*ws: int) -> bytes:
-    return b"".join(w.to_bytes(4, "little") for w in ws)
-
-
-def _movz_w0(v: int) -> int:
-    return 0x52800000 | (v & 0xFFFF) << 5
-
-
-def _movk_w0_16(v: int) -> int:
-    return 0x72A00000 | (v & 0xFFFF) << 5
 
 
 def _adr(rd: int, offset: int) -> int:
@@ -44,10 +34,10 @@ MOV_X2_1, MOV_X2_7, MOV_X3_9 = 0xD2800022, 0xD28000E2, 0xD2800123
 STR_W0_X1 = 0xB9000020
 HVC0 = 0xD4000002
 NOP = 0xD503201F
-SYSTEM_OFF = (_movz_w0(8), _movk_w0_16(0x8400), HVC0)
+SYSTEM_OFF = (movz_w0(8), movk_w0_16(0x8400), HVC0)
 # At RAM: w0 = mov x2, #7; x1 = RAM + 0x10; str w0, [x1] (over the next instruction); then
 # mov x2, #1 (rewritten: mov x2, #7); mov x3, #9; PSCI SYSTEM_OFF.
-SELF_PATCH = _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+SELF_PATCH = words(movz_w0(MOV_X2_7), movk_w0_16(MOV_X2_7 >> 16),
                     _adr(1, 8),                 # 0x08: adr x1, .+8
                     STR_W0_X1,                  # 0x0c: str w0, [x1]
                     MOV_X2_1,                   # 0x10
@@ -78,7 +68,7 @@ def test_a_store_over_a_breakpoint_is_no_hit_of_a_watch_64_bytes_past_it(tmp_pat
     m.add_watchpoint(RAM + 0x10 + 64, 4, WatchKind.WRITE)
     e = m.cont()
     assert (e.kind, e.pc, e.watch_addr) == (StopKind.SWBREAK, RAM + 0x10, None)
-    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
+    assert m.read_memory(RAM + 0x10, 4) == words(MOV_X2_7)
     assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
 
 
@@ -99,7 +89,7 @@ def test_a_removed_conditional_brk_breakpoint_is_listed_as_not_inserted(tmp_path
     assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x14)
     inserted = m.conditions.report()
     m.remove_breakpoint(RAM + 0x14)
-    assert mch.vm.read_phys(RAM + 0x14, 4) == _words(MOV_X3_9)
+    assert mch.vm.read_phys(RAM + 0x14, 4) == words(MOV_X3_9)
     assert not m.conditions
     assert m.conditions.report() == [inserted[0], inserted[1] + "  (not inserted now)", *inserted[2:]]
     assert m.cont().kind is StopKind.EXITED
@@ -163,11 +153,11 @@ def test_an_interrupt_while_a_store_over_a_breakpoint_is_let_through_is_not_lost
     e = m.cont()
     assert arch.fired
     assert (e.kind, e.pc, e.signal) == (StopKind.SIGNAL, RAM + 0xC, signal.SIGINT)
-    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_1)  # not stored yet
+    assert m.read_memory(RAM + 0x10, 4) == words(MOV_X2_1)  # not stored yet
     assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
-    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
+    assert m.read_memory(RAM + 0x10, 4) == words(MOV_X2_7)
     assert mch.vm.read_phys(RAM + 0x10, 4) == BRK0
 
 
@@ -181,7 +171,7 @@ def _movk_x(rd: int, v: int, shift: int = 0) -> int:
 
 # vCPU 0 starts vCPU 1 (PSCI CPU_ON) spinning at 0x40, waits for the debugger to set the flag
 # at 0x80, then rewrites the instruction at 0x34 as SELF_PATCH does and loops at 0x38.
-SMP_SELF_PATCH = _words(
+SMP_SELF_PATCH = words(
     _movz_x(0, 0x0003), _movk_x(0, 0xC400, 16),   # 0x00: x0 = PSCI_0_2_FN64_CPU_ON
     _movz_x(1, 1),                                # 0x08: target MPIDR 1
     _adr(2, 0x40 - 0x0C),                         # 0x0c: entry: spin
@@ -190,7 +180,7 @@ SMP_SELF_PATCH = _words(
     _adr(4, 0x80 - 0x18),                         # 0x18: x4 = the flag
     0xB9400085,                                   # 0x1c: ldr w5, [x4]
     0x34FFFFE5,                                   # 0x20: cbz w5, 0x1c
-    _movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),  # 0x24
+    movz_w0(MOV_X2_7), movk_w0_16(MOV_X2_7 >> 16),  # 0x24
     _adr(1, 8),                                   # 0x2c: x1 = 0x34
     STR_W0_X1,                                    # 0x30: str w0, [x1]
     MOV_X2_1,                                     # 0x34
@@ -226,7 +216,7 @@ def test_a_step_over_a_store_over_a_breakpoint_runs_that_vcpu_alone(tmp_path):
     e = m.step(0)  # the store
     assert (e.kind, e.pc, e.vcpu_id) == (StopKind.STEP, RAM + 0x34, 0)
     assert mch.vcpus[1].icount == before
-    assert m.read_memory(RAM + 0x34, 4) == _words(MOV_X2_7)
+    assert m.read_memory(RAM + 0x34, 4) == words(MOV_X2_7)
     assert mch.vm.read_phys(RAM + 0x34, 4) == BRK0
 
 
@@ -236,7 +226,7 @@ def test_a_step_over_a_store_over_a_breakpoint_runs_that_vcpu_alone(tmp_path):
 
 # x1 = RAM + 0x200; x2 = the PL011; 300 loops of delay; two bytes read from its data register
 # back to back (one translation block) and stored at x1, x1 + 1; PSCI SYSTEM_OFF.
-READS_TWO_BYTES = _words(_adr(1, 0x200), 0xD2A12002, _movz_x(4, 300),
+READS_TWO_BYTES = words(_adr(1, 0x200), 0xD2A12002, _movz_x(4, 300),
                          0xF1000484, 0x54FFFFE1,   # 0x0c: subs x4, x4, #1; b.ne 0x0c
                          0xB9400040, 0xB9400043,   # 0x14: ldr w0, [x2]; ldr w3, [x2]
                          0x39000020, 0x39000423,   # 0x1c: strb w0, [x1]; strb w3, [x1, #1]
@@ -278,7 +268,7 @@ def _recorded_write_over_part_of_a_breakpoint(tmp_path) -> tuple[VirtMachine, Gu
     """64 NOPs then `b .`, recorded (a checkpoint every 4 instructions), a BRK patch at 0x80;
     at instruction 10 the debugger writes AA BB CC DD at 0x7e: the end of the NOP at 0x7c and
     the first half of the patched one; five steps on."""
-    mch = _machine(tmp_path, _words(*[NOP] * 64, _b(0)))
+    mch = _machine(tmp_path, words(*[NOP] * 64, _b(0)))
     m = GuestDebugManager(mch)
     m.in_run_breakpoints = False
     m.start_recording(interval=4)
@@ -286,8 +276,8 @@ def _recorded_write_over_part_of_a_breakpoint(tmp_path) -> tuple[VirtMachine, Gu
         m.step()
     assert m.add_breakpoint(RAM + 0x80) == "sw"
     m.write_memory(RAM + 0x7E, b"\xAA\xBB\xCC\xDD")
-    assert m.read_memory(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
-    assert mch.vm.read_phys(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB" + BRK0
+    assert m.read_memory(RAM + 0x7C, 8) == words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + words(NOP)[2:]
+    assert mch.vm.read_phys(RAM + 0x7C, 8) == words(NOP)[:2] + b"\xAA\xBB" + BRK0
     for _ in range(5):
         m.step()
     return mch, m
@@ -299,10 +289,10 @@ def test_a_replayed_write_over_part_of_a_breakpoint_leaves_the_rest_of_it(tmp_pa
     the guest's, and the patch is still a whole BRK."""
     mch, m = _recorded_write_over_part_of_a_breakpoint(tmp_path)
     m.seek_to(3)
-    assert m.read_memory(RAM + 0x7C, 8) == _words(NOP, NOP)
+    assert m.read_memory(RAM + 0x7C, 8) == words(NOP, NOP)
     m.seek_to(11)  # from the checkpoint at 8, across the write at 10
-    assert m.read_memory(RAM + 0x7C, 2) == _words(NOP)[:2]
-    assert m.read_memory(RAM + 0x82, 2) == _words(NOP)[2:]
+    assert m.read_memory(RAM + 0x7C, 2) == words(NOP)[:2]
+    assert m.read_memory(RAM + 0x82, 2) == words(NOP)[2:]
     assert mch.vm.read_phys(RAM + 0x80, 4) == BRK0
 
 
@@ -312,9 +302,9 @@ def test_a_replayed_write_over_part_of_a_breakpoint_keeps_the_written_bytes(tmp_
     mch, m = _recorded_write_over_part_of_a_breakpoint(tmp_path)
     m.seek_to(3)
     m.seek_to(11)
-    assert m.read_memory(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
+    assert m.read_memory(RAM + 0x7C, 8) == words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + words(NOP)[2:]
     m.remove_all()
-    assert mch.vm.read_phys(RAM + 0x7C, 8) == _words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + _words(NOP)[2:]
+    assert mch.vm.read_phys(RAM + 0x7C, 8) == words(NOP)[:2] + b"\xAA\xBB\xCC\xDD" + words(NOP)[2:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +320,7 @@ def test_recordings_of_vms_no_longer_reachable_leave_room_for_new_ones(tmp_path)
     gc.disable()  # as between two of the collector's passes in a long session
     try:
         for _ in range(20):
-            mch = _machine(tmp_path, _words(NOP) * 8)
+            mch = _machine(tmp_path, words(NOP) * 8)
             m = GuestDebugManager(mch)
             m.start_recording(interval=1000)
             assert m.step().kind is StopKind.STEP

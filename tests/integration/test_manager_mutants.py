@@ -17,7 +17,7 @@ from guestdbg.debug.manager import (DebugError, DebugPoint, GuestDebugManager, S
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.profile import ArchProfile
 from guestdbg.debug.regions import PhysRegion
-from tests.helpers.support import Guest, Without, kvm_unavailable_reason, reg_id
+from tests.helpers.support import Guest, Without, kvm_unavailable_reason, movk_w0_16, movz_w0, reg_id, words
 
 RAM = 0x4000_0000
 RAM_END = 0x4800_0000  # the default 128 MiB
@@ -377,27 +377,17 @@ def test_step_irq_mechanism_on_the_emulated_vcpu(guest_dir):
 # the guest rewriting an instruction the debugger patched
 
 
-def _words(*ws: int) -> bytes:
-    return b"".join(w.to_bytes(4, "little") for w in ws)
-
-
-def _movz_w0(v: int) -> int:
-    return 0x52800000 | (v & 0xFFFF) << 5
-
-
-def _movk_w0_16(v: int) -> int:
-    return 0x72A00000 | (v & 0xFFFF) << 5
 
 
 MOV_X2_1, MOV_X2_7, MOV_X3_9 = 0xD2800022, 0xD28000E2, 0xD2800123
 # At RAM: w0 = mov x2, #7; x1 = RAM + 0x10; str w0, [x1] (over the next instruction); then
 # mov x2, #1 (rewritten: mov x2, #7); mov x3, #9; PSCI SYSTEM_OFF.
-SELF_PATCH = _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+SELF_PATCH = words(movz_w0(MOV_X2_7), movk_w0_16(MOV_X2_7 >> 16),
                     0x10000041,                 # 0x08: adr x1, .+8
                     0xB9000020,                 # 0x0c: str w0, [x1]
                     MOV_X2_1,                   # 0x10
                     MOV_X3_9,                   # 0x14
-                    _movz_w0(8), _movk_w0_16(0x8400), 0xD4000002)
+                    movz_w0(8), movk_w0_16(0x8400), 0xD4000002)
 
 
 def _self_patch(tmp_path, in_run: bool = False) -> tuple[VirtMachine, GuestDebugManager]:
@@ -422,12 +412,12 @@ def test_a_guest_store_over_a_breakpoint_is_done_and_the_breakpoint_kept(tmp_pat
         e = m.cont()  # the store is let through, then the new instruction's breakpoint hits
         assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
     # The guest's new code is under the breakpoint; both patches are in place.
-    assert m.read_memory(RAM + 0x10, 8) == _words(MOV_X2_7, MOV_X3_9)
+    assert m.read_memory(RAM + 0x10, 8) == words(MOV_X2_7, MOV_X3_9)
     assert mch.vm.read_phys(RAM + 0x10, 8) == BRK0 + BRK0
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x14)
     m.remove_all()
-    assert mch.vm.read_phys(RAM + 0x10, 8) == _words(MOV_X2_7, MOV_X3_9)
+    assert mch.vm.read_phys(RAM + 0x10, 8) == words(MOV_X2_7, MOV_X3_9)
     assert m.cont().kind is StopKind.EXITED
     assert [mch.vcpu.get_one_reg(reg_id(r)) for r in ("X2", "X3")] == [7, 9]
 
@@ -570,7 +560,7 @@ def test_a_store_over_a_breakpoint_from_a_hardware_breakpoint(tmp_path):
     stops = [(e.kind, e.pc) for e in (m.cont(), m.cont(), m.cont())]
     assert stops == [(StopKind.HWBREAK, RAM + 0xC), (StopKind.SWBREAK, RAM + 0x10),
                      (StopKind.SWBREAK, RAM + 0x14)]
-    assert m.read_memory(RAM + 0x10, 4) == _words(MOV_X2_7)
+    assert m.read_memory(RAM + 0x10, 4) == words(MOV_X2_7)
 
 
 @pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
@@ -1384,7 +1374,7 @@ def test_a_step_at_another_va_of_a_patched_instruction_is_one_step(guest_dir):
 # ---------------------------------------------------------------------------------------------
 # the resume itself: what it refuses, and how it runs on (found by the run of 2026-12-02, third)
 
-SYSTEM_OFF = _words(_movz_w0(8), _movk_w0_16(0x8400), 0xD4000002)  # PSCI SYSTEM_OFF (hvc #0)
+SYSTEM_OFF = words(movz_w0(8), movk_w0_16(0x8400), 0xD4000002)  # PSCI SYSTEM_OFF (hvc #0)
 
 
 def _raw(tmp_path, code: bytes, name: str = "raw") -> tuple[VirtMachine, GuestDebugManager]:
@@ -1436,7 +1426,7 @@ def test_a_vcpu_that_is_off_cannot_be_stepped_or_run_alone(tmp_path):
 
 
 # movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; nop; PSCI SYSTEM_OFF. The word at RAM + 0x40.
-STORE_5 = _words(_movz_w0(5), 0x100001E1, 0xB9000020, 0xD503201F) + SYSTEM_OFF
+STORE_5 = words(movz_w0(5), 0x100001E1, 0xB9000020, 0xD503201F) + SYSTEM_OFF
 STORED = RAM + 0x40
 
 
@@ -1451,13 +1441,13 @@ def test_a_step_onto_a_watched_store_whose_condition_is_false_stops_there(tmp_pa
     assert m.read_memory(STORED, 4) == bytes(4)  # before the access
     e = m.step()
     assert (e.kind, e.pc) == (StopKind.STEP, RAM + 0xC)
-    assert m.read_memory(STORED, 4) == _words(5)
+    assert m.read_memory(STORED, 4) == words(5)
     assert m.cont().kind is StopKind.EXITED
 
 
 # adr x0, RAM + 0x800; msr vbar_el1, x0; brk #1 (the guest's own); nop. Its vector (EL1h,
 # synchronous: VBAR + 0x200) powers off.
-GUEST_BRK = _words(0x10004000, 0xD518C000, 0xD4200020, 0xD503201F).ljust(0xA00, b"\0") + SYSTEM_OFF
+GUEST_BRK = words(0x10004000, 0xD518C000, 0xD4200020, 0xD503201F).ljust(0xA00, b"\0") + SYSTEM_OFF
 
 
 def test_a_step_onto_the_guests_own_brk_stops_at_its_vector(tmp_path):
@@ -1489,7 +1479,7 @@ def test_a_breakpoint_and_a_watch_on_one_store_stop_once_each(tmp_path, in_run):
     assert m.read_memory(STORED, 4) == bytes(4)
     e = m.cont()
     assert (e.kind, e.exit_status) == (StopKind.EXITED, 0)
-    assert m.read_memory(STORED, 4) == _words(5)
+    assert m.read_memory(STORED, 4) == words(5)
 
 
 @pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
@@ -1523,7 +1513,7 @@ def test_after_an_interrupts_stop_a_wake_runs_on(guest_dir):
 
 
 # adr x1, RAM + 0x10; ldr w2, [x1]; nop; nop; (0x10:) nop; PSCI SYSTEM_OFF.
-READS_ITS_CODE = _words(0x10000081, 0xB9400022, 0xD503201F, 0xD503201F, 0xD503201F) + SYSTEM_OFF
+READS_ITS_CODE = words(0x10000081, 0xB9400022, 0xD503201F, 0xD503201F, 0xD503201F) + SYSTEM_OFF
 
 
 def test_a_guest_reading_its_own_code_under_a_breakpoint_reads_the_brk(tmp_path):
@@ -1535,7 +1525,7 @@ def test_a_guest_reading_its_own_code_under_a_breakpoint_reads_the_brk(tmp_path)
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, RAM + 0x10)
     assert mch.vcpu.get_one_reg(reg_id("X2")).to_bytes(4, "little") == BRK0
-    assert m.read_memory(RAM + 0x10, 4) == _words(0xD503201F)  # the debugger sees the nop
+    assert m.read_memory(RAM + 0x10, 4) == words(0xD503201F)  # the debugger sees the nop
 
 
 def test_a_store_over_a_breakpoint_through_another_va_of_its_page(tmp_path):
@@ -1544,19 +1534,19 @@ def test_a_store_over_a_breakpoint_through_another_va_of_its_page(tmp_path):
     same physical page: the store is done, the breakpoint stays, over the new instruction."""
     from types import SimpleNamespace
     code = 0x4030_2000
-    mch, m = _raw(tmp_path, _words(_movz_w0(MOV_X2_7), _movk_w0_16(MOV_X2_7 >> 16),
+    mch, m = _raw(tmp_path, words(movz_w0(MOV_X2_7), movk_w0_16(MOV_X2_7 >> 16),
                                    0xD2B00001,   # movz x1, #0x8000, lsl #16
                                    0xF2880001,   # movk x1, #0x4000: x1 = ALIAS + 0x4000
                                    0xB9000020,   # str w0, [x1]
                                    0xD2A80603,   # movz x3, #0x4030, lsl #16
                                    0xF2840003,   # movk x3, #0x2000: x3 = 0x4030_2000
                                    0xD61F0060))  # br x3
-    mch.vm.write_phys(code, _words(MOV_X2_1) + SYSTEM_OFF)
+    mch.vm.write_phys(code, words(MOV_X2_1) + SYSTEM_OFF)
     _mmu_on(SimpleNamespace(vm=mch.vm, vcpu=mch.vcpu))
     assert m.add_breakpoint(code) == "sw"
     e = m.cont()
     assert (e.kind, e.pc) == (StopKind.SWBREAK, code)
-    assert m.read_memory(code, 4) == m.read_memory(ALIAS + 0x4000, 4) == _words(MOV_X2_7)
+    assert m.read_memory(code, 4) == m.read_memory(ALIAS + 0x4000, 4) == words(MOV_X2_7)
     assert m.cont().kind is StopKind.EXITED
     assert mch.vcpu.get_one_reg(reg_id("X2")) == 7
 
@@ -1644,7 +1634,7 @@ def test_a_history_keeps_a_gib_by_default(tmp_path):
 
 
 # movz w0, #5; adr x1, RAM + 0x40; str w0, [x1]; str w0, [x1] again; PSCI SYSTEM_OFF.
-STORE_5_TWICE = _words(_movz_w0(5), 0x100001E1, 0xB9000020, 0xB9000020) + SYSTEM_OFF
+STORE_5_TWICE = words(movz_w0(5), 0x100001E1, 0xB9000020, 0xB9000020) + SYSTEM_OFF
 
 
 def test_a_pc_moved_from_a_watch_stop_onto_another_watched_access_meets_it(tmp_path):
@@ -1682,7 +1672,7 @@ def test_a_debug_exit_nothing_explains_is_a_signal_stop_saying_so(tmp_path, hsr,
 
 
 # movz x0, #0; 1: add x0, x0, #1; cmp x0, #2000; b.ne 1b; PSCI SYSTEM_OFF.
-COUNT_2000 = _words(0xD2800000, 0x91000400, 0xF11F401F, 0x54FFFFC1) + SYSTEM_OFF
+COUNT_2000 = words(0xD2800000, 0x91000400, 0xF11F401F, 0x54FFFFC1) + SYSTEM_OFF
 
 
 def test_a_debugger_write_through_the_mmu_is_replayed_at_its_physical_address(tmp_path):
@@ -1709,7 +1699,7 @@ def test_a_debugger_write_through_the_mmu_is_replayed_at_its_physical_address(tm
 
 
 # mrs x1, cntvct_el0; nop; mrs x2, cntvct_el0; then COUNT_2000's loop and PSCI SYSTEM_OFF.
-READ_COUNTER_TWICE = _words(0xD53BE041, 0xD503201F, 0xD53BE042) + COUNT_2000
+READ_COUNTER_TWICE = words(0xD53BE041, 0xD503201F, 0xD53BE042) + COUNT_2000
 
 
 def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
@@ -1738,7 +1728,7 @@ def test_the_host_clocks_jump_after_a_stop_is_replayed(tmp_path):
 
 # x1 = RAM + 0x200; x2 = the PL011; six times: a byte from its data register stored at x1++,
 # then 300 loops of delay; PSCI SYSTEM_OFF.
-READS_SIX_BYTES = _words(0x10001001, 0xD2A12002, 0xD28000C3, 0xB9400040, 0x38001420, 0xD2802584,
+READS_SIX_BYTES = words(0x10001001, 0xD2A12002, 0xD28000C3, 0xB9400040, 0x38001420, 0xD2802584,
                          0xF1000484, 0x54FFFFE1, 0xF1000463, 0x54FFFF41) + SYSTEM_OFF
 
 
