@@ -11,6 +11,10 @@ Outside the mutation run nothing loads it. It changes no verdict, only what a mu
   clean run (mutants/mutmut-stats.json). mutmut stops at a mutant's first failing test (-x),
   and hands its tests over in no particular order; the integration tests that also reach
   arm/debugregs.py or arm/mmu.py would otherwise often run before the unit test that kills.
+  Ahead of all of them run the tests that killed another mutant of the same function
+  (mutmut-kills.tsv: each mutant's failing test, appended by its session): mutants of one
+  function mostly die by the same few tests, and a killed mutant costs only the tests up to
+  its first failure. Only the order changes, not which tests a mutant has.
 * Only the unit tests count for the arm/ and gdb/ modules, as before debug/manager.py was
   added: an integration test that reaches one of their functions (a guest run decodes debug
   registers, walks page tables, a session frames packets) is not mapped to it in the clean
@@ -85,9 +89,41 @@ def pytest_collection_modifyitems(config, items):
         _guests()  # in the fork server's collection: the mutants' sessions, its forks, inherit it
         if config.option.collectonly:
             _load_mutant_tests()  # the same: computed once, in the fork server
+        killers: frozenset[str] = frozenset()
     else:
         _deselect_tests_that_miss_the_mutant(config, items)
-    items.sort(key=lambda item: (not item.nodeid.startswith("tests/unit/"), durations.get(item.nodeid, 0.0)))
+        killers = _killers_of_siblings(os.environ["MUTANT_UNDER_TEST"])
+    items.sort(key=lambda item: (item.nodeid not in killers, not item.nodeid.startswith("tests/unit/"),
+                                 durations.get(item.nodeid, 0.0)))
+
+
+# --- The tests that killed mutants of the same function run first ---
+
+KILLS_FILE = REPO / "mutmut-kills.tsv"  # a line per killed mutant: its name, its failing test
+
+
+def _function_of(mutant: str) -> str:
+    return mutant.rsplit("__mutmut_", 1)[0]
+
+
+def _killers_of_siblings(mutant: str) -> frozenset[str]:
+    try:
+        lines = KILLS_FILE.read_text().splitlines()
+    except OSError:
+        return frozenset()
+    function = _function_of(mutant)
+    return frozenset(test for name, _, test in (line.partition("\t") for line in lines)
+                     if test and _function_of(name) == function)
+
+
+def pytest_runtest_logreport(report):
+    if report.failed and _mutant_session():
+        # One short write in append mode: the two workers' lines do not interleave.
+        fd = os.open(KILLS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.environ['MUTANT_UNDER_TEST']}\t{report.nodeid}\n".encode())
+        finally:
+            os.close(fd)
 
 
 # --- Line coverage: each mutant's tests are those that ran a statement it changes ---
