@@ -21,10 +21,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
+resume=0
+scores=(--survivors)
+while (($#)); do
+    case "$1" in
+        --resume) resume=1 ;;
+        --sample) [[ $# -ge 2 ]] || { echo "--sample needs a fraction, e.g. --sample 0.15" >&2; exit 2; }
+                  export MUTATION_SAMPLE="$2"; scores+=(--sampled); shift ;;
+        --seed) [[ $# -ge 2 ]] || { echo "--seed needs a number" >&2; exit 2; }
+                export MUTATION_SEED="$2"; shift ;;
+        *) echo "usage: scripts/mutation.sh [--resume] [--sample FRACTION [--seed N]]" >&2; exit 2 ;;
+    esac
+    shift
+done
 if [[ ! -x "$VENV/bin/mutmut" ]]; then
     "$VENV/bin/pip" install 'mutmut>=3.8,<3.9'
 fi
-if [[ "${1:-}" != "--resume" ]]; then
+if ((!resume)); then
     rm -rf mutants
 fi
 # The type check (setup.cfg) runs this virtualenv's mypy.
@@ -37,4 +50,4 @@ mkdir -p mutants
     tail -c 4000 mutants/run.log; exit 1; }
 end=$(date +%s)
 echo "mutmut run: $((end - start)) s"
-"$VENV/bin/python" bench/mutation.py --survivors
+"$VENV/bin/python" bench/mutation.py "${scores[@]}"

@@ -91,3 +91,37 @@ def test_an_error_outside_every_mutant_stops_the_run_as_mutmut_does(mutated_tree
     with pytest.raises(RuntimeError, match="outside every mutant"):
         caught_mutants([TypeCheckingError(file_path=Path(mutated_tree).absolute(), line_number=1,
                                           error_description="e")])
+
+
+def test_a_sample_takes_the_same_fraction_of_each_file_and_the_seed_picks_it():
+    from tests.helpers.mutmut_run import sample
+
+    names = {"a.py": [f"a.m{i}" for i in range(1000)], "b.py": [f"b.m{i}" for i in range(40)],
+             "c.py": ["c.m0"], "d.py": []}
+    picked = sample(names, 0.2, seed=0)
+    assert len([n for n in picked if n.startswith("a.")]) == 200
+    assert len([n for n in picked if n.startswith("b.")]) == 8
+    assert picked >= {"c.m0"}  # at least one of each file
+    assert picked <= {n for file in names.values() for n in file}
+    assert sample({k: list(reversed(v)) for k, v in names.items()}, 0.2, seed=0) == picked
+    other = sample(names, 0.2, seed=1)
+    assert other != picked and len(other) == len(picked)
+    assert sample(names, 1.0, seed=5) == {n for file in names.values() for n in file}
+    # Over many seeds every mutant is picked about as often as the fraction says.
+    counts = {n: 0 for n in names["b.py"]}
+    for seed in range(500):
+        for n in sample({"b.py": names["b.py"]}, 0.2, seed):
+            counts[n] += 1
+    assert 60 < min(counts.values()) and max(counts.values()) < 140
+    with pytest.raises(ValueError):
+        sample(names, 0.0, seed=0)
+
+
+def test_the_scores_interval_is_wilsons():
+    from bench.mutation import wilson
+
+    low, high = wilson(95, 100)
+    assert (round(low, 4), round(high, 4)) == (0.8882, 0.9785)  # the textbook values
+    assert wilson(0, 0) == (0.0, 1.0)
+    low, high = wilson(50, 50)
+    assert high == 1.0 and round(low, 4) == round(50 / (50 + 1.96 ** 2), 4)
