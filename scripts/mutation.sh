@@ -12,7 +12,7 @@
 #                                  # bench/README.md "Mutation testing"
 #   scripts/mutation.sh --resume   # keep mutants/ and the cached results (not after test edits)
 #   .venv/bin/mutmut show NAME     # the diff of one mutant; .venv/bin/mutmut browse: all
-#   .venv/bin/python -m tests.helpers.mutmut_run run NAME...
+#   .venv/bin/python tests/helpers/mutmut_run.py run NAME...
 #                                  # those mutants again (globs: 'guestdbg.debug.manager*');
 #                                  # mutmut's own `mutmut run` works too, six minutes slower
 #
@@ -46,7 +46,7 @@ start=$(date +%s)
 mkdir -p mutants
 # mutmut, with its mapping of type errors to mutants done fast (tests/helpers/mutmut_run.py).
 # It prints a progress line per mutant; keep the log, show its tail on failure.
-"$VENV/bin/python" -m tests.helpers.mutmut_run run --max-children "${MUTATION_JOBS:-2}" > mutants/run.log 2>&1 || {
+"$VENV/bin/python" tests/helpers/mutmut_run.py run --max-children "${MUTATION_JOBS:-2}" > mutants/run.log 2>&1 || {
     tail -c 4000 mutants/run.log; exit 1; }
 end=$(date +%s)
 echo "mutmut run: $((end - start)) s"

@@ -12,7 +12,11 @@ file's mutants instead of all of them (``MUTATION_SEED`` picks the sample, 0 by 
 score with a confidence interval (bench/mutation.py) in a fraction of the whole run's hours.
 The mutants left out keep no verdict, as in a stopped run.
 
-Usage: ``python -m tests.helpers.mutmut_run run [mutmut's options and mutant names]``.
+Usage: ``python tests/helpers/mutmut_run.py run [mutmut's options and mutant names]``, as a
+script: ``python -m tests.helpers.mutmut_run`` would import this tree's ``tests`` package into
+mutmut's process, and the pytest sessions mutmut starts in ``mutants/`` would then take the
+plugin (tests/helpers/mutmut_guests.py) from here instead of from mutants/, with this tree's
+paths (no clean-run durations, no line coverage of the mutated files).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import ast
 import bisect
 import os
 import random
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -100,6 +105,8 @@ def _sampling(collect, fraction: float, seed: int):
 
 
 def main() -> None:
+    if "tests" in sys.modules:
+        raise SystemExit(f"run {__file__} as a script, not with -m (see its docstring)")
     mutmut_main.filter_mutants_with_type_checker = filter_mutants_with_type_checker
     if os.environ.get("MUTATION_SAMPLE"):
         try:
