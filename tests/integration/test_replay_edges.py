@@ -327,10 +327,9 @@ def test_reverse_cont_to_a_breakpoint_at_a_vector_reports_where_the_machine_is(t
     assert m.vcpu.pc in (sym["irq"], sym["interrupted"])
 
 
-@pytest.mark.xfail(strict=True, reason="manager bug: reverse_cont seeks to the hit's instruction count "
-                   "only, so a hit at an exception vector lands on the arrival (the interrupted "
-                   "branch, where there is no breakpoint), not at the vector")
 def test_reverse_cont_to_a_breakpoint_at_a_vector_lands_on_the_vector(tmp_path):
+    """The hit's count is shared by the arrival (the interrupted branch) and the vector: the
+    stop is at the vector, where the breakpoint is (it landed on the branch before)."""
     m, mgr, sym = _irq(tmp_path, 1000)
     t = _past_the_entry(m, mgr, sym)
     mgr.add_breakpoint(sym["irq"])

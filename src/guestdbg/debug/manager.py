@@ -1523,6 +1523,12 @@ class GuestDebugManager:
                     when, who, event = hits[-1]
                     self._seek(when)
                     self._current = who
+                    if self.vcpu.pc != event.pc and len(self._vcpus) == 1:
+                        # An exception entered at the hit's count retires no instruction, so two
+                        # states share it: the seek lands on the arrival, and a hit at the
+                        # vector is one step (nothing armed) further.
+                        if not self._entered_by_a_step(when) or self.vcpu.pc != event.pc:
+                            self._seek(when)
                     return self._stopped(replace(event, pc=self.vcpu.pc))
                 if interrupted is not None:
                     return self._stopped(interrupted)
