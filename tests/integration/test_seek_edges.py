@@ -95,3 +95,42 @@ def test_a_seek_to_the_guests_end_gives_the_debuggers_writes_logged_there(tmp_pa
     ev = mgr.seek_to(5)
     assert (ev.pc, m.vcpu.pc, m.vcpu.icount) == (sym["hvc_at"] + 4, sym["hvc_at"] + 4, 5)
     assert mgr.read_register("x5") == 0x99
+
+
+# ---------------------------------------------------------------------------------------------
+# a replay that reaches the live end gives the debugger's writes logged there
+
+def test_a_replay_reaching_the_live_end_gives_the_writes_logged_there(tmp_path):
+    """Stopped at a breakpoint (the live end, instruction 3), the debugger writes x2 and x7 and
+    moves PC on: inputs logged at 3. Back one instruction, then a continue: the replay stops at
+    the live end and gives the inputs again, so the machine is as the debugger left it."""
+    m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
+    mgr.start_recording(interval=1_000_000)
+    mgr.add_breakpoint(sym["after"])
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, m.vcpu.icount) == (StopKind.SWBREAK, sym["after"], 3)
+    mgr.remove_breakpoint(sym["after"])
+    mgr.write_register("x2", 0x1234)
+    mgr.write_register("x7", 0x77)
+    mgr.set_pc(sym["after"] + 4)
+    ev = mgr.reverse_step()
+    assert (ev.pc, m.vcpu.icount, mgr.read_register("x2"), mgr.read_register("x7")) == (sym["store"], 2, 0, 0)
+    ev = mgr.cont()
+    assert (ev.kind, ev.history_edge, ev.pc, m.vcpu.pc, m.vcpu.icount) == (
+        StopKind.SIGNAL, "end", sym["after"] + 4, sym["after"] + 4, 3)
+    assert (mgr.read_register("x2"), mgr.read_register("x7")) == (0x1234, 0x77)
+    mgr.step()  # live again: the second add, from the written x2
+    assert (m.vcpu.pc, m.vcpu.icount, mgr.read_register("x2")) == (sym["after"] + 8, 4, 0x1235)
+
+
+# ---------------------------------------------------------------------------------------------
+# virtual address 0 is an address like any other
+
+def test_virtual_address_zero_translates(tmp_path):
+    """With the MMU off, VA 0 is PA 0 (the flash): the debugger writes it (policy 9) and reads
+    it back, virtually and physically alike."""
+    m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
+    mgr.write_memory(0, b"\x12\x34\x56\x78")
+    assert mgr.read_memory(0, 4) == b"\x12\x34\x56\x78"
+    assert mgr.read_memory(0, 4, physical=True) == b"\x12\x34\x56\x78"
+    assert mgr.vm.read_phys(0, 4) == b"\x12\x34\x56\x78"
