@@ -129,8 +129,18 @@ def test_a_replay_reaching_the_live_end_gives_the_writes_logged_there(tmp_path):
 def test_virtual_address_zero_translates(tmp_path):
     """With the MMU off, VA 0 is PA 0 (the flash): the debugger writes it (policy 9) and reads
     it back, virtually and physically alike."""
-    m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
+    _, mgr, _ = _load(tmp_path, "loop", LOOP_S)
     mgr.write_memory(0, b"\x12\x34\x56\x78")
     assert mgr.read_memory(0, 4) == b"\x12\x34\x56\x78"
     assert mgr.read_memory(0, 4, physical=True) == b"\x12\x34\x56\x78"
     assert mgr.vm.read_phys(0, 4) == b"\x12\x34\x56\x78"
+
+
+# Mutants of these functions left standing as equivalent (mutmut 3.8 names):
+# - _run_recorded__mutmut_9: its `return` after the first due_events is unreachable: applying
+#   logged inputs (memory, PC, registers, console, clock offset) moves neither the instruction
+#   count nor the live end, so the history is still replaying there.
+# - _disarm__mutmut_1: replays run on the emulated vCPU only (start_recording refuses others),
+#   where every use of the guest debug control tests SINGLESTEP, USE_SW_BP or USE_HW with
+#   ENABLE: ENABLE alone is control 0.
+# - _disarm__mutmut_5: set_guest_debug's `arch` defaults to None.
