@@ -126,12 +126,9 @@ def test_a_replay_reaching_the_live_end_gives_the_writes_logged_there(tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a replayed single step that arrives at the live end "
-                   "(_run_recorded's 'a step onto the live end') calls at_live_end, which skips the "
-                   "debugger's writes logged there instead of applying them: PC and x2 are as before "
-                   "the writes, unlike after a continue to the same place")
 def test_a_step_onto_the_live_end_gives_the_writes_logged_there(tmp_path):
-    """As above, but a step instead of the continue: the machine is as the debugger left it."""
+    """As above, but a step instead of the continue: the machine is as the debugger left it
+    (the step's arrival at the live end skipped the writes logged there before)."""
     m, mgr, sym = _load(tmp_path, "loop", LOOP_S)
     mgr.start_recording(interval=1_000_000)
     mgr.add_breakpoint(sym["after"])

@@ -1364,7 +1364,9 @@ class GuestDebugManager:
                             self._apply_event(entry.kind, entry.data)
                         return h.ended or REPLAY_END
                     continue
-                if not h.replaying:  # a step onto the live end
+                if not h.replaying:  # a step onto the live end: the writes logged there too
+                    for entry in h.due_events():
+                        self._apply_event(entry.kind, entry.data)
                     h.at_live_end()
                 return result
             if h.checkpoint_due():
