@@ -2,7 +2,15 @@
 _current_history, _host_clock, _recorder_state): a history kept across a detach, boards
 without a clock or without `last_vcpu_id`, the recorder's own state in a checkpoint, the
 console's output after recording stops, and the paced host clock of a detached guest.
-Small guests assembled here; exact PCs, instruction counts and register values."""
+Small guests assembled here; exact PCs, instruction counts and register values.
+
+Mutants of _run_to left equivalent: `_live_run = h is not None or not _replay_run` (8) only
+differs in a replay run or with no history, and _log_clock, its one reader, ignores no history
+while a replay's paced clock (pace_live False: --clock host needs one vCPU) never calls
+on_clock_sync; `clock.replaying(None)` (31) sets pace_live = not None, as False does;
+run_until without _fault_exit in the exact (replay) path (26) is never met by a fault: every
+fault of the recorded run is a stop logged there ("split") and the debugger's remedy is logged
+at that count, so a replay stops before the faulting instruction and applies the remedy first."""
 
 from __future__ import annotations
 
@@ -125,7 +133,8 @@ def test_a_detached_guests_paced_clock_catches_up_with_the_host(tmp_path):
     """`--clock host` while recording: the counter is paced. After a recorded step the
     debugger detaches and the guest runs on by the board alone (as `guestdbg run` does): the
     counter, fallen behind the host's time while the guest was stopped (more than the 1 ms
-    slack), catches up at the board's first slice, as in a live run (not held as in a replay)."""
+    slack), catches up at the board's first slice, as in a live run (not held as in a replay).
+    The host's time only bounds the catch-up from below (a sleep lasts at least as asked)."""
     m = VirtMachine(VirtConfig(), console=lambda b: None, clock_mode="host")
     m.load_elf(assemble(tmp_path, "loop", LOOP_S))
     mgr = GuestDebugManager(m)
