@@ -1,0 +1,36 @@
+"""The recorded run's own stops, pinned for mutation testing of debug/manager.py
+(`_run_recorded`, `start_recording`, `_runs_on`): checkpoints taken softly at block boundaries,
+and the replay from them. Small guests assembled here (test_replay_edges.py); exact PCs,
+instruction counts, register values and checkpoint times."""
+
+from __future__ import annotations
+
+from guestdbg.debug.manager import StopKind
+from tests.integration.test_replay_edges import IRQ_S, _load, _times
+
+
+def _to_the_vector(tmp_path, name: str, interval: int | None):
+    m, mgr, sym = _load(tmp_path, name, IRQ_S)
+    if interval is not None:
+        mgr.start_recording(interval=interval)
+    mgr.add_breakpoint(sym["irq"])
+    ev = mgr.cont()
+    return m, mgr, sym, (ev.kind, ev.pc, m.vcpu.icount, mgr.read_register("x4"), mgr.read_register("x7"))
+
+
+def test_a_checkpoint_due_inside_the_irq_raising_block_is_taken_at_its_start(tmp_path):
+    """IRQ_S raises its interrupt in the block at raise_irq (instructions 16..20: the store, three
+    adds, the branch), taken where that block ends. A checkpoint due at 17, inside it, is taken
+    softly where the block starts (15), not at 17: a replay from it (a reverse_step back over
+    the interrupt entry, a step forward) takes the interrupt where the recorded run did, after
+    the three adds, as a run without recording does."""
+    _, _, sym, live = _to_the_vector(tmp_path, "plain", None)
+    assert live == (StopKind.SWBREAK, sym["irq"], 20, 3, 0)
+    m, mgr, sym, recorded = _to_the_vector(tmp_path, "rec", 17)
+    assert recorded == live
+    assert _times(mgr) == [0, 15]
+    ev = mgr.reverse_step()
+    assert (ev.kind, ev.pc, m.vcpu.icount) == (StopKind.STEP, sym["interrupted"], 20)
+    ev = mgr.step()
+    assert (ev.kind, ev.pc, m.vcpu.icount, mgr.read_register("x4"), mgr.read_register("x7")) == (
+        StopKind.STEP, sym["irq"], 20, 3, 0)
