@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestdbg.debug.manager import StopKind
+from guestdbg.debug.manager import StopKind, WatchKind
 from tests.integration.test_replay_edges import IRQ_S, _load, _times
 
 
@@ -71,6 +71,35 @@ def test_a_checkpoint_interval_shorter_than_the_block_still_makes_progress(tmp_p
     mgr._run_to = counted
     ev = mgr.cont()
     assert (ev.kind, ev.exit_status, m.vcpu.icount) == (StopKind.EXITED, 0, 7)
+
+
+# Two byte stores to `data`, then the guest powers off.
+STRB_S = r"""
+    .text
+    .global _start, data
+_start:
+    ldr     x1, =data
+    mov     w0, #7
+    strb    w0, [x1]
+    strb    w0, [x1]
+    ldr     x0, =0x84000008            // PSCI SYSTEM_OFF
+    hvc     #0
+    b       .
+    .data
+    .balign 16
+data: .quad 0
+"""
+
+
+def test_a_byte_store_is_judged_by_the_watches_on_that_byte_only(tmp_path):
+    """A watch on `data` whose condition is false and one on the next byte whose condition is
+    true: the byte stores to `data` hit only the first, so the guest runs to its end unreported
+    (the next byte's watch is not consulted for them)."""
+    m, mgr, sym = _load(tmp_path, "strb", STRB_S)
+    mgr.add_watchpoint(sym["data"], 1, WatchKind.WRITE, condition=lambda v: False)
+    mgr.add_watchpoint(sym["data"] + 1, 1, WatchKind.WRITE, condition=lambda v: True)
+    ev = mgr.cont()
+    assert (ev.kind, ev.exit_status, m.vcpu.icount) == (StopKind.EXITED, 0, 6)
 
 
 # Equivalent mutants (no test can tell): _recorder_state mutants 7, 10, 13 (getattr's default
