@@ -102,6 +102,20 @@ def test_a_byte_store_is_judged_by_the_watches_on_that_byte_only(tmp_path):
     assert (ev.kind, ev.exit_status, m.vcpu.icount) == (StopKind.EXITED, 0, 6)
 
 
+
+def test_an_access_stop_consults_a_read_watch_on_the_same_byte(tmp_path):
+    """An awatch on `data` whose condition is false, then a rwatch there whose condition is true:
+    a byte load from `data` is reported as the awatch's (ACCESS), and the rwatch it hit too says
+    to stop: the first load stops."""
+    loads = STRB_S.replace("strb    w0, [x1]\n    strb    w0, [x1]", "ldrb    w0, [x1]\n    ldrb    w0, [x1]")
+    m, mgr, sym = _load(tmp_path, "ldrb", loads)
+    mgr.add_watchpoint(sym["data"], 1, WatchKind.ACCESS, condition=lambda v: False)
+    mgr.add_watchpoint(sym["data"], 1, WatchKind.READ, condition=lambda v: True)
+    ev = mgr.cont()
+    assert (ev.kind, ev.watch_kind, ev.watch_addr, m.vcpu.icount) == (
+        StopKind.WATCH, WatchKind.ACCESS, sym["data"], 2)
+
+
 # Equivalent mutants (no test can tell): _recorder_state mutants 7, 10, 13 (getattr's default
 # for irq_due None / absent / 1): only a vCPU of the emulated back end can record (can_record:
 # its VM alone has write_phys_pages), and its vCPU sets irq_due in __init__, so the default is
