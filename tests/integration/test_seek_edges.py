@@ -6,7 +6,6 @@ and register values."""
 
 from __future__ import annotations
 
-import pytest
 
 from guestdbg.debug.manager import StopKind
 from tests.integration.test_replay_edges import LOOP_S, _load

@@ -1371,7 +1371,12 @@ class GuestDebugManager:
                 return result
             if h.checkpoint_due():
                 h.take()
+            start = h.now
             result = self._run_to(h.next_stop(), soft=True)
+            if h.now == start and isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                # A block longer than what is left of the interval: its boundary at or before the
+                # limit is where the run already is. Stop exactly instead, or no run ever moves.
+                result = self._run_to(h.next_stop())
             h.at_live_end()
             if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
                 h.take(soft=True)  # where the soft stop landed, short of the interval perhaps
