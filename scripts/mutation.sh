@@ -5,11 +5,13 @@
 # guests on the emulated vCPU, built once per run by tests/helpers/mutmut_guests.py).
 # Configuration: setup.cfg [mutmut]. Results: mutants/ (git-ignored); scores: bench/mutation.py.
 #
-#   scripts/mutation.sh            # fresh run, then the scores: hours on the shared 2-core
-#                                  # machine (manager.py's 2,503 mutants; the other modules
-#                                  # ~12 min), of which ~15 min before the first mutant (mypy,
-#                                  # mutmut's mapping of its errors, the stats and clean runs);
-#                                  # bench/README.md "Mutation testing"
+#   scripts/mutation.sh            # fresh run, then the scores: ~2 hours on the shared 2-core
+#                                  # machine (manager.py's 2,500 mutants; the other modules
+#                                  # ~12 min), of which ~10 min before the first mutant (mypy,
+#                                  # the stats and clean runs); bench/README.md "Mutation testing"
+#   scripts/mutation.sh --sample 0.1 [--seed N]
+#                                  # a random tenth of each module's mutants: each module's
+#                                  # score with a 95% interval, in ~20 min here
 #   scripts/mutation.sh --resume   # keep mutants/ and the cached results (not after test edits)
 #   .venv/bin/mutmut show NAME     # the diff of one mutant; .venv/bin/mutmut browse: all
 #   .venv/bin/python tests/helpers/mutmut_run.py run NAME...
