@@ -13,6 +13,24 @@ from guestdbg.board.common import ExitStatus, elf_symbols
 from guestdbg.board.console_input import ConsoleInput
 from guestdbg.board.virt import VirtMachine, VirtConfig
 
+# A64 assembly for raw-ELF test guests: the virt board's GICv2 set up so that SPI 40 (INTID 40)
+# reaches CPU 0 and IRQs are unmasked. Leaves x1 = GICD, x3 = GICC, w2 = 1 << 8 (INTID 40's bit
+# in GICD_ISENABLER1/ISPENDR1: `str w2, [x1, #0x204]` raises it). 12 instructions.
+GIC_SPI40 = """\
+    ldr     x1, =0x08000000            // GICD
+    ldr     x3, =0x08010000            // GICC
+    mov     w2, #1
+    str     w2, [x1]                   // GICD_CTLR
+    strb    w2, [x1, #0x828]           // GICD_ITARGETSR: SPI 40 to CPU 0
+    str     w2, [x3]                   // GICC_CTLR
+    mov     w2, #0xff
+    str     w2, [x3, #4]               // GICC_PMR
+    mov     w2, #(1 << 8)
+    str     w2, [x1, #0x104]           // GICD_ISENABLER1: INTID 40
+    msr     daifclr, #2
+    isb
+"""
+
 HW_DEBUG = kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW
 
 

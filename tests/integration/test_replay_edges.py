@@ -13,6 +13,7 @@ from guestdbg.board.common import elf_symbols
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from tests.helpers.mmu_guest import assemble
+from tests.helpers.support import GIC_SPI40
 
 
 def _load(tmp_path, name: str, source: str) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
@@ -259,18 +260,7 @@ _start:
     ldr     x0, =vectors
     msr     vbar_el1, x0
     isb
-    ldr     x1, =0x08000000            // GICD
-    ldr     x3, =0x08010000            // GICC
-    mov     w2, #1
-    str     w2, [x1]                   // GICD_CTLR
-    strb    w2, [x1, #0x828]           // GICD_ITARGETSR: SPI 40 to CPU 0
-    str     w2, [x3]                   // GICC_CTLR
-    mov     w2, #0xff
-    str     w2, [x3, #4]               // GICC_PMR
-    mov     w2, #(1 << 8)
-    str     w2, [x1, #0x104]           // GICD_ISENABLER1: INTID 40
-    msr     daifclr, #2
-    isb
+""" + GIC_SPI40 + r"""
 raise_irq:
     str     w2, [x1, #0x204]           // GICD_ISPENDR1: taken where this block ends
     add     x4, x4, #1

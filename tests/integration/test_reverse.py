@@ -23,7 +23,7 @@ import pytest
 from guestdbg import kvm
 from guestdbg.board.virt import RAM_BASE, VirtConfig, VirtMachine
 from guestdbg.debug.manager import DebugError, GuestDebugManager, StopKind, WatchKind
-from tests.helpers.support import symbols, typed_console
+from tests.helpers.support import GIC_SPI40, symbols, typed_console
 
 IMAGE_SPAN = 4 << 20  # the guests' image, data, bss and stack: the memory a fingerprint hashes
 
@@ -452,18 +452,7 @@ _start:
     ldr     x0, =vectors
     msr     vbar_el1, x0
     isb
-    ldr     x1, =0x08000000            // GICD
-    ldr     x3, =0x08010000            // GICC
-    mov     w2, #1
-    str     w2, [x1]                   // GICD_CTLR
-    strb    w2, [x1, #0x828]           // GICD_ITARGETSR: SPI 40 to CPU 0
-    str     w2, [x3]                   // GICC_CTLR
-    mov     w2, #0xff
-    str     w2, [x3, #4]               // GICC_PMR
-    mov     w2, #(1 << 8)
-    str     w2, [x1, #0x104]           // GICD_ISENABLER1: INTID 40
-    msr     daifclr, #2
-    isb
+""" + GIC_SPI40 + r"""
 raise_irq:
     str     w2, [x1, #0x204]           // GICD_ISPENDR1: the line rises inside this block
     add     x4, x4, #1

@@ -12,7 +12,7 @@ from guestdbg.board.common import elf_symbols
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind
 from tests.helpers.mmu_guest import assemble
-from tests.helpers.support import Without
+from tests.helpers.support import GIC_SPI40, Without
 
 UNMAPPED = 0x7FF0_0000  # past the default 128 MiB of RAM at 0x4000_0000
 
@@ -52,18 +52,7 @@ _start:
 plain:
     add     x5, x5, #1                 // 0x910004a5: byte-swapped it is no data processing
     add     x5, x5, #1
-    ldr     x1, =0x08000000            // GICD
-    ldr     x3, =0x08010000            // GICC
-    mov     w2, #1
-    str     w2, [x1]                   // GICD_CTLR
-    strb    w2, [x1, #0x828]           // GICD_ITARGETSR: SPI 40 to CPU 0
-    str     w2, [x3]                   // GICC_CTLR
-    mov     w2, #0xff
-    str     w2, [x3, #4]               // GICC_PMR
-    mov     w2, #(1 << 8)
-    str     w2, [x1, #0x104]           // GICD_ISENABLER1: INTID 40
-    msr     daifclr, #2
-    isb
+""" + GIC_SPI40 + r"""
 raise_irq:
     str     w2, [x1, #0x204]           // GICD_ISPENDR1: taken where this block ends
     add     x4, x4, #1
