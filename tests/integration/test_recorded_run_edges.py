@@ -7,7 +7,8 @@ from __future__ import annotations
 
 
 from guestdbg.debug.manager import StopKind, WatchKind
-from tests.integration.test_replay_edges import IRQ_S, _load, _times
+from tests.integration.test_replay_edges import IRQ_S, _times
+from tests.integration.test_reverse_step_edges import _load
 
 
 def _to_the_vector(tmp_path, name: str, interval: int | None):

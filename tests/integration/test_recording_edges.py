@@ -21,7 +21,8 @@ from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.manager import GuestDebugManager, StopKind
 from tests.helpers.mmu_guest import assemble
 from tests.helpers.support import Without
-from tests.integration.test_replay_edges import LOOP_S, _load
+from tests.integration.test_replay_edges import LOOP_S
+from tests.integration.test_reverse_step_edges import _load
 from tests.integration.test_console_record_edges import _exits, _Guest
 
 

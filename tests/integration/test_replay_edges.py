@@ -9,18 +9,9 @@ import signal
 
 import pytest
 
-from guestdbg.board.common import elf_symbols
-from guestdbg.board.virt import VirtConfig, VirtMachine
-from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
-from tests.helpers.mmu_guest import assemble
+from guestdbg.debug.manager import StopKind, WatchKind
 from tests.helpers.support import GIC_SPI40
-
-
-def _load(tmp_path, name: str, source: str) -> tuple[VirtMachine, GuestDebugManager, dict[str, int]]:
-    elf = assemble(tmp_path, name, source)
-    m = VirtMachine(VirtConfig(), console=lambda b: None)
-    m.load_elf(elf)
-    return m, GuestDebugManager(m), elf_symbols(elf)
+from tests.integration.test_reverse_step_edges import _load
 
 
 def _restored(mgr) -> int:

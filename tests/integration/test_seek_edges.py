@@ -8,7 +8,8 @@ from __future__ import annotations
 
 
 from guestdbg.debug.manager import StopKind
-from tests.integration.test_replay_edges import LOOP_S, _load
+from tests.integration.test_replay_edges import LOOP_S
+from tests.integration.test_reverse_step_edges import _load
 
 
 def _loop_to_done(tmp_path):
