@@ -415,9 +415,6 @@ def _past_the_fault(tmp_path):
     return m, mgr, sym
 
 
-@pytest.mark.xfail(strict=True, reason="bug?: the debugger's jump past the fault (set_pc, logged at the "
-                   "fault's count) is replayed before the faulting instruction runs, so the replay "
-                   "never meets the fault and reverse_cont goes back past it to the breakpoint")
 def test_reverse_cont_stops_at_the_guest_fault_after_a_breakpoint(tmp_path):
     """A breakpoint hit and then a fault in one replayed interval: the fault, the most recent,
     is where reverse_cont stops (SIGILL at the undefined instruction)."""
@@ -426,6 +423,87 @@ def test_reverse_cont_stops_at_the_guest_fault_after_a_breakpoint(tmp_path):
     ev = mgr.reverse_cont()
     assert (ev.kind, ev.signal, ev.pc, m.vcpu.pc, m.vcpu.icount) == (StopKind.SIGNAL, signal.SIGILL, sym["fault"], sym["fault"], 3)
     assert mgr.read_register("x5") == 2
+
+
+def test_reverse_cont_stops_at_the_fault_and_a_step_from_there_replays_the_jump(tmp_path):
+    """The jump past the fault (set_pc, logged at the fault's count) came after the fault:
+    reverse_cont stops at the fault as the recorded run did, and a step from there gives the
+    jump before it runs on, as the recorded run went on."""
+    m, mgr, sym = _past_the_fault(tmp_path)
+    ev = mgr.reverse_cont()
+    assert _where(m, ev) == (StopKind.SIGNAL, sym["fault"], None, sym["fault"], 3)
+    assert ev.signal == signal.SIGILL and mgr.read_register("x5") == 2
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["done"], None, sym["done"], 4)
+    assert mgr.read_register("x5") == 3
+    # Back over the jump's count: the state after the jump (a seek gives the debugger's writes).
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, sym["resume"], None, sym["resume"], 3)
+
+
+def test_reverse_cont_finds_a_breakpoint_hit_the_debugger_jumped_away_from(tmp_path):
+    """A breakpoint hit, then a jump (set_pc) off it at that count: the replay meets the hit
+    before the jump, and reverse_cont stops there; a step from the stop replays the jump."""
+    m, mgr, sym = _load(tmp_path, "fault", FAULT_S)
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["mark"])
+    assert _where(m, mgr.cont()) == (StopKind.SWBREAK, sym["mark"], None, sym["mark"], 1)
+    mgr.set_pc(sym["mark2"])
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["fault"], None, sym["fault"], 2)
+    ev = mgr.reverse_cont()
+    assert _where(m, ev) == (StopKind.SWBREAK, sym["mark"], None, sym["mark"], 1)
+    assert mgr.read_register("x5") == 0
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["fault"], None, sym["fault"], 2)
+    assert mgr.read_register("x5") == 1  # mark2's add, not mark's: the jump was replayed
+
+
+def test_reverse_cont_stops_where_a_breakpoint_stopped_before_the_register_written_there(tmp_path):
+    """At a breakpoint stop the debugger wrote x5 and went on (the step-over after the write):
+    reverse_cont to that hit shows x5 as the hit left it; going forward gives the write."""
+    m, mgr, sym = _load(tmp_path, "fault", FAULT_S)
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["mark"])
+    assert mgr.cont().pc == sym["mark"]
+    mgr.write_register("x5", 100)
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["mark2"], None, sym["mark2"], 2)
+    assert mgr.read_register("x5") == 101
+    assert _where(m, mgr.reverse_cont()) == (StopKind.SWBREAK, sym["mark"], None, sym["mark"], 1)
+    assert mgr.read_register("x5") == 0
+    assert (mgr.step().pc, mgr.read_register("x5")) == (sym["mark2"], 101)
+
+
+MEND_S = r"""
+    .text
+    .global _start, load, done, good
+_start:
+    ldr     x1, =0x7ff00000            // past the end of RAM: the load faults
+    mov     x5, #0
+load:
+    ldr     x2, [x1]
+    add     x5, x5, #1
+done:
+    b       done
+    .balign 8
+good:
+    .quad   42
+"""
+
+
+def test_reverse_cont_stops_at_a_fault_the_debugger_mended_in_place(tmp_path):
+    """A data abort the debugger mends without moving the PC (x1 pointed at RAM): the run
+    went on through the same instruction. reverse_cont stops at the abort, x1 as it was, and
+    the run forward from there gives the mend and loads 42."""
+    m, mgr, sym = _load(tmp_path, "mend", MEND_S)
+    mgr.start_recording(interval=1000)
+    ev = mgr.cont()
+    assert (ev.kind, ev.signal, ev.pc, m.vcpu.icount) == (StopKind.SIGNAL, signal.SIGSEGV, sym["load"], 2)
+    mgr.write_register("x1", sym["good"])
+    mgr.step()
+    mgr.step()
+    assert (m.vcpu.pc, mgr.read_register("x2"), mgr.read_register("x5")) == (sym["done"], 42, 1)
+    ev = mgr.reverse_cont()
+    assert _where(m, ev) == (StopKind.SIGNAL, sym["load"], None, sym["load"], 2)
+    assert (ev.signal, mgr.read_register("x1"), mgr.read_register("x2")) == (signal.SIGSEGV, 0x7FF0_0000, 0)
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["load"] + 4, None, sym["load"] + 4, 3)
+    assert mgr.read_register("x2") == 42
 
 
 def test_a_ctrl_c_in_reverse_conts_replay_stops_at_the_last_hit_found(tmp_path):

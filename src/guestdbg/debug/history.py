@@ -82,6 +82,10 @@ class HistoryError(Exception):
     """The history cannot do what was asked (with the reason)."""
 
 
+# The debugger's own inputs (its writes to guest memory and registers; a jump is "pc").
+DEBUGGER_WRITES = frozenset({"memory", "register", "registers", "pc"})
+
+
 @dataclass
 class Event:
     """One logged input, applied when replay reaches `time` (after the checkpoints and events
@@ -338,6 +342,21 @@ class History:
                 self._deferred = [e for e in due[stops[0]:] if e.kind == "clock"]
                 due = due[:stops[0]] + [e for e in due[stops[0]:] if e.kind != "clock"]
         return due
+
+    def after_the_stop(self, due: list[Event]) -> tuple[list[Event], list[Event]]:
+        """`due` (the entries due now) split in two: the rest, and the debugger's writes logged
+        after the recorded run stopped here. Those came after whatever stopped it (a breakpoint
+        hit, a fault), and a replay that looks for stops must meet it before giving them: a
+        jump past a fault or off a breakpoint, given first, would hide it."""
+        stop = next((i for i, e in enumerate(due) if e.kind == "split" and e.time == self.now), None)
+        if stop is None:
+            return due, []
+        return (due[:stop] + [e for e in due[stop:] if e.kind not in DEBUGGER_WRITES],
+                [e for e in due[stop:] if e.kind in DEBUGGER_WRITES])
+
+    def hold_back(self, events: list[Event]) -> None:
+        """Give `events` (due now) with the next run's, not now: the machine stays as it stopped."""
+        self._deferred += events
 
     @property
     def holds_back_events(self) -> bool:

@@ -1525,10 +1525,10 @@ class GuestDebugManager:
                 hits, interrupted = self._replay_collecting(hi)
                 # At the history's start nothing is known of what came before: a breakpoint
                 # there is the start, reported as such (replaylog:begin).
-                hits = [(when, who, event) for when, who, event in hits if when > h.begin]
+                hits = [hit for hit in hits if hit[0] > h.begin]
                 if hits:
-                    when, who, event = hits[-1]
-                    self._seek(when)
+                    when, who, event, before_writes = hits[-1]
+                    self._seek(when, as_stopped=before_writes)
                     self._current = who
                     if self.vcpu.pc != event.pc and len(self._vcpus) == 1:
                         # An exception entered at the hit's count retires no instruction, so two
@@ -1564,42 +1564,71 @@ class GuestDebugManager:
                     return False
         return True
 
-    def _replay_collecting(self, until: int) -> tuple[list[tuple[int, int, StopEvent]], StopEvent | None]:
+    def _replay_collecting(self, until: int) -> tuple[list[tuple[int, int, StopEvent, bool]], StopEvent | None]:
         """Replay to instruction count `until` with every breakpoint and watchpoint armed: the
-        (instruction count, vCPU, stop) of each hit, stepping over each. A Ctrl-C ends it early."""
+        (instruction count, vCPU, stop, before the debugger's writes there) of each hit,
+        stepping over each. A Ctrl-C ends it early. Where the recorded run stopped and the
+        debugger then wrote (one vCPU), the stop there comes first, then the writes: a jump past
+        a fault or off a breakpoint hides neither."""
         h = self._history
         assert h is not None
-        hits: list[tuple[int, int, StopEvent]] = []
+        hits: list[tuple[int, int, StopEvent, bool]] = []
         self._apply()
+        one_vcpu = len(self._vcpus) == 1
         while h.now < until:
-            for entry in h.due_events():
+            due, held = h.after_the_stop(h.due_events()) if one_vcpu else (h.due_events(), [])
+            for entry in due:
                 self._apply_event(entry.kind, entry.data)
-            result = self._run_to(min(until, h.next_stop()))
-            if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
-                continue
             when = h.now
-            event = self._classify(result, stepping=False)
-            if event is None:
-                continue
+            if held:
+                event = self._stop_before_retiring()
+                if event is None:  # nothing here stops it: back, and on with the writes
+                    self._seek(when)
+                    continue
+            else:
+                result = self._run_to(min(until, h.next_stop()))
+                if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                    continue
+                when = h.now
+                event = self._classify(result, stepping=False)
+                if event is None:
+                    continue
             if event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT:
                 return hits, event
             if event.kind is StopKind.EXITED:
                 break
-            if self._false_in_replay(event):
+            if not self._false_in_replay(event):
+                hits.append((when, self._current, event, bool(held)))
+            elif not held:
                 stepped = self._step_over(event.pc, last=event)
                 if stepped is None:
                     continue
                 when, event = h.now, stepped
-            hits.append((when, self._current, event))
+                hits.append((when, self._current, event, False))
+            if held:
+                for entry in held:
+                    self._apply_event(entry.kind, entry.data)
+                if self.vcpu.pc != event.pc or event.kind is StopKind.SIGNAL:
+                    continue  # the debugger moved on (or mended what faulted): the run goes on
             if event.kind in (StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH):
                 stepped = self._step_over(event.pc, last=event)
                 while stepped is not None and h.now < until:  # a second stop inside the step
-                    hits.append((h.now, self._current, stepped))
+                    hits.append((h.now, self._current, stepped, False))
                     stepped = self._step_over(stepped.pc, last=stepped) if stepped.kind in (
                         StopKind.SWBREAK, StopKind.HWBREAK, StopKind.WATCH) else None
             else:
                 break  # a fault: nothing runs past it
         return hits, None
+
+    def _stop_before_retiring(self) -> StopEvent | None:
+        """Run the (only) vCPU, everything armed, to one instruction on: the stop it makes
+        before retiring it (a breakpoint at PC, a watched access, a fault; as a run meets an
+        unhandled fault only at its empty vector, not a single step), or None: it retired one
+        (perhaps in an exception handler's vector)."""
+        result = self._run_to(self.vcpu.icount + 1)
+        if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+            return None
+        return self._classify(result, stepping=False)
 
     def _false_in_replay(self, event: StopEvent) -> bool:
         """A breakpoint or watchpoint hit whose conditions are false is no hit for reverse_cont
@@ -1612,13 +1641,15 @@ class GuestDebugManager:
         finally:
             self.conditions.output = output
 
-    def _seek(self, target: int, *, fresh: bool = False) -> None:
+    def _seek(self, target: int, *, fresh: bool = False, as_stopped: bool = False) -> None:
         """The machine as it was at instruction count `target`: the newest checkpoint at or
         before it restored (unless the machine is already between the two), then a replay with
         nothing armed. Checkpoints are inserted on the way, ever closer to `target`, so that the
         reverse steps that usually follow replay little. `fresh`: from a checkpoint before
         `target` (after `begin`), even where the machine is at `target` already: the state
-        a replay arrives in, whichever state at that count the machine is in."""
+        a replay arrives in, whichever state at that count the machine is in. `as_stopped`: as
+        the recorded run stopped there, the debugger's writes logged after the stop held back
+        for the next run (reverse_cont's stop at a hit the debugger then jumped away from)."""
         h = self._history
         assert h is not None
         with self._patches_lifted():
@@ -1646,7 +1677,11 @@ class GuestDebugManager:
                 if soft:  # an insertion point (a soft stop: at or short of it)
                     h.insert()
                     points.pop(0)
-            for entry in h.due_events(as_stopped=True):
+            due = h.due_events(as_stopped=True)
+            if as_stopped:
+                due, held = h.after_the_stop(due)
+                h.hold_back(held)
+            for entry in due:
                 self._apply_event(entry.kind, entry.data)
         self._apply()
 
