@@ -6,6 +6,8 @@ assembled here; exact PCs, instruction counts and stops."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from guestdbg.board.common import elf_symbols
@@ -183,6 +185,40 @@ def test_a_vcpu_that_counts_no_instructions_is_at_the_start_of_its_history(tmp_p
     assert (m.vcpu.pc, m.vcpu.icount, mgr.record_status()["now"]) == (sym["_start"] + 12, 3, 3)
 
 
+COUNTER_S = r"""
+    .text
+    .global _start, read
+_start:
+    mov     x1, #1
+read:
+    mrs     x0, cntvct_el0
+    add     x1, x1, #1
+    b       .
+"""
+
+
+def test_a_careful_reverse_step_gives_the_host_clocks_catch_up_logged_where_it_stopped(tmp_path):
+    """On the host's clock (paced while recording) a resume after a stop logs the clock's
+    catch-up there, after the stop. A reverse step back over the counter read at that count
+    steps it once to see whether it enters an exception: that step gives the catch-up first,
+    as the recorded run did, and the read it replays sees the value the run read."""
+    elf = assemble(tmp_path, "counter", COUNTER_S)
+    m = VirtMachine(VirtConfig(), console=lambda b: None, clock_mode="host")
+    m.load_elf(elf)
+    sym = elf_symbols(elf)
+    mgr = GuestDebugManager(m)
+    mgr.start_recording(interval=1000)
+    assert mgr.step().pc == sym["read"]
+    time.sleep(0.02)  # host time passes while stopped: the next resume catches up
+    assert mgr.step().pc == sym["read"] + 4
+    read = mgr.read_register("x0")
+    h = mgr._history
+    assert h is not None and [e.kind for e in h.events if e.time == 1] == ["split", "clock"]
+    assert _where(m, mgr.reverse_step()) == (StopKind.STEP, sym["read"], None, sym["read"], 1)
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["read"] + 4, None, sym["read"] + 4, 2)
+    assert mgr.read_register("x0") == read
+
+
 # ---------------------------------------------------------------------------------------------
 # several vCPUs: back one instruction of one vCPU, in the recorded schedule
 
@@ -260,6 +296,29 @@ def test_with_several_vcpus_reverse_steps_go_back_one_instruction_of_that_vcpu(t
     e = mgr.reverse_step(0)
     assert (e.kind, e.vcpu_id, e.history_edge, m.vcpus[0].icount) == (StopKind.STEP, 0, None, before[1] - 1)
     assert e.pc == m.vcpus[0].pc and m.vcpus[0].pc in (before[0], before[0] - 4, sym["spin"] + 4)
+
+
+def test_with_several_vcpus_a_reverse_step_where_the_history_starts_mid_run_is_the_start(tmp_path):
+    """--record-mem so small that the history keeps one checkpoint: a seek's inserted one
+    becomes the start, inside a stretch vCPU 1 ran. There, vCPU 1's instruction before is
+    older than the history (its time is the start itself): a reverse step of either vCPU is
+    the start edge, and the machine stays where it is."""
+    probe = GuestDebugManager(VirtMachine(VirtConfig(smp=2), console=lambda b: None))
+    probe.start_recording(interval=10_000)
+    m, mgr, sym = _load(tmp_path, "smp2", SMP_S, smp=2)
+    m.quantum = 300
+    mgr.start_recording(interval=10_000, mem_limit=probe.record_status()["memory"])
+    assert mgr.cont().kind is StopKind.EXITED
+    end = mgr.record_status()["end"]
+    mgr.seek_to(end - 800)  # inserts a checkpoint on the way; the old start goes
+    begin = mgr.record_status()["begin"]
+    h = mgr._history
+    assert h is not None and h.segments[1][0][0] < begin < h.segments[1][0][0] + h.segments[1][0][2] - h.segments[1][0][1]
+    mgr.seek_to(begin)
+    here = (m.vcpus[0].icount, m.vcpus[1].icount, begin)
+    for vcpu in (1, 0):
+        pc = m.vcpus[vcpu].pc
+        assert _smp_where(m, mgr, mgr.reverse_step(vcpu)) == (StopKind.SIGNAL, vcpu, pc, "begin", *here)
 
 
 # ---------------------------------------------------------------------------------------------
