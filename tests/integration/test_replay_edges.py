@@ -317,10 +317,11 @@ def test_reverse_cont_to_a_breakpoint_at_a_vector_lands_on_the_vector(tmp_path):
     assert _where(m, mgr.reverse_cont()) == (StopKind.SWBREAK, sym["irq"], None, sym["irq"], t)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with a checkpoint at every count (interval 1), reverse "
-                   "steps around an interrupt entry land in states no forward run had (the vector's "
-                   "second instruction at the entry's count, the vector one count early)")
 def test_reverse_steps_through_an_interrupt_entry_with_checkpoints_everywhere(tmp_path):
+    """A checkpoint at every count (interval 1), among them the two inside the block the
+    interrupt is due at the end of. Restoring one of those leaves the interrupt due there (the
+    vCPU's HCR_EL2.VI as the recorded run had it, not as the run after the entry left it):
+    reverse steps land where the forward steps were, the vector only at the entry's count."""
     m, mgr, sym = _irq(tmp_path, 1)
     t = _past_the_entry(m, mgr, sym)
     vector, branch = sym["irq"], sym["interrupted"]

@@ -1247,7 +1247,11 @@ class GuestDebugManager:
     def _restore_recorder_state(self, state: dict[str, Any]) -> None:
         self._console_pulls = int(state.get("console_pulls", 0))
         for vcpu, due in zip(self._vcpus, state.get("irq_due", ())):
-            vcpu.irq_due = due
+            restore = getattr(vcpu, "restore_irq_due", None)
+            if restore is None:
+                vcpu.irq_due = due
+            else:
+                restore(due)
 
     def _check_writable(self) -> None:
         """The debugger's writes are inputs: logged at the live end, refused in the past."""

@@ -175,6 +175,17 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
                 self.irq_due = self._runctl.state.icount
             self._runctl.request_stop()
 
+    def restore_irq_due(self, due: int) -> None:
+        """guestdbg extension: a checkpoint's `irq_due`, given after its registers and device
+        state (the IRQ input's level). HCR_EL2.VI then follows from them at the next run, as
+        in the run that reached the checkpoint: applied if the level is high and `due` has
+        come, else at `due`. Not as the run the machine comes back from left it: a level that
+        run applied later would be taken at once, before the block it is due at the end of."""
+        self.irq_due = due
+        hcr = self.uc.cpr_read(*HCR_EL2) | HCR_EL2_RW | HCR_EL2_IMO
+        self.uc.cpr_write(*HCR_EL2, hcr & ~HCR_EL2_VI)
+        self._irq_applied = False
+
     def interrupt_may_preempt(self) -> bool:
         """guestdbg extension: could the next run take an interrupt before its first
         instruction? The IRQ input high and unmasked, or a timer output changing now or within
