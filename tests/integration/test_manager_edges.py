@@ -5,7 +5,9 @@ vCPU, with small raw images (no guest build)."""
 
 from __future__ import annotations
 
+import errno
 import signal
+import threading
 
 import pytest
 
@@ -13,7 +15,7 @@ from guestdbg import kvm
 from guestdbg.arm import registers as arm_registers
 from guestdbg.board.virt import VirtConfig, VirtMachine
 from guestdbg.debug.arch import BRK0, Arm64DebugArch
-from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
+from guestdbg.debug.manager import DebugError, GuestDebugManager, StopEvent, StopKind, WatchKind
 from guestdbg.debug.profile import ArchProfile
 from tests.helpers.support import Without, movk_w0_16, movz_w0, words
 
@@ -326,3 +328,48 @@ def test_recordings_of_vms_no_longer_reachable_leave_room_for_new_ones(tmp_path)
             assert m.step().kind is StopKind.STEP
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------------------------------------
+# what cannot run: an exited guest, a vCPU that is off; a fault with several vCPUs
+
+
+def test_an_exited_guest_without_a_detail_says_exit(tmp_path):
+    """The refusal names the guest's status and how it ended ("exit" when the board said no
+    more), and what there is to do."""
+    mgr = GuestDebugManager(_machine(tmp_path, words(*SYSTEM_OFF)))
+    assert mgr.cont().kind is StopKind.EXITED
+    mgr._stopped(StopEvent(StopKind.EXITED, exit_status=3))  # an end the board gave no detail for
+    with pytest.raises(DebugError) as refused:
+        mgr.check_runnable("step")
+    assert (refused.value.errno, str(refused.value)) == (errno.ESRCH, (
+        "the guest has exited (status 3, exit): nothing to step; restore a snapshot to run it again"))
+
+
+def test_a_step_of_the_only_vcpu_after_psci_cpu_off_is_refused(tmp_path):
+    """One vCPU, turned off by PSCI CPU_OFF: nothing can turn it on again, so a step would never
+    end. It is refused (ESRCH, as with several vCPUs); a continue runs until a Ctrl-C."""
+    cpu_off = (movz_w0(2), movk_w0_16(0x8400), HVC0)
+    mgr = GuestDebugManager(_machine(tmp_path, words(*cpu_off, _b(0))))
+    timer = threading.Timer(0.2, mgr.interrupt)
+    timer.start()
+    event = mgr.cont()
+    timer.join()
+    assert (event.kind, event.signal, mgr.vcpu_state(0)) == (StopKind.SIGNAL, signal.SIGINT, "off")
+    guard = threading.Timer(5, mgr.interrupt)  # if the step were let run: a SIGINT stop, not a hang
+    guard.start()
+    try:
+        with pytest.raises(DebugError) as refused:
+            mgr.step()
+    finally:
+        guard.cancel()
+    assert refused.value.errno == errno.ESRCH and str(refused.value) == (
+        "CPU#0 is off (not started, or PSCI CPU_OFF): nothing to step")
+
+
+def test_a_fault_on_a_board_with_several_vcpus_is_a_signal_stop(tmp_path):
+    """Not recording, two vCPUs: an undefined instruction on vCPU 0 stops the run as SIGILL
+    there (the board hands the fault to the manager instead of raising it)."""
+    mgr = GuestDebugManager(_machine(tmp_path, words(0x00000000), smp=2))  # udf #0
+    event = mgr.cont()
+    assert (event.kind, event.signal, event.pc, event.vcpu_id) == (StopKind.SIGNAL, signal.SIGILL, RAM, 0)

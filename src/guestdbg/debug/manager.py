@@ -269,7 +269,7 @@ class GuestDebugManager:
         # int3): Z0 then takes a hardware slot.
         self._brk: bytes = self.arch.sw_break or b""
         self._arch_key: tuple | None = None  # the last kvm_guest_debug_arch built, and its key # pragma: no mutate (the first _apply sets it)
-        self._skipped_watch: "Watch | bool | None" = None  # what the last _apply left out (see _watch_for) # pragma: no mutate ("" is falsy)
+        self._watches_skipped = False  # the last _apply left every watch out (see _watch_for) # pragma: no mutate (the first _apply sets it)
         self._patches_are_lifted = False  # inside _patches_lifted: memory holds the originals
         self._lifted_pa: int | None = None  # the patch a step over it has lifted: a BRK there is the guest's # pragma: no mutate (compared with ints)
         self._arch_regs: Any = None  # pragma: no mutate (the first _apply sets it)
@@ -809,7 +809,7 @@ class GuestDebugManager:
             self.vm.write_phys(pa, bytes(buf))
 
     # ------------------------------------------------------------------ debug state
-    def _apply(self, *, skip_bp_at: int | None = None, skip_watch: "Watch | bool | None" = None, step: bool = False,
+    def _apply(self, *, skip_bp_at: int | None = None, skip_watches: bool = False, step: bool = False,
                prune: bool = False) -> None:
         """Push the whole debug state to every vCPU (as QEMU does after every change).
         SINGLESTEP goes only to the vCPU stepping: the current one with `step` (the step-overs,
@@ -817,16 +817,14 @@ class GuestDebugManager:
         stepper = self._current if step else self._step_vcpu
         # What this run leaves out is not a watch hit either: the step over a store a watch
         # stopped at may still meet a breakpoint's code-store trap at that address.
-        self._skipped_watch = skip_watch
+        self._watches_skipped = skip_watches
         # (Called twice a resume and once a Z or z: the usual state, no hardware breakpoint, no
         # watch, no patch, takes no loop here.)
         hw_bp, watches, sw = self._hw_bp, self.watches, self._sw
         breakpoints = {va: slot for va, slot in hw_bp.items() if va != skip_bp_at} if hw_bp else {}
         watch_slots: dict[int, tuple[int, int]] = {}
         traps = []
-        for w in watches:
-            if skip_watch is not None and (w is skip_watch or skip_watch is True):
-                continue
+        for w in () if skip_watches else watches:
             if w.trapped:
                 traps.append(WatchTrap(w.addr, w.addr + w.length,
                                        loads=w.kind != WatchKind.WRITE, stores=w.kind != WatchKind.READ))
@@ -909,8 +907,8 @@ class GuestDebugManager:
                                           "restore a snapshot to run it again")
         if vcpu is not None:
             self._check_vcpu(vcpu)
-            if len(self._vcpus) > 1 and self.vcpu_state(vcpu) == "off":
-                # It would never execute anything (PSCI CPU_ON starts it).
+            if self.vcpu_state(vcpu) == "off":
+                # It would never execute anything (PSCI CPU_ON starts it; with one vCPU, nothing).
                 raise DebugError(errno.ESRCH, f"CPU#{vcpu} is off (not started, or PSCI CPU_OFF): nothing to {what}")
 
     def _resume(self, step: bool, vcpu: int | None = None, alone: bool = True) -> StopEvent:
@@ -1034,9 +1032,9 @@ class GuestDebugManager:
         # After a watch hit, step the access with every watch out of the way: one access can
         # hit several watches (an unaligned store over two ranges), and skipping only the one
         # reported would re-stop on the same instruction forever.
-        skip_watch = True if last is not None and last.kind is StopKind.WATCH else None
+        skip_watches = last is not None and last.kind is StopKind.WATCH
         try:
-            self._apply(skip_bp_at=pc, skip_watch=skip_watch, step=True)
+            self._apply(skip_bp_at=pc, skip_watches=skip_watches, step=True)
             while True:
                 result = self._run(self._current)
                 event = self._classify(result, stepping=True)
@@ -1114,11 +1112,9 @@ class GuestDebugManager:
         return StopEvent(StopKind.SIGNAL, pc, detail=f"unexpected {raw.detail or raw.kind}")
 
     def _watch_for(self, far: int, is_write: bool) -> Watch | None:
-        skipped = self._skipped_watch
-        if skipped is True:
+        if self._watches_skipped:
             return None
-        candidates = [w for w in self.watches if w is not skipped
-                      and (w.kind is WatchKind.ACCESS or (w.kind is WatchKind.WRITE) == is_write)]
+        candidates = [w for w in self.watches if w.kind is WatchKind.ACCESS or (w.kind is WatchKind.WRITE) == is_write]
         for w in candidates:
             if w.overlaps(far, 1):
                 return w
@@ -1137,7 +1133,7 @@ class GuestDebugManager:
         saved_sw, self._sw = self._sw, {}
         try:
             # A watch this run left out (the step over a store it stopped at) stays out.
-            self._apply(skip_bp_at=pc, skip_watch=self._skipped_watch, step=True)
+            self._apply(skip_bp_at=pc, skip_watches=self._watches_skipped, step=True)
             result = self._run(self._current)
         finally:
             self._sw = saved_sw
