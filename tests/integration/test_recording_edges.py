@@ -7,10 +7,9 @@ Small guests assembled here; exact PCs, instruction counts and register values.
 Mutants of _run_to left equivalent: `_live_run = h is not None or not _replay_run` (8) only
 differs in a replay run or with no history, and _log_clock, its one reader, ignores no history
 while a replay's paced clock (pace_live False: --clock host needs one vCPU) never calls
-on_clock_sync; `clock.replaying(None)` (31) sets pace_live = not None, as False does;
-run_until without _fault_exit in the exact (replay) path (26) is never met by a fault: every
-fault of the recorded run is a stop logged there ("split") and the debugger's remedy is logged
-at that count, so a replay stops before the faulting instruction and applies the remedy first."""
+on_clock_sync; `clock.replaying(None)` (31) sets pace_live = not None, as False does. (Run
+without _fault_exit in the exact path (26) is killed since reverse_cont's replay runs the
+faulting instruction before the debugger's remedy: tests/integration/test_replay_edges.py.)"""
 
 from __future__ import annotations
 

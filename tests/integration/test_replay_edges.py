@@ -440,6 +440,25 @@ def test_reverse_cont_stops_at_the_fault_and_a_step_from_there_replays_the_jump(
     assert _where(m, mgr.reverse_step()) == (StopKind.STEP, sym["resume"], None, sym["resume"], 3)
 
 
+def test_a_ctrl_c_as_the_replay_meets_the_fault_keeps_the_jump_for_the_run_on(tmp_path):
+    """A Ctrl-C (interrupt()) arriving as reverse_cont's replay runs the faulting instruction
+    to meet the fault: it stops there, before the jump; the step from there gives the jump."""
+    m, mgr, sym = _past_the_fault(tmp_path)
+    runs = [0]
+    run_until = m.run_until
+
+    def ctrl_c_on_the_second_run(*args, **kwargs):
+        runs[0] += 1
+        if runs[0] == 2:  # to the fault's count (1), then the run that meets the fault (2)
+            mgr.interrupt()
+        return run_until(*args, **kwargs)
+    m.run_until = ctrl_c_on_the_second_run
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.signal, m.vcpu.pc, m.vcpu.icount, runs[0]) == (StopKind.SIGNAL, signal.SIGINT, sym["fault"], 3, 2)
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["done"], None, sym["done"], 4)
+    assert mgr.read_register("x5") == 3
+
+
 def test_reverse_cont_finds_a_breakpoint_hit_the_debugger_jumped_away_from(tmp_path):
     """A breakpoint hit, then a jump (set_pc) off it at that count: the replay meets the hit
     before the jump, and reverse_cont stops there; a step from the stop replays the jump."""

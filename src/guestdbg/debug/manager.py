@@ -1528,7 +1528,7 @@ class GuestDebugManager:
                 hits = [hit for hit in hits if hit[0] > h.begin]
                 if hits:
                     when, who, event, before_writes = hits[-1]
-                    self._seek(when, as_stopped=before_writes)
+                    self._seek(when, before_writes=before_writes)
                     self._current = who
                     if self.vcpu.pc != event.pc and len(self._vcpus) == 1:
                         # An exception entered at the hit's count retires no instruction, so two
@@ -1594,6 +1594,7 @@ class GuestDebugManager:
                 if event is None:
                     continue
             if event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT:
+                h.hold_back(held)  # for the run on from here (if reverse_cont stops here)
                 return hits, event
             if event.kind is StopKind.EXITED:
                 break
@@ -1641,15 +1642,15 @@ class GuestDebugManager:
         finally:
             self.conditions.output = output
 
-    def _seek(self, target: int, *, fresh: bool = False, as_stopped: bool = False) -> None:
+    def _seek(self, target: int, *, fresh: bool = False, before_writes: bool = False) -> None:
         """The machine as it was at instruction count `target`: the newest checkpoint at or
         before it restored (unless the machine is already between the two), then a replay with
         nothing armed. Checkpoints are inserted on the way, ever closer to `target`, so that the
         reverse steps that usually follow replay little. `fresh`: from a checkpoint before
         `target` (after `begin`), even where the machine is at `target` already: the state
-        a replay arrives in, whichever state at that count the machine is in. `as_stopped`: as
-        the recorded run stopped there, the debugger's writes logged after the stop held back
-        for the next run (reverse_cont's stop at a hit the debugger then jumped away from)."""
+        a replay arrives in, whichever state at that count the machine is in. `before_writes`:
+        as the recorded run stopped there, the debugger's writes logged after the stop held
+        back for the next run (reverse_cont's stop at a hit the debugger then jumped away from)."""
         h = self._history
         assert h is not None
         with self._patches_lifted():
@@ -1678,7 +1679,7 @@ class GuestDebugManager:
                     h.insert()
                     points.pop(0)
             due = h.due_events(as_stopped=True)
-            if as_stopped:
+            if before_writes:
                 due, held = h.after_the_stop(due)
                 h.hold_back(held)
             for entry in due:
