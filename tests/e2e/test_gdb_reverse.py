@@ -243,3 +243,37 @@ def test_reverse_execution_on_the_host_clock_with_gdb(tmp_path, guest_dir):
     # within 1.6 ms of host time, which a busy host does not promise.
     assert "[Inferior 1 (Remote target) exited" in r["live"]
     assert stub.stdout.count("irq 27 taken") == 1  # printed once, live
+
+
+def test_reverse_continue_stops_where_the_debugger_made_a_function_return(tmp_path, elf):
+    """gdb's `return` at a breakpoint writes the PC, SP and registers there and the run goes on
+    from the caller. reverse-continue back from the next hit stops at that first hit, as it
+    stopped (the writes came after the stop); a stepi from there replays the return."""
+    body = r'''
+connect()
+gdb.execute("set confirm off")
+ex("break mix")
+ex("continue")
+check("first_x0", val("$x0"))
+check("first_sp", val("$sp"))
+ex("return")
+check("returned_to", pc())
+check("second", ex("continue"))
+check("second_x0", val("$x0"))
+check("rc", ex("reverse-continue"))
+check("rc_pc", pc())
+check("rc_x0", val("$x0"))
+check("rc_sp", val("$sp"))
+ex("stepi")
+check("stepped_to", pc())
+'''
+    syms = symbols(str(elf))
+    with Stub(tmp_path, elf, extra_args=["--record"]) as stub:
+        r = run_gdb(stub, elf, body, timeout=120)
+    r.assert_ok()
+    assert (r["first_x0"], r["second_x0"]) == (0, 1) and "Breakpoint 1, mix" in r["second"]
+    assert syms["main"] < r["returned_to"] < syms["main"] + 0x200
+    assert "Breakpoint 1, mix" in r["rc"]
+    assert (r["rc_pc"], r["rc_x0"], r["rc_sp"]) == (syms["mix"], 0, r["first_sp"])
+    # The return replayed first, then the instruction after the call in main.
+    assert r["stepped_to"] == r["returned_to"] + 4
