@@ -375,6 +375,20 @@ def test_a_fault_on_a_board_with_several_vcpus_is_a_signal_stop(tmp_path):
     assert (event.kind, event.signal, event.pc, event.vcpu_id) == (StopKind.SIGNAL, signal.SIGILL, RAM, 0)
 
 
+def test_a_breakpoint_inserted_again_after_in_run_breakpoints_went_off_is_still_one(tmp_path):
+    """A breakpoint kept in the run (policy 18), in_run_breakpoints turned off, the same
+    breakpoint inserted again (gdb re-sends Z0): it stays the one it was, so removing it leaves
+    no BRK behind and the run goes through."""
+    mch = _machine(tmp_path, words(NOP, NOP, *SYSTEM_OFF))
+    mgr = GuestDebugManager(mch)
+    assert mgr.in_run_breakpoints
+    assert mgr.add_breakpoint(RAM + 4) == "sw"
+    mgr.in_run_breakpoints = False
+    assert mgr.add_breakpoint(RAM + 4) == "sw"
+    mgr.remove_breakpoint(RAM + 4)
+    assert mch.vm.read_phys(RAM + 4, 4) == words(NOP)
+    assert mgr.cont().kind is StopKind.EXITED
+
 # Mutants of the functions the whole run of 2026-12-02 did not reach, run by name that evening
 # (mutmut 3.8 names), left standing:
 # - __init__ 83 (`_console_pulls = 1`): the count is only a key between a recording and its

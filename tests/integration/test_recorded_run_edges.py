@@ -5,9 +5,10 @@ instruction counts, register values and checkpoint times."""
 
 from __future__ import annotations
 
+import signal
 
 from guestdbg.debug.manager import StopKind, WatchKind
-from tests.integration.test_replay_edges import IRQ_S, _times
+from tests.integration.test_replay_edges import FAULT_S, IRQ_S, _times
 from tests.integration.test_reverse_step_edges import _load
 
 
@@ -119,3 +120,53 @@ def test_an_access_stop_consults_a_read_watch_on_the_same_byte(tmp_path):
 # for irq_due None / absent / 1): only a vCPU of the emulated back end can record (can_record:
 # its VM alone has write_phys_pages), and its vCPU sets irq_due in __init__, so the default is
 # never used.
+
+
+SPIN_S = r"""
+    .text
+    .global _start
+_start:
+    add     x2, x2, #1
+    b       _start
+"""
+
+
+def test_a_ctrl_c_before_a_recorded_continue_stops_it_before_any_instruction(tmp_path):
+    """interrupt() just before cont() (a Ctrl-C racing the resume): the recorded run's first
+    run returns at once, where it started, and that is the SIGINT stop; it is not taken for a
+    soft stop that made no progress and run again (which would lose the Ctrl-C)."""
+    m, mgr, _ = _load(tmp_path, "spin", SPIN_S)
+    mgr.start_recording(interval=1000)
+    runs = [0]
+    run_until = m.run_until
+
+    def counted(*args, **kwargs):
+        runs[0] += 1
+        if runs[0] > 20:  # a lost Ctrl-C: fail, not run for ever
+            raise AssertionError("the Ctrl-C was lost: the run went on")
+        return run_until(*args, **kwargs)
+    m.run_until = counted
+    mgr.interrupt()
+    ev = mgr.cont()
+    assert (ev.kind, ev.signal, m.vcpu.icount, runs[0]) == (StopKind.SIGNAL, signal.SIGINT, 0, 1)
+
+
+def test_a_breakpoint_patched_when_recording_starts_is_not_in_the_history(tmp_path):
+    """A BRK-patched breakpoint (in_run_breakpoints off) set before recording starts, removed
+    later: the history's first checkpoint holds the guest's instruction under the patch, so a
+    seek back there restores that instruction, not the BRK, and the replay runs through."""
+    m, mgr, sym = _load(tmp_path, "fault", FAULT_S)
+    mgr.in_run_breakpoints = False
+    mark2 = sym["mark2"]
+    instruction = m.vm.read_phys(mark2, 4)
+    mgr.add_breakpoint(mark2)
+    assert m.vm.read_phys(mark2, 4) != instruction  # the BRK
+    mgr.start_recording(interval=1000)
+    assert mgr.cont().pc == mark2
+    mgr.remove_breakpoint(mark2)
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, m.vcpu.icount) == (StopKind.SIGNAL, sym["fault"], 3)
+    mgr.seek_to(0)
+    assert m.vm.read_phys(mark2, 4) == instruction
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, ev.history_edge, m.vcpu.icount) == (StopKind.SIGNAL, sym["fault"], "end", 3)

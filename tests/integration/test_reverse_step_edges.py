@@ -372,6 +372,19 @@ ttbr1_l1:
 """ + table
 
 
+@pytest.mark.parametrize("in_run", [False, True], ids=["brk", "in-run"])
+def test_a_condition_reads_guest_memory_by_virtual_address(tmp_path, in_run):
+    """A Python condition reading 0x41400000 while the MMU maps it to PA 0x41600000: it reads
+    what the guest stored there through that VA (0x77), not the physical page at 0x41400000."""
+    m, mgr, sym = _load(tmp_path, "detour", _mmu_detour_source())
+    mgr.in_run_breakpoints = in_run
+    mgr.add_breakpoint(sym["mmu_off"], condition=lambda view: view.read_u64(ALIAS_VA) == 0x77)
+    e = mgr.cont()
+    assert (e.kind, e.pc, mgr.read_register("x7")) == (StopKind.SWBREAK, sym["mmu_off"], 0x77)
+    assert mgr.read_memory(ALIAS_PA, 8, physical=True) == (0x77).to_bytes(8, "little")
+    assert mgr.read_memory(ALIAS_VA, 8, physical=True) == bytes(8)
+
+
 def test_reverse_continue_replays_an_interval_that_ends_with_the_mmu_on(tmp_path):
     """A write watch on 0x41400000, from the end (MMU off): the MMU was on from before the
     store to past the second checkpoint, with 0x41400000 mapped to other memory. The dirty log
