@@ -490,6 +490,70 @@ def test_reverse_cont_stops_where_a_breakpoint_stopped_before_the_register_writt
     assert (mgr.step().pc, mgr.read_register("x5")) == (sym["mark2"], 101)
 
 
+def test_reverse_cont_replays_a_write_made_at_the_start_of_the_history(tmp_path):
+    """A register written where the history starts, before any run (no stop logged there):
+    the replay gives it from the first checkpoint on, and the hit it finds has it."""
+    m, mgr, sym = _load(tmp_path, "fault", FAULT_S)
+    mgr.start_recording(interval=1000)
+    mgr.write_register("x6", 10)
+    mgr.add_breakpoint(sym["mark2"])
+    assert mgr.cont().pc == sym["mark2"]
+    mgr.step()
+    assert _where(m, mgr.reverse_cont()) == (StopKind.SWBREAK, sym["mark2"], None, sym["mark2"], 2)
+    assert (mgr.read_register("x5"), mgr.read_register("x6")) == (1, 10)
+
+
+def test_a_false_conditional_breakpoint_where_the_debugger_jumped_runs_on_from_the_jump(tmp_path):
+    """The recorded run stopped at mark and jumped to resume. Replayed with a conditional
+    breakpoint at mark whose condition is false and one at resume: mark's is no hit, and the
+    run goes on from the jump (not over mark's instruction), to the hit at resume."""
+    m, mgr, sym = _load(tmp_path, "fault", FAULT_S)
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["mark"])
+    assert mgr.cont().pc == sym["mark"]
+    mgr.set_pc(sym["resume"])
+    assert _where(m, mgr.step()) == (StopKind.STEP, sym["done"], None, sym["done"], 2)
+    mgr.add_breakpoint(sym["mark"], condition=lambda view: False)
+    mgr.add_breakpoint(sym["resume"])
+    assert _where(m, mgr.reverse_cont()) == (StopKind.SWBREAK, sym["resume"], None, sym["resume"], 1)
+    assert mgr.read_register("x5") == 0
+
+
+def test_the_stop_looked_for_where_the_debugger_wrote_is_only_at_that_count(tmp_path):
+    """A step stopped at mark and the debugger wrote x6 there; a breakpoint at the next
+    instruction (mark2) is no stop at mark's count: reverse_cont finds it at its own count, x6
+    written."""
+    m, mgr, sym = _load(tmp_path, "fault", FAULT_S)
+    mgr.start_recording(interval=1000)
+    assert mgr.step().pc == sym["mark"]
+    mgr.write_register("x6", 5)
+    for _ in range(2):
+        mgr.step()
+    assert (m.vcpu.pc, m.vcpu.icount) == (sym["fault"], 3)
+    mgr.add_breakpoint(sym["mark2"])
+    assert _where(m, mgr.reverse_cont()) == (StopKind.SWBREAK, sym["mark2"], None, sym["mark2"], 2)
+    assert (mgr.read_register("x5"), mgr.read_register("x6")) == (1, 5)
+
+
+def test_the_guests_own_brk_where_the_debugger_wrote_is_no_stop_of_reverse_cont(tmp_path):
+    """The recorded run stopped at the guest's own BRK (a step) and the debugger wrote x8 there.
+    Replayed, that BRK goes to the guest's handler as it did, no stop: reverse_cont finds the
+    breakpoint before it."""
+    m, mgr, sym = _load(tmp_path, "gbrk", GUEST_BRK_S)
+    mgr.start_recording(interval=1000)
+    while m.vcpu.pc != sym["own_brk"]:
+        mgr.step()
+    at_brk = m.vcpu.icount
+    mgr.write_register("x8", 1)
+    mgr.add_breakpoint(sym["mark"])
+    assert mgr.cont().pc == sym["mark"]
+    mgr.remove_breakpoint(sym["mark"])
+    mgr.add_breakpoint(sym["own_brk"] - 4)  # mov x5, #0
+    ev = mgr.reverse_cont()
+    assert _where(m, ev) == (StopKind.SWBREAK, sym["own_brk"] - 4, None, sym["own_brk"] - 4, at_brk - 1)
+    assert mgr.read_register("x8") == 0
+
+
 MEND_S = r"""
     .text
     .global _start, load, done, good

@@ -1533,8 +1533,10 @@ class GuestDebugManager:
                     if self.vcpu.pc != event.pc and len(self._vcpus) == 1:
                         # An exception entered at the hit's count retires no instruction, so two
                         # states share it: the seek lands on the arrival, and a hit at the
-                        # vector is one step (nothing armed) further.
-                        if not self._entered_by_a_step(when) or self.vcpu.pc != event.pc:
+                        # vector is one step (nothing armed) further. (If that step retired
+                        # an instruction instead, back to the arrival: a seek to where the
+                        # machine already is changes nothing.)
+                        if not self._entered_by_a_step(when):
                             self._seek(when)
                     return self._stopped(replace(event, pc=self.vcpu.pc))
                 if interrupted is not None:
