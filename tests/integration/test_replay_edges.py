@@ -554,6 +554,45 @@ def test_the_guests_own_brk_where_the_debugger_wrote_is_no_stop_of_reverse_cont(
     assert mgr.read_register("x8") == 0
 
 
+STORE_S = r"""
+    .text
+    .global _start, store, data
+_start:
+    adr     x1, data
+    mov     x2, #7
+store:
+    str     x2, [x1]
+    add     x3, x3, #1
+    b       .
+    .balign 8
+data:
+    .quad   0
+"""
+
+
+def test_reverse_cont_to_a_watch_hit_after_a_write_at_a_breakpoint_shows_the_write(tmp_path):
+    """At a breakpoint on a store the debugger wrote the stored register, then the step over
+    it met a write watch (the second stop at that count). reverse_cont back to the watch hit:
+    it came after the write, so the register shows the written value; back to the breakpoint
+    hit before it, the value before the write."""
+    m, mgr, sym = _load(tmp_path, "store", STORE_S)
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["store"])
+    assert mgr.cont().pc == sym["store"]
+    mgr.write_register("x2", 9)
+    mgr.add_watchpoint(sym["data"], 8, WatchKind.WRITE)
+    ev = mgr.cont()
+    assert (ev.kind, ev.pc, m.vcpu.icount) == (StopKind.WATCH, sym["store"], 2)
+    mgr.step()
+    assert mgr.read_memory(sym["data"], 8) == (9).to_bytes(8, "little")
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.pc, m.vcpu.icount, mgr.read_register("x2")) == (StopKind.WATCH, sym["store"], 2, 9)
+    mgr.remove_watchpoint(sym["data"], 8, WatchKind.WRITE)
+    mgr.step()  # over the store: the history's next stop is the one past it
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.pc, m.vcpu.icount, mgr.read_register("x2")) == (StopKind.SWBREAK, sym["store"], 2, 7)
+
+
 MEND_S = r"""
     .text
     .global _start, load, done, good
