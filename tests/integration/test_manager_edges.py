@@ -389,19 +389,20 @@ def test_a_breakpoint_inserted_again_after_in_run_breakpoints_went_off_is_still_
     assert mch.vm.read_phys(RAM + 4, 4) == words(NOP)
     assert mgr.cont().kind is StopKind.EXITED
 
+
 # Mutants of the functions the whole run of 2026-12-02 did not reach, run by name that evening
-# (mutmut 3.8 names), left standing:
+# (mutmut 3.8 names; _apply's as numbered since its watch skip became a bool), left standing:
 # - __init__ 83 (`_console_pulls = 1`): the count is only a key between a recording and its
 #   replays, both counted on from the value the first checkpoint holds.
 # - _take_reset_image 4, 5 (the reset image compressed): the same image, smaller and slower.
-# - _apply 2, 99, 103 (`prune` True, None, left out): dropping the hooks of removed breakpoints
+# - _apply 3, 95, 99 (`prune` True, None, left out): dropping the hooks of removed breakpoints
 #   is only speed.
-# - _apply 10 (the comprehension run over an empty dict), 47 (`stores=True` is WatchTrap's
-#   default), 55 (nothing armed keyed by empty tuples, not _NO_ARCH_KEY: the same registers,
+# - _apply 11 (the comprehension run over an empty dict), 43 (`stores=True` is WatchTrap's
+#   default), 51 (nothing armed keyed by empty tuples, not _NO_ARCH_KEY: the same registers,
 #   built once more).
-# - _apply 82, 86 (ENABLE, with USE_SW_BP, while nothing is armed): the guest's own BRK makes a
+# - _apply 78, 82 (ENABLE, with USE_SW_BP, while nothing is armed): the guest's own BRK makes a
 #   round trip through the manager, which re-injects it; ENABLE alone arms nothing.
-# - _apply 92 (another vCPU also skips the stepper's breakpoint): both callers that pass
+# - _apply 88 (another vCPU also skips the stepper's breakpoint): both callers that pass
 #   skip_bp_at run the stepper alone, and _apply again after.
 # - _resume 1 (`alone` defaults to False): every caller passes it.
 # - _resume 28, 44, 45, 46, 55 (policy 18's skip of a breakpoint's hook used or not, the loop
@@ -411,8 +412,12 @@ def test_a_breakpoint_inserted_again_after_in_run_breakpoints_went_off_is_still_
 #   instruction (BRK accesses no memory), and the other kinds have returned before.
 # - _classify 138 (the watch address clamped at its end + 1): a watch is found only where FAR
 #   is at or before its last byte, so the clamp is FAR either way.
+# And of the functions this session changed (run B): _watch_for 24 (the nearest watch keyed by
+# `w.addr + far`, which orders as `w.addr - far`); _restore_recorder_state 25, 29 (every vCPU
+# that can record has restore_irq_due); _entered_by_a_step 7 (`pc = None`: a step that neither
+# retires an instruction nor moves the PC leaves the machine as the seek it started from).
 # Not reachable on this host:
-# - _apply 77 (KVM_GUESTDBG_BLOCKIRQ when steps take interrupts, not when they do not): x86 KVM
+# - _apply 73 (KVM_GUESTDBG_BLOCKIRQ when steps take interrupts, not when they do not): x86 KVM
 #   only, and no x86 guest here takes an interrupt.
 # - _classify 145, 146, 149, 150 (x86's code store already done, a page trap over an int3
 #   breakpoint): this host's KVM gives no clean int3, so x86 breakpoints take debug registers.
