@@ -713,8 +713,8 @@ def test_reverse_cont_to_a_breakpoint_on_a_watched_store(tmp_path):
     assert (mgr.read_register("x0"), mgr.read_memory(WATCHED, 8), runs[0]) == (4, (3).to_bytes(8, "little"), 14)
 
 
-# Mutants of reverse_cont and _replay_collecting left standing (run C of 2026-12-02 night,
-# mutmut 3.8 names; bench/README.md "debug/manager.py: what the whole run left"):
+# Mutants of reverse_cont and _replay_collecting left standing (run C of 2026-12-02 night at
+# 40a966e, mutmut 3.8 names; bench/README.md "debug/manager.py: what the whole run left"):
 # - reverse_cont 35 (seek back only if the step at a vector hit entered the exception): that
 #   step takes again the exception the hit came after (the replay is deterministic), and a
 #   seek to where the machine is changes nothing.
@@ -727,6 +727,3 @@ def test_reverse_cont_to_a_breakpoint_on_a_watched_store(tmp_path):
 # - _replay_collecting 81 (a step over every stop inside a step-over, faults too): a step-over
 #   faults only where the recorded run stopped for that fault, and there the debugger's writes
 #   are held and go first.
-# Not shown: _replay_collecting 10 (the writes held with several vCPUs too): the look for the
-# stop, limited to one vCPU's count + 1, is behind the machine's time once another vCPU ran,
-# so it returns at once and the seek gives the writes, as without it.

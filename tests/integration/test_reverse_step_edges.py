@@ -298,6 +298,30 @@ def test_with_several_vcpus_reverse_steps_go_back_one_instruction_of_that_vcpu(t
     assert e.pc == m.vcpus[0].pc and m.vcpus[0].pc in (before[0], before[0] - 4, sym["spin"] + 4)
 
 
+def test_with_several_vcpus_reverse_cont_finds_a_hit_the_debugger_jumped_away_from(tmp_path):
+    """vCPU 1 stops at a breakpoint on its first add and the debugger jumps it past the next
+    one (set_pc). reverse_cont from later, the breakpoint there again: the replay meets the hit
+    before the jump, on vCPU 1, at its machine time; a step of vCPU 1 from there replays the
+    jump (x7 stays 1, the add at 2: runs)."""
+    m, mgr, sym = _smp(tmp_path)
+    m.quantum = 50
+    secondary = sym["secondary"]
+    mgr.add_breakpoint(secondary + 4)
+    e = mgr.cont()
+    hit = (m.vcpus[0].icount, m.vcpus[1].icount, mgr.record_status()["now"])
+    assert (e.kind, e.vcpu_id, e.pc) == (StopKind.SWBREAK, 1, secondary + 4)
+    mgr.set_pc(secondary + 12)
+    mgr.remove_breakpoint(secondary + 4)
+    assert mgr.step(1).pc == secondary + 16
+    mgr.add_breakpoint(secondary + 4)
+    e = mgr.reverse_cont()
+    assert _smp_where(m, mgr, e) == (StopKind.SWBREAK, 1, secondary + 4, None, *hit)
+    assert (mgr.read_register("x7"), mgr.read_register("x8")) == (1, 0)
+    mgr.remove_breakpoint(secondary + 4)
+    assert mgr.step(1).pc == secondary + 16
+    assert (mgr.read_register("x7"), mgr.read_register("x8")) == (1, 1)
+
+
 def test_with_several_vcpus_a_reverse_step_where_the_history_starts_mid_run_is_the_start(tmp_path):
     """--record-mem so small that the history keeps one checkpoint: a seek's inserted one
     becomes the start, inside a stretch vCPU 1 ran. There, vCPU 1's instruction before is

@@ -115,7 +115,7 @@ from guestdbg.arm.mmu import TranslationFault
 from guestdbg.board.common import Board, ExitStatus
 from guestdbg.debug.arch import DebugArch
 from guestdbg.debug.conditions import ConditionSpec, ConditionTable, PointKey, StopView
-from guestdbg.debug.history import History, HistoryError
+from guestdbg.debug.history import Event, History, HistoryError
 from guestdbg.debug.profile import ArchProfile, profile_for
 from guestdbg.debug.regions import PhysRegion, physical_layout, region_at
 from guestdbg.vmapi import Vcpu, WatchTrap
@@ -1570,20 +1570,19 @@ class GuestDebugManager:
         """Replay to instruction count `until` with every breakpoint and watchpoint armed: the
         (instruction count, vCPU, stop, before the debugger's writes there) of each hit,
         stepping over each. A Ctrl-C ends it early. Where the recorded run stopped and the
-        debugger then wrote (one vCPU), the stop there comes first, then the writes: a jump past
-        a fault or off a breakpoint hides neither."""
+        debugger then wrote, the stop there comes first, then the writes: a jump past a fault or
+        off a breakpoint hides neither."""
         h = self._history
         assert h is not None
         hits: list[tuple[int, int, StopEvent, bool]] = []
         self._apply()
-        one_vcpu = len(self._vcpus) == 1
         while h.now < until:
-            due, held = h.after_the_stop(h.due_events()) if one_vcpu else (h.due_events(), [])
+            due, held = h.after_the_stop(h.due_events())
             for entry in due:
                 self._apply_event(entry.kind, entry.data)
             when = h.now
             if held:
-                event = self._stop_before_retiring()
+                event = self._stop_before_retiring(held)
                 if event is None:  # nothing here stops it: back, and on with the writes
                     self._seek(when)
                     continue
@@ -1623,15 +1622,22 @@ class GuestDebugManager:
                 break  # a fault: nothing runs past it
         return hits, None
 
-    def _stop_before_retiring(self) -> StopEvent | None:
-        """Run the (only) vCPU, everything armed, to one instruction on: the stop it makes
-        before retiring it (a breakpoint at PC, a watched access, a fault; as a run meets an
-        unhandled fault only at its empty vector, not a single step), or None: it retired one
-        (perhaps in an exception handler's vector)."""
-        result = self._run_to(self.vcpu.icount + 1)
+    def _stop_before_retiring(self, writes: list[Event]) -> StopEvent | None:
+        """The machine run on by one instruction, everything armed: the stop it makes before
+        retiring it (a breakpoint at a PC, a watched access, a fault; a run meets an unhandled
+        fault at its empty vector, a single step would not), on the vCPU the debugger's `writes`
+        went to; or None: an instruction retired (perhaps in an exception's vector), or another
+        vCPU stopped (it ran after the writes: the recorded run had stopped for the writer)."""
+        h = self._history
+        assert h is not None
+        result = self._run_to(h.now + 1)
         if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
             return None
-        return self._classify(result, stepping=False)
+        event = self._classify(result, stepping=False)
+        if event is None or (event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT):
+            return event
+        writers = {e.data[0] for e in writes if e.kind != "memory"}  # their vCPU ids
+        return event if not writers or self._current in writers else None
 
     def _false_in_replay(self, event: StopEvent) -> bool:
         """A breakpoint or watchpoint hit whose conditions are false is no hit for reverse_cont
