@@ -593,6 +593,28 @@ def test_reverse_cont_to_a_watch_hit_after_a_write_at_a_breakpoint_shows_the_wri
     assert (ev.kind, ev.pc, m.vcpu.icount, mgr.read_register("x2")) == (StopKind.SWBREAK, sym["store"], 2, 7)
 
 
+@pytest.mark.parametrize("jump", [False, True], ids=["memory", "memory-and-jump"])
+def test_reverse_cont_meets_a_hit_where_the_debugger_wrote_memory(tmp_path, jump):
+    """At a breakpoint the debugger wrote guest memory (and, in one case, jumped past the
+    store). reverse_cont stops at that hit, the memory as the hit found it; a step from there
+    gives the write."""
+    m, mgr, sym = _load(tmp_path, "store", STORE_S)
+    mgr.start_recording(interval=1000)
+    mgr.add_breakpoint(sym["store"])
+    assert mgr.cont().pc == sym["store"]
+    mgr.write_memory(sym["data"] + 8, (5).to_bytes(8, "little"))
+    if jump:
+        mgr.set_pc(sym["store"] + 4)
+    mgr.step()
+    ev = mgr.reverse_cont()
+    assert (ev.kind, ev.pc, m.vcpu.icount) == (StopKind.SWBREAK, sym["store"], 2)
+    assert mgr.read_memory(sym["data"] + 8, 8) == bytes(8)
+    mgr.remove_breakpoint(sym["store"])
+    mgr.step()
+    assert mgr.read_memory(sym["data"] + 8, 8) == (5).to_bytes(8, "little")
+    assert mgr.read_memory(sym["data"], 8) == (0 if jump else 7).to_bytes(8, "little")
+
+
 MEND_S = r"""
     .text
     .global _start, load, done, good
@@ -727,3 +749,6 @@ def test_reverse_cont_to_a_breakpoint_on_a_watched_store(tmp_path):
 # - _replay_collecting 81 (a step over every stop inside a step-over, faults too): a step-over
 #   faults only where the recorded run stopped for that fault, and there the debugger's writes
 #   are held and go first.
+# And of _stop_before_retiring (run D at b823c38): 17-20, 23, 24, 26 change only which vCPU's
+# stop the probe takes; with one vCPU every stop is the writer's. With several no test makes
+# another vCPU stop at that count (the one that stopped runs on first).
