@@ -153,6 +153,11 @@ def _fault_exit(run: kvm.KvmRun) -> bool:
     return run.exit_reason == kvm.KVM_EXIT_INTERNAL_ERROR
 
 
+def _at_limit(result: kvm.KvmRun | ExitStatus | _ReplayEnd) -> bool:
+    """Did the run stop at the instruction count it was given (EXIT_ICOUNT_LIMIT)?"""
+    return isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT
+
+
 class DebugError(Exception):
     """A request the manager cannot honour; `errno` says why (the stub maps it to Exx)."""
 
@@ -1358,7 +1363,7 @@ class GuestDebugManager:
                 if not h.replaying:
                     return h.ended or REPLAY_END
                 result = self._run_to(h.next_stop())
-                if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                if _at_limit(result):
                     if not h.replaying:
                         for entry in h.due_events():
                             self._apply_event(entry.kind, entry.data)
@@ -1373,12 +1378,12 @@ class GuestDebugManager:
                 h.take()
             start = h.now
             result = self._run_to(h.next_stop(), soft=True)
-            if h.now == start and isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+            if h.now == start and _at_limit(result):
                 # A block longer than what is left of the interval: its boundary at or before the
                 # limit is where the run already is. Stop exactly instead, or no run ever moves.
                 result = self._run_to(h.next_stop())
             h.at_live_end()
-            if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+            if _at_limit(result):
                 h.take(soft=True)  # where the soft stop landed, short of the interval perhaps
                 continue
             # Every other stop of the recorded run splits its translation block there: a
@@ -1588,7 +1593,7 @@ class GuestDebugManager:
                     continue
             else:
                 result = self._run_to(min(until, h.next_stop()))
-                if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+                if _at_limit(result):
                     continue
                 when = h.now
                 event = self._classify(result, stepping=False)
@@ -1631,7 +1636,7 @@ class GuestDebugManager:
         h = self._history
         assert h is not None
         result = self._run_to(h.now + 1)
-        if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT:
+        if _at_limit(result):
             return None
         event = self._classify(result, stepping=False)
         if event is None or (event.kind is StopKind.SIGNAL and event.signal == signal.SIGINT):
@@ -1678,7 +1683,7 @@ class GuestDebugManager:
                 soft = bool(points) and points[0] < min(target, h.next_stop())
                 stop = min(target, h.next_stop(), points[0] if points else target)
                 result = self._run_to(stop, soft=soft)
-                if not (isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.EXIT_ICOUNT_LIMIT):
+                if not _at_limit(result):
                     if isinstance(result, kvm.KvmRun) and result.exit_reason == kvm.KVM_EXIT_INTR:
                         self._serve_host()
                         continue

@@ -182,9 +182,7 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
         come, else at `due`. Not as the run the machine comes back from left it: a level that
         run applied later would be taken at once, before the block it is due at the end of."""
         self.irq_due = due
-        hcr = self.uc.cpr_read(*HCR_EL2) | HCR_EL2_RW | HCR_EL2_IMO
-        self.uc.cpr_write(*HCR_EL2, hcr & ~HCR_EL2_VI)
-        self._irq_applied = False
+        self._set_vi(False)
 
     def interrupt_may_preempt(self) -> bool:
         """guestdbg extension: could the next run take an interrupt before its first
@@ -210,8 +208,11 @@ class Arm64Vcpu(OneRegTable, MmioAccess, DebugHardware, ExceptionEntry, Firmware
 
     def _apply_irq_line(self) -> None:
         """Make HCR_EL2.VI follow the IRQ input (vCPU thread only), held low during a step
-        with IRQs blocked (singlestep_blocks_irq). RW stays set."""
-        level = self._irq_level and not self._irqs_held
+        with IRQs blocked (singlestep_blocks_irq)."""
+        self._set_vi(self._irq_level and not self._irqs_held)
+
+    def _set_vi(self, level: bool) -> None:
+        """HCR_EL2.VI (with IMO; RW stays set), and _irq_applied with it."""
         hcr = self.uc.cpr_read(*HCR_EL2) | HCR_EL2_RW | HCR_EL2_IMO
         self.uc.cpr_write(*HCR_EL2, hcr | HCR_EL2_VI if level else hcr & ~HCR_EL2_VI)
         self._irq_applied = level
