@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 
 from guestdbg.debug.manager import StopKind, WatchKind
-from tests.integration.test_replay_edges import FAULT_S, IRQ_S, _times
+from tests.integration.test_replay_edges import FAULT_S, IRQ_S, _count_runs, _times
 from tests.integration.test_reverse_step_edges import _load
 
 
@@ -137,15 +137,7 @@ def test_a_ctrl_c_before_a_recorded_continue_stops_it_before_any_instruction(tmp
     soft stop that made no progress and run again (which would lose the Ctrl-C)."""
     m, mgr, _ = _load(tmp_path, "spin", SPIN_S)
     mgr.start_recording(interval=1000)
-    runs = [0]
-    run_until = m.run_until
-
-    def counted(*args, **kwargs):
-        runs[0] += 1
-        if runs[0] > 20:  # a lost Ctrl-C: fail, not run for ever
-            raise AssertionError("the Ctrl-C was lost: the run went on")
-        return run_until(*args, **kwargs)
-    m.run_until = counted
+    runs = _count_runs(m, limit=21)  # a lost Ctrl-C: fail, not run for ever
     mgr.interrupt()
     ev = mgr.cont()
     assert (ev.kind, ev.signal, m.vcpu.icount, runs[0]) == (StopKind.SIGNAL, signal.SIGINT, 0, 1)

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from guestdbg.debug.manager import StopKind, WatchKind
+from guestdbg.debug.manager import GuestDebugManager, StopKind, WatchKind
 from tests.helpers.support import GIC_SPI40
 from tests.integration.test_reverse_step_edges import _load
 
@@ -173,13 +173,17 @@ def test_a_seek_whose_insertion_point_is_a_logged_stop_inserts_past_it(tmp_path)
 # ---------------------------------------------------------------------------------------------
 # in-run breakpoints (policy 18) and their conditions, not recording
 
-def _count_runs(m) -> list[int]:
+def _count_runs(m, limit: int = 100, interrupt_at: tuple[int, GuestDebugManager] | None = None) -> list[int]:
+    """Count the board's runs in runs[0], and fail past `limit` (not hang); with
+    `interrupt_at` (n, manager): a Ctrl-C (interrupt()) as the n-th run starts."""
     runs = [0]
     run_until = m.run_until
 
     def counted(*args, **kwargs):
         runs[0] += 1
-        assert runs[0] < 100, "the debugger runs the guest on and on"  # fail, not hang
+        assert runs[0] < limit, "the debugger runs the guest on and on"  # fail, not hang
+        if interrupt_at is not None and runs[0] == interrupt_at[0]:
+            interrupt_at[1].interrupt()
         return run_until(*args, **kwargs)
     m.run_until = counted
     return runs
@@ -444,15 +448,8 @@ def test_a_ctrl_c_as_the_replay_meets_the_fault_keeps_the_jump_for_the_run_on(tm
     """A Ctrl-C (interrupt()) arriving as reverse_cont's replay runs the faulting instruction
     to meet the fault: it stops there, before the jump; the step from there gives the jump."""
     m, mgr, sym = _past_the_fault(tmp_path)
-    runs = [0]
-    run_until = m.run_until
-
-    def ctrl_c_on_the_second_run(*args, **kwargs):
-        runs[0] += 1
-        if runs[0] == 2:  # to the fault's count (1), then the run that meets the fault (2)
-            mgr.interrupt()
-        return run_until(*args, **kwargs)
-    m.run_until = ctrl_c_on_the_second_run
+    # To the fault's count (1), then the run that meets the fault (2).
+    runs = _count_runs(m, interrupt_at=(2, mgr))
     ev = mgr.reverse_cont()
     assert (ev.kind, ev.signal, m.vcpu.pc, m.vcpu.icount, runs[0]) == (StopKind.SIGNAL, signal.SIGINT, sym["fault"], 3, 2)
     assert _where(m, mgr.step()) == (StopKind.STEP, sym["done"], None, sym["done"], 4)
@@ -657,15 +654,7 @@ def test_a_ctrl_c_in_reverse_conts_replay_stops_at_the_last_hit_found(tmp_path):
     m, mgr, sym = _past_the_fault(tmp_path)
     mgr.add_breakpoint(sym["mark"])
     mgr.add_breakpoint(sym["mark2"])
-    runs = [0]
-    run_until = m.run_until
-
-    def ctrl_c_on_the_third_run(*args, **kwargs):
-        runs[0] += 1
-        if runs[0] == 3:  # the first hit (1), its step-over (2), then on (3)
-            mgr.interrupt()
-        return run_until(*args, **kwargs)
-    m.run_until = ctrl_c_on_the_third_run
+    runs = _count_runs(m, interrupt_at=(3, mgr))  # the first hit (1), its step-over (2), then on (3)
     ev = mgr.reverse_cont()
     assert _where(m, ev) == (StopKind.SWBREAK, sym["mark"], None, sym["mark"], 1)
     assert (mgr.read_register("x5"), runs[0]) == (0, 4)  # and the seek back to the first: 4
